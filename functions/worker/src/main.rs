@@ -1,0 +1,71 @@
+//! The worker function: copy tasks from SQS → registries. Under Lambda
+//! (SQS event source, partial batch responses) when `AWS_LAMBDA_RUNTIME_API`
+//! is set, otherwise a long-poll loop on `RELAY_QUEUE_URL`. Same handler.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use lambda_runtime::{service_fn, LambdaEvent};
+use relay::registry::retry::RetryPolicy;
+use relay::worker::{Message, Worker};
+use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    relay::telemetry::init(std::env::var("RUST_LOG").ok().as_deref());
+    let config_path =
+        std::env::var("RELAY_CONFIG").context("RELAY_CONFIG must name the configuration file")?;
+    let config = Config::load(config_path.as_ref())?;
+    let (sqs, secrets_manager) = bootstrap::aws_clients().await;
+    let secrets = SecretSource::from_process(Some(secrets_manager));
+    let worker = Arc::new(bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?);
+
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        lambda_runtime::run(service_fn(move |event| batch(worker.clone(), event)))
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+    } else {
+        let queue_url = std::env::var("RELAY_QUEUE_URL")
+            .context("RELAY_QUEUE_URL must be the copy queue's URL")?;
+        tracing::info!(queue = %queue_url, "worker polling");
+        relay::poller::poll(&TaskQueue::new(sqs, queue_url), &worker, shutdown_signal()).await;
+        Ok(())
+    }
+}
+
+/// One SQS batch; failed messages are reported so only they come back.
+async fn batch(
+    worker: Arc<Worker>,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    let messages = event
+        .payload
+        .records
+        .into_iter()
+        .map(|r| Message {
+            id: r.message_id.unwrap_or_default(),
+            body: r.body.unwrap_or_default(),
+        })
+        .collect();
+    let failed = worker.handle_batch(messages).await;
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failed
+        .into_iter()
+        .map(|id| {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id;
+            f
+        })
+        .collect();
+    Ok(response)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,377 @@
+//! The configuration file: one YAML document a Harbor user can read at a
+//! glance, parsed and validated once per cold start into typed values.
+//!
+//! Field names follow Harbor's replication-rule vocabulary (see README,
+//! "Configuration reference"). Every error names the field it is about.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::rules::{Rule, RuleError};
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: Source,
+    pub webhook: WebhookAuthSource,
+    pub registries: Vec<Registry>,
+    pub rules: Vec<Rule>,
+    pub worker: WorkerSettings,
+}
+
+/// The Harbor images come from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub url: Url,
+    /// `host[:port]` as it appears in Harbor's `resource_url` (no scheme).
+    pub host: String,
+    pub credentials: Option<CredentialsRef>,
+    pub harbor_api: bool,
+    pub insecure: bool,
+}
+
+/// A destination registry, referred to by `name` from rules and tasks.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub name: String,
+    pub url: Url,
+    pub credentials: Option<CredentialsRef>,
+    pub insecure: bool,
+}
+
+/// Where a secret lives. The value itself is never stored in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum CredentialsRef {
+    /// A user name and the environment variable holding the password.
+    Env {
+        username: String,
+        password_env: String,
+    },
+    /// A Secrets Manager secret whose value is `{"username": …, "password": …}`.
+    Secret { secret_id: String },
+}
+
+/// Where the accepted webhook `Authorization` values come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookAuthSource {
+    /// Environment variable with comma-separated accepted values.
+    Env(String),
+    /// Secrets Manager secret: a plain string of comma-separated values.
+    Secret(String),
+}
+
+/// Tunables of the worker; all optional in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Blobs of one image copied at the same time.
+    pub blob_concurrency: usize,
+    /// Tasks of one batch processed at the same time.
+    pub task_concurrency: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            blob_concurrency: 4,
+            task_concurrency: 4,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("configuration: {0}")]
+    Syntax(String),
+    #[error("configuration field `{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates a YAML document.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        raw.validate()
+    }
+
+    pub fn registry(&self, name: &str) -> Option<&Registry> {
+        self.registries.iter().find(|r| r.name == name)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    source: RawSource,
+    webhook: Option<RawWebhook>,
+    #[serde(default)]
+    registries: Vec<RawRegistry>,
+    #[serde(default)]
+    rules: Vec<crate::rules::RawRule>,
+    #[serde(default)]
+    worker: WorkerSettings,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    url: String,
+    credentials: Option<CredentialsRef>,
+    #[serde(default)]
+    harbor_api: bool,
+    #[serde(default)]
+    insecure: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    auth_values_env: Option<String>,
+    auth_secret_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    name: String,
+    url: String,
+    credentials: Option<CredentialsRef>,
+    #[serde(default)]
+    insecure: bool,
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let source_url = registry_url("source.url", &self.source.url)?;
+        let host = host_port(&source_url);
+        if let Some(c) = &self.source.credentials {
+            check_credentials("source.credentials", c)?;
+        }
+
+        let webhook = match self.webhook {
+            None => {
+                return Err(ConfigError::invalid(
+                    "webhook",
+                    "missing: set webhook.auth_values_env or webhook.auth_secret_id (the Authorization values Harbor's webhook policy sends)",
+                ))
+            }
+            Some(RawWebhook {
+                auth_values_env: Some(env),
+                auth_secret_id: None,
+            }) if !env.is_empty() => WebhookAuthSource::Env(env),
+            Some(RawWebhook {
+                auth_values_env: None,
+                auth_secret_id: Some(id),
+            }) if !id.is_empty() => WebhookAuthSource::Secret(id),
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    "webhook",
+                    "set exactly one of auth_values_env or auth_secret_id",
+                ))
+            }
+        };
+
+        let mut registries = Vec::with_capacity(self.registries.len());
+        let mut names = HashSet::new();
+        for (i, r) in self.registries.into_iter().enumerate() {
+            let field = format!("registries[{i}]");
+            if r.name.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{field}.name"),
+                    "must not be empty",
+                ));
+            }
+            if !names.insert(r.name.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.name"),
+                    format!("duplicate registry name {:?}", r.name),
+                ));
+            }
+            let url = registry_url(&format!("{field}.url"), &r.url)?;
+            if let Some(c) = &r.credentials {
+                check_credentials(&format!("{field}.credentials"), c)?;
+            }
+            registries.push(Registry {
+                name: r.name,
+                url,
+                credentials: r.credentials,
+                insecure: r.insecure,
+            });
+        }
+
+        let mut rules = Vec::with_capacity(self.rules.len());
+        let mut rule_names = HashSet::new();
+        for (i, raw) in self.rules.into_iter().enumerate() {
+            let field = format!("rules[{i}]");
+            let rule = Rule::from_raw(raw, self.source.harbor_api).map_err(|e| match e {
+                RuleError::Field { field: f, reason } => {
+                    ConfigError::invalid(format!("{field}.{f}"), reason)
+                }
+            })?;
+            if !rule_names.insert(rule.name.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.name"),
+                    format!("duplicate rule name {:?}", rule.name),
+                ));
+            }
+            if !names.contains(&rule.destination.registry) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.destination.registry"),
+                    format!(
+                        "{:?} is not one of the registries[].name",
+                        rule.destination.registry
+                    ),
+                ));
+            }
+            rules.push(rule);
+        }
+
+        if self.worker.blob_concurrency == 0 || self.worker.task_concurrency == 0 {
+            return Err(ConfigError::invalid(
+                "worker",
+                "concurrency must be at least 1",
+            ));
+        }
+
+        Ok(Config {
+            source: Source {
+                url: source_url,
+                host,
+                credentials: self.source.credentials,
+                harbor_api: self.source.harbor_api,
+                insecure: self.source.insecure,
+            },
+            webhook,
+            registries,
+            rules,
+            worker: self.worker,
+        })
+    }
+}
+
+fn registry_url(field: &str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|e| ConfigError::invalid(field, e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::invalid(field, "scheme must be http or https"));
+    }
+    if url.host_str().is_none() || !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::invalid(
+            field,
+            "must be http(s)://host[:port] without credentials (use the credentials field)",
+        ));
+    }
+    if url.path() != "/" || url.query().is_some() {
+        return Err(ConfigError::invalid(field, "must not have a path or query"));
+    }
+    Ok(url)
+}
+
+fn check_credentials(field: &str, c: &CredentialsRef) -> Result<(), ConfigError> {
+    let empty = match c {
+        CredentialsRef::Env {
+            username,
+            password_env,
+        } => username.is_empty() || password_env.is_empty(),
+        CredentialsRef::Secret { secret_id } => secret_id.is_empty(),
+    };
+    if empty {
+        return Err(ConfigError::invalid(field, "values must not be empty"));
+    }
+    Ok(())
+}
+
+/// `host[:port]` of a URL, the way Harbor writes it in `resource_url`.
+pub fn host_port(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = include_str!("../../examples/config.yaml");
+
+    #[test]
+    fn example_config_is_valid() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.source.host, "127.0.0.1:5001");
+        assert_eq!(c.registries[0].name, "cluster1-registry");
+        assert_eq!(c.rules[0].destination.registry, "cluster1-registry");
+        assert_eq!(
+            c.webhook,
+            WebhookAuthSource::Env("RELAY_WEBHOOK_AUTH".into())
+        );
+    }
+
+    fn error_of(yaml: &str) -> String {
+        Config::parse(yaml).unwrap_err().to_string()
+    }
+
+    const BASE: &str = "source: { url: 'http://h:1' }\nwebhook: { auth_values_env: A }\nregistries: [{ name: r, url: 'https://t' }]\n";
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (BASE.replace("http://h:1", "ftp://h"), "source.url"),
+            (BASE.replace("https://t", "https://u:p@t"), "registries[0].url"),
+            (BASE.replace("webhook: { auth_values_env: A }\n", ""), "webhook"),
+            (format!("{BASE}rules: [{{ name: x, destination: {{ registry: nope }} }}]"), "rules[0].destination.registry"),
+            (format!("{BASE}rules: [{{ name: x, destination: {{ registry: r, namespace: ns, flatten: 4 }} }}]"), "rules[0].destination.flatten"),
+            (format!("{BASE}rules: [{{ name: x, filters: {{ name: 'a/[' }}, destination: {{ registry: r }} }}]"), "rules[0].filters.name"),
+            (format!("{BASE}rules: [{{ name: x, destination: {{ registry: r }}, bandwidth_kbps: 0 }}]"), "rules[0].bandwidth_kbps"),
+            (format!("{BASE}rules: [{{ name: x, destination: {{ registry: r }} }}, {{ name: x, destination: {{ registry: r }} }}]"), "rules[1].name"),
+            (BASE.replace("name: r,", "name: r, colour: red,"), "colour"),
+        ];
+        for (yaml, field) in cases {
+            let err = error_of(&yaml);
+            assert!(err.contains(field), "{err:?} should name {field:?}");
+        }
+    }
+
+    #[test]
+    fn credentials_forms() {
+        let env: CredentialsRef =
+            serde_yaml_ng::from_str("{ username: 'robot$relay', password_env: P }").unwrap();
+        assert!(matches!(env, CredentialsRef::Env { .. }));
+        let secret: CredentialsRef = serde_yaml_ng::from_str("{ secret_id: s }").unwrap();
+        assert_eq!(
+            secret,
+            CredentialsRef::Secret {
+                secret_id: "s".into()
+            }
+        );
+        assert!(serde_yaml_ng::from_str::<CredentialsRef>("{ username: u, password: p }").is_err());
+    }
+}

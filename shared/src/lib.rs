@@ -1,0 +1,25 @@
+//! harbor-relay's domain: Harbor events → replication rules → tasks on a
+//! queue → registry copies. The function binaries are thin edges over this
+//! crate; see ARCHITECTURE.md for the map.
+
+pub mod bootstrap;
+pub mod config;
+pub mod digest;
+pub mod event;
+pub mod plan;
+pub mod poller;
+pub mod queue;
+pub mod registry;
+pub mod repository;
+pub mod rules;
+pub mod secrets;
+pub mod server;
+pub mod task;
+pub mod telemetry;
+pub mod webhook;
+pub mod worker;
+
+pub use config::Config;
+pub use digest::Digest;
+pub use repository::{RepositoryPath, Tag};
+pub use task::Task;

@@ -1,0 +1,708 @@
+//! A thin registry client over reqwest: one pooled HTTP/1.1 client per
+//! registry, authentication on demand, retries with backoff, and streaming
+//! blob bodies. Speaks only to the registry it was built for.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION,
+    RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, Response, StatusCode};
+use url::Url;
+
+use super::auth::{Challenge, Credentials, TokenCache, TokenResponse};
+use super::manifest::{self, Manifest};
+use super::retry::{is_retryable, parse_retry_after, RetryPolicy};
+use crate::digest::Digest;
+use crate::repository::RepositoryPath;
+
+/// Whether this client reads (source) or also writes (destination). A
+/// destination asks for `pull,push` on every request so one token serves
+/// the whole copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Source,
+    Destination,
+}
+
+pub struct RegistryClient {
+    name: String,
+    base: Url,
+    role: Role,
+    http: reqwest::Client,
+    credentials: Option<Credentials>,
+    auth: Mutex<AuthState>,
+    retry: RetryPolicy,
+}
+
+#[derive(Default)]
+struct AuthState {
+    challenge: Option<Challenge>,
+    tokens: TokenCache,
+}
+
+/// Errors talking to a registry. Messages carry the registry name, method
+/// and path — never a credential or token.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{registry}: {method} {path}: connection failed: {reason}")]
+    Transport {
+        registry: String,
+        method: Method,
+        path: String,
+        reason: String,
+    },
+    #[error("{registry}: {path}: HTTP {status}{detail}")]
+    Status {
+        registry: String,
+        path: String,
+        status: StatusCode,
+        detail: String,
+    },
+    #[error("{registry}: authentication failed ({status}) for {path}")]
+    Denied {
+        registry: String,
+        path: String,
+        status: StatusCode,
+    },
+    #[error("{registry}: token request failed: {reason}")]
+    Token { registry: String, reason: String },
+    #[error("{registry}: {what} {digest} has digest {actual} (refusing to copy it)")]
+    DigestMismatch {
+        registry: String,
+        what: &'static str,
+        digest: Digest,
+        actual: Digest,
+    },
+    #[error("{registry}: manifest {reference} is larger than {limit} bytes")]
+    TooLarge {
+        registry: String,
+        reference: String,
+        limit: usize,
+    },
+    #[error("{registry}: {reason}")]
+    Protocol { registry: String, reason: String },
+}
+
+impl RegistryError {
+    /// Worth trying the whole operation again later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Transport { .. } | RegistryError::Token { .. } => true,
+            RegistryError::Status { status, .. } => is_retryable(*status),
+            _ => false,
+        }
+    }
+}
+
+/// Result of opening a blob upload.
+pub enum UploadStart {
+    /// The registry mounted the blob from another repository (201).
+    Mounted,
+    /// An upload session to `PUT` the bytes to.
+    Session(Url),
+}
+
+/// Settings for building a client.
+pub struct ClientOptions {
+    pub insecure: bool,
+    pub retry: RetryPolicy,
+}
+
+impl RegistryClient {
+    pub fn new(
+        name: impl Into<String>,
+        base: Url,
+        role: Role,
+        credentials: Option<Credentials>,
+        options: ClientOptions,
+    ) -> Result<RegistryClient, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .http1_only()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(32)
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .tls_danger_accept_invalid_certs(options.insecure)
+            .user_agent(concat!("harbor-relay/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(RegistryClient {
+            name: name.into(),
+            base,
+            role,
+            http,
+            credentials,
+            auth: Mutex::new(AuthState::default()),
+            retry: options.retry,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `GET /v2/`: Harbor's "test connection", with authentication.
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        let url = self.url("/v2/");
+        let resp = self
+            .execute(Method::GET, url, "", HeaderMap::new(), None)
+            .await?;
+        self.expect(resp, &[StatusCode::OK]).await.map(drop)
+    }
+
+    /// The digest a tag or digest resolves to, `None` when absent.
+    pub async fn head_manifest(
+        &self,
+        repo: &RepositoryPath,
+        reference: &str,
+    ) -> Result<Option<Digest>, RegistryError> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let resp = self
+            .execute(
+                Method::HEAD,
+                url,
+                &self.scope(repo),
+                accept_manifests(),
+                None,
+            )
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self.expect(resp, &[StatusCode::OK]).await?;
+        match resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(d) => d
+                .parse()
+                .map(Some)
+                .map_err(|e| self.protocol(format!("bad Docker-Content-Digest: {e}"))),
+            // Without the header only the bytes can tell.
+            None => Ok(Some(self.get_manifest(repo, reference, None).await?.digest)),
+        }
+    }
+
+    /// Fetches a manifest; when `expected` is given its bytes must hash to it.
+    pub async fn get_manifest(
+        &self,
+        repo: &RepositoryPath,
+        reference: &str,
+        expected: Option<&Digest>,
+    ) -> Result<Manifest, RegistryError> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let resp = self
+            .execute(
+                Method::GET,
+                url,
+                &self.scope(repo),
+                accept_manifests(),
+                None,
+            )
+            .await?;
+        let resp = self.expect(resp, &[StatusCode::OK]).await?;
+        let media_type = header_str(resp.headers(), CONTENT_TYPE)
+            .unwrap_or_default()
+            .to_owned();
+        let too_large = || RegistryError::TooLarge {
+            registry: self.name.clone(),
+            reference: reference.to_owned(),
+            limit: manifest::MAX_MANIFEST_BYTES,
+        };
+        if resp
+            .content_length()
+            .is_some_and(|l| l > manifest::MAX_MANIFEST_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.transport(&Method::GET, reference, &e))?;
+            if body.len() + chunk.len() > manifest::MAX_MANIFEST_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let actual = Digest::sha256_of(&body);
+        if let Some(expected) = expected {
+            let matches = if expected.algorithm() == actual.algorithm() {
+                expected == &actual
+            } else {
+                expected.verifies(&body)
+            };
+            if !matches {
+                return Err(RegistryError::DigestMismatch {
+                    registry: self.name.clone(),
+                    what: "manifest",
+                    digest: expected.clone(),
+                    actual,
+                });
+            }
+            return Ok(Manifest {
+                digest: expected.clone(),
+                media_type,
+                bytes: body.into(),
+            });
+        }
+        Ok(Manifest {
+            digest: actual,
+            media_type,
+            bytes: body.into(),
+        })
+    }
+
+    /// Pushes manifest bytes unchanged under `reference` (a tag or its digest).
+    pub async fn put_manifest(
+        &self,
+        repo: &RepositoryPath,
+        reference: &str,
+        m: &Manifest,
+    ) -> Result<(), RegistryError> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, header_value(m.push_type()));
+        let resp = self
+            .execute(
+                Method::PUT,
+                url,
+                &self.scope(repo),
+                headers,
+                Some(m.bytes.clone()),
+            )
+            .await?;
+        let resp = self
+            .expect(resp, &[StatusCode::CREATED, StatusCode::OK])
+            .await?;
+        if let Some(d) = header_str(resp.headers(), "docker-content-digest") {
+            if d != m.digest.to_string() {
+                return Err(self.protocol(format!(
+                    "pushed manifest {} but the registry stored {d}",
+                    m.digest
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a manifest by digest. `Ok(false)` when it was not there.
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepositoryPath,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{digest}"));
+        let resp = self
+            .execute(
+                Method::DELETE,
+                url,
+                &self.scope(repo),
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        self.expect(resp, &[StatusCode::ACCEPTED, StatusCode::OK])
+            .await?;
+        Ok(true)
+    }
+
+    pub async fn blob_exists(
+        &self,
+        repo: &RepositoryPath,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let resp = self
+            .execute(Method::HEAD, url, &self.scope(repo), HeaderMap::new(), None)
+            .await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => self.expect(resp, &[StatusCode::OK]).await.map(|_| true),
+        }
+    }
+
+    /// Opens a blob for streaming (redirects to storage are followed; the
+    /// Authorization header is not sent to another host).
+    pub async fn open_blob(
+        &self,
+        repo: &RepositoryPath,
+        digest: &Digest,
+    ) -> Result<Response, RegistryError> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let resp = self
+            .execute(Method::GET, url, &self.scope(repo), HeaderMap::new(), None)
+            .await?;
+        self.expect(resp, &[StatusCode::OK]).await
+    }
+
+    /// `POST /blobs/uploads/`, optionally asking to mount `digest` from
+    /// another repository of the same registry.
+    pub async fn start_upload(
+        &self,
+        repo: &RepositoryPath,
+        mount: Option<(&Digest, &RepositoryPath)>,
+    ) -> Result<UploadStart, RegistryError> {
+        let mut url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
+        let mut scope = self.scope(repo);
+        if let Some((digest, from)) = mount {
+            url.query_pairs_mut()
+                .append_pair("mount", &digest.to_string())
+                .append_pair("from", from.as_str());
+            scope = format!("{scope} repository:{from}:pull");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let resp = self
+            .execute(Method::POST, url, &scope, headers, None)
+            .await?;
+        let status = resp.status();
+        let resp = self
+            .expect(resp, &[StatusCode::CREATED, StatusCode::ACCEPTED])
+            .await?;
+        if mount.is_some() && status == StatusCode::CREATED {
+            return Ok(UploadStart::Mounted);
+        }
+        Ok(UploadStart::Session(self.location(&resp)?))
+    }
+
+    /// Completes an upload session with the whole blob in one `PUT`
+    /// (`Content-Length` from the descriptor). The registry verifies the
+    /// digest; a body that does not match is refused there.
+    pub async fn finish_upload(
+        &self,
+        repo: &RepositoryPath,
+        session: Url,
+        digest: &Digest,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<(), RegistryError> {
+        let mut url = session;
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
+        let resp = self
+            .send_once(Method::PUT, url, &self.scope(repo), headers, body)
+            .await?;
+        self.expect(resp, &[StatusCode::CREATED]).await.map(drop)
+    }
+
+    /// Abandons an upload session (best effort).
+    pub async fn cancel_upload(&self, repo: &RepositoryPath, session: Url) {
+        let _ = self
+            .execute(
+                Method::DELETE,
+                session,
+                &self.scope(repo),
+                HeaderMap::new(),
+                None,
+            )
+            .await;
+    }
+
+    fn scope(&self, repo: &RepositoryPath) -> String {
+        match self.role {
+            Role::Source => format!("repository:{repo}:pull"),
+            Role::Destination => format!("repository:{repo}:pull,push"),
+        }
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let mut url = self.base.clone();
+        url.set_path(path);
+        url
+    }
+
+    fn same_origin(&self, url: &Url) -> bool {
+        url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default()
+    }
+
+    /// Sends a request whose body can be re-sent, with authentication and
+    /// retries. Returns any final response (404 included) for the caller
+    /// to interpret.
+    async fn execute(
+        &self,
+        method: Method,
+        url: Url,
+        scope: &str,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<Response, RegistryError> {
+        let mut retry = 0;
+        let mut reauthenticated = false;
+        loop {
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
+            if self.same_origin(&url) {
+                if let Some(auth) = self.authorization(scope).await? {
+                    req = req.header(AUTHORIZATION, auth);
+                }
+            }
+            let outcome = req.send().await;
+            retry += 1;
+            let resp = match outcome {
+                Ok(resp) => resp,
+                Err(e) if retry < self.retry.attempts => {
+                    tracing::warn!(registry = %self.name, %method, path = url.path(), error = %e, retry, "request failed, retrying");
+                    tokio::time::sleep(self.retry.delay(retry, None)).await;
+                    continue;
+                }
+                Err(e) => return Err(self.transport(&method, url.path(), &e)),
+            };
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED
+                && !reauthenticated
+                && self.learn_challenge(&resp, scope)
+            {
+                reauthenticated = true;
+                retry -= 1;
+                continue;
+            }
+            if is_retryable(status) && retry < self.retry.attempts {
+                let after = header_str(resp.headers(), RETRY_AFTER)
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let wait = self.retry.delay(retry, after);
+                tracing::warn!(registry = %self.name, %method, path = url.path(), status = status.as_u16(), wait_ms = wait.as_millis() as u64, retry, "registry asked to retry");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    /// Sends a one-shot (streaming) body once, authenticated. The caller
+    /// retries the whole operation, re-opening its source stream.
+    async fn send_once(
+        &self,
+        method: Method,
+        url: Url,
+        scope: &str,
+        headers: HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<Response, RegistryError> {
+        let mut req = self
+            .http
+            .request(method.clone(), url.clone())
+            .headers(headers)
+            .body(body);
+        if self.same_origin(&url) {
+            if let Some(auth) = self.authorization(scope).await? {
+                req = req.header(AUTHORIZATION, auth);
+            }
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport(&method, url.path(), &e))?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // A token that expired mid-copy: forget it so the retry gets a new one.
+            self.auth.lock().expect("auth lock").tokens.forget(scope);
+        }
+        Ok(resp)
+    }
+
+    /// Records the challenge of a 401. Returns whether a retry can help.
+    fn learn_challenge(&self, resp: &Response, scope: &str) -> bool {
+        let Some(challenge) =
+            header_str(resp.headers(), WWW_AUTHENTICATE).and_then(Challenge::parse)
+        else {
+            return false;
+        };
+        let mut state = self.auth.lock().expect("auth lock");
+        let had_token = state.tokens.get(scope).is_some();
+        state.tokens.forget(scope);
+        let changed = state.challenge.as_ref() != Some(&challenge);
+        let helps = changed || had_token;
+        state.challenge = Some(challenge);
+        // Basic with the same credentials again cannot help, nor can anonymous.
+        helps
+            && (self.credentials.is_some()
+                || matches!(state.challenge, Some(Challenge::Bearer { .. })))
+    }
+
+    async fn authorization(&self, scope: &str) -> Result<Option<String>, RegistryError> {
+        let challenge = {
+            let state = self.auth.lock().expect("auth lock");
+            match &state.challenge {
+                None => return Ok(None),
+                Some(Challenge::Basic) => {
+                    return Ok(self.credentials.as_ref().map(Credentials::basic_header))
+                }
+                Some(Challenge::Bearer { .. }) => {
+                    if let Some(token) = state.tokens.get(scope) {
+                        return Ok(Some(format!("Bearer {token}")));
+                    }
+                }
+            }
+            state.challenge.clone()
+        };
+        let Some(Challenge::Bearer { realm, service }) = challenge else {
+            return Ok(None);
+        };
+        let (token, expires_in) = self.fetch_token(&realm, service.as_deref(), scope).await?;
+        self.auth
+            .lock()
+            .expect("auth lock")
+            .tokens
+            .put(scope, token.clone(), expires_in);
+        Ok(Some(format!("Bearer {token}")))
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(String, Duration), RegistryError> {
+        let fail = |reason: String| RegistryError::Token {
+            registry: self.name.clone(),
+            reason,
+        };
+        let mut url = Url::parse(realm).map_err(|e| fail(format!("bad realm: {e}")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            for s in scope.split(' ').filter(|s| !s.is_empty()) {
+                q.append_pair("scope", s);
+            }
+        }
+        let mut req = self.http.get(url);
+        if let Some(c) = &self.credentials {
+            req = req.header(AUTHORIZATION, c.basic_header());
+        }
+        let resp = req.send().await.map_err(|e| fail(redact(&e)))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("HTTP {}", resp.status())));
+        }
+        let body: TokenResponse = resp.json().await.map_err(|e| fail(redact(&e)))?;
+        let token = body
+            .token
+            .or(body.access_token)
+            .ok_or_else(|| fail("no token in response".into()))?;
+        Ok((
+            token,
+            Duration::from_secs(body.expires_in.unwrap_or(60).max(1)),
+        ))
+    }
+
+    async fn expect(&self, resp: Response, ok: &[StatusCode]) -> Result<Response, RegistryError> {
+        let status = resp.status();
+        if ok.contains(&status) {
+            return Ok(resp);
+        }
+        let path = resp.url().path().to_owned();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(RegistryError::Denied {
+                registry: self.name.clone(),
+                path,
+                status,
+            });
+        }
+        // The registry's error code tells an operator most; keep it short.
+        let text = resp.text().await.unwrap_or_default();
+        let detail = if text.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", text.chars().take(300).collect::<String>().trim())
+        };
+        Err(RegistryError::Status {
+            registry: self.name.clone(),
+            path,
+            status,
+            detail,
+        })
+    }
+
+    fn location(&self, resp: &Response) -> Result<Url, RegistryError> {
+        let loc = header_str(resp.headers(), LOCATION)
+            .ok_or_else(|| self.protocol("upload response has no Location".into()))?;
+        let url = resp
+            .url()
+            .join(loc)
+            .map_err(|e| self.protocol(format!("bad upload Location: {e}")))?;
+        if !self.same_origin(&url) {
+            return Err(self.protocol(format!(
+                "upload Location points at another host ({})",
+                url.host_str().unwrap_or("?")
+            )));
+        }
+        Ok(url)
+    }
+
+    fn transport(&self, method: &Method, path: &str, e: &reqwest::Error) -> RegistryError {
+        RegistryError::Transport {
+            registry: self.name.clone(),
+            method: method.clone(),
+            path: path.to_owned(),
+            reason: redact(e),
+        }
+    }
+
+    fn protocol(&self, reason: String) -> RegistryError {
+        RegistryError::Protocol {
+            registry: self.name.clone(),
+            reason,
+        }
+    }
+}
+
+/// A reqwest error's text without its URL (which may carry a query with
+/// upload-session state) — the kind of failure is what matters.
+fn redact(e: &reqwest::Error) -> String {
+    let mut s = String::from(if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() {
+        "body interrupted"
+    } else if e.is_decode() {
+        "cannot decode response"
+    } else if e.is_redirect() {
+        "redirect refused"
+    } else {
+        "request failed"
+    });
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+fn accept_manifests() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(ACCEPT, HeaderValue::from_static(manifest::ACCEPT));
+    h
+}
+
+fn header_str<K: reqwest::header::AsHeaderName>(headers: &HeaderMap, key: K) -> Option<&str> {
+    headers.get(key).and_then(|v| v.to_str().ok())
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+}

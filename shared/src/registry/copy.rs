@@ -1,0 +1,357 @@
+//! The copy engine (DESIGN §5): resolve, compare, copy blobs (skip what the
+//! destination has, stream the rest), push manifests children-first with
+//! their original bytes, then tags.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures_util::{stream, TryStreamExt};
+use tracing::Instrument;
+
+use super::client::{RegistryClient, RegistryError, UploadStart};
+use super::manifest::{is_foreign, Contents, Descriptor, Manifest, ManifestError};
+use super::retry::RetryPolicy;
+use crate::digest::Digest;
+use crate::repository::{RepositoryPath, Tag};
+use crate::task::{Action, Task};
+
+/// How a task ended when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Bytes or manifests were written.
+    Copied,
+    /// The destination already held exactly this; nothing was written.
+    AlreadyPresent,
+    /// Every destination tag points elsewhere and override is off.
+    SkippedNoOverride,
+    /// The source no longer has the artifact: nothing to copy.
+    SourceGone,
+    /// Deleted on the destination.
+    Deleted,
+    /// Delete task, but the destination did not have it.
+    NotPresent,
+    /// Delete task, but the source still has the artifact.
+    SourceStillHas,
+}
+
+/// What one task did, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct CopyReport {
+    pub outcome: Option<Outcome>,
+    pub bytes: u64,
+    pub blobs_copied: u64,
+    pub blobs_mounted: u64,
+    pub blobs_skipped: u64,
+    pub manifests_pushed: u64,
+    pub tags_pushed: Vec<Tag>,
+    /// Tags left alone because they point elsewhere and override is off.
+    pub tags_skipped: Vec<Tag>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+impl CopyError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CopyError::Registry(e) if e.is_transient())
+    }
+}
+
+/// Copies one task's artifact between two registries.
+pub struct Copier<'a> {
+    pub source: &'a RegistryClient,
+    pub destination: &'a RegistryClient,
+    /// Blobs in flight at once.
+    pub blob_concurrency: usize,
+    /// Whole-blob retries (a retry re-opens the source stream).
+    pub retry: RetryPolicy,
+}
+
+/// Everything below the root that must reach the destination.
+#[derive(Default)]
+struct Tree {
+    /// Child manifests in push order (children before parents).
+    children: Vec<Manifest>,
+    /// Blobs to copy, once per digest even when several children share them.
+    blobs: BTreeMap<Digest, Descriptor>,
+}
+
+#[derive(Default)]
+struct Counters {
+    bytes: AtomicU64,
+    copied: AtomicU64,
+    skipped: AtomicU64,
+    mounted: AtomicU64,
+}
+
+impl Copier<'_> {
+    pub async fn run(&self, task: &Task) -> Result<CopyReport, CopyError> {
+        match task.action {
+            Action::Copy => self.copy(task).await,
+            Action::Delete => self.delete(task).await,
+        }
+    }
+
+    async fn copy(&self, task: &Task) -> Result<CopyReport, CopyError> {
+        let (src_repo, digest) = (&task.source.repository, &task.source.digest);
+        let dst_repo = &task.destination.repository;
+        let mut report = CopyReport::default();
+
+        if self
+            .source
+            .head_manifest(src_repo, &digest.to_string())
+            .await?
+            .is_none()
+        {
+            report.outcome = Some(Outcome::SourceGone);
+            return Ok(report);
+        }
+
+        let mut tags = Vec::new();
+        for tag in &task.destination.tags {
+            match self
+                .destination
+                .head_manifest(dst_repo, tag.as_str())
+                .await?
+            {
+                Some(d) if &d == digest => {}
+                Some(other) if !task.options.override_existing => {
+                    tracing::info!(tag = %tag, existing = %other, "destination tag points elsewhere and override is off: left alone");
+                    report.tags_skipped.push(tag.clone());
+                }
+                _ => tags.push(tag.clone()),
+            }
+        }
+        let tagged = !task.destination.tags.is_empty();
+        if tagged && tags.is_empty() {
+            report.outcome = Some(if report.tags_skipped.is_empty() {
+                Outcome::AlreadyPresent
+            } else {
+                Outcome::SkippedNoOverride
+            });
+            return Ok(report);
+        }
+
+        let present = self
+            .destination
+            .head_manifest(dst_repo, &digest.to_string())
+            .await?
+            .as_ref()
+            == Some(digest);
+        if present && !tagged {
+            report.outcome = Some(Outcome::AlreadyPresent);
+            return Ok(report);
+        }
+
+        let root = self
+            .source
+            .get_manifest(src_repo, &digest.to_string(), Some(digest))
+            .await?;
+        if !present {
+            let mut tree = Tree::default();
+            self.gather(src_repo, dst_repo, &root, &mut tree).await?;
+            let counters = self
+                .copy_blobs(src_repo, dst_repo, tree.blobs.into_values())
+                .await?;
+            report.bytes = counters.bytes.into_inner();
+            report.blobs_copied = counters.copied.into_inner();
+            report.blobs_skipped = counters.skipped.into_inner();
+            report.blobs_mounted = counters.mounted.into_inner();
+            for child in &tree.children {
+                self.destination
+                    .put_manifest(dst_repo, &child.digest.to_string(), child)
+                    .await?;
+                report.manifests_pushed += 1;
+            }
+        }
+        // The root goes up under its first tag (the registry indexes it by
+        // digest too), or by digest when the push had no tag.
+        match tags.split_first() {
+            None => {
+                self.destination
+                    .put_manifest(dst_repo, &digest.to_string(), &root)
+                    .await?;
+                report.manifests_pushed += 1;
+            }
+            Some((first, rest)) => {
+                for tag in std::iter::once(first).chain(rest) {
+                    self.destination
+                        .put_manifest(dst_repo, tag.as_str(), &root)
+                        .await?;
+                    report.tags_pushed.push(tag.clone());
+                }
+                report.manifests_pushed += 1;
+            }
+        }
+        report.outcome = Some(Outcome::Copied);
+        Ok(report)
+    }
+
+    async fn delete(&self, task: &Task) -> Result<CopyReport, CopyError> {
+        let digest = &task.source.digest;
+        let mut report = CopyReport::default();
+        if self
+            .source
+            .head_manifest(&task.source.repository, &digest.to_string())
+            .await?
+            .is_some()
+        {
+            report.outcome = Some(Outcome::SourceStillHas);
+            return Ok(report);
+        }
+        let deleted = self
+            .destination
+            .delete_manifest(&task.destination.repository, digest)
+            .await?;
+        report.outcome = Some(if deleted {
+            Outcome::Deleted
+        } else {
+            Outcome::NotPresent
+        });
+        Ok(report)
+    }
+
+    /// Walks `manifest`, collecting the children the destination lacks
+    /// (post-order) and the blobs they need.
+    async fn gather(
+        &self,
+        src_repo: &RepositoryPath,
+        dst_repo: &RepositoryPath,
+        manifest: &Manifest,
+        tree: &mut Tree,
+    ) -> Result<(), CopyError> {
+        match manifest.contents()? {
+            Contents::Image { config, layers } => {
+                for d in std::iter::once(config).chain(layers) {
+                    if is_foreign(&d) {
+                        tracing::debug!(digest = %d.digest, "foreign layer not copied (its bytes live at its urls)");
+                        continue;
+                    }
+                    tree.blobs.entry(d.digest.clone()).or_insert(d);
+                }
+            }
+            Contents::Index(children) => {
+                for child in children {
+                    if tree.children.iter().any(|m| m.digest == child.digest) {
+                        continue;
+                    }
+                    if self
+                        .destination
+                        .head_manifest(dst_repo, &child.digest.to_string())
+                        .await?
+                        .as_ref()
+                        == Some(&child.digest)
+                    {
+                        continue;
+                    }
+                    let m = self
+                        .source
+                        .get_manifest(src_repo, &child.digest.to_string(), Some(&child.digest))
+                        .await?;
+                    Box::pin(self.gather(src_repo, dst_repo, &m, tree)).await?;
+                    tree.children.push(m);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn copy_blobs(
+        &self,
+        src_repo: &RepositoryPath,
+        dst_repo: &RepositoryPath,
+        blobs: impl Iterator<Item = Descriptor>,
+    ) -> Result<Counters, CopyError> {
+        let counters = Arc::new(Counters::default());
+        stream::iter(blobs.map(Ok::<_, CopyError>))
+            .try_for_each_concurrent(self.blob_concurrency, |d| {
+                let counters = counters.clone();
+                let span = tracing::info_span!("blob", digest = %d.digest, size = d.size);
+                async move { self.copy_blob(src_repo, dst_repo, &d, &counters).await }
+                    .instrument(span)
+            })
+            .await?;
+        Ok(Arc::into_inner(counters).expect("all blob futures finished"))
+    }
+
+    async fn copy_blob(
+        &self,
+        src_repo: &RepositoryPath,
+        dst_repo: &RepositoryPath,
+        d: &Descriptor,
+        counters: &Arc<Counters>,
+    ) -> Result<(), CopyError> {
+        if self.destination.blob_exists(dst_repo, &d.digest).await? {
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.stream_blob(src_repo, dst_repo, d, counters).await {
+                Ok(UploadKind::Mounted) => {
+                    counters.mounted.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Ok(UploadKind::Streamed) => {
+                    counters.copied.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() && attempt < self.retry.attempts => {
+                    let wait = self.retry.delay(attempt, None);
+                    tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "blob copy failed, re-opening the source");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// One attempt: open the source, open an upload, pipe one into the
+    /// other. Memory stays at a few socket buffers whatever the blob size.
+    async fn stream_blob(
+        &self,
+        src_repo: &RepositoryPath,
+        dst_repo: &RepositoryPath,
+        d: &Descriptor,
+        counters: &Arc<Counters>,
+    ) -> Result<UploadKind, RegistryError> {
+        let source = self.source.open_blob(src_repo, &d.digest).await?;
+        let session = match self.destination.start_upload(dst_repo, None).await? {
+            UploadStart::Mounted => return Ok(UploadKind::Mounted),
+            UploadStart::Session(url) => url,
+        };
+        let counters = counters.clone();
+        let body = source.bytes_stream().inspect_ok(move |chunk| {
+            counters
+                .bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        });
+        let result = self
+            .destination
+            .finish_upload(
+                dst_repo,
+                session.clone(),
+                &d.digest,
+                d.size,
+                reqwest::Body::wrap_stream(body),
+            )
+            .await;
+        if result.is_err() {
+            self.destination.cancel_upload(dst_repo, session).await;
+        }
+        result.map(|()| UploadKind::Streamed)
+    }
+}
+
+enum UploadKind {
+    Mounted,
+    Streamed,
+}

@@ -1,0 +1,12 @@
+//! The OCI distribution side: a thin client per registry and the copy engine
+//! built on it.
+
+pub mod auth;
+pub mod client;
+pub mod copy;
+pub mod manifest;
+pub mod retry;
+
+pub use auth::Credentials;
+pub use client::{ClientOptions, RegistryClient, RegistryError, Role};
+pub use copy::{Copier, CopyError, CopyReport, Outcome};

@@ -1,0 +1,398 @@
+//! Harbor replication rules: filters and destination mapping, with Harbor's
+//! semantics (see DESIGN §3 and the README's mapping table).
+
+use globset::{GlobBuilder, GlobMatcher};
+use serde::Deserialize;
+
+use crate::repository::{RepositoryPath, Tag};
+
+/// A parsed, validated replication rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub enabled: bool,
+    pub name_filter: Option<Pattern>,
+    pub tag_filter: Option<TagFilter>,
+    pub destination: Destination,
+    /// Overwrite a destination tag that points at another digest [override].
+    pub override_existing: bool,
+    /// Delete on the destination when Harbor deletes the artifact [deletion].
+    pub deletion: bool,
+    /// Harbor's "speed" in kilobits per second; `None` = unlimited (-1).
+    pub bandwidth_kbps: Option<u64>,
+    /// Events whose `operator` is listed are ignored (replication loops).
+    pub exclude_operators: Vec<String>,
+}
+
+/// A glob with Harbor's doublestar semantics: `*` stays in one segment,
+/// `**` crosses `/`, `?`, `[..]`, `{a,b}`.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    source: String,
+    matcher: GlobMatcher,
+}
+
+#[derive(Debug, Clone)]
+pub struct TagFilter {
+    pub pattern: Pattern,
+    pub decoration: Decoration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decoration {
+    Matches,
+    Excludes,
+}
+
+/// Where a rule sends what it matches [dest registry, dest_namespace,
+/// dest_namespace_replace_count].
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub registry: String,
+    pub namespace: Option<String>,
+    pub flatten: Flatten,
+}
+
+/// Harbor's flattening levels: −1 all, 0 none, 1..=3 leading components.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flatten {
+    All,
+    Levels(u8),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RuleError {
+    #[error("`{field}`: {reason}")]
+    Field { field: String, reason: String },
+}
+
+/// Why a rule that matched could not map a repository.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("flattening {levels} levels is deeper than repository {repository} ({depth} components)")]
+pub struct MappingError {
+    pub repository: String,
+    pub levels: u8,
+    pub depth: usize,
+}
+
+impl Pattern {
+    pub fn new(source: &str) -> Result<Pattern, globset::Error> {
+        let glob = GlobBuilder::new(source)
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()?;
+        Ok(Pattern {
+            source: source.to_owned(),
+            matcher: glob.compile_matcher(),
+        })
+    }
+
+    pub fn is_match(&self, candidate: &str) -> bool {
+        self.matcher.is_match(candidate)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl TagFilter {
+    /// Harbor matches the tag filter against each tag; an untagged artifact
+    /// is matched as the empty string.
+    pub fn accepts(&self, tag: Option<&Tag>) -> bool {
+        let candidate = tag.map(Tag::as_str).unwrap_or("");
+        let hit = self.pattern.is_match(candidate);
+        match self.decoration {
+            Decoration::Matches => hit,
+            Decoration::Excludes => !hit,
+        }
+    }
+}
+
+impl Rule {
+    /// Does this rule replicate `repository` (with `tag`, or untagged)?
+    pub fn matches(&self, repository: &RepositoryPath, tag: Option<&Tag>, operator: &str) -> bool {
+        self.enabled
+            && !self.exclude_operators.iter().any(|o| o == operator)
+            && self
+                .name_filter
+                .as_ref()
+                .is_none_or(|p| p.is_match(repository.as_str()))
+            && self.tag_filter.as_ref().is_none_or(|f| f.accepts(tag))
+    }
+
+    /// The destination repository for `repository` (Harbor's
+    /// `replaceNamespace`).
+    pub fn map_repository(
+        &self,
+        repository: &RepositoryPath,
+    ) -> Result<RepositoryPath, MappingError> {
+        let Some(namespace) = &self.destination.namespace else {
+            return Ok(repository.clone());
+        };
+        let parts: Vec<&str> = repository.components().collect();
+        let rest = match self.destination.flatten {
+            Flatten::All => parts[parts.len() - 1..].join("/"),
+            Flatten::Levels(0) => repository.as_str().to_owned(),
+            Flatten::Levels(n) if (n as usize) < parts.len() => parts[n as usize..].join("/"),
+            Flatten::Levels(n) if n as usize == parts.len() => parts[parts.len() - 1].to_owned(),
+            Flatten::Levels(n) => {
+                return Err(MappingError {
+                    repository: repository.to_string(),
+                    levels: n,
+                    depth: parts.len(),
+                })
+            }
+        };
+        // Both halves are valid path components, so the join is valid too
+        // unless it grows past the length limit.
+        RepositoryPath::join(namespace, &rest).map_err(|_| MappingError {
+            repository: repository.to_string(),
+            levels: 0,
+            depth: parts.len(),
+        })
+    }
+}
+
+/// The rule as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    name: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    filters: RawFilters,
+    destination: RawDestination,
+    #[serde(default = "yes", rename = "override")]
+    override_existing: bool,
+    #[serde(default)]
+    deletion: bool,
+    #[serde(default = "unlimited")]
+    bandwidth_kbps: i64,
+    #[serde(default)]
+    exclude_operators: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilters {
+    #[serde(default)]
+    name: String,
+    tag: Option<RawTagFilter>,
+    label: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTagFilter {
+    #[serde(default)]
+    pattern: String,
+    #[serde(default = "matches")]
+    decoration: Decoration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    registry: String,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default = "one")]
+    flatten: i64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn unlimited() -> i64 {
+    -1
+}
+fn matches() -> Decoration {
+    Decoration::Matches
+}
+fn one() -> i64 {
+    1
+}
+
+fn field_err(field: &str, reason: impl Into<String>) -> RuleError {
+    RuleError::Field {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl Rule {
+    pub(crate) fn from_raw(raw: RawRule, harbor_api: bool) -> Result<Rule, RuleError> {
+        if raw.name.trim().is_empty() {
+            return Err(field_err("name", "must not be empty"));
+        }
+        let name_filter = match raw.filters.name.as_str() {
+            "" => None,
+            p => Some(Pattern::new(p).map_err(|e| field_err("filters.name", e.to_string()))?),
+        };
+        let tag_filter = match raw.filters.tag {
+            None => None,
+            Some(t) if t.pattern.is_empty() && t.decoration == Decoration::Matches => None,
+            Some(t) => Some(TagFilter {
+                pattern: Pattern::new(&t.pattern)
+                    .map_err(|e| field_err("filters.tag.pattern", e.to_string()))?,
+                decoration: t.decoration,
+            }),
+        };
+        if raw.filters.label.is_some() {
+            let reason = if harbor_api {
+                "label filters are not supported yet"
+            } else {
+                "a label filter needs source.harbor_api: true (labels are read from Harbor's API; artifacts carry none at push time)"
+            };
+            return Err(field_err("filters.label", reason));
+        }
+        if raw.destination.registry.is_empty() {
+            return Err(field_err("destination.registry", "must not be empty"));
+        }
+        let namespace = match raw.destination.namespace.as_str() {
+            "" => None,
+            ns => {
+                ns.parse::<RepositoryPath>()
+                    .map_err(|e| field_err("destination.namespace", e.to_string()))?;
+                Some(ns.to_owned())
+            }
+        };
+        let flatten = match raw.destination.flatten {
+            -1 => Flatten::All,
+            n @ 0..=3 => Flatten::Levels(n as u8),
+            n => {
+                return Err(field_err(
+                    "destination.flatten",
+                    format!("{n} is not one of -1 (all), 0 (none), 1, 2, 3"),
+                ))
+            }
+        };
+        let bandwidth_kbps = match raw.bandwidth_kbps {
+            -1 => None,
+            n if n > 0 => Some(n as u64),
+            n => {
+                return Err(field_err(
+                    "bandwidth_kbps",
+                    format!("{n}: use -1 for unlimited or a positive kilobits/s"),
+                ))
+            }
+        };
+        Ok(Rule {
+            name: raw.name,
+            enabled: raw.enabled,
+            name_filter,
+            tag_filter,
+            destination: Destination {
+                registry: raw.destination.registry,
+                namespace,
+                flatten,
+            },
+            override_existing: raw.override_existing,
+            deletion: raw.deletion,
+            bandwidth_kbps,
+            exclude_operators: raw.exclude_operators,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(yaml: &str) -> Rule {
+        let raw: RawRule = serde_yaml_ng::from_str(yaml).unwrap();
+        Rule::from_raw(raw, false).unwrap()
+    }
+
+    fn repo(s: &str) -> RepositoryPath {
+        s.parse().unwrap()
+    }
+
+    fn tag(s: &str) -> Option<Tag> {
+        (!s.is_empty()).then(|| s.parse().unwrap())
+    }
+
+    /// (name filter, tag filter, decoration, repository, tag, expected)
+    #[test]
+    fn filters_follow_harbor() {
+        let table = [
+            ("library/*", "", "matches", "library/alpine", "latest", true),
+            ("library/*", "", "matches", "library/a/b", "latest", false),
+            ("library/**", "", "matches", "library/a/b", "latest", true),
+            ("library/**", "", "matches", "goharbor/a", "latest", false),
+            (
+                "{library,goharbor}/**",
+                "",
+                "matches",
+                "goharbor/harbor-core",
+                "v2",
+                true,
+            ),
+            (
+                "{library,goharbor}/**",
+                "",
+                "matches",
+                "other/x",
+                "v2",
+                false,
+            ),
+            ("", "", "matches", "any/thing/deep", "x", true),
+            ("**", "1.?", "matches", "p/app", "1.0", true),
+            ("**", "1.?", "matches", "p/app", "1.10", false),
+            ("**", "1.?", "excludes", "p/app", "1.10", true),
+            ("**", "1.?", "excludes", "p/app", "1.0", false),
+            ("**", "v*", "matches", "p/app", "", false),
+            ("**", "v*", "excludes", "p/app", "", true),
+            ("**", "**", "matches", "p/app", "", true),
+            ("p/[ab]pp", "", "matches", "p/app", "x", true),
+            ("p/[ab]pp", "", "matches", "p/cpp", "x", false),
+        ];
+        for (name, tag_pattern, decoration, r, t, expected) in table {
+            let yaml = format!(
+                "{{ name: t, filters: {{ name: '{name}', tag: {{ pattern: '{tag_pattern}', decoration: {decoration} }} }}, destination: {{ registry: r }} }}"
+            );
+            let got = rule(&yaml).matches(&repo(r), tag(t).as_ref(), "admin");
+            assert_eq!(
+                got, expected,
+                "name={name} tag={tag_pattern} {decoration} on {r}:{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn disabled_and_excluded_operators_do_not_match() {
+        let r = rule("{ name: t, enabled: false, destination: { registry: r } }");
+        assert!(!r.matches(&repo("a/b"), None, "admin"));
+        let r = rule("{ name: t, exclude_operators: [replicator], destination: { registry: r } }");
+        assert!(!r.matches(&repo("a/b"), None, "replicator"));
+        assert!(r.matches(&repo("a/b"), None, "admin"));
+    }
+
+    #[test]
+    fn destination_mapping_follows_harbor() {
+        let table: [(&str, i64, &str, Result<&str, ()>); 9] = [
+            ("", 1, "a/b/c/d/img", Ok("a/b/c/d/img")),
+            ("ns", -1, "a/b/c/d/img", Ok("ns/img")),
+            ("ns", 0, "a/b/c/d/img", Ok("ns/a/b/c/d/img")),
+            ("ns", 1, "a/b/c/d/img", Ok("ns/b/c/d/img")),
+            ("ns", 2, "a/b/c/d/img", Ok("ns/c/d/img")),
+            ("ns", 3, "a/b/c/d/img", Ok("ns/d/img")),
+            ("ns", 2, "library/img", Ok("ns/img")),
+            ("ns", 3, "library/img", Err(())),
+            ("ns/sub", 1, "library/img", Ok("ns/sub/img")),
+        ];
+        for (ns, flatten, from, expected) in table {
+            let r = rule(&format!(
+                "{{ name: t, destination: {{ registry: r, namespace: '{ns}', flatten: {flatten} }} }}"
+            ));
+            let got = r
+                .map_repository(&repo(from))
+                .map(|p| p.to_string())
+                .map_err(|_| ());
+            assert_eq!(got, expected.map(str::to_owned), "{ns} {flatten} {from}");
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Resolving credential references from the configuration into values:
+//! from environment variables named in the file, or from Secrets Manager.
+//! Values are kept in memory only and never logged.
+
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+
+use crate::config::{CredentialsRef, WebhookAuthSource};
+use crate::registry::Credentials;
+
+/// Where secrets are read from: the process environment, and Secrets
+/// Manager when a reference names a secret.
+#[derive(Clone)]
+pub struct SecretSource {
+    secrets_manager: Option<aws_sdk_secretsmanager::Client>,
+    env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
+    #[error("secret {id}: {reason}")]
+    Secret { id: String, reason: String },
+}
+
+#[derive(serde::Deserialize)]
+struct UserPassword {
+    username: String,
+    password: String,
+}
+
+impl SecretSource {
+    pub fn new(
+        secrets_manager: Option<aws_sdk_secretsmanager::Client>,
+        env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        SecretSource {
+            secrets_manager,
+            env: Arc::new(env),
+        }
+    }
+
+    /// The process environment, plus Secrets Manager.
+    pub fn from_process(secrets_manager: Option<aws_sdk_secretsmanager::Client>) -> Self {
+        Self::new(secrets_manager, |k| std::env::var(k).ok())
+    }
+
+    pub async fn credentials(&self, r: &CredentialsRef) -> Result<Credentials, SecretError> {
+        match r {
+            CredentialsRef::Env {
+                username,
+                password_env,
+            } => Ok(Credentials {
+                username: username.clone(),
+                password: self.env_var(password_env)?,
+            }),
+            CredentialsRef::Secret { secret_id } => {
+                let raw = self.secret_string(secret_id).await?;
+                let up: UserPassword =
+                    serde_json::from_str(&raw).map_err(|_| SecretError::Secret {
+                        id: secret_id.clone(),
+                        reason: "value is not JSON {\"username\": …, \"password\": …}".into(),
+                    })?;
+                Ok(Credentials {
+                    username: up.username,
+                    password: up.password,
+                })
+            }
+        }
+    }
+
+    pub async fn webhook_auth(
+        &self,
+        source: &WebhookAuthSource,
+    ) -> Result<AuthValues, SecretError> {
+        let raw = match source {
+            WebhookAuthSource::Env(name) => self.env_var(name)?,
+            WebhookAuthSource::Secret(id) => self.secret_string(id).await?,
+        };
+        let values: Vec<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if values.is_empty() {
+            let what = match source {
+                WebhookAuthSource::Env(n) => format!("environment variable {n}"),
+                WebhookAuthSource::Secret(id) => format!("secret {id}"),
+            };
+            return Err(SecretError::Secret {
+                id: what,
+                reason: "holds no accepted Authorization value".into(),
+            });
+        }
+        Ok(AuthValues { values })
+    }
+
+    fn env_var(&self, name: &str) -> Result<String, SecretError> {
+        (self.env)(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| SecretError::MissingEnv(name.to_owned()))
+    }
+
+    async fn secret_string(&self, id: &str) -> Result<String, SecretError> {
+        let fail = |reason: String| SecretError::Secret {
+            id: id.to_owned(),
+            reason,
+        };
+        let client = self
+            .secrets_manager
+            .as_ref()
+            .ok_or_else(|| fail("Secrets Manager is not configured".into()))?;
+        let out = client
+            .get_secret_value()
+            .secret_id(id)
+            .send()
+            .await
+            .map_err(|e| {
+                fail(aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string())
+            })?;
+        out.secret_string()
+            .map(str::to_owned)
+            .ok_or_else(|| fail("has no string value".into()))
+    }
+}
+
+/// The accepted webhook `Authorization` values (several, for rotation).
+#[derive(Clone)]
+pub struct AuthValues {
+    values: Vec<String>,
+}
+
+impl AuthValues {
+    pub fn new(values: Vec<String>) -> Self {
+        AuthValues { values }
+    }
+
+    /// Constant-time in the compared bytes: every accepted value is checked
+    /// (no early exit) and lengths are hidden by comparing hashes.
+    pub fn accepts(&self, presented: Option<&str>) -> bool {
+        use sha2::{Digest, Sha256};
+        let Some(presented) = presented else {
+            return false;
+        };
+        let p = Sha256::digest(presented.as_bytes());
+        let mut ok = subtle::Choice::from(0);
+        for v in &self.values {
+            ok |= Sha256::digest(v.as_bytes()).ct_eq(&p);
+        }
+        ok.into()
+    }
+}
+
+impl std::fmt::Debug for AuthValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuthValues({} values, redacted)", self.values.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> SecretSource {
+        SecretSource::new(None, |k| match k {
+            "PW" => Some("s3cret".into()),
+            "AUTH" => Some("Bearer a, Bearer b ,".into()),
+            _ => None,
+        })
+    }
+
+    #[tokio::test]
+    async fn env_credentials_and_auth_values() {
+        let s = source();
+        let c = s
+            .credentials(&CredentialsRef::Env {
+                username: "u".into(),
+                password_env: "PW".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(c.password, "s3cret");
+        let err = s
+            .credentials(&CredentialsRef::Env {
+                username: "u".into(),
+                password_env: "NOPE".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "environment variable NOPE is not set");
+
+        let auth = s
+            .webhook_auth(&WebhookAuthSource::Env("AUTH".into()))
+            .await
+            .unwrap();
+        assert!(auth.accepts(Some("Bearer a")));
+        assert!(auth.accepts(Some("Bearer b")));
+        assert!(!auth.accepts(Some("Bearer c")));
+        assert!(!auth.accepts(Some("")));
+        assert!(!auth.accepts(None));
+        assert!(!format!("{auth:?}").contains("Bearer a"));
+    }
+
+    #[tokio::test]
+    async fn secret_without_client_is_a_clear_error() {
+        let err = source()
+            .credentials(&CredentialsRef::Secret {
+                secret_id: "x".into(),
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("secret x"));
+    }
+}

@@ -1,0 +1,119 @@
+//! The worker's batch handling, shared by the Lambda (SQS event source) and
+//! the standalone long-poll loop: decode each message, run its task, report
+//! which messages failed so only those are redelivered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{stream, StreamExt};
+use tracing::Instrument;
+
+use crate::config::WorkerSettings;
+use crate::registry::retry::RetryPolicy;
+use crate::registry::{Copier, CopyError, CopyReport, RegistryClient};
+use crate::task::{Task, TaskError};
+
+/// One queue message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: String,
+    pub body: String,
+}
+
+/// Clients built from the configuration; a task can only name these.
+pub struct Worker {
+    pub source: Arc<RegistryClient>,
+    pub destinations: HashMap<String, Arc<RegistryClient>>,
+    pub settings: WorkerSettings,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskFailure {
+    #[error("undecodable task: {0}")]
+    Decode(#[from] TaskError),
+    #[error("task names registry {0:?}, which is not in this worker's configuration")]
+    UnknownRegistry(String),
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+}
+
+impl Worker {
+    /// Runs a batch; returns the ids of the messages that failed.
+    pub async fn handle_batch(&self, messages: Vec<Message>) -> Vec<String> {
+        stream::iter(messages)
+            .map(|m| async move {
+                let ok = self.handle_message(&m).await;
+                (!ok).then_some(m.id)
+            })
+            .buffer_unordered(self.settings.task_concurrency)
+            .filter_map(|failed| async move { failed })
+            .collect()
+            .await
+    }
+
+    /// Runs one message; logs its outcome. True when it succeeded.
+    pub async fn handle_message(&self, m: &Message) -> bool {
+        let task = match Task::decode(&m.body) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(message_id = %m.id, outcome = "rejected", error = %e, "message is not a task this worker understands");
+                return false;
+            }
+        };
+        let span = tracing::info_span!(
+            "task",
+            task_id = %task.id,
+            event_key = %task.event.key,
+            rule = %task.rules.join(","),
+            source = %format!("{}@{}", task.source.repository, task.source.digest),
+            destination = %format!("{}/{}", task.destination.registry, task.destination.repository),
+            digest = %task.source.digest,
+        );
+        let started = Instant::now();
+        match self.run(&task).instrument(span.clone()).await {
+            Ok(r) => {
+                let _e = span.enter();
+                let latency_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|now| (now.as_millis() as i64 - task.event.occurred_at * 1000).max(0))
+                    .unwrap_or(0);
+                tracing::info!(
+                    outcome = ?r.outcome.expect("set on success"),
+                    bytes = r.bytes,
+                    blobs_copied = r.blobs_copied,
+                    blobs_mounted = r.blobs_mounted,
+                    blobs_skipped = r.blobs_skipped,
+                    manifests_pushed = r.manifests_pushed,
+                    tags_skipped = r.tags_skipped.len(),
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    push_to_replicated_ms = latency_ms,
+                    "task done"
+                );
+                true
+            }
+            Err(e) => {
+                let _e = span.enter();
+                let transient = matches!(&e, TaskFailure::Copy(c) if c.is_transient());
+                tracing::error!(outcome = "failed", transient, error = %e, duration_ms = started.elapsed().as_millis() as u64, "task failed");
+                false
+            }
+        }
+    }
+
+    /// Runs a decoded task.
+    pub async fn run(&self, task: &Task) -> Result<CopyReport, TaskFailure> {
+        let destination = self
+            .destinations
+            .get(&task.destination.registry)
+            .ok_or_else(|| TaskFailure::UnknownRegistry(task.destination.registry.clone()))?;
+        let copier = Copier {
+            source: &self.source,
+            destination,
+            blob_concurrency: self.settings.blob_concurrency,
+            retry: self.retry,
+        };
+        Ok(copier.run(task).await?)
+    }
+}
