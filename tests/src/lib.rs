@@ -1,1 +1,56 @@
+//! Fixtures for the end-to-end tests and the demo: the local stack's
+//! endpoints, a minimal independent registry client to push generated
+//! images and to compare source and destination, Harbor payloads, and SQS
+//! helpers. Deliberately separate from the code under test, so a test does
+//! not check the relay with the relay.
 
+pub mod image;
+pub mod plain;
+pub mod stack;
+
+pub use image::{GeneratedImage, ImageKind};
+pub use plain::PlainRegistry;
+pub use stack::Stack;
+
+/// A Harbor `PUSH_ARTIFACT` (Default format) as Harbor sends it: by tag, or
+/// by digest (`tag` holds the digest, `resource_url` uses `@`).
+pub fn harbor_push_event(
+    kind: &str,
+    host: &str,
+    repository: &str,
+    tag: Option<&str>,
+    digest: &str,
+    occur_at: i64,
+) -> String {
+    let (namespace, name) = repository
+        .split_once('/')
+        .expect("Harbor repositories have a project");
+    let (tag, resource_url) = match tag {
+        Some(t) => (t.to_owned(), format!("{host}/{repository}:{t}")),
+        None => (digest.to_owned(), format!("{host}/{repository}@{digest}")),
+    };
+    serde_json::json!({
+        "type": kind,
+        "occur_at": occur_at,
+        "operator": "admin",
+        "event_data": {
+            "resources": [{ "digest": digest, "tag": tag, "resource_url": resource_url }],
+            "repository": {
+                "date_created": occur_at,
+                "name": name,
+                "namespace": namespace,
+                "repo_full_name": repository,
+                "repo_type": "private"
+            }
+        }
+    })
+    .to_string()
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}

@@ -1,0 +1,123 @@
+//! The local stack's endpoints and secrets, from the environment that
+//! `scripts/stack.sh up` writes to `.local/stack/env`.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub source_url: String,
+    pub target_url: String,
+    pub target_user: String,
+    pub target_password: String,
+    pub webhook_auth: String,
+}
+
+impl Stack {
+    /// Reads the variables from the process environment, falling back to
+    /// `.local/stack/env` (and exporting them, so the AWS SDK sees them).
+    pub fn load() -> anyhow::Result<Stack> {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../.local/stack/env");
+        let from_file: HashMap<String, String> = std::fs::read_to_string(file)
+            .map(|text| {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("export "))
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (k, v) in &from_file {
+            if std::env::var_os(k).is_none() {
+                // Tests run single-process; set before any client is built.
+                std::env::set_var(k, v);
+            }
+        }
+        let var = |k: &str| {
+            std::env::var(k).with_context(|| {
+                format!("{k} not set: start the stack with `scripts/stack.sh up` (make test does)")
+            })
+        };
+        Ok(Stack {
+            source_url: var("RELAY_SOURCE_URL")?,
+            target_url: var("RELAY_TARGET_URL")?,
+            target_user: var("RELAY_TARGET_USER")?,
+            target_password: var("CLUSTER1_PASSWORD")?,
+            webhook_auth: var("RELAY_WEBHOOK_AUTH")?,
+        })
+    }
+
+    /// `host:port` of the source, as Harbor writes it in `resource_url`.
+    pub fn source_host(&self) -> &str {
+        self.source_url.trim_start_matches("http://")
+    }
+
+    pub fn target_host(&self) -> &str {
+        self.target_url.trim_start_matches("http://")
+    }
+
+    pub fn source(&self) -> crate::PlainRegistry {
+        crate::PlainRegistry::new(&self.source_url, None)
+    }
+
+    pub fn target(&self) -> crate::PlainRegistry {
+        crate::PlainRegistry::new(
+            &self.target_url,
+            Some((self.target_user.clone(), self.target_password.clone())),
+        )
+    }
+
+    /// A configuration for the relay against this stack, with `rules` (YAML
+    /// list items, indented by two spaces) appended.
+    pub fn config_yaml(&self, rules: &str) -> String {
+        format!(
+            "source:\n  url: {}\nwebhook:\n  auth_values_env: RELAY_WEBHOOK_AUTH\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\nrules:\n{}",
+            self.source_url, self.target_url, self.target_user, rules
+        )
+    }
+
+    /// An SQS client for LocalStack.
+    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
+        let shared = aws_config::load_from_env().await;
+        aws_sdk_sqs::Client::new(&shared)
+    }
+}
+
+/// Creates a fresh queue (unique name) and returns its URL.
+pub async fn create_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> anyhow::Result<String> {
+    let name = format!("{prefix}-{}", uuid_like());
+    let out = sqs
+        .create_queue()
+        .queue_name(&name)
+        .send()
+        .await
+        .context("create queue (is LocalStack up?)")?;
+    out.queue_url().map(str::to_owned).context("no queue URL")
+}
+
+/// Messages on a queue: (visible, in flight, delayed).
+pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> anyhow::Result<(u64, u64, u64)> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await?;
+    let attrs = out.attributes().cloned().unwrap_or_default();
+    let get = |a: A| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok((
+        get(A::ApproximateNumberOfMessages),
+        get(A::ApproximateNumberOfMessagesNotVisible),
+        get(A::ApproximateNumberOfMessagesDelayed),
+    ))
+}
+
+fn uuid_like() -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("{n:016x}")
+}
