@@ -26,7 +26,7 @@ pub enum ImageKind {
 }
 
 /// What was pushed: the root digest and everything under it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct GeneratedImage {
     pub repository: String,
     pub tag: String,

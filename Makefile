@@ -1,0 +1,40 @@
+# harbor-relay — every target installs what it needs and stops what it starts.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help demo test build stack-up stack-down stack-status install fmt lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+demo: ## Run the whole pipeline locally end to end (installs, starts and stops the stack)
+	scripts/demo.sh
+
+test: ## Run every test: unit + end-to-end against LocalStack and real registries
+	scripts/test.sh
+
+build: ## Build both functions (debug) for standalone use
+	cargo build --locked -p webhook -p worker
+
+install: ## Install what the local stack needs (apt packages, uv, LocalStack venv)
+	scripts/stack.sh install
+
+stack-up: ## Start LocalStack and the two registries on 127.0.0.1
+	scripts/stack.sh up
+
+stack-down: ## Stop them
+	scripts/stack.sh down
+
+stack-status:
+	scripts/stack.sh status
+
+fmt:
+	cargo fmt --all
+
+lint: ## rustfmt check and clippy
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+clean:
+	cargo clean
+	rm -rf .local/stack .local/demo

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `make test`: every test — unit tests and the end-to-end suite against the
+# local stack, which this script starts and stops.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+scripts/stack.sh install
+started=0
+cleanup() { [ $started = 1 ] && scripts/stack.sh down; }
+trap cleanup EXIT
+scripts/stack.sh up
+started=1
+# shellcheck disable=SC1091
+source .local/stack/env
+
+cargo test --workspace --all-targets --locked
