@@ -6,21 +6,25 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, CredentialsRef};
+use crate::harbor_api::HarborApi;
 use crate::queue::TaskQueue;
 use crate::registry::retry::RetryPolicy;
-use crate::registry::{ClientOptions, RegistryClient, Role};
-use crate::secrets::{SecretError, SecretSource};
+use crate::registry::{ClientOptions, Credentials, RegistryClient, Role};
+use crate::secrets::{SecretError, SecretSource, WebhookAuth};
 use crate::webhook::Webhook;
 use crate::worker::Worker;
+
+/// How long accepted webhook auth values are cached before re-reading them.
+pub const AUTH_TTL: Duration = Duration::from_secs(300);
+
+/// Bound on one Harbor API call from the webhook: Harbor waits 3 s at most.
+pub const HARBOR_API_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("credentials of {registry}: {source}")]
-    Credentials {
-        registry: String,
-        source: SecretError,
-    },
+    Credentials { registry: String, source: SecretError },
     #[error("webhook auth values: {0}")]
     WebhookAuth(SecretError),
     #[error("HTTP client for {registry}: {reason}")]
@@ -28,46 +32,17 @@ pub enum StartupError {
 }
 
 /// Builds the worker: one client for the source and one per destination.
-pub async fn worker(
-    config: &Config,
-    secrets: &SecretSource,
-    retry: RetryPolicy,
-) -> Result<Worker, StartupError> {
+pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy) -> Result<Worker, StartupError> {
     let source = Arc::new(source_client(config, secrets, retry).await?);
     let mut destinations = HashMap::new();
     for r in &config.registries {
-        let credentials =
-            match &r.credentials {
-                Some(c) => Some(secrets.credentials(c).await.map_err(|source| {
-                    StartupError::Credentials {
-                        registry: r.name.clone(),
-                        source,
-                    }
-                })?),
-                None => None,
-            };
-        let client = RegistryClient::new(
-            &r.name,
-            r.url.clone(),
-            Role::Destination,
-            credentials,
-            ClientOptions {
-                insecure: r.insecure,
-                retry,
-            },
-        )
-        .map_err(|e| StartupError::Client {
-            registry: r.name.clone(),
-            reason: e.to_string(),
-        })?;
+        let credentials = credentials(&r.name, r.credentials.as_ref(), secrets).await?;
+        let options = ClientOptions { insecure: r.insecure, retry };
+        let client = RegistryClient::new(&r.name, r.url.clone(), Role::Destination, credentials, options)
+            .map_err(|e| StartupError::Client { registry: r.name.clone(), reason: e.to_string() })?;
         destinations.insert(r.name.clone(), Arc::new(client));
     }
-    Ok(Worker {
-        source,
-        destinations,
-        settings: config.worker.clone(),
-        retry,
-    })
+    Ok(Worker { source, destinations, settings: config.worker.clone(), retry })
 }
 
 /// The client for the source Harbor (read-only scopes).
@@ -76,56 +51,50 @@ pub async fn source_client(
     secrets: &SecretSource,
     retry: RetryPolicy,
 ) -> Result<RegistryClient, StartupError> {
-    let credentials = match &config.source.credentials {
-        Some(c) => {
-            Some(
-                secrets
-                    .credentials(c)
-                    .await
-                    .map_err(|source| StartupError::Credentials {
-                        registry: "source".into(),
-                        source,
-                    })?,
-            )
-        }
-        None => None,
-    };
-    RegistryClient::new(
-        "source",
-        config.source.url.clone(),
-        Role::Source,
-        credentials,
-        ClientOptions {
-            insecure: config.source.insecure,
-            retry,
-        },
-    )
-    .map_err(|e| StartupError::Client {
-        registry: "source".into(),
-        reason: e.to_string(),
-    })
+    let credentials = credentials("source", config.source.credentials.as_ref(), secrets).await?;
+    let options = ClientOptions { insecure: config.source.insecure, retry };
+    RegistryClient::new("source", config.source.url.clone(), Role::Source, credentials, options)
+        .map_err(|e| StartupError::Client { registry: "source".into(), reason: e.to_string() })
 }
 
-/// Builds the webhook with its accepted auth values.
+/// Builds the webhook with its accepted auth values (and Harbor's API when
+/// `source.harbor_api` is on, for label filters).
 pub async fn webhook(
     config: Arc<Config>,
     secrets: &SecretSource,
     queue: TaskQueue,
     untagged_delay: Duration,
 ) -> Result<Webhook, StartupError> {
-    let auth = secrets
-        .webhook_auth(&config.webhook)
+    let auth = WebhookAuth::load(config.webhook.clone(), secrets.clone(), AUTH_TTL)
         .await
         .map_err(StartupError::WebhookAuth)?;
-    Ok(Webhook::new(config, auth, queue, untagged_delay))
+    let harbor = if config.source.harbor_api {
+        let credentials = credentials("source", config.source.credentials.as_ref(), secrets).await?;
+        let api = HarborApi::new(config.source.url.clone(), credentials, config.source.insecure, HARBOR_API_TIMEOUT)
+            .map_err(|e| StartupError::Client { registry: "source (Harbor API)".into(), reason: e.to_string() })?;
+        Some(api)
+    } else {
+        None
+    };
+    Ok(Webhook::new(config, auth, queue, untagged_delay, harbor))
+}
+
+async fn credentials(
+    registry: &str,
+    reference: Option<&CredentialsRef>,
+    secrets: &SecretSource,
+) -> Result<Option<Credentials>, StartupError> {
+    let Some(r) = reference else { return Ok(None) };
+    let c = secrets
+        .credentials(r)
+        .await
+        .map_err(|source| StartupError::Credentials { registry: registry.to_owned(), source })?;
+    Ok(Some(c))
 }
 
 /// AWS clients from the standard environment (`AWS_REGION`,
 /// `AWS_ENDPOINT_URL`, credentials chain); LocalStack needs no special case.
 pub async fn aws_clients() -> (aws_sdk_sqs::Client, aws_sdk_secretsmanager::Client) {
     let shared = aws_config::load_from_env().await;
-    (
-        aws_sdk_sqs::Client::new(&shared),
-        aws_sdk_secretsmanager::Client::new(&shared),
-    )
+    (aws_sdk_sqs::Client::new(&shared), aws_sdk_secretsmanager::Client::new(&shared))
 }

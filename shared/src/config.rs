@@ -47,10 +47,7 @@ pub struct Registry {
 #[serde(untagged, deny_unknown_fields)]
 pub enum CredentialsRef {
     /// A user name and the environment variable holding the password.
-    Env {
-        username: String,
-        password_env: String,
-    },
+    Env { username: String, password_env: String },
     /// A Secrets Manager secret whose value is `{"username": …, "password": …}`.
     Secret { secret_id: String },
 }
@@ -76,20 +73,14 @@ pub struct WorkerSettings {
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        WorkerSettings {
-            blob_concurrency: 4,
-            task_concurrency: 4,
-        }
+        WorkerSettings { blob_concurrency: 4, task_concurrency: 4 }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("configuration: {0}")]
     Syntax(String),
     #[error("configuration field `{field}`: {reason}")]
@@ -98,27 +89,21 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        ConfigError::Invalid { field: field.into(), reason: reason.into() }
     }
 }
 
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Config::parse(&text)
     }
 
     /// Parses and validates a YAML document.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         raw.validate()
     }
 
@@ -204,10 +189,7 @@ impl RawConfig {
         for (i, r) in self.registries.into_iter().enumerate() {
             let field = format!("registries[{i}]");
             if r.name.is_empty() {
-                return Err(ConfigError::invalid(
-                    format!("{field}.name"),
-                    "must not be empty",
-                ));
+                return Err(ConfigError::invalid(format!("{field}.name"), "must not be empty"));
             }
             if !names.insert(r.name.clone()) {
                 return Err(ConfigError::invalid(
@@ -219,12 +201,7 @@ impl RawConfig {
             if let Some(c) = &r.credentials {
                 check_credentials(&format!("{field}.credentials"), c)?;
             }
-            registries.push(Registry {
-                name: r.name,
-                url,
-                credentials: r.credentials,
-                insecure: r.insecure,
-            });
+            registries.push(Registry { name: r.name, url, credentials: r.credentials, insecure: r.insecure });
         }
 
         let mut rules = Vec::with_capacity(self.rules.len());
@@ -232,9 +209,7 @@ impl RawConfig {
         for (i, raw) in self.rules.into_iter().enumerate() {
             let field = format!("rules[{i}]");
             let rule = Rule::from_raw(raw, self.source.harbor_api).map_err(|e| match e {
-                RuleError::Field { field: f, reason } => {
-                    ConfigError::invalid(format!("{field}.{f}"), reason)
-                }
+                RuleError::Field { field: f, reason } => ConfigError::invalid(format!("{field}.{f}"), reason),
             })?;
             if !rule_names.insert(rule.name.clone()) {
                 return Err(ConfigError::invalid(
@@ -245,20 +220,14 @@ impl RawConfig {
             if !names.contains(&rule.destination.registry) {
                 return Err(ConfigError::invalid(
                     format!("{field}.destination.registry"),
-                    format!(
-                        "{:?} is not one of the registries[].name",
-                        rule.destination.registry
-                    ),
+                    format!("{:?} is not one of the registries[].name", rule.destination.registry),
                 ));
             }
             rules.push(rule);
         }
 
         if self.worker.blob_concurrency == 0 || self.worker.task_concurrency == 0 {
-            return Err(ConfigError::invalid(
-                "worker",
-                "concurrency must be at least 1",
-            ));
+            return Err(ConfigError::invalid("worker", "concurrency must be at least 1"));
         }
 
         Ok(Config {
@@ -296,10 +265,7 @@ fn registry_url(field: &str, value: &str) -> Result<Url, ConfigError> {
 
 fn check_credentials(field: &str, c: &CredentialsRef) -> Result<(), ConfigError> {
     let empty = match c {
-        CredentialsRef::Env {
-            username,
-            password_env,
-        } => username.is_empty() || password_env.is_empty(),
+        CredentialsRef::Env { username, password_env } => username.is_empty() || password_env.is_empty(),
         CredentialsRef::Secret { secret_id } => secret_id.is_empty(),
     };
     if empty {
@@ -329,17 +295,15 @@ mod tests {
         assert_eq!(c.source.host, "127.0.0.1:5001");
         assert_eq!(c.registries[0].name, "cluster1-registry");
         assert_eq!(c.rules[0].destination.registry, "cluster1-registry");
-        assert_eq!(
-            c.webhook,
-            WebhookAuthSource::Env("RELAY_WEBHOOK_AUTH".into())
-        );
+        assert_eq!(c.webhook, WebhookAuthSource::Env("RELAY_WEBHOOK_AUTH".into()));
     }
 
     fn error_of(yaml: &str) -> String {
         Config::parse(yaml).unwrap_err().to_string()
     }
 
-    const BASE: &str = "source: { url: 'http://h:1' }\nwebhook: { auth_values_env: A }\nregistries: [{ name: r, url: 'https://t' }]\n";
+    const BASE: &str =
+        "source: { url: 'http://h:1' }\nwebhook: { auth_values_env: A }\nregistries: [{ name: r, url: 'https://t' }]\n";
 
     #[test]
     fn errors_name_the_field() {
@@ -362,16 +326,10 @@ mod tests {
 
     #[test]
     fn credentials_forms() {
-        let env: CredentialsRef =
-            serde_yaml_ng::from_str("{ username: 'robot$relay', password_env: P }").unwrap();
+        let env: CredentialsRef = serde_yaml_ng::from_str("{ username: 'robot$relay', password_env: P }").unwrap();
         assert!(matches!(env, CredentialsRef::Env { .. }));
         let secret: CredentialsRef = serde_yaml_ng::from_str("{ secret_id: s }").unwrap();
-        assert_eq!(
-            secret,
-            CredentialsRef::Secret {
-                secret_id: "s".into()
-            }
-        );
+        assert_eq!(secret, CredentialsRef::Secret { secret_id: "s".into() });
         assert!(serde_yaml_ng::from_str::<CredentialsRef>("{ username: u, password: p }").is_err());
     }
 }

@@ -34,10 +34,7 @@ pub struct DigestError {
 impl Digest {
     /// The sha256 digest of `bytes`.
     pub fn sha256_of(bytes: &[u8]) -> Self {
-        Digest {
-            algorithm: Algorithm::Sha256,
-            hex: hex::encode(Sha256::digest(bytes)),
-        }
+        Digest { algorithm: Algorithm::Sha256, hex: hex::encode(Sha256::digest(bytes)) }
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -84,10 +81,7 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let err = |reason| DigestError {
-            value: value.chars().take(140).collect(),
-            reason,
-        };
+        let err = |reason| DigestError { value: value.chars().take(140).collect(), reason };
         let (algo, hex) = value.split_once(':').ok_or_else(|| err("missing ':'"))?;
         let algorithm = match algo {
             "sha256" => Algorithm::Sha256,
@@ -100,10 +94,7 @@ impl FromStr for Digest {
         if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(err("not lowercase hex"));
         }
-        Ok(Digest {
-            algorithm,
-            hex: hex.to_owned(),
-        })
+        Ok(Digest { algorithm, hex: hex.to_owned() })
     }
 }
 

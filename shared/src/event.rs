@@ -115,11 +115,7 @@ fn json_reason(e: serde_json::Error) -> EventError {
 impl HarborEvent {
     /// Parses a body in `format`. `source_host` is `host[:port]` of the
     /// configured Harbor: an artifact elsewhere is refused (no SSRF).
-    pub fn parse(
-        format: Format,
-        body: &[u8],
-        source_host: &str,
-    ) -> Result<HarborEvent, EventError> {
+    pub fn parse(format: Format, body: &[u8], source_host: &str) -> Result<HarborEvent, EventError> {
         match format {
             Format::Default => {
                 let p: DefaultPayload = serde_json::from_slice(body).map_err(json_reason)?;
@@ -130,16 +126,8 @@ impl HarborEvent {
                     _ => return Err(malformed("field `type` is empty")),
                 };
                 let artifact = artifact_of(&kind, p.event_data, "event_data", source_host)?;
-                let dedup_key =
-                    default_dedup_key(&p.kind, p.occur_at, &p.operator, artifact.as_ref());
-                Ok(HarborEvent {
-                    kind,
-                    format,
-                    occurred_at: p.occur_at,
-                    operator: p.operator,
-                    dedup_key,
-                    artifact,
-                })
+                let dedup_key = default_dedup_key(&p.kind, p.occur_at, &p.operator, artifact.as_ref());
+                Ok(HarborEvent { kind, format, occurred_at: p.occur_at, operator: p.operator, dedup_key, artifact })
             }
             Format::CloudEvents => {
                 let p: CloudEventPayload = serde_json::from_slice(body).map_err(json_reason)?;
@@ -157,8 +145,7 @@ impl HarborEvent {
                 };
                 let occurred_at = match p.time.as_deref() {
                     None => 0,
-                    Some(t) => rfc3339_seconds(t)
-                        .ok_or_else(|| malformed("field `time` is not an RFC 3339 time"))?,
+                    Some(t) => rfc3339_seconds(t).ok_or_else(|| malformed("field `time` is not an RFC 3339 time"))?,
                 };
                 let artifact = artifact_of(&kind, p.data, "data", source_host)?;
                 Ok(HarborEvent {
@@ -184,31 +171,20 @@ fn artifact_of(
         return Ok(None);
     }
     let data = data.ok_or_else(|| malformed(format!("field `{data_field}` is missing")))?;
-    let resources = data
-        .resources
-        .ok_or_else(|| malformed(format!("field `{data_field}.resources` is missing")))?;
+    let resources = data.resources.ok_or_else(|| malformed(format!("field `{data_field}.resources` is missing")))?;
     let [resource] = <[Resource; 1]>::try_from(resources).map_err(|r| {
-        malformed(format!(
-            "field `{data_field}.resources` must hold exactly one resource, found {}",
-            r.len()
-        ))
+        malformed(format!("field `{data_field}.resources` must hold exactly one resource, found {}", r.len()))
     })?;
-    let repo_data = data
-        .repository
-        .ok_or_else(|| malformed(format!("field `{data_field}.repository` is missing")))?;
+    let repo_data = data.repository.ok_or_else(|| malformed(format!("field `{data_field}.repository` is missing")))?;
 
-    let digest: Digest = resource
-        .digest
-        .parse()
-        .map_err(|e| malformed(format!("field `{data_field}.resources[0].digest`: {e}")))?;
+    let digest: Digest =
+        resource.digest.parse().map_err(|e| malformed(format!("field `{data_field}.resources[0].digest`: {e}")))?;
 
     // resource_url is `host/repo:tag` or `host/repo@digest`, without scheme.
     let url = resource.resource_url.as_str();
-    let (host, path) = url.split_once('/').ok_or_else(|| {
-        malformed(format!(
-            "field `{data_field}.resources[0].resource_url` has no repository"
-        ))
-    })?;
+    let (host, path) = url
+        .split_once('/')
+        .ok_or_else(|| malformed(format!("field `{data_field}.resources[0].resource_url` has no repository")))?;
     if !host.eq_ignore_ascii_case(source_host) {
         return Err(EventError::ForeignHost {
             found: host.chars().take(100).collect(),
@@ -226,20 +202,13 @@ fn artifact_of(
         }
         None => path.rsplit_once(':').map_or(path, |(repo, _)| repo),
     };
-    let repository: RepositoryPath = repo_part.parse().map_err(|e| {
-        malformed(format!(
-            "field `{data_field}.resources[0].resource_url`: {e}"
-        ))
-    })?;
+    let repository: RepositoryPath =
+        repo_part.parse().map_err(|e| malformed(format!("field `{data_field}.resources[0].resource_url`: {e}")))?;
 
     // Harbor splits the path at the first '/': namespace = project.
-    let full = repo_data
-        .repo_full_name
-        .clone()
-        .unwrap_or_else(|| format!("{}/{}", repo_data.namespace, repo_data.name));
-    if full != repository.as_str()
-        || (!repo_data.namespace.is_empty() && repo_data.namespace != repository.project())
-    {
+    let full =
+        repo_data.repo_full_name.clone().unwrap_or_else(|| format!("{}/{}", repo_data.namespace, repo_data.name));
+    if full != repository.as_str() || (!repo_data.namespace.is_empty() && repo_data.namespace != repository.project()) {
         return Err(malformed(format!(
             "field `{data_field}.repository` ({full}) does not match resource_url ({repository})"
         )));
@@ -248,36 +217,17 @@ fn artifact_of(
     let tag = if resource.tag.is_empty() || resource.tag == digest.to_string() {
         None
     } else {
-        Some(
-            resource
-                .tag
-                .parse()
-                .map_err(|e| malformed(format!("field `{data_field}.resources[0].tag`: {e}")))?,
-        )
+        Some(resource.tag.parse().map_err(|e| malformed(format!("field `{data_field}.resources[0].tag`: {e}")))?)
     };
-    Ok(Some(Artifact {
-        repository,
-        digest,
-        tag,
-    }))
+    Ok(Some(Artifact { repository, digest, tag }))
 }
 
 /// Default-format events carry no id. Harbor's retries resend the same
 /// bytes, so a hash of the identifying fields is stable across them.
-fn default_dedup_key(
-    kind: &str,
-    occur_at: i64,
-    operator: &str,
-    artifact: Option<&Artifact>,
-) -> String {
+fn default_dedup_key(kind: &str, occur_at: i64, operator: &str, artifact: Option<&Artifact>) -> String {
     let mut s = format!("{kind}\n{occur_at}\n{operator}\n");
     if let Some(a) = artifact {
-        s.push_str(&format!(
-            "{}\n{}\n{}",
-            a.repository,
-            a.digest,
-            a.tag.as_ref().map(Tag::as_str).unwrap_or("")
-        ));
+        s.push_str(&format!("{}\n{}\n{}", a.repository, a.digest, a.tag.as_ref().map(Tag::as_str).unwrap_or("")));
     }
     format!("df-{}", short_hash(s.as_bytes()))
 }
@@ -288,9 +238,7 @@ fn short_hash(bytes: &[u8]) -> String {
 
 /// CloudEvents `time` is RFC 3339; returns unix seconds.
 fn rfc3339_seconds(t: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp())
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok().map(|t| t.unix_timestamp())
 }
 
 #[cfg(test)]
@@ -298,48 +246,28 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../tests/fixtures/harbor/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let path = format!("{}/../tests/fixtures/harbor/{name}", env!("CARGO_MANIFEST_DIR"));
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     #[test]
     fn default_push_by_digest() {
-        let e = HarborEvent::parse(
-            Format::Default,
-            &fixture("push_artifact.default.json"),
-            "localhost",
-        )
-        .unwrap();
+        let e = HarborEvent::parse(Format::Default, &fixture("push_artifact.default.json"), "localhost").unwrap();
         assert_eq!(e.kind, EventKind::Push);
         assert_eq!(e.occurred_at, 1680501893);
         assert_eq!(e.operator, "harbor-jobservice");
         let a = e.artifact.unwrap();
         assert_eq!(a.repository.as_str(), "harbor/alpine");
         assert_eq!(a.tag, None);
-        assert_eq!(
-            a.digest.to_string(),
-            "sha256:954b378c375d852eb3c63ab88978f640b4348b01c1b3456a024a81536dafbbf4"
-        );
+        assert_eq!(a.digest.to_string(), "sha256:954b378c375d852eb3c63ab88978f640b4348b01c1b3456a024a81536dafbbf4");
         assert!(e.dedup_key.starts_with("df-"));
     }
 
     #[test]
     fn cloudevents_push_and_same_artifact() {
-        let ce = HarborEvent::parse(
-            Format::CloudEvents,
-            &fixture("push_artifact.cloudevents.json"),
-            "localhost",
-        )
-        .unwrap();
-        let df = HarborEvent::parse(
-            Format::Default,
-            &fixture("push_artifact.default.json"),
-            "localhost",
-        )
-        .unwrap();
+        let ce =
+            HarborEvent::parse(Format::CloudEvents, &fixture("push_artifact.cloudevents.json"), "localhost").unwrap();
+        let df = HarborEvent::parse(Format::Default, &fixture("push_artifact.default.json"), "localhost").unwrap();
         assert_eq!(ce.kind, EventKind::Push);
         assert_eq!(ce.artifact, df.artifact);
         assert_eq!(ce.occurred_at, 1680501886);
@@ -348,20 +276,10 @@ mod tests {
 
     #[test]
     fn tagged_delete_and_ignored_pull() {
-        let e = HarborEvent::parse(
-            Format::Default,
-            &fixture("delete_artifact.default.json"),
-            "localhost",
-        )
-        .unwrap();
+        let e = HarborEvent::parse(Format::Default, &fixture("delete_artifact.default.json"), "localhost").unwrap();
         assert_eq!(e.kind, EventKind::Delete);
         assert_eq!(e.artifact.unwrap().tag.unwrap().as_str(), "3.8");
-        let p = HarborEvent::parse(
-            Format::Default,
-            &fixture("pull_artifact.default.wire.json"),
-            "x",
-        )
-        .unwrap();
+        let p = HarborEvent::parse(Format::Default, &fixture("pull_artifact.default.wire.json"), "x").unwrap();
         assert!(matches!(p.kind, EventKind::Other(ref t) if t == "PULL_ARTIFACT"));
         assert!(p.artifact.is_none());
     }
@@ -372,9 +290,7 @@ mod tests {
         let a = HarborEvent::parse(Format::Default, &body, "localhost").unwrap();
         let b = HarborEvent::parse(Format::Default, &body, "localhost").unwrap();
         assert_eq!(a.dedup_key, b.dedup_key);
-        let other = String::from_utf8(body)
-            .unwrap()
-            .replace("1680501893,\n  \"operator", "1680501894,\n  \"operator");
+        let other = String::from_utf8(body).unwrap().replace("1680501893,\n  \"operator", "1680501894,\n  \"operator");
         let c = HarborEvent::parse(Format::Default, other.as_bytes(), "localhost").unwrap();
         assert_ne!(a.dedup_key, c.dedup_key);
     }
@@ -385,27 +301,14 @@ mod tests {
         let cases = [
             ("{}".to_owned(), "type"),
             ("not json".to_owned(), "invalid payload"),
-            (
-                push.replace("\"resources\"", "\"resourcez\""),
-                "event_data.resources",
-            ),
+            (push.replace("\"resources\"", "\"resourcez\""), "event_data.resources"),
             (push.replace("sha256:954b", "sha256:XX4b"), "digest"),
-            (
-                push.replace("\"harbor/alpine\"", "\"harbor/other\""),
-                "event_data.repository",
-            ),
-            (
-                push.replace("localhost/harbor/alpine@", "localhost/harbor/../alpine@"),
-                "resource_url",
-            ),
+            (push.replace("\"harbor/alpine\"", "\"harbor/other\""), "event_data.repository"),
+            (push.replace("localhost/harbor/alpine@", "localhost/harbor/../alpine@"), "resource_url"),
         ];
         for (body, needle) in cases {
-            let err =
-                HarborEvent::parse(Format::Default, body.as_bytes(), "localhost").unwrap_err();
-            assert!(
-                err.to_string().contains(needle),
-                "{err} should mention {needle}"
-            );
+            let err = HarborEvent::parse(Format::Default, body.as_bytes(), "localhost").unwrap_err();
+            assert!(err.to_string().contains(needle), "{err} should mention {needle}");
         }
     }
 

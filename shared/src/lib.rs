@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod digest;
 pub mod event;
+pub mod harbor_api;
 pub mod plan;
 pub mod poller;
 pub mod queue;

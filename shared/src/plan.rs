@@ -7,9 +7,7 @@ use crate::config::Config;
 use crate::event::{EventKind, HarborEvent};
 use crate::repository::RepositoryPath;
 use crate::rules::MappingError;
-use crate::task::{
-    Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION,
-};
+use crate::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
 
 /// What an event turns into.
 #[derive(Debug, Default)]
@@ -19,10 +17,27 @@ pub struct Plan {
     pub skipped: Vec<(String, MappingError)>,
 }
 
+/// True when a rule that would otherwise match has a label filter, so the
+/// artifact's labels must be read from Harbor before planning.
+pub fn needs_labels(config: &Config, event: &HarborEvent) -> bool {
+    let Some(a) = &event.artifact else { return false };
+    matches!(event.kind, EventKind::Push | EventKind::Delete)
+        && config
+            .rules
+            .iter()
+            .any(|r| r.label_filter.is_some() && r.matches(&a.repository, a.tag.as_ref(), &event.operator))
+}
+
 /// Builds one task per (artifact, destination registry, destination
 /// repository). Rules that land on the same place merge into one task: the
 /// copy happens once, and it overrides only if every merged rule allows it.
-pub fn plan(config: &Config, event: &HarborEvent, new_id: &mut dyn FnMut() -> String) -> Plan {
+/// `labels` are the artifact's labels when [`needs_labels`] asked for them.
+pub fn plan(
+    config: &Config,
+    event: &HarborEvent,
+    labels: Option<&[String]>,
+    new_id: &mut dyn FnMut() -> String,
+) -> Plan {
     let mut plan = Plan::default();
     let (Some(artifact), action) = (
         event.artifact.as_ref(),
@@ -40,7 +55,7 @@ pub fn plan(config: &Config, event: &HarborEvent, new_id: &mut dyn FnMut() -> St
         if action == Action::Delete && !rule.deletion {
             continue;
         }
-        if !rule.matches(&artifact.repository, artifact.tag.as_ref(), &event.operator) {
+        if !rule.matches(&artifact.repository, artifact.tag.as_ref(), &event.operator) || !rule.accepts_labels(labels) {
             continue;
         }
         let repository = match rule.map_repository(&artifact.repository) {
@@ -61,16 +76,9 @@ pub fn plan(config: &Config, event: &HarborEvent, new_id: &mut dyn FnMut() -> St
                 digest: artifact.digest.clone(),
                 tags: tags.clone(),
             },
-            destination: DestinationArtifact {
-                registry: rule.destination.registry.clone(),
-                repository,
-                tags,
-            },
+            destination: DestinationArtifact { registry: rule.destination.registry.clone(), repository, tags },
             rules: Vec::new(),
-            options: CopyOptions {
-                override_existing: true,
-                bandwidth_kbps: None,
-            },
+            options: CopyOptions { override_existing: true, bandwidth_kbps: None },
             event: EventRef {
                 key: event.dedup_key.clone(),
                 occurred_at: event.occurred_at,
@@ -109,16 +117,8 @@ rules:
 "#;
 
     fn event(file: &str) -> HarborEvent {
-        let body = std::fs::read(format!(
-            "{}/../tests/fixtures/harbor/{file}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        let format = if file.contains("cloudevents") {
-            Format::CloudEvents
-        } else {
-            Format::Default
-        };
+        let body = std::fs::read(format!("{}/../tests/fixtures/harbor/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let format = if file.contains("cloudevents") { Format::CloudEvents } else { Format::Default };
         HarborEvent::parse(format, &body, "localhost").unwrap()
     }
 
@@ -133,17 +133,11 @@ rules:
     #[test]
     fn push_fans_out_and_merges() {
         let config = Config::parse(CONFIG).unwrap();
-        let plan = plan(&config, &event("push_artifact.default.json"), &mut ids());
+        let plan = plan(&config, &event("push_artifact.default.json"), None, &mut ids());
         let got: Vec<_> = plan
             .tasks
             .iter()
-            .map(|t| {
-                (
-                    t.destination.registry.as_str(),
-                    t.destination.repository.as_str(),
-                    t.rules.join("+"),
-                )
-            })
+            .map(|t| (t.destination.registry.as_str(), t.destination.repository.as_str(), t.rules.join("+")))
             .collect();
         assert_eq!(
             got,
@@ -153,15 +147,9 @@ rules:
             ]
         );
         let merged = &plan.tasks[0];
-        assert!(
-            !merged.options.override_existing,
-            "one merged rule forbids override"
-        );
+        assert!(!merged.options.override_existing, "one merged rule forbids override");
         assert_eq!(merged.options.bandwidth_kbps, Some(800));
-        assert!(
-            merged.source.tags.is_empty(),
-            "push by digest carries no tag"
-        );
+        assert!(merged.source.tags.is_empty(), "push by digest carries no tag");
         assert_eq!(plan.skipped.len(), 1);
         assert_eq!(plan.skipped[0].0, "too-deep");
     }
@@ -169,7 +157,7 @@ rules:
     #[test]
     fn delete_only_for_deletion_rules() {
         let config = Config::parse(CONFIG).unwrap();
-        let plan = plan(&config, &event("delete_artifact.default.json"), &mut ids());
+        let plan = plan(&config, &event("delete_artifact.default.json"), None, &mut ids());
         assert_eq!(plan.tasks.len(), 1);
         assert_eq!(plan.tasks[0].action, Action::Delete);
         assert_eq!(plan.tasks[0].destination.tags[0].as_str(), "3.8");
@@ -184,6 +172,6 @@ rules:
         ))
         .unwrap();
         let e = HarborEvent::parse(Format::Default, &body, "harbor.dev").unwrap();
-        assert!(plan(&config, &e, &mut ids()).tasks.is_empty());
+        assert!(plan(&config, &e, None, &mut ids()).tasks.is_empty());
     }
 }

@@ -49,10 +49,7 @@ pub async fn poll(queue: &TaskQueue, worker: &Worker, shutdown: impl Future<Outp
             .filter_map(|m| {
                 let id = m.message_id()?.to_owned();
                 receipts.insert(id.clone(), m.receipt_handle()?.to_owned());
-                Some(Message {
-                    id,
-                    body: m.body().unwrap_or_default().to_owned(),
-                })
+                Some(Message { id, body: m.body().unwrap_or_default().to_owned() })
             })
             .collect();
         if messages.is_empty() {
@@ -74,13 +71,8 @@ pub async fn poll(queue: &TaskQueue, worker: &Worker, shutdown: impl Future<Outp
         if done.is_empty() {
             continue;
         }
-        if let Err(e) = queue
-            .client()
-            .delete_message_batch()
-            .queue_url(queue.url())
-            .set_entries(Some(done))
-            .send()
-            .await
+        if let Err(e) =
+            queue.client().delete_message_batch().queue_url(queue.url()).set_entries(Some(done)).send().await
         {
             // The tasks are idempotent: a redelivery after this costs HEADs only.
             tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "delete of finished messages failed");

@@ -34,10 +34,7 @@ const ATTEMPTS: u32 = 3;
 
 impl TaskQueue {
     pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> Self {
-        TaskQueue {
-            client,
-            url: url.into(),
-        }
+        TaskQueue { client, url: url.into() }
     }
 
     pub fn url(&self) -> &str {
@@ -74,20 +71,9 @@ impl TaskQueue {
                             .expect("id and body are set")
                     })
                     .collect::<Vec<_>>();
-                match self
-                    .client
-                    .send_message_batch()
-                    .queue_url(&self.url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                {
+                match self.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
                     Ok(out) => {
-                        pending = out
-                            .failed()
-                            .iter()
-                            .filter_map(|f| f.id().parse().ok())
-                            .collect();
+                        pending = out.failed().iter().filter_map(|f| f.id().parse().ok()).collect();
                         if let Some(f) = out.failed().first() {
                             reason = format!("{}: {}", f.code(), f.message().unwrap_or_default());
                         }
@@ -96,11 +82,7 @@ impl TaskQueue {
                 }
             }
             if !pending.is_empty() {
-                return Err(EnqueueError {
-                    failed: pending.len(),
-                    total,
-                    reason,
-                });
+                return Err(EnqueueError { failed: pending.len(), total, reason });
             }
         }
         Ok(())

@@ -95,8 +95,7 @@ impl FromStr for Tag {
         let ok = !b.is_empty()
             && b.len() <= MAX_TAG_LEN
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b.iter()
-                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+            && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
         if !ok {
             return Err(NameError::Tag(s.chars().take(200).collect()));
         }
@@ -144,13 +143,7 @@ mod tests {
 
     #[test]
     fn repository_paths() {
-        for ok in [
-            "alpine",
-            "library/alpine",
-            "proj/team/app",
-            "a.b_c__d---e/x-y",
-            "0/1",
-        ] {
+        for ok in ["alpine", "library/alpine", "proj/team/app", "a.b_c__d---e/x-y", "0/1"] {
             assert!(ok.parse::<RepositoryPath>().is_ok(), "{ok}");
         }
         for bad in [

@@ -13,6 +13,8 @@ pub struct Rule {
     pub enabled: bool,
     pub name_filter: Option<Pattern>,
     pub tag_filter: Option<TagFilter>,
+    /// Evaluated with labels read from Harbor's API (`source.harbor_api`).
+    pub label_filter: Option<LabelFilter>,
     pub destination: Destination,
     /// Overwrite a destination tag that points at another digest [override].
     pub override_existing: bool,
@@ -36,6 +38,24 @@ pub struct Pattern {
 pub struct TagFilter {
     pub pattern: Pattern,
     pub decoration: Decoration,
+}
+
+/// Harbor's label filter: an artifact matches when it carries *all* the
+/// listed labels; `excludes` inverts that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelFilter {
+    pub labels: Vec<String>,
+    pub decoration: Decoration,
+}
+
+impl LabelFilter {
+    pub fn accepts(&self, labels: &[String]) -> bool {
+        let all = self.labels.iter().all(|l| labels.contains(l));
+        match self.decoration {
+            Decoration::Matches => all,
+            Decoration::Excludes => !all,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -78,14 +98,8 @@ pub struct MappingError {
 
 impl Pattern {
     pub fn new(source: &str) -> Result<Pattern, globset::Error> {
-        let glob = GlobBuilder::new(source)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()?;
-        Ok(Pattern {
-            source: source.to_owned(),
-            matcher: glob.compile_matcher(),
-        })
+        let glob = GlobBuilder::new(source).literal_separator(true).backslash_escape(true).build()?;
+        Ok(Pattern { source: source.to_owned(), matcher: glob.compile_matcher() })
     }
 
     pub fn is_match(&self, candidate: &str) -> bool {
@@ -112,22 +126,27 @@ impl TagFilter {
 
 impl Rule {
     /// Does this rule replicate `repository` (with `tag`, or untagged)?
+    /// Label filters are not looked at here: see [`Rule::accepts_labels`].
     pub fn matches(&self, repository: &RepositoryPath, tag: Option<&Tag>, operator: &str) -> bool {
         self.enabled
             && !self.exclude_operators.iter().any(|o| o == operator)
-            && self
-                .name_filter
-                .as_ref()
-                .is_none_or(|p| p.is_match(repository.as_str()))
+            && self.name_filter.as_ref().is_none_or(|p| p.is_match(repository.as_str()))
             && self.tag_filter.as_ref().is_none_or(|f| f.accepts(tag))
+    }
+
+    /// The label filter against the artifact's labels; `None` (labels not
+    /// looked up) passes only rules without a label filter.
+    pub fn accepts_labels(&self, labels: Option<&[String]>) -> bool {
+        match (&self.label_filter, labels) {
+            (None, _) => true,
+            (Some(f), Some(l)) => f.accepts(l),
+            (Some(_), None) => false,
+        }
     }
 
     /// The destination repository for `repository` (Harbor's
     /// `replaceNamespace`).
-    pub fn map_repository(
-        &self,
-        repository: &RepositoryPath,
-    ) -> Result<RepositoryPath, MappingError> {
+    pub fn map_repository(&self, repository: &RepositoryPath) -> Result<RepositoryPath, MappingError> {
         let Some(namespace) = &self.destination.namespace else {
             return Ok(repository.clone());
         };
@@ -138,11 +157,7 @@ impl Rule {
             Flatten::Levels(n) if (n as usize) < parts.len() => parts[n as usize..].join("/"),
             Flatten::Levels(n) if n as usize == parts.len() => parts[parts.len() - 1].to_owned(),
             Flatten::Levels(n) => {
-                return Err(MappingError {
-                    repository: repository.to_string(),
-                    levels: n,
-                    depth: parts.len(),
-                })
+                return Err(MappingError { repository: repository.to_string(), levels: n, depth: parts.len() })
             }
         };
         // Both halves are valid path components, so the join is valid too
@@ -181,7 +196,19 @@ struct RawFilters {
     #[serde(default)]
     name: String,
     tag: Option<RawTagFilter>,
-    label: Option<serde_yaml_ng::Value>,
+    label: Option<RawLabelFilter>,
+}
+
+/// `label: [a, b]` or `label: { values: [a, b], decoration: excludes }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawLabelFilter {
+    List(Vec<String>),
+    Full {
+        values: Vec<String>,
+        #[serde(default = "matches")]
+        decoration: Decoration,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,10 +244,7 @@ fn one() -> i64 {
 }
 
 fn field_err(field: &str, reason: impl Into<String>) -> RuleError {
-    RuleError::Field {
-        field: field.to_owned(),
-        reason: reason.into(),
-    }
+    RuleError::Field { field: field.to_owned(), reason: reason.into() }
 }
 
 impl Rule {
@@ -236,27 +260,29 @@ impl Rule {
             None => None,
             Some(t) if t.pattern.is_empty() && t.decoration == Decoration::Matches => None,
             Some(t) => Some(TagFilter {
-                pattern: Pattern::new(&t.pattern)
-                    .map_err(|e| field_err("filters.tag.pattern", e.to_string()))?,
+                pattern: Pattern::new(&t.pattern).map_err(|e| field_err("filters.tag.pattern", e.to_string()))?,
                 decoration: t.decoration,
             }),
         };
-        if raw.filters.label.is_some() {
-            let reason = if harbor_api {
-                "label filters are not supported yet"
-            } else {
-                "a label filter needs source.harbor_api: true (labels are read from Harbor's API; artifacts carry none at push time)"
-            };
-            return Err(field_err("filters.label", reason));
-        }
+        let label_filter = match raw.filters.label {
+            None => None,
+            Some(_) if !harbor_api => {
+                return Err(field_err(
+                    "filters.label",
+                    "a label filter needs source.harbor_api: true (labels are read from Harbor's API; artifacts carry none at push time)",
+                ))
+            }
+            Some(RawLabelFilter::List(values)) | Some(RawLabelFilter::Full { values, decoration: Decoration::Matches }) if values.is_empty() => None,
+            Some(RawLabelFilter::List(values)) => Some(LabelFilter { labels: values, decoration: Decoration::Matches }),
+            Some(RawLabelFilter::Full { values, decoration }) => Some(LabelFilter { labels: values, decoration }),
+        };
         if raw.destination.registry.is_empty() {
             return Err(field_err("destination.registry", "must not be empty"));
         }
         let namespace = match raw.destination.namespace.as_str() {
             "" => None,
             ns => {
-                ns.parse::<RepositoryPath>()
-                    .map_err(|e| field_err("destination.namespace", e.to_string()))?;
+                ns.parse::<RepositoryPath>().map_err(|e| field_err("destination.namespace", e.to_string()))?;
                 Some(ns.to_owned())
             }
         };
@@ -264,20 +290,14 @@ impl Rule {
             -1 => Flatten::All,
             n @ 0..=3 => Flatten::Levels(n as u8),
             n => {
-                return Err(field_err(
-                    "destination.flatten",
-                    format!("{n} is not one of -1 (all), 0 (none), 1, 2, 3"),
-                ))
+                return Err(field_err("destination.flatten", format!("{n} is not one of -1 (all), 0 (none), 1, 2, 3")))
             }
         };
         let bandwidth_kbps = match raw.bandwidth_kbps {
             -1 => None,
             n if n > 0 => Some(n as u64),
             n => {
-                return Err(field_err(
-                    "bandwidth_kbps",
-                    format!("{n}: use -1 for unlimited or a positive kilobits/s"),
-                ))
+                return Err(field_err("bandwidth_kbps", format!("{n}: use -1 for unlimited or a positive kilobits/s")))
             }
         };
         Ok(Rule {
@@ -285,11 +305,8 @@ impl Rule {
             enabled: raw.enabled,
             name_filter,
             tag_filter,
-            destination: Destination {
-                registry: raw.destination.registry,
-                namespace,
-                flatten,
-            },
+            label_filter,
+            destination: Destination { registry: raw.destination.registry, namespace, flatten },
             override_existing: raw.override_existing,
             deletion: raw.deletion,
             bandwidth_kbps,
@@ -323,22 +340,8 @@ mod tests {
             ("library/*", "", "matches", "library/a/b", "latest", false),
             ("library/**", "", "matches", "library/a/b", "latest", true),
             ("library/**", "", "matches", "goharbor/a", "latest", false),
-            (
-                "{library,goharbor}/**",
-                "",
-                "matches",
-                "goharbor/harbor-core",
-                "v2",
-                true,
-            ),
-            (
-                "{library,goharbor}/**",
-                "",
-                "matches",
-                "other/x",
-                "v2",
-                false,
-            ),
+            ("{library,goharbor}/**", "", "matches", "goharbor/harbor-core", "v2", true),
+            ("{library,goharbor}/**", "", "matches", "other/x", "v2", false),
             ("", "", "matches", "any/thing/deep", "x", true),
             ("**", "1.?", "matches", "p/app", "1.0", true),
             ("**", "1.?", "matches", "p/app", "1.10", false),
@@ -355,11 +358,30 @@ mod tests {
                 "{{ name: t, filters: {{ name: '{name}', tag: {{ pattern: '{tag_pattern}', decoration: {decoration} }} }}, destination: {{ registry: r }} }}"
             );
             let got = rule(&yaml).matches(&repo(r), tag(t).as_ref(), "admin");
-            assert_eq!(
-                got, expected,
-                "name={name} tag={tag_pattern} {decoration} on {r}:{t}"
-            );
+            assert_eq!(got, expected, "name={name} tag={tag_pattern} {decoration} on {r}:{t}");
         }
+    }
+
+    #[test]
+    fn label_filters_follow_harbor() {
+        let labels = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let parse = |yaml: &str, api: bool| Rule::from_raw(serde_yaml_ng::from_str(yaml).unwrap(), api);
+        let all =
+            parse("{ name: t, filters: { label: [prod, approved] }, destination: { registry: r } }", true).unwrap();
+        assert!(all.accepts_labels(Some(&labels(&["approved", "prod", "x"]))));
+        assert!(!all.accepts_labels(Some(&labels(&["prod"]))), "needs every listed label");
+        assert!(!all.accepts_labels(None));
+        let not = parse(
+            "{ name: t, filters: { label: { values: [wip], decoration: excludes } }, destination: { registry: r } }",
+            true,
+        )
+        .unwrap();
+        assert!(not.accepts_labels(Some(&labels(&["prod"]))));
+        assert!(!not.accepts_labels(Some(&labels(&["wip"]))));
+        let err = parse("{ name: t, filters: { label: [prod] }, destination: { registry: r } }", false).unwrap_err();
+        assert!(err.to_string().contains("harbor_api"));
+        let none = parse("{ name: t, destination: { registry: r } }", false).unwrap();
+        assert!(none.accepts_labels(None));
     }
 
     #[test]
@@ -385,13 +407,9 @@ mod tests {
             ("ns/sub", 1, "library/img", Ok("ns/sub/img")),
         ];
         for (ns, flatten, from, expected) in table {
-            let r = rule(&format!(
-                "{{ name: t, destination: {{ registry: r, namespace: '{ns}', flatten: {flatten} }} }}"
-            ));
-            let got = r
-                .map_repository(&repo(from))
-                .map(|p| p.to_string())
-                .map_err(|_| ());
+            let r =
+                rule(&format!("{{ name: t, destination: {{ registry: r, namespace: '{ns}', flatten: {flatten} }} }}"));
+            let got = r.map_repository(&repo(from)).map(|p| p.to_string()).map_err(|_| ());
             assert_eq!(got, expected.map(str::to_owned), "{ns} {flatten} {from}");
         }
     }

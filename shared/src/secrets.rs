@@ -3,8 +3,10 @@
 //! Values are kept in memory only and never logged.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
+use tokio::sync::RwLock;
 
 use crate::config::{CredentialsRef, WebhookAuthSource};
 use crate::registry::Credentials;
@@ -36,10 +38,7 @@ impl SecretSource {
         secrets_manager: Option<aws_sdk_secretsmanager::Client>,
         env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        SecretSource {
-            secrets_manager,
-            env: Arc::new(env),
-        }
+        SecretSource { secrets_manager, env: Arc::new(env) }
     }
 
     /// The process environment, plus Secrets Manager.
@@ -49,81 +48,90 @@ impl SecretSource {
 
     pub async fn credentials(&self, r: &CredentialsRef) -> Result<Credentials, SecretError> {
         match r {
-            CredentialsRef::Env {
-                username,
-                password_env,
-            } => Ok(Credentials {
-                username: username.clone(),
-                password: self.env_var(password_env)?,
-            }),
+            CredentialsRef::Env { username, password_env } => {
+                Ok(Credentials { username: username.clone(), password: self.env_var(password_env)? })
+            }
             CredentialsRef::Secret { secret_id } => {
                 let raw = self.secret_string(secret_id).await?;
-                let up: UserPassword =
-                    serde_json::from_str(&raw).map_err(|_| SecretError::Secret {
-                        id: secret_id.clone(),
-                        reason: "value is not JSON {\"username\": …, \"password\": …}".into(),
-                    })?;
-                Ok(Credentials {
-                    username: up.username,
-                    password: up.password,
-                })
+                let up: UserPassword = serde_json::from_str(&raw).map_err(|_| SecretError::Secret {
+                    id: secret_id.clone(),
+                    reason: "value is not JSON {\"username\": …, \"password\": …}".into(),
+                })?;
+                Ok(Credentials { username: up.username, password: up.password })
             }
         }
     }
 
-    pub async fn webhook_auth(
-        &self,
-        source: &WebhookAuthSource,
-    ) -> Result<AuthValues, SecretError> {
+    pub async fn webhook_auth(&self, source: &WebhookAuthSource) -> Result<AuthValues, SecretError> {
         let raw = match source {
             WebhookAuthSource::Env(name) => self.env_var(name)?,
             WebhookAuthSource::Secret(id) => self.secret_string(id).await?,
         };
-        let values: Vec<String> = raw
-            .split(',')
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let values: Vec<String> = raw.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned).collect();
         if values.is_empty() {
             let what = match source {
                 WebhookAuthSource::Env(n) => format!("environment variable {n}"),
                 WebhookAuthSource::Secret(id) => format!("secret {id}"),
             };
-            return Err(SecretError::Secret {
-                id: what,
-                reason: "holds no accepted Authorization value".into(),
-            });
+            return Err(SecretError::Secret { id: what, reason: "holds no accepted Authorization value".into() });
         }
         Ok(AuthValues { values })
     }
 
     fn env_var(&self, name: &str) -> Result<String, SecretError> {
-        (self.env)(name)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| SecretError::MissingEnv(name.to_owned()))
+        (self.env)(name).filter(|v| !v.is_empty()).ok_or_else(|| SecretError::MissingEnv(name.to_owned()))
     }
 
     async fn secret_string(&self, id: &str) -> Result<String, SecretError> {
-        let fail = |reason: String| SecretError::Secret {
-            id: id.to_owned(),
-            reason,
-        };
-        let client = self
-            .secrets_manager
-            .as_ref()
-            .ok_or_else(|| fail("Secrets Manager is not configured".into()))?;
+        let fail = |reason: String| SecretError::Secret { id: id.to_owned(), reason };
+        let client = self.secrets_manager.as_ref().ok_or_else(|| fail("Secrets Manager is not configured".into()))?;
         let out = client
             .get_secret_value()
             .secret_id(id)
             .send()
             .await
-            .map_err(|e| {
-                fail(aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string())
-            })?;
-        out.secret_string()
-            .map(str::to_owned)
-            .ok_or_else(|| fail("has no string value".into()))
+            .map_err(|e| fail(aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string()))?;
+        out.secret_string().map(str::to_owned).ok_or_else(|| fail("has no string value".into()))
+    }
+}
+
+/// The accepted webhook values, cached and re-read from their source once
+/// `ttl` has passed, so a rotated secret is picked up without a redeploy.
+pub struct WebhookAuth {
+    source: WebhookAuthSource,
+    secrets: SecretSource,
+    ttl: Duration,
+    cached: RwLock<(AuthValues, Instant)>,
+}
+
+impl WebhookAuth {
+    /// Reads the values once; start-up fails if they cannot be read.
+    pub async fn load(source: WebhookAuthSource, secrets: SecretSource, ttl: Duration) -> Result<Self, SecretError> {
+        let values = secrets.webhook_auth(&source).await?;
+        Ok(WebhookAuth { source, secrets, ttl, cached: RwLock::new((values, Instant::now())) })
+    }
+
+    /// The current values. A failed refresh keeps the previous values (and
+    /// is logged without them), so a Secrets Manager hiccup does not turn
+    /// into 401s for Harbor.
+    pub async fn current(&self) -> AuthValues {
+        {
+            let cached = self.cached.read().await;
+            if cached.1.elapsed() < self.ttl {
+                return cached.0.clone();
+            }
+        }
+        let mut cached = self.cached.write().await;
+        if cached.1.elapsed() >= self.ttl {
+            match self.secrets.webhook_auth(&self.source).await {
+                Ok(values) => *cached = (values, Instant::now()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "refreshing webhook auth values failed; keeping the previous ones");
+                    cached.1 = Instant::now();
+                }
+            }
+        }
+        cached.0.clone()
     }
 }
 
@@ -175,27 +183,15 @@ mod tests {
     #[tokio::test]
     async fn env_credentials_and_auth_values() {
         let s = source();
-        let c = s
-            .credentials(&CredentialsRef::Env {
-                username: "u".into(),
-                password_env: "PW".into(),
-            })
-            .await
-            .unwrap();
+        let c = s.credentials(&CredentialsRef::Env { username: "u".into(), password_env: "PW".into() }).await.unwrap();
         assert_eq!(c.password, "s3cret");
         let err = s
-            .credentials(&CredentialsRef::Env {
-                username: "u".into(),
-                password_env: "NOPE".into(),
-            })
+            .credentials(&CredentialsRef::Env { username: "u".into(), password_env: "NOPE".into() })
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "environment variable NOPE is not set");
 
-        let auth = s
-            .webhook_auth(&WebhookAuthSource::Env("AUTH".into()))
-            .await
-            .unwrap();
+        let auth = s.webhook_auth(&WebhookAuthSource::Env("AUTH".into())).await.unwrap();
         assert!(auth.accepts(Some("Bearer a")));
         assert!(auth.accepts(Some("Bearer b")));
         assert!(!auth.accepts(Some("Bearer c")));
@@ -205,13 +201,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn webhook_auth_is_cached_then_refreshed() {
+        let value = Arc::new(std::sync::Mutex::new("old".to_owned()));
+        let v = value.clone();
+        let secrets = SecretSource::new(None, move |_| Some(v.lock().unwrap().clone()));
+        let auth =
+            WebhookAuth::load(WebhookAuthSource::Env("X".into()), secrets, Duration::from_millis(50)).await.unwrap();
+        *value.lock().unwrap() = "new".into();
+        assert!(auth.current().await.accepts(Some("old")), "cached within the TTL");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let now = auth.current().await;
+        assert!(now.accepts(Some("new")) && !now.accepts(Some("old")), "re-read after the TTL");
+        *value.lock().unwrap() = String::new();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(auth.current().await.accepts(Some("new")), "a failed refresh keeps the last good values");
+    }
+
+    #[tokio::test]
     async fn secret_without_client_is_a_clear_error() {
-        let err = source()
-            .credentials(&CredentialsRef::Secret {
-                secret_id: "x".into(),
-            })
-            .await
-            .unwrap_err();
+        let err = source().credentials(&CredentialsRef::Secret { secret_id: "x".into() }).await.unwrap_err();
         assert!(err.to_string().contains("secret x"));
     }
 }

@@ -20,20 +20,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new().fallback(handle).with_state(webhook);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 async fn handle(State(webhook): State<Arc<Webhook>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let header = |name| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v: &http::HeaderValue| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |name| parts.headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok()).map(str::to_owned);
     // Read one byte past the limit so an oversized body is told apart.
     let body = match to_bytes(body, MAX_BODY_BYTES + 1).await {
         Ok(b) => b,
@@ -50,10 +42,5 @@ async fn handle(State(webhook): State<Arc<Webhook>>, req: Request) -> Response {
 }
 
 fn into_response(reply: Reply) -> Response {
-    (
-        reply.status,
-        [(CONTENT_TYPE, "application/json")],
-        Body::from(reply.body.to_string()),
-    )
-        .into_response()
+    (reply.status, [(CONTENT_TYPE, "application/json")], Body::from(reply.body.to_string())).into_response()
 }

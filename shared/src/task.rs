@@ -90,12 +90,8 @@ impl Task {
     /// Decodes a queue message body. Unknown versions are refused, not
     /// guessed: they go to the DLQ where an operator sees them.
     pub fn decode(body: &str) -> Result<Task, TaskError> {
-        let value: serde_json::Value =
-            serde_json::from_str(body).map_err(|e| TaskError::Json(e.to_string()))?;
-        let version = value
-            .get("version")
-            .and_then(serde_json::Value::as_u64)
-            .ok_or(TaskError::MissingVersion)?;
+        let value: serde_json::Value = serde_json::from_str(body).map_err(|e| TaskError::Json(e.to_string()))?;
+        let version = value.get("version").and_then(serde_json::Value::as_u64).ok_or(TaskError::MissingVersion)?;
         if version != u64::from(TASK_VERSION) {
             return Err(TaskError::UnknownVersion(version));
         }
@@ -127,15 +123,8 @@ mod tests {
                 tags: vec!["latest".parse().unwrap()],
             },
             rules: vec!["rule".into()],
-            options: CopyOptions {
-                override_existing: true,
-                bandwidth_kbps: None,
-            },
-            event: EventRef {
-                key: "df-1".into(),
-                occurred_at: 1,
-                operator: "admin".into(),
-            },
+            options: CopyOptions { override_existing: true, bandwidth_kbps: None },
+            event: EventRef { key: "df-1".into(), occurred_at: 1, operator: "admin".into() },
         }
     }
 
@@ -149,16 +138,10 @@ mod tests {
     fn refuses_unknown_versions_and_bad_fields() {
         let mut v: serde_json::Value = serde_json::from_str(&sample().encode()).unwrap();
         v["version"] = 2.into();
-        assert!(matches!(
-            Task::decode(&v.to_string()),
-            Err(TaskError::UnknownVersion(2))
-        ));
+        assert!(matches!(Task::decode(&v.to_string()), Err(TaskError::UnknownVersion(2))));
         v["version"] = 1.into();
         v["source"]["repository"] = "../etc".into();
-        assert!(matches!(
-            Task::decode(&v.to_string()),
-            Err(TaskError::Schema(_))
-        ));
+        assert!(matches!(Task::decode(&v.to_string()), Err(TaskError::Schema(_))));
         assert!(matches!(Task::decode("{}"), Err(TaskError::MissingVersion)));
         assert!(matches!(Task::decode("nope"), Err(TaskError::Json(_))));
     }

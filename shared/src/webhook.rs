@@ -11,9 +11,10 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::event::{EventError, EventKind, Format, HarborEvent};
-use crate::plan::plan;
+use crate::harbor_api::HarborApi;
+use crate::plan::{needs_labels, plan, Plan};
 use crate::queue::{Outgoing, TaskQueue};
-use crate::secrets::AuthValues;
+use crate::secrets::{AuthValues, WebhookAuth};
 use crate::task::Task;
 
 /// Largest body accepted; Harbor's events are a few hundred bytes.
@@ -47,9 +48,7 @@ pub enum Rejection {
     Unauthorized,
     #[error("body larger than {MAX_BODY_BYTES} bytes")]
     TooLarge,
-    #[error(
-        "unsupported content type {0:?}: use application/json or application/cloudevents+json"
-    )]
+    #[error("unsupported content type {0:?}: use application/json or application/cloudevents+json")]
     MediaType(String),
     #[error("{0}")]
     BadRequest(String),
@@ -74,65 +73,63 @@ impl Rejection {
 /// The webhook with everything it needs, built once per cold start.
 pub struct Webhook {
     config: Arc<Config>,
-    auth: AuthValues,
+    auth: WebhookAuth,
     queue: TaskQueue,
     /// Delay for pushes by digest, so that the index task of a multi-arch
     /// push usually runs first and the per-child tasks find nothing to do.
     untagged_delay: Duration,
-}
-
-/// What a valid event turned into, before anything is enqueued.
-pub struct Accepted {
-    pub event: HarborEvent,
-    pub tasks: Vec<Task>,
+    /// Harbor's REST API, for label filters (`source.harbor_api`).
+    harbor: Option<HarborApi>,
 }
 
 impl Webhook {
     pub fn new(
         config: Arc<Config>,
-        auth: AuthValues,
+        auth: WebhookAuth,
         queue: TaskQueue,
         untagged_delay: Duration,
+        harbor: Option<HarborApi>,
     ) -> Self {
-        Webhook {
-            config,
-            auth,
-            queue,
-            untagged_delay,
-        }
+        Webhook { config, auth, queue, untagged_delay, harbor }
     }
 
     /// Handles one request end to end.
     pub async fn handle(&self, req: Incoming) -> Reply {
         if req.path == "/healthz" && req.method == Method::GET {
-            return Reply {
-                status: StatusCode::OK,
-                body: json!({"status": "ok"}),
-            };
+            return Reply { status: StatusCode::OK, body: json!({"status": "ok"}) };
         }
-        let accepted = match self.accept(&req) {
-            Ok(a) => a,
+        let auth = self.auth.current().await;
+        let event = match self.accept(&req, &auth) {
+            Ok(e) => e,
             Err(r) => {
                 tracing::warn!(status = r.status().as_u16(), reason = %r, "webhook request refused");
+                return Reply { status: r.status(), body: json!({"error": r.to_string()}) };
+            }
+        };
+        let labels = match self.labels(&event).await {
+            Ok(l) => l,
+            Err(reason) => {
+                tracing::error!(event_key = %event.dedup_key, %reason, "cannot evaluate label filters; answering 503 so Harbor retries");
                 return Reply {
-                    status: r.status(),
-                    body: json!({"error": r.to_string()}),
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    body: json!({"error": "cannot read the artifact's labels from Harbor, retry later", "event_key": event.dedup_key}),
                 };
             }
         };
-        self.enqueue(accepted).await
+        let plan = self.plan(&event, labels.as_deref());
+        self.enqueue(event, plan.tasks).await
     }
 
-    /// Everything up to (not including) the queue: authentication, limits,
-    /// parsing, rules. Pure CPU; benchmarked on its own.
-    pub fn accept(&self, req: &Incoming) -> Result<Accepted, Rejection> {
+    /// Authentication, limits and parsing: everything before the rules.
+    /// Pure CPU; benchmarked with [`Webhook::plan`].
+    pub fn accept(&self, req: &Incoming, auth: &AuthValues) -> Result<HarborEvent, Rejection> {
         if req.path != "/" {
             return Err(Rejection::NotFound);
         }
         if req.method != Method::POST {
             return Err(Rejection::Method);
         }
-        if !self.auth.accepts(req.authorization.as_deref()) {
+        if !auth.accepts(req.authorization.as_deref()) {
             return Err(Rejection::Unauthorized);
         }
         if req.body.len() > MAX_BODY_BYTES {
@@ -143,26 +140,37 @@ impl Webhook {
             "application/cloudevents+json" => Format::CloudEvents,
             other => return Err(Rejection::MediaType(other.chars().take(100).collect())),
         };
-        let event = HarborEvent::parse(format, &req.body, &self.config.source.host).map_err(
-            |e| match e {
-                EventError::Malformed(m) => Rejection::BadRequest(m),
-                e @ EventError::ForeignHost { .. } => Rejection::ForeignSource(e.to_string()),
-            },
-        )?;
-        let plan = plan(&self.config, &event, &mut || {
-            uuid::Uuid::new_v4().to_string()
-        });
-        for (rule, why) in &plan.skipped {
-            tracing::warn!(event_key = %event.dedup_key, rule = %rule, reason = %why, "rule matched but cannot map the repository");
-        }
-        Ok(Accepted {
-            event,
-            tasks: plan.tasks,
+        HarborEvent::parse(format, &req.body, &self.config.source.host).map_err(|e| match e {
+            EventError::Malformed(m) => Rejection::BadRequest(m),
+            e @ EventError::ForeignHost { .. } => Rejection::ForeignSource(e.to_string()),
         })
     }
 
-    async fn enqueue(&self, accepted: Accepted) -> Reply {
-        let Accepted { event, tasks } = accepted;
+    /// The rules applied to an accepted event. Pure CPU.
+    pub fn plan(&self, event: &HarborEvent, labels: Option<&[String]>) -> Plan {
+        let plan = plan(&self.config, event, labels, &mut || uuid::Uuid::new_v4().to_string());
+        for (rule, why) in &plan.skipped {
+            tracing::warn!(event_key = %event.dedup_key, rule = %rule, reason = %why, "rule matched but cannot map the repository");
+        }
+        plan
+    }
+
+    /// The artifact's labels, read from Harbor only when a label filter
+    /// could decide the outcome.
+    async fn labels(&self, event: &HarborEvent) -> Result<Option<Vec<String>>, String> {
+        let (Some(artifact), true) = (&event.artifact, needs_labels(&self.config, event)) else {
+            return Ok(None);
+        };
+        let api = self.harbor.as_ref().ok_or("source.harbor_api is off")?;
+        match api.artifact(&artifact.repository, &artifact.digest).await {
+            Ok(info) => Ok(Some(info.labels)),
+            // A deleted artifact is gone from the API: it has no labels.
+            Err(crate::harbor_api::HarborApiError::NotFound(_)) => Ok(Some(Vec::new())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn enqueue(&self, event: HarborEvent, tasks: Vec<Task>) -> Reply {
         let artifact = event.artifact.as_ref();
         if tasks.is_empty() {
             let reason = match &event.kind {
@@ -207,22 +215,13 @@ impl Webhook {
                 })
             })
             .collect();
-        Reply {
-            status: StatusCode::ACCEPTED,
-            body: json!({"event_key": event.dedup_key, "tasks": listed}),
-        }
+        Reply { status: StatusCode::ACCEPTED, body: json!({"event_key": event.dedup_key, "tasks": listed}) }
     }
 }
 
 /// `type/subtype` in lowercase, without parameters.
 fn media_type(content_type: Option<&str>) -> String {
-    content_type
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+    content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -231,10 +230,7 @@ mod tests {
 
     #[test]
     fn media_types_ignore_parameters_and_case() {
-        assert_eq!(
-            media_type(Some("Application/JSON; charset=utf-8")),
-            "application/json"
-        );
+        assert_eq!(media_type(Some("Application/JSON; charset=utf-8")), "application/json");
         assert_eq!(media_type(None), "");
     }
 }

@@ -68,11 +68,7 @@ pub async fn push(
             "application/vnd.docker.container.image.v1+json",
         )
     } else {
-        (
-            OCI_MANIFEST,
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            "application/vnd.oci.image.config.v1+json",
-        )
+        (OCI_MANIFEST, "application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.config.v1+json")
     };
     let mut image = GeneratedImage {
         repository: repository.to_owned(),
@@ -91,13 +87,10 @@ pub async fn push(
     let mut children = Vec::new();
     for (arch, variant) in PLATFORMS.iter().cycle().take(platforms) {
         let config = json!({"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}, "created": "2026-01-01T00:00:00Z", "salt": hex::encode(random(8))}).to_string();
-        let config_digest = registry
-            .put_blob(repository, config.clone().into_bytes().into())
-            .await?;
+        let config_digest = registry.put_blob(repository, config.clone().into_bytes().into()).await?;
         image.blobs.push(config_digest.clone());
         image.blob_bytes += config.len() as u64;
-        let mut layer_descs =
-            vec![json!({"mediaType": layer_type, "digest": base_digest, "size": base.len()})];
+        let mut layer_descs = vec![json!({"mediaType": layer_type, "digest": base_digest, "size": base.len()})];
         for _ in 1..layers.max(1) {
             let l = random(layer_size);
             let d = registry.put_blob(repository, l.clone()).await?;
@@ -117,37 +110,24 @@ pub async fn push(
 
     if platforms == 1 && matches!(kind, ImageKind::OciImage | ImageKind::DockerImage) {
         let (_, _, m) = &children[0];
-        image.digest = registry
-            .put_manifest(repository, tag, manifest_type, m.as_bytes())
-            .await?;
+        image.digest = registry.put_manifest(repository, tag, manifest_type, m.as_bytes()).await?;
         image.media_type = manifest_type.to_owned();
         return Ok(image);
     }
     let mut descs = Vec::new();
     for (arch, variant, m) in &children {
-        let d = registry
-            .put_manifest(
-                repository,
-                &crate::plain::sha256(m.as_bytes()),
-                manifest_type,
-                m.as_bytes(),
-            )
-            .await?;
+        let d =
+            registry.put_manifest(repository, &crate::plain::sha256(m.as_bytes()), manifest_type, m.as_bytes()).await?;
         image.children.push(d.clone());
         let mut platform = json!({"architecture": arch, "os": "linux"});
         if !variant.is_empty() {
             platform["variant"] = json!(variant);
         }
-        descs.push(
-            json!({"mediaType": manifest_type, "digest": d, "size": m.len(), "platform": platform}),
-        );
+        descs.push(json!({"mediaType": manifest_type, "digest": d, "size": m.len(), "platform": platform}));
     }
     let index_type = if docker { DOCKER_LIST } else { OCI_INDEX };
-    let index =
-        json!({"schemaVersion": 2, "mediaType": index_type, "manifests": descs}).to_string();
-    image.digest = registry
-        .put_manifest(repository, tag, index_type, index.as_bytes())
-        .await?;
+    let index = json!({"schemaVersion": 2, "mediaType": index_type, "manifests": descs}).to_string();
+    image.digest = registry.put_manifest(repository, tag, index_type, index.as_bytes()).await?;
     image.media_type = index_type.to_owned();
     Ok(image)
 }

@@ -22,9 +22,7 @@ pub fn harbor_push_event(
     digest: &str,
     occur_at: i64,
 ) -> String {
-    let (namespace, name) = repository
-        .split_once('/')
-        .expect("Harbor repositories have a project");
+    let (namespace, name) = repository.split_once('/').expect("Harbor repositories have a project");
     let (tag, resource_url) = match tag {
         Some(t) => (t.to_owned(), format!("{host}/{repository}:{t}")),
         None => (digest.to_owned(), format!("{host}/{repository}@{digest}")),
@@ -49,8 +47,5 @@ pub fn harbor_push_event(
 
 /// Seconds since the epoch.
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }

@@ -20,11 +20,7 @@ pub fn sha256(bytes: &[u8]) -> String {
 
 impl PlainRegistry {
     pub fn new(base: &str, basic: Option<(String, String)>) -> Self {
-        PlainRegistry {
-            base: base.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
-            basic,
-        }
+        PlainRegistry { base: base.trim_end_matches('/').to_owned(), http: reqwest::Client::new(), basic }
     }
 
     fn req(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
@@ -38,35 +34,16 @@ impl PlainRegistry {
     /// Uploads a blob (POST + one PUT); returns its digest.
     pub async fn put_blob(&self, repo: &str, bytes: bytes::Bytes) -> anyhow::Result<String> {
         let digest = sha256(&bytes);
-        let resp = self
-            .req(
-                reqwest::Method::POST,
-                &format!("{}/v2/{repo}/blobs/uploads/", self.base),
-            )
-            .send()
-            .await?;
+        let resp = self.req(reqwest::Method::POST, &format!("{}/v2/{repo}/blobs/uploads/", self.base)).send().await?;
         if resp.status() != StatusCode::ACCEPTED {
             bail!("POST upload: {}", resp.status());
         }
-        let loc = resp
-            .headers()
-            .get("location")
-            .context("no Location")?
-            .to_str()?
-            .to_owned();
+        let loc = resp.headers().get("location").context("no Location")?.to_str()?.to_owned();
         let mut url = reqwest::Url::parse(&self.base)?.join(&loc)?;
         url.query_pairs_mut().append_pair("digest", &digest);
-        let resp = self
-            .req(reqwest::Method::PUT, url.as_str())
-            .body(bytes)
-            .send()
-            .await?;
+        let resp = self.req(reqwest::Method::PUT, url.as_str()).body(bytes).send().await?;
         if resp.status() != StatusCode::CREATED {
-            bail!(
-                "PUT blob: {} {}",
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            );
+            bail!("PUT blob: {} {}", resp.status(), resp.text().await.unwrap_or_default());
         }
         Ok(digest)
     }
@@ -79,35 +56,21 @@ impl PlainRegistry {
         bytes: &[u8],
     ) -> anyhow::Result<String> {
         let resp = self
-            .req(
-                reqwest::Method::PUT,
-                &format!("{}/v2/{repo}/manifests/{reference}", self.base),
-            )
+            .req(reqwest::Method::PUT, &format!("{}/v2/{repo}/manifests/{reference}", self.base))
             .header("content-type", media_type)
             .body(bytes.to_vec())
             .send()
             .await?;
         if resp.status() != StatusCode::CREATED {
-            bail!(
-                "PUT manifest {reference}: {} {}",
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            );
+            bail!("PUT manifest {reference}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
         }
         Ok(sha256(bytes))
     }
 
     /// The manifest's media type and bytes, `None` on 404.
-    pub async fn get_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-    ) -> anyhow::Result<Option<(String, Vec<u8>)>> {
+    pub async fn get_manifest(&self, repo: &str, reference: &str) -> anyhow::Result<Option<(String, Vec<u8>)>> {
         let resp = self
-            .req(
-                reqwest::Method::GET,
-                &format!("{}/v2/{repo}/manifests/{reference}", self.base),
-            )
+            .req(reqwest::Method::GET, &format!("{}/v2/{repo}/manifests/{reference}", self.base))
             .header("accept", ACCEPT)
             .send()
             .await?;
@@ -117,23 +80,12 @@ impl PlainRegistry {
         if resp.status() != StatusCode::OK {
             bail!("GET manifest {reference}: {}", resp.status());
         }
-        let mt = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let mt = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         Ok(Some((mt, resp.bytes().await?.to_vec())))
     }
 
     pub async fn get_blob(&self, repo: &str, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let resp = self
-            .req(
-                reqwest::Method::GET,
-                &format!("{}/v2/{repo}/blobs/{digest}", self.base),
-            )
-            .send()
-            .await?;
+        let resp = self.req(reqwest::Method::GET, &format!("{}/v2/{repo}/blobs/{digest}", self.base)).send().await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -145,10 +97,7 @@ impl PlainRegistry {
 
     pub async fn delete_manifest(&self, repo: &str, digest: &str) -> anyhow::Result<StatusCode> {
         Ok(self
-            .req(
-                reqwest::Method::DELETE,
-                &format!("{}/v2/{repo}/manifests/{digest}", self.base),
-            )
+            .req(reqwest::Method::DELETE, &format!("{}/v2/{repo}/manifests/{digest}", self.base))
             .send()
             .await?
             .status())
@@ -160,10 +109,8 @@ impl PlainRegistry {
         let mut tree = Tree::default();
         let mut pending = vec![reference.to_owned()];
         while let Some(r) = pending.pop() {
-            let (mt, bytes) = self
-                .get_manifest(repo, &r)
-                .await?
-                .with_context(|| format!("{repo}:{r} not found at {}", self.base))?;
+            let (mt, bytes) =
+                self.get_manifest(repo, &r).await?.with_context(|| format!("{repo}:{r} not found at {}", self.base))?;
             let digest = sha256(&bytes);
             let v: serde_json::Value = serde_json::from_slice(&bytes)?;
             if let Some(children) = v["manifests"].as_array() {
@@ -171,17 +118,14 @@ impl PlainRegistry {
                     pending.push(c["digest"].as_str().context("child digest")?.to_owned());
                 }
             }
-            let blobs =
-                std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten());
+            let blobs = std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten());
             for b in blobs.filter(|b| b.is_object()) {
                 let d = b["digest"].as_str().context("blob digest")?.to_owned();
                 if tree.blobs.contains_key(&d) {
                     continue;
                 }
-                let bytes = self
-                    .get_blob(repo, &d)
-                    .await?
-                    .with_context(|| format!("blob {d} missing at {}", self.base))?;
+                let bytes =
+                    self.get_blob(repo, &d).await?.with_context(|| format!("blob {d} missing at {}", self.base))?;
                 tree.bytes += bytes.len() as u64;
                 tree.blobs.insert(d, sha256(&bytes));
             }
@@ -204,9 +148,7 @@ pub struct Tree {
 impl Tree {
     /// Manifests reached by digest must hash to that digest, and blobs too.
     pub fn self_consistent(&self) -> bool {
-        self.manifests
-            .iter()
-            .all(|(r, (_, d))| !r.starts_with("sha256:") || r == d)
+        self.manifests.iter().all(|(r, (_, d))| !r.starts_with("sha256:") || r == d)
             && self.blobs.iter().all(|(k, v)| k == v)
     }
 }

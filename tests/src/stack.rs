@@ -35,9 +35,8 @@ impl Stack {
             }
         }
         let var = |k: &str| {
-            std::env::var(k).with_context(|| {
-                format!("{k} not set: start the stack with `scripts/stack.sh up` (make test does)")
-            })
+            std::env::var(k)
+                .with_context(|| format!("{k} not set: start the stack with `scripts/stack.sh up` (make test does)"))
         };
         Ok(Stack {
             source_url: var("RELAY_SOURCE_URL")?,
@@ -62,10 +61,7 @@ impl Stack {
     }
 
     pub fn target(&self) -> crate::PlainRegistry {
-        crate::PlainRegistry::new(
-            &self.target_url,
-            Some((self.target_user.clone(), self.target_password.clone())),
-        )
+        crate::PlainRegistry::new(&self.target_url, Some((self.target_user.clone(), self.target_password.clone())))
     }
 
     /// A configuration for the relay against this stack, with `rules` (YAML
@@ -87,12 +83,7 @@ impl Stack {
 /// Creates a fresh queue (unique name) and returns its URL.
 pub async fn create_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> anyhow::Result<String> {
     let name = format!("{prefix}-{}", uuid_like());
-    let out = sqs
-        .create_queue()
-        .queue_name(&name)
-        .send()
-        .await
-        .context("create queue (is LocalStack up?)")?;
+    let out = sqs.create_queue().queue_name(&name).send().await.context("create queue (is LocalStack up?)")?;
     out.queue_url().map(str::to_owned).context("no queue URL")
 }
 

@@ -14,8 +14,7 @@ use relay_tests::stack::{create_queue, queue_depth};
 use relay_tests::{harbor_push_event, image, now, ImageKind, Stack};
 use tokio::sync::oneshot;
 
-const ALL_TO_CLUSTER1: &str =
-    "  - name: everything\n    destination: { registry: cluster1-registry }\n";
+const ALL_TO_CLUSTER1: &str = "  - name: everything\n    destination: { registry: cluster1-registry }\n";
 
 struct App {
     stack: Stack,
@@ -44,11 +43,7 @@ async fn spawn_app(rules: &str, with_worker: bool) -> App {
     let config = Arc::new(Config::parse(&stack.config_yaml(rules)).unwrap());
     let secrets = SecretSource::from_process(None);
     let queue = TaskQueue::new(sqs.clone(), queue_url.clone());
-    let webhook = Arc::new(
-        bootstrap::webhook(config.clone(), &secrets, queue.clone(), Duration::ZERO)
-            .await
-            .unwrap(),
-    );
+    let webhook = Arc::new(bootstrap::webhook(config.clone(), &secrets, queue.clone(), Duration::ZERO).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let webhook_url = format!("http://{}/", listener.local_addr().unwrap());
     let (stop_web, rx) = oneshot::channel::<()>();
@@ -57,9 +52,7 @@ async fn spawn_app(rules: &str, with_worker: bool) -> App {
     }));
     let mut stop = vec![stop_web];
     if with_worker {
-        let worker = bootstrap::worker(&config, &secrets, fast_retry())
-            .await
-            .unwrap();
+        let worker = bootstrap::worker(&config, &secrets, fast_retry()).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
             relay::poller::poll(&queue, &worker, async move {
@@ -69,28 +62,12 @@ async fn spawn_app(rules: &str, with_worker: bool) -> App {
         });
         stop.push(tx);
     }
-    App {
-        stack,
-        sqs,
-        queue_url,
-        webhook_url,
-        http: reqwest::Client::new(),
-        _stop: stop,
-    }
+    App { stack, sqs, queue_url, webhook_url, http: reqwest::Client::new(), _stop: stop }
 }
 
 impl App {
-    async fn post(
-        &self,
-        auth: Option<&str>,
-        content_type: &str,
-        body: String,
-    ) -> (u16, serde_json::Value) {
-        let mut req = self
-            .http
-            .post(&self.webhook_url)
-            .header("content-type", content_type)
-            .body(body);
+    async fn post(&self, auth: Option<&str>, content_type: &str, body: String) -> (u16, serde_json::Value) {
+        let mut req = self.http.post(&self.webhook_url).header("content-type", content_type).body(body);
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
@@ -99,38 +76,17 @@ impl App {
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
-    async fn push_event(
-        &self,
-        repo: &str,
-        tag: Option<&str>,
-        digest: &str,
-    ) -> (u16, serde_json::Value) {
-        let body = harbor_push_event(
-            "PUSH_ARTIFACT",
-            self.stack.source_host(),
-            repo,
-            tag,
-            digest,
-            now(),
-        );
-        self.post(Some(&self.stack.webhook_auth), "application/json", body)
-            .await
+    async fn push_event(&self, repo: &str, tag: Option<&str>, digest: &str) -> (u16, serde_json::Value) {
+        let body = harbor_push_event("PUSH_ARTIFACT", self.stack.source_host(), repo, tag, digest, now());
+        self.post(Some(&self.stack.webhook_auth), "application/json", body).await
     }
 
     /// Waits until the target serves `reference` in `repo`.
     async fn wait_at_target(&self, repo: &str, reference: &str) {
         let target = self.stack.target();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while target
-            .get_manifest(repo, reference)
-            .await
-            .unwrap()
-            .is_none()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{repo}:{reference} never reached the target"
-            );
+        while target.get_manifest(repo, reference).await.unwrap().is_none() {
+            assert!(Instant::now() < deadline, "{repo}:{reference} never reached the target");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -149,38 +105,19 @@ fn skopeo_digest(stack: &Stack, repo: &str, reference: &str) -> String {
         .arg(format!(
             "docker://{}/{repo}{}{reference}",
             stack.target_host(),
-            if reference.starts_with("sha256:") {
-                "@"
-            } else {
-                ":"
-            }
+            if reference.starts_with("sha256:") { "@" } else { ":" }
         ))
         .output()
         .expect("skopeo installed");
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
     relay_tests::plain::sha256(&out.stdout)
 }
 
-async fn assert_same_tree(
-    app: &App,
-    repo: &str,
-    reference: &str,
-    pushed: &relay_tests::GeneratedImage,
-) {
+async fn assert_same_tree(app: &App, repo: &str, reference: &str, pushed: &relay_tests::GeneratedImage) {
     let src = app.stack.source().tree(repo, reference).await.unwrap();
     let dst = app.stack.target().tree(repo, reference).await.unwrap();
-    assert!(
-        dst.self_consistent(),
-        "destination bytes must hash to their digests"
-    );
-    assert_eq!(
-        dst, src,
-        "destination must hold the same manifests and blobs"
-    );
+    assert!(dst.self_consistent(), "destination bytes must hash to their digests");
+    assert_eq!(dst, src, "destination must hold the same manifests and blobs");
     assert_eq!(dst.manifests[reference].1, pushed.digest);
     assert_eq!(dst.blobs.len(), pushed.blobs.len());
     for child in &pushed.children {
@@ -192,16 +129,9 @@ async fn assert_same_tree(
 async fn multi_arch_oci_index_is_replicated_by_tag() {
     let app = spawn_app(ALL_TO_CLUSTER1, true).await;
     let repo = unique_repo("app");
-    let pushed = image::push(
-        &app.stack.source(),
-        &repo,
-        "v1",
-        ImageKind::OciIndex { platforms: 2 },
-        2,
-        64 * 1024,
-    )
-    .await
-    .unwrap();
+    let pushed = image::push(&app.stack.source(), &repo, "v1", ImageKind::OciIndex { platforms: 2 }, 2, 64 * 1024)
+        .await
+        .unwrap();
 
     let (status, body) = app.push_event(&repo, Some("v1"), &pushed.digest).await;
     assert_eq!(status, 202, "{body}");
@@ -217,16 +147,8 @@ async fn multi_arch_oci_index_is_replicated_by_tag() {
 async fn docker_v2_image_pushed_by_digest_is_replicated() {
     let app = spawn_app(ALL_TO_CLUSTER1, true).await;
     let repo = unique_repo("single");
-    let pushed = image::push(
-        &app.stack.source(),
-        &repo,
-        "build-1",
-        ImageKind::DockerImage,
-        3,
-        32 * 1024,
-    )
-    .await
-    .unwrap();
+    let pushed =
+        image::push(&app.stack.source(), &repo, "build-1", ImageKind::DockerImage, 3, 32 * 1024).await.unwrap();
 
     let (status, body) = app.push_event(&repo, None, &pushed.digest).await;
     assert_eq!(status, 202, "{body}");
@@ -234,37 +156,23 @@ async fn docker_v2_image_pushed_by_digest_is_replicated() {
 
     app.wait_at_target(&repo, &pushed.digest).await;
     assert_same_tree(&app, &repo, &pushed.digest, &pushed).await;
-    assert_eq!(
-        skopeo_digest(&app.stack, &repo, &pushed.digest),
-        pushed.digest
-    );
+    assert_eq!(skopeo_digest(&app.stack, &repo, &pushed.digest), pushed.digest);
     // Pushed by digest: no tag may appear at the destination.
-    assert!(app
-        .stack
-        .target()
-        .get_manifest(&repo, "build-1")
-        .await
-        .unwrap()
-        .is_none());
+    assert!(app.stack.target().get_manifest(&repo, "build-1").await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_manifest_list_with_flattened_namespace() {
     let repo = unique_repo("team/tool");
     let namespace = format!("mirror-{}", &repo[4..12]);
-    let rules = format!("  - name: flat\n    destination: {{ registry: cluster1-registry, namespace: {namespace}, flatten: -1 }}\n");
+    let rules = format!(
+        "  - name: flat\n    destination: {{ registry: cluster1-registry, namespace: {namespace}, flatten: -1 }}\n"
+    );
     let app = spawn_app(&rules, true).await;
     let flat = format!("{namespace}/tool");
-    let pushed = image::push(
-        &app.stack.source(),
-        &repo,
-        "2.0",
-        ImageKind::DockerList { platforms: 3 },
-        1,
-        16 * 1024,
-    )
-    .await
-    .unwrap();
+    let pushed = image::push(&app.stack.source(), &repo, "2.0", ImageKind::DockerList { platforms: 3 }, 1, 16 * 1024)
+        .await
+        .unwrap();
 
     let (status, body) = app.push_event(&repo, Some("2.0"), &pushed.digest).await;
     assert_eq!(status, 202, "{body}");
@@ -281,72 +189,28 @@ async fn bad_requests_are_refused_and_enqueue_nothing() {
     // No worker: whatever is enqueued stays on the queue to be counted.
     let app = spawn_app(ALL_TO_CLUSTER1, false).await;
     let digest = relay_tests::plain::sha256(b"not pushed anywhere");
-    let event = harbor_push_event(
-        "PUSH_ARTIFACT",
-        app.stack.source_host(),
-        "proj/app",
-        Some("v1"),
-        &digest,
-        now(),
-    );
+    let event = harbor_push_event("PUSH_ARTIFACT", app.stack.source_host(), "proj/app", Some("v1"), &digest, now());
     let auth = app.stack.webhook_auth.clone();
 
     let cases: Vec<(Option<&str>, &str, String, u16)> = vec![
         (None, "application/json", event.clone(), 401),
         (Some("Bearer wrong"), "application/json", event.clone(), 401),
-        (
-            Some(&auth),
-            "application/json",
-            "{\"hello\": \"world\"}".into(),
-            400,
-        ),
-        (
-            Some(&auth),
-            "application/json",
-            "this is not json".into(),
-            400,
-        ),
+        (Some(&auth), "application/json", "{\"hello\": \"world\"}".into(), 400),
+        (Some(&auth), "application/json", "this is not json".into(), 400),
         (Some(&auth), "text/plain", event.clone(), 415),
-        (
-            Some(&auth),
-            "application/json",
-            event.replace(app.stack.source_host(), "169.254.169.254"),
-            422,
-        ),
-        (
-            Some(&auth),
-            "application/json",
-            " ".repeat(1024 * 1024 + 1),
-            413,
-        ),
+        (Some(&auth), "application/json", event.replace(app.stack.source_host(), "169.254.169.254"), 422),
+        (Some(&auth), "application/json", " ".repeat(1024 * 1024 + 1), 413),
     ];
     for (a, ct, body, want) in cases {
         let (status, reply) = app.post(a, ct, body).await;
         assert_eq!(status, want, "{reply}");
         if want == 400 {
-            assert!(
-                reply["error"].as_str().is_some_and(|e| !e.is_empty()),
-                "400 must carry a reason: {reply}"
-            );
+            assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()), "400 must carry a reason: {reply}");
         }
     }
-    let get = app
-        .http
-        .get(&app.webhook_url)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16();
+    let get = app.http.get(&app.webhook_url).send().await.unwrap().status().as_u16();
     assert_eq!(get, 405);
-    let health = app
-        .http
-        .get(format!("{}healthz", app.webhook_url))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16();
+    let health = app.http.get(format!("{}healthz", app.webhook_url)).send().await.unwrap().status().as_u16();
     assert_eq!(health, 200);
     assert_eq!(
         queue_depth(&app.sqs, &app.queue_url).await.unwrap(),
@@ -366,54 +230,22 @@ async fn bad_requests_are_refused_and_enqueue_nothing() {
 async fn replicating_again_moves_no_bytes() {
     let stack = Stack::load().unwrap();
     let config = Config::parse(&stack.config_yaml(ALL_TO_CLUSTER1)).unwrap();
-    let worker = bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry())
-        .await
-        .unwrap();
+    let worker = bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap();
     let repo = unique_repo("again");
-    let pushed = image::push(
-        &stack.source(),
-        &repo,
-        "v1",
-        ImageKind::OciIndex { platforms: 2 },
-        2,
-        64 * 1024,
-    )
-    .await
-    .unwrap();
-    let body = harbor_push_event(
-        "PUSH_ARTIFACT",
-        stack.source_host(),
-        &repo,
-        Some("v1"),
-        &pushed.digest,
-        now(),
-    );
-    let event = relay::event::HarborEvent::parse(
-        relay::event::Format::Default,
-        body.as_bytes(),
-        stack.source_host(),
-    )
-    .unwrap();
-    let task = relay::plan::plan(&config, &event, &mut || "t".into())
-        .tasks
-        .remove(0);
+    let pushed =
+        image::push(&stack.source(), &repo, "v1", ImageKind::OciIndex { platforms: 2 }, 2, 64 * 1024).await.unwrap();
+    let body = harbor_push_event("PUSH_ARTIFACT", stack.source_host(), &repo, Some("v1"), &pushed.digest, now());
+    let event =
+        relay::event::HarborEvent::parse(relay::event::Format::Default, body.as_bytes(), stack.source_host()).unwrap();
+    let task = relay::plan::plan(&config, &event, None, &mut || "t".into()).tasks.remove(0);
 
     let first = worker.run(&task).await.unwrap();
     assert_eq!(first.outcome, Some(relay::registry::Outcome::Copied));
-    assert_eq!(
-        first.bytes, pushed.blob_bytes,
-        "every blob byte crosses once"
-    );
+    assert_eq!(first.bytes, pushed.blob_bytes, "every blob byte crosses once");
     assert_eq!(first.blobs_copied as usize, pushed.blobs.len());
     assert_eq!(first.manifests_pushed, 3, "two children and the index");
 
     let second = worker.run(&task).await.unwrap();
-    assert_eq!(
-        second.outcome,
-        Some(relay::registry::Outcome::AlreadyPresent)
-    );
-    assert_eq!(
-        (second.bytes, second.blobs_copied, second.manifests_pushed),
-        (0, 0, 0)
-    );
+    assert_eq!(second.outcome, Some(relay::registry::Outcome::AlreadyPresent));
+    assert_eq!((second.bytes, second.blobs_copied, second.manifests_pushed), (0, 0, 0));
 }

@@ -13,16 +13,11 @@ use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource, Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     relay::telemetry::init(std::env::var("RUST_LOG").ok().as_deref());
-    let config_path =
-        std::env::var("RELAY_CONFIG").context("RELAY_CONFIG must name the configuration file")?;
+    let config_path = std::env::var("RELAY_CONFIG").context("RELAY_CONFIG must name the configuration file")?;
     let config = Arc::new(Config::load(config_path.as_ref())?);
-    let queue_url =
-        std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
+    let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
     let untagged_delay = match std::env::var("RELAY_UNTAGGED_DELAY_SECONDS") {
-        Ok(v) => Duration::from_secs(
-            v.parse()
-                .context("RELAY_UNTAGGED_DELAY_SECONDS must be whole seconds (0-900)")?,
-        ),
+        Ok(v) => Duration::from_secs(v.parse().context("RELAY_UNTAGGED_DELAY_SECONDS must be whole seconds (0-900)")?),
         Err(_) => Duration::from_secs(30),
     };
     anyhow::ensure!(
@@ -32,25 +27,14 @@ async fn main() -> anyhow::Result<()> {
 
     let (sqs, secrets_manager) = bootstrap::aws_clients().await;
     let secrets = SecretSource::from_process(Some(secrets_manager));
-    let webhook = Arc::new(
-        bootstrap::webhook(
-            config,
-            &secrets,
-            TaskQueue::new(sqs, queue_url),
-            untagged_delay,
-        )
-        .await?,
-    );
+    let webhook = Arc::new(bootstrap::webhook(config, &secrets, TaskQueue::new(sqs, queue_url), untagged_delay).await?);
 
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        lambda_http::run(service_fn(move |req| lambda(webhook.clone(), req)))
-            .await
-            .map_err(|e| anyhow::anyhow!(e))
+        lambda_http::run(service_fn(move |req| lambda(webhook.clone(), req))).await.map_err(|e| anyhow::anyhow!(e))
     } else {
         let addr = std::env::var("RELAY_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(listen = %listener.local_addr()?, "webhook listening");
         relay::server::serve(listener, webhook, shutdown_signal()).await?;
         Ok(())
@@ -59,13 +43,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn lambda(webhook: Arc<Webhook>, req: Request) -> Result<Response<Body>, lambda_http::Error> {
     let (parts, body) = req.into_parts();
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = match body {
         Body::Empty => Default::default(),
         Body::Text(t) => t.into_bytes().into(),
@@ -88,8 +66,7 @@ async fn lambda(webhook: Arc<Webhook>, req: Request) -> Result<Response<Body>, l
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

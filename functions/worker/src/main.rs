@@ -14,20 +14,16 @@ use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource, Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     relay::telemetry::init(std::env::var("RUST_LOG").ok().as_deref());
-    let config_path =
-        std::env::var("RELAY_CONFIG").context("RELAY_CONFIG must name the configuration file")?;
+    let config_path = std::env::var("RELAY_CONFIG").context("RELAY_CONFIG must name the configuration file")?;
     let config = Config::load(config_path.as_ref())?;
     let (sqs, secrets_manager) = bootstrap::aws_clients().await;
     let secrets = SecretSource::from_process(Some(secrets_manager));
     let worker = Arc::new(bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?);
 
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        lambda_runtime::run(service_fn(move |event| batch(worker.clone(), event)))
-            .await
-            .map_err(|e| anyhow::anyhow!(e))
+        lambda_runtime::run(service_fn(move |event| batch(worker.clone(), event))).await.map_err(|e| anyhow::anyhow!(e))
     } else {
-        let queue_url = std::env::var("RELAY_QUEUE_URL")
-            .context("RELAY_QUEUE_URL must be the copy queue's URL")?;
+        let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
         tracing::info!(queue = %queue_url, "worker polling");
         relay::poller::poll(&TaskQueue::new(sqs, queue_url), &worker, shutdown_signal()).await;
         Ok(())
@@ -35,18 +31,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// One SQS batch; failed messages are reported so only they come back.
-async fn batch(
-    worker: Arc<Worker>,
-    event: LambdaEvent<SqsEvent>,
-) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+async fn batch(worker: Arc<Worker>, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
     let messages = event
         .payload
         .records
         .into_iter()
-        .map(|r| Message {
-            id: r.message_id.unwrap_or_default(),
-            body: r.body.unwrap_or_default(),
-        })
+        .map(|r| Message { id: r.message_id.unwrap_or_default(), body: r.body.unwrap_or_default() })
         .collect();
     let failed = worker.handle_batch(messages).await;
     let mut response = SqsBatchResponse::default();
@@ -62,8 +52,7 @@ async fn batch(
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

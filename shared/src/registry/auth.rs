@@ -18,20 +18,14 @@ pub struct Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
+        f.debug_struct("Credentials").field("username", &self.username).field("password", &"<redacted>").finish()
     }
 }
 
 impl Credentials {
     pub fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(raw)
-        )
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
     }
 }
 
@@ -39,10 +33,7 @@ impl Credentials {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
     Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-    },
+    Bearer { realm: String, service: Option<String> },
 }
 
 impl Challenge {
@@ -59,10 +50,7 @@ impl Challenge {
         }
         let params = auth_params(rest);
         let realm = params.get("realm")?.clone();
-        Some(Challenge::Bearer {
-            realm,
-            service: params.get("service").cloned(),
-        })
+        Some(Challenge::Bearer { realm, service: params.get("service").cloned() })
     }
 }
 
@@ -107,10 +95,7 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 
 impl TokenCache {
     pub fn get(&self, scope: &str) -> Option<String> {
-        self.tokens
-            .get(scope)
-            .filter(|(_, until)| Instant::now() < *until)
-            .map(|(t, _)| t.clone())
+        self.tokens.get(scope).filter(|(_, until)| Instant::now() < *until).map(|(t, _)| t.clone())
     }
 
     pub fn put(&mut self, scope: &str, token: String, expires_in: Duration) {
@@ -137,10 +122,7 @@ mod tests {
 
     #[test]
     fn parses_challenges() {
-        assert_eq!(
-            Challenge::parse("Basic realm=\"Registry Realm\""),
-            Some(Challenge::Basic)
-        );
+        assert_eq!(Challenge::parse("Basic realm=\"Registry Realm\""), Some(Challenge::Basic));
         assert_eq!(
             Challenge::parse(
                 r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#
@@ -152,10 +134,7 @@ mod tests {
         );
         assert_eq!(
             Challenge::parse(r#"bearer service="s", realm="http://127.0.0.1:9/t?x=\"y\"""#),
-            Some(Challenge::Bearer {
-                realm: "http://127.0.0.1:9/t?x=\"y\"".into(),
-                service: Some("s".into())
-            })
+            Some(Challenge::Bearer { realm: "http://127.0.0.1:9/t?x=\"y\"".into(), service: Some("s".into()) })
         );
         assert_eq!(Challenge::parse("Bearer service=\"s\""), None);
         assert_eq!(Challenge::parse("Negotiate abc"), None);
@@ -163,10 +142,7 @@ mod tests {
 
     #[test]
     fn debug_hides_password() {
-        let c = Credentials {
-            username: "u".into(),
-            password: "hunter2".into(),
-        };
+        let c = Credentials { username: "u".into(), password: "hunter2".into() };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 

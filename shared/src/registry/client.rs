@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::{
-    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION,
-    RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
@@ -50,40 +50,17 @@ struct AuthState {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{registry}: {method} {path}: connection failed: {reason}")]
-    Transport {
-        registry: String,
-        method: Method,
-        path: String,
-        reason: String,
-    },
+    Transport { registry: String, method: Method, path: String, reason: String },
     #[error("{registry}: {path}: HTTP {status}{detail}")]
-    Status {
-        registry: String,
-        path: String,
-        status: StatusCode,
-        detail: String,
-    },
+    Status { registry: String, path: String, status: StatusCode, detail: String },
     #[error("{registry}: authentication failed ({status}) for {path}")]
-    Denied {
-        registry: String,
-        path: String,
-        status: StatusCode,
-    },
+    Denied { registry: String, path: String, status: StatusCode },
     #[error("{registry}: token request failed: {reason}")]
     Token { registry: String, reason: String },
     #[error("{registry}: {what} {digest} has digest {actual} (refusing to copy it)")]
-    DigestMismatch {
-        registry: String,
-        what: &'static str,
-        digest: Digest,
-        actual: Digest,
-    },
+    DigestMismatch { registry: String, what: &'static str, digest: Digest, actual: Digest },
     #[error("{registry}: manifest {reference} is larger than {limit} bytes")]
-    TooLarge {
-        registry: String,
-        reference: String,
-        limit: usize,
-    },
+    TooLarge { registry: String, reference: String, limit: usize },
     #[error("{registry}: {reason}")]
     Protocol { registry: String, reason: String },
 }
@@ -148,41 +125,20 @@ impl RegistryClient {
     /// `GET /v2/`: Harbor's "test connection", with authentication.
     pub async fn ping(&self) -> Result<(), RegistryError> {
         let url = self.url("/v2/");
-        let resp = self
-            .execute(Method::GET, url, "", HeaderMap::new(), None)
-            .await?;
+        let resp = self.execute(Method::GET, url, "", HeaderMap::new(), None).await?;
         self.expect(resp, &[StatusCode::OK]).await.map(drop)
     }
 
     /// The digest a tag or digest resolves to, `None` when absent.
-    pub async fn head_manifest(
-        &self,
-        repo: &RepositoryPath,
-        reference: &str,
-    ) -> Result<Option<Digest>, RegistryError> {
+    pub async fn head_manifest(&self, repo: &RepositoryPath, reference: &str) -> Result<Option<Digest>, RegistryError> {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let resp = self
-            .execute(
-                Method::HEAD,
-                url,
-                &self.scope(repo),
-                accept_manifests(),
-                None,
-            )
-            .await?;
+        let resp = self.execute(Method::HEAD, url, &self.scope(repo), accept_manifests(), None).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
         let resp = self.expect(resp, &[StatusCode::OK]).await?;
-        match resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(d) => d
-                .parse()
-                .map(Some)
-                .map_err(|e| self.protocol(format!("bad Docker-Content-Digest: {e}"))),
+        match resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
+            Some(d) => d.parse().map(Some).map_err(|e| self.protocol(format!("bad Docker-Content-Digest: {e}"))),
             // Without the header only the bytes can tell.
             None => Ok(Some(self.get_manifest(repo, reference, None).await?.digest)),
         }
@@ -196,28 +152,15 @@ impl RegistryClient {
         expected: Option<&Digest>,
     ) -> Result<Manifest, RegistryError> {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let resp = self
-            .execute(
-                Method::GET,
-                url,
-                &self.scope(repo),
-                accept_manifests(),
-                None,
-            )
-            .await?;
+        let resp = self.execute(Method::GET, url, &self.scope(repo), accept_manifests(), None).await?;
         let resp = self.expect(resp, &[StatusCode::OK]).await?;
-        let media_type = header_str(resp.headers(), CONTENT_TYPE)
-            .unwrap_or_default()
-            .to_owned();
+        let media_type = header_str(resp.headers(), CONTENT_TYPE).unwrap_or_default().to_owned();
         let too_large = || RegistryError::TooLarge {
             registry: self.name.clone(),
             reference: reference.to_owned(),
             limit: manifest::MAX_MANIFEST_BYTES,
         };
-        if resp
-            .content_length()
-            .is_some_and(|l| l > manifest::MAX_MANIFEST_BYTES as u64)
-        {
+        if resp.content_length().is_some_and(|l| l > manifest::MAX_MANIFEST_BYTES as u64) {
             return Err(too_large());
         }
         let mut body = Vec::new();
@@ -231,11 +174,8 @@ impl RegistryClient {
         }
         let actual = Digest::sha256_of(&body);
         if let Some(expected) = expected {
-            let matches = if expected.algorithm() == actual.algorithm() {
-                expected == &actual
-            } else {
-                expected.verifies(&body)
-            };
+            let matches =
+                if expected.algorithm() == actual.algorithm() { expected == &actual } else { expected.verifies(&body) };
             if !matches {
                 return Err(RegistryError::DigestMismatch {
                     registry: self.name.clone(),
@@ -244,17 +184,9 @@ impl RegistryClient {
                     actual,
                 });
             }
-            return Ok(Manifest {
-                digest: expected.clone(),
-                media_type,
-                bytes: body.into(),
-            });
+            return Ok(Manifest { digest: expected.clone(), media_type, bytes: body.into() });
         }
-        Ok(Manifest {
-            digest: actual,
-            media_type,
-            bytes: body.into(),
-        })
+        Ok(Manifest { digest: actual, media_type, bytes: body.into() })
     }
 
     /// Pushes manifest bytes unchanged under `reference` (a tag or its digest).
@@ -267,62 +199,30 @@ impl RegistryClient {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, header_value(m.push_type()));
-        let resp = self
-            .execute(
-                Method::PUT,
-                url,
-                &self.scope(repo),
-                headers,
-                Some(m.bytes.clone()),
-            )
-            .await?;
-        let resp = self
-            .expect(resp, &[StatusCode::CREATED, StatusCode::OK])
-            .await?;
+        let resp = self.execute(Method::PUT, url, &self.scope(repo), headers, Some(m.bytes.clone())).await?;
+        let resp = self.expect(resp, &[StatusCode::CREATED, StatusCode::OK]).await?;
         if let Some(d) = header_str(resp.headers(), "docker-content-digest") {
             if d != m.digest.to_string() {
-                return Err(self.protocol(format!(
-                    "pushed manifest {} but the registry stored {d}",
-                    m.digest
-                )));
+                return Err(self.protocol(format!("pushed manifest {} but the registry stored {d}", m.digest)));
             }
         }
         Ok(())
     }
 
     /// Deletes a manifest by digest. `Ok(false)` when it was not there.
-    pub async fn delete_manifest(
-        &self,
-        repo: &RepositoryPath,
-        digest: &Digest,
-    ) -> Result<bool, RegistryError> {
+    pub async fn delete_manifest(&self, repo: &RepositoryPath, digest: &Digest) -> Result<bool, RegistryError> {
         let url = self.url(&format!("/v2/{repo}/manifests/{digest}"));
-        let resp = self
-            .execute(
-                Method::DELETE,
-                url,
-                &self.scope(repo),
-                HeaderMap::new(),
-                None,
-            )
-            .await?;
+        let resp = self.execute(Method::DELETE, url, &self.scope(repo), HeaderMap::new(), None).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(false);
         }
-        self.expect(resp, &[StatusCode::ACCEPTED, StatusCode::OK])
-            .await?;
+        self.expect(resp, &[StatusCode::ACCEPTED, StatusCode::OK]).await?;
         Ok(true)
     }
 
-    pub async fn blob_exists(
-        &self,
-        repo: &RepositoryPath,
-        digest: &Digest,
-    ) -> Result<bool, RegistryError> {
+    pub async fn blob_exists(&self, repo: &RepositoryPath, digest: &Digest) -> Result<bool, RegistryError> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
-        let resp = self
-            .execute(Method::HEAD, url, &self.scope(repo), HeaderMap::new(), None)
-            .await?;
+        let resp = self.execute(Method::HEAD, url, &self.scope(repo), HeaderMap::new(), None).await?;
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(false),
             _ => self.expect(resp, &[StatusCode::OK]).await.map(|_| true),
@@ -331,15 +231,9 @@ impl RegistryClient {
 
     /// Opens a blob for streaming (redirects to storage are followed; the
     /// Authorization header is not sent to another host).
-    pub async fn open_blob(
-        &self,
-        repo: &RepositoryPath,
-        digest: &Digest,
-    ) -> Result<Response, RegistryError> {
+    pub async fn open_blob(&self, repo: &RepositoryPath, digest: &Digest) -> Result<Response, RegistryError> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
-        let resp = self
-            .execute(Method::GET, url, &self.scope(repo), HeaderMap::new(), None)
-            .await?;
+        let resp = self.execute(Method::GET, url, &self.scope(repo), HeaderMap::new(), None).await?;
         self.expect(resp, &[StatusCode::OK]).await
     }
 
@@ -353,20 +247,14 @@ impl RegistryClient {
         let mut url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
         let mut scope = self.scope(repo);
         if let Some((digest, from)) = mount {
-            url.query_pairs_mut()
-                .append_pair("mount", &digest.to_string())
-                .append_pair("from", from.as_str());
+            url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", from.as_str());
             scope = format!("{scope} repository:{from}:pull");
         }
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-        let resp = self
-            .execute(Method::POST, url, &scope, headers, None)
-            .await?;
+        let resp = self.execute(Method::POST, url, &scope, headers, None).await?;
         let status = resp.status();
-        let resp = self
-            .expect(resp, &[StatusCode::CREATED, StatusCode::ACCEPTED])
-            .await?;
+        let resp = self.expect(resp, &[StatusCode::CREATED, StatusCode::ACCEPTED]).await?;
         if mount.is_some() && status == StatusCode::CREATED {
             return Ok(UploadStart::Mounted);
         }
@@ -385,31 +273,17 @@ impl RegistryClient {
         body: reqwest::Body,
     ) -> Result<(), RegistryError> {
         let mut url = session;
-        url.query_pairs_mut()
-            .append_pair("digest", &digest.to_string());
+        url.query_pairs_mut().append_pair("digest", &digest.to_string());
         let mut headers = HeaderMap::new();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
-        let resp = self
-            .send_once(Method::PUT, url, &self.scope(repo), headers, body)
-            .await?;
+        let resp = self.send_once(Method::PUT, url, &self.scope(repo), headers, body).await?;
         self.expect(resp, &[StatusCode::CREATED]).await.map(drop)
     }
 
     /// Abandons an upload session (best effort).
     pub async fn cancel_upload(&self, repo: &RepositoryPath, session: Url) {
-        let _ = self
-            .execute(
-                Method::DELETE,
-                session,
-                &self.scope(repo),
-                HeaderMap::new(),
-                None,
-            )
-            .await;
+        let _ = self.execute(Method::DELETE, session, &self.scope(repo), HeaderMap::new(), None).await;
     }
 
     fn scope(&self, repo: &RepositoryPath) -> String {
@@ -445,10 +319,7 @@ impl RegistryClient {
         let mut retry = 0;
         let mut reauthenticated = false;
         loop {
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .headers(headers.clone());
+            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
@@ -469,17 +340,14 @@ impl RegistryClient {
                 Err(e) => return Err(self.transport(&method, url.path(), &e)),
             };
             let status = resp.status();
-            if status == StatusCode::UNAUTHORIZED
-                && !reauthenticated
-                && self.learn_challenge(&resp, scope)
-            {
+            if status == StatusCode::UNAUTHORIZED && !reauthenticated && self.learn_challenge(&resp, scope) {
                 reauthenticated = true;
                 retry -= 1;
                 continue;
             }
             if is_retryable(status) && retry < self.retry.attempts {
-                let after = header_str(resp.headers(), RETRY_AFTER)
-                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let after =
+                    header_str(resp.headers(), RETRY_AFTER).and_then(|v| parse_retry_after(v, SystemTime::now()));
                 let wait = self.retry.delay(retry, after);
                 tracing::warn!(registry = %self.name, %method, path = url.path(), status = status.as_u16(), wait_ms = wait.as_millis() as u64, retry, "registry asked to retry");
                 tokio::time::sleep(wait).await;
@@ -499,20 +367,13 @@ impl RegistryClient {
         headers: HeaderMap,
         body: reqwest::Body,
     ) -> Result<Response, RegistryError> {
-        let mut req = self
-            .http
-            .request(method.clone(), url.clone())
-            .headers(headers)
-            .body(body);
+        let mut req = self.http.request(method.clone(), url.clone()).headers(headers).body(body);
         if self.same_origin(&url) {
             if let Some(auth) = self.authorization(scope).await? {
                 req = req.header(AUTHORIZATION, auth);
             }
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| self.transport(&method, url.path(), &e))?;
+        let resp = req.send().await.map_err(|e| self.transport(&method, url.path(), &e))?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             // A token that expired mid-copy: forget it so the retry gets a new one.
             self.auth.lock().expect("auth lock").tokens.forget(scope);
@@ -522,9 +383,7 @@ impl RegistryClient {
 
     /// Records the challenge of a 401. Returns whether a retry can help.
     fn learn_challenge(&self, resp: &Response, scope: &str) -> bool {
-        let Some(challenge) =
-            header_str(resp.headers(), WWW_AUTHENTICATE).and_then(Challenge::parse)
-        else {
+        let Some(challenge) = header_str(resp.headers(), WWW_AUTHENTICATE).and_then(Challenge::parse) else {
             return false;
         };
         let mut state = self.auth.lock().expect("auth lock");
@@ -534,9 +393,7 @@ impl RegistryClient {
         let helps = changed || had_token;
         state.challenge = Some(challenge);
         // Basic with the same credentials again cannot help, nor can anonymous.
-        helps
-            && (self.credentials.is_some()
-                || matches!(state.challenge, Some(Challenge::Bearer { .. })))
+        helps && (self.credentials.is_some() || matches!(state.challenge, Some(Challenge::Bearer { .. })))
     }
 
     async fn authorization(&self, scope: &str) -> Result<Option<String>, RegistryError> {
@@ -544,9 +401,7 @@ impl RegistryClient {
             let state = self.auth.lock().expect("auth lock");
             match &state.challenge {
                 None => return Ok(None),
-                Some(Challenge::Basic) => {
-                    return Ok(self.credentials.as_ref().map(Credentials::basic_header))
-                }
+                Some(Challenge::Basic) => return Ok(self.credentials.as_ref().map(Credentials::basic_header)),
                 Some(Challenge::Bearer { .. }) => {
                     if let Some(token) = state.tokens.get(scope) {
                         return Ok(Some(format!("Bearer {token}")));
@@ -559,11 +414,7 @@ impl RegistryClient {
             return Ok(None);
         };
         let (token, expires_in) = self.fetch_token(&realm, service.as_deref(), scope).await?;
-        self.auth
-            .lock()
-            .expect("auth lock")
-            .tokens
-            .put(scope, token.clone(), expires_in);
+        self.auth.lock().expect("auth lock").tokens.put(scope, token.clone(), expires_in);
         Ok(Some(format!("Bearer {token}")))
     }
 
@@ -573,10 +424,7 @@ impl RegistryClient {
         service: Option<&str>,
         scope: &str,
     ) -> Result<(String, Duration), RegistryError> {
-        let fail = |reason: String| RegistryError::Token {
-            registry: self.name.clone(),
-            reason,
-        };
+        let fail = |reason: String| RegistryError::Token { registry: self.name.clone(), reason };
         let mut url = Url::parse(realm).map_err(|e| fail(format!("bad realm: {e}")))?;
         {
             let mut q = url.query_pairs_mut();
@@ -596,14 +444,8 @@ impl RegistryClient {
             return Err(fail(format!("HTTP {}", resp.status())));
         }
         let body: TokenResponse = resp.json().await.map_err(|e| fail(redact(&e)))?;
-        let token = body
-            .token
-            .or(body.access_token)
-            .ok_or_else(|| fail("no token in response".into()))?;
-        Ok((
-            token,
-            Duration::from_secs(body.expires_in.unwrap_or(60).max(1)),
-        ))
+        let token = body.token.or(body.access_token).ok_or_else(|| fail("no token in response".into()))?;
+        Ok((token, Duration::from_secs(body.expires_in.unwrap_or(60).max(1))))
     }
 
     async fn expect(&self, resp: Response, ok: &[StatusCode]) -> Result<Response, RegistryError> {
@@ -613,11 +455,7 @@ impl RegistryClient {
         }
         let path = resp.url().path().to_owned();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(RegistryError::Denied {
-                registry: self.name.clone(),
-                path,
-                status,
-            });
+            return Err(RegistryError::Denied { registry: self.name.clone(), path, status });
         }
         // The registry's error code tells an operator most; keep it short.
         let text = resp.text().await.unwrap_or_default();
@@ -626,26 +464,17 @@ impl RegistryClient {
         } else {
             format!(": {}", text.chars().take(300).collect::<String>().trim())
         };
-        Err(RegistryError::Status {
-            registry: self.name.clone(),
-            path,
-            status,
-            detail,
-        })
+        Err(RegistryError::Status { registry: self.name.clone(), path, status, detail })
     }
 
     fn location(&self, resp: &Response) -> Result<Url, RegistryError> {
         let loc = header_str(resp.headers(), LOCATION)
             .ok_or_else(|| self.protocol("upload response has no Location".into()))?;
-        let url = resp
-            .url()
-            .join(loc)
-            .map_err(|e| self.protocol(format!("bad upload Location: {e}")))?;
+        let url = resp.url().join(loc).map_err(|e| self.protocol(format!("bad upload Location: {e}")))?;
         if !self.same_origin(&url) {
-            return Err(self.protocol(format!(
-                "upload Location points at another host ({})",
-                url.host_str().unwrap_or("?")
-            )));
+            return Err(
+                self.protocol(format!("upload Location points at another host ({})", url.host_str().unwrap_or("?")))
+            );
         }
         Ok(url)
     }
@@ -660,10 +489,7 @@ impl RegistryClient {
     }
 
     fn protocol(&self, reason: String) -> RegistryError {
-        RegistryError::Protocol {
-            registry: self.name.clone(),
-            reason,
-        }
+        RegistryError::Protocol { registry: self.name.clone(), reason }
     }
 }
 
@@ -703,6 +529,5 @@ fn header_str<K: reqwest::header::AsHeaderName>(headers: &HeaderMap, key: K) -> 
 }
 
 fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s)
-        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
 }

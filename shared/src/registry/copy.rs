@@ -104,23 +104,14 @@ impl Copier<'_> {
         let dst_repo = &task.destination.repository;
         let mut report = CopyReport::default();
 
-        if self
-            .source
-            .head_manifest(src_repo, &digest.to_string())
-            .await?
-            .is_none()
-        {
+        if self.source.head_manifest(src_repo, &digest.to_string()).await?.is_none() {
             report.outcome = Some(Outcome::SourceGone);
             return Ok(report);
         }
 
         let mut tags = Vec::new();
         for tag in &task.destination.tags {
-            match self
-                .destination
-                .head_manifest(dst_repo, tag.as_str())
-                .await?
-            {
+            match self.destination.head_manifest(dst_repo, tag.as_str()).await? {
                 Some(d) if &d == digest => {}
                 Some(other) if !task.options.override_existing => {
                     tracing::info!(tag = %tag, existing = %other, "destination tag points elsewhere and override is off: left alone");
@@ -131,43 +122,28 @@ impl Copier<'_> {
         }
         let tagged = !task.destination.tags.is_empty();
         if tagged && tags.is_empty() {
-            report.outcome = Some(if report.tags_skipped.is_empty() {
-                Outcome::AlreadyPresent
-            } else {
-                Outcome::SkippedNoOverride
-            });
+            report.outcome =
+                Some(if report.tags_skipped.is_empty() { Outcome::AlreadyPresent } else { Outcome::SkippedNoOverride });
             return Ok(report);
         }
 
-        let present = self
-            .destination
-            .head_manifest(dst_repo, &digest.to_string())
-            .await?
-            .as_ref()
-            == Some(digest);
+        let present = self.destination.head_manifest(dst_repo, &digest.to_string()).await?.as_ref() == Some(digest);
         if present && !tagged {
             report.outcome = Some(Outcome::AlreadyPresent);
             return Ok(report);
         }
 
-        let root = self
-            .source
-            .get_manifest(src_repo, &digest.to_string(), Some(digest))
-            .await?;
+        let root = self.source.get_manifest(src_repo, &digest.to_string(), Some(digest)).await?;
         if !present {
             let mut tree = Tree::default();
             self.gather(src_repo, dst_repo, &root, &mut tree).await?;
-            let counters = self
-                .copy_blobs(src_repo, dst_repo, tree.blobs.into_values())
-                .await?;
+            let counters = self.copy_blobs(src_repo, dst_repo, tree.blobs.into_values()).await?;
             report.bytes = counters.bytes.into_inner();
             report.blobs_copied = counters.copied.into_inner();
             report.blobs_skipped = counters.skipped.into_inner();
             report.blobs_mounted = counters.mounted.into_inner();
             for child in &tree.children {
-                self.destination
-                    .put_manifest(dst_repo, &child.digest.to_string(), child)
-                    .await?;
+                self.destination.put_manifest(dst_repo, &child.digest.to_string(), child).await?;
                 report.manifests_pushed += 1;
             }
         }
@@ -175,16 +151,12 @@ impl Copier<'_> {
         // digest too), or by digest when the push had no tag.
         match tags.split_first() {
             None => {
-                self.destination
-                    .put_manifest(dst_repo, &digest.to_string(), &root)
-                    .await?;
+                self.destination.put_manifest(dst_repo, &digest.to_string(), &root).await?;
                 report.manifests_pushed += 1;
             }
             Some((first, rest)) => {
                 for tag in std::iter::once(first).chain(rest) {
-                    self.destination
-                        .put_manifest(dst_repo, tag.as_str(), &root)
-                        .await?;
+                    self.destination.put_manifest(dst_repo, tag.as_str(), &root).await?;
                     report.tags_pushed.push(tag.clone());
                 }
                 report.manifests_pushed += 1;
@@ -197,24 +169,12 @@ impl Copier<'_> {
     async fn delete(&self, task: &Task) -> Result<CopyReport, CopyError> {
         let digest = &task.source.digest;
         let mut report = CopyReport::default();
-        if self
-            .source
-            .head_manifest(&task.source.repository, &digest.to_string())
-            .await?
-            .is_some()
-        {
+        if self.source.head_manifest(&task.source.repository, &digest.to_string()).await?.is_some() {
             report.outcome = Some(Outcome::SourceStillHas);
             return Ok(report);
         }
-        let deleted = self
-            .destination
-            .delete_manifest(&task.destination.repository, digest)
-            .await?;
-        report.outcome = Some(if deleted {
-            Outcome::Deleted
-        } else {
-            Outcome::NotPresent
-        });
+        let deleted = self.destination.delete_manifest(&task.destination.repository, digest).await?;
+        report.outcome = Some(if deleted { Outcome::Deleted } else { Outcome::NotPresent });
         Ok(report)
     }
 
@@ -242,19 +202,12 @@ impl Copier<'_> {
                     if tree.children.iter().any(|m| m.digest == child.digest) {
                         continue;
                     }
-                    if self
-                        .destination
-                        .head_manifest(dst_repo, &child.digest.to_string())
-                        .await?
-                        .as_ref()
+                    if self.destination.head_manifest(dst_repo, &child.digest.to_string()).await?.as_ref()
                         == Some(&child.digest)
                     {
                         continue;
                     }
-                    let m = self
-                        .source
-                        .get_manifest(src_repo, &child.digest.to_string(), Some(&child.digest))
-                        .await?;
+                    let m = self.source.get_manifest(src_repo, &child.digest.to_string(), Some(&child.digest)).await?;
                     Box::pin(self.gather(src_repo, dst_repo, &m, tree)).await?;
                     tree.children.push(m);
                 }
@@ -274,8 +227,7 @@ impl Copier<'_> {
             .try_for_each_concurrent(self.blob_concurrency, |d| {
                 let counters = counters.clone();
                 let span = tracing::info_span!("blob", digest = %d.digest, size = d.size);
-                async move { self.copy_blob(src_repo, dst_repo, &d, &counters).await }
-                    .instrument(span)
+                async move { self.copy_blob(src_repo, dst_repo, &d, &counters).await }.instrument(span)
             })
             .await?;
         Ok(Arc::into_inner(counters).expect("all blob futures finished"))
@@ -330,19 +282,11 @@ impl Copier<'_> {
         };
         let counters = counters.clone();
         let body = source.bytes_stream().inspect_ok(move |chunk| {
-            counters
-                .bytes
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            counters.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         });
         let result = self
             .destination
-            .finish_upload(
-                dst_repo,
-                session.clone(),
-                &d.digest,
-                d.size,
-                reqwest::Body::wrap_stream(body),
-            )
+            .finish_upload(dst_repo, session.clone(), &d.digest, d.size, reqwest::Body::wrap_stream(body))
             .await;
         if result.is_err() {
             self.destination.cancel_upload(dst_repo, session).await;

@@ -45,10 +45,7 @@ pub enum Contents {
     /// An index or manifest list: child manifests.
     Index(Vec<Descriptor>),
     /// An image or artifact manifest: config + layers (blobs).
-    Image {
-        config: Descriptor,
-        layers: Vec<Descriptor>,
-    },
+    Image { config: Descriptor, layers: Vec<Descriptor> },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,11 +55,7 @@ pub enum ManifestError {
     #[error("manifest {digest} has unsupported media type {media_type:?}")]
     UnsupportedType { digest: Digest, media_type: String },
     #[error("manifest {digest} is not valid JSON for {media_type}: {reason}")]
-    Invalid {
-        digest: Digest,
-        media_type: String,
-        reason: String,
-    },
+    Invalid { digest: Digest, media_type: String, reason: String },
 }
 
 #[derive(Deserialize)]
@@ -85,42 +78,28 @@ impl Manifest {
             media_type: self.media_type.clone(),
             reason,
         };
-        let shape: Shape =
-            serde_json::from_slice(&self.bytes).map_err(|e| invalid(e.to_string()))?;
+        let shape: Shape = serde_json::from_slice(&self.bytes).map_err(|e| invalid(e.to_string()))?;
         let media_type = match self.media_type.as_str() {
-            "" | "application/json" | "application/octet-stream" => {
-                shape.media_type.clone().unwrap_or_default()
-            }
+            "" | "application/json" | "application/octet-stream" => shape.media_type.clone().unwrap_or_default(),
             t => t.to_owned(),
         };
-        if shape.schema_version == 1
-            || media_type == DOCKER_SCHEMA1
-            || media_type == DOCKER_SCHEMA1_SIGNED
-        {
+        if shape.schema_version == 1 || media_type == DOCKER_SCHEMA1 || media_type == DOCKER_SCHEMA1_SIGNED {
             return Err(ManifestError::Schema1(self.digest.clone()));
         }
         match media_type.as_str() {
-            OCI_INDEX | DOCKER_LIST => Ok(Contents::Index(
-                shape
-                    .manifests
-                    .ok_or_else(|| invalid("no `manifests`".into()))?,
-            )),
+            OCI_INDEX | DOCKER_LIST => {
+                Ok(Contents::Index(shape.manifests.ok_or_else(|| invalid("no `manifests`".into()))?))
+            }
             OCI_MANIFEST | DOCKER_MANIFEST => Ok(Contents::Image {
                 config: shape.config.ok_or_else(|| invalid("no `config`".into()))?,
                 layers: shape.layers.unwrap_or_default(),
             }),
             // An OCI manifest without mediaType: guess from the shape, as the spec allows.
-            "" if shape.manifests.is_some() => {
-                Ok(Contents::Index(shape.manifests.unwrap_or_default()))
+            "" if shape.manifests.is_some() => Ok(Contents::Index(shape.manifests.unwrap_or_default())),
+            "" if shape.config.is_some() => {
+                Ok(Contents::Image { config: shape.config.expect("checked"), layers: shape.layers.unwrap_or_default() })
             }
-            "" if shape.config.is_some() => Ok(Contents::Image {
-                config: shape.config.expect("checked"),
-                layers: shape.layers.unwrap_or_default(),
-            }),
-            other => Err(ManifestError::UnsupportedType {
-                digest: self.digest.clone(),
-                media_type: other.to_owned(),
-            }),
+            other => Err(ManifestError::UnsupportedType { digest: self.digest.clone(), media_type: other.to_owned() }),
         }
     }
 
@@ -138,8 +117,7 @@ impl Manifest {
 /// not copy either: their bytes live at `urls`, not in the registry.
 pub fn is_foreign(d: &Descriptor) -> bool {
     d.media_type == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-        || d.media_type
-            .starts_with("application/vnd.oci.image.layer.nondistributable")
+        || d.media_type.starts_with("application/vnd.oci.image.layer.nondistributable")
 }
 
 #[cfg(test)]
@@ -171,27 +149,16 @@ mod tests {
                 r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"digest":"{D}","size":1}},"layers":[{{"digest":"{D}","size":2}}]}}"#
             ),
         );
-        assert!(
-            matches!(img.contents().unwrap(), Contents::Image { layers, .. } if layers.len() == 1)
-        );
+        assert!(matches!(img.contents().unwrap(), Contents::Image { layers, .. } if layers.len() == 1));
     }
 
     #[test]
     fn refuses_schema1_and_unknown() {
-        let s1 = manifest(
-            DOCKER_SCHEMA1_SIGNED,
-            r#"{"schemaVersion":1,"fsLayers":[]}"#,
-        );
+        let s1 = manifest(DOCKER_SCHEMA1_SIGNED, r#"{"schemaVersion":1,"fsLayers":[]}"#);
         assert!(matches!(s1.contents(), Err(ManifestError::Schema1(_))));
         let odd = manifest("text/plain", r#"{"schemaVersion":2}"#);
-        assert!(matches!(
-            odd.contents(),
-            Err(ManifestError::UnsupportedType { .. })
-        ));
-        let bad = manifest(
-            OCI_INDEX,
-            r#"{"schemaVersion":2,"manifests":[{"digest":"sha256:x","size":1}]}"#,
-        );
+        assert!(matches!(odd.contents(), Err(ManifestError::UnsupportedType { .. })));
+        let bad = manifest(OCI_INDEX, r#"{"schemaVersion":2,"manifests":[{"digest":"sha256:x","size":1}]}"#);
         assert!(matches!(bad.contents(), Err(ManifestError::Invalid { .. })));
     }
 }

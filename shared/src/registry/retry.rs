@@ -35,13 +35,8 @@ impl RetryPolicy {
         if let Some(after) = retry_after {
             return after.min(self.max_retry_after);
         }
-        let step = self
-            .base
-            .saturating_mul(
-                1u32.checked_shl(retry.saturating_sub(1))
-                    .unwrap_or(u32::MAX),
-            )
-            .min(self.cap);
+        let step =
+            self.base.saturating_mul(1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX)).min(self.cap);
         // Full jitter, but never less than half the step so a burst of
         // retries still spreads out rather than hammering at once.
         let half = step / 2;
@@ -51,9 +46,7 @@ impl RetryPolicy {
 
 /// Statuses worth another try: timeouts, throttling, server errors.
 pub fn is_retryable(status: StatusCode) -> bool {
-    status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
+    status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date.
@@ -89,10 +82,7 @@ mod tests {
             let step = (p.base * 2u32.pow(retry - 1)).min(p.cap);
             assert!(d >= step / 2 && d <= step, "retry {retry}: {d:?}");
         }
-        assert_eq!(
-            p.delay(1, Some(Duration::from_secs(3600))),
-            p.max_retry_after
-        );
+        assert_eq!(p.delay(1, Some(Duration::from_secs(3600))), p.max_retry_after);
     }
 
     #[test]

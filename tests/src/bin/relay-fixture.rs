@@ -17,7 +17,11 @@ use relay_tests::{image, stack, ImageKind, Stack};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize| args.get(i).map(String::as_str).with_context(|| format!("missing argument {i}; see the usage at the top of relay-fixture.rs"));
+    let arg = |i: usize| {
+        args.get(i)
+            .map(String::as_str)
+            .with_context(|| format!("missing argument {i}; see the usage at the top of relay-fixture.rs"))
+    };
     let stack = Stack::load()?;
     match arg(0)? {
         "push-image" => {
@@ -28,11 +32,23 @@ async fn main() -> anyhow::Result<()> {
                 "docker" => ImageKind::DockerImage,
                 other => bail!("unknown image kind {other}"),
             };
-            let pushed = image::push(&stack.source(), arg(1)?, arg(2)?, kind, num(&args, 5, 2)?, num(&args, 6, 1024 * 1024)?).await?;
+            let pushed =
+                image::push(&stack.source(), arg(1)?, arg(2)?, kind, num(&args, 5, 2)?, num(&args, 6, 1024 * 1024)?)
+                    .await?;
             println!("{}", serde_json::to_string(&pushed)?);
         }
         "harbor-event" => {
-            println!("{}", relay_tests::harbor_push_event("PUSH_ARTIFACT", stack.source_host(), arg(1)?, Some(arg(2)?), arg(3)?, relay_tests::now()));
+            println!(
+                "{}",
+                relay_tests::harbor_push_event(
+                    "PUSH_ARTIFACT",
+                    stack.source_host(),
+                    arg(1)?,
+                    Some(arg(2)?),
+                    arg(3)?,
+                    relay_tests::now()
+                )
+            );
         }
         "create-queue" => println!("{}", stack::create_queue(&stack.sqs().await, arg(1)?).await?),
         "wait-target" => {
@@ -59,7 +75,12 @@ async fn main() -> anyhow::Result<()> {
             if src != dst || !dst.self_consistent() {
                 bail!("destination differs from source");
             }
-            println!("  {} manifests and {} blobs ({} bytes) identical at source and destination", dst.manifests.len(), dst.blobs.len(), dst.bytes);
+            println!(
+                "  {} manifests and {} blobs ({} bytes) identical at source and destination",
+                dst.manifests.len(),
+                dst.blobs.len(),
+                dst.bytes
+            );
         }
         other => bail!("unknown command {other}"),
     }
