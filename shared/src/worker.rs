@@ -80,7 +80,7 @@ impl Worker {
                     .map(|now| (now.as_millis() as i64 - task.event.occurred_at * 1000).max(0))
                     .unwrap_or(0);
                 tracing::info!(
-                    outcome = ?r.outcome.expect("set on success"),
+                    outcome = r.outcome.expect("set on success").as_str(),
                     bytes = r.bytes,
                     blobs_copied = r.blobs_copied,
                     blobs_mounted = r.blobs_mounted,

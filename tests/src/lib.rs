@@ -4,6 +4,7 @@
 //! helpers. Deliberately separate from the code under test, so a test does
 //! not check the relay with the relay.
 
+pub mod app;
 pub mod image;
 pub mod plain;
 pub mod stack;

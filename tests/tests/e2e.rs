@@ -3,98 +3,14 @@
 //! LocalStack SQS, and two docker-registry servers. Needs the local stack
 //! (`scripts/stack.sh up`; `make test` starts it).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use relay::queue::TaskQueue;
-use relay::registry::retry::RetryPolicy;
 use relay::secrets::SecretSource;
 use relay::{bootstrap, Config};
-use relay_tests::stack::{create_queue, queue_depth};
+use relay_tests::app::{fast_retry, unique_repo, App, AppBuilder, ALL_TO_CLUSTER1};
 use relay_tests::{harbor_push_event, image, now, ImageKind, Stack};
-use tokio::sync::oneshot;
 
-const ALL_TO_CLUSTER1: &str = "  - name: everything\n    destination: { registry: cluster1-registry }\n";
-
-struct App {
-    stack: Stack,
-    sqs: aws_sdk_sqs::Client,
-    queue_url: String,
-    webhook_url: String,
-    http: reqwest::Client,
-    _stop: Vec<oneshot::Sender<()>>,
-}
-
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        attempts: 3,
-        base: Duration::from_millis(20),
-        cap: Duration::from_millis(200),
-        max_retry_after: Duration::from_secs(2),
-    }
-}
-
-/// Starts the webhook server (port 0) and, if asked, a worker polling a
-/// fresh queue of its own.
 async fn spawn_app(rules: &str, with_worker: bool) -> App {
-    let stack = Stack::load().expect("local stack");
-    let sqs = stack.sqs().await;
-    let queue_url = create_queue(&sqs, "e2e").await.unwrap();
-    let config = Arc::new(Config::parse(&stack.config_yaml(rules)).unwrap());
-    let secrets = SecretSource::from_process(None);
-    let queue = TaskQueue::new(sqs.clone(), queue_url.clone());
-    let webhook = Arc::new(bootstrap::webhook(config.clone(), &secrets, queue.clone(), Duration::ZERO).await.unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let webhook_url = format!("http://{}/", listener.local_addr().unwrap());
-    let (stop_web, rx) = oneshot::channel::<()>();
-    tokio::spawn(relay::server::serve(listener, webhook, async move {
-        let _ = rx.await;
-    }));
-    let mut stop = vec![stop_web];
-    if with_worker {
-        let worker = bootstrap::worker(&config, &secrets, fast_retry()).await.unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            relay::poller::poll(&queue, &worker, async move {
-                let _ = rx.await;
-            })
-            .await
-        });
-        stop.push(tx);
-    }
-    App { stack, sqs, queue_url, webhook_url, http: reqwest::Client::new(), _stop: stop }
-}
-
-impl App {
-    async fn post(&self, auth: Option<&str>, content_type: &str, body: String) -> (u16, serde_json::Value) {
-        let mut req = self.http.post(&self.webhook_url).header("content-type", content_type).body(body);
-        if let Some(a) = auth {
-            req = req.header("authorization", a);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
-    }
-
-    async fn push_event(&self, repo: &str, tag: Option<&str>, digest: &str) -> (u16, serde_json::Value) {
-        let body = harbor_push_event("PUSH_ARTIFACT", self.stack.source_host(), repo, tag, digest, now());
-        self.post(Some(&self.stack.webhook_auth), "application/json", body).await
-    }
-
-    /// Waits until the target serves `reference` in `repo`.
-    async fn wait_at_target(&self, repo: &str, reference: &str) {
-        let target = self.stack.target();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while target.get_manifest(repo, reference).await.unwrap().is_none() {
-            assert!(Instant::now() < deadline, "{repo}:{reference} never reached the target");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn unique_repo(name: &str) -> String {
-    use rand::Rng;
-    format!("e2e-{:08x}/{name}", rand::thread_rng().gen::<u32>())
+    let b = AppBuilder::rules(rules);
+    if with_worker { b.with_worker() } else { b }.spawn().await
 }
 
 /// skopeo's view of the target: the digest of the raw manifest bytes.
@@ -212,17 +128,13 @@ async fn bad_requests_are_refused_and_enqueue_nothing() {
     assert_eq!(get, 405);
     let health = app.http.get(format!("{}healthz", app.webhook_url)).send().await.unwrap().status().as_u16();
     assert_eq!(health, 200);
-    assert_eq!(
-        queue_depth(&app.sqs, &app.queue_url).await.unwrap(),
-        (0, 0, 0),
-        "refused requests must enqueue nothing"
-    );
+    assert_eq!(app.depth().await, (0, 0, 0), "refused requests must enqueue nothing");
 
     // The same event with the right credentials is accepted and enqueued:
     // the depth check above can see a task when there is one.
     let (status, _) = app.post(Some(&auth), "application/json", event).await;
     assert_eq!(status, 202);
-    let (visible, _, delayed) = queue_depth(&app.sqs, &app.queue_url).await.unwrap();
+    let (visible, _, delayed) = app.depth().await;
     assert_eq!(visible + delayed, 1);
 }
 

@@ -36,6 +36,20 @@ pub enum Outcome {
     SourceStillHas,
 }
 
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Copied => "copied",
+            Outcome::AlreadyPresent => "already_present",
+            Outcome::SkippedNoOverride => "skipped_no_override",
+            Outcome::SourceGone => "source_gone",
+            Outcome::Deleted => "deleted",
+            Outcome::NotPresent => "not_present",
+            Outcome::SourceStillHas => "source_still_has",
+        }
+    }
+}
+
 /// What one task did, for logs and metrics.
 #[derive(Debug, Default)]
 pub struct CopyReport {
