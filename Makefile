@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help demo test build stack-up stack-down stack-status install fmt lint clean
+.PHONY: help demo test bench fuzz build stack-up stack-down stack-status install fmt lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -12,6 +12,13 @@ demo: ## Run the whole pipeline locally end to end (installs, starts and stops t
 
 test: ## Run every test: unit + end-to-end against LocalStack and real registries
 	scripts/test.sh
+
+bench: ## Performance figures (release build, local stack; see BENCHMARKS.md)
+	scripts/bench.sh
+
+fuzz: ## Long fuzz run of the webhook parser, rules and task decoder (RELAY_FUZZ_CASES, RELAY_FUZZ_SEED)
+	RELAY_FUZZ_CASES=$${RELAY_FUZZ_CASES:-2000000} RELAY_FUZZ_SEED=$${RELAY_FUZZ_SEED:-$$RANDOM$$RANDOM} \
+		cargo test --release --locked -p relay-shared --test fuzz -- --nocapture
 
 build: ## Build both functions (debug) for standalone use
 	cargo build --locked -p webhook -p worker

@@ -9,11 +9,12 @@ use std::time::Duration;
 use crate::config::{Config, CredentialsRef};
 use crate::harbor_api::HarborApi;
 use crate::queue::TaskQueue;
+use crate::registry::ledger::BlobLedger;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::{ClientOptions, Credentials, RegistryClient, Role};
 use crate::secrets::{SecretError, SecretSource, WebhookAuth};
 use crate::webhook::Webhook;
-use crate::worker::Worker;
+use crate::worker::{Destination, Worker};
 
 /// How long accepted webhook auth values are cached before re-reading them.
 pub const AUTH_TTL: Duration = Duration::from_secs(300);
@@ -40,7 +41,7 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
         let options = ClientOptions { insecure: r.insecure, retry };
         let client = RegistryClient::new(&r.name, r.url.clone(), Role::Destination, credentials, options)
             .map_err(|e| StartupError::Client { registry: r.name.clone(), reason: e.to_string() })?;
-        destinations.insert(r.name.clone(), Arc::new(client));
+        destinations.insert(r.name.clone(), Destination { client, ledger: BlobLedger::default() });
     }
     Ok(Worker { source, destinations, settings: config.worker.clone(), retry })
 }

@@ -10,7 +10,9 @@ use futures_util::{stream, StreamExt};
 use tracing::Instrument;
 
 use crate::config::WorkerSettings;
+use crate::registry::ledger::BlobLedger;
 use crate::registry::retry::RetryPolicy;
+use crate::registry::throttle::Throttle;
 use crate::registry::{Copier, CopyError, CopyReport, RegistryClient};
 use crate::task::{Task, TaskError};
 
@@ -24,9 +26,15 @@ pub struct Message {
 /// Clients built from the configuration; a task can only name these.
 pub struct Worker {
     pub source: Arc<RegistryClient>,
-    pub destinations: HashMap<String, Arc<RegistryClient>>,
+    pub destinations: HashMap<String, Destination>,
     pub settings: WorkerSettings,
     pub retry: RetryPolicy,
+}
+
+/// A destination registry: its client and what this worker knows of its blobs.
+pub struct Destination {
+    pub client: RegistryClient,
+    pub ledger: BlobLedger,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,9 +118,11 @@ impl Worker {
             .ok_or_else(|| TaskFailure::UnknownRegistry(task.destination.registry.clone()))?;
         let copier = Copier {
             source: &self.source,
-            destination,
+            destination: &destination.client,
             blob_concurrency: self.settings.blob_concurrency,
             retry: self.retry,
+            ledger: &destination.ledger,
+            throttle: task.options.bandwidth_kbps.map(|k| Arc::new(Throttle::from_kbps(k))),
         };
         Ok(copier.run(task).await?)
     }

@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use futures_util::{stream, TryStreamExt};
+use futures_util::{stream, StreamExt, TryStreamExt};
 use tracing::Instrument;
 
 use super::client::{RegistryClient, RegistryError, UploadStart};
+use super::ledger::{BlobLedger, Claim};
 use super::manifest::{is_foreign, Contents, Descriptor, Manifest, ManifestError};
 use super::retry::RetryPolicy;
+use super::throttle::Throttle;
 use crate::digest::Digest;
 use crate::repository::{RepositoryPath, Tag};
 use crate::task::{Action, Task};
@@ -86,6 +88,11 @@ pub struct Copier<'a> {
     pub blob_concurrency: usize,
     /// Whole-blob retries (a retry re-opens the source stream).
     pub retry: RetryPolicy,
+    /// What this worker knows of the destination's blobs (mount hints,
+    /// uploads in flight).
+    pub ledger: &'a BlobLedger,
+    /// The task's bandwidth budget, if it has one.
+    pub throttle: Option<Arc<Throttle>>,
 }
 
 /// Everything below the root that must reach the destination.
@@ -255,19 +262,39 @@ impl Copier<'_> {
         counters: &Arc<Counters>,
     ) -> Result<(), CopyError> {
         if self.destination.blob_exists(dst_repo, &d.digest).await? {
+            self.ledger.record(&d.digest, dst_repo);
             counters.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
+        // One upload per digest per destination at a time: a concurrent
+        // task uploading the same blob is waited for, then mounted from.
+        let mut waited = false;
+        let guard = loop {
+            match self.ledger.claim(&d.digest) {
+                Claim::Owner(g) => break g,
+                Claim::Wait(mut rx) => {
+                    waited = true;
+                    let _ = rx.wait_for(|done| *done).await;
+                }
+            }
+        };
+        let holder = self.ledger.holder(&d.digest);
+        if waited && holder.as_ref() == Some(dst_repo) {
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let mut mount_from = holder.filter(|r| r != dst_repo);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.stream_blob(src_repo, dst_repo, d, counters).await {
-                Ok(UploadKind::Mounted) => {
-                    counters.mounted.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Ok(UploadKind::Streamed) => {
-                    counters.copied.fetch_add(1, Ordering::Relaxed);
+            match self.upload_blob(src_repo, dst_repo, d, mount_from.take(), counters).await {
+                Ok(kind) => {
+                    let counter = match kind {
+                        UploadKind::Mounted => &counters.mounted,
+                        UploadKind::Streamed => &counters.copied,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    guard.done(dst_repo);
                     return Ok(());
                 }
                 Err(e) if e.is_transient() && attempt < self.retry.attempts => {
@@ -280,23 +307,44 @@ impl Copier<'_> {
         }
     }
 
-    /// One attempt: open the source, open an upload, pipe one into the
-    /// other. Memory stays at a few socket buffers whatever the blob size.
-    async fn stream_blob(
+    /// One attempt: open an upload (asking to mount from `mount_from` when a
+    /// repository of the destination is known to hold the blob), then pipe
+    /// the source into it. Memory stays at a few socket buffers whatever the
+    /// blob size.
+    async fn upload_blob(
         &self,
         src_repo: &RepositoryPath,
         dst_repo: &RepositoryPath,
         d: &Descriptor,
+        mount_from: Option<RepositoryPath>,
         counters: &Arc<Counters>,
     ) -> Result<UploadKind, RegistryError> {
-        let source = self.source.open_blob(src_repo, &d.digest).await?;
-        let session = match self.destination.start_upload(dst_repo, None).await? {
+        let mount = mount_from.as_ref().map(|from| (&d.digest, from));
+        let session = match self.destination.start_upload(dst_repo, mount).await? {
             UploadStart::Mounted => return Ok(UploadKind::Mounted),
+            // A declined mount (202) is an upload session: use it.
             UploadStart::Session(url) => url,
         };
+        let source = match self.source.open_blob(src_repo, &d.digest).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.destination.cancel_upload(dst_repo, session).await;
+                return Err(e);
+            }
+        };
         let counters = counters.clone();
-        let body = source.bytes_stream().inspect_ok(move |chunk| {
-            counters.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let throttle = self.throttle.clone();
+        let body = source.bytes_stream().then(move |chunk| {
+            let (counters, throttle) = (counters.clone(), throttle.clone());
+            async move {
+                if let Ok(c) = &chunk {
+                    counters.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
+                    if let Some(t) = &throttle {
+                        t.take(c.len()).await;
+                    }
+                }
+                chunk
+            }
         });
         let result = self
             .destination

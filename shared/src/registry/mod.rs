@@ -4,8 +4,10 @@
 pub mod auth;
 pub mod client;
 pub mod copy;
+pub mod ledger;
 pub mod manifest;
 pub mod retry;
+pub mod throttle;
 
 pub use auth::Credentials;
 pub use client::{ClientOptions, RegistryClient, RegistryError, Role};
