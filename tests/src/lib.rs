@@ -5,6 +5,7 @@
 //! not check the relay with the relay.
 
 pub mod app;
+pub mod fake;
 pub mod image;
 pub mod plain;
 pub mod stack;

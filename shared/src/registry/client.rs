@@ -55,6 +55,10 @@ pub enum RegistryError {
     Status { registry: String, path: String, status: StatusCode, detail: String },
     #[error("{registry}: authentication failed ({status}) for {path}")]
     Denied { registry: String, path: String, status: StatusCode },
+    /// A streamed request met a 401: its token expired mid-copy. The token
+    /// is forgotten, so trying the whole operation again re-authenticates.
+    #[error("{registry}: token expired during {path}")]
+    Reauthenticate { registry: String, path: String },
     #[error("{registry}: token request failed: {reason}")]
     Token { registry: String, reason: String },
     #[error("{registry}: {what} {digest} has digest {actual} (refusing to copy it)")]
@@ -69,7 +73,9 @@ impl RegistryError {
     /// Worth trying the whole operation again later.
     pub fn is_transient(&self) -> bool {
         match self {
-            RegistryError::Transport { .. } | RegistryError::Token { .. } => true,
+            RegistryError::Transport { .. } | RegistryError::Token { .. } | RegistryError::Reauthenticate { .. } => {
+                true
+            }
             RegistryError::Status { status, .. } => is_retryable(*status),
             _ => false,
         }
@@ -374,9 +380,12 @@ impl RegistryClient {
             }
         }
         let resp = req.send().await.map_err(|e| self.transport(&method, url.path(), &e))?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            // A token that expired mid-copy: forget it so the retry gets a new one.
-            self.auth.lock().expect("auth lock").tokens.forget(scope);
+        let bearer = header_str(resp.headers(), WWW_AUTHENTICATE).and_then(Challenge::parse);
+        if resp.status() == StatusCode::UNAUTHORIZED && matches!(bearer, Some(Challenge::Bearer { .. })) {
+            // A token that expired mid-copy (possibly renewed meanwhile by a
+            // concurrent request): forget it, so the retry gets a fresh one.
+            self.learn_challenge(&resp, scope);
+            return Err(RegistryError::Reauthenticate { registry: self.name.clone(), path: url.path().to_owned() });
         }
         Ok(resp)
     }

@@ -1,0 +1,303 @@
+//! An in-process fake registry for fault injection, in addition to the real
+//! ones: a small in-memory implementation of the distribution API (monolithic
+//! uploads, mounts, manifests by tag and digest, optional Bearer tokens)
+//! where a test scripts failures — statuses with `Retry-After`, connection
+//! resets mid-body, slow bodies, corrupt blobs, expiring tokens, mounts
+//! answered with 202 — and counts the requests it served.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use futures_util::stream;
+
+use crate::plain::sha256;
+
+/// Which kind of request a fault or a count is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Ping,
+    HeadManifest,
+    GetManifest,
+    PutManifest,
+    HeadBlob,
+    GetBlob,
+    StartUpload,
+    PutUpload,
+    Token,
+    Other,
+}
+
+/// What to do instead of answering normally.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer this status, with `Retry-After` if given.
+    Status(u16, Option<String>),
+    /// Send half the blob, then break the connection.
+    ResetMidBody,
+    /// Send the body in 4 KiB pieces with this pause between them.
+    Slow(Duration),
+    /// Serve other bytes than the digest names (same length).
+    Corrupt,
+    /// Every token issued so far stops working, and this request gets 401.
+    ExpireTokens,
+}
+
+#[derive(Default)]
+struct Store {
+    blobs: HashMap<String, Bytes>,
+    /// repo → reference (tag or digest) → (media type, bytes)
+    manifests: HashMap<String, HashMap<String, (String, Bytes)>>,
+    /// repo → digests of blobs linked into it (for mounts and HEAD)
+    links: HashMap<String, std::collections::HashSet<String>>,
+    uploads: HashMap<String, String>,
+    faults: HashMap<Op, VecDeque<Fault>>,
+    counts: HashMap<Op, usize>,
+    /// Some(valid tokens) when Bearer auth is on.
+    tokens: Option<Vec<String>>,
+    mount_202: bool,
+    next: u64,
+}
+
+#[derive(Clone)]
+pub struct FakeRegistry {
+    pub url: String,
+    store: Arc<Mutex<Store>>,
+}
+
+impl FakeRegistry {
+    /// Starts on 127.0.0.1 (port 0). With `bearer`, every /v2 request needs
+    /// a token from `/token`.
+    pub async fn start(bearer: bool) -> FakeRegistry {
+        let store = Arc::new(Mutex::new(Store { tokens: bearer.then(Vec::new), ..Default::default() }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = Router::new().fallback(handle).with_state((store.clone(), url.clone()));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeRegistry { url, store }
+    }
+
+    /// The next `times` requests of kind `op` get `fault`.
+    pub fn inject(&self, op: Op, fault: Fault, times: usize) {
+        let mut s = self.store.lock().unwrap();
+        let q = s.faults.entry(op).or_default();
+        q.extend(std::iter::repeat_n(fault, times));
+    }
+
+    pub fn count(&self, op: Op) -> usize {
+        self.store.lock().unwrap().counts.get(&op).copied().unwrap_or(0)
+    }
+
+    pub fn reset_counts(&self) {
+        self.store.lock().unwrap().counts.clear();
+    }
+
+    /// Every token issued so far stops working (as when they expire).
+    pub fn expire_tokens(&self) {
+        if let Some(t) = &mut self.store.lock().unwrap().tokens {
+            t.clear();
+        }
+    }
+
+    /// Mount requests are declined with an upload session (202).
+    pub fn decline_mounts(&self) {
+        self.store.lock().unwrap().mount_202 = true;
+    }
+
+    pub fn has_blob(&self, repo: &str, digest: &str) -> bool {
+        self.store.lock().unwrap().links.get(repo).is_some_and(|l| l.contains(digest))
+    }
+
+    pub fn has_manifest(&self, repo: &str, reference: &str) -> bool {
+        self.store.lock().unwrap().manifests.get(repo).is_some_and(|m| m.contains_key(reference))
+    }
+}
+
+type Shared = (Arc<Mutex<Store>>, String);
+
+fn status(code: u16) -> Response {
+    StatusCode::from_u16(code).unwrap().into_response()
+}
+
+async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
+    let q: HashMap<String, String> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default();
+    let (op, repo, rest) = classify(&method, &path);
+
+    let fault = {
+        let mut s = store.lock().unwrap();
+        *s.counts.entry(op).or_default() += 1;
+        if op == Op::Token {
+            let token = format!("t{}", s.next);
+            s.next += 1;
+            if let Some(t) = &mut s.tokens {
+                t.push(token.clone());
+            }
+            let json = format!("{{\"token\":\"{token}\",\"expires_in\":300}}");
+            return ([("content-type", "application/json")], json).into_response();
+        }
+        if let Some(valid) = &s.tokens {
+            let presented = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+            if !valid.iter().any(|t| presented == format!("Bearer {t}")) {
+                let challenge = format!("Bearer realm=\"{base}/token\",service=\"fake\"");
+                return (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response();
+            }
+        }
+        s.faults.get_mut(&op).and_then(VecDeque::pop_front)
+    };
+    if let Some(Fault::ExpireTokens) = &fault {
+        if let Some(t) = &mut store.lock().unwrap().tokens {
+            t.clear();
+        }
+        let challenge = format!("Bearer realm=\"{base}/token\",service=\"fake\"");
+        return (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response();
+    }
+    if let Some(Fault::Status(code, after)) = &fault {
+        let mut r = status(*code);
+        if let Some(a) = after {
+            r.headers_mut().insert("retry-after", a.parse().unwrap());
+        }
+        return r;
+    }
+
+    let mut s = store.lock().unwrap();
+    match op {
+        Op::Ping => status(200),
+        Op::HeadManifest | Op::GetManifest => match s.manifests.get(&repo).and_then(|m| m.get(&rest)) {
+            None => status(404),
+            Some((mt, bytes)) => {
+                let mut h = HeaderMap::new();
+                h.insert("content-type", mt.parse().unwrap());
+                h.insert("docker-content-digest", sha256(bytes).parse().unwrap());
+                h.insert("content-length", bytes.len().into());
+                let b = if op == Op::GetManifest { Body::from(bytes.clone()) } else { Body::empty() };
+                (h, b).into_response()
+            }
+        },
+        Op::PutManifest => {
+            let mt = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            let digest = sha256(&body);
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let refs = std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten());
+            let linked = s.links.get(&repo).cloned().unwrap_or_default();
+            for r in refs.filter(|r| r.is_object()) {
+                if !linked.contains(r["digest"].as_str().unwrap_or("")) {
+                    return (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").into_response();
+                }
+            }
+            let m = s.manifests.entry(repo).or_default();
+            m.insert(rest, (mt.clone(), body.clone()));
+            m.insert(digest.clone(), (mt, body));
+            (StatusCode::CREATED, [("docker-content-digest", digest)]).into_response()
+        }
+        Op::HeadBlob | Op::GetBlob => {
+            let Some(bytes) =
+                s.links.get(&repo).filter(|l| l.contains(&rest)).and_then(|_| s.blobs.get(&rest)).cloned()
+            else {
+                return status(404);
+            };
+            let mut h = HeaderMap::new();
+            h.insert("content-length", bytes.len().into());
+            h.insert("docker-content-digest", rest.parse().unwrap());
+            if op == Op::HeadBlob {
+                return (h, Body::empty()).into_response();
+            }
+            drop(s);
+            match fault {
+                Some(Fault::ResetMidBody) => {
+                    let half = bytes.slice(..bytes.len() / 2);
+                    let chunks: Vec<Result<Bytes, std::io::Error>> =
+                        vec![Ok(half), Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"))];
+                    (h, Body::from_stream(stream::iter(chunks))).into_response()
+                }
+                Some(Fault::Slow(pause)) => {
+                    let pieces: Vec<Bytes> = bytes.chunks(4096).map(Bytes::copy_from_slice).collect();
+                    let s = stream::unfold(pieces.into_iter(), move |mut it| async move {
+                        let next = it.next()?;
+                        tokio::time::sleep(pause).await;
+                        Some((Ok::<_, std::io::Error>(next), it))
+                    });
+                    (h, Body::from_stream(s)).into_response()
+                }
+                Some(Fault::Corrupt) => {
+                    let mut v = bytes.to_vec();
+                    v[0] ^= 0xff;
+                    (h, Body::from(v)).into_response()
+                }
+                _ => (h, Body::from(bytes)).into_response(),
+            }
+        }
+        Op::StartUpload => {
+            if let (Some(d), Some(from)) = (q.get("mount"), q.get("from")) {
+                let known = s.links.get(from).is_some_and(|l| l.contains(d));
+                if known && !s.mount_202 {
+                    s.links.entry(repo.clone()).or_default().insert(d.clone());
+                    return (StatusCode::CREATED, [("location", format!("/v2/{repo}/blobs/{d}"))]).into_response();
+                }
+            }
+            let id = format!("u{}", s.next);
+            s.next += 1;
+            s.uploads.insert(id.clone(), repo.clone());
+            (StatusCode::ACCEPTED, [("location", format!("/v2/{repo}/blobs/uploads/{id}"))]).into_response()
+        }
+        Op::PutUpload => {
+            let Some(digest) = q.get("digest") else { return status(400) };
+            if s.uploads.remove(&rest).is_none() {
+                return status(404);
+            }
+            if &sha256(&body) != digest {
+                return (StatusCode::BAD_REQUEST, "DIGEST_INVALID").into_response();
+            }
+            s.blobs.insert(digest.clone(), body);
+            s.links.entry(repo).or_default().insert(digest.clone());
+            status(201)
+        }
+        Op::Other => {
+            if method == Method::DELETE && rest.starts_with('u') {
+                s.uploads.remove(&rest);
+                return status(204);
+            }
+            status(404)
+        }
+        Op::Token => unreachable!("answered above"),
+    }
+}
+
+/// (kind, repository, last path element) of a request.
+fn classify(method: &Method, path: &str) -> (Op, String, String) {
+    if path == "/token" {
+        return (Op::Token, String::new(), String::new());
+    }
+    if path == "/v2/" || path == "/v2" {
+        return (Op::Ping, String::new(), String::new());
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else { return (Op::Other, String::new(), String::new()) };
+    for (marker, get, head, put, post) in [
+        ("/blobs/uploads/", Op::Other, Op::Other, Op::PutUpload, Op::StartUpload),
+        ("/manifests/", Op::GetManifest, Op::HeadManifest, Op::PutManifest, Op::Other),
+        ("/blobs/", Op::GetBlob, Op::HeadBlob, Op::Other, Op::Other),
+    ] {
+        if let Some(i) = rest.find(marker) {
+            let repo = rest[..i].to_owned();
+            let last = rest[i + marker.len()..].to_owned();
+            let op = match *method {
+                Method::GET => get,
+                Method::HEAD => head,
+                Method::PUT => put,
+                Method::POST => post,
+                _ => Op::Other,
+            };
+            return (op, repo, last);
+        }
+    }
+    (Op::Other, String::new(), String::new())
+}

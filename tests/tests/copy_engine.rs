@@ -1,0 +1,262 @@
+//! The copy engine under faults and against peers' request budgets, with
+//! the in-process fake registry (fault injection) beside the real ones.
+
+use std::time::{Duration, Instant};
+
+use relay::registry::Outcome;
+use relay::secrets::SecretSource;
+use relay::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
+use relay::worker::Worker;
+use relay::{bootstrap, Config};
+use relay_tests::app::{fast_retry, unique_repo};
+use relay_tests::fake::{FakeRegistry, Fault, Op};
+use relay_tests::{image, GeneratedImage, ImageKind, PlainRegistry, Stack};
+
+/// A worker whose source is `source` and whose `dst` registry is
+/// `destination` (credentials of the real target when `real_target`).
+async fn worker(source: &str, destination: &str, real_target: bool) -> Worker {
+    let stack = Stack::load().unwrap();
+    let creds = if real_target {
+        format!(", credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}", stack.target_user)
+    } else {
+        String::new()
+    };
+    let yaml = format!(
+        "source: {{ url: {source} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dst, url: {destination}{creds} }}\n"
+    );
+    let config = Config::parse(&yaml).unwrap();
+    bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap()
+}
+
+fn task(img: &GeneratedImage, dst_repo: &str, tags: &[&str]) -> Task {
+    Task {
+        version: TASK_VERSION,
+        id: format!("t-{dst_repo}"),
+        action: Action::Copy,
+        source: SourceArtifact {
+            repository: img.repository.parse().unwrap(),
+            digest: img.digest.parse().unwrap(),
+            tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
+        },
+        destination: DestinationArtifact {
+            registry: "dst".into(),
+            repository: dst_repo.parse().unwrap(),
+            tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
+        },
+        rules: vec!["test".into()],
+        options: CopyOptions { override_existing: true, bandwidth_kbps: None },
+        event: EventRef { key: "k".into(), occurred_at: 0, operator: "admin".into() },
+    }
+}
+
+async fn push_to(reg: &PlainRegistry, repo: &str, kind: ImageKind, layers: usize, size: usize) -> GeneratedImage {
+    image::push(reg, repo, "v1", kind, layers, size).await.unwrap()
+}
+
+fn plain(fake: &FakeRegistry) -> PlainRegistry {
+    PlainRegistry::new(&fake.url, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_server_errors_are_retried_honouring_retry_after() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("retry");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 2, 32 * 1024).await;
+    src.inject(Op::HeadManifest, Fault::Status(429, Some("1".into())), 1);
+    src.inject(Op::GetManifest, Fault::Status(503, None), 1);
+    let http_date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3));
+    dst.inject(Op::StartUpload, Fault::Status(429, Some(http_date)), 1);
+    dst.inject(Op::PutManifest, Fault::Status(502, None), 1);
+    src.inject(Op::GetBlob, Fault::Status(503, None), 2);
+
+    let w = worker(&src.url, &dst.url, false).await;
+    let started = Instant::now();
+    let report = w.run(&task(&img, &repo, &["v1"])).await.unwrap();
+    assert_eq!(report.outcome, Some(Outcome::Copied));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "both Retry-After waits honoured: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(src.count(Op::HeadManifest), 2, "429 then success");
+    assert!(dst.has_manifest(&repo, "v1"));
+    for b in &img.blobs {
+        assert!(dst.has_blob(&repo, b));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_mid_blob_reopens_the_source_stream() {
+    let stack = Stack::load().unwrap();
+    let src = FakeRegistry::start(false).await;
+    let repo = unique_repo("reset");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 1, 256 * 1024).await;
+    src.inject(Op::GetBlob, Fault::ResetMidBody, 1);
+    let w = worker(&src.url, &stack.target_url, true).await;
+    let report = w.run(&task(&img, &repo, &["v1"])).await.unwrap();
+    assert_eq!(report.outcome, Some(Outcome::Copied));
+    assert_eq!(src.count(Op::GetBlob), img.blobs.len() + 1, "one blob opened twice");
+    assert!(report.bytes >= img.blob_bytes);
+    let dst = stack.target().tree(&repo, "v1").await.unwrap();
+    assert!(dst.self_consistent());
+    assert_eq!(dst.blobs.len(), img.blobs.len());
+    assert_eq!(dst.manifests["v1"].1, img.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_are_streamed_to_the_end() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("slow");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 1, 64 * 1024).await;
+    src.inject(Op::GetBlob, Fault::Slow(Duration::from_millis(25)), 10);
+    let w = worker(&src.url, &dst.url, false).await;
+    let report = w.run(&task(&img, &repo, &["v1"])).await.unwrap();
+    assert_eq!(report.outcome, Some(Outcome::Copied));
+    assert_eq!(report.bytes, img.blob_bytes);
+    assert!(dst.has_manifest(&repo, "v1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_source_blob_is_refused_and_no_manifest_is_pushed() {
+    let stack = Stack::load().unwrap();
+    let src = FakeRegistry::start(false).await;
+    let repo = unique_repo("corrupt");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 1, 16 * 1024).await;
+    src.inject(Op::GetBlob, Fault::Corrupt, 100);
+    let w = worker(&src.url, &stack.target_url, true).await;
+    let err = w.run(&task(&img, &repo, &["v1"])).await.unwrap_err();
+    assert!(err.to_string().contains("400"), "the real registry's digest check refuses it: {err}");
+    let target = stack.target();
+    assert!(target.get_manifest(&repo, "v1").await.unwrap().is_none(), "no manifest without its blobs");
+    assert!(target.get_manifest(&repo, &img.digest).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_mid_copy_is_renewed() {
+    let src = FakeRegistry::start(false).await;
+    let dst = FakeRegistry::start(true).await;
+    let repo = unique_repo("token");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 2, 16 * 1024).await;
+    dst.inject(Op::PutUpload, Fault::ExpireTokens, 1);
+    dst.inject(Op::PutManifest, Fault::ExpireTokens, 1);
+    let w = worker(&src.url, &dst.url, false).await;
+    let report = w.run(&task(&img, &repo, &["v1"])).await.unwrap();
+    assert_eq!(report.outcome, Some(Outcome::Copied));
+    assert!(dst.count(Op::Token) >= 3, "first token plus one per expiry, got {}", dst.count(Op::Token));
+    assert!(dst.has_manifest(&repo, "v1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_blobs_are_mounted_and_a_declined_mount_still_uploads() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(true).await);
+    let repo = unique_repo("base");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 2, 16 * 1024).await;
+    let w = worker(&src.url, &dst.url, false).await;
+    let first = w.run(&task(&img, &repo, &["v1"])).await.unwrap();
+    assert_eq!((first.blobs_copied as usize, first.blobs_mounted), (img.blobs.len(), 0));
+
+    // Another repository of the same destination: every blob is mounted.
+    let other = unique_repo("other");
+    let second = w.run(&task(&img, &other, &["v1"])).await.unwrap();
+    assert_eq!((second.blobs_mounted as usize, second.blobs_copied, second.bytes), (img.blobs.len(), 0, 0));
+    assert!(dst.has_manifest(&other, "v1"));
+
+    // A registry that answers 202 to the mount: the session is used to upload.
+    dst.decline_mounts();
+    let third_repo = unique_repo("third");
+    let third = w.run(&task(&img, &third_repo, &["v1"])).await.unwrap();
+    assert_eq!((third.blobs_mounted, third.blobs_copied as usize), (0, img.blobs.len()));
+    assert_eq!(third.bytes, img.blob_bytes);
+    assert!(dst.has_manifest(&third_repo, "v1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tasks_send_each_blob_once() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("shared");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciIndex { platforms: 2 }, 2, 128 * 1024).await;
+    src.inject(Op::GetBlob, Fault::Slow(Duration::from_millis(2)), 1000);
+    let w = worker(&src.url, &dst.url, false).await;
+    let (a, b) = (unique_repo("a"), unique_repo("b"));
+    let (ta, tb) = (task(&img, &a, &["v1"]), task(&img, &b, &["v1"]));
+    let (ra, rb) = tokio::join!(w.run(&ta), w.run(&tb));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(dst.count(Op::PutUpload), img.blobs.len(), "each blob's bytes sent once");
+    assert_eq!(ra.bytes + rb.bytes, img.blob_bytes);
+    assert_eq!((ra.blobs_mounted + rb.blobs_mounted) as usize, img.blobs.len());
+    assert!(dst.has_manifest(&a, "v1") && dst.has_manifest(&b, "v1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_budget_first_copy_and_replay() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("budget");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 8, 8 * 1024).await;
+    let w = worker(&src.url, &dst.url, false).await;
+    let t = task(&img, &repo, &["v1"]);
+    w.run(&t).await.unwrap();
+    let n = img.blobs.len();
+    assert_eq!(
+        (dst.count(Op::HeadBlob), dst.count(Op::StartUpload), dst.count(Op::PutUpload)),
+        (n, n, n),
+        "HEAD + 2 requests per missing blob"
+    );
+    assert_eq!(src.count(Op::GetBlob), n, "each blob read once");
+
+    src.reset_counts();
+    dst.reset_counts();
+    let started = Instant::now();
+    let again = w.run(&t).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(again.outcome, Some(Outcome::AlreadyPresent));
+    let total = [
+        Op::Ping,
+        Op::HeadManifest,
+        Op::GetManifest,
+        Op::PutManifest,
+        Op::HeadBlob,
+        Op::GetBlob,
+        Op::StartUpload,
+        Op::PutUpload,
+    ]
+    .iter()
+    .map(|op| src.count(*op) + dst.count(*op))
+    .sum::<usize>();
+    assert_eq!(total, src.count(Op::HeadManifest) + dst.count(Op::HeadManifest), "HEAD requests only");
+    assert!(total <= 5, "{total} requests");
+    assert!(took < Duration::from_millis(100), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_off_leaves_a_foreign_tag_alone() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("keep");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 1, 1024).await;
+    let other = image::push(&plain(&dst), &repo, "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
+    let w = worker(&src.url, &dst.url, false).await;
+    let mut t = task(&img, &repo, &["v1"]);
+    t.options.override_existing = false;
+    let r = w.run(&t).await.unwrap();
+    assert_eq!(r.outcome, Some(Outcome::SkippedNoOverride));
+    let (_, bytes) = plain(&dst).get_manifest(&repo, "v1").await.unwrap().unwrap();
+    assert_eq!(relay_tests::plain::sha256(&bytes), other.digest, "destination tag untouched");
+    t.options.override_existing = true;
+    assert_eq!(w.run(&t).await.unwrap().outcome, Some(Outcome::Copied));
+    let (_, bytes) = plain(&dst).get_manifest(&repo, "v1").await.unwrap().unwrap();
+    assert_eq!(relay_tests::plain::sha256(&bytes), img.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_limit_holds_the_task_to_its_rate() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("bw");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 2, 100 * 1024).await;
+    let w = worker(&src.url, &dst.url, false).await;
+    let mut t = task(&img, &repo, &["v1"]);
+    t.options.bandwidth_kbps = Some(8 * 400); // 400 KB/s
+    let started = Instant::now();
+    w.run(&t).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let expected = img.blob_bytes as f64 / 400_000.0;
+    assert!(secs >= expected * 0.9, "{secs:.2}s for {} bytes at 400 KB/s (≥ {expected:.2}s)", img.blob_bytes);
+}
