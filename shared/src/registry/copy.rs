@@ -30,6 +30,9 @@ pub enum Outcome {
     SkippedNoOverride,
     /// The source no longer has the artifact: nothing to copy.
     SourceGone,
+    /// Every tag of the task now points elsewhere at the source: a newer
+    /// task carries them.
+    Superseded,
     /// Deleted on the destination.
     Deleted,
     /// Delete task, but the destination did not have it.
@@ -45,6 +48,7 @@ impl Outcome {
             Outcome::AlreadyPresent => "already_present",
             Outcome::SkippedNoOverride => "skipped_no_override",
             Outcome::SourceGone => "source_gone",
+            Outcome::Superseded => "superseded",
             Outcome::Deleted => "deleted",
             Outcome::NotPresent => "not_present",
             Outcome::SourceStillHas => "source_still_has",
@@ -125,13 +129,34 @@ impl Copier<'_> {
         let dst_repo = &task.destination.repository;
         let mut report = CopyReport::default();
 
-        if self.source.head_manifest(src_repo, &digest.to_string()).await?.is_none() {
-            report.outcome = Some(Outcome::SourceGone);
-            return Ok(report);
+        // What the source holds now. A tag that has moved to another digest
+        // since the event is left to the newer event's task, so reordered
+        // deliveries converge on the source's current state.
+        let mut current = Vec::new();
+        if task.source.tags.is_empty() {
+            if self.source.head_manifest(src_repo, &digest.to_string()).await?.is_none() {
+                report.outcome = Some(Outcome::SourceGone);
+                return Ok(report);
+            }
+        } else {
+            for (src_tag, dst_tag) in task.source.tags.iter().zip(&task.destination.tags) {
+                match self.source.head_manifest(src_repo, src_tag.as_str()).await? {
+                    Some(d) if &d == digest => current.push(dst_tag),
+                    Some(other) => {
+                        tracing::info!(tag = %src_tag, now = %other, "tag moved at the source since the event: left to the newer task")
+                    }
+                    None => tracing::info!(tag = %src_tag, "tag gone from the source since the event"),
+                }
+            }
+            if current.is_empty() {
+                let still_there = self.source.head_manifest(src_repo, &digest.to_string()).await?.is_some();
+                report.outcome = Some(if still_there { Outcome::Superseded } else { Outcome::SourceGone });
+                return Ok(report);
+            }
         }
 
         let mut tags = Vec::new();
-        for tag in &task.destination.tags {
+        for tag in current {
             match self.destination.head_manifest(dst_repo, tag.as_str()).await? {
                 Some(d) if &d == digest => {}
                 Some(other) if !task.options.override_existing => {

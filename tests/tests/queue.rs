@@ -1,0 +1,159 @@
+//! Queue semantics against LocalStack SQS: partial batch failures, poison
+//! messages reaching the DLQ after the redrive count, and convergence of
+//! duplicated, reordered push and delete tasks.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use rand::seq::SliceRandom;
+use relay::queue::{Outgoing, TaskQueue};
+use relay::secrets::SecretSource;
+use relay::worker::Message;
+use relay::{bootstrap, Config, Task};
+use relay_tests::app::{fast_retry, unique_repo, ALL_TO_CLUSTER1};
+use relay_tests::stack::{create_queue, queue_depth};
+use relay_tests::{harbor_push_event, image, now, ImageKind, Stack};
+use tokio::sync::oneshot;
+
+async fn worker(stack: &Stack, rules: &str) -> (Config, relay::worker::Worker) {
+    let config = Config::parse(&stack.config_yaml(rules)).unwrap();
+    let w = bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap();
+    (config, w)
+}
+
+fn tasks_for(config: &Config, stack: &Stack, kind: &str, repo: &str, tag: &str, digest: &str) -> Vec<Task> {
+    let body = harbor_push_event(kind, stack.source_host(), repo, Some(tag), digest, now());
+    let event =
+        relay::event::HarborEvent::parse(relay::event::Format::Default, body.as_bytes(), stack.source_host()).unwrap();
+    relay::plan::plan(config, &event, None, &mut || uuid()).tasks
+}
+
+fn uuid() -> String {
+    format!("{:x}", rand::random::<u64>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_task_never_fails_its_neighbours() {
+    let stack = Stack::load().unwrap();
+    let (config, w) = worker(&stack, ALL_TO_CLUSTER1).await;
+    let repo = unique_repo("batch");
+    let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
+    let good = tasks_for(&config, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest).remove(0);
+    let mut future = serde_json::to_value(&good).unwrap();
+    future["version"] = 2.into();
+    let mut unknown_registry = good.clone();
+    unknown_registry.destination.registry = "elsewhere".into();
+    let batch = vec![
+        Message { id: "good".into(), body: good.encode() },
+        Message { id: "garbage".into(), body: "{not json".into() },
+        Message { id: "future".into(), body: future.to_string() },
+        Message { id: "nowhere".into(), body: unknown_registry.encode() },
+    ];
+    let mut failed = w.handle_batch(batch).await;
+    failed.sort();
+    assert_eq!(failed, ["future", "garbage", "nowhere"]);
+    assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_some(), "the good task ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_reach_the_dlq_and_good_ones_are_deleted() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let dlq = create_queue(&sqs, "dlq").await.unwrap();
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone();
+    let url = create_queue(&sqs, "redrive").await.unwrap();
+    sqs.set_queue_attributes()
+        .queue_url(&url)
+        .attributes(QueueAttributeName::VisibilityTimeout, "1")
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            format!("{{\"deadLetterTargetArn\":\"{dlq_arn}\",\"maxReceiveCount\":\"2\"}}"),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let (config, w) = worker(&stack, ALL_TO_CLUSTER1).await;
+    let repo = unique_repo("dlq");
+    let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
+    let good = tasks_for(&config, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest);
+    let queue = TaskQueue::new(sqs.clone(), url.clone());
+    queue.send(&good.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect::<Vec<_>>()).await.unwrap();
+    sqs.send_message().queue_url(&url).message_body("{\"version\": 99}").send().await.unwrap();
+
+    let (stop, rx) = oneshot::channel::<()>();
+    let poller = tokio::spawn(async move {
+        relay::poller::poll(&queue, &w, async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let (dlq_visible, _, _) = queue_depth(&sqs, &dlq).await.unwrap();
+        let main = queue_depth(&sqs, &url).await.unwrap();
+        if dlq_visible == 1 && main == (0, 0, 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dlq {dlq_visible}, main {main:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = stop.send(());
+    poller.await.unwrap();
+    let msg = sqs.receive_message().queue_url(&dlq).send().await.unwrap();
+    assert_eq!(msg.messages()[0].body(), Some("{\"version\": 99}"), "exactly the poison message");
+    assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_and_reordered_tasks_converge() {
+    let stack = Stack::load().unwrap();
+    let rules = "  - name: mirror\n    deletion: true\n    destination: { registry: cluster1-registry }\n";
+    let (config, w) = worker(&stack, rules).await;
+    let repo = unique_repo("converge");
+    let source = stack.source();
+    // Three images: `keep` stays, `gone` is deleted at the source, `moved`
+    // has its tag moved to a new digest.
+    let keep = image::push(&source, &repo, "keep", ImageKind::OciIndex { platforms: 2 }, 1, 4096).await.unwrap();
+    let gone = image::push(&source, &repo, "gone", ImageKind::OciImage, 1, 4096).await.unwrap();
+    let old = image::push(&source, &repo, "moved", ImageKind::OciImage, 1, 4096).await.unwrap();
+    let new = image::push(&source, &repo, "moved", ImageKind::DockerImage, 1, 4096).await.unwrap();
+    assert_eq!(source.delete_manifest(&repo, &gone.digest).await.unwrap().as_u16(), 202);
+
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        tasks.extend(tasks_for(&config, &stack, "PUSH_ARTIFACT", &repo, "keep", &keep.digest));
+        tasks.extend(tasks_for(&config, &stack, "PUSH_ARTIFACT", &repo, "gone", &gone.digest));
+        tasks.extend(tasks_for(&config, &stack, "DELETE_ARTIFACT", &repo, "gone", &gone.digest));
+        tasks.extend(tasks_for(&config, &stack, "PUSH_ARTIFACT", &repo, "moved", &old.digest));
+        tasks.extend(tasks_for(&config, &stack, "PUSH_ARTIFACT", &repo, "moved", &new.digest));
+    }
+    tasks.shuffle(&mut rand::thread_rng());
+    // Run them in two interleaved halves, as two workers would.
+    let (a, b) = tasks.split_at(tasks.len() / 2);
+    let run = |ts: Vec<Task>| {
+        let w = &w;
+        async move {
+            for t in ts {
+                w.run(&t).await.unwrap();
+            }
+        }
+    };
+    tokio::join!(run(a.to_vec()), run(b.to_vec()));
+
+    let target = stack.target();
+    assert_eq!(target.tree(&repo, "keep").await.unwrap(), source.tree(&repo, "keep").await.unwrap());
+    assert!(target.get_manifest(&repo, &gone.digest).await.unwrap().is_none(), "deleted at the source");
+    // The tag ends where the source has it, whatever order the tasks ran in.
+    let (_, moved) = target.get_manifest(&repo, "moved").await.unwrap().unwrap();
+    assert_eq!(relay_tests::plain::sha256(&moved), new.digest);
+}
