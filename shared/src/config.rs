@@ -69,11 +69,15 @@ pub struct WorkerSettings {
     pub blob_concurrency: usize,
     /// Tasks of one batch processed at the same time.
     pub task_concurrency: usize,
+    /// Under Lambda, no new blob is started when less than this many
+    /// seconds remain: the message fails and SQS redelivers it, and the
+    /// blobs already copied are skipped next time.
+    pub deadline_margin_seconds: u64,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        WorkerSettings { blob_concurrency: 4, task_concurrency: 4 }
+        WorkerSettings { blob_concurrency: 4, task_concurrency: 4, deadline_margin_seconds: 15 }
     }
 }
 

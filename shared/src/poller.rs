@@ -55,7 +55,7 @@ pub async fn poll(queue: &TaskQueue, worker: &Worker, shutdown: impl Future<Outp
         if messages.is_empty() {
             continue;
         }
-        let failed = worker.handle_batch(messages).await;
+        let failed = worker.handle_batch(messages, None).await;
         let done: Vec<_> = receipts
             .into_iter()
             .filter(|(id, _)| !failed.contains(id))

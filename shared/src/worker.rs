@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{stream, StreamExt};
 use tracing::Instrument;
@@ -49,10 +49,11 @@ pub enum TaskFailure {
 
 impl Worker {
     /// Runs a batch; returns the ids of the messages that failed.
-    pub async fn handle_batch(&self, messages: Vec<Message>) -> Vec<String> {
+    /// `deadline` is when the invocation ends (Lambda); `None` standalone.
+    pub async fn handle_batch(&self, messages: Vec<Message>, deadline: Option<Instant>) -> Vec<String> {
         stream::iter(messages)
             .map(|m| async move {
-                let ok = self.handle_message(&m).await;
+                let ok = self.handle_message(&m, deadline).await;
                 (!ok).then_some(m.id)
             })
             .buffer_unordered(self.settings.task_concurrency)
@@ -62,7 +63,7 @@ impl Worker {
     }
 
     /// Runs one message; logs its outcome. True when it succeeded.
-    pub async fn handle_message(&self, m: &Message) -> bool {
+    pub async fn handle_message(&self, m: &Message, deadline: Option<Instant>) -> bool {
         let task = match Task::decode(&m.body) {
             Ok(t) => t,
             Err(e) => {
@@ -80,7 +81,7 @@ impl Worker {
             digest = %task.source.digest,
         );
         let started = Instant::now();
-        match self.run(&task).instrument(span.clone()).await {
+        match self.run_until(&task, deadline).instrument(span.clone()).await {
             Ok(r) => {
                 let _e = span.enter();
                 let latency_ms = SystemTime::now()
@@ -112,6 +113,12 @@ impl Worker {
 
     /// Runs a decoded task.
     pub async fn run(&self, task: &Task) -> Result<CopyReport, TaskFailure> {
+        self.run_until(task, None).await
+    }
+
+    /// Runs a decoded task, starting no blob after `deadline` minus the
+    /// configured margin.
+    pub async fn run_until(&self, task: &Task, deadline: Option<Instant>) -> Result<CopyReport, TaskFailure> {
         let destination = self
             .destinations
             .get(&task.destination.registry)
@@ -123,6 +130,7 @@ impl Worker {
             retry: self.retry,
             ledger: &destination.ledger,
             throttle: task.options.bandwidth_kbps.map(|k| Arc::new(Throttle::from_kbps(k))),
+            stop_at: deadline.map(|d| d - Duration::from_secs(self.settings.deadline_margin_seconds)),
         };
         Ok(copier.run(task).await?)
     }

@@ -260,3 +260,25 @@ async fn bandwidth_limit_holds_the_task_to_its_rate() {
     let expected = img.blob_bytes as f64 / 400_000.0;
     assert!(secs >= expected * 0.9, "{secs:.2}s for {} bytes at 400 KB/s (≥ {expected:.2}s)", img.blob_bytes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_the_deadline_no_new_blob_starts_and_progress_is_kept() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("deadline");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 4, 64 * 1024).await;
+    src.inject(Op::GetBlob, Fault::Slow(Duration::from_millis(10)), 1);
+    let mut w = worker(&src.url, &dst.url, false).await;
+    w.settings.blob_concurrency = 1;
+    w.settings.deadline_margin_seconds = 0;
+    let t = task(&img, &repo, &["v1"]);
+    let err = w.run_until(&t, Some(Instant::now() + Duration::from_millis(100))).await.unwrap_err();
+    assert!(err.to_string().contains("deadline"), "{err}");
+    assert!(!dst.has_manifest(&repo, "v1"), "no manifest without all its blobs");
+    let copied_before = img.blobs.iter().filter(|b| dst.has_blob(&repo, b)).count();
+    assert!(copied_before >= 1 && copied_before < img.blobs.len(), "{copied_before} blobs before the deadline");
+
+    let done = w.run(&t).await.unwrap();
+    assert_eq!(done.outcome, Some(Outcome::Copied));
+    assert_eq!(done.blobs_skipped as usize, copied_before, "the redelivery keeps the progress");
+    assert!(dst.has_manifest(&repo, "v1"));
+}

@@ -49,7 +49,7 @@ async fn one_bad_task_never_fails_its_neighbours() {
         Message { id: "future".into(), body: future.to_string() },
         Message { id: "nowhere".into(), body: unknown_registry.encode() },
     ];
-    let mut failed = w.handle_batch(batch).await;
+    let mut failed = w.handle_batch(batch, None).await;
     failed.sort();
     assert_eq!(failed, ["future", "garbage", "nowhere"]);
     assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_some(), "the good task ran");

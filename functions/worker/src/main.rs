@@ -32,13 +32,17 @@ async fn main() -> anyhow::Result<()> {
 
 /// One SQS batch; failed messages are reported so only they come back.
 async fn batch(worker: Arc<Worker>, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    // The context's deadline is wall-clock milliseconds; turn it into an Instant.
+    let remaining = std::time::Duration::from_millis(event.context.deadline)
+        .saturating_sub(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default());
+    let deadline = Some(std::time::Instant::now() + remaining);
     let messages = event
         .payload
         .records
         .into_iter()
         .map(|r| Message { id: r.message_id.unwrap_or_default(), body: r.body.unwrap_or_default() })
         .collect();
-    let failed = worker.handle_batch(messages).await;
+    let failed = worker.handle_batch(messages, deadline).await;
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failed
         .into_iter()

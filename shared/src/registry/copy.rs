@@ -76,11 +76,17 @@ pub enum CopyError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error("stopped before the invocation deadline; {remaining} blobs left for the redelivery")]
+    Deadline { remaining: usize },
 }
 
 impl CopyError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, CopyError::Registry(e) if e.is_transient())
+        match self {
+            CopyError::Registry(e) => e.is_transient(),
+            CopyError::Deadline { .. } => true,
+            CopyError::Manifest(_) => false,
+        }
     }
 }
 
@@ -97,6 +103,9 @@ pub struct Copier<'a> {
     pub ledger: &'a BlobLedger,
     /// The task's bandwidth budget, if it has one.
     pub throttle: Option<Arc<Throttle>>,
+    /// No blob is started after this instant (the Lambda deadline minus a
+    /// margin); the task fails and is redelivered, keeping what it copied.
+    pub stop_at: Option<std::time::Instant>,
 }
 
 /// Everything below the root that must reach the destination.
@@ -286,6 +295,9 @@ impl Copier<'_> {
         d: &Descriptor,
         counters: &Arc<Counters>,
     ) -> Result<(), CopyError> {
+        if self.stop_at.is_some_and(|t| std::time::Instant::now() >= t) {
+            return Err(CopyError::Deadline { remaining: 1 });
+        }
         if self.destination.blob_exists(dst_repo, &d.digest).await? {
             self.ledger.record(&d.digest, dst_repo);
             counters.skipped.fetch_add(1, Ordering::Relaxed);
