@@ -43,7 +43,7 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
             .map_err(|e| StartupError::Client { registry: r.name.clone(), reason: e.to_string() })?;
         destinations.insert(r.name.clone(), Destination { client, ledger: BlobLedger::default() });
     }
-    Ok(Worker { source, destinations, settings: config.worker.clone(), retry })
+    Ok(Worker { source, destinations, settings: config.worker.clone(), retry, stats: Default::default() })
 }
 
 /// The client for the source Harbor (read-only scopes).

@@ -3,6 +3,7 @@
 //! which messages failed so only those are redelivered.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +30,29 @@ pub struct Worker {
     pub destinations: HashMap<String, Destination>,
     pub settings: WorkerSettings,
     pub retry: RetryPolicy,
+    /// Totals since start, for metrics and benchmarks.
+    pub stats: WorkerStats,
+}
+
+/// Running totals of what the worker did.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub tasks_succeeded: AtomicU64,
+    pub tasks_failed: AtomicU64,
+    pub bytes: AtomicU64,
+    pub blobs_copied: AtomicU64,
+    pub blobs_mounted: AtomicU64,
+    pub blobs_skipped: AtomicU64,
+}
+
+impl WorkerStats {
+    fn add(&self, r: &CopyReport) {
+        self.tasks_succeeded.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(r.bytes, Ordering::Relaxed);
+        self.blobs_copied.fetch_add(r.blobs_copied, Ordering::Relaxed);
+        self.blobs_mounted.fetch_add(r.blobs_mounted, Ordering::Relaxed);
+        self.blobs_skipped.fetch_add(r.blobs_skipped, Ordering::Relaxed);
+    }
 }
 
 /// A destination registry: its client and what this worker knows of its blobs.
@@ -83,6 +107,7 @@ impl Worker {
         let started = Instant::now();
         match self.run_until(&task, deadline).instrument(span.clone()).await {
             Ok(r) => {
+                self.stats.add(&r);
                 let _e = span.enter();
                 let latency_ms = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -103,6 +128,7 @@ impl Worker {
                 true
             }
             Err(e) => {
+                self.stats.tasks_failed.fetch_add(1, Ordering::Relaxed);
                 let _e = span.enter();
                 let transient = matches!(&e, TaskFailure::Copy(c) if c.is_transient());
                 tracing::error!(outcome = "failed", transient, error = %e, duration_ms = started.elapsed().as_millis() as u64, "task failed");

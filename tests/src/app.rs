@@ -42,6 +42,8 @@ pub struct App {
     pub queue_url: String,
     pub webhook_url: String,
     pub http: reqwest::Client,
+    /// The in-process worker, when the app has one.
+    pub worker: Option<Arc<relay::worker::Worker>>,
     _stop: Vec<oneshot::Sender<()>>,
 }
 
@@ -98,8 +100,10 @@ impl AppBuilder {
             let _ = rx.await;
         }));
         let mut stop = vec![stop_web];
+        let mut shared_worker = None;
         if self.worker {
-            let worker = bootstrap::worker(&config, &secrets, fast_retry()).await.unwrap();
+            let worker = Arc::new(bootstrap::worker(&config, &secrets, fast_retry()).await.unwrap());
+            shared_worker = Some(worker.clone());
             let (tx, rx) = oneshot::channel::<()>();
             tokio::spawn(async move {
                 relay::poller::poll(&queue, &worker, async move {
@@ -109,7 +113,16 @@ impl AppBuilder {
             });
             stop.push(tx);
         }
-        App { stack, config, sqs, queue_url, webhook_url, http: reqwest::Client::new(), _stop: stop }
+        App {
+            stack,
+            config,
+            sqs,
+            queue_url,
+            webhook_url,
+            http: reqwest::Client::new(),
+            worker: shared_worker,
+            _stop: stop,
+        }
     }
 }
 

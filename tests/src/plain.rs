@@ -48,6 +48,16 @@ impl PlainRegistry {
         Ok(digest)
     }
 
+    /// Links a blob of `from` into `repo` (cross-repository mount).
+    pub async fn mount_blob(&self, repo: &str, digest: &str, from: &str) -> anyhow::Result<()> {
+        let url = format!("{}/v2/{repo}/blobs/uploads/?mount={digest}&from={from}", self.base);
+        let resp = self.req(reqwest::Method::POST, &url).send().await?;
+        if resp.status() != StatusCode::CREATED {
+            bail!("mount {digest} from {from}: {}", resp.status());
+        }
+        Ok(())
+    }
+
     pub async fn put_manifest(
         &self,
         repo: &str,

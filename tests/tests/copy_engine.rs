@@ -266,7 +266,8 @@ async fn near_the_deadline_no_new_blob_starts_and_progress_is_kept() {
     let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
     let repo = unique_repo("deadline");
     let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 4, 64 * 1024).await;
-    src.inject(Op::GetBlob, Fault::Slow(Duration::from_millis(10)), 1);
+    // Every blob streams slowly (a layer takes ~160 ms), whichever comes first.
+    src.inject(Op::GetBlob, Fault::Slow(Duration::from_millis(10)), 100);
     let mut w = worker(&src.url, &dst.url, false).await;
     w.settings.blob_concurrency = 1;
     w.settings.deadline_margin_seconds = 0;

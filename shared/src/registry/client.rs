@@ -37,6 +37,9 @@ pub struct RegistryClient {
     credentials: Option<Credentials>,
     auth: Mutex<AuthState>,
     retry: RetryPolicy,
+    /// Requests sent to this registry (token requests excluded): for
+    /// metrics and the request budgets of the benchmarks.
+    requests: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -121,11 +124,17 @@ impl RegistryClient {
             credentials,
             auth: Mutex::new(AuthState::default()),
             retry: options.retry,
+            requests: Default::default(),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Requests sent so far (retries included, token requests not).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `GET /v2/`: Harbor's "test connection", with authentication.
@@ -334,6 +343,7 @@ impl RegistryClient {
                     req = req.header(AUTHORIZATION, auth);
                 }
             }
+            self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let outcome = req.send().await;
             retry += 1;
             let resp = match outcome {
@@ -379,6 +389,7 @@ impl RegistryClient {
                 req = req.header(AUTHORIZATION, auth);
             }
         }
+        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let resp = req.send().await.map_err(|e| self.transport(&method, url.path(), &e))?;
         let bearer = header_str(resp.headers(), WWW_AUTHENTICATE).and_then(Challenge::parse);
         if resp.status() == StatusCode::UNAUTHORIZED && matches!(bearer, Some(Challenge::Bearer { .. })) {

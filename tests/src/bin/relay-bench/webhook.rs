@@ -1,10 +1,5 @@
-//! `make bench`: performance figures measured on this machine, on loopback.
-//!
-//!   relay-bench webhook   handler latency (no SQS), server throughput with
-//!                         LocalStack SQS, cold start to ready, binary sizes
-//!
-//! Needs the local stack (make bench starts it). Prints Markdown rows for
-//! BENCHMARKS.md.
+//! Webhook figures: handler latency without SQS, the standalone server's
+//! throughput with LocalStack SQS, cold start, binary sizes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,24 +15,9 @@ use relay::Config;
 use relay_tests::app::{AppBuilder, ALL_TO_CLUSTER1};
 use relay_tests::Stack;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let what = std::env::args().nth(1).unwrap_or_else(|| "webhook".into());
-    match what.as_str() {
-        "webhook" => webhook().await,
-        other => anyhow::bail!("unknown benchmark {other}"),
-    }
-}
+use crate::percentile;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
-async fn webhook() -> anyhow::Result<()> {
+pub async fn run() -> anyhow::Result<()> {
     let stack = Stack::load()?;
     println!("## Webhook (`make bench`, relay-bench webhook)\n");
     println!("| measure | value |\n|---|---|");
@@ -162,4 +142,8 @@ async fn webhook() -> anyhow::Result<()> {
         println!("| release binary `{b}` (x86_64) | {:.1} MB |", size as f64 / 1e6);
     }
     Ok(())
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }

@@ -1,0 +1,321 @@
+//! Copy figures, each against `skopeo copy` (and a raw parallel curl
+//! GET→PUT of the same blobs) in the same run, on the real registries.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use relay::secrets::SecretSource;
+use relay::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
+use relay::{bootstrap, Config};
+use relay_tests::app::AppBuilder;
+use relay_tests::{image, ImageKind, Stack};
+
+const MIB: usize = 1024 * 1024;
+
+/// Wall time, peak RSS (KiB) and stdout of a child process.
+struct Measured {
+    wall: Duration,
+    max_rss_kib: i64,
+    stdout: String,
+}
+
+fn measure(mut cmd: Command) -> anyhow::Result<Measured> {
+    let started = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut out = child.stdout.take().context("stdout")?;
+    let mut err = child.stderr.take().context("stderr")?;
+    let reader = std::thread::spawn(move || {
+        let (mut o, mut e) = (String::new(), String::new());
+        let _ = out.read_to_string(&mut o);
+        let _ = err.read_to_string(&mut e);
+        (o, e)
+    });
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // wait4 gives this child's own peak RSS, which std's wait does not.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    anyhow::ensure!(pid > 0, "wait4 failed");
+    let (stdout, stderr) = reader.join().expect("reader");
+    if std::process::ExitStatus::from_raw(status).code() != Some(0) {
+        bail!("{:?} failed: {stderr}", cmd.get_program());
+    }
+    std::mem::forget(child);
+    Ok(Measured { wall, max_rss_kib: usage.ru_maxrss, stdout })
+}
+
+fn skopeo(stack: &Stack, src: &str, dst: &str) -> Command {
+    let mut c = Command::new("skopeo");
+    c.args(["copy", "--all", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", "--dest-creds"])
+        .arg(format!("{}:{}", stack.target_user, stack.target_password))
+        .arg(format!("docker://{}/{src}", stack.source_host()))
+        .arg(format!("docker://{}/{dst}", stack.target_host()));
+    c
+}
+
+fn relay_once(config: &std::path::Path, src_repo: &str, tag: &str, dst_repo: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("exe"));
+    c.arg("copy-once").arg(config).args([src_repo, tag, dst_repo]);
+    c
+}
+
+/// Raw HTTP: every blob GET from the source piped by curl into a POST+PUT
+/// at the destination, all blobs at once.
+fn curl_all(stack: &Stack, src_repo: &str, dst_repo: &str, blobs: &[(String, u64)]) -> Command {
+    let creds = format!("{}:{}", stack.target_user, stack.target_password);
+    let mut script = String::from("set -e\n");
+    for (d, size) in blobs {
+        script.push_str(&format!(
+            "( loc=$(curl -sf -o /dev/null -w '%{{header{{location}}}}' -u '{creds}' -X POST {dst}/v2/{dst_repo}/blobs/uploads/); \
+             curl -sf {src}/v2/{src_repo}/blobs/{d} | curl -sf -o /dev/null -u '{creds}' -T - -H 'Content-Type: application/octet-stream' -H 'Content-Length: {size}' \"$loc&digest={d}\" ) &\n",
+            dst = stack.target_url,
+            src = stack.source_url,
+        ));
+    }
+    script.push_str("wait\n");
+    let mut c = Command::new("bash");
+    c.arg("-c").arg(script);
+    c
+}
+
+fn config_file(stack: &Stack) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::temp_dir().join("relay-bench-copy.yaml");
+    std::fs::write(&path, stack.config_yaml("  - name: all\n    destination: { registry: cluster1-registry }\n"))?;
+    Ok(path)
+}
+
+fn run_id() -> String {
+    format!("{:06x}", rand::random::<u32>() & 0xffffff)
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let stack = Stack::load()?;
+    let config = config_file(&stack)?;
+    let id = run_id();
+    println!("## Copy engine (`make bench`, relay-bench copy)\n");
+
+    // 1 GiB of 8 random layers.
+    let repo = format!("bench-{id}/big");
+    eprintln!("generating the 1 GiB image…");
+    let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 8, 128 * MIB).await?;
+    let blob_sizes = blob_sizes(&stack, &repo, "v1").await?;
+
+    let sk = measure(skopeo(&stack, &format!("{repo}:v1"), &format!("skopeo-{id}/big:v1")))?;
+    let curl = measure(curl_all(&stack, &repo, &format!("curl-{id}/big"), &blob_sizes))?;
+    let rl = measure(relay_once(&config, &repo, "v1", &format!("relay-{id}/big")))?;
+    let report: serde_json::Value = serde_json::from_str(rl.stdout.trim())?;
+    verify(&stack, &repo, &format!("relay-{id}/big"), "v1").await?;
+
+    println!("1 GiB image, 8 random layers of 128 MiB, OCI manifest, into a fresh repository:\n");
+    println!("| tool | wall | × skopeo | peak RSS |\n|---|---|---|---|");
+    row("skopeo copy --all", &sk, &sk);
+    row("raw parallel curl GET→PUT (blobs only)", &curl, &sk);
+    row("harbor-relay worker", &rl, &sk);
+    println!(
+        "\nharbor-relay sent {} requests to the destination for {} missing blobs (+ manifest and tag checks), {} to the source; {} bytes moved (image: {} bytes).\n",
+        report["dst_requests"], img.blobs.len(), report["src_requests"], report["bytes"], img.blob_bytes
+    );
+
+    // Re-replicating what is already there.
+    let again = measure(relay_once(&config, &repo, "v1", &format!("relay-{id}/big")))?;
+    let r: serde_json::Value = serde_json::from_str(again.stdout.trim())?;
+    println!(
+        "Re-replicating the same image: outcome `{}`, {} requests in all ({} source + {} destination, HEAD only), {:.1} ms inside the worker, {:.0} ms for the whole process.\n",
+        r["outcome"].as_str().unwrap_or("?"),
+        r["src_requests"].as_u64().unwrap_or(0) + r["dst_requests"].as_u64().unwrap_or(0),
+        r["src_requests"],
+        r["dst_requests"],
+        r["seconds"].as_f64().unwrap_or(0.0) * 1e3,
+        again.wall.as_secs_f64() * 1e3
+    );
+
+    // One 2 GiB layer: memory must not grow with the layer.
+    let big = format!("bench-{id}/layer");
+    eprintln!("generating the 2 GiB layer…");
+    image::push(&stack.source(), &big, "v1", ImageKind::OciImage, 1, 2048 * MIB).await?;
+    let sk2 = measure(skopeo(&stack, &format!("{big}:v1"), &format!("skopeo-{id}/layer:v1")))?;
+    let rl2 = measure(relay_once(&config, &big, "v1", &format!("relay-{id}/layer")))?;
+    verify(&stack, &big, &format!("relay-{id}/layer"), "v1").await?;
+    println!("A single 2 GiB layer:\n");
+    println!("| tool | wall | × skopeo | peak RSS |\n|---|---|---|---|");
+    row("skopeo copy --all", &sk2, &sk2);
+    row("harbor-relay worker", &rl2, &sk2);
+    Ok(())
+}
+
+fn row(name: &str, m: &Measured, base: &Measured) {
+    println!(
+        "| {name} | {:.2} s | {:.2} | {:.1} MiB |",
+        m.wall.as_secs_f64(),
+        m.wall.as_secs_f64() / base.wall.as_secs_f64(),
+        m.max_rss_kib as f64 / 1024.0
+    );
+}
+
+async fn blob_sizes(stack: &Stack, repo: &str, tag: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    let (_, bytes) = stack.source().get_manifest(repo, tag).await?.context("manifest")?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+    Ok(std::iter::once(&v["config"])
+        .chain(v["layers"].as_array().into_iter().flatten())
+        .map(|d| (d["digest"].as_str().unwrap_or_default().to_owned(), d["size"].as_u64().unwrap_or(0)))
+        .collect())
+}
+
+/// The destination has the manifest with the source's digest (blob bytes
+/// were verified by the registry on each PUT).
+async fn verify(stack: &Stack, src_repo: &str, dst_repo: &str, tag: &str) -> anyhow::Result<()> {
+    let (_, a) = stack.source().get_manifest(src_repo, tag).await?.context("source manifest")?;
+    let (_, b) = stack.target().get_manifest(dst_repo, tag).await?.context("destination manifest")?;
+    anyhow::ensure!(a == b, "destination manifest differs");
+    Ok(())
+}
+
+/// Child process: one copy task with the real worker, report on stdout.
+pub async fn copy_once(args: &[String]) -> anyhow::Result<()> {
+    let [config, src_repo, tag, dst_repo] = args else { bail!("copy-once CONFIG SRC_REPO TAG DST_REPO") };
+    Stack::load()?;
+    let config = Config::load(config.as_ref())?;
+    let worker = bootstrap::worker(&config, &SecretSource::from_process(None), Default::default()).await?;
+    let digest = {
+        let (_, bytes) = Stack::load()?.source().get_manifest(src_repo, tag).await?.context("source manifest")?;
+        relay_tests::plain::sha256(&bytes)
+    };
+    let task = Task {
+        version: TASK_VERSION,
+        id: "bench".into(),
+        action: Action::Copy,
+        source: SourceArtifact { repository: src_repo.parse()?, digest: digest.parse()?, tags: vec![tag.parse()?] },
+        destination: DestinationArtifact {
+            registry: "cluster1-registry".into(),
+            repository: dst_repo.parse()?,
+            tags: vec![tag.parse()?],
+        },
+        rules: vec!["bench".into()],
+        options: CopyOptions { override_existing: true, bandwidth_kbps: None },
+        event: EventRef { key: "bench".into(), occurred_at: 0, operator: "bench".into() },
+    };
+    let started = Instant::now();
+    let r = worker.run(&task).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let dst = &worker.destinations["cluster1-registry"].client;
+    println!(
+        "{}",
+        serde_json::json!({
+            "outcome": r.outcome.map(|o| o.as_str()),
+            "bytes": r.bytes,
+            "blobs_copied": r.blobs_copied,
+            "blobs_skipped": r.blobs_skipped,
+            "src_requests": worker.source.requests(),
+            "dst_requests": dst.requests(),
+            "seconds": seconds,
+        })
+    );
+    Ok(())
+}
+
+/// 20 images sharing two large base layers, 20 repositories of one project.
+pub async fn shared() -> anyhow::Result<()> {
+    let stack = Stack::load()?;
+    let id = run_id();
+    let project = format!("shared-{id}");
+    let source = stack.source();
+    eprintln!("generating 20 images over two 64 MiB base layers…");
+    let base = [random_blob(64 * MIB), random_blob(64 * MIB)];
+    let first = format!("{project}/app-0");
+    let mut base_digests = Vec::new();
+    for b in &base {
+        base_digests.push(source.put_blob(&first, b.clone()).await?);
+    }
+    let mut unique_bytes = (2 * 64 * MIB) as u64;
+    for i in 0..20 {
+        let repo = format!("{project}/app-{i}");
+        if i > 0 {
+            for d in &base_digests {
+                source.mount_blob(&repo, d, &first).await?;
+            }
+        }
+        let own = random_blob(MIB);
+        let own_digest = source.put_blob(&repo, own.clone()).await?;
+        let config = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}, "n": i}).to_string();
+        let config_digest = source.put_blob(&repo, config.clone().into_bytes().into()).await?;
+        unique_bytes += (own.len() + config.len()) as u64;
+        let layer = |d: &String, s: usize| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s});
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": image::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [layer(&base_digests[0], 64 * MIB), layer(&base_digests[1], 64 * MIB), layer(&own_digest, MIB)],
+        })
+        .to_string();
+        source.put_manifest(&repo, "v1", image::OCI_MANIFEST, manifest.as_bytes()).await?;
+    }
+
+    // skopeo, one image after another.
+    let started = Instant::now();
+    let mut skopeo_rss = 0;
+    for i in 0..20 {
+        let m = measure(skopeo(&stack, &format!("{project}/app-{i}:v1"), &format!("skopeo-{id}/app-{i}:v1")))?;
+        skopeo_rss = skopeo_rss.max(m.max_rss_kib);
+    }
+    let skopeo_wall = started.elapsed();
+
+    // The whole pipeline: 20 webhook deliveries → SQS → worker.
+    let app = AppBuilder::rules(
+        "  - name: all\n    destination: { registry: cluster1-registry, namespace: relay, flatten: 0 }\n",
+    )
+    .with_worker()
+    .spawn()
+    .await;
+    let started = Instant::now();
+    for i in 0..20 {
+        let repo = format!("{project}/app-{i}");
+        let (_, bytes) = source.get_manifest(&repo, "v1").await?.context("manifest")?;
+        let (status, _) = app.push_event(&repo, Some("v1"), &relay_tests::plain::sha256(&bytes)).await;
+        anyhow::ensure!(status == 202, "webhook answered {status}");
+    }
+    let target = stack.target();
+    for i in 0..20 {
+        let dst = format!("relay/{project}/app-{i}");
+        while target.get_manifest(&dst, "v1").await?.is_none() {
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "{dst} never arrived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let relay_wall = started.elapsed();
+    let stats = &app.worker.as_ref().expect("worker").stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+
+    println!("## Shared base layers (`make bench`, relay-bench shared)\n");
+    println!("20 images in 20 repositories of one project, sharing two 64 MiB base layers (plus 1 MiB of their own each), into a fresh target:\n");
+    println!("| tool | wall | × skopeo |\n|---|---|---|");
+    println!(
+        "| skopeo copy, one by one (peak RSS {:.1} MiB) | {:.2} s | 1.00 |",
+        skopeo_rss as f64 / 1024.0,
+        skopeo_wall.as_secs_f64()
+    );
+    println!(
+        "| harbor-relay: 20 webhooks → LocalStack SQS → worker | {:.2} s | {:.2} |",
+        relay_wall.as_secs_f64(),
+        relay_wall.as_secs_f64() / skopeo_wall.as_secs_f64()
+    );
+    println!(
+        "\nharbor-relay sent {} bytes for {} unique bytes ({:.3}×): {} blobs uploaded, {} mounted, {} skipped.",
+        load(&stats.bytes),
+        unique_bytes,
+        load(&stats.bytes) as f64 / unique_bytes as f64,
+        load(&stats.blobs_copied),
+        load(&stats.blobs_mounted),
+        load(&stats.blobs_skipped)
+    );
+    Ok(())
+}
+
+fn random_blob(len: usize) -> bytes::Bytes {
+    use rand::RngCore;
+    let mut v = vec![0u8; len];
+    rand::thread_rng().fill_bytes(&mut v);
+    v.into()
+}

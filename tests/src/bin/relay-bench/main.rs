@@ -1,0 +1,30 @@
+//! `make bench`: performance figures measured on this machine, on loopback,
+//! each against its peers in the same run. Prints Markdown for BENCHMARKS.md.
+//!
+//!   relay-bench webhook   handler latency, server throughput, cold start, sizes
+//!   relay-bench copy      1 GiB image vs skopeo and raw curl, peak RSS,
+//!                         2 GiB layer RSS, re-replication requests
+//!   relay-bench shared    20 images sharing base layers: pipeline vs skopeo
+//!
+//! Needs the local stack (make bench starts it).
+
+mod copy;
+mod webhook;
+
+use std::time::Duration;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str).unwrap_or("webhook") {
+        "webhook" => webhook::run().await,
+        "copy" => copy::run().await,
+        "shared" => copy::shared().await,
+        "copy-once" => copy::copy_once(&args[1..]).await,
+        other => anyhow::bail!("unknown benchmark {other}"),
+    }
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
