@@ -144,6 +144,63 @@ impl RegistryClient {
         self.expect(resp, &[StatusCode::OK]).await.map(drop)
     }
 
+    /// Repositories of `/v2/_catalog`, following `Link` pagination.
+    pub async fn catalog(&self) -> Result<Vec<RepositoryPath>, RegistryError> {
+        let mut out = Vec::new();
+        self.paginate("/v2/_catalog?n=1000", "registry:catalog:*", "repositories", |name| {
+            if let Ok(r) = name.parse() {
+                out.push(r);
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Tags of `repo` (`/v2/<repo>/tags/list`), following `Link` pagination.
+    pub async fn tags(&self, repo: &RepositoryPath) -> Result<Vec<crate::repository::Tag>, RegistryError> {
+        let mut out = Vec::new();
+        let first = format!("/v2/{repo}/tags/list?n=1000");
+        self.paginate(&first, &self.scope(repo), "tags", |name| {
+            if let Ok(t) = name.parse() {
+                out.push(t);
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn paginate(
+        &self,
+        first: &str,
+        scope: &str,
+        field: &str,
+        mut each: impl FnMut(&str),
+    ) -> Result<(), RegistryError> {
+        let mut next = Some(self.base.join(first).map_err(|e| self.protocol(e.to_string()))?);
+        while let Some(url) = next.take() {
+            let resp = self.execute(Method::GET, url.clone(), scope, HeaderMap::new(), None).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(());
+            }
+            let resp = self.expect(resp, &[StatusCode::OK]).await?;
+            // `Link: </v2/_catalog?last=x&n=1000>; rel="next"`
+            if let Some(link) = header_str(resp.headers(), "link") {
+                let target = link.split(';').next().unwrap_or("").trim().trim_start_matches('<').trim_end_matches('>');
+                let joined = url.join(target).map_err(|e| self.protocol(format!("bad Link header: {e}")))?;
+                if !self.same_origin(&joined) {
+                    return Err(self.protocol("Link header points at another host".into()));
+                }
+                next = Some(joined);
+            }
+            let body: serde_json::Value =
+                resp.json().await.map_err(|e| self.transport(&Method::GET, url.path(), &e))?;
+            for name in body[field].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
+                each(name);
+            }
+        }
+        Ok(())
+    }
+
     /// The digest a tag or digest resolves to, `None` when absent.
     pub async fn head_manifest(&self, repo: &RepositoryPath, reference: &str) -> Result<Option<Digest>, RegistryError> {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));

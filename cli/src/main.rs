@@ -1,0 +1,169 @@
+//! `relay`: the operator's CLI. Thin over `relay::ops`.
+//!
+//!   relay check --config F                      test the source and every destination
+//!   relay replicate --config F [--dry-run] SEL  enqueue copy tasks for what the rules match
+//!   relay dlq --list | --redrive                show / re-queue dead-lettered tasks
+//!   relay status                                copy queue and DLQ depth
+//!
+//! Queue URLs come from --queue-url / RELAY_QUEUE_URL (the DLQ from the
+//! queue's redrive policy, or --dlq-url / RELAY_DLQ_URL); AWS settings from
+//! the standard environment.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use relay::ops::{self, Selection};
+use relay::queue::{Outgoing, TaskQueue};
+use relay::registry::retry::RetryPolicy;
+use relay::secrets::SecretSource;
+use relay::{bootstrap, Config};
+
+#[derive(Parser)]
+#[command(name = "relay", about = "Operate harbor-relay: test connections, replicate by hand, dead letters, status")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and test the connection to every registry (GET /v2/ with credentials).
+    Check {
+        #[arg(long, env = "RELAY_CONFIG")]
+        config: String,
+    },
+    /// Harbor's manual trigger: list the source and enqueue copy tasks for what the rules match.
+    Replicate {
+        #[arg(long, env = "RELAY_CONFIG")]
+        config: String,
+        #[arg(long, env = "RELAY_QUEUE_URL")]
+        queue_url: Option<String>,
+        /// Print the tasks instead of enqueueing them.
+        #[arg(long)]
+        dry_run: bool,
+        /// `project/repo`, `project/repo:tag`, or a glob such as `project/**`.
+        selection: String,
+    },
+    /// Show (--list) or re-queue (--redrive) the tasks in the dead-letter queue.
+    Dlq {
+        #[arg(long, conflicts_with = "redrive", required_unless_present = "redrive")]
+        list: bool,
+        #[arg(long)]
+        redrive: bool,
+        #[arg(long, env = "RELAY_QUEUE_URL")]
+        queue_url: String,
+        #[arg(long, env = "RELAY_DLQ_URL")]
+        dlq_url: Option<String>,
+    },
+    /// Copy queue depth, in-flight tasks, dead-letter queue depth.
+    Status {
+        #[arg(long, env = "RELAY_QUEUE_URL")]
+        queue_url: String,
+        #[arg(long, env = "RELAY_DLQ_URL")]
+        dlq_url: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("relay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (sqs, secrets_manager) = bootstrap::aws_clients().await;
+    let secrets = SecretSource::from_process(Some(secrets_manager));
+    match cli.command {
+        Command::Check { config } => {
+            let config = Config::load(config.as_ref())?;
+            println!("configuration ok: {} registries, {} rules", config.registries.len(), config.rules.len());
+            let mut ok = true;
+            for line in ops::check(&config, &secrets).await {
+                match &line.result {
+                    Ok(()) => println!("ok      {:<24} {}", line.name, line.url),
+                    Err(e) => {
+                        ok = false;
+                        println!("FAILED  {:<24} {}  {e}", line.name, line.url);
+                    }
+                }
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Replicate { config, queue_url, dry_run, selection } => {
+            let config = Config::load(config.as_ref())?;
+            let selection = Selection::parse(&selection).map_err(anyhow::Error::msg)?;
+            let source = bootstrap::source_client(&config, &secrets, RetryPolicy::default()).await?;
+            let tasks = ops::plan_backfill(&config, &source, &selection).await?;
+            for t in &tasks {
+                let tags: Vec<_> = t.destination.tags.iter().map(|t| t.as_str()).collect();
+                println!(
+                    "{}  {}@{} -> {}/{}:{}  ({})",
+                    if dry_run { "would copy" } else { "copy" },
+                    t.source.repository,
+                    t.source.digest,
+                    t.destination.registry,
+                    t.destination.repository,
+                    tags.join(","),
+                    t.rules.join(",")
+                );
+            }
+            if !dry_run && !tasks.is_empty() {
+                let url =
+                    queue_url.context("--queue-url or RELAY_QUEUE_URL is needed to enqueue (or use --dry-run)")?;
+                let outgoing: Vec<_> = tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
+                TaskQueue::new(sqs, url).send(&outgoing).await?;
+            }
+            println!("{} tasks {}", tasks.len(), if dry_run { "planned (dry run)" } else { "enqueued" });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { list, redrive: _, queue_url, dlq_url } => {
+            let dlq = match dlq_url {
+                Some(u) => u,
+                None => ops::dead_letter_queue(&sqs, &queue_url)
+                    .await
+                    .map_err(anyhow::Error::msg)?
+                    .context("the queue has no redrive policy: pass --dlq-url")?,
+            };
+            if list {
+                let letters = ops::list_dead_letters(&sqs, &dlq, 100).await.map_err(anyhow::Error::msg)?;
+                for l in &letters {
+                    match &l.task {
+                        Ok(t) => println!(
+                            "{}  received {}×  task {} {:?} {}@{} -> {}/{}  (failure reasons: search the worker logs for task_id {})",
+                            l.message_id, l.receive_count, t.id, t.action, t.source.repository, t.source.digest, t.destination.registry, t.destination.repository, t.id
+                        ),
+                        Err(e) => println!("{}  received {}×  undecodable: {e}", l.message_id, l.receive_count),
+                    }
+                }
+                println!("{} messages in the dead-letter queue", letters.len());
+            } else {
+                let moved = ops::redrive(&sqs, &dlq, &queue_url).await.map_err(anyhow::Error::msg)?;
+                println!("{moved} messages moved back to the copy queue");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { queue_url, dlq_url } => {
+            let q = ops::depth(&sqs, &queue_url).await.map_err(anyhow::Error::msg)?;
+            println!("copy queue: {} waiting, {} in flight, {} delayed", q.visible, q.in_flight, q.delayed);
+            let dlq = match dlq_url {
+                Some(u) => Some(u),
+                None => ops::dead_letter_queue(&sqs, &queue_url).await.map_err(anyhow::Error::msg)?,
+            };
+            match dlq {
+                Some(d) => {
+                    let d = ops::depth(&sqs, &d).await.map_err(anyhow::Error::msg)?;
+                    println!("dead-letter queue: {} messages", d.visible + d.in_flight);
+                }
+                None => println!("dead-letter queue: none configured"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

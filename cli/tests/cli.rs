@@ -1,0 +1,140 @@
+//! The `relay` binary against the local stack (`make test` starts it).
+
+use std::process::{Command, Output};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use relay_tests::app::unique_repo;
+use relay_tests::stack::{create_queue, queue_depth};
+use relay_tests::{image, ImageKind, Stack};
+
+fn relay(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_relay"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("relay runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn config_file(stack: &Stack, rules: &str) -> tempfile_path::Path {
+    tempfile_path::Path::write(&stack.config_yaml(rules))
+}
+
+/// A config file that removes itself.
+mod tempfile_path {
+    pub struct Path(pub std::path::PathBuf);
+    impl Path {
+        pub fn write(content: &str) -> Path {
+            let p = std::env::temp_dir().join(format!("relay-cli-{:x}.yaml", rand::random::<u64>()));
+            std::fs::write(&p, content).unwrap();
+            Path(p)
+        }
+        pub fn as_str(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+    impl Drop for Path {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+const ALL: &str = "  - name: all\n    destination: { registry: cluster1-registry }\n";
+
+#[tokio::test]
+async fn check_tests_every_registry_and_shows_no_secret() {
+    let stack = Stack::load().unwrap();
+    let config = config_file(&stack, ALL);
+    let ok = relay(&["check", "--config", config.as_str()], &[]);
+    let out = text(&ok);
+    assert!(ok.status.success(), "{out}");
+    assert!(out.contains("ok      source") && out.contains("ok      cluster1-registry"), "{out}");
+    assert!(!out.contains(&stack.target_password));
+
+    let bad = relay(&["check", "--config", config.as_str()], &[("CLUSTER1_PASSWORD", "not-the-password-xyz")]);
+    let out = text(&bad);
+    assert!(!bad.status.success(), "{out}");
+    assert!(out.contains("FAILED  cluster1-registry") && out.contains("401"), "{out}");
+    assert!(!out.contains("not-the-password-xyz"), "the password must not be printed");
+
+    let invalid = config_file(&stack, "  - name: x\n    destination: { registry: nope }\n");
+    let out = relay(&["check", "--config", invalid.as_str()], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("rules[0].destination.registry"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn replicate_plans_and_enqueues_what_the_rules_match() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let queue = create_queue(&sqs, "cli").await.unwrap();
+    let repo = unique_repo("one");
+    let project = repo.split('/').next().unwrap().to_owned();
+    let other = format!("{project}/two");
+    image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
+    image::push(&stack.source(), &repo, "v2", ImageKind::OciImage, 1, 1024).await.unwrap();
+    image::push(&stack.source(), &other, "latest", ImageKind::OciImage, 1, 1024).await.unwrap();
+    let rules = "  - name: not-latest\n    filters: { tag: { pattern: latest, decoration: excludes } }\n    destination: { registry: cluster1-registry }\n";
+    let config = config_file(&stack, rules);
+
+    let glob = format!("{project}/**");
+    let dry = relay(&["replicate", "--config", config.as_str(), "--dry-run", &glob], &[]);
+    let out = text(&dry);
+    assert!(dry.status.success(), "{out}");
+    assert!(out.contains("2 tasks planned (dry run)"), "latest is excluded by the rule: {out}");
+    assert_eq!(queue_depth(&sqs, &queue).await.unwrap(), (0, 0, 0), "a dry run enqueues nothing");
+
+    let real = relay(&["replicate", "--config", config.as_str(), "--queue-url", &queue, &format!("{repo}:v2")], &[]);
+    assert!(real.status.success(), "{}", text(&real));
+    assert!(text(&real).contains("1 tasks enqueued"));
+    assert_eq!(queue_depth(&sqs, &queue).await.unwrap().0, 1);
+}
+
+#[tokio::test]
+async fn dlq_list_redrive_and_status() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let dlq = create_queue(&sqs, "cli-dlq").await.unwrap();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone();
+    let queue = create_queue(&sqs, "cli-main").await.unwrap();
+    sqs.set_queue_attributes()
+        .queue_url(&queue)
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            format!("{{\"deadLetterTargetArn\":\"{arn}\",\"maxReceiveCount\":\"3\"}}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    sqs.send_message().queue_url(&dlq).message_body("{\"version\": 7}").send().await.unwrap();
+    sqs.send_message().queue_url(&dlq).message_body("not json").send().await.unwrap();
+
+    let list = relay(&["dlq", "--list", "--queue-url", &queue], &[]);
+    let out = text(&list);
+    assert!(list.status.success(), "{out}");
+    assert!(out.contains("2 messages in the dead-letter queue"), "{out}");
+    assert!(out.contains("version 7 is not supported"), "{out}");
+
+    let status = relay(&["status", "--queue-url", &queue], &[]);
+    let out = text(&status);
+    assert!(out.contains("copy queue: 0 waiting") && out.contains("dead-letter queue: 2 messages"), "{out}");
+
+    let redrive = relay(&["dlq", "--redrive", "--queue-url", &queue], &[]);
+    assert!(text(&redrive).contains("2 messages moved back"), "{}", text(&redrive));
+    assert_eq!(queue_depth(&sqs, &dlq).await.unwrap(), (0, 0, 0));
+    assert_eq!(queue_depth(&sqs, &queue).await.unwrap().0, 2);
+}

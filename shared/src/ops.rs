@@ -1,0 +1,246 @@
+//! Operator operations behind the `relay` CLI: test connections (Harbor's
+//! "Test connection"), plan a manual replication (Harbor's manual trigger),
+//! inspect and redrive the dead-letter queue, queue status.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName as Attr;
+
+use crate::config::Config;
+use crate::event::{Artifact, EventKind, Format, HarborEvent};
+use crate::plan::plan;
+use crate::registry::retry::RetryPolicy;
+use crate::registry::{ClientOptions, RegistryClient, RegistryError, Role};
+use crate::repository::{RepositoryPath, Tag};
+use crate::rules::Pattern;
+use crate::secrets::SecretSource;
+use crate::task::Task;
+
+/// One line of `relay check`.
+#[derive(Debug)]
+pub struct CheckLine {
+    pub name: String,
+    pub url: String,
+    pub result: Result<(), String>,
+}
+
+/// `GET /v2/` with the configured credentials against the source and every
+/// destination. Errors name the registry and status, never a secret.
+pub async fn check(config: &Config, secrets: &SecretSource) -> Vec<CheckLine> {
+    let retry = RetryPolicy { attempts: 2, ..RetryPolicy::default() };
+    let mut targets = vec![(
+        "source".to_owned(),
+        config.source.url.clone(),
+        config.source.credentials.clone(),
+        config.source.insecure,
+        Role::Source,
+    )];
+    for r in &config.registries {
+        targets.push((r.name.clone(), r.url.clone(), r.credentials.clone(), r.insecure, Role::Destination));
+    }
+    let mut lines = Vec::new();
+    for (name, url, creds, insecure, role) in targets {
+        let result = async {
+            let credentials = match &creds {
+                Some(c) => Some(secrets.credentials(c).await.map_err(|e| e.to_string())?),
+                None => None,
+            };
+            let client = RegistryClient::new(&name, url.clone(), role, credentials, ClientOptions { insecure, retry })
+                .map_err(|e| e.to_string())?;
+            client.ping().await.map_err(|e| e.to_string())
+        }
+        .await;
+        lines.push(CheckLine { name, url: url.to_string(), result });
+    }
+    lines
+}
+
+/// What `relay replicate` was asked for: `repo`, `repo:tag`, or a glob
+/// such as `project/**`.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    One { repository: RepositoryPath, tag: Option<Tag> },
+    Glob(Pattern),
+}
+
+impl Selection {
+    pub fn parse(s: &str) -> Result<Selection, String> {
+        if s.contains(['*', '?', '[', '{']) {
+            return Pattern::new(s).map(Selection::Glob).map_err(|e| e.to_string());
+        }
+        let (repo, tag) = match s.rsplit_once(':') {
+            Some((r, t)) => (r, Some(t.parse::<Tag>().map_err(|e| e.to_string())?)),
+            None => (s, None),
+        };
+        Ok(Selection::One { repository: repo.parse().map_err(|e: crate::repository::NameError| e.to_string())?, tag })
+    }
+}
+
+/// Lists the source for `selection` and plans copy tasks for every tag the
+/// rules match, as if Harbor had sent a push for each (HEAD only).
+pub async fn plan_backfill(
+    config: &Config,
+    source: &RegistryClient,
+    selection: &Selection,
+) -> Result<Vec<Task>, RegistryError> {
+    let repositories = match selection {
+        Selection::One { repository, .. } => vec![repository.clone()],
+        Selection::Glob(p) => source.catalog().await?.into_iter().filter(|r| p.is_match(r.as_str())).collect(),
+    };
+    let mut tasks = Vec::new();
+    for repository in repositories {
+        let tags = match selection {
+            Selection::One { tag: Some(t), .. } => vec![t.clone()],
+            _ => source.tags(&repository).await?,
+        };
+        for tag in tags {
+            let Some(digest) = source.head_manifest(&repository, tag.as_str()).await? else { continue };
+            let event = HarborEvent {
+                kind: EventKind::Push,
+                format: Format::Default,
+                occurred_at: now(),
+                operator: "relay-cli".into(),
+                dedup_key: format!("manual-{}", uuid::Uuid::new_v4()),
+                artifact: Some(Artifact { repository: repository.clone(), digest, tag: Some(tag) }),
+            };
+            tasks.extend(plan(config, &event, None, &mut || uuid::Uuid::new_v4().to_string()).tasks);
+        }
+    }
+    Ok(tasks)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Depths of a queue.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Depth {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+pub async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<Depth, String> {
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(Attr::ApproximateNumberOfMessages)
+        .attribute_names(Attr::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(Attr::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await
+        .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+    let attrs: HashMap<Attr, String> = out.attributes().cloned().unwrap_or_default();
+    let get = |a: Attr| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(Depth {
+        visible: get(Attr::ApproximateNumberOfMessages),
+        in_flight: get(Attr::ApproximateNumberOfMessagesNotVisible),
+        delayed: get(Attr::ApproximateNumberOfMessagesDelayed),
+    })
+}
+
+/// The DLQ of `queue_url`, from its redrive policy.
+pub async fn dead_letter_queue(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<Option<String>, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(Attr::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| err(&aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
+    let Some(policy) = out.attributes().and_then(|a| a.get(&Attr::RedrivePolicy)).cloned() else { return Ok(None) };
+    let v: serde_json::Value = serde_json::from_str(&policy).map_err(|e| err(&e))?;
+    let arn = v["deadLetterTargetArn"].as_str().ok_or("redrive policy without deadLetterTargetArn")?;
+    let name = arn.rsplit(':').next().unwrap_or_default();
+    let url = sqs
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(|e| err(&aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
+    Ok(url.queue_url().map(str::to_owned))
+}
+
+/// A message sitting in the DLQ.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub receive_count: u64,
+    /// The decoded task, or why it does not decode.
+    pub task: Result<Task, String>,
+}
+
+/// Lists up to `max` DLQ messages without consuming them (they are made
+/// visible again right away).
+pub async fn list_dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &str, max: usize) -> Result<Vec<DeadLetter>, String> {
+    let mut out = Vec::new();
+    let mut receipts = Vec::new();
+    while out.len() < max {
+        let batch = sqs
+            .receive_message()
+            .queue_url(dlq)
+            .max_number_of_messages(10)
+            .visibility_timeout(30)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+        if batch.messages().is_empty() {
+            break;
+        }
+        for m in batch.messages() {
+            let count = m
+                .attributes()
+                .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            out.push(DeadLetter {
+                message_id: m.message_id().unwrap_or_default().to_owned(),
+                receive_count: count,
+                task: Task::decode(m.body().unwrap_or_default()).map_err(|e| e.to_string()),
+            });
+            receipts.extend(m.receipt_handle().map(str::to_owned));
+        }
+    }
+    for r in receipts {
+        let _ = sqs.change_message_visibility().queue_url(dlq).receipt_handle(r).visibility_timeout(0).send().await;
+    }
+    Ok(out)
+}
+
+/// Moves every DLQ message back to the copy queue. Returns how many.
+pub async fn redrive(sqs: &aws_sdk_sqs::Client, dlq: &str, queue: &str) -> Result<usize, String> {
+    let mut moved = 0;
+    loop {
+        let batch = sqs
+            .receive_message()
+            .queue_url(dlq)
+            .max_number_of_messages(10)
+            .visibility_timeout(60)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+        if batch.messages().is_empty() {
+            return Ok(moved);
+        }
+        for m in batch.messages() {
+            let body = m.body().unwrap_or_default();
+            sqs.send_message()
+                .queue_url(queue)
+                .message_body(body)
+                .send()
+                .await
+                .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+            // Deleted only once re-sent: at worst a message is in both queues.
+            if let Some(r) = m.receipt_handle() {
+                let _ = sqs.delete_message().queue_url(dlq).receipt_handle(r).send().await;
+            }
+            moved += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
