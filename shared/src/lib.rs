@@ -7,6 +7,7 @@ pub mod config;
 pub mod digest;
 pub mod event;
 pub mod harbor_api;
+pub mod metrics;
 pub mod ops;
 pub mod plan;
 pub mod poller;

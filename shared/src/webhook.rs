@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::event::{EventError, EventKind, Format, HarborEvent};
 use crate::harbor_api::HarborApi;
+use crate::metrics::{self, Unit};
 use crate::plan::{needs_labels, plan, Plan};
 use crate::queue::{Outgoing, TaskQueue};
 use crate::secrets::{AuthValues, WebhookAuth};
@@ -93,8 +94,26 @@ impl Webhook {
         Webhook { config, auth, queue, untagged_delay, harbor }
     }
 
-    /// Handles one request end to end.
+    /// Handles one request end to end, with one EMF line per request.
     pub async fn handle(&self, req: Incoming) -> Reply {
+        let reply = self.respond(req).await;
+        let tasks = reply.body["tasks"].as_array().map_or(0, Vec::len);
+        let class = match reply.status.as_u16() {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        metrics::emit(
+            &[("Function", "webhook"), ("Status", class)],
+            &[
+                ("Requests", 1.0, Unit::Count),
+                ("TasksEnqueued", if class == "2xx" { tasks as f64 } else { 0.0 }, Unit::Count),
+            ],
+        );
+        reply
+    }
+
+    async fn respond(&self, req: Incoming) -> Reply {
         if req.path == "/healthz" && req.method == Method::GET {
             return Reply { status: StatusCode::OK, body: json!({"status": "ok"}) };
         }

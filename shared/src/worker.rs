@@ -11,6 +11,7 @@ use futures_util::{stream, StreamExt};
 use tracing::Instrument;
 
 use crate::config::WorkerSettings;
+use crate::metrics::{self, Unit};
 use crate::registry::ledger::BlobLedger;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::throttle::Throttle;
@@ -92,6 +93,7 @@ impl Worker {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(message_id = %m.id, outcome = "rejected", error = %e, "message is not a task this worker understands");
+                metrics::emit(&[("Function", "worker"), ("Outcome", "rejected")], &[("Tasks", 1.0, Unit::Count)]);
                 return false;
             }
         };
@@ -125,6 +127,19 @@ impl Worker {
                     push_to_replicated_ms = latency_ms,
                     "task done"
                 );
+                let outcome = r.outcome.expect("set on success").as_str();
+                let mut values = vec![
+                    ("Tasks", 1.0, Unit::Count),
+                    ("BytesCopied", r.bytes as f64, Unit::Bytes),
+                    ("BlobsCopied", r.blobs_copied as f64, Unit::Count),
+                    ("BlobsMounted", r.blobs_mounted as f64, Unit::Count),
+                    ("BlobsSkipped", r.blobs_skipped as f64, Unit::Count),
+                    ("Retries", r.retries as f64, Unit::Count),
+                ];
+                if outcome == "copied" && task.event.occurred_at > 0 {
+                    values.push(("PushToReplicatedLatency", latency_ms as f64, Unit::Milliseconds));
+                }
+                metrics::emit(&[("Function", "worker"), ("Outcome", outcome)], &values);
                 true
             }
             Err(e) => {
@@ -132,6 +147,7 @@ impl Worker {
                 let _e = span.enter();
                 let transient = matches!(&e, TaskFailure::Copy(c) if c.is_transient());
                 tracing::error!(outcome = "failed", transient, error = %e, duration_ms = started.elapsed().as_millis() as u64, "task failed");
+                metrics::emit(&[("Function", "worker"), ("Outcome", "failed")], &[("Tasks", 1.0, Unit::Count)]);
                 false
             }
         }

@@ -65,6 +65,8 @@ pub struct CopyReport {
     pub blobs_mounted: u64,
     pub blobs_skipped: u64,
     pub manifests_pushed: u64,
+    /// Blob copies tried again after a transient failure.
+    pub retries: u64,
     pub tags_pushed: Vec<Tag>,
     /// Tags left alone because they point elsewhere and override is off.
     pub tags_skipped: Vec<Tag>,
@@ -119,6 +121,7 @@ struct Tree {
 
 #[derive(Default)]
 struct Counters {
+    retries: AtomicU64,
     bytes: AtomicU64,
     copied: AtomicU64,
     skipped: AtomicU64,
@@ -197,6 +200,7 @@ impl Copier<'_> {
             report.blobs_copied = counters.copied.into_inner();
             report.blobs_skipped = counters.skipped.into_inner();
             report.blobs_mounted = counters.mounted.into_inner();
+            report.retries = counters.retries.into_inner();
             for child in &tree.children {
                 self.destination.put_manifest(dst_repo, &child.digest.to_string(), child).await?;
                 report.manifests_pushed += 1;
@@ -335,6 +339,7 @@ impl Copier<'_> {
                     return Ok(());
                 }
                 Err(e) if e.is_transient() && attempt < self.retry.attempts => {
+                    counters.retries.fetch_add(1, Ordering::Relaxed);
                     let wait = self.retry.delay(attempt, None);
                     tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "blob copy failed, re-opening the source");
                     tokio::time::sleep(wait).await;

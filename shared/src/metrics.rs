@@ -1,0 +1,72 @@
+//! Metrics as CloudWatch Embedded Metric Format: one JSON line on stdout per
+//! unit of work, which CloudWatch Logs turns into metrics with no API call
+//! (and no latency) on the hot path. Namespace `HarborRelay`.
+
+use serde_json::{json, Map, Value};
+
+pub const NAMESPACE: &str = "HarborRelay";
+
+#[derive(Debug, Clone, Copy)]
+pub enum Unit {
+    Count,
+    Bytes,
+    Milliseconds,
+}
+
+impl Unit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unit::Count => "Count",
+            Unit::Bytes => "Bytes",
+            Unit::Milliseconds => "Milliseconds",
+        }
+    }
+}
+
+/// Builds one EMF document: `dimensions` become one dimension set.
+pub fn document(timestamp_ms: u128, dimensions: &[(&str, &str)], metrics: &[(&str, f64, Unit)]) -> Value {
+    let mut root = Map::new();
+    for (k, v) in dimensions {
+        root.insert((*k).to_owned(), json!(v));
+    }
+    for (name, value, _) in metrics {
+        root.insert((*name).to_owned(), json!(value));
+    }
+    let names: Vec<&str> = dimensions.iter().map(|(k, _)| *k).collect();
+    let defs: Vec<Value> = metrics.iter().map(|(n, _, u)| json!({"Name": n, "Unit": u.as_str()})).collect();
+    root.insert(
+        "_aws".into(),
+        json!({
+            "Timestamp": timestamp_ms as u64,
+            "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [names], "Metrics": defs}],
+        }),
+    );
+    Value::Object(root)
+}
+
+/// Writes one EMF line to stdout.
+pub fn emit(dimensions: &[(&str, &str)], metrics: &[(&str, f64, Unit)]) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    println!("{}", document(now, dimensions, metrics));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emf_document_shape() {
+        let d = document(
+            1_700_000_000_000,
+            &[("Function", "worker"), ("Outcome", "copied")],
+            &[("Tasks", 1.0, Unit::Count), ("BytesCopied", 42.0, Unit::Bytes)],
+        );
+        assert_eq!(d["Function"], "worker");
+        assert_eq!(d["BytesCopied"], 42.0);
+        let m = &d["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(m["Namespace"], "HarborRelay");
+        assert_eq!(m["Dimensions"], json!([["Function", "Outcome"]]));
+        assert_eq!(m["Metrics"][1], json!({"Name": "BytesCopied", "Unit": "Bytes"}));
+        assert_eq!(d["_aws"]["Timestamp"], 1_700_000_000_000u64);
+    }
+}
