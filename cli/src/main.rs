@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use relay::bootstrap;
 use relay::ops::{self, Selection};
 use relay::queue::{Outgoing, TaskQueue};
 use relay::registry::retry::RetryPolicy;
 use relay::secrets::SecretSource;
-use relay::{bootstrap, Config};
 
 #[derive(Parser)]
 #[command(name = "relay", about = "Operate harbor-relay: test connections, replicate by hand, dead letters, status")]
@@ -82,7 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let secrets = SecretSource::from_process(Some(secrets_manager));
     match cli.command {
         Command::Check { config } => {
-            let config = Config::load(config.as_ref())?;
+            let config = bootstrap::load_config(&config).await?;
             println!("configuration ok: {} registries, {} rules", config.registries.len(), config.rules.len());
             let mut ok = true;
             for line in ops::check(&config, &secrets).await {
@@ -97,7 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Replicate { config, queue_url, dry_run, selection } => {
-            let config = Config::load(config.as_ref())?;
+            let config = bootstrap::load_config(&config).await?;
             let selection = Selection::parse(&selection).map_err(anyhow::Error::msg)?;
             let source = bootstrap::source_client(&config, &secrets, RetryPolicy::default()).await?;
             let tasks = ops::plan_backfill(&config, &source, &selection).await?;

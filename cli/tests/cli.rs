@@ -138,3 +138,24 @@ async fn dlq_list_redrive_and_status() {
     assert_eq!(queue_depth(&sqs, &dlq).await.unwrap(), (0, 0, 0));
     assert_eq!(queue_depth(&sqs, &queue).await.unwrap().0, 2);
 }
+
+#[tokio::test]
+async fn configuration_from_an_ssm_parameter() {
+    let stack = Stack::load().unwrap();
+    let shared = aws_config::load_from_env().await;
+    let ssm = aws_sdk_ssm::Client::new(&shared);
+    let name = format!("/harbor-relay/test/{:x}", rand::random::<u32>());
+    ssm.put_parameter()
+        .name(&name)
+        .value(stack.config_yaml(ALL))
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let out = relay(&["check", "--config", &format!("ssm:{name}")], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("ok      cluster1-registry"));
+    let missing = relay(&["check", "--config", "ssm:/harbor-relay/does-not-exist"], &[]);
+    assert!(!missing.status.success());
+    assert!(text(&missing).contains("cannot read SSM parameter /harbor-relay/does-not-exist"), "{}", text(&missing));
+}

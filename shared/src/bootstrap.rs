@@ -99,3 +99,29 @@ pub async fn aws_clients() -> (aws_sdk_sqs::Client, aws_sdk_secretsmanager::Clie
     let shared = aws_config::load_from_env().await;
     (aws_sdk_sqs::Client::new(&shared), aws_sdk_secretsmanager::Client::new(&shared))
 }
+
+/// Loads the configuration named by `RELAY_CONFIG`: a file path, or
+/// `ssm:<parameter name>` for an SSM parameter (String or SecureString)
+/// holding the YAML.
+pub async fn load_config(location: &str) -> Result<Config, ConfigLoadError> {
+    let Some(name) = location.strip_prefix("ssm:") else {
+        return Ok(Config::load(location.as_ref())?);
+    };
+    let shared = aws_config::load_from_env().await;
+    let out = aws_sdk_ssm::Client::new(&shared).get_parameter().name(name).with_decryption(true).send().await.map_err(
+        |e| ConfigLoadError::Ssm {
+            name: name.to_owned(),
+            reason: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string(),
+        },
+    )?;
+    let text = out.parameter().and_then(|p| p.value()).unwrap_or_default();
+    Ok(Config::parse(text)?)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigLoadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot read SSM parameter {name}: {reason}")]
+    Ssm { name: String, reason: String },
+}

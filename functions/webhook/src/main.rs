@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use lambda_http::{service_fn, Body, Request, Response};
 use relay::webhook::{Incoming, Webhook};
-use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource, Config};
+use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     relay::telemetry::init(std::env::var("RUST_LOG").ok().as_deref());
-    let config_path = std::env::var("RELAY_CONFIG").context("RELAY_CONFIG must name the configuration file")?;
-    let config = Arc::new(Config::load(config_path.as_ref())?);
+    let config_location = std::env::var("RELAY_CONFIG")
+        .context("RELAY_CONFIG must name the configuration file (a path, or ssm:<parameter>)")?;
+    let config = Arc::new(bootstrap::load_config(&config_location).await?);
     let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
     let untagged_delay = match std::env::var("RELAY_UNTAGGED_DELAY_SECONDS") {
         Ok(v) => Duration::from_secs(v.parse().context("RELAY_UNTAGGED_DELAY_SECONDS must be whole seconds (0-900)")?),

@@ -9,13 +9,14 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use lambda_runtime::{service_fn, LambdaEvent};
 use relay::registry::retry::RetryPolicy;
 use relay::worker::{Message, Worker};
-use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource, Config};
+use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     relay::telemetry::init(std::env::var("RUST_LOG").ok().as_deref());
-    let config_path = std::env::var("RELAY_CONFIG").context("RELAY_CONFIG must name the configuration file")?;
-    let config = Config::load(config_path.as_ref())?;
+    let config_location = std::env::var("RELAY_CONFIG")
+        .context("RELAY_CONFIG must name the configuration file (a path, or ssm:<parameter>)")?;
+    let config = bootstrap::load_config(&config_location).await?;
     let (sqs, secrets_manager) = bootstrap::aws_clients().await;
     let secrets = SecretSource::from_process(Some(secrets_manager));
     let worker = Arc::new(bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?);
