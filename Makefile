@@ -2,7 +2,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help demo test bench fuzz build stack-up stack-down stack-status install fmt lint clean
+INFRA_BIN := $(CURDIR)/.local/venv-infra/bin
+
+.PHONY: help demo test bench fuzz build build-local deploy stack-up stack-down stack-status install fmt lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,8 +22,17 @@ fuzz: ## Long fuzz run of the webhook parser, rules and task decoder (RELAY_FUZZ
 	RELAY_FUZZ_CASES=$${RELAY_FUZZ_CASES:-2000000} RELAY_FUZZ_SEED=$${RELAY_FUZZ_SEED:-$$RANDOM$$RANDOM} \
 		cargo test --release --locked -p relay-shared --test fuzz -- --nocapture
 
-build: ## Build both functions (debug) for standalone use
-	cargo build --locked -p webhook -p worker
+build: ## Build both functions for Lambda (arm64, cargo-lambda via sam build); installs what is missing
+	scripts/stack.sh install
+	@[ -x "$(INFRA_BIN)/cargo-lambda" ] || VIRTUAL_ENV=.local/venv-infra .local/tools/bin/uv pip install -q cargo-lambda
+	rustup target add aarch64-unknown-linux-gnu
+	cd infra && PATH="$(INFRA_BIN):$$PATH" SAM_CLI_TELEMETRY=0 sam build
+
+build-local: ## Build the binaries (debug) for standalone use: webhook, worker, relay
+	cargo build --locked -p webhook -p worker -p relay-cli
+
+deploy: build ## sam deploy (first time: make deploy GUIDED=1)
+	cd infra && PATH="$(INFRA_BIN):$$PATH" SAM_CLI_TELEMETRY=0 sam deploy $(if $(GUIDED),--guided,)
 
 install: ## Install what the local stack needs (apt packages, uv, LocalStack venv)
 	scripts/stack.sh install

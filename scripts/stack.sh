@@ -17,6 +17,7 @@ LOCAL=$ROOT/.local
 STACK=$LOCAL/stack
 TOOLS=$LOCAL/tools
 LS_VENV=$LOCAL/venv-localstack
+INFRA_VENV=$LOCAL/venv-infra
 SOURCE_PORT=${RELAY_SOURCE_PORT:-5001}
 TARGET_PORT=${RELAY_TARGET_PORT:-5002}
 LS_PORT=${RELAY_LOCALSTACK_PORT:-4566}
@@ -44,6 +45,11 @@ install() {
     rm -rf "$LS_VENV"
     "$TOOLS/bin/uv" venv -q -p python3.11 "$LS_VENV"
     VIRTUAL_ENV=$LS_VENV "$TOOLS/bin/uv" pip install -q --exclude-newer 2026-02-10 "localstack-core[runtime]==4.13.1"
+  fi
+  if [ ! -x "$INFRA_VENV/bin/cfn-lint" ] || [ ! -x "$INFRA_VENV/bin/sam" ]; then
+    log "installing cfn-lint and the SAM CLI into .local/venv-infra (template checks, make deploy)"
+    "$TOOLS/bin/uv" venv -q --allow-existing -p python3.11 "$INFRA_VENV"
+    VIRTUAL_ENV=$INFRA_VENV "$TOOLS/bin/uv" pip install -q "cfn-lint==1.58.0" "aws-sam-cli==1.170.0"
   fi
 }
 

@@ -1,0 +1,117 @@
+//! The SAM template: cfn-lint and `sam validate --lint` pass offline, and
+//! the transformed CloudFormation wires what matters. The tools live in
+//! .local/venv-infra (`make test` installs them).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+fn root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn tool(name: &str) -> PathBuf {
+    let p = root().join(".local/venv-infra/bin").join(name);
+    assert!(p.exists(), "{} missing: `make test` installs it (scripts/stack.sh install)", p.display());
+    p
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.env("AWS_REGION", "us-east-1").env("SAM_CLI_TELEMETRY", "0").output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn transformed() -> Value {
+    let out = run(Command::new(tool("python"))
+        .arg(root().join("infra/transform.py"))
+        .arg(root().join("infra/template.yaml")));
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn template_passes_cfn_lint_and_sam_validate() {
+    run(Command::new(tool("cfn-lint")).arg(root().join("infra/template.yaml")));
+    let out = run(Command::new(tool("sam")).args(["validate", "--lint"]).current_dir(root().join("infra")));
+    assert!(out.contains("is a valid SAM Template"), "{out}");
+}
+
+#[test]
+fn transformed_template_wires_queue_worker_and_webhook() {
+    let t = transformed();
+    let r = &t["Resources"];
+    let get_att = |res: &str, att: &str| json!({"Fn::GetAtt": [res, att]});
+
+    // Worker ← copy queue, with partial batch responses.
+    let esm = r
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|v| v["Type"] == "AWS::Lambda::EventSourceMapping")
+        .expect("event source mapping");
+    assert_eq!(esm["Properties"]["EventSourceArn"], get_att("CopyQueue", "Arn"));
+    assert_eq!(esm["Properties"]["FunctionName"], json!({"Ref": "WorkerFunction"}));
+    assert_eq!(esm["Properties"]["FunctionResponseTypes"], json!(["ReportBatchItemFailures"]));
+    assert!(esm["Properties"]["ScalingConfig"]["MaximumConcurrency"].is_object());
+
+    // Copy queue → DLQ, encrypted; DLQ keeps messages longer.
+    let q = &r["CopyQueue"]["Properties"];
+    assert_eq!(q["RedrivePolicy"]["deadLetterTargetArn"], get_att("DeadLetterQueue", "Arn"));
+    assert_eq!(q["SqsManagedSseEnabled"], true);
+    assert_eq!(r["DeadLetterQueue"]["Properties"]["MessageRetentionPeriod"], 1209600);
+    let params = &t["Parameters"];
+    assert!(
+        params["QueueVisibilityTimeoutSeconds"]["Default"].as_u64().unwrap()
+            >= 6 * params["WorkerTimeoutSeconds"]["Default"].as_u64().unwrap()
+    );
+
+    // Functions: arm64, provided.al2023, JSON logs.
+    for f in ["WebhookFunction", "WorkerFunction"] {
+        let p = &r[f]["Properties"];
+        assert_eq!(p["Architectures"], json!(["arm64"]), "{f}");
+        assert_eq!(p["Runtime"], "provided.al2023", "{f}");
+        assert_eq!(p["LoggingConfig"]["LogFormat"], "JSON", "{f}");
+    }
+
+    // Webhook: a Function URL without IAM auth (the function checks Harbor's header).
+    let url = &r["WebhookFunctionUrl"]["Properties"];
+    assert_eq!(url["AuthType"], "NONE");
+    assert_eq!(url["TargetFunctionArn"], json!({"Ref": "WebhookFunction"}));
+
+    // IAM: SQS only on the copy queue, secrets only the named ones, nothing on "*".
+    for role in ["WebhookFunctionRole", "WorkerRole"] {
+        let policies = serde_json::to_string(&r[role]["Properties"]["Policies"]).unwrap();
+        assert!(!policies.contains("\"Resource\":\"*\""), "{role} grants on *: {policies}");
+        assert!(policies.contains("\"secretsmanager:GetSecretValue\""), "{role}");
+        assert!(policies.contains("{\"Ref\":\"SecretArns\"}"), "{role} reads only the named secrets");
+        assert!(policies.contains("CopyQueue"), "{role} is scoped to the copy queue");
+        assert!(
+            !serde_json::to_string(&r[role]["Properties"]).unwrap().contains("AWSLambdaSQSQueueExecutionRole"),
+            "{role}: no all-queues managed policy"
+        );
+    }
+    let worker_sqs = serde_json::to_string(&r["WorkerRole"]["Properties"]["Policies"][0]).unwrap();
+    assert!(
+        worker_sqs.contains("sqs:ReceiveMessage") && worker_sqs.contains("{\"Fn::GetAtt\":[\"CopyQueue\",\"Arn\"]}")
+    );
+    assert_eq!(r["WorkerFunction"]["Properties"]["Role"], get_att("WorkerRole", "Arn"));
+
+    // Observability: the alarms and the saved queries exist.
+    let alarms: Vec<&str> = r
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["Type"] == "AWS::CloudWatch::Alarm")
+        .map(|(k, _)| k.as_str())
+        .collect();
+    for a in ["DeadLetterAlarm", "OldestTaskAlarm", "WorkerErrorsAlarm", "Webhook5xxAlarm"] {
+        assert!(alarms.contains(&a), "{a} missing");
+    }
+    assert_eq!(r["Dashboard"]["Type"], "AWS::CloudWatch::Dashboard");
+    assert_eq!(r["FailedTasksQuery"]["Type"], "AWS::Logs::QueryDefinition");
+    for o in ["WebhookUrl", "CopyQueueUrl", "DeadLetterQueueUrl"] {
+        assert!(t["Outputs"][o].is_object(), "output {o}");
+    }
+}
