@@ -12,6 +12,7 @@ pub mod ops;
 pub mod plan;
 pub mod poller;
 pub mod queue;
+pub mod reconcile;
 pub mod registry;
 pub mod repository;
 pub mod rules;

@@ -146,8 +146,13 @@ impl RegistryClient {
 
     /// Repositories of `/v2/_catalog`, following `Link` pagination.
     pub async fn catalog(&self) -> Result<Vec<RepositoryPath>, RegistryError> {
+        self.catalog_paged(1000).await
+    }
+
+    /// [`RegistryClient::catalog`] with `page` entries per request.
+    pub async fn catalog_paged(&self, page: usize) -> Result<Vec<RepositoryPath>, RegistryError> {
         let mut out = Vec::new();
-        self.paginate("/v2/_catalog?n=1000", "registry:catalog:*", "repositories", |name| {
+        self.paginate(&format!("/v2/_catalog?n={page}"), "registry:catalog:*", "repositories", |name| {
             if let Ok(r) = name.parse() {
                 out.push(r);
             }
@@ -158,8 +163,17 @@ impl RegistryClient {
 
     /// Tags of `repo` (`/v2/<repo>/tags/list`), following `Link` pagination.
     pub async fn tags(&self, repo: &RepositoryPath) -> Result<Vec<crate::repository::Tag>, RegistryError> {
+        self.tags_paged(repo, 1000).await
+    }
+
+    /// [`RegistryClient::tags`] with `page` entries per request.
+    pub async fn tags_paged(
+        &self,
+        repo: &RepositoryPath,
+        page: usize,
+    ) -> Result<Vec<crate::repository::Tag>, RegistryError> {
         let mut out = Vec::new();
-        let first = format!("/v2/{repo}/tags/list?n=1000");
+        let first = format!("/v2/{repo}/tags/list?n={page}");
         self.paginate(&first, &self.scope(repo), "tags", |name| {
             if let Ok(t) = name.parse() {
                 out.push(t);

@@ -1,0 +1,95 @@
+//! The reconcile function: a scheduled sweep that enqueues copy (and delete)
+//! tasks for whatever the destinations lack, so no missed webhook leaves a
+//! target stale. Under Lambda (EventBridge schedule) when
+//! `AWS_LAMBDA_RUNTIME_API` is set; otherwise one pass and exit (cron, or
+//! `relay reconcile`). The cursor of an unfinished pass is kept in the SSM
+//! parameter `RELAY_RECONCILE_CURSOR_PARAMETER` when set.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lambda_runtime::{service_fn, LambdaEvent};
+use relay::queue::{Outgoing, TaskQueue};
+use relay::reconcile::{CursorStore, Reconciler};
+use relay::registry::retry::RetryPolicy;
+use relay::secrets::SecretSource;
+use relay::worker::Worker;
+use relay::{bootstrap, Config};
+
+struct App {
+    config: Config,
+    worker: Worker,
+    queue: TaskQueue,
+    cursor: Option<CursorStore>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    relay::telemetry::init(std::env::var("RUST_LOG").ok().as_deref());
+    let config_location = std::env::var("RELAY_CONFIG")
+        .context("RELAY_CONFIG must name the configuration (a path, or ssm:<parameter>)")?;
+    let config = bootstrap::load_config(&config_location).await?;
+    let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
+    let (sqs, secrets_manager) = bootstrap::aws_clients().await;
+    let secrets = SecretSource::from_process(Some(secrets_manager));
+    let worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
+    let cursor = match std::env::var("RELAY_RECONCILE_CURSOR_PARAMETER") {
+        Ok(parameter) if !parameter.is_empty() => {
+            Some(CursorStore { ssm: aws_sdk_ssm::Client::new(&aws_config::load_from_env().await), parameter })
+        }
+        _ => None,
+    };
+    let app = Arc::new(App { config, worker, queue: TaskQueue::new(sqs, queue_url), cursor });
+
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
+            let app = app.clone();
+            async move {
+                let remaining = Duration::from_millis(event.context.deadline).saturating_sub(
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
+                );
+                // Keep a fifth of the time (at least 10 s) to enqueue and save the cursor.
+                let budget = remaining.saturating_sub((remaining / 5).max(Duration::from_secs(10)));
+                run(&app, Some(Instant::now() + budget))
+                    .await
+                    .map_err(|e| lambda_runtime::Error::from(format!("{e:#}")))
+            }
+        }))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+    } else {
+        let summary = run(&app, None).await?;
+        println!("{summary}");
+        Ok(())
+    }
+}
+
+async fn run(app: &App, stop_at: Option<Instant>) -> anyhow::Result<serde_json::Value> {
+    let after = match &app.cursor {
+        Some(c) => c.load().await.map_err(anyhow::Error::msg)?,
+        None => None,
+    };
+    let reconciler = Reconciler {
+        config: &app.config,
+        source: &app.worker.source,
+        destinations: &app.worker.destinations,
+        page_size: 1000,
+    };
+    let pass = reconciler.pass(after.as_deref(), stop_at).await?;
+    let outgoing: Vec<_> = pass.tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
+    app.queue.send(&outgoing).await?;
+    if let Some(c) = &app.cursor {
+        c.save(pass.cursor.as_deref()).await.map_err(anyhow::Error::msg)?;
+    }
+    let summary = serde_json::json!({
+        "repositories": pass.repositories,
+        "tags_checked": pass.tags_checked,
+        "in_sync": pass.in_sync,
+        "tasks_enqueued": pass.tasks.len(),
+        "resumed_after": after,
+        "cursor": pass.cursor,
+    });
+    tracing::info!(repositories = pass.repositories, tags_checked = pass.tags_checked, in_sync = pass.in_sync, tasks_enqueued = pass.tasks.len(), cursor = ?pass.cursor, "reconcile pass done");
+    Ok(summary)
+}

@@ -1,0 +1,166 @@
+//! Reconcile: make every destination converge to what the rules say it
+//! should hold, for the changes Harbor sends no webhook about (tags added or
+//! removed in the UI, GC, deliveries that failed three times).
+//!
+//! One pass lists the source (`/v2/_catalog`, `/tags/list`, `Link`
+//! pagination), resolves each tag with HEAD (never GET: Harbor counts GETs
+//! as pulls), HEADs the mapped destination tag, and plans copy tasks only for
+//! what is missing or different. Rules with `deletion: true` also get delete
+//! tasks for destination tags the source no longer has (only tags the rule
+//! maps). The tasks go through the same queue and worker as webhook events,
+//! so a reconcile racing the webhook moves no duplicate bytes: the worker's
+//! HEAD checks and blob ledger absorb it.
+//!
+//! Work is bounded per invocation: a pass stops before `stop_at` and returns
+//! a cursor (the last repository finished); the next pass resumes after it.
+//! The cursor lives in an SSM parameter ([`CursorStore`]) — small, durable,
+//! readable by an operator, and available where DynamoDB is not (LocalStack
+//! here); the task stream cannot hold it because tasks are consumed.
+
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::event::{Artifact, EventKind, Format, HarborEvent};
+use crate::plan::plan;
+use crate::registry::{RegistryClient, RegistryError};
+use crate::repository::RepositoryPath;
+use crate::task::{Action, Task};
+use crate::worker::Destination;
+
+/// What one pass found and planned.
+#[derive(Debug, Default)]
+pub struct Pass {
+    pub repositories: u64,
+    pub tags_checked: u64,
+    pub in_sync: u64,
+    pub tasks: Vec<Task>,
+    /// Set when the pass stopped early: resume after this repository.
+    pub cursor: Option<String>,
+}
+
+pub struct Reconciler<'a> {
+    pub config: &'a Config,
+    pub source: &'a RegistryClient,
+    pub destinations: &'a std::collections::HashMap<String, Destination>,
+    /// Entries per listing request (`n=`).
+    pub page_size: usize,
+}
+
+impl Reconciler<'_> {
+    /// Plans one pass over the repositories after `after` (sorted by name).
+    pub async fn pass(&self, after: Option<&str>, stop_at: Option<Instant>) -> Result<Pass, RegistryError> {
+        let mut pass = Pass::default();
+        let mut repositories: Vec<RepositoryPath> = self
+            .source
+            .catalog_paged(self.page_size)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                self.config
+                    .rules
+                    .iter()
+                    .any(|rule| rule.enabled && rule.name_filter.as_ref().is_none_or(|p| p.is_match(r.as_str())))
+            })
+            .filter(|r| after.is_none_or(|a| r.as_str() > a))
+            .collect();
+        repositories.sort();
+        let mut last_done: Option<String> = None;
+        for repo in repositories {
+            if stop_at.is_some_and(|t| Instant::now() >= t) {
+                pass.cursor = last_done.or_else(|| after.map(str::to_owned));
+                return Ok(pass);
+            }
+            self.repository(&repo, &mut pass).await?;
+            pass.repositories += 1;
+            last_done = Some(repo.to_string());
+        }
+        Ok(pass)
+    }
+
+    async fn repository(&self, repo: &RepositoryPath, pass: &mut Pass) -> Result<(), RegistryError> {
+        let tags = self.source.tags_paged(repo, self.page_size).await?;
+        for tag in &tags {
+            let Some(digest) = self.source.head_manifest(repo, tag.as_str()).await? else { continue };
+            pass.tags_checked += 1;
+            let event = synthetic(EventKind::Push, repo, digest.clone(), tag.clone());
+            for task in plan(self.config, &event, None, &mut new_id).tasks {
+                let Some(dst) = self.destinations.get(&task.destination.registry) else { continue };
+                match dst.client.head_manifest(&task.destination.repository, tag.as_str()).await? {
+                    Some(d) if d == digest => pass.in_sync += 1,
+                    Some(_) if !task.options.override_existing => pass.in_sync += 1,
+                    _ => pass.tasks.push(task),
+                }
+            }
+        }
+
+        // Deletions: destination tags of this repository's mapped places
+        // that the source no longer has, for rules that delete.
+        for rule in self.config.rules.iter().filter(|r| r.enabled && r.deletion) {
+            if !rule.name_filter.as_ref().is_none_or(|p| p.is_match(repo.as_str())) {
+                continue;
+            }
+            let Ok(dst_repo) = rule.map_repository(repo) else { continue };
+            let Some(dst) = self.destinations.get(&rule.destination.registry) else { continue };
+            for dst_tag in dst.client.tags_paged(&dst_repo, self.page_size).await? {
+                if tags.contains(&dst_tag) || !rule.tag_filter.as_ref().is_none_or(|f| f.accepts(Some(&dst_tag))) {
+                    continue;
+                }
+                let Some(digest) = dst.client.head_manifest(&dst_repo, dst_tag.as_str()).await? else { continue };
+                let event = synthetic(EventKind::Delete, repo, digest, dst_tag.clone());
+                pass.tasks.extend(plan(self.config, &event, None, &mut new_id).tasks.into_iter().filter(|t| {
+                    t.action == Action::Delete
+                        && t.destination.registry == rule.destination.registry
+                        && t.destination.repository == dst_repo
+                }));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn synthetic(kind: EventKind, repository: &RepositoryPath, digest: crate::Digest, tag: crate::Tag) -> HarborEvent {
+    HarborEvent {
+        kind,
+        format: Format::Default,
+        occurred_at: 0,
+        operator: "relay-reconcile".into(),
+        dedup_key: format!("reconcile-{}", uuid::Uuid::new_v4()),
+        artifact: Some(Artifact { repository: repository.clone(), digest, tag: Some(tag) }),
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The resume cursor, in an SSM parameter.
+pub struct CursorStore {
+    pub ssm: aws_sdk_ssm::Client,
+    pub parameter: String,
+}
+
+impl CursorStore {
+    pub async fn load(&self) -> Result<Option<String>, String> {
+        match self.ssm.get_parameter().name(&self.parameter).send().await {
+            Ok(out) => {
+                Ok(out.parameter().and_then(|p| p.value()).filter(|v| !v.is_empty() && *v != "-").map(str::to_owned))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => Ok(None),
+            Err(e) => Err(aws_sdk_ssm::error::DisplayErrorContext(&e).to_string()),
+        }
+    }
+
+    /// Stores the cursor; `None` (the listing is complete) stores `-`.
+    pub async fn save(&self, cursor: Option<&str>) -> Result<(), String> {
+        self.ssm
+            .put_parameter()
+            .name(&self.parameter)
+            .value(cursor.unwrap_or("-"))
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(&e).to_string())
+    }
+}
