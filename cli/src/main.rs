@@ -2,6 +2,7 @@
 //!
 //!   relay check --config F                      test the source and every destination
 //!   relay replicate --config F [--dry-run] SEL  enqueue copy tasks for what the rules match
+//!   relay reconcile --config F [--dry-run]      one reconcile pass (drift repair)
 //!   relay dlq --list | --redrive                show / re-queue dead-lettered tasks
 //!   relay status                                copy queue and DLQ depth
 //!
@@ -45,6 +46,16 @@ enum Command {
         dry_run: bool,
         /// `project/repo`, `project/repo:tag`, or a glob such as `project/**`.
         selection: String,
+    },
+    /// One reconcile pass now: enqueue what the destinations lack (drift repair, backfill).
+    Reconcile {
+        #[arg(long, env = "RELAY_CONFIG")]
+        config: String,
+        #[arg(long, env = "RELAY_QUEUE_URL")]
+        queue_url: Option<String>,
+        /// Print the tasks instead of enqueueing them.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Show (--list) or re-queue (--redrive) the tasks in the dead-letter queue.
     Dlq {
@@ -121,6 +132,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 TaskQueue::new(sqs, url).send(&outgoing).await?;
             }
             println!("{} tasks {}", tasks.len(), if dry_run { "planned (dry run)" } else { "enqueued" });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reconcile { config, queue_url, dry_run } => {
+            let config = bootstrap::load_config(&config).await?;
+            let worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
+            let reconciler = relay::reconcile::Reconciler {
+                config: &config,
+                source: &worker.source,
+                destinations: &worker.destinations,
+                page_size: 1000,
+            };
+            let pass = reconciler.pass(None, None).await?;
+            for t in &pass.tasks {
+                let tags: Vec<_> = t.destination.tags.iter().map(|t| t.as_str()).collect();
+                println!(
+                    "{} {:?}  {}@{} -> {}/{}:{}",
+                    if dry_run { "would" } else { "will" },
+                    t.action,
+                    t.source.repository,
+                    t.source.digest,
+                    t.destination.registry,
+                    t.destination.repository,
+                    tags.join(",")
+                );
+            }
+            if !dry_run && !pass.tasks.is_empty() {
+                let url =
+                    queue_url.context("--queue-url or RELAY_QUEUE_URL is needed to enqueue (or use --dry-run)")?;
+                let outgoing: Vec<_> = pass.tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
+                TaskQueue::new(sqs, url).send(&outgoing).await?;
+            }
+            println!(
+                "{} repositories, {} tags checked, {} in sync, {} tasks {}",
+                pass.repositories,
+                pass.tags_checked,
+                pass.in_sync,
+                pass.tasks.len(),
+                if dry_run { "planned (dry run)" } else { "enqueued" }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { list, redrive: _, queue_url, dlq_url } => {

@@ -159,3 +159,22 @@ async fn configuration_from_an_ssm_parameter() {
     assert!(!missing.status.success());
     assert!(text(&missing).contains("cannot read SSM parameter /harbor-relay/does-not-exist"), "{}", text(&missing));
 }
+
+#[tokio::test]
+async fn reconcile_enqueues_only_what_is_missing() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let queue = create_queue(&sqs, "cli-rec").await.unwrap();
+    let repo = unique_repo("rec");
+    let project = repo.split('/').next().unwrap().to_owned();
+    image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
+    image::push(&stack.source(), &repo, "v2", ImageKind::OciImage, 1, 1024).await.unwrap();
+    let rules = format!(
+        "  - name: p\n    filters: {{ name: \"{project}/**\" }}\n    destination: {{ registry: cluster1-registry }}\n"
+    );
+    let config = config_file(&stack, &rules);
+    let out = relay(&["reconcile", "--config", config.as_str(), "--queue-url", &queue], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 repositories, 2 tags checked, 0 in sync, 2 tasks enqueued"), "{}", text(&out));
+    assert_eq!(queue_depth(&sqs, &queue).await.unwrap().0, 2);
+}

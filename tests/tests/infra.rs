@@ -98,6 +98,17 @@ fn transformed_template_wires_queue_worker_and_webhook() {
     );
     assert_eq!(r["WorkerFunction"]["Properties"]["Role"], get_att("WorkerRole", "Arn"));
 
+    // Reconcile: an EventBridge schedule from the parameter, one sweep at a time.
+    let sweep = &r["ReconcileFunctionSweep"]["Properties"];
+    assert_eq!(sweep["ScheduleExpression"], json!({"Ref": "ReconcileSchedule"}));
+    assert_eq!(sweep["Targets"][0]["Arn"], get_att("ReconcileFunction", "Arn"));
+    assert_eq!(r["ReconcileFunction"]["Properties"]["ReservedConcurrentExecutions"], 1);
+    let rec = serde_json::to_string(&r["ReconcileFunctionRole"]["Properties"]["Policies"]).unwrap();
+    assert!(
+        rec.contains("ssm:PutParameter") && rec.contains("ReconcileCursor") && rec.contains("sqs:SendMessage"),
+        "{rec}"
+    );
+
     // Observability: the alarms and the saved queries exist.
     let alarms: Vec<&str> = r
         .as_object()
