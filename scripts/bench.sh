@@ -15,7 +15,7 @@ mkdir -p .local/bench
 {
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(uname -m)."
   echo
-  for b in ${RELAY_BENCHES:-webhook}; do
+  for b in ${RELAY_BENCHES:-webhook copy shared reconcile}; do
     target/release/relay-bench "$b"
     echo
   done

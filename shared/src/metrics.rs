@@ -44,8 +44,19 @@ pub fn document(timestamp_ms: u128, dimensions: &[(&str, &str)], metrics: &[(&st
     Value::Object(root)
 }
 
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the EMF lines off for this process (benchmarks that print their
+/// own report on stdout); the functions always emit.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Writes one EMF line to stdout.
 pub fn emit(dimensions: &[(&str, &str)], metrics: &[(&str, f64, Unit)]) {
+    if !ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     println!("{}", document(now, dimensions, metrics));
 }

@@ -94,6 +94,11 @@ impl PlainRegistry {
         Ok(Some((mt, resp.bytes().await?.to_vec())))
     }
 
+    pub async fn blob_exists(&self, repo: &str, digest: &str) -> anyhow::Result<bool> {
+        let resp = self.req(reqwest::Method::HEAD, &format!("{}/v2/{repo}/blobs/{digest}", self.base)).send().await?;
+        Ok(resp.status() == StatusCode::OK)
+    }
+
     pub async fn get_blob(&self, repo: &str, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let resp = self.req(reqwest::Method::GET, &format!("{}/v2/{repo}/blobs/{digest}", self.base)).send().await?;
         if resp.status() == StatusCode::NOT_FOUND {

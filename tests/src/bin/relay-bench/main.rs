@@ -5,6 +5,7 @@
 //!   relay-bench copy      1 GiB image vs skopeo and raw curl, peak RSS,
 //!                         2 GiB layer RSS, re-replication requests
 //!   relay-bench shared    20 images sharing base layers: pipeline vs skopeo
+//!   relay-bench reconcile a pass over 1,000 tags already in sync
 //!
 //! Needs the local stack (make bench starts it).
 
@@ -16,10 +17,12 @@ use std::time::Duration;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    relay::metrics::set_enabled(false);
     match args.first().map(String::as_str).unwrap_or("webhook") {
         "webhook" => webhook::run().await,
         "copy" => copy::run().await,
         "shared" => copy::shared().await,
+        "reconcile" => copy::reconcile().await,
         "copy-once" => copy::copy_once(&args[1..]).await,
         other => anyhow::bail!("unknown benchmark {other}"),
     }
