@@ -200,7 +200,16 @@ fn artifact_of(
             }
             repo
         }
-        None => path.rsplit_once(':').map_or(path, |(repo, _)| repo),
+        None => match path.rsplit_once(':') {
+            // `host/repo:tag`: the tag must be the resource's own tag.
+            Some((repo, tag)) if tag == resource.tag => repo,
+            Some(_) => {
+                return Err(malformed(format!(
+                    "field `{data_field}.resources[0].resource_url` names another tag than `tag`"
+                )))
+            }
+            None => path,
+        },
     };
     let repository: RepositoryPath =
         repo_part.parse().map_err(|e| malformed(format!("field `{data_field}.resources[0].resource_url`: {e}")))?;

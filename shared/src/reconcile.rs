@@ -64,16 +64,19 @@ impl Reconciler<'_> {
             .filter(|r| after.is_none_or(|a| r.as_str() > a))
             .collect();
         repositories.sort();
+        let merge = |pass: &mut Pass| pass.tasks = merge_tags(std::mem::take(&mut pass.tasks));
         let mut last_done: Option<String> = None;
         for repo in repositories {
             if stop_at.is_some_and(|t| Instant::now() >= t) {
                 pass.cursor = last_done.or_else(|| after.map(str::to_owned));
+                merge(&mut pass);
                 return Ok(pass);
             }
             self.repository(&repo, &mut pass).await?;
             pass.repositories += 1;
             last_done = Some(repo.to_string());
         }
+        merge(&mut pass);
         Ok(pass)
     }
 
@@ -116,6 +119,28 @@ impl Reconciler<'_> {
         }
         Ok(())
     }
+}
+
+/// Tags of one digest going to one place travel in one task (the task
+/// schema carries several): one copy, then one manifest PUT per tag.
+fn merge_tags(tasks: Vec<Task>) -> Vec<Task> {
+    let mut merged: Vec<Task> = Vec::with_capacity(tasks.len());
+    let mut index = std::collections::HashMap::new();
+    for t in tasks {
+        let key = (t.action, t.destination.registry.clone(), t.destination.repository.clone(), t.source.digest.clone());
+        match index.get(&key) {
+            Some(&i) => {
+                let m: &mut Task = &mut merged[i];
+                m.source.tags.extend(t.source.tags);
+                m.destination.tags.extend(t.destination.tags);
+            }
+            None => {
+                index.insert(key, merged.len());
+                merged.push(t);
+            }
+        }
+    }
+    merged
 }
 
 fn synthetic(kind: EventKind, repository: &RepositoryPath, digest: crate::Digest, tag: crate::Tag) -> HarborEvent {

@@ -46,6 +46,10 @@ pub enum Fault {
     Corrupt,
     /// Every token issued so far stops working, and this request gets 401.
     ExpireTokens,
+    /// Serve the blob with extra bytes past its descriptor's size.
+    Longer,
+    /// Answer 307 to this URL (storage redirects, as S3-backed registries do).
+    RedirectTo(String),
 }
 
 #[derive(Default)]
@@ -61,6 +65,8 @@ struct Store {
     /// Some(valid tokens) when Bearer auth is on.
     tokens: Option<Vec<String>>,
     mount_202: bool,
+    /// Requests that carried an Authorization header.
+    authorized: usize,
     next: u64,
 }
 
@@ -109,6 +115,30 @@ impl FakeRegistry {
         self.store.lock().unwrap().mount_202 = true;
     }
 
+    /// Requests that arrived with an Authorization header.
+    pub fn authorized_requests(&self) -> usize {
+        self.store.lock().unwrap().authorized
+    }
+
+    /// Stores a blob directly (any bytes), linked into `repo`.
+    pub fn insert_blob(&self, repo: &str, bytes: Bytes) -> String {
+        let d = sha256(&bytes);
+        let mut s = self.store.lock().unwrap();
+        s.blobs.insert(d.clone(), bytes);
+        s.links.entry(repo.to_owned()).or_default().insert(d.clone());
+        d
+    }
+
+    /// Stores a manifest directly (no checks), under `reference` and its digest.
+    pub fn insert_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: Bytes) -> String {
+        let d = sha256(&bytes);
+        let mut s = self.store.lock().unwrap();
+        let m = s.manifests.entry(repo.to_owned()).or_default();
+        m.insert(reference.to_owned(), (media_type.to_owned(), bytes.clone()));
+        m.insert(d.clone(), (media_type.to_owned(), bytes));
+        d
+    }
+
     pub fn has_blob(&self, repo: &str, digest: &str) -> bool {
         self.store.lock().unwrap().links.get(repo).is_some_and(|l| l.contains(digest))
     }
@@ -136,6 +166,9 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
     let fault = {
         let mut s = store.lock().unwrap();
         *s.counts.entry(op).or_default() += 1;
+        if headers.contains_key("authorization") {
+            s.authorized += 1;
+        }
         if op == Op::Token {
             let token = format!("t{}", s.next);
             s.next += 1;
@@ -160,6 +193,9 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
         }
         let challenge = format!("Bearer realm=\"{base}/token\",service=\"fake\"");
         return (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response();
+    }
+    if let Some(Fault::RedirectTo(url)) = &fault {
+        return (StatusCode::TEMPORARY_REDIRECT, [("location", url.clone())]).into_response();
     }
     if let Some(Fault::Status(code, after)) = &fault {
         let mut r = status(*code);
@@ -227,6 +263,13 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
                         Some((Ok::<_, std::io::Error>(next), it))
                     });
                     (h, Body::from_stream(s)).into_response()
+                }
+                Some(Fault::Longer) => {
+                    let mut v = bytes.to_vec();
+                    v.extend_from_slice(b"and some more bytes than the descriptor says");
+                    let mut h = HeaderMap::new();
+                    h.insert("content-length", v.len().into());
+                    (h, Body::from(v)).into_response()
                 }
                 Some(Fault::Corrupt) => {
                     let mut v = bytes.to_vec();

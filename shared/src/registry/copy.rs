@@ -192,6 +192,7 @@ impl Copier<'_> {
         }
 
         let root = self.source.get_manifest(src_repo, &digest.to_string(), Some(digest)).await?;
+        let _one_push_at_a_time = self.ledger.manifest_lock(digest).await;
         if !present {
             let mut tree = Tree::default();
             self.gather(src_repo, dst_repo, &root, &mut tree).await?;
@@ -374,18 +375,35 @@ impl Copier<'_> {
                 return Err(e);
             }
         };
+        // A source that announces or sends more bytes than the descriptor
+        // is refused: the destination must get exactly the described blob.
+        if source.content_length().is_some_and(|l| l != d.size) {
+            self.destination.cancel_upload(dst_repo, session).await;
+            return Err(RegistryError::Protocol {
+                registry: self.source.name().to_owned(),
+                reason: format!(
+                    "blob {} is {} bytes long, its descriptor says {}",
+                    d.digest,
+                    source.content_length().unwrap_or(0),
+                    d.size
+                ),
+            });
+        }
         let counters = counters.clone();
         let throttle = self.throttle.clone();
+        let (size, sent) = (d.size, Arc::new(AtomicU64::new(0)));
         let body = source.bytes_stream().then(move |chunk| {
-            let (counters, throttle) = (counters.clone(), throttle.clone());
+            let (counters, throttle, sent) = (counters.clone(), throttle.clone(), sent.clone());
             async move {
-                if let Ok(c) = &chunk {
-                    counters.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
-                    if let Some(t) = &throttle {
-                        t.take(c.len()).await;
-                    }
+                let c = chunk?;
+                if sent.fetch_add(c.len() as u64, Ordering::Relaxed) + c.len() as u64 > size {
+                    return Err(std::io::Error::other("source sent more bytes than the descriptor's size").into());
                 }
-                chunk
+                counters.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
+                if let Some(t) = &throttle {
+                    t.take(c.len()).await;
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(c)
             }
         });
         let result = self

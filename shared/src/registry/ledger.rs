@@ -10,7 +10,7 @@
 //! turns into a normal upload.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
@@ -23,6 +23,9 @@ const MAX_ENTRIES: usize = 100_000;
 #[derive(Default)]
 pub struct BlobLedger {
     entries: Mutex<HashMap<Digest, Entry>>,
+    /// One manifest push per root digest at a time: distribution answers
+    /// 500 to concurrent pushes of the same manifest into one repository.
+    manifests: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Default)]
@@ -51,6 +54,18 @@ pub struct OwnerGuard<'a> {
 }
 
 impl BlobLedger {
+    /// Serialises pushes of the manifest `digest` within this worker.
+    pub async fn manifest_lock(&self, digest: &Digest) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.manifests.lock().expect("ledger lock");
+            if locks.len() >= MAX_ENTRIES {
+                locks.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            locks.entry(digest.clone()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
     /// A repository known to hold `digest`, to mount from.
     pub fn holder(&self, digest: &Digest) -> Option<RepositoryPath> {
         self.entries.lock().expect("ledger lock").get(digest).and_then(|e| e.holder.clone())

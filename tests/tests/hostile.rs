@@ -1,0 +1,142 @@
+//! Hostile input on both sides: SSRF attempts and odd names at the webhook
+//! (refused, nothing enqueued), and registries that misbehave — oversized
+//! manifests, blobs longer than their descriptor, redirects to another host.
+
+use relay::registry::Outcome;
+use relay::secrets::SecretSource;
+use relay::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
+use relay::{bootstrap, Config};
+use relay_tests::app::{fast_retry, unique_repo, AppBuilder, ALL_TO_CLUSTER1};
+use relay_tests::fake::{FakeRegistry, Fault, Op};
+use relay_tests::{image, now, ImageKind, PlainRegistry, Stack};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_and_odd_names_are_refused_and_enqueue_nothing() {
+    let app = AppBuilder::rules(ALL_TO_CLUSTER1).spawn().await;
+    let host = app.stack.source_host().to_owned();
+    let d = relay_tests::plain::sha256(b"x");
+    let event = |resource_url: String, repo_full_name: &str| {
+        let (ns, name) = repo_full_name.split_once('/').unwrap_or(("p", repo_full_name));
+        serde_json::json!({
+            "type": "PUSH_ARTIFACT", "occur_at": now(), "operator": "admin",
+            "event_data": {"resources": [{"digest": d, "tag": "v1", "resource_url": resource_url}],
+                           "repository": {"name": name, "namespace": ns, "repo_full_name": repo_full_name}}
+        })
+        .to_string()
+    };
+    let cases = [
+        (format!("{host}1/p/app:v1"), "p/app", 422), // a port that only starts the same
+        (format!("{host}.evil.example/p/app:v1"), "p/app", 422), // a host that only starts the same
+        (format!("evil.example/{host}/p/app:v1"), "p/app", 422), // the source as a path
+        ("169.254.169.254/latest/meta-data:v1".to_owned(), "latest/meta-data", 422), // cloud metadata
+        ("[::1]:5001/p/app:v1".to_owned(), "p/app", 422),
+        (format!("{host}@evil.example/p/app:v1"), "p/app", 422),
+        (format!("{host}/p/../../etc/passwd:v1"), "p/../../etc/passwd", 400), // traversal
+        (format!("{host}/p/App:v1"), "p/App", 400),                           // not a repository name
+        (format!("{host}/p/{}:v1", "a".repeat(300)), &*format!("p/{}", "a".repeat(300)), 400),
+        (format!("{host}/p/app:v1?x=1"), "p/app", 400),
+        (format!("{host}/p/app:v1\r\nX-Injected: 1"), "p/app", 400),
+    ];
+    for (url, repo, want) in cases {
+        let (status, reply) =
+            app.post(Some(&app.stack.webhook_auth), "application/json", event(url.clone(), repo)).await;
+        assert_eq!(status, want, "{url:?}: {reply}");
+    }
+    // Near-miss Authorization values never authenticate.
+    let body = event(format!("{host}/p/app:v1"), "p/app");
+    let auth = app.stack.webhook_auth.clone();
+    for near in [
+        format!("{auth}x"),
+        format!(" {auth}x"),
+        auth.to_lowercase(),
+        format!("{auth},{auth}"),
+        auth[..auth.len() - 1].to_owned(),
+    ] {
+        let (status, _) = app.post(Some(&near), "application/json", body.clone()).await;
+        assert_eq!(status, 401, "{near:?}");
+    }
+    assert_eq!(app.depth().await, (0, 0, 0), "nothing enqueued");
+}
+
+async fn worker(source: &str, destination: &str, real_target: bool) -> relay::worker::Worker {
+    let stack = Stack::load().unwrap();
+    let creds = if real_target {
+        format!(", credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}", stack.target_user)
+    } else {
+        String::new()
+    };
+    let yaml = format!("source: {{ url: {source} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dst, url: {destination}{creds} }}\n");
+    bootstrap::worker(&Config::parse(&yaml).unwrap(), &SecretSource::from_process(None), fast_retry()).await.unwrap()
+}
+
+fn task(repo: &str, digest: &str) -> Task {
+    Task {
+        version: TASK_VERSION,
+        id: "t".into(),
+        action: Action::Copy,
+        source: SourceArtifact {
+            repository: repo.parse().unwrap(),
+            digest: digest.parse().unwrap(),
+            tags: vec!["v1".parse().unwrap()],
+        },
+        destination: DestinationArtifact {
+            registry: "dst".into(),
+            repository: repo.parse().unwrap(),
+            tags: vec!["v1".parse().unwrap()],
+        },
+        rules: vec!["r".into()],
+        options: CopyOptions { override_existing: true, bandwidth_kbps: None },
+        event: EventRef { key: "k".into(), occurred_at: 0, operator: "o".into() },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_manifest_is_refused() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("huge");
+    let pad = "x".repeat(5 * 1024 * 1024);
+    let body = format!("{{\"schemaVersion\":2,\"mediaType\":\"{}\",\"config\":{{\"digest\":\"{}\",\"size\":1}},\"layers\":[],\"annotations\":{{\"pad\":\"{pad}\"}}}}", image::OCI_MANIFEST, relay_tests::plain::sha256(b"c"));
+    let d = src.insert_manifest(&repo, "v1", image::OCI_MANIFEST, body.into());
+    let err = worker(&src.url, &dst.url, false).await.run(&task(&repo, &d)).await.unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert!(!dst.has_manifest(&repo, "v1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_longer_than_its_descriptor_is_not_pushed() {
+    let stack = Stack::load().unwrap();
+    let src = FakeRegistry::start(false).await;
+    let repo = unique_repo("longer");
+    let img =
+        image::push(&PlainRegistry::new(&src.url, None), &repo, "v1", ImageKind::OciImage, 1, 8192).await.unwrap();
+    src.inject(Op::GetBlob, Fault::Longer, 100);
+    let err = worker(&src.url, &stack.target_url, true).await.run(&task(&repo, &img.digest)).await;
+    assert!(err.is_err(), "a blob longer than its descriptor must fail the task");
+    assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_none(), "no manifest pushed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_never_carry_credentials_to_another_host() {
+    let src = FakeRegistry::start(true).await; // Bearer: every request carries a token
+    let storage = FakeRegistry::start(false).await; // "another host" serving the bytes
+    let dst = FakeRegistry::start(false).await;
+    let repo = unique_repo("redirect");
+    let blob = bytes::Bytes::from_static(b"layer bytes served from storage");
+    let d = storage.insert_blob(&repo, blob.clone());
+    src.insert_blob(&repo, blob);
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux"}).to_string();
+    let cd = src.insert_blob(&repo, config.clone().into());
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": image::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": 31}]})
+    .to_string();
+    let md = src.insert_manifest(&repo, "v1", image::OCI_MANIFEST, manifest.into());
+    src.inject(Op::GetBlob, Fault::RedirectTo(format!("{}/v2/{repo}/blobs/{d}", storage.url)), 1);
+
+    let report = worker(&src.url, &dst.url, false).await.run(&task(&repo, &md)).await.unwrap();
+    assert_eq!(report.outcome, Some(Outcome::Copied));
+    assert_eq!(storage.count(Op::GetBlob), 1, "the redirect was followed");
+    assert_eq!(storage.authorized_requests(), 0, "no Authorization header crossed to the other host");
+    assert!(src.authorized_requests() > 0);
+    assert!(dst.has_blob(&repo, &d) && dst.has_manifest(&repo, "v1"));
+}
