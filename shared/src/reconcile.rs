@@ -50,10 +50,17 @@ impl Reconciler<'_> {
     /// Plans one pass over the repositories after `after` (sorted by name).
     pub async fn pass(&self, after: Option<&str>, stop_at: Option<Instant>) -> Result<Pass, RegistryError> {
         let mut pass = Pass::default();
-        let mut repositories: Vec<RepositoryPath> = self
-            .source
-            .catalog_paged(self.page_size)
-            .await?
+        let listed = match self.literal_prefixes() {
+            Some(prefixes) => {
+                let mut all = Vec::new();
+                for p in prefixes {
+                    all.extend(self.source.catalog_with_prefix(&p, self.page_size).await?);
+                }
+                all
+            }
+            None => self.source.catalog_paged(self.page_size).await?,
+        };
+        let mut repositories: Vec<RepositoryPath> = listed
             .into_iter()
             .filter(|r| {
                 self.config
@@ -64,6 +71,7 @@ impl Reconciler<'_> {
             .filter(|r| after.is_none_or(|a| r.as_str() > a))
             .collect();
         repositories.sort();
+        repositories.dedup();
         let merge = |pass: &mut Pass| pass.tasks = merge_tags(std::mem::take(&mut pass.tasks));
         let mut last_done: Option<String> = None;
         for repo in repositories {
@@ -78,6 +86,30 @@ impl Reconciler<'_> {
         }
         merge(&mut pass);
         Ok(pass)
+    }
+
+    /// The literal prefixes of the enabled rules' name filters (`proj/`
+    /// of `proj/**`), when every rule has one: only those stretches of the
+    /// catalog need listing. `None` when some rule could match anything.
+    fn literal_prefixes(&self) -> Option<Vec<String>> {
+        let mut prefixes = Vec::new();
+        for rule in self.config.rules.iter().filter(|r| r.enabled) {
+            let pattern = rule.name_filter.as_ref()?.as_str();
+            let literal: String = pattern.chars().take_while(|c| !matches!(c, '*' | '?' | '[' | '{' | '\\')).collect();
+            if literal.is_empty() {
+                return None;
+            }
+            prefixes.push(literal);
+        }
+        prefixes.sort();
+        // A prefix covered by a shorter one adds nothing.
+        let mut kept: Vec<String> = Vec::new();
+        for p in prefixes {
+            if !kept.iter().any(|k| p.starts_with(k.as_str())) {
+                kept.push(p);
+            }
+        }
+        Some(kept)
     }
 
     async fn repository(&self, repo: &RepositoryPath, pass: &mut Pass) -> Result<(), RegistryError> {

@@ -170,6 +170,14 @@ async fn listings_are_paginated_and_a_synced_pass_is_head_only() {
     let pages = worker.source.requests() - before;
     let whole = worker.source.catalog_paged(1000).await.unwrap();
     assert_eq!(paged, whole);
+
+    // With a literal prefix only that stretch of the catalog is listed.
+    let before = worker.source.requests();
+    let own = worker.source.catalog_with_prefix(&format!("{p}/"), 2).await.unwrap();
+    let prefix_pages = worker.source.requests() - before;
+    let expected: Vec<_> = whole.iter().filter(|r| r.as_str().starts_with(&format!("{p}/"))).cloned().collect();
+    assert_eq!(own, expected);
+    assert!(prefix_pages <= 3 && prefix_pages < pages, "{prefix_pages} pages with the prefix, {pages} without");
     assert!(whole.len() > 2 && pages as usize >= whole.len() / 2, "{pages} pages for {} repositories", whole.len());
 }
 

@@ -156,6 +156,36 @@ impl RegistryClient {
             if let Ok(r) = name.parse() {
                 out.push(r);
             }
+            true
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// The repositories whose names start with `prefix`, listing only that
+    /// stretch of the (lexically ordered) catalog: it starts just before
+    /// the prefix (`last=`) and stops at the first name past it.
+    pub async fn catalog_with_prefix(&self, prefix: &str, page: usize) -> Result<Vec<RepositoryPath>, RegistryError> {
+        let mut url = self.base.join("/v2/_catalog").map_err(|e| self.protocol(e.to_string()))?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("n", &page.to_string());
+            let before: String = prefix.chars().take(prefix.chars().count().saturating_sub(1)).collect();
+            if !before.is_empty() {
+                q.append_pair("last", &before);
+            }
+        }
+        let first = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+        let mut out = Vec::new();
+        self.paginate(&first, "registry:catalog:*", "repositories", |name| {
+            if name.starts_with(prefix) {
+                if let Ok(r) = name.parse() {
+                    out.push(r);
+                }
+                true
+            } else {
+                name < prefix
+            }
         })
         .await?;
         Ok(out)
@@ -178,6 +208,7 @@ impl RegistryClient {
             if let Ok(t) = name.parse() {
                 out.push(t);
             }
+            true
         })
         .await?;
         Ok(out)
@@ -188,7 +219,7 @@ impl RegistryClient {
         first: &str,
         scope: &str,
         field: &str,
-        mut each: impl FnMut(&str),
+        mut each: impl FnMut(&str) -> bool,
     ) -> Result<(), RegistryError> {
         let mut next = Some(self.base.join(first).map_err(|e| self.protocol(e.to_string()))?);
         while let Some(url) = next.take() {
@@ -209,7 +240,9 @@ impl RegistryClient {
             let body: serde_json::Value =
                 resp.json().await.map_err(|e| self.transport(&Method::GET, url.path(), &e))?;
             for name in body[field].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
-                each(name);
+                if !each(name) {
+                    return Ok(());
+                }
             }
         }
         Ok(())
