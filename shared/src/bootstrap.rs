@@ -43,7 +43,16 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
             .map_err(|e| StartupError::Client { registry: r.name.clone(), reason: e.to_string() })?;
         destinations.insert(r.name.clone(), Destination { client, ledger: BlobLedger::default() });
     }
-    Ok(Worker { source, destinations, settings: config.worker.clone(), retry, stats: Default::default() })
+    let harbor = harbor_api(config, secrets).await?;
+    Ok(Worker {
+        source,
+        destinations,
+        settings: config.worker.clone(),
+        retry,
+        stats: Default::default(),
+        harbor,
+        rules: config.rules.clone(),
+    })
 }
 
 /// The client for the source Harbor (read-only scopes).
@@ -69,15 +78,19 @@ pub async fn webhook(
     let auth = WebhookAuth::load(config.webhook.clone(), secrets.clone(), AUTH_TTL)
         .await
         .map_err(StartupError::WebhookAuth)?;
-    let harbor = if config.source.harbor_api {
-        let credentials = credentials("source", config.source.credentials.as_ref(), secrets).await?;
-        let api = HarborApi::new(config.source.url.clone(), credentials, config.source.insecure, HARBOR_API_TIMEOUT)
-            .map_err(|e| StartupError::Client { registry: "source (Harbor API)".into(), reason: e.to_string() })?;
-        Some(api)
-    } else {
-        None
-    };
+    let harbor = harbor_api(&config, secrets).await?;
     Ok(Webhook::new(config, auth, queue, untagged_delay, harbor))
+}
+
+/// Harbor's REST API client when `source.harbor_api` is on.
+async fn harbor_api(config: &Config, secrets: &SecretSource) -> Result<Option<HarborApi>, StartupError> {
+    if !config.source.harbor_api {
+        return Ok(None);
+    }
+    let credentials = credentials("source", config.source.credentials.as_ref(), secrets).await?;
+    HarborApi::new(config.source.url.clone(), credentials, config.source.insecure, HARBOR_API_TIMEOUT)
+        .map(Some)
+        .map_err(|e| StartupError::Client { registry: "source (Harbor API)".into(), reason: e.to_string() })
 }
 
 async fn credentials(

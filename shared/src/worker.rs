@@ -11,11 +11,13 @@ use futures_util::{stream, StreamExt};
 use tracing::Instrument;
 
 use crate::config::WorkerSettings;
+use crate::harbor_api::HarborApi;
 use crate::metrics::{self, Unit};
 use crate::registry::ledger::BlobLedger;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::throttle::Throttle;
 use crate::registry::{Copier, CopyError, CopyReport, RegistryClient};
+use crate::rules::Rule;
 use crate::task::{Task, TaskError};
 
 /// One queue message.
@@ -33,6 +35,11 @@ pub struct Worker {
     pub retry: RetryPolicy,
     /// Totals since start, for metrics and benchmarks.
     pub stats: WorkerStats,
+    /// Harbor's API when `source.harbor_api` is on: a push event carries
+    /// only the first tag, the API knows them all.
+    pub harbor: Option<HarborApi>,
+    /// The rules, to filter those extra tags by the task's rules.
+    pub rules: Vec<Rule>,
 }
 
 /// Running totals of what the worker did.
@@ -53,6 +60,42 @@ impl WorkerStats {
         self.blobs_copied.fetch_add(r.blobs_copied, Ordering::Relaxed);
         self.blobs_mounted.fetch_add(r.blobs_mounted, Ordering::Relaxed);
         self.blobs_skipped.fetch_add(r.blobs_skipped, Ordering::Relaxed);
+    }
+}
+
+impl Worker {
+    /// The task plus the artifact's other tags that Harbor knows and every
+    /// rule of the task accepts; `None` when there is nothing to add. A
+    /// failing API costs the extra tags (logged), never the copy.
+    async fn all_tags(&self, task: &Task) -> Option<Task> {
+        let api = self.harbor.as_ref()?;
+        if task.action != crate::task::Action::Copy || task.source.tags.is_empty() {
+            return None;
+        }
+        let info = match api.artifact(&task.source.repository, &task.source.digest).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the artifact's tags in Harbor; copying the event's tag only");
+                return None;
+            }
+        };
+        let rules: Vec<&Rule> = task.rules.iter().filter_map(|n| self.rules.iter().find(|r| &r.name == n)).collect();
+        if rules.len() != task.rules.len() {
+            return None;
+        }
+        let extra: Vec<_> = info
+            .tags
+            .into_iter()
+            .filter(|t| !task.source.tags.contains(t))
+            .filter(|t| rules.iter().all(|r| r.tag_filter.as_ref().is_none_or(|f| f.accepts(Some(t)))))
+            .collect();
+        if extra.is_empty() {
+            return None;
+        }
+        let mut t = task.clone();
+        t.source.tags.extend(extra.iter().cloned());
+        t.destination.tags.extend(extra);
+        Some(t)
     }
 }
 
@@ -161,6 +204,8 @@ impl Worker {
     /// Runs a decoded task, starting no blob after `deadline` minus the
     /// configured margin.
     pub async fn run_until(&self, task: &Task, deadline: Option<Instant>) -> Result<CopyReport, TaskFailure> {
+        let with_all_tags = self.all_tags(task).await;
+        let task = with_all_tags.as_ref().unwrap_or(task);
         let destination = self
             .destinations
             .get(&task.destination.registry)

@@ -30,6 +30,8 @@ pub enum Op {
     StartUpload,
     PutUpload,
     Token,
+    /// Harbor's `GET /api/v2.0/projects/{p}/repositories/{r}/artifacts/{d}`.
+    HarborArtifact,
     Other,
 }
 
@@ -312,11 +314,30 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
             status(404)
         }
         Op::Token => unreachable!("answered above"),
+        Op::HarborArtifact => {
+            let Some(m) = s.manifests.get(&repo) else { return status(404) };
+            let mut tags: Vec<&String> =
+                m.iter().filter(|(r, (_, b))| !r.starts_with("sha256:") && sha256(b) == rest).map(|(r, _)| r).collect();
+            if tags.is_empty() && !m.contains_key(&rest) {
+                return status(404);
+            }
+            tags.sort();
+            let tags: Vec<_> = tags.iter().map(|t| serde_json::json!({"name": t})).collect();
+            let body = serde_json::json!({"digest": rest, "tags": tags, "labels": []}).to_string();
+            ([("content-type", "application/json")], body).into_response()
+        }
     }
 }
 
 /// (kind, repository, last path element) of a request.
 fn classify(method: &Method, path: &str) -> (Op, String, String) {
+    if let Some(rest) = path.strip_prefix("/api/v2.0/projects/") {
+        // {project}/repositories/{name, '/' encoded twice}/artifacts/{digest}
+        let parts: Vec<&str> = rest.split('/').collect();
+        if let [project, "repositories", name, "artifacts", digest] = parts.as_slice() {
+            return (Op::HarborArtifact, format!("{project}/{}", name.replace("%252F", "/")), (*digest).to_owned());
+        }
+    }
     if path == "/token" {
         return (Op::Token, String::new(), String::new());
     }

@@ -283,3 +283,30 @@ async fn near_the_deadline_no_new_blob_starts_and_progress_is_kept() {
     assert_eq!(done.blobs_skipped as usize, copied_before, "the redelivery keeps the progress");
     assert!(dst.has_manifest(&repo, "v1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_harbor_api_every_matching_tag_of_the_digest_follows() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("alltags");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 1, 1024).await;
+    let (_, bytes) = plain(&src).get_manifest(&repo, "v1").await.unwrap().unwrap();
+    for tag in ["v1.1", "latest"] {
+        plain(&src).put_manifest(&repo, tag, image::OCI_MANIFEST, &bytes).await.unwrap();
+    }
+    let yaml = format!(
+        "source: {{ url: {}, harbor_api: true }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dst, url: {} }}\nrules:\n  - {{ name: test, filters: {{ tag: {{ pattern: \"v*\" }} }}, destination: {{ registry: dst }} }}\n",
+        src.url, dst.url
+    );
+    Stack::load().unwrap();
+    let w = bootstrap::worker(&Config::parse(&yaml).unwrap(), &SecretSource::from_process(None), fast_retry())
+        .await
+        .unwrap();
+    let report = w.run(&task(&img, &repo, &["v1"])).await.unwrap();
+    assert_eq!(report.outcome, Some(Outcome::Copied));
+    assert_eq!(src.count(Op::HarborArtifact), 1);
+    assert!(
+        dst.has_manifest(&repo, "v1") && dst.has_manifest(&repo, "v1.1"),
+        "the event's tag and Harbor's other matching tag"
+    );
+    assert!(!dst.has_manifest(&repo, "latest"), "a tag the rule's filter excludes stays behind");
+}
