@@ -2,9 +2,8 @@
 
 use std::process::{Command, Output};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use relay_tests::app::unique_repo;
-use relay_tests::stack::{create_queue, queue_depth};
+use relay_tests::stack::{create_queue, create_queue_with_dlq, queue_depth};
 use relay_tests::{image, ImageKind, Stack};
 
 fn relay(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -99,27 +98,7 @@ async fn replicate_plans_and_enqueues_what_the_rules_match() {
 async fn dlq_list_redrive_and_status() {
     let stack = Stack::load().unwrap();
     let sqs = stack.sqs().await;
-    let dlq = create_queue(&sqs, "cli-dlq").await.unwrap();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
-    let queue = create_queue(&sqs, "cli-main").await.unwrap();
-    sqs.set_queue_attributes()
-        .queue_url(&queue)
-        .attributes(
-            QueueAttributeName::RedrivePolicy,
-            format!("{{\"deadLetterTargetArn\":\"{arn}\",\"maxReceiveCount\":\"3\"}}"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let (queue, dlq) = create_queue_with_dlq(&sqs, "cli", 3, 30).await.unwrap();
     sqs.send_message().queue_url(&dlq).message_body("{\"version\": 7}").send().await.unwrap();
     sqs.send_message().queue_url(&dlq).message_body("not json").send().await.unwrap();
 

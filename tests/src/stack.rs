@@ -89,22 +89,33 @@ pub async fn create_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> anyhow::Re
 
 /// Messages on a queue: (visible, in flight, delayed).
 pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> anyhow::Result<(u64, u64, u64)> {
+    let d = relay::ops::depth(sqs, url).await.map_err(anyhow::Error::msg)?;
+    Ok((d.visible, d.in_flight, d.delayed))
+}
+
+/// A fresh queue whose messages go to a fresh dead-letter queue after
+/// `max_receives` deliveries: (queue URL, DLQ URL).
+pub async fn create_queue_with_dlq(
+    sqs: &aws_sdk_sqs::Client,
+    prefix: &str,
+    max_receives: u32,
+    visibility_seconds: u32,
+) -> anyhow::Result<(String, String)> {
     use aws_sdk_sqs::types::QueueAttributeName as A;
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+    let dlq = create_queue(sqs, &format!("{prefix}-dlq")).await?;
+    let attrs = sqs.get_queue_attributes().queue_url(&dlq).attribute_names(A::QueueArn).send().await?;
+    let arn = attrs.attributes().and_then(|a| a.get(&A::QueueArn)).context("DLQ ARN")?.clone();
+    let url = create_queue(sqs, prefix).await?;
+    sqs.set_queue_attributes()
+        .queue_url(&url)
+        .attributes(A::VisibilityTimeout, visibility_seconds.to_string())
+        .attributes(
+            A::RedrivePolicy,
+            format!("{{\"deadLetterTargetArn\":\"{arn}\",\"maxReceiveCount\":\"{max_receives}\"}}"),
+        )
         .send()
         .await?;
-    let attrs = out.attributes().cloned().unwrap_or_default();
-    let get = |a: A| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Ok((
-        get(A::ApproximateNumberOfMessages),
-        get(A::ApproximateNumberOfMessagesNotVisible),
-        get(A::ApproximateNumberOfMessagesDelayed),
-    ))
+    Ok((url, dlq))
 }
 
 fn uuid_like() -> String {

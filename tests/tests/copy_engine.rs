@@ -310,3 +310,19 @@ async fn with_harbor_api_every_matching_tag_of_the_digest_follows() {
     );
     assert!(!dst.has_manifest(&repo, "latest"), "a tag the rule's filter excludes stays behind");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_all_learn_the_basic_challenge() {
+    // Several requests leave a fresh client before any 401 taught it that
+    // the registry wants Basic: every one of them must retry with it.
+    let stack = Stack::load().unwrap();
+    for _ in 0..5 {
+        let w = worker(&stack.source_url, &stack.target_url, true).await;
+        let client = &w.destinations["dst"].client;
+        let repo: relay::RepositoryPath = unique_repo("race").parse().unwrap();
+        let heads = (0..8).map(|i| client.head_manifest(&repo, if i % 2 == 0 { "v1" } else { "v2" }));
+        for r in futures_util::future::join_all(heads).await {
+            assert_eq!(r.unwrap(), None, "authenticated and answered 404");
+        }
+    }
+}

@@ -4,14 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use rand::seq::SliceRandom;
 use relay::queue::{Outgoing, TaskQueue};
 use relay::secrets::SecretSource;
 use relay::worker::Message;
 use relay::{bootstrap, Config, Task};
 use relay_tests::app::{fast_retry, unique_repo, ALL_TO_CLUSTER1};
-use relay_tests::stack::{create_queue, queue_depth};
+use relay_tests::stack::{create_queue_with_dlq, queue_depth};
 use relay_tests::{harbor_push_event, image, now, ImageKind, Stack};
 use tokio::sync::oneshot;
 
@@ -59,28 +58,7 @@ async fn one_bad_task_never_fails_its_neighbours() {
 async fn poison_messages_reach_the_dlq_and_good_ones_are_deleted() {
     let stack = Stack::load().unwrap();
     let sqs = stack.sqs().await;
-    let dlq = create_queue(&sqs, "dlq").await.unwrap();
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
-    let url = create_queue(&sqs, "redrive").await.unwrap();
-    sqs.set_queue_attributes()
-        .queue_url(&url)
-        .attributes(QueueAttributeName::VisibilityTimeout, "1")
-        .attributes(
-            QueueAttributeName::RedrivePolicy,
-            format!("{{\"deadLetterTargetArn\":\"{dlq_arn}\",\"maxReceiveCount\":\"2\"}}"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let (url, dlq) = create_queue_with_dlq(&sqs, "redrive", 2, 1).await.unwrap();
 
     let (config, w) = worker(&stack, ALL_TO_CLUSTER1).await;
     let repo = unique_repo("dlq");

@@ -442,8 +442,10 @@ impl RegistryClient {
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
+            let mut sent = None;
             if self.same_origin(&url) {
-                if let Some(auth) = self.authorization(scope).await? {
+                sent = self.authorization(scope).await?;
+                if let Some(auth) = &sent {
                     req = req.header(AUTHORIZATION, auth);
                 }
             }
@@ -460,7 +462,10 @@ impl RegistryClient {
                 Err(e) => return Err(self.transport(&method, url.path(), &e)),
             };
             let status = resp.status();
-            if status == StatusCode::UNAUTHORIZED && !reauthenticated && self.learn_challenge(&resp, scope) {
+            if status == StatusCode::UNAUTHORIZED
+                && !reauthenticated
+                && self.learn_challenge(&resp, scope, sent.as_deref())
+            {
                 reauthenticated = true;
                 retry -= 1;
                 continue;
@@ -488,8 +493,10 @@ impl RegistryClient {
         body: reqwest::Body,
     ) -> Result<Response, RegistryError> {
         let mut req = self.http.request(method.clone(), url.clone()).headers(headers).body(body);
+        let mut sent = None;
         if self.same_origin(&url) {
-            if let Some(auth) = self.authorization(scope).await? {
+            sent = self.authorization(scope).await?;
+            if let Some(auth) = &sent {
                 req = req.header(AUTHORIZATION, auth);
             }
         }
@@ -499,25 +506,33 @@ impl RegistryClient {
         if resp.status() == StatusCode::UNAUTHORIZED && matches!(bearer, Some(Challenge::Bearer { .. })) {
             // A token that expired mid-copy (possibly renewed meanwhile by a
             // concurrent request): forget it, so the retry gets a fresh one.
-            self.learn_challenge(&resp, scope);
+            self.learn_challenge(&resp, scope, sent.as_deref());
             return Err(RegistryError::Reauthenticate { registry: self.name.clone(), path: url.path().to_owned() });
         }
         Ok(resp)
     }
 
-    /// Records the challenge of a 401. Returns whether a retry can help.
-    fn learn_challenge(&self, resp: &Response, scope: &str) -> bool {
+    /// Records the challenge of a 401 answered to a request that carried
+    /// `sent`. Returns whether a retry can help: the request went without
+    /// credentials (concurrent requests may all race the first challenge),
+    /// the scheme changed, or its token expired (forgotten here unless a
+    /// concurrent request already renewed it).
+    fn learn_challenge(&self, resp: &Response, scope: &str, sent: Option<&str>) -> bool {
         let Some(challenge) = header_str(resp.headers(), WWW_AUTHENTICATE).and_then(Challenge::parse) else {
             return false;
         };
         let mut state = self.auth.lock().expect("auth lock");
-        let had_token = state.tokens.get(scope).is_some();
-        state.tokens.forget(scope);
         let changed = state.challenge.as_ref() != Some(&challenge);
-        let helps = changed || had_token;
+        let sent_token = sent.and_then(|s| s.strip_prefix("Bearer "));
+        if let Some(t) = sent_token {
+            if state.tokens.get(scope).as_deref() == Some(t) {
+                state.tokens.forget(scope);
+            }
+        }
         state.challenge = Some(challenge);
         // Basic with the same credentials again cannot help, nor can anonymous.
-        helps && (self.credentials.is_some() || matches!(state.challenge, Some(Challenge::Bearer { .. })))
+        let can_authenticate = self.credentials.is_some() || matches!(state.challenge, Some(Challenge::Bearer { .. }));
+        can_authenticate && (sent.is_none() || changed || sent_token.is_some())
     }
 
     async fn authorization(&self, scope: &str) -> Result<Option<String>, RegistryError> {
