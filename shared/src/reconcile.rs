@@ -19,6 +19,8 @@
 
 use std::time::Instant;
 
+use futures_util::StreamExt;
+
 use crate::config::Config;
 use crate::event::{Artifact, EventKind, Format, HarborEvent};
 use crate::plan::plan;
@@ -26,6 +28,9 @@ use crate::registry::{RegistryClient, RegistryError};
 use crate::repository::RepositoryPath;
 use crate::task::{Action, Task};
 use crate::worker::Destination;
+
+/// Tags checked at the same time within a repository.
+const TAGS_IN_FLIGHT: usize = 16;
 
 /// What one pass found and planned.
 #[derive(Debug, Default)]
@@ -112,20 +117,40 @@ impl Reconciler<'_> {
         Some(kept)
     }
 
+    /// One source tag: `None` if it vanished, else how many of its
+    /// destinations are in sync and the copy tasks for the others.
+    async fn check_tag(
+        &self,
+        repo: &RepositoryPath,
+        tag: &crate::Tag,
+    ) -> Result<Option<(u64, Vec<Task>)>, RegistryError> {
+        let Some(digest) = self.source.head_manifest(repo, tag.as_str()).await? else { return Ok(None) };
+        let event = synthetic(EventKind::Push, repo, digest.clone(), tag.clone());
+        let (mut in_sync, mut tasks) = (0, Vec::new());
+        for task in plan(self.config, &event, None, &mut new_id).tasks {
+            let Some(dst) = self.destinations.get(&task.destination.registry) else { continue };
+            match dst.client.head_manifest(&task.destination.repository, tag.as_str()).await? {
+                Some(d) if d == digest => in_sync += 1,
+                Some(_) if !task.options.override_existing => in_sync += 1,
+                _ => tasks.push(task),
+            }
+        }
+        Ok(Some((in_sync, tasks)))
+    }
+
     async fn repository(&self, repo: &RepositoryPath, pass: &mut Pass) -> Result<(), RegistryError> {
         let tags = self.source.tags_paged(repo, self.page_size).await?;
-        for tag in &tags {
-            let Some(digest) = self.source.head_manifest(repo, tag.as_str()).await? else { continue };
+        // Tags are independent: HEAD them a few at a time (order kept).
+        let checked: Vec<_> = futures_util::stream::iter(&tags)
+            .map(|tag| self.check_tag(repo, tag))
+            .buffered(TAGS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        for result in checked {
+            let Some((in_sync, tasks)) = result? else { continue };
             pass.tags_checked += 1;
-            let event = synthetic(EventKind::Push, repo, digest.clone(), tag.clone());
-            for task in plan(self.config, &event, None, &mut new_id).tasks {
-                let Some(dst) = self.destinations.get(&task.destination.registry) else { continue };
-                match dst.client.head_manifest(&task.destination.repository, tag.as_str()).await? {
-                    Some(d) if d == digest => pass.in_sync += 1,
-                    Some(_) if !task.options.override_existing => pass.in_sync += 1,
-                    _ => pass.tasks.push(task),
-                }
-            }
+            pass.in_sync += in_sync;
+            pass.tasks.extend(tasks);
         }
 
         // Deletions: destination tags of this repository's mapped places
