@@ -224,7 +224,8 @@ async fn request_budget_first_copy_and_replay() {
     .sum::<usize>();
     assert_eq!(total, src.count(Op::HeadManifest) + dst.count(Op::HeadManifest), "HEAD requests only");
     assert!(total <= 5, "{total} requests");
-    assert!(took < Duration::from_millis(100), "{took:?}");
+    // The figure (under 0.1 s) is measured by `make bench`; here only a sanity bound.
+    assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
