@@ -37,25 +37,15 @@ enum Command {
     },
     /// Harbor's manual trigger: list the source and enqueue copy tasks for what the rules match.
     Replicate {
-        #[arg(long, env = "RELAY_CONFIG")]
-        config: String,
-        #[arg(long, env = "RELAY_QUEUE_URL")]
-        queue_url: Option<String>,
-        /// Print the tasks instead of enqueueing them.
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        target: Planning,
         /// `project/repo`, `project/repo:tag`, or a glob such as `project/**`.
         selection: String,
     },
     /// One reconcile pass now: enqueue what the destinations lack (drift repair, backfill).
     Reconcile {
-        #[arg(long, env = "RELAY_CONFIG")]
-        config: String,
-        #[arg(long, env = "RELAY_QUEUE_URL")]
-        queue_url: Option<String>,
-        /// Print the tasks instead of enqueueing them.
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        target: Planning,
     },
     /// Show (--list) or re-queue (--redrive) the tasks in the dead-letter queue.
     Dlq {
@@ -75,6 +65,55 @@ enum Command {
         #[arg(long, env = "RELAY_DLQ_URL")]
         dlq_url: Option<String>,
     },
+}
+
+/// What the commands that plan tasks share.
+#[derive(clap::Args)]
+struct Planning {
+    #[arg(long, env = "RELAY_CONFIG")]
+    config: String,
+    #[arg(long, env = "RELAY_QUEUE_URL")]
+    queue_url: Option<String>,
+    /// Print the tasks instead of enqueueing them.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl Planning {
+    /// Prints the tasks and, unless this is a dry run, enqueues them.
+    async fn deliver(&self, sqs: aws_sdk_sqs::Client, tasks: &[relay::Task]) -> anyhow::Result<()> {
+        for t in tasks {
+            let tags: Vec<_> = t.destination.tags.iter().map(|t| t.as_str()).collect();
+            println!(
+                "{} {:?}  {}@{} -> {}/{}:{}  ({})",
+                if self.dry_run { "would" } else { "will" },
+                t.action,
+                t.source.repository,
+                t.source.digest,
+                t.destination.registry,
+                t.destination.repository,
+                tags.join(","),
+                t.rules.join(",")
+            );
+        }
+        if !self.dry_run && !tasks.is_empty() {
+            let url = self
+                .queue_url
+                .as_deref()
+                .context("--queue-url or RELAY_QUEUE_URL is needed to enqueue (or use --dry-run)")?;
+            let outgoing: Vec<_> = tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
+            TaskQueue::new(sqs, url).send(&outgoing).await?;
+        }
+        Ok(())
+    }
+
+    fn verb(&self) -> &'static str {
+        if self.dry_run {
+            "planned (dry run)"
+        } else {
+            "enqueued"
+        }
+    }
 }
 
 #[tokio::main]
@@ -107,35 +146,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Replicate { config, queue_url, dry_run, selection } => {
-            let config = bootstrap::load_config(&config).await?;
+        Command::Replicate { target, selection } => {
+            let config = bootstrap::load_config(&target.config).await?;
             let selection = Selection::parse(&selection).map_err(anyhow::Error::msg)?;
             let source = bootstrap::source_client(&config, &secrets, RetryPolicy::default()).await?;
             let tasks = ops::plan_backfill(&config, &source, &selection).await?;
-            for t in &tasks {
-                let tags: Vec<_> = t.destination.tags.iter().map(|t| t.as_str()).collect();
-                println!(
-                    "{}  {}@{} -> {}/{}:{}  ({})",
-                    if dry_run { "would copy" } else { "copy" },
-                    t.source.repository,
-                    t.source.digest,
-                    t.destination.registry,
-                    t.destination.repository,
-                    tags.join(","),
-                    t.rules.join(",")
-                );
-            }
-            if !dry_run && !tasks.is_empty() {
-                let url =
-                    queue_url.context("--queue-url or RELAY_QUEUE_URL is needed to enqueue (or use --dry-run)")?;
-                let outgoing: Vec<_> = tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
-                TaskQueue::new(sqs, url).send(&outgoing).await?;
-            }
-            println!("{} tasks {}", tasks.len(), if dry_run { "planned (dry run)" } else { "enqueued" });
+            target.deliver(sqs, &tasks).await?;
+            println!("{} tasks {}", tasks.len(), target.verb());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Reconcile { config, queue_url, dry_run } => {
-            let config = bootstrap::load_config(&config).await?;
+        Command::Reconcile { target } => {
+            let config = bootstrap::load_config(&target.config).await?;
             let worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
             let reconciler = relay::reconcile::Reconciler {
                 config: &config,
@@ -144,32 +165,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 page_size: 1000,
             };
             let pass = reconciler.pass(None, None).await?;
-            for t in &pass.tasks {
-                let tags: Vec<_> = t.destination.tags.iter().map(|t| t.as_str()).collect();
-                println!(
-                    "{} {:?}  {}@{} -> {}/{}:{}",
-                    if dry_run { "would" } else { "will" },
-                    t.action,
-                    t.source.repository,
-                    t.source.digest,
-                    t.destination.registry,
-                    t.destination.repository,
-                    tags.join(",")
-                );
-            }
-            if !dry_run && !pass.tasks.is_empty() {
-                let url =
-                    queue_url.context("--queue-url or RELAY_QUEUE_URL is needed to enqueue (or use --dry-run)")?;
-                let outgoing: Vec<_> = pass.tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
-                TaskQueue::new(sqs, url).send(&outgoing).await?;
-            }
+            target.deliver(sqs, &pass.tasks).await?;
             println!(
                 "{} repositories, {} tags checked, {} in sync, {} tasks {}",
                 pass.repositories,
                 pass.tags_checked,
                 pass.in_sync,
                 pass.tasks.len(),
-                if dry_run { "planned (dry run)" } else { "enqueued" }
+                target.verb()
             );
             Ok(ExitCode::SUCCESS)
         }
