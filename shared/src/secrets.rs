@@ -11,12 +11,15 @@ use tokio::sync::RwLock;
 use crate::config::{CredentialsRef, WebhookAuthSource};
 use crate::registry::Credentials;
 
+/// Reads one environment variable (the process's, or a test's stand-in).
+type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
 /// Where secrets are read from: the process environment, and Secrets
 /// Manager when a reference names a secret.
 #[derive(Clone)]
 pub struct SecretSource {
     secrets_manager: Option<aws_sdk_secretsmanager::Client>,
-    env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    env: Arc<EnvLookup>,
 }
 
 #[derive(Debug, thiserror::Error)]

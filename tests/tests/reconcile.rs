@@ -52,7 +52,7 @@ fn summary(pass: &Pass) -> Vec<(Action, String, String)> {
             (t.action, t.destination.repository.to_string(), tags.join(","))
         })
         .collect();
-    v.sort_by(|a, b| (a.1.clone(), a.2.clone()).cmp(&(b.1.clone(), b.2.clone())));
+    v.sort_by_key(|t| (t.1.clone(), t.2.clone()));
     v
 }
 
