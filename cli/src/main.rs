@@ -158,12 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reconcile { target } => {
             let config = bootstrap::load_config(&target.config).await?;
             let worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
-            let reconciler = relay::reconcile::Reconciler {
-                config: &config,
-                source: &worker.source,
-                destinations: &worker.destinations,
-                page_size: 1000,
-            };
+            let reconciler = relay::reconcile::Reconciler::new(&config, &worker, 1000);
             let pass = reconciler.pass(None, None).await?;
             target.deliver(sqs, &pass.tasks).await?;
             println!(

@@ -138,3 +138,20 @@ pub enum ConfigLoadError {
     #[error("cannot read SSM parameter {name}: {reason}")]
     Ssm { name: String, reason: String },
 }
+
+/// Completes on SIGTERM or Ctrl-C: how the standalone binaries stop.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Turns a Lambda context deadline (wall-clock milliseconds since the
+/// epoch) into an `Instant`, which the copy engine and reconcile compare
+/// against without further clock reads.
+pub fn deadline_from_epoch_ms(deadline_ms: u64) -> std::time::Instant {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    std::time::Instant::now() + Duration::from_millis(deadline_ms).saturating_sub(now)
+}

@@ -51,7 +51,12 @@ pub struct Reconciler<'a> {
     pub page_size: usize,
 }
 
-impl Reconciler<'_> {
+impl<'a> Reconciler<'a> {
+    /// A reconciler over the worker's clients (source and destinations).
+    pub fn new(config: &'a Config, worker: &'a crate::worker::Worker, page_size: usize) -> Self {
+        Reconciler { config, source: &worker.source, destinations: &worker.destinations, page_size }
+    }
+
     /// Plans one pass over the repositories after `after` (sorted by name).
     pub async fn pass(&self, after: Option<&str>, stop_at: Option<Instant>) -> Result<Pass, RegistryError> {
         let mut pass = Pass::default();

@@ -27,10 +27,7 @@ async fn setup(stack: &Stack, rules: &str) -> (Config, Worker) {
 }
 
 async fn pass(config: &Config, worker: &Worker, page: usize) -> Pass {
-    Reconciler { config, source: &worker.source, destinations: &worker.destinations, page_size: page }
-        .pass(None, None)
-        .await
-        .unwrap()
+    Reconciler::new(config, worker, page).pass(None, None).await.unwrap()
 }
 
 async fn apply(worker: &Worker, pass: &Pass) {
@@ -189,7 +186,7 @@ async fn a_pass_resumes_after_its_cursor() {
     for name in ["a", "b", "c"] {
         image::push(&stack.source(), &format!("{p}/{name}"), "v1", ImageKind::OciImage, 1, 512).await.unwrap();
     }
-    let r = Reconciler { config: &config, source: &worker.source, destinations: &worker.destinations, page_size: 1000 };
+    let r = Reconciler::new(&config, &worker, 1000);
     let stopped = r.pass(None, Some(Instant::now())).await.unwrap();
     assert_eq!((stopped.repositories, stopped.cursor.as_deref()), (0, None), "out of time before the first repository");
     let resumed = r.pass(Some(&format!("{p}/a")), None).await.unwrap();

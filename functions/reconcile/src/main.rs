@@ -46,9 +46,8 @@ async fn main() -> anyhow::Result<()> {
         lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
             let app = app.clone();
             async move {
-                let remaining = Duration::from_millis(event.context.deadline).saturating_sub(
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
-                );
+                let remaining =
+                    bootstrap::deadline_from_epoch_ms(event.context.deadline).saturating_duration_since(Instant::now());
                 // Keep a fifth of the time (at least 10 s) to enqueue and save the cursor.
                 let budget = remaining.saturating_sub((remaining / 5).max(Duration::from_secs(10)));
                 run(&app, Some(Instant::now() + budget))
@@ -70,12 +69,7 @@ async fn run(app: &App, stop_at: Option<Instant>) -> anyhow::Result<serde_json::
         Some(c) => c.load().await.map_err(anyhow::Error::msg)?,
         None => None,
     };
-    let reconciler = Reconciler {
-        config: &app.config,
-        source: &app.worker.source,
-        destinations: &app.worker.destinations,
-        page_size: 1000,
-    };
+    let reconciler = Reconciler::new(&app.config, &app.worker, 1000);
     let pass = reconciler.pass(after.as_deref(), stop_at).await?;
     let outgoing: Vec<_> = pass.tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
     app.queue.send(&outgoing).await?;

@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
         let listener =
             tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(listen = %listener.local_addr()?, "webhook listening");
-        relay::server::serve(listener, webhook, shutdown_signal()).await?;
+        relay::server::serve(listener, webhook, bootstrap::shutdown_signal()).await?;
         Ok(())
     }
 }
@@ -64,12 +64,4 @@ async fn lambda(webhook: Arc<Webhook>, req: Request) -> Result<Response<Body>, l
         .status(reply.status)
         .header("content-type", "application/json")
         .body(Body::Text(reply.body.to_string()))?)
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

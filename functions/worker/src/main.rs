@@ -26,17 +26,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
         tracing::info!(queue = %queue_url, "worker polling");
-        relay::poller::poll(&TaskQueue::new(sqs, queue_url), &worker, shutdown_signal()).await;
+        relay::poller::poll(&TaskQueue::new(sqs, queue_url), &worker, bootstrap::shutdown_signal()).await;
         Ok(())
     }
 }
 
 /// One SQS batch; failed messages are reported so only they come back.
 async fn batch(worker: Arc<Worker>, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    // The context's deadline is wall-clock milliseconds; turn it into an Instant.
-    let remaining = std::time::Duration::from_millis(event.context.deadline)
-        .saturating_sub(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default());
-    let deadline = Some(std::time::Instant::now() + remaining);
+    let deadline = Some(bootstrap::deadline_from_epoch_ms(event.context.deadline));
     let messages = event
         .payload
         .records
@@ -54,12 +51,4 @@ async fn batch(worker: Arc<Worker>, event: LambdaEvent<SqsEvent>) -> Result<SqsB
         })
         .collect();
     Ok(response)
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -374,12 +374,7 @@ pub async fn reconcile() -> anyhow::Result<()> {
     let rules = format!("  - name: r\n    filters: {{ name: \"reconcile-{id}/**\" }}\n    destination: {{ registry: cluster1-registry }}\n");
     let config = Config::parse(&stack.config_yaml(&rules))?;
     let worker = bootstrap::worker(&config, &SecretSource::from_process(None), Default::default()).await?;
-    let reconciler = relay::reconcile::Reconciler {
-        config: &config,
-        source: &worker.source,
-        destinations: &worker.destinations,
-        page_size: 1000,
-    };
+    let reconciler = relay::reconcile::Reconciler::new(&config, &worker, 1000);
     let first = reconciler.pass(None, None).await?;
     futures_util::stream::iter(&first.tasks)
         .for_each_concurrent(16, |t| {
