@@ -11,12 +11,13 @@ scripts/stack.sh up
 # shellcheck disable=SC1091
 source .local/stack/env
 cargo build --release --locked -p webhook -p worker -p relay-tests --bins
+RELEASE=$(cargo metadata --no-deps --format-version 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
 mkdir -p .local/bench
 {
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(uname -m)."
   echo
   for b in ${RELAY_BENCHES:-webhook copy shared reconcile}; do
-    target/release/relay-bench "$b"
+    "$RELEASE/relay-bench" "$b"
     echo
   done
 } | tee .local/bench/latest.md

@@ -34,7 +34,8 @@ source .local/stack/env
 
 say "Building webhook, worker and the fixture tool"
 cargo build -q -p webhook -p worker -p relay-tests --bins
-BIN=$ROOT/target/debug
+# Wherever CARGO_TARGET_DIR or a cargo config puts the build.
+BIN=$(cargo metadata --no-deps --format-version 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
 
 QUEUE=$("$BIN/relay-fixture" create-queue demo-copy)
 echo "copy queue: $QUEUE"

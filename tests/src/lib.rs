@@ -51,3 +51,30 @@ pub fn harbor_push_event(
 pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
+
+/// Path of a workspace binary built by `cargo test --workspace --all-targets`
+/// (or `cargo build`). Cargo only exposes `CARGO_BIN_EXE_*` for binaries of
+/// the test's own package, and the target directory may be moved by
+/// `CARGO_TARGET_DIR`, `CARGO_BUILD_TARGET_DIR` or a cargo config file, so
+/// look next to the running test executable first (`<target>/debug/deps/…`)
+/// and then ask `cargo metadata`, which knows every such setting.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let beside_test = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join(name)))
+        .filter(|p| p.exists());
+    if let Some(path) = beside_test {
+        return path;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo metadata");
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata output");
+    let target = meta["target_directory"].as_str().expect("target_directory in cargo metadata");
+    let path = std::path::Path::new(target).join("debug").join(name);
+    assert!(path.exists(), "{} not built (cargo test --workspace --all-targets builds it)", path.display());
+    path
+}

@@ -9,18 +9,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use relay_tests::app::unique_repo;
 use relay_tests::stack::create_queue;
-use relay_tests::{harbor_push_event, image, now, ImageKind, Stack};
-
-fn binary(name: &str) -> std::path::PathBuf {
-    let target =
-        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
-    let path = std::path::Path::new(&target).join("debug").join(name);
-    assert!(path.exists(), "{} not built (cargo test --workspace --all-targets builds it)", path.display());
-    path
-}
+use relay_tests::{harbor_push_event, image, now, workspace_binary, ImageKind, Stack};
 
 fn spawn(name: &str, envs: &[(&str, String)]) -> Child {
-    let mut c = Command::new(binary(name));
+    let mut c = Command::new(workspace_binary(name));
     c.env("RUST_LOG", "debug").stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in envs {
         c.env(k, v);
