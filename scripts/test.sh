@@ -14,4 +14,7 @@ started=1
 # shellcheck disable=SC1091
 source .local/stack/env
 
+# `cargo test` builds a package's binaries only for its own integration
+# tests; the end-to-end tests also run webhook, worker and reconcile.
+cargo build --workspace --bins --locked
 cargo test --workspace --all-targets --locked
