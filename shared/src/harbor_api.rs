@@ -1,9 +1,12 @@
 //! The few calls to Harbor's REST API (v2.0) that replication needs when
 //! `source.harbor_api` is true: an artifact's labels (label filters) and its
-//! tags (Harbor's webhook carries only the first tag).
+//! tags (Harbor's webhook carries only the first tag), and the listing a
+//! reconcile pass walks (projects → repositories → artifacts with their tags
+//! and labels), which gives every digest without a HEAD per tag.
 
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
 
@@ -34,8 +37,27 @@ pub enum HarborApiError {
     Status(u16),
 }
 
+/// One artifact of a repository listing: top-level artifacts only (Harbor
+/// hides the children of an index, which travel with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedArtifact {
+    pub digest: Digest,
+    pub tags: Vec<Tag>,
+    pub labels: Vec<String>,
+}
+
+/// Harbor answers at most this many entries per page.
+const MAX_PAGE_SIZE: usize = 100;
+/// Harbor may cut the tags embedded in an artifact listing short; with this
+/// many or more, ask the artifact's own (paginated) tags endpoint.
+const EMBEDDED_TAGS_TRUSTED_BELOW: usize = 10;
+/// Stops a listing that never ends (a broken or hostile server).
+const MAX_PAGES: usize = 100_000;
+
 #[derive(Deserialize)]
 struct Artifact {
+    #[serde(default)]
+    digest: Option<String>,
     #[serde(default)]
     tags: Option<Vec<Named>>,
     #[serde(default)]
@@ -65,14 +87,82 @@ impl HarborApi {
 
     /// Labels and tags of `repository@digest`.
     pub async fn artifact(&self, repository: &RepositoryPath, digest: &Digest) -> Result<ArtifactInfo, HarborApiError> {
-        let project = repository.project();
-        let rest = repository.as_str().strip_prefix(project).unwrap_or_default().trim_start_matches('/');
-        // Harbor wants the repository name inside the project URL-encoded
-        // twice (`a/b` → `a%252Fb`).
-        let name = rest.replace('/', "%252F");
+        let path = format!("{}/artifacts/{digest}", repository_path(repository));
+        let a: Artifact = self
+            .get(&path, &[("with_tag", "true"), ("with_label", "true")])
+            .await?
+            .ok_or_else(|| HarborApiError::NotFound(format!("{repository}@{digest}")))?;
+        let mut info = ArtifactInfo { labels: names(a.labels), tags: tags(a.tags) };
+        if info.tags.len() >= EMBEDDED_TAGS_TRUSTED_BELOW {
+            info.tags = self.artifact_tags(repository, digest).await?;
+        }
+        Ok(info)
+    }
+
+    /// Every project's name (`GET /projects`, paginated).
+    pub async fn projects(&self) -> Result<Vec<String>, HarborApiError> {
+        let listed: Vec<Named> = self.paged("/api/v2.0/projects", &[]).await?;
+        Ok(listed.into_iter().map(|p| p.name).collect())
+    }
+
+    /// The repositories of `project` (names include the project).
+    pub async fn repositories(&self, project: &str) -> Result<Vec<RepositoryPath>, HarborApiError> {
+        let path = format!("/api/v2.0/projects/{}/repositories", segment(project));
+        let listed: Vec<Named> = self.paged(&path, &[]).await?;
+        Ok(listed.into_iter().filter_map(|r| r.name.parse().ok()).collect())
+    }
+
+    /// The artifacts of `repository` with their tags and labels.
+    pub async fn artifacts(&self, repository: &RepositoryPath) -> Result<Vec<ListedArtifact>, HarborApiError> {
+        let path = format!("{}/artifacts", repository_path(repository));
+        let listed: Vec<Artifact> = self.paged(&path, &[("with_tag", "true"), ("with_label", "true")]).await?;
+        let mut out = Vec::with_capacity(listed.len());
+        for a in listed {
+            let Some(digest) = a.digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) else {
+                tracing::warn!(repository = %repository, "Harbor listed an artifact without a valid digest; skipped");
+                continue;
+            };
+            let mut tags = tags(a.tags);
+            if tags.len() >= EMBEDDED_TAGS_TRUSTED_BELOW {
+                tags = self.artifact_tags(repository, &digest).await?;
+            }
+            out.push(ListedArtifact { digest, tags, labels: names(a.labels) });
+        }
+        Ok(out)
+    }
+
+    /// All tags of one artifact, from its paginated tags endpoint.
+    async fn artifact_tags(&self, repository: &RepositoryPath, digest: &Digest) -> Result<Vec<Tag>, HarborApiError> {
+        let path = format!("{}/artifacts/{digest}/tags", repository_path(repository));
+        Ok(tags(Some(self.paged(&path, &[]).await?)))
+    }
+
+    /// Every page of a Harbor list endpoint (`page`, `page_size`): Harbor
+    /// ends a listing with a short page.
+    async fn paged<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<Vec<T>, HarborApiError> {
+        let size = MAX_PAGE_SIZE.to_string();
+        let mut all = Vec::new();
+        for page in 1..=MAX_PAGES {
+            let page = page.to_string();
+            let mut q = query.to_vec();
+            q.extend([("page", page.as_str()), ("page_size", size.as_str())]);
+            let Some(items) = self.get::<Vec<T>>(path, &q).await? else {
+                return Err(HarborApiError::NotFound(path.to_owned()));
+            };
+            let short = items.len() < MAX_PAGE_SIZE;
+            all.extend(items);
+            if short {
+                return Ok(all);
+            }
+        }
+        Err(HarborApiError::Request(format!("{path}: more than {MAX_PAGES} pages")))
+    }
+
+    /// One GET; `None` on 404.
+    async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<Option<T>, HarborApiError> {
         let mut url = self.base.clone();
-        url.set_path(&format!("/api/v2.0/projects/{project}/repositories/{name}/artifacts/{digest}"));
-        url.set_query(Some("with_tag=true&with_label=true"));
+        url.set_path(path);
+        url.query_pairs_mut().extend_pairs(query);
         let mut req = self.http.get(url).header("accept", "application/json");
         if let Some(c) = &self.credentials {
             req = req.header("authorization", c.basic_header());
@@ -80,15 +170,32 @@ impl HarborApi {
         let resp = req.send().await.map_err(|e| HarborApiError::Request(kind_of(&e)))?;
         match resp.status().as_u16() {
             200 => {}
-            404 => return Err(HarborApiError::NotFound(format!("{repository}@{digest}"))),
+            404 => return Ok(None),
             s => return Err(HarborApiError::Status(s)),
         }
-        let a: Artifact = resp.json().await.map_err(|e| HarborApiError::Request(kind_of(&e)))?;
-        Ok(ArtifactInfo {
-            labels: a.labels.unwrap_or_default().into_iter().map(|l| l.name).collect(),
-            tags: a.tags.unwrap_or_default().into_iter().filter_map(|t| t.name.parse().ok()).collect(),
-        })
+        resp.json().await.map(Some).map_err(|e| HarborApiError::Request(kind_of(&e)))
     }
+}
+
+/// `/api/v2.0/projects/{project}/repositories/{name}`: Harbor wants the
+/// repository name inside the project URL-encoded twice (`a/b` → `a%252Fb`).
+fn repository_path(repository: &RepositoryPath) -> String {
+    let project = repository.project();
+    let rest = repository.as_str().strip_prefix(project).unwrap_or_default().trim_start_matches('/');
+    format!("/api/v2.0/projects/{}/repositories/{}", segment(project), segment(rest).replace("%2F", "%252F"))
+}
+
+/// One URL path segment, percent-encoded.
+fn segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
+fn names(named: Option<Vec<Named>>) -> Vec<String> {
+    named.unwrap_or_default().into_iter().map(|n| n.name).collect()
+}
+
+fn tags(named: Option<Vec<Named>>) -> Vec<Tag> {
+    named.unwrap_or_default().into_iter().filter_map(|t| t.name.parse().ok()).collect()
 }
 
 fn kind_of(e: &reqwest::Error) -> String {

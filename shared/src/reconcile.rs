@@ -2,10 +2,12 @@
 //! should hold, for the changes Harbor sends no webhook about (tags added or
 //! removed in the UI, GC, deliveries that failed three times).
 //!
-//! One pass lists the source (`/v2/_catalog`, `/tags/list`, `Link`
-//! pagination), resolves each tag with HEAD (never GET: Harbor counts GETs
-//! as pulls), HEADs the mapped destination tag, and plans copy tasks only for
-//! what is missing or different. Rules with `deletion: true` also get delete
+//! One pass lists the source — Harbor's REST API when `source.harbor_api` is
+//! on (projects → repositories → artifacts with tags and labels, so label
+//! filters apply and no source HEAD is needed), otherwise `/v2/_catalog` and
+//! `/tags/list` with `Link` pagination, resolving each tag with HEAD (never
+//! GET: Harbor counts GETs as pulls) — then HEADs the mapped destination
+//! reference and plans copy tasks only for what is missing or different. Rules with `deletion: true` also get delete
 //! tasks for destination tags the source no longer has (only tags the rule
 //! maps). The tasks go through the same queue and worker as webhook events,
 //! so a reconcile racing the webhook moves no duplicate bytes: the worker's
@@ -22,12 +24,32 @@ use std::time::Instant;
 use futures_util::StreamExt;
 
 use crate::config::Config;
+use crate::digest::Digest;
 use crate::event::{Artifact, EventKind, Format, HarborEvent};
+use crate::harbor_api::{HarborApi, HarborApiError};
 use crate::plan::plan;
 use crate::registry::{RegistryClient, RegistryError};
-use crate::repository::RepositoryPath;
+use crate::repository::{RepositoryPath, Tag};
 use crate::task::{Action, Task};
 use crate::worker::Destination;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Harbor(#[from] HarborApiError),
+}
+
+/// One thing the source holds: a tag (digest known when Harbor's API listed
+/// it, else resolved by HEAD), or an untagged artifact (Harbor's API only).
+#[derive(Debug, Clone)]
+struct Listed {
+    tag: Option<Tag>,
+    digest: Option<Digest>,
+    /// The artifact's labels when Harbor's API listed it.
+    labels: Option<Vec<String>>,
+}
 
 /// Tags checked at the same time within a repository.
 const TAGS_IN_FLIGHT: usize = 16;
@@ -46,6 +68,8 @@ pub struct Pass {
 pub struct Reconciler<'a> {
     pub config: &'a Config,
     pub source: &'a RegistryClient,
+    /// Lists the source through Harbor's REST API when set.
+    pub harbor: Option<&'a HarborApi>,
     pub destinations: &'a std::collections::HashMap<String, Destination>,
     /// Entries per listing request (`n=`).
     pub page_size: usize,
@@ -54,21 +78,29 @@ pub struct Reconciler<'a> {
 impl<'a> Reconciler<'a> {
     /// A reconciler over the worker's clients (source and destinations).
     pub fn new(config: &'a Config, worker: &'a crate::worker::Worker, page_size: usize) -> Self {
-        Reconciler { config, source: &worker.source, destinations: &worker.destinations, page_size }
+        Reconciler {
+            config,
+            source: &worker.source,
+            harbor: worker.harbor.as_ref(),
+            destinations: &worker.destinations,
+            page_size,
+        }
     }
 
     /// Plans one pass over the repositories after `after` (sorted by name).
-    pub async fn pass(&self, after: Option<&str>, stop_at: Option<Instant>) -> Result<Pass, RegistryError> {
+    pub async fn pass(&self, after: Option<&str>, stop_at: Option<Instant>) -> Result<Pass, ReconcileError> {
         let mut pass = Pass::default();
-        let listed = match self.literal_prefixes() {
-            Some(prefixes) => {
+        let prefixes = self.literal_prefixes();
+        let listed = match (self.harbor, prefixes) {
+            (Some(api), prefixes) => harbor_repositories(api, prefixes.as_deref()).await?,
+            (None, Some(prefixes)) => {
                 let mut all = Vec::new();
                 for p in prefixes {
                     all.extend(self.source.catalog_with_prefix(&p, self.page_size).await?);
                 }
                 all
             }
-            None => self.source.catalog_paged(self.page_size).await?,
+            (None, None) => self.source.catalog_paged(self.page_size).await?,
         };
         let mut repositories: Vec<RepositoryPath> = listed
             .into_iter()
@@ -122,19 +154,43 @@ impl<'a> Reconciler<'a> {
         Some(kept)
     }
 
-    /// One source tag: `None` if it vanished, else how many of its
+    /// What the source holds in `repo`.
+    async fn list(&self, repo: &RepositoryPath) -> Result<Vec<Listed>, ReconcileError> {
+        let Some(api) = self.harbor else {
+            let tags = self.source.tags_paged(repo, self.page_size).await?;
+            return Ok(tags.into_iter().map(|t| Listed { tag: Some(t), digest: None, labels: None }).collect());
+        };
+        let mut listed = Vec::new();
+        for a in api.artifacts(repo).await? {
+            let labels = Some(a.labels);
+            if a.tags.is_empty() {
+                listed.push(Listed { tag: None, digest: Some(a.digest), labels });
+                continue;
+            }
+            for tag in a.tags {
+                listed.push(Listed { tag: Some(tag), digest: Some(a.digest.clone()), labels: labels.clone() });
+            }
+        }
+        Ok(listed)
+    }
+
+    /// One source entry: `None` if it vanished, else how many of its
     /// destinations are in sync and the copy tasks for the others.
-    async fn check_tag(
-        &self,
-        repo: &RepositoryPath,
-        tag: &crate::Tag,
-    ) -> Result<Option<(u64, Vec<Task>)>, RegistryError> {
-        let Some(digest) = self.source.head_manifest(repo, tag.as_str()).await? else { return Ok(None) };
-        let event = synthetic(EventKind::Push, repo, digest.clone(), tag.clone());
+    async fn check(&self, repo: &RepositoryPath, entry: &Listed) -> Result<Option<(u64, Vec<Task>)>, RegistryError> {
+        let digest = match (&entry.digest, &entry.tag) {
+            (Some(d), _) => d.clone(),
+            (None, Some(tag)) => match self.source.head_manifest(repo, tag.as_str()).await? {
+                Some(d) => d,
+                None => return Ok(None),
+            },
+            (None, None) => return Ok(None),
+        };
+        let event = synthetic(EventKind::Push, repo, digest.clone(), entry.tag.clone());
         let (mut in_sync, mut tasks) = (0, Vec::new());
-        for task in plan(self.config, &event, None, &mut new_id).tasks {
+        for task in plan(self.config, &event, entry.labels.as_deref(), &mut new_id).tasks {
             let Some(dst) = self.destinations.get(&task.destination.registry) else { continue };
-            match dst.client.head_manifest(&task.destination.repository, tag.as_str()).await? {
+            let reference = entry.tag.as_ref().map_or_else(|| digest.to_string(), |t| t.as_str().to_owned());
+            match dst.client.head_manifest(&task.destination.repository, &reference).await? {
                 Some(d) if d == digest => in_sync += 1,
                 Some(_) if !task.options.override_existing => in_sync += 1,
                 _ => tasks.push(task),
@@ -143,11 +199,11 @@ impl<'a> Reconciler<'a> {
         Ok(Some((in_sync, tasks)))
     }
 
-    async fn repository(&self, repo: &RepositoryPath, pass: &mut Pass) -> Result<(), RegistryError> {
-        let tags = self.source.tags_paged(repo, self.page_size).await?;
-        // Tags are independent: HEAD them a few at a time (order kept).
-        let checked: Vec<_> = futures_util::stream::iter(&tags)
-            .map(|tag| self.check_tag(repo, tag))
+    async fn repository(&self, repo: &RepositoryPath, pass: &mut Pass) -> Result<(), ReconcileError> {
+        let listed = self.list(repo).await?;
+        // Entries are independent: HEAD them a few at a time (order kept).
+        let checked: Vec<_> = futures_util::stream::iter(&listed)
+            .map(|entry| self.check(repo, entry))
             .buffered(TAGS_IN_FLIGHT)
             .collect::<Vec<_>>()
             .await;
@@ -157,6 +213,7 @@ impl<'a> Reconciler<'a> {
             pass.in_sync += in_sync;
             pass.tasks.extend(tasks);
         }
+        let tags: Vec<&Tag> = listed.iter().filter_map(|l| l.tag.as_ref()).collect();
 
         // Deletions: destination tags of this repository's mapped places
         // that the source no longer has, for rules that delete.
@@ -167,11 +224,11 @@ impl<'a> Reconciler<'a> {
             let Ok(dst_repo) = rule.map_repository(repo) else { continue };
             let Some(dst) = self.destinations.get(&rule.destination.registry) else { continue };
             for dst_tag in dst.client.tags_paged(&dst_repo, self.page_size).await? {
-                if tags.contains(&dst_tag) || !rule.tag_filter.as_ref().is_none_or(|f| f.accepts(Some(&dst_tag))) {
+                if tags.contains(&&dst_tag) || !rule.tag_filter.as_ref().is_none_or(|f| f.accepts(Some(&dst_tag))) {
                     continue;
                 }
                 let Some(digest) = dst.client.head_manifest(&dst_repo, dst_tag.as_str()).await? else { continue };
-                let event = synthetic(EventKind::Delete, repo, digest, dst_tag.clone());
+                let event = synthetic(EventKind::Delete, repo, digest, Some(dst_tag.clone()));
                 pass.tasks.extend(plan(self.config, &event, None, &mut new_id).tasks.into_iter().filter(|t| {
                     t.action == Action::Delete
                         && t.destination.registry == rule.destination.registry
@@ -205,14 +262,35 @@ fn merge_tags(tasks: Vec<Task>) -> Vec<Task> {
     merged
 }
 
-fn synthetic(kind: EventKind, repository: &RepositoryPath, digest: crate::Digest, tag: crate::Tag) -> HarborEvent {
+/// Repositories from Harbor's API: the projects the literal prefixes can
+/// reach (all when `None`), then their repositories.
+async fn harbor_repositories(
+    api: &HarborApi,
+    prefixes: Option<&[String]>,
+) -> Result<Vec<RepositoryPath>, HarborApiError> {
+    let reachable = |project: &str| {
+        prefixes.is_none_or(|ps| {
+            ps.iter().any(|p| match p.split_once('/') {
+                Some((exact, _)) => project == exact,
+                None => project.starts_with(p.as_str()),
+            })
+        })
+    };
+    let mut all = Vec::new();
+    for project in api.projects().await?.into_iter().filter(|p| reachable(p)) {
+        all.extend(api.repositories(&project).await?);
+    }
+    Ok(all)
+}
+
+fn synthetic(kind: EventKind, repository: &RepositoryPath, digest: Digest, tag: Option<Tag>) -> HarborEvent {
     HarborEvent {
         kind,
         format: Format::Default,
         occurred_at: 0,
         operator: "relay-reconcile".into(),
         dedup_key: format!("reconcile-{}", uuid::Uuid::new_v4()),
-        artifact: Some(Artifact { repository: repository.clone(), digest, tag: Some(tag) }),
+        artifact: Some(Artifact { repository: repository.clone(), digest, tag }),
     }
 }
 

@@ -32,6 +32,9 @@ pub enum Op {
     Token,
     /// Harbor's `GET /api/v2.0/projects/{p}/repositories/{r}/artifacts/{d}`.
     HarborArtifact,
+    /// Harbor's paginated lists: projects, repositories, artifacts, an
+    /// artifact's tags.
+    HarborList,
     Other,
 }
 
@@ -67,6 +70,8 @@ struct Store {
     /// Some(valid tokens) when Bearer auth is on.
     tokens: Option<Vec<String>>,
     mount_202: bool,
+    /// (repo, digest) → Harbor labels.
+    labels: HashMap<(String, String), Vec<String>>,
     /// Requests that carried an Authorization header.
     authorized: usize,
     next: u64,
@@ -139,6 +144,19 @@ impl FakeRegistry {
         m.insert(reference.to_owned(), (media_type.to_owned(), bytes.clone()));
         m.insert(d.clone(), (media_type.to_owned(), bytes));
         d
+    }
+
+    /// Harbor labels of `repo@digest` (what the Harbor API answers).
+    pub fn set_labels(&self, repo: &str, digest: &str, labels: &[&str]) {
+        let labels = labels.iter().map(|l| (*l).to_owned()).collect();
+        self.store.lock().unwrap().labels.insert((repo.to_owned(), digest.to_owned()), labels);
+    }
+
+    /// Removes a tag (as Harbor's UI does, without a webhook).
+    pub fn remove_tag(&self, repo: &str, tag: &str) {
+        if let Some(m) = self.store.lock().unwrap().manifests.get_mut(repo) {
+            m.remove(tag);
+        }
     }
 
     pub fn has_blob(&self, repo: &str, digest: &str) -> bool {
@@ -323,10 +341,77 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
             }
             tags.sort();
             let tags: Vec<_> = tags.iter().map(|t| serde_json::json!({"name": t})).collect();
-            let body = serde_json::json!({"digest": rest, "tags": tags, "labels": []}).to_string();
+            let labels = s.labels.get(&(repo.clone(), rest.clone())).cloned().unwrap_or_default();
+            let labels: Vec<_> = labels.iter().map(|l| serde_json::json!({"name": l})).collect();
+            let body = serde_json::json!({"digest": rest, "tags": tags, "labels": labels}).to_string();
             ([("content-type", "application/json")], body).into_response()
         }
+        Op::HarborList => harbor_list(&s, &path, &q),
     }
+}
+
+/// Harbor's list endpoints over the store, paginated with `page` (from 1)
+/// and `page_size` as Harbor does, with the `X-Total-Count` header.
+fn harbor_list(s: &Store, path: &str, q: &HashMap<String, String>) -> Response {
+    let rest = path.trim_start_matches("/api/v2.0/projects").trim_start_matches('/');
+    let parts: Vec<&str> = rest.split('/').collect();
+    let named = |n: &str| serde_json::json!({ "name": n });
+    let mut repos: Vec<&String> = s.manifests.keys().collect();
+    repos.sort();
+    let items: Vec<serde_json::Value> = match parts.as_slice() {
+        [""] => {
+            let mut projects: Vec<&str> = repos.iter().filter_map(|r| r.split('/').next()).collect();
+            projects.dedup();
+            projects.into_iter().map(named).collect()
+        }
+        [project, "repositories"] => {
+            repos.iter().filter(|r| r.split('/').next() == Some(project)).map(|r| named(r)).collect()
+        }
+        [project, "repositories", name, "artifacts", rest @ ..] => {
+            let repo = format!("{project}/{}", name.replace("%252F", "/"));
+            let Some(m) = s.manifests.get(&repo) else { return status(404) };
+            let tags_of = |digest: &str| {
+                let mut t: Vec<&String> = m
+                    .iter()
+                    .filter(|(r, (_, b))| !r.starts_with("sha256:") && sha256(b) == digest)
+                    .map(|(r, _)| r)
+                    .collect();
+                t.sort();
+                t.into_iter().map(|t| named(t)).collect::<Vec<_>>()
+            };
+            match rest {
+                [digest, "tags"] => tags_of(digest),
+                [] => {
+                    // Top-level artifacts only: Harbor hides an index's children.
+                    let children: std::collections::HashSet<String> = m
+                        .values()
+                        .filter_map(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).ok())
+                        .flat_map(|v| v["manifests"].as_array().cloned().unwrap_or_default())
+                        .filter_map(|c| c["digest"].as_str().map(str::to_owned))
+                        .collect();
+                    let mut digests: Vec<&String> =
+                        m.keys().filter(|r| r.starts_with("sha256:") && !children.contains(*r)).collect();
+                    digests.sort();
+                    digests
+                        .into_iter()
+                        .map(|d| {
+                            let labels = s.labels.get(&(repo.clone(), d.clone())).cloned().unwrap_or_default();
+                            let labels: Vec<_> = labels.iter().map(|l| named(l)).collect();
+                            serde_json::json!({ "digest": d, "tags": tags_of(d), "labels": labels })
+                        })
+                        .collect()
+                }
+                _ => return status(404),
+            }
+        }
+        _ => return status(404),
+    };
+    let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
+    let size: usize = q.get("page_size").and_then(|p| p.parse().ok()).unwrap_or(10).clamp(1, 100);
+    let total = items.len();
+    let body: Vec<_> = items.into_iter().skip((page - 1) * size).take(size).collect();
+    let body = serde_json::to_string(&body).unwrap();
+    ([("content-type", "application/json"), ("x-total-count", &total.to_string())], body).into_response()
 }
 
 /// (kind, repository, last path element) of a request.
@@ -337,6 +422,9 @@ fn classify(method: &Method, path: &str) -> (Op, String, String) {
         if let [project, "repositories", name, "artifacts", digest] = parts.as_slice() {
             return (Op::HarborArtifact, format!("{project}/{}", name.replace("%252F", "/")), (*digest).to_owned());
         }
+    }
+    if path.starts_with("/api/v2.0/projects") {
+        return (Op::HarborList, String::new(), String::new());
     }
     if path == "/token" {
         return (Op::Token, String::new(), String::new());

@@ -202,3 +202,77 @@ async fn a_pass_resumes_after_its_cursor() {
     store.save(None).await.unwrap();
     assert_eq!(store.load().await.unwrap(), None, "a finished listing starts over next time");
 }
+
+/// With `source.harbor_api`, the listing comes from Harbor's REST API
+/// (projects → repositories → artifacts, paginated, with tags and labels):
+/// no source HEAD per tag, label filters apply (Harbor sends no webhook when
+/// a label changes), an index's children are not separate artifacts, and
+/// listings longer than a page (artifacts, and tags of one artifact) are
+/// read to the end. The source is the fake Harbor; the destination is real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harbor_api_listing_applies_labels_and_pages() {
+    use relay_tests::fake::{FakeRegistry, Op};
+    let stack = Stack::load().unwrap();
+    let harbor = FakeRegistry::start(false).await;
+    let src = relay_tests::PlainRegistry::new(&harbor.url, None);
+    let target = stack.target();
+    let p = project();
+    let (app, tool) = (format!("{p}/team/app"), format!("{p}/tool"));
+
+    let a = image::push(&src, &app, "v1", ImageKind::OciImage, 1, 2048).await.unwrap();
+    let (_, a_bytes) = src.get_manifest(&app, "v1").await.unwrap().unwrap();
+    let extra: Vec<String> = (0..104).map(|i| format!("a{i:03}")).collect();
+    for t in &extra {
+        src.put_manifest(&app, t, image::OCI_MANIFEST, &a_bytes).await.unwrap();
+    }
+    harbor.set_labels(&app, &a.digest, &["prod"]);
+    let b = image::push(&src, &app, "v2", ImageKind::OciImage, 1, 2048).await.unwrap();
+    // 100 untagged, unlabelled artifacts: the artifact listing needs two pages.
+    for i in 0..100 {
+        let m = format!(
+            "{{\"schemaVersion\":2,\"mediaType\":\"{}\",\"config\":{{}},\"layers\":[],\"n\":{i}}}",
+            image::OCI_MANIFEST
+        );
+        let d = relay_tests::plain::sha256(m.as_bytes());
+        harbor.insert_manifest(&app, &d, image::OCI_MANIFEST, m.into_bytes().into());
+    }
+    let t = image::push(&src, &tool, "1.0", ImageKind::OciIndex { platforms: 2 }, 1, 2048).await.unwrap();
+    harbor.set_labels(&tool, &t.digest, &["prod"]);
+
+    let yaml = format!(
+        "source: {{ url: {}, harbor_api: true }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\nrules:\n  - {{ name: prod, filters: {{ name: \"{p}/**\", label: [prod] }}, destination: {{ registry: cluster1-registry }} }}\n",
+        harbor.url, stack.target_url, stack.target_user
+    );
+    let (config, worker) = {
+        let config = Config::parse(&yaml).unwrap();
+        let worker = bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap();
+        (config, worker)
+    };
+
+    harbor.reset_counts();
+    let first = pass(&config, &worker, 1000).await;
+    assert_eq!(harbor.count(Op::HeadManifest), 0, "digests come from the listing, not from HEADs");
+    assert!(harbor.count(Op::HarborList) >= 6, "projects, repositories, 2 artifact pages, 2 tag pages");
+    // 105 tags of a, v2, 100 untagged, tool:1.0 (its children are not artifacts).
+    assert_eq!(first.tags_checked, 105 + 1 + 100 + 1);
+    let mut all_a: Vec<String> = extra.clone();
+    all_a.push("v1".into());
+    all_a.sort();
+    assert_eq!(
+        summary(&first),
+        vec![(Action::Copy, app.clone(), all_a.join(",")), (Action::Copy, tool.clone(), "1.0".into())],
+        "only the artifacts labelled prod, every tag of each"
+    );
+    apply(&worker, &first).await;
+    assert_eq!(digest_at(&target, &app, "a103").await.as_deref(), Some(a.digest.as_str()));
+    assert_eq!(target.tree(&tool, "1.0").await.unwrap(), src.tree(&tool, "1.0").await.unwrap());
+    assert!(digest_at(&target, &app, "v2").await.is_none(), "unlabelled: not replicated");
+
+    // A label added in Harbor's UI sends no webhook; the next pass sees it.
+    harbor.set_labels(&app, &b.digest, &["prod"]);
+    let second = pass(&config, &worker, 1000).await;
+    assert_eq!(summary(&second), vec![(Action::Copy, app.clone(), "v2".into())]);
+    apply(&worker, &second).await;
+    assert_eq!(digest_at(&target, &app, "v2").await.as_deref(), Some(b.digest.as_str()));
+    assert!(pass(&config, &worker, 1000).await.tasks.is_empty(), "converged");
+}
