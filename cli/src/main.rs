@@ -184,10 +184,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for l in &letters {
                     match &l.task {
                         Ok(t) => println!(
-                            "{}  received {}×  task {} {:?} {}@{} -> {}/{}  (failure reasons: search the worker logs for task_id {})",
-                            l.message_id, l.receive_count, t.id, t.action, t.source.repository, t.source.digest, t.destination.registry, t.destination.repository, t.id
+                            "{}  received {}×  task {} {:?} {}@{} -> {}/{}",
+                            l.message_id,
+                            l.receive_count,
+                            t.id,
+                            t.action,
+                            t.source.repository,
+                            t.source.digest,
+                            t.destination.registry,
+                            t.destination.repository
                         ),
                         Err(e) => println!("{}  received {}×  undecodable: {e}", l.message_id, l.receive_count),
+                    }
+                    match (&l.last_error, &l.task) {
+                        (Some(e), _) => println!("    last error: {e}"),
+                        (None, Ok(t)) => println!("    last error: not recorded (moved by SQS's redrive); search the worker logs for task_id {}", t.id),
+                        (None, Err(_)) => {}
                     }
                 }
                 println!("{} messages in the dead-letter queue", letters.len());

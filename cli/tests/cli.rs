@@ -101,21 +101,41 @@ async fn dlq_list_redrive_and_status() {
     let (queue, dlq) = create_queue_with_dlq(&sqs, "cli", 3, 30).await.unwrap();
     sqs.send_message().queue_url(&dlq).message_body("{\"version\": 7}").send().await.unwrap();
     sqs.send_message().queue_url(&dlq).message_body("not json").send().await.unwrap();
+    // As the worker dead-letters a task on its last attempt: with the error.
+    let attr = |t: &str, v: &str| {
+        aws_sdk_sqs::types::MessageAttributeValue::builder().data_type(t).string_value(v).build().unwrap()
+    };
+    let config = relay::Config::parse(&stack.config_yaml(ALL)).unwrap();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let task = relay_tests::planned_tasks(&config, &stack, "PUSH_ARTIFACT", "proj/app", "v1", &digest).remove(0);
+    sqs.send_message()
+        .queue_url(&dlq)
+        .message_body(task.encode())
+        .message_attributes(
+            relay::dead_letter::LAST_ERROR,
+            attr("String", "cluster1-registry: /v2/x/manifests/v1: HTTP 500"),
+        )
+        .message_attributes(relay::dead_letter::ATTEMPTS, attr("Number", "5"))
+        .send()
+        .await
+        .unwrap();
 
     let list = relay(&["dlq", "--list", "--queue-url", &queue], &[]);
     let out = text(&list);
     assert!(list.status.success(), "{out}");
-    assert!(out.contains("2 messages in the dead-letter queue"), "{out}");
+    assert!(out.contains("3 messages in the dead-letter queue"), "{out}");
     assert!(out.contains("version 7 is not supported"), "{out}");
+    assert!(out.contains(&format!("received 5×  task {}", task.id)), "{out}");
+    assert!(out.contains("last error: cluster1-registry: /v2/x/manifests/v1: HTTP 500"), "{out}");
 
     let status = relay(&["status", "--queue-url", &queue], &[]);
     let out = text(&status);
-    assert!(out.contains("copy queue: 0 waiting") && out.contains("dead-letter queue: 2 messages"), "{out}");
+    assert!(out.contains("copy queue: 0 waiting") && out.contains("dead-letter queue: 3 messages"), "{out}");
 
     let redrive = relay(&["dlq", "--redrive", "--queue-url", &queue], &[]);
-    assert!(text(&redrive).contains("2 messages moved back"), "{}", text(&redrive));
+    assert!(text(&redrive).contains("3 messages moved back"), "{}", text(&redrive));
     assert_eq!(queue_depth(&sqs, &dlq).await.unwrap(), (0, 0, 0));
-    assert_eq!(queue_depth(&sqs, &queue).await.unwrap().0, 2);
+    assert_eq!(queue_depth(&sqs, &queue).await.unwrap().0, 3);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod dead_letter;
 pub mod digest;
 pub mod event;
 pub mod harbor_api;

@@ -143,25 +143,7 @@ pub async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<Depth, String
 
 /// The DLQ of `queue_url`, from its redrive policy.
 pub async fn dead_letter_queue(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<Option<String>, String> {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(Attr::RedrivePolicy)
-        .send()
-        .await
-        .map_err(|e| err(&aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
-    let Some(policy) = out.attributes().and_then(|a| a.get(&Attr::RedrivePolicy)).cloned() else { return Ok(None) };
-    let v: serde_json::Value = serde_json::from_str(&policy).map_err(|e| err(&e))?;
-    let arn = v["deadLetterTargetArn"].as_str().ok_or("redrive policy without deadLetterTargetArn")?;
-    let name = arn.rsplit(':').next().unwrap_or_default();
-    let url = sqs
-        .get_queue_url()
-        .queue_name(name)
-        .send()
-        .await
-        .map_err(|e| err(&aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
-    Ok(url.queue_url().map(str::to_owned))
+    Ok(crate::dead_letter::redrive_policy(sqs, queue_url, None).await?.map(|p| p.dlq_url))
 }
 
 /// A message sitting in the DLQ.
@@ -171,6 +153,9 @@ pub struct DeadLetter {
     pub receive_count: u64,
     /// The decoded task, or why it does not decode.
     pub task: Result<Task, String>,
+    /// The error of the last attempt, when the worker dead-lettered it
+    /// (SQS's own redrive carries none).
+    pub last_error: Option<String>,
 }
 
 /// Lists up to `max` DLQ messages without consuming them (they are made
@@ -185,6 +170,8 @@ pub async fn list_dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &str, max: usize)
             .max_number_of_messages(10)
             .visibility_timeout(30)
             .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names(crate::dead_letter::LAST_ERROR)
+            .message_attribute_names(crate::dead_letter::ATTEMPTS)
             .send()
             .await
             .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
@@ -192,15 +179,22 @@ pub async fn list_dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &str, max: usize)
             break;
         }
         for m in batch.messages() {
-            let count = m
-                .attributes()
-                .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount))
+            let attribute = |name: &str| m.message_attributes()?.get(name)?.string_value().map(str::to_owned);
+            // Attempts at the copy queue when the worker dead-lettered it,
+            // else SQS's count (which includes this listing's receives).
+            let count = attribute(crate::dead_letter::ATTEMPTS)
+                .or_else(|| {
+                    m.attributes()?
+                        .get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+                        .cloned()
+                })
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             out.push(DeadLetter {
                 message_id: m.message_id().unwrap_or_default().to_owned(),
                 receive_count: count,
                 task: Task::decode(m.body().unwrap_or_default()).map_err(|e| e.to_string()),
+                last_error: attribute(crate::dead_letter::LAST_ERROR),
             });
             receipts.extend(m.receipt_handle().map(str::to_owned));
         }

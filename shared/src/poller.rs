@@ -1,18 +1,27 @@
 //! The worker's standalone mode: long-poll SQS like the Lambda event source
 //! mapping does, hand each batch to the same [`Worker::handle_batch`], and
-//! delete only the messages that succeeded (the rest reappear after their
-//! visibility timeout and, past the redrive count, go to the DLQ).
+//! delete only the messages that succeeded or were dead-lettered with their
+//! error on their last attempt (the rest reappear after their visibility
+//! timeout).
 
 use std::future::Future;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 
+use crate::dead_letter::DeadLetters;
 use crate::queue::TaskQueue;
 use crate::worker::{Message, Worker};
 
 /// Polls until `shutdown` completes; a batch in progress is finished first.
-pub async fn poll(queue: &TaskQueue, worker: &Worker, shutdown: impl Future<Output = ()>) {
+/// With `dead_letters`, failures on their last attempt go to the DLQ with
+/// their error.
+pub async fn poll(
+    queue: &TaskQueue,
+    worker: &Worker,
+    dead_letters: Option<&DeadLetters>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut failures = 0u32;
     loop {
@@ -21,6 +30,7 @@ pub async fn poll(queue: &TaskQueue, worker: &Worker, shutdown: impl Future<Outp
             .receive_message()
             .queue_url(queue.url())
             .max_number_of_messages(10)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .wait_time_seconds(5)
             .send();
         let out = tokio::select! {
@@ -49,13 +59,19 @@ pub async fn poll(queue: &TaskQueue, worker: &Worker, shutdown: impl Future<Outp
             .filter_map(|m| {
                 let id = m.message_id()?.to_owned();
                 receipts.insert(id.clone(), m.receipt_handle()?.to_owned());
-                Some(Message { id, body: m.body().unwrap_or_default().to_owned() })
+                let receive_count = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                Some(Message { id, body: m.body().unwrap_or_default().to_owned(), receive_count })
             })
             .collect();
         if messages.is_empty() {
             continue;
         }
-        let failed = worker.handle_batch(messages, None).await;
+        let failures = worker.handle_batch(messages, None).await;
+        let failed = crate::dead_letter::settle(dead_letters, failures).await;
         let done: Vec<_> = receipts
             .into_iter()
             .filter(|(id, _)| !failed.contains(id))

@@ -25,6 +25,15 @@ use crate::task::{Task, TaskError};
 pub struct Message {
     pub id: String,
     pub body: String,
+    /// SQS's `ApproximateReceiveCount` (this delivery included); 0 unknown.
+    pub receive_count: u32,
+}
+
+/// A message whose task failed, with the reason (no secrets in it).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub message: Message,
+    pub error: String,
 }
 
 /// Clients built from the configuration; a task can only name these.
@@ -116,13 +125,13 @@ pub enum TaskFailure {
 }
 
 impl Worker {
-    /// Runs a batch; returns the ids of the messages that failed.
+    /// Runs a batch; returns the messages that failed, with their errors.
     /// `deadline` is when the invocation ends (Lambda); `None` standalone.
-    pub async fn handle_batch(&self, messages: Vec<Message>, deadline: Option<Instant>) -> Vec<String> {
+    pub async fn handle_batch(&self, messages: Vec<Message>, deadline: Option<Instant>) -> Vec<Failure> {
         stream::iter(messages)
             .map(|m| async move {
-                let ok = self.handle_message(&m, deadline).await;
-                (!ok).then_some(m.id)
+                let result = self.handle_message(&m, deadline).await;
+                result.err().map(|error| Failure { message: m, error })
             })
             .buffer_unordered(self.settings.task_concurrency)
             .filter_map(|failed| async move { failed })
@@ -130,14 +139,14 @@ impl Worker {
             .await
     }
 
-    /// Runs one message; logs its outcome. True when it succeeded.
-    pub async fn handle_message(&self, m: &Message, deadline: Option<Instant>) -> bool {
+    /// Runs one message; logs its outcome. `Err` holds the failure reason.
+    pub async fn handle_message(&self, m: &Message, deadline: Option<Instant>) -> Result<(), String> {
         let task = match Task::decode(&m.body) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(message_id = %m.id, outcome = "rejected", error = %e, "message is not a task this worker understands");
                 metrics::emit(&[("Function", "worker"), ("Outcome", "rejected")], &[("Tasks", 1.0, Unit::Count)]);
-                return false;
+                return Err(TaskFailure::Decode(e).to_string());
             }
         };
         let span = tracing::info_span!(
@@ -183,7 +192,7 @@ impl Worker {
                     values.push(("PushToReplicatedLatency", latency_ms as f64, Unit::Milliseconds));
                 }
                 metrics::emit(&[("Function", "worker"), ("Outcome", outcome)], &values);
-                true
+                Ok(())
             }
             Err(e) => {
                 self.stats.tasks_failed.fetch_add(1, Ordering::Relaxed);
@@ -191,7 +200,7 @@ impl Worker {
                 let transient = matches!(&e, TaskFailure::Copy(c) if c.is_transient());
                 tracing::error!(outcome = "failed", transient, error = %e, duration_ms = started.elapsed().as_millis() as u64, "task failed");
                 metrics::emit(&[("Function", "worker"), ("Outcome", "failed")], &[("Tasks", 1.0, Unit::Count)]);
-                false
+                Err(e.to_string())
             }
         }
     }

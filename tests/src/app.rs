@@ -106,7 +106,7 @@ impl AppBuilder {
             shared_worker = Some(worker.clone());
             let (tx, rx) = oneshot::channel::<()>();
             tokio::spawn(async move {
-                relay::poller::poll(&queue, &worker, async move {
+                relay::poller::poll(&queue, &worker, None, async move {
                     let _ = rx.await;
                 })
                 .await

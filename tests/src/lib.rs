@@ -52,17 +52,37 @@ pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-/// Path of a workspace binary built by `cargo test --workspace --all-targets`
-/// (or `cargo build`). Cargo only exposes `CARGO_BIN_EXE_*` for binaries of
+/// The tasks the rules of `config` plan for a Harbor event (Default format)
+/// about `repo:tag` = `digest` on the stack's source, as the webhook would.
+pub fn planned_tasks(
+    config: &relay::Config,
+    stack: &Stack,
+    kind: &str,
+    repo: &str,
+    tag: &str,
+    digest: &str,
+) -> Vec<relay::Task> {
+    let body = harbor_push_event(kind, stack.source_host(), repo, Some(tag), digest, now());
+    let event =
+        relay::event::HarborEvent::parse(relay::event::Format::Default, body.as_bytes(), stack.source_host()).unwrap();
+    let mut n = 0;
+    relay::plan::plan(config, &event, None, &mut || {
+        n += 1;
+        format!("task-{:08x}-{n}", rand::random::<u32>())
+    })
+    .tasks
+}
+
+/// Path of a workspace binary built by `cargo build --workspace --bins`
+/// (`make test` runs it first: `cargo test` builds another package's
+/// binaries only for that package's own integration tests). Cargo only exposes `CARGO_BIN_EXE_*` for binaries of
 /// the test's own package, and the target directory may be moved by
 /// `CARGO_TARGET_DIR`, `CARGO_BUILD_TARGET_DIR` or a cargo config file, so
 /// look next to the running test executable first (`<target>/debug/deps/…`)
 /// and then ask `cargo metadata`, which knows every such setting.
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
-    let beside_test = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join(name)))
-        .filter(|p| p.exists());
+    let beside_test =
+        std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.join(name))).filter(|p| p.exists());
     if let Some(path) = beside_test {
         return path;
     }
@@ -75,6 +95,6 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata output");
     let target = meta["target_directory"].as_str().expect("target_directory in cargo metadata");
     let path = std::path::Path::new(target).join("debug").join(name);
-    assert!(path.exists(), "{} not built (cargo test --workspace --all-targets builds it)", path.display());
+    assert!(path.exists(), "{} not built: run `cargo build --workspace --bins` first (make test does)", path.display());
     path
 }

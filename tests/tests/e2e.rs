@@ -146,10 +146,7 @@ async fn replicating_again_moves_no_bytes() {
     let repo = unique_repo("again");
     let pushed =
         image::push(&stack.source(), &repo, "v1", ImageKind::OciIndex { platforms: 2 }, 2, 64 * 1024).await.unwrap();
-    let body = harbor_push_event("PUSH_ARTIFACT", stack.source_host(), &repo, Some("v1"), &pushed.digest, now());
-    let event =
-        relay::event::HarborEvent::parse(relay::event::Format::Default, body.as_bytes(), stack.source_host()).unwrap();
-    let task = relay::plan::plan(&config, &event, None, &mut || "t".into()).tasks.remove(0);
+    let task = relay_tests::planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "v1", &pushed.digest).remove(0);
 
     let first = worker.run(&task).await.unwrap();
     assert_eq!(first.outcome, Some(relay::registry::Outcome::Copied));

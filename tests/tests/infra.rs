@@ -96,6 +96,12 @@ fn transformed_template_wires_queue_worker_and_webhook() {
     assert!(
         worker_sqs.contains("sqs:ReceiveMessage") && worker_sqs.contains("{\"Fn::GetAtt\":[\"CopyQueue\",\"Arn\"]}")
     );
+    let dlq_statement = &r["WorkerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][1];
+    assert_eq!(dlq_statement["Action"], "sqs:SendMessage", "the worker dead-letters with the error");
+    assert_eq!(dlq_statement["Resource"], get_att("DeadLetterQueue", "Arn"), "only to the DLQ");
+    let env = &r["WorkerFunction"]["Properties"]["Environment"]["Variables"];
+    assert_eq!(env["RELAY_DLQ_URL"], json!({"Ref": "DeadLetterQueue"}));
+    assert_eq!(env["RELAY_QUEUE_URL"], json!({"Ref": "CopyQueue"}), "Globals merged");
     assert_eq!(r["WorkerFunction"]["Properties"]["Role"], get_att("WorkerRole", "Arn"));
 
     // Reconcile: an EventBridge schedule from the parameter, one sweep at a time.

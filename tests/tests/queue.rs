@@ -11,7 +11,7 @@ use relay::worker::Message;
 use relay::{bootstrap, Config, Task};
 use relay_tests::app::{fast_retry, unique_repo, ALL_TO_CLUSTER1};
 use relay_tests::stack::{create_queue_with_dlq, queue_depth};
-use relay_tests::{harbor_push_event, image, now, ImageKind, Stack};
+use relay_tests::{image, planned_tasks, ImageKind, Stack};
 use tokio::sync::oneshot;
 
 async fn worker(stack: &Stack, rules: &str) -> (Config, relay::worker::Worker) {
@@ -20,37 +20,31 @@ async fn worker(stack: &Stack, rules: &str) -> (Config, relay::worker::Worker) {
     (config, w)
 }
 
-fn tasks_for(config: &Config, stack: &Stack, kind: &str, repo: &str, tag: &str, digest: &str) -> Vec<Task> {
-    let body = harbor_push_event(kind, stack.source_host(), repo, Some(tag), digest, now());
-    let event =
-        relay::event::HarborEvent::parse(relay::event::Format::Default, body.as_bytes(), stack.source_host()).unwrap();
-    relay::plan::plan(config, &event, None, &mut || uuid()).tasks
-}
-
-fn uuid() -> String {
-    format!("{:x}", rand::random::<u64>())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bad_task_never_fails_its_neighbours() {
     let stack = Stack::load().unwrap();
     let (config, w) = worker(&stack, ALL_TO_CLUSTER1).await;
     let repo = unique_repo("batch");
     let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
-    let good = tasks_for(&config, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest).remove(0);
+    let good = planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest).remove(0);
     let mut future = serde_json::to_value(&good).unwrap();
     future["version"] = 2.into();
     let mut unknown_registry = good.clone();
     unknown_registry.destination.registry = "elsewhere".into();
     let batch = vec![
-        Message { id: "good".into(), body: good.encode() },
-        Message { id: "garbage".into(), body: "{not json".into() },
-        Message { id: "future".into(), body: future.to_string() },
-        Message { id: "nowhere".into(), body: unknown_registry.encode() },
+        Message { id: "good".into(), body: good.encode(), receive_count: 1 },
+        Message { id: "garbage".into(), body: "{not json".into(), receive_count: 1 },
+        Message { id: "future".into(), body: future.to_string(), receive_count: 1 },
+        Message { id: "nowhere".into(), body: unknown_registry.encode(), receive_count: 1 },
     ];
-    let mut failed = w.handle_batch(batch, None).await;
+    let mut failed: Vec<(String, String)> =
+        w.handle_batch(batch, None).await.into_iter().map(|f| (f.message.id, f.error)).collect();
     failed.sort();
-    assert_eq!(failed, ["future", "garbage", "nowhere"]);
+    let ids: Vec<&str> = failed.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(ids, ["future", "garbage", "nowhere"]);
+    assert!(failed[0].1.contains("version 2 is not supported"), "{}", failed[0].1);
+    assert!(failed[1].1.starts_with("undecodable task"), "{}", failed[1].1);
+    assert!(failed[2].1.contains("\"elsewhere\", which is not in this worker's configuration"), "{}", failed[2].1);
     assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_some(), "the good task ran");
 }
 
@@ -63,14 +57,15 @@ async fn poison_messages_reach_the_dlq_and_good_ones_are_deleted() {
     let (config, w) = worker(&stack, ALL_TO_CLUSTER1).await;
     let repo = unique_repo("dlq");
     let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
-    let good = tasks_for(&config, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest);
+    let good = planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest);
     let queue = TaskQueue::new(sqs.clone(), url.clone());
     queue.send(&good.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect::<Vec<_>>()).await.unwrap();
     sqs.send_message().queue_url(&url).message_body("{\"version\": 99}").send().await.unwrap();
 
+    let dead_letters = relay::dead_letter::DeadLetters::discover(&sqs, &url, None).await.expect("redrive policy");
     let (stop, rx) = oneshot::channel::<()>();
     let poller = tokio::spawn(async move {
-        relay::poller::poll(&queue, &w, async move {
+        relay::poller::poll(&queue, &w, Some(&dead_letters), async move {
             let _ = rx.await;
         })
         .await
@@ -87,8 +82,15 @@ async fn poison_messages_reach_the_dlq_and_good_ones_are_deleted() {
     }
     let _ = stop.send(());
     poller.await.unwrap();
-    let msg = sqs.receive_message().queue_url(&dlq).send().await.unwrap();
-    assert_eq!(msg.messages()[0].body(), Some("{\"version\": 99}"), "exactly the poison message");
+    let msg = sqs.receive_message().queue_url(&dlq).message_attribute_names("All").send().await.unwrap();
+    let m = &msg.messages()[0];
+    assert_eq!(m.body(), Some("{\"version\": 99}"), "exactly the poison message");
+    // Dead-lettered by the worker on its last (2nd) attempt, with the reason.
+    let attr =
+        |name: &str| m.message_attributes().and_then(|a| a.get(name)).and_then(|v| v.string_value()).map(str::to_owned);
+    assert_eq!(attr(relay::dead_letter::ATTEMPTS).as_deref(), Some("2"));
+    let error = attr(relay::dead_letter::LAST_ERROR).expect("last error attached");
+    assert!(error.contains("version 99 is not supported"), "{error}");
     assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_some());
 }
 
@@ -109,11 +111,11 @@ async fn duplicated_and_reordered_tasks_converge() {
 
     let mut tasks = Vec::new();
     for _ in 0..3 {
-        tasks.extend(tasks_for(&config, &stack, "PUSH_ARTIFACT", &repo, "keep", &keep.digest));
-        tasks.extend(tasks_for(&config, &stack, "PUSH_ARTIFACT", &repo, "gone", &gone.digest));
-        tasks.extend(tasks_for(&config, &stack, "DELETE_ARTIFACT", &repo, "gone", &gone.digest));
-        tasks.extend(tasks_for(&config, &stack, "PUSH_ARTIFACT", &repo, "moved", &old.digest));
-        tasks.extend(tasks_for(&config, &stack, "PUSH_ARTIFACT", &repo, "moved", &new.digest));
+        tasks.extend(planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "keep", &keep.digest));
+        tasks.extend(planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "gone", &gone.digest));
+        tasks.extend(planned_tasks(&config, &stack, "DELETE_ARTIFACT", &repo, "gone", &gone.digest));
+        tasks.extend(planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "moved", &old.digest));
+        tasks.extend(planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "moved", &new.digest));
     }
     tasks.shuffle(&mut rand::thread_rng());
     // Run them in two interleaved halves, as two workers would.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
+use relay::dead_letter::DeadLetters;
 use relay::registry::retry::RetryPolicy;
 use relay::worker::{Message, Worker};
 use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource};
@@ -20,27 +21,47 @@ async fn main() -> anyhow::Result<()> {
     let (sqs, secrets_manager) = bootstrap::aws_clients().await;
     let secrets = SecretSource::from_process(Some(secrets_manager));
     let worker = Arc::new(bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?);
+    let queue_url = std::env::var("RELAY_QUEUE_URL").ok();
+    // Failures on their last attempt are dead-lettered with their error
+    // (the queue's redrive policy says when; RELAY_DLQ_URL spares a lookup).
+    let dlq_url = std::env::var("RELAY_DLQ_URL").ok();
+    let dead_letters = match &queue_url {
+        Some(q) => DeadLetters::discover(&sqs, q, dlq_url.as_deref()).await.map(Arc::new),
+        None => None,
+    };
 
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        lambda_runtime::run(service_fn(move |event| batch(worker.clone(), event))).await.map_err(|e| anyhow::anyhow!(e))
+        lambda_runtime::run(service_fn(move |event| batch(worker.clone(), dead_letters.clone(), event)))
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
     } else {
-        let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
+        let queue_url = queue_url.context("RELAY_QUEUE_URL must be the copy queue's URL")?;
         tracing::info!(queue = %queue_url, "worker polling");
-        relay::poller::poll(&TaskQueue::new(sqs, queue_url), &worker, bootstrap::shutdown_signal()).await;
+        let queue = TaskQueue::new(sqs, queue_url);
+        relay::poller::poll(&queue, &worker, dead_letters.as_deref(), bootstrap::shutdown_signal()).await;
         Ok(())
     }
 }
 
 /// One SQS batch; failed messages are reported so only they come back.
-async fn batch(worker: Arc<Worker>, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+async fn batch(
+    worker: Arc<Worker>,
+    dead_letters: Option<Arc<DeadLetters>>,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, lambda_runtime::Error> {
     let deadline = Some(bootstrap::deadline_from_epoch_ms(event.context.deadline));
     let messages = event
         .payload
         .records
         .into_iter()
-        .map(|r| Message { id: r.message_id.unwrap_or_default(), body: r.body.unwrap_or_default() })
+        .map(|r| Message {
+            receive_count: r.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(0),
+            id: r.message_id.unwrap_or_default(),
+            body: r.body.unwrap_or_default(),
+        })
         .collect();
-    let failed = worker.handle_batch(messages, deadline).await;
+    let failures = worker.handle_batch(messages, deadline).await;
+    let failed = relay::dead_letter::settle(dead_letters.as_deref(), failures).await;
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failed
         .into_iter()

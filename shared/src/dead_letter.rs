@@ -1,0 +1,173 @@
+//! Dead-lettering with the reason attached. SQS's own redrive moves a
+//! message to the DLQ after `maxReceiveCount` receives, but carries nothing
+//! about why it failed, and the worker's logs may be long gone when an
+//! operator looks. So on a message's last attempt (receive count ≥ the
+//! queue's `maxReceiveCount`) the worker sends it to the DLQ itself with
+//! the error as message attributes and lets the original go; if that send
+//! fails, the message is reported failed as usual and SQS's redrive still
+//! moves it (without the reason). Nothing is lost either way; at worst a
+//! message exists in both queues, and tasks are idempotent.
+
+use std::collections::HashMap;
+
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName as Attr, SendMessageBatchRequestEntry};
+
+use crate::worker::Failure;
+
+/// Message attribute holding the last error (text, no secrets: errors name
+/// registries, paths and statuses only).
+pub const LAST_ERROR: &str = "RelayLastError";
+/// Message attribute holding how many times the task was tried.
+pub const ATTEMPTS: &str = "RelayAttempts";
+/// SQS caps a message's attributes with its body at 256 KiB; an error never
+/// needs more than this.
+const MAX_ERROR_CHARS: usize = 2048;
+
+/// A queue's redrive policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedrivePolicy {
+    pub dlq_url: String,
+    pub max_receive_count: u32,
+}
+
+/// Reads `queue_url`'s redrive policy; `None` when it has none. The DLQ's
+/// URL is `dlq_url` when given (the template passes it, sparing a
+/// `GetQueueUrl` permission), otherwise resolved from the policy's ARN.
+pub async fn redrive_policy(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    dlq_url: Option<&str>,
+) -> Result<Option<RedrivePolicy>, String> {
+    let sdk = |e: &dyn std::error::Error| aws_sdk_sqs::error::DisplayErrorContext(e).to_string();
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(Attr::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| sdk(&e))?;
+    let Some(policy) = out.attributes().and_then(|a| a.get(&Attr::RedrivePolicy)).cloned() else { return Ok(None) };
+    let v: serde_json::Value = serde_json::from_str(&policy).map_err(|e| format!("redrive policy: {e}"))?;
+    // SQS answers the count as a number; CloudFormation-made policies as a string.
+    let max_receive_count = match &v["maxReceiveCount"] {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+    .and_then(|n| u32::try_from(n).ok())
+    .ok_or("redrive policy without a valid maxReceiveCount")?;
+    let dlq_url = match dlq_url {
+        Some(u) => u.to_owned(),
+        None => {
+            let arn = v["deadLetterTargetArn"].as_str().ok_or("redrive policy without deadLetterTargetArn")?;
+            let name = arn.rsplit(':').next().unwrap_or_default();
+            let out = sqs.get_queue_url().queue_name(name).send().await.map_err(|e| sdk(&e))?;
+            out.queue_url().ok_or("GetQueueUrl answered no URL")?.to_owned()
+        }
+    };
+    Ok(Some(RedrivePolicy { dlq_url, max_receive_count }))
+}
+
+/// The ids to report failed: every failure, minus those `dead_letters`
+/// (when there is a DLQ) moved on their last attempt.
+pub async fn settle(dead_letters: Option<&DeadLetters>, failures: Vec<Failure>) -> Vec<String> {
+    match dead_letters {
+        Some(d) => d.settle(failures).await,
+        None => failures.into_iter().map(|f| f.message.id).collect(),
+    }
+}
+
+/// Sends failed messages on their last attempt to the DLQ with their error.
+pub struct DeadLetters {
+    sqs: aws_sdk_sqs::Client,
+    policy: RedrivePolicy,
+}
+
+impl DeadLetters {
+    pub fn new(sqs: aws_sdk_sqs::Client, policy: RedrivePolicy) -> Self {
+        DeadLetters { sqs, policy }
+    }
+
+    /// Looks up `queue_url`'s redrive policy. Without one (or when it
+    /// cannot be read) there is nothing to annotate: `None`, logged.
+    pub async fn discover(sqs: &aws_sdk_sqs::Client, queue_url: &str, dlq_url: Option<&str>) -> Option<Self> {
+        match redrive_policy(sqs, queue_url, dlq_url).await {
+            Ok(Some(policy)) => Some(DeadLetters::new(sqs.clone(), policy)),
+            Ok(None) => {
+                tracing::info!(queue = %queue_url, "the queue has no redrive policy; failed tasks are retried until they expire");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(queue = %queue_url, error = %e, "cannot read the queue's redrive policy; SQS dead-letters without the last error");
+                None
+            }
+        }
+    }
+
+    /// Dead-letters the failures on their last attempt; returns the ids of
+    /// the messages that must still be reported failed.
+    pub async fn settle(&self, failures: Vec<Failure>) -> Vec<String> {
+        let (last, others): (Vec<Failure>, Vec<Failure>) =
+            failures.into_iter().partition(|f| f.message.receive_count >= self.policy.max_receive_count);
+        let mut still_failed: Vec<String> = others.into_iter().map(|f| f.message.id).collect();
+        for chunk in last.chunks(10) {
+            still_failed.extend(self.send(chunk).await);
+        }
+        still_failed
+    }
+
+    /// One `SendMessageBatch`; returns the ids that did not reach the DLQ.
+    async fn send(&self, failures: &[Failure]) -> Vec<String> {
+        let attr = |data_type: &str, value: String| {
+            MessageAttributeValue::builder()
+                .data_type(data_type)
+                .string_value(value)
+                .build()
+                .expect("type and value set")
+        };
+        let entries: Vec<_> = failures
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let error: String = f.error.chars().take(MAX_ERROR_CHARS).collect();
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(&f.message.body)
+                    .message_attributes(LAST_ERROR, attr("String", error))
+                    .message_attributes(ATTEMPTS, attr("Number", f.message.receive_count.to_string()))
+                    .build()
+                    .expect("id and body set")
+            })
+            .collect();
+        let all_ids = || failures.iter().map(|f| f.message.id.clone()).collect();
+        let out = match self
+            .sqs
+            .send_message_batch()
+            .queue_url(&self.policy.dlq_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot dead-letter; SQS's redrive will move the messages");
+                return all_ids();
+            }
+        };
+        let failed: HashMap<&str, &str> = out.failed().iter().map(|f| (f.id(), f.code())).collect();
+        failures
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| match failed.get(i.to_string().as_str()) {
+                Some(code) => {
+                    tracing::warn!(message_id = %f.message.id, code, "cannot dead-letter this message; SQS's redrive will move it");
+                    Some(f.message.id.clone())
+                }
+                None => {
+                    tracing::warn!(message_id = %f.message.id, attempts = f.message.receive_count, error = %f.error, "task dead-lettered after its last attempt");
+                    None
+                }
+            })
+            .collect()
+    }
+}
