@@ -73,11 +73,14 @@ pub struct WorkerSettings {
     /// seconds remain: the message fails and SQS redelivers it, and the
     /// blobs already copied are skipped next time.
     pub deadline_margin_seconds: u64,
+    /// Signatures, SBOMs and attestations follow their artifact (as
+    /// Harbor's replication copies accessories). Off: the artifact only.
+    pub referrers: bool,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        WorkerSettings { blob_concurrency: 4, task_concurrency: 4, deadline_margin_seconds: 15 }
+        WorkerSettings { blob_concurrency: 4, task_concurrency: 4, deadline_margin_seconds: 15, referrers: true }
     }
 }
 

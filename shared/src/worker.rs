@@ -227,6 +227,7 @@ impl Worker {
             ledger: &destination.ledger,
             throttle: task.options.bandwidth_kbps.map(|k| Arc::new(Throttle::from_kbps(k))),
             stop_at: deadline.map(|d| d - Duration::from_secs(self.settings.deadline_margin_seconds)),
+            referrers: self.settings.referrers,
         };
         Ok(copier.run(task).await?)
     }

@@ -35,6 +35,8 @@ pub enum Op {
     /// Harbor's paginated lists: projects, repositories, artifacts, an
     /// artifact's tags.
     HarborList,
+    /// OCI 1.1 `GET /v2/<name>/referrers/<digest>` (404 unless enabled).
+    Referrers,
     Other,
 }
 
@@ -70,6 +72,8 @@ struct Store {
     /// Some(valid tokens) when Bearer auth is on.
     tokens: Option<Vec<String>>,
     mount_202: bool,
+    /// Serve the referrers API and answer `OCI-Subject` on pushes.
+    referrers_api: bool,
     /// (repo, digest) → Harbor labels.
     labels: HashMap<(String, String), Vec<String>>,
     /// Requests that carried an Authorization header.
@@ -144,6 +148,11 @@ impl FakeRegistry {
         m.insert(reference.to_owned(), (media_type.to_owned(), bytes.clone()));
         m.insert(d.clone(), (media_type.to_owned(), bytes));
         d
+    }
+
+    /// Serve OCI 1.1's referrers API (and `OCI-Subject` on manifest pushes).
+    pub fn enable_referrers_api(&self) {
+        self.store.lock().unwrap().referrers_api = true;
     }
 
     /// Harbor labels of `repo@digest` (what the Harbor API answers).
@@ -250,10 +259,38 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
                     return (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").into_response();
                 }
             }
+            let subject = v["subject"]["digest"].as_str().filter(|_| s.referrers_api).map(str::to_owned);
             let m = s.manifests.entry(repo).or_default();
             m.insert(rest, (mt.clone(), body.clone()));
             m.insert(digest.clone(), (mt, body));
-            (StatusCode::CREATED, [("docker-content-digest", digest)]).into_response()
+            let mut h = HeaderMap::new();
+            h.insert("docker-content-digest", digest.parse().unwrap());
+            if let Some(subject) = subject {
+                h.insert("oci-subject", subject.parse().unwrap());
+            }
+            (StatusCode::CREATED, h).into_response()
+        }
+        Op::Referrers => {
+            if !s.referrers_api {
+                return status(404);
+            }
+            let mut found: Vec<serde_json::Value> = s
+                .manifests
+                .get(&repo)
+                .into_iter()
+                .flatten()
+                .filter(|(r, _)| r.starts_with("sha256:"))
+                .filter_map(|(d, (mt, b))| {
+                    let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+                    (v["subject"]["digest"].as_str() == Some(rest.as_str())).then(|| {
+                        let t = v["artifactType"].as_str().or(v["config"]["mediaType"].as_str()).unwrap_or_default();
+                        serde_json::json!({"mediaType": mt, "digest": d, "size": b.len(), "artifactType": t})
+                    })
+                })
+                .collect();
+            found.sort_by_key(|v| v["digest"].as_str().unwrap_or_default().to_owned());
+            let body = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": found});
+            ([("content-type", "application/vnd.oci.image.index.v1+json")], body.to_string()).into_response()
         }
         Op::HeadBlob | Op::GetBlob => {
             let Some(bytes) =
@@ -436,6 +473,7 @@ fn classify(method: &Method, path: &str) -> (Op, String, String) {
     for (marker, get, head, put, post) in [
         ("/blobs/uploads/", Op::Other, Op::Other, Op::PutUpload, Op::StartUpload),
         ("/manifests/", Op::GetManifest, Op::HeadManifest, Op::PutManifest, Op::Other),
+        ("/referrers/", Op::Referrers, Op::Other, Op::Other, Op::Other),
         ("/blobs/", Op::GetBlob, Op::HeadBlob, Op::Other, Op::Other),
     ] {
         if let Some(i) = rest.find(marker) {

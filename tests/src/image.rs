@@ -131,3 +131,57 @@ pub async fn push(
     image.media_type = index_type.to_owned();
     Ok(image)
 }
+
+/// An OCI 1.1 artifact manifest pointing at `subject` (a signature, SBOM or
+/// attestation): an empty config, one layer of `content`, `artifactType`
+/// and the `subject` descriptor. Pushed by digest, or under `tag` (the
+/// cosign tag schema). Returns the manifest's digest and its bytes.
+pub async fn push_referrer(
+    registry: &PlainRegistry,
+    repository: &str,
+    subject: &str,
+    artifact_type: &str,
+    content: &[u8],
+    tag: Option<&str>,
+) -> anyhow::Result<(String, Vec<u8>)> {
+    let (subject_type, subject_bytes) = registry
+        .get_manifest(repository, subject)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("subject {subject} not in {repository}"))?;
+    let empty = registry.put_blob(repository, bytes::Bytes::from_static(b"{}")).await?;
+    let layer = registry.put_blob(repository, bytes::Bytes::copy_from_slice(content)).await?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": { "mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2 },
+        "layers": [{ "mediaType": artifact_type, "digest": layer, "size": content.len() }],
+        "subject": { "mediaType": subject_type, "digest": subject, "size": subject_bytes.len() },
+        "annotations": { "org.opencontainers.image.created": "2026-11-25T00:00:00Z" },
+    });
+    let bytes = serde_json::to_vec(&manifest)?;
+    let digest = crate::plain::sha256(&bytes);
+    registry.put_manifest(repository, tag.unwrap_or(&digest), OCI_MANIFEST, &bytes).await?;
+    Ok((digest, bytes))
+}
+
+/// The OCI 1.1 fallback for registries without the referrers API: the
+/// index tagged `sha256-<hex>` of `subject` listing `referrers` (digest,
+/// bytes), as a client like oras maintains it. Returns its digest.
+pub async fn push_fallback_index(
+    registry: &PlainRegistry,
+    repository: &str,
+    subject: &str,
+    referrers: &[(String, Vec<u8>)],
+) -> anyhow::Result<String> {
+    let manifests: Vec<_> = referrers
+        .iter()
+        .map(|(d, b)| {
+            let v: serde_json::Value = serde_json::from_slice(b).unwrap_or_default();
+            serde_json::json!({ "mediaType": OCI_MANIFEST, "digest": d, "size": b.len(), "artifactType": v["artifactType"] })
+        })
+        .collect();
+    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
+    let bytes = serde_json::to_vec(&index)?;
+    registry.put_manifest(repository, &subject.replacen(':', "-", 1), OCI_INDEX, &bytes).await
+}

@@ -40,6 +40,18 @@ pub struct RegistryClient {
     /// Requests sent to this registry (token requests excluded): for
     /// metrics and the request budgets of the benchmarks.
     requests: std::sync::atomic::AtomicU64,
+    /// Whether the referrers API answered 404 once ([`REFERRERS_API_ABSENT`]).
+    referrers_api: std::sync::atomic::AtomicU8,
+}
+
+const REFERRERS_API_ABSENT: u8 = 1;
+
+/// What a manifest push told us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// The registry answered `OCI-Subject`: it lists the manifest among its
+    /// subject's referrers itself (no fallback tag needed).
+    pub subject_indexed: bool,
 }
 
 #[derive(Default)]
@@ -125,6 +137,7 @@ impl RegistryClient {
             auth: Mutex::new(AuthState::default()),
             retry: options.retry,
             requests: Default::default(),
+            referrers_api: Default::default(),
         })
     }
 
@@ -309,12 +322,14 @@ impl RegistryClient {
     }
 
     /// Pushes manifest bytes unchanged under `reference` (a tag or its digest).
+    /// The answer tells whether the registry indexed the manifest's
+    /// `subject` (the `OCI-Subject` header of OCI 1.1).
     pub async fn put_manifest(
         &self,
         repo: &RepositoryPath,
         reference: &str,
         m: &Manifest,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Pushed, RegistryError> {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, header_value(m.push_type()));
@@ -325,7 +340,62 @@ impl RegistryClient {
                 return Err(self.protocol(format!("pushed manifest {} but the registry stored {d}", m.digest)));
             }
         }
-        Ok(())
+        Ok(Pushed { subject_indexed: resp.headers().contains_key("oci-subject") })
+    }
+
+    /// The referrers of `repo@digest` through the OCI 1.1 referrers API
+    /// (following `Link` pages); `None` when the registry has no such API
+    /// (404 — remembered, so later tasks ask the tag schema straight away).
+    pub async fn referrers(
+        &self,
+        repo: &RepositoryPath,
+        digest: &Digest,
+    ) -> Result<Option<Vec<manifest::Descriptor>>, RegistryError> {
+        if self.referrers_api.load(std::sync::atomic::Ordering::Relaxed) == REFERRERS_API_ABSENT {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        let mut next = Some(self.url(&format!("/v2/{repo}/referrers/{digest}")));
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            let mut headers = HeaderMap::new();
+            headers.insert(ACCEPT, header_value(manifest::OCI_INDEX));
+            let resp = self.execute(Method::GET, url.clone(), &self.scope(repo), headers, None).await?;
+            if resp.status() == StatusCode::NOT_FOUND && pages == 0 {
+                self.referrers_api.store(REFERRERS_API_ABSENT, std::sync::atomic::Ordering::Relaxed);
+                return Ok(None);
+            }
+            let resp = self.expect(resp, &[StatusCode::OK]).await?;
+            if let Some(link) = header_str(resp.headers(), "link") {
+                let target = link.split(';').next().unwrap_or("").trim().trim_start_matches('<').trim_end_matches('>');
+                let joined = url.join(target).map_err(|e| self.protocol(format!("bad Link header: {e}")))?;
+                if !self.same_origin(&joined) {
+                    return Err(self.protocol("Link header points at another host".into()));
+                }
+                next = Some(joined);
+            }
+            let body = resp.bytes().await.map_err(|e| self.transport(&Method::GET, url.path(), &e))?;
+            if body.len() > manifest::MAX_MANIFEST_BYTES {
+                return Err(RegistryError::TooLarge {
+                    registry: self.name.clone(),
+                    reference: format!("referrers of {digest}"),
+                    limit: manifest::MAX_MANIFEST_BYTES,
+                });
+            }
+            #[derive(serde::Deserialize)]
+            struct Index {
+                #[serde(default)]
+                manifests: Vec<manifest::Descriptor>,
+            }
+            let index: Index = serde_json::from_slice(&body)
+                .map_err(|e| self.protocol(format!("referrers of {digest}: not an image index: {e}")))?;
+            out.extend(index.manifests);
+            pages += 1;
+            if pages >= manifest::MAX_REFERRER_PAGES {
+                return Err(self.protocol(format!("referrers of {digest}: more than {pages} pages")));
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Deletes a manifest by digest. `Ok(false)` when it was not there.

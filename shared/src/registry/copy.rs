@@ -70,6 +70,19 @@ pub struct CopyReport {
     pub tags_pushed: Vec<Tag>,
     /// Tags left alone because they point elsewhere and override is off.
     pub tags_skipped: Vec<Tag>,
+    /// Signatures, SBOMs, attestations copied along (manifests).
+    pub referrers_copied: u64,
+}
+
+impl CopyReport {
+    /// Adds what copying one manifest tree moved.
+    fn add(&mut self, c: Counters) {
+        self.bytes += c.bytes.into_inner();
+        self.blobs_copied += c.copied.into_inner();
+        self.blobs_skipped += c.skipped.into_inner();
+        self.blobs_mounted += c.mounted.into_inner();
+        self.retries += c.retries.into_inner();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +121,8 @@ pub struct Copier<'a> {
     /// No blob is started after this instant (the Lambda deadline minus a
     /// margin); the task fails and is redelivered, keeping what it copied.
     pub stop_at: Option<std::time::Instant>,
+    /// Copy the artifact's referrers too (`worker.referrers`).
+    pub referrers: bool,
 }
 
 /// Everything below the root that must reach the destination.
@@ -136,7 +151,20 @@ impl Copier<'_> {
         }
     }
 
+    /// The artifact, then (once it is at the destination) its referrers.
     async fn copy(&self, task: &Task) -> Result<CopyReport, CopyError> {
+        let mut report = self.copy_subject(task).await?;
+        if self.referrers && matches!(report.outcome, Some(Outcome::Copied | Outcome::AlreadyPresent)) {
+            let (src, dst) = (&task.source.repository, &task.destination.repository);
+            self.copy_referrers(src, dst, &task.source.digest, task.options.override_existing, &mut report).await?;
+            if report.referrers_copied > 0 {
+                report.outcome = Some(Outcome::Copied);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn copy_subject(&self, task: &Task) -> Result<CopyReport, CopyError> {
         let (src_repo, digest) = (&task.source.repository, &task.source.digest);
         let dst_repo = &task.destination.repository;
         let mut report = CopyReport::default();
@@ -194,18 +222,7 @@ impl Copier<'_> {
         let root = self.source.get_manifest(src_repo, &digest.to_string(), Some(digest)).await?;
         let _one_push_at_a_time = self.ledger.manifest_lock(digest).await;
         if !present {
-            let mut tree = Tree::default();
-            self.gather(src_repo, dst_repo, &root, &mut tree).await?;
-            let counters = self.copy_blobs(src_repo, dst_repo, tree.blobs.into_values()).await?;
-            report.bytes = counters.bytes.into_inner();
-            report.blobs_copied = counters.copied.into_inner();
-            report.blobs_skipped = counters.skipped.into_inner();
-            report.blobs_mounted = counters.mounted.into_inner();
-            report.retries = counters.retries.into_inner();
-            for child in &tree.children {
-                self.destination.put_manifest(dst_repo, &child.digest.to_string(), child).await?;
-                report.manifests_pushed += 1;
-            }
+            self.copy_below(src_repo, dst_repo, &root, &mut report).await?;
         }
         // The root goes up under its first tag (the registry indexes it by
         // digest too), or by digest when the push had no tag.
@@ -224,6 +241,25 @@ impl Copier<'_> {
         }
         report.outcome = Some(Outcome::Copied);
         Ok(report)
+    }
+
+    /// Everything `root` needs at the destination before it can be pushed:
+    /// its blobs, then its missing children (children first).
+    pub(super) async fn copy_below(
+        &self,
+        src_repo: &RepositoryPath,
+        dst_repo: &RepositoryPath,
+        root: &Manifest,
+        report: &mut CopyReport,
+    ) -> Result<(), CopyError> {
+        let mut tree = Tree::default();
+        self.gather(src_repo, dst_repo, root, &mut tree).await?;
+        report.add(self.copy_blobs(src_repo, dst_repo, tree.blobs.into_values()).await?);
+        for child in &tree.children {
+            self.destination.put_manifest(dst_repo, &child.digest.to_string(), child).await?;
+            report.manifests_pushed += 1;
+        }
+        Ok(())
     }
 
     async fn delete(&self, task: &Task) -> Result<CopyReport, CopyError> {

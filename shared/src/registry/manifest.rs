@@ -19,6 +19,9 @@ pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/v
 /// Largest manifest we accept (distribution's own limit is 4 MiB).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// Pages of one referrers listing we follow before calling it hostile.
+pub const MAX_REFERRER_PAGES: usize = 100;
+
 /// A content descriptor (`mediaType`, `digest`, `size`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -6,9 +6,10 @@ pub mod client;
 pub mod copy;
 pub mod ledger;
 pub mod manifest;
+pub mod referrers;
 pub mod retry;
 pub mod throttle;
 
 pub use auth::Credentials;
-pub use client::{ClientOptions, RegistryClient, RegistryError, Role};
+pub use client::{ClientOptions, Pushed, RegistryClient, RegistryError, Role};
 pub use copy::{Copier, CopyError, CopyReport, Outcome};

@@ -156,7 +156,7 @@ pub async fn run() -> anyhow::Result<()> {
     let again = measure(relay_once(&config, &repo, "v1", &format!("relay-{id}/big")))?;
     let r: serde_json::Value = serde_json::from_str(again.stdout.trim())?;
     println!(
-        "Re-replicating the same image: outcome `{}`, {} requests in all ({} source + {} destination, HEAD only), {:.1} ms inside the worker, {:.0} ms for the whole process.\n",
+        "Re-replicating the same image: outcome `{}`, {} requests in all ({} source + {} destination; no manifest or blob GET), {:.1} ms inside the worker, {:.0} ms for the whole process.\n",
         r["outcome"].as_str().unwrap_or("?"),
         r["src_requests"].as_u64().unwrap_or(0) + r["dst_requests"].as_u64().unwrap_or(0),
         r["src_requests"],
