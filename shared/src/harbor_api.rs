@@ -44,6 +44,9 @@ pub struct ListedArtifact {
     pub digest: Digest,
     pub tags: Vec<Tag>,
     pub labels: Vec<String>,
+    /// Digests of its accessories (cosign/notation signatures, SBOMs…),
+    /// which the worker copies along as referrers.
+    pub accessories: Vec<Digest>,
 }
 
 /// Harbor answers at most this many entries per page.
@@ -62,6 +65,13 @@ struct Artifact {
     tags: Option<Vec<Named>>,
     #[serde(default)]
     labels: Option<Vec<Named>>,
+    #[serde(default)]
+    accessories: Option<Vec<Accessory>>,
+}
+
+#[derive(Deserialize)]
+struct Accessory {
+    digest: String,
 }
 
 #[derive(Deserialize)]
@@ -115,7 +125,8 @@ impl HarborApi {
     /// The artifacts of `repository` with their tags and labels.
     pub async fn artifacts(&self, repository: &RepositoryPath) -> Result<Vec<ListedArtifact>, HarborApiError> {
         let path = format!("{}/artifacts", repository_path(repository));
-        let listed: Vec<Artifact> = self.paged(&path, &[("with_tag", "true"), ("with_label", "true")]).await?;
+        let query = [("with_tag", "true"), ("with_label", "true"), ("with_accessory", "true")];
+        let listed: Vec<Artifact> = self.paged(&path, &query).await?;
         let mut out = Vec::with_capacity(listed.len());
         for a in listed {
             let Some(digest) = a.digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) else {
@@ -126,7 +137,9 @@ impl HarborApi {
             if tags.len() >= EMBEDDED_TAGS_TRUSTED_BELOW {
                 tags = self.artifact_tags(repository, &digest).await?;
             }
-            out.push(ListedArtifact { digest, tags, labels: names(a.labels) });
+            let accessories =
+                a.accessories.unwrap_or_default().into_iter().filter_map(|x| x.digest.parse().ok()).collect();
+            out.push(ListedArtifact { digest, tags, labels: names(a.labels), accessories });
         }
         Ok(out)
     }

@@ -49,6 +49,9 @@ struct Listed {
     digest: Option<Digest>,
     /// The artifact's labels when Harbor's API listed it.
     labels: Option<Vec<String>>,
+    /// Its accessories' digests when Harbor's API listed it: a destination
+    /// in sync on the tag but missing one gets a task (which copies them).
+    accessories: Vec<Digest>,
 }
 
 /// Tags checked at the same time within a repository.
@@ -158,18 +161,23 @@ impl<'a> Reconciler<'a> {
     async fn list(&self, repo: &RepositoryPath) -> Result<Vec<Listed>, ReconcileError> {
         let Some(api) = self.harbor else {
             let tags = self.source.tags_paged(repo, self.page_size).await?;
-            return Ok(tags.into_iter().map(|t| Listed { tag: Some(t), digest: None, labels: None }).collect());
+            return Ok(tags
+                .into_iter()
+                .map(|t| Listed { tag: Some(t), digest: None, labels: None, accessories: Vec::new() })
+                .collect());
         };
         let mut listed = Vec::new();
         for a in api.artifacts(repo).await? {
-            let labels = Some(a.labels);
+            let entry = |tag| Listed {
+                tag,
+                digest: Some(a.digest.clone()),
+                labels: Some(a.labels.clone()),
+                accessories: a.accessories.clone(),
+            };
             if a.tags.is_empty() {
-                listed.push(Listed { tag: None, digest: Some(a.digest), labels });
-                continue;
+                listed.push(entry(None));
             }
-            for tag in a.tags {
-                listed.push(Listed { tag: Some(tag), digest: Some(a.digest.clone()), labels: labels.clone() });
-            }
+            listed.extend(a.tags.iter().map(|t| entry(Some(t.clone()))));
         }
         Ok(listed)
     }
@@ -190,13 +198,39 @@ impl<'a> Reconciler<'a> {
         for task in plan(self.config, &event, entry.labels.as_deref(), &mut new_id).tasks {
             let Some(dst) = self.destinations.get(&task.destination.registry) else { continue };
             let reference = entry.tag.as_ref().map_or_else(|| digest.to_string(), |t| t.as_str().to_owned());
-            match dst.client.head_manifest(&task.destination.repository, &reference).await? {
-                Some(d) if d == digest => in_sync += 1,
+            let dst_repo = &task.destination.repository;
+            match dst.client.head_manifest(dst_repo, &reference).await? {
+                Some(d) if d == digest => {
+                    if self.accessories_present(&dst.client, dst_repo, &entry.accessories).await? {
+                        in_sync += 1;
+                    } else {
+                        tasks.push(task);
+                    }
+                }
                 Some(_) if !task.options.override_existing => in_sync += 1,
                 _ => tasks.push(task),
             }
         }
         Ok(Some((in_sync, tasks)))
+    }
+
+    /// Whether the destination holds every accessory (HEAD by digest);
+    /// always true when the worker does not copy referrers.
+    async fn accessories_present(
+        &self,
+        client: &RegistryClient,
+        repo: &RepositoryPath,
+        accessories: &[Digest],
+    ) -> Result<bool, RegistryError> {
+        if !self.config.worker.referrers {
+            return Ok(true);
+        }
+        for a in accessories {
+            if client.head_manifest(repo, &a.to_string()).await?.as_ref() != Some(a) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     async fn repository(&self, repo: &RepositoryPath, pass: &mut Pass) -> Result<(), ReconcileError> {

@@ -426,15 +426,28 @@ fn harbor_list(s: &Store, path: &str, q: &HashMap<String, String>) -> Response {
                         .flat_map(|v| v["manifests"].as_array().cloned().unwrap_or_default())
                         .filter_map(|c| c["digest"].as_str().map(str::to_owned))
                         .collect();
-                    let mut digests: Vec<&String> =
-                        m.keys().filter(|r| r.starts_with("sha256:") && !children.contains(*r)).collect();
+                    // Manifests with a `subject` are accessories of it, not artifacts.
+                    let subject_of = |d: &String| {
+                        let (_, b) = &m[d];
+                        let v: serde_json::Value = serde_json::from_slice(b).unwrap_or_default();
+                        v["subject"]["digest"].as_str().map(str::to_owned)
+                    };
+                    let mut digests: Vec<&String> = m
+                        .keys()
+                        .filter(|r| r.starts_with("sha256:") && !children.contains(*r) && subject_of(r).is_none())
+                        .collect();
                     digests.sort();
                     digests
                         .into_iter()
                         .map(|d| {
                             let labels = s.labels.get(&(repo.clone(), d.clone())).cloned().unwrap_or_default();
                             let labels: Vec<_> = labels.iter().map(|l| named(l)).collect();
-                            serde_json::json!({ "digest": d, "tags": tags_of(d), "labels": labels })
+                            let accessories: Vec<_> = m
+                                .keys()
+                                .filter(|r| r.starts_with("sha256:") && subject_of(r).as_ref() == Some(d))
+                                .map(|a| serde_json::json!({ "digest": a, "type": "signature.cosign" }))
+                                .collect();
+                            serde_json::json!({ "digest": d, "tags": tags_of(d), "labels": labels, "accessories": accessories })
                         })
                         .collect()
                 }

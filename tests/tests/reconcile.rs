@@ -214,6 +214,7 @@ async fn harbor_api_listing_applies_labels_and_pages() {
     use relay_tests::fake::{FakeRegistry, Op};
     let stack = Stack::load().unwrap();
     let harbor = FakeRegistry::start(false).await;
+    harbor.enable_referrers_api();
     let src = relay_tests::PlainRegistry::new(&harbor.url, None);
     let target = stack.target();
     let p = project();
@@ -275,4 +276,18 @@ async fn harbor_api_listing_applies_labels_and_pages() {
     apply(&worker, &second).await;
     assert_eq!(digest_at(&target, &app, "v2").await.as_deref(), Some(b.digest.as_str()));
     assert!(pass(&config, &worker, 1000).await.tasks.is_empty(), "converged");
+
+    // An accessory (a signature) attached later in Harbor: the tag is in
+    // sync, the accessory is missing at the destination → a task, whose
+    // copy brings the referrer.
+    let (sig, _) =
+        image::push_referrer(&src, &app, &b.digest, "application/vnd.dev.cosign.simplesigning.v1+json", b"sig", None)
+            .await
+            .unwrap();
+    let third = pass(&config, &worker, 1000).await;
+    assert_eq!(summary(&third), vec![(Action::Copy, app.clone(), "v2".into())]);
+    assert_eq!(third.tags_checked, 105 + 1 + 100 + 1, "the accessory is not an artifact of its own");
+    apply(&worker, &third).await;
+    assert_eq!(digest_at(&target, &app, &sig).await.as_deref(), Some(sig.as_str()));
+    assert!(pass(&config, &worker, 1000).await.tasks.is_empty(), "converged with the accessory");
 }
