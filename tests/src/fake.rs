@@ -55,6 +55,8 @@ pub enum Fault {
     ExpireTokens,
     /// Serve the blob with extra bytes past its descriptor's size.
     Longer,
+    /// A body without Content-Length that never ends (manifest or blob).
+    Endless,
     /// Answer 307 to this URL (storage redirects, as S3-backed registries do).
     RedirectTo(String),
 }
@@ -243,6 +245,9 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
                 let mut h = HeaderMap::new();
                 h.insert("content-type", mt.parse().unwrap());
                 h.insert("docker-content-digest", sha256(bytes).parse().unwrap());
+                if op == Op::GetManifest && matches!(fault, Some(Fault::Endless)) {
+                    return (h, endless()).into_response();
+                }
                 h.insert("content-length", bytes.len().into());
                 let b = if op == Op::GetManifest { Body::from(bytes.clone()) } else { Body::empty() };
                 (h, b).into_response()
@@ -321,6 +326,10 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
                     });
                     (h, Body::from_stream(s)).into_response()
                 }
+                Some(Fault::Endless) => {
+                    h.remove("content-length");
+                    (h, endless()).into_response()
+                }
                 Some(Fault::Longer) => {
                     let mut v = bytes.to_vec();
                     v.extend_from_slice(b"and some more bytes than the descriptor says");
@@ -385,6 +394,12 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
         }
         Op::HarborList => harbor_list(&s, &path, &q),
     }
+}
+
+/// 64 KiB pieces forever.
+fn endless() -> Body {
+    let piece = Bytes::from(vec![b'x'; 64 * 1024]);
+    Body::from_stream(stream::repeat_with(move || Ok::<_, std::io::Error>(piece.clone())))
 }
 
 /// Harbor's list endpoints over the store, paginated with `page` (from 1)

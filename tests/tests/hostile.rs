@@ -102,6 +102,42 @@ async fn an_oversized_manifest_is_refused() {
     assert!(!dst.has_manifest(&repo, "v1"));
 }
 
+/// A source whose manifest or blob body never ends: the manifest read
+/// stops at the size limit, the blob stream at its descriptor's size; the
+/// task fails in bounded time and nothing is pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_ending_body_fails_the_task_in_bounded_time() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("endless");
+    let img =
+        image::push(&PlainRegistry::new(&src.url, None), &repo, "v1", ImageKind::OciImage, 1, 8192).await.unwrap();
+    let w = worker(&src.url, &dst.url, false).await;
+
+    src.inject(Op::GetManifest, Fault::Endless, 100);
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(std::time::Duration::from_secs(30), w.run(&task(&repo, &img.digest)))
+        .await
+        .expect("bounded")
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(!dst.has_manifest(&repo, "v1"));
+
+    let src2 = FakeRegistry::start(false).await;
+    let img2 =
+        image::push(&PlainRegistry::new(&src2.url, None), &repo, "v1", ImageKind::OciImage, 1, 8192).await.unwrap();
+    src2.inject(Op::GetBlob, Fault::Endless, 100);
+    let w2 = worker(&src2.url, &dst.url, false).await;
+    let result = tokio::time::timeout(std::time::Duration::from_secs(30), w2.run(&task(&repo, &img2.digest)))
+        .await
+        .expect("bounded");
+    assert!(result.is_err(), "an endless blob must fail the task");
+    assert!(!dst.has_manifest(&repo, "v1"), "no manifest pushed");
+    for b in &img2.blobs {
+        assert!(!dst.has_blob(&repo, b), "no endless blob stored");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_longer_than_its_descriptor_is_not_pushed() {
     let stack = Stack::load().unwrap();
