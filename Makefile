@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 INFRA_BIN := $(CURDIR)/.local/venv-infra/bin
 
-.PHONY: help demo test bench fuzz build build-local deploy stack-up stack-down stack-status install fmt lint clean
+.PHONY: help demo test soak bench fuzz build build-local deploy stack-up stack-down stack-status install fmt lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -14,6 +14,9 @@ demo: ## Run the whole pipeline locally end to end (installs, starts and stops t
 
 test: ## Run every test: unit + end-to-end against LocalStack and real registries
 	scripts/test.sh
+
+soak: ## Soak suite: 200 pushes, 3 destinations, injected faults (see RELIABILITY.md)
+	scripts/soak.sh
 
 bench: ## Performance figures (release build, local stack; see BENCHMARKS.md)
 	scripts/bench.sh

@@ -8,6 +8,8 @@ pub mod app;
 pub mod fake;
 pub mod image;
 pub mod plain;
+pub mod proxy;
+pub mod soak;
 pub mod stack;
 
 pub use image::{GeneratedImage, ImageKind};

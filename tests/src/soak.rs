@@ -1,0 +1,515 @@
+//! The soak run behind `make soak` (200 pushes) and its short version in
+//! `make test`: many image pushes through the real path — Harbor events to
+//! the `webhook` binary → LocalStack SQS → the `worker` binary → three
+//! destinations (the real target registry and two fake registries that
+//! answer 503 bursts and 429 with Retry-After) — while faults are injected:
+//! connections from the worker to the source reset mid-response, SQS
+//! unreachable for a while through a proxy that is cut (the webhook must
+//! answer 503 and the event be delivered again, as Harbor does), the worker
+//! killed with SIGKILL mid-run and restarted, and poison messages on the
+//! queue. At the end every destination must equal the source for every
+//! image, digest by digest, and the DLQ must hold exactly the poison.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+
+use crate::fake::{FakeRegistry, Fault, Op};
+use crate::image::{self, ImageKind};
+use crate::plain::PlainRegistry;
+use crate::proxy::Proxy;
+use crate::stack::{create_queue_with_dlq, queue_depth};
+use crate::{harbor_push_event, now, workspace_binary, Stack};
+
+/// How big a run is.
+#[derive(Debug, Clone)]
+pub struct SoakParams {
+    pub pushes: usize,
+    /// This many of the pushes carry one large layer of `large_mib` MiB.
+    pub large: usize,
+    pub large_mib: usize,
+    /// How long SQS is unreachable.
+    pub sqs_cut: Duration,
+    /// Poison messages put on the queue, which must end in the DLQ.
+    pub poison: usize,
+    /// The run fails if it has not converged by then.
+    pub deadline: Duration,
+}
+
+impl SoakParams {
+    /// The `make soak` run.
+    pub fn full() -> Self {
+        SoakParams {
+            pushes: 200,
+            large: 4,
+            large_mib: 32,
+            sqs_cut: Duration::from_secs(20),
+            poison: 3,
+            deadline: Duration::from_secs(900),
+        }
+    }
+
+    /// The version in `make test`.
+    pub fn short() -> Self {
+        SoakParams {
+            pushes: 24,
+            large: 1,
+            large_mib: 4,
+            sqs_cut: Duration::from_secs(5),
+            poison: 2,
+            deadline: Duration::from_secs(240),
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Default)]
+pub struct SoakReport {
+    pub pushes: usize,
+    pub destinations: usize,
+    pub tasks_done: usize,
+    pub deliveries_failed: usize,
+    pub duplicates: usize,
+    pub bytes: u64,
+    pub retries: u64,
+    pub webhook_503: usize,
+    pub source_resets: usize,
+    pub worker_kills: usize,
+    pub dead_letters: usize,
+    pub latency_p50_ms: u64,
+    pub latency_p99_ms: u64,
+    pub elapsed: Duration,
+}
+
+impl SoakReport {
+    pub fn markdown(&self, p: &SoakParams) -> String {
+        format!(
+            "| pushes | destinations | tasks done | failed deliveries (retried) | duplicate runs | bytes copied | blob retries | webhook 503 during the SQS cut | source resets | worker SIGKILLs | DLQ (= poison) | push→replicated p50 / p99 | wall time |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|\n\
+             | {} ({} large × {} MiB) | {} | {} | {} | {} | {:.1} MiB | {} | {} | {} | {} | {} | {:.1} s / {:.1} s | {:.0} s |\n",
+            self.pushes,
+            p.large,
+            p.large_mib,
+            self.destinations,
+            self.tasks_done,
+            self.deliveries_failed,
+            self.duplicates,
+            self.bytes as f64 / (1024.0 * 1024.0),
+            self.retries,
+            self.webhook_503,
+            self.source_resets,
+            self.worker_kills,
+            self.dead_letters,
+            self.latency_p50_ms as f64 / 1000.0,
+            self.latency_p99_ms as f64 / 1000.0,
+            self.elapsed.as_secs_f64(),
+        )
+    }
+}
+
+/// One pushed image: what the event named and where to compare it.
+#[derive(Debug, Clone)]
+struct Pushed {
+    repo: String,
+    digest: String,
+}
+
+fn socket_of(url: &str) -> anyhow::Result<SocketAddr> {
+    let u = url::Url::parse(url)?;
+    let host = u.host_str().context("host")?;
+    let host = if host == "localhost" { "127.0.0.1" } else { host };
+    Ok(format!("{host}:{}", u.port_or_known_default().context("port")?).parse()?)
+}
+
+struct Process {
+    name: &'static str,
+    envs: Vec<(String, String)>,
+    logs: PathBuf,
+    runs: usize,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn start(name: &'static str, envs: Vec<(String, String)>, logs: &Path) -> anyhow::Result<Process> {
+        let mut p = Process { name, envs, logs: logs.to_owned(), runs: 0, child: None };
+        p.spawn()?;
+        Ok(p)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        self.runs += 1;
+        let log = std::fs::File::create(self.logs.join(format!("{}-{}.log", self.name, self.runs)))?;
+        let mut c = Command::new(workspace_binary(self.name));
+        c.env("RUST_LOG", "info").stdout(log.try_clone()?).stderr(log);
+        for (k, v) in &self.envs {
+            c.env(k, v);
+        }
+        self.child = Some(c.spawn().with_context(|| format!("start {}", self.name))?);
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    fn all_logs(&self) -> String {
+        (1..=self.runs)
+            .filter_map(|i| std::fs::read_to_string(self.logs.join(format!("{}-{i}.log", self.name))).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Pushes image `i` of the mix to the source.
+async fn push_one(
+    source: &PlainRegistry,
+    project: &str,
+    i: usize,
+    p: &SoakParams,
+    base: &(String, String, usize),
+) -> anyhow::Result<Pushed> {
+    let repo = format!("{project}/app-{i:03}");
+    let small = 16 * 1024;
+    let img = if i < p.large {
+        image::push(source, &repo, "v1", ImageKind::OciImage, 1, p.large_mib * 1024 * 1024).await?
+    } else if i.is_multiple_of(10) {
+        image::push(source, &repo, "v1", ImageKind::OciIndex { platforms: 2 }, 2, small).await?
+    } else if i % 10 == 5 {
+        image::push(source, &repo, "v1", ImageKind::DockerList { platforms: 2 }, 1, small).await?
+    } else if i % 4 == 2 {
+        return push_on_base(source, &repo, base).await;
+    } else if i % 3 == 1 {
+        image::push(source, &repo, "v1", ImageKind::DockerImage, 2, small).await?
+    } else {
+        image::push(source, &repo, "v1", ImageKind::OciImage, 2, small).await?
+    };
+    Ok(Pushed { repo, digest: img.digest })
+}
+
+/// An image over the shared base layer (`base` = repository, digest, size),
+/// mounted from where it was first pushed, as builds on one base do.
+async fn push_on_base(source: &PlainRegistry, repo: &str, base: &(String, String, usize)) -> anyhow::Result<Pushed> {
+    source.mount_blob(repo, &base.1, &base.0).await?;
+    let own = bytes::Bytes::from(format!("own layer of {repo} {}", rand::random::<u64>()).into_bytes());
+    let own_digest = source.put_blob(repo, own.clone()).await?;
+    let config = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"salt\":\"{}\"}}", rand::random::<u64>());
+    let config_digest = source.put_blob(repo, config.clone().into_bytes().into()).await?;
+    let layer = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": image::OCI_MANIFEST,
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
+        "layers": [
+            { "mediaType": layer, "digest": base.1, "size": base.2 },
+            { "mediaType": layer, "digest": own_digest, "size": own.len() },
+        ],
+    })
+    .to_string();
+    let digest = source.put_manifest(repo, "v1", image::OCI_MANIFEST, manifest.as_bytes()).await?;
+    Ok(Pushed { repo: repo.to_owned(), digest })
+}
+
+/// Posts the event until the webhook accepts it (Harbor retries a failed
+/// delivery); returns how many 503 answers it got first.
+async fn deliver(http: &reqwest::Client, url: &str, auth: &str, body: &str, until: Instant) -> anyhow::Result<usize> {
+    let mut refused = 0;
+    loop {
+        let resp = http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("authorization", auth)
+            .body(body.to_owned())
+            .send()
+            .await;
+        match resp.map(|r| r.status().as_u16()) {
+            Ok(202) => return Ok(refused),
+            Ok(503) => refused += 1,
+            Ok(s) => bail!("webhook answered {s}"),
+            Err(_) => {}
+        }
+        if Instant::now() > until {
+            bail!("the webhook never accepted the event");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs the soak; `Err` says what did not hold.
+pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
+    let started = Instant::now();
+    let until = started + p.deadline;
+    let stack = Stack::load()?;
+    let sqs = stack.sqs().await;
+    // Short visibility: a killed worker's messages and the poison come back
+    // quickly; tasks are idempotent, so an early redelivery costs HEADs.
+    let (queue, dlq) = create_queue_with_dlq(&sqs, "soak", 4, 8).await?;
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").context("AWS_ENDPOINT_URL (LocalStack)")?;
+    let sqs_proxy = Proxy::start(socket_of(&endpoint)?).await;
+    let source_proxy = Proxy::start(socket_of(&stack.source_url)?).await;
+    let (fake_503, fake_429) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let project = format!("soak-{:08x}", rand::random::<u32>());
+
+    let dir = std::env::temp_dir().join(&project);
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("config.yaml");
+    let rule = |name: &str| {
+        format!(
+            "  - name: to-{name}\n    filters: {{ name: \"{project}/**\" }}\n    destination: {{ registry: {name} }}\n"
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "source:\n  url: {}\nwebhook:\n  auth_values_env: RELAY_WEBHOOK_AUTH\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\n  - {{ name: fake-503, url: {} }}\n  - {{ name: fake-429, url: {} }}\nrules:\n{}{}{}",
+            source_proxy.url(),
+            stack.target_url,
+            stack.target_user,
+            fake_503.url,
+            fake_429.url,
+            rule("cluster1-registry"),
+            rule("fake-503"),
+            rule("fake-429")
+        ),
+    )?;
+    let port = 20_000 + (rand::random::<u16>() % 20_000);
+    let envs = vec![
+        ("RELAY_CONFIG".to_owned(), config.display().to_string()),
+        ("RELAY_QUEUE_URL".to_owned(), queue.clone()),
+        ("RELAY_LISTEN".to_owned(), format!("127.0.0.1:{port}")),
+        ("AWS_ENDPOINT_URL".to_owned(), sqs_proxy.url()),
+    ];
+    let mut webhook = Process::start("webhook", envs.clone(), &dir)?;
+    let worker = Arc::new(std::sync::Mutex::new(Process::start("worker", envs, &dir)?));
+    let http = reqwest::Client::new();
+    while !http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("webhook did not start: {}", webhook.all_logs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Poison: an unknown task version, and a task for a registry the worker
+    // does not know. Both fail on every delivery.
+    let mut poison = HashSet::new();
+    for k in 0..p.poison {
+        let body = if k.is_multiple_of(2) {
+            format!("{{\"version\": 99, \"soak\": {k}}}")
+        } else {
+            let digest = format!("sha256:{}", "ab".repeat(32));
+            let mut t = serde_json::to_value(
+                crate::planned_tasks(
+                    &relay::Config::parse(&stack.config_yaml(crate::app::ALL_TO_CLUSTER1))?,
+                    &stack,
+                    "PUSH_ARTIFACT",
+                    &format!("{project}/poison-{k}"),
+                    "v1",
+                    &digest,
+                )
+                .remove(0),
+            )?;
+            t["destination"]["registry"] = "nowhere".into();
+            t.to_string()
+        };
+        sqs.send_message().queue_url(&queue).message_body(&body).send().await?;
+        poison.insert(body);
+    }
+
+    // Faults at the destinations and on the way from the source.
+    fake_503.inject(Op::PutUpload, Fault::Status(503, None), 3);
+    fake_503.inject(Op::HeadManifest, Fault::Status(503, None), 2);
+    fake_429.inject(Op::StartUpload, Fault::Status(429, Some("1".into())), 3);
+    fake_429.inject(Op::PutManifest, Fault::Status(503, None), 2);
+    source_proxy.reset_next(2, 4096);
+
+    let source = stack.source();
+    let base_repo = format!("{project}/base");
+    let base_bytes = bytes::Bytes::from(vec![7u8; 256 * 1024]);
+    let base = (base_repo.clone(), source.put_blob(&base_repo, base_bytes.clone()).await?, base_bytes.len());
+
+    // The fault schedule follows the pushes' progress.
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let faults = {
+        let (delivered, sqs_proxy, worker, fake_503) =
+            (delivered.clone(), sqs_proxy.clone(), worker.clone(), fake_503.clone());
+        let (n, cut) = (p.pushes, p.sqs_cut);
+        tokio::spawn(async move {
+            while delivered.load(Ordering::SeqCst) < n / 3 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            sqs_proxy.cut();
+            tokio::time::sleep(cut).await;
+            sqs_proxy.restore();
+            fake_503.inject(Op::PutUpload, Fault::Status(503, None), 3);
+            while delivered.load(Ordering::SeqCst) < 2 * n / 3 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mut w = worker.lock().unwrap();
+            w.kill();
+            w.spawn().expect("restart the worker");
+        })
+    };
+
+    let url = format!("http://127.0.0.1:{port}/");
+    let host = source_proxy.addr.to_string();
+    let refused = AtomicUsize::new(0);
+    let results: Vec<anyhow::Result<Pushed>> = futures_util::stream::iter(0..p.pushes)
+        .map(|i| {
+            let (source, p, base, http, url, host, refused, delivered, project) =
+                (&source, &p, &base, &http, &url, &host, &refused, &delivered, &project);
+            let auth = stack.webhook_auth.clone();
+            async move {
+                let pushed = push_one(source, project, i, p, base).await?;
+                let body = harbor_push_event("PUSH_ARTIFACT", host, &pushed.repo, Some("v1"), &pushed.digest, now());
+                refused.fetch_add(deliver(http, url, &auth, &body, until).await?, Ordering::Relaxed);
+                delivered.fetch_add(1, Ordering::SeqCst);
+                Ok(pushed)
+            }
+        })
+        .buffer_unordered(6)
+        .collect()
+        .await;
+    let pushed: Vec<Pushed> = results.into_iter().collect::<anyhow::Result<_>>()?;
+    faults.await?;
+
+    // Converged: nothing left on the queue, the poison in the DLQ.
+    loop {
+        let q = queue_depth(&sqs, &queue).await?;
+        let d = queue_depth(&sqs, &dlq).await?;
+        if q == (0, 0, 0) && d.0 + d.1 >= p.poison as u64 {
+            break;
+        }
+        if Instant::now() > until {
+            bail!("not converged in time: queue {q:?}, DLQ {d:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.lock().unwrap().stop();
+    webhook.stop();
+    let elapsed = started.elapsed();
+
+    // Every destination equals the source, digest by digest.
+    let destinations = [
+        ("cluster1-registry", stack.target()),
+        ("fake-503", PlainRegistry::new(&fake_503.url, None)),
+        ("fake-429", PlainRegistry::new(&fake_429.url, None)),
+    ];
+    for img in &pushed {
+        let want = source.tree(&img.repo, "v1").await?;
+        if !want.self_consistent() || want.manifests.get("v1").map(|m| &m.1) != Some(&img.digest) {
+            bail!("{} changed at the source", img.repo);
+        }
+        for (name, reg) in &destinations {
+            let got = reg.tree(&img.repo, "v1").await.with_context(|| format!("{}:v1 at {name}", img.repo))?;
+            if got != want {
+                bail!("{}:v1 at {name} differs from the source", img.repo);
+            }
+        }
+    }
+
+    // The DLQ holds exactly the poison, each with its last error.
+    let mut dead = HashMap::new();
+    for _ in 0..10 {
+        let out = sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .visibility_timeout(60)
+            .message_attribute_names("All")
+            .send()
+            .await?;
+        for m in out.messages() {
+            let error = m
+                .message_attributes()
+                .and_then(|a| a.get(relay::dead_letter::LAST_ERROR))
+                .and_then(|v| v.string_value())
+                .map(str::to_owned);
+            dead.insert(m.body().unwrap_or_default().to_owned(), error);
+        }
+        if dead.len() >= p.poison {
+            break;
+        }
+    }
+    let dead_bodies: HashSet<String> = dead.keys().cloned().collect();
+    if dead_bodies != poison {
+        bail!("the DLQ holds {} messages, not exactly the {} poison ones: {dead_bodies:?}", dead.len(), poison.len());
+    }
+    if let Some((body, _)) = dead.iter().find(|(_, e)| e.is_none()) {
+        bail!("dead-lettered without its last error: {body}");
+    }
+
+    // What the worker's logs say.
+    let worker_logs = worker.lock().unwrap().all_logs();
+    let logs = format!("{worker_logs}\n{}", webhook.all_logs());
+    for (what, secret) in [
+        ("registry password", stack.target_password.as_str()),
+        ("webhook auth", stack.webhook_auth.trim_start_matches("Bearer ")),
+    ] {
+        if logs.contains(secret) {
+            bail!("the {what} appears in the logs");
+        }
+    }
+    let lines: Vec<serde_json::Value> = worker_logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let task_id = |l: &serde_json::Value| {
+        l["task_id"].as_str().or_else(|| l["span"]["task_id"].as_str()).unwrap_or_default().to_owned()
+    };
+    let done: Vec<&serde_json::Value> = lines.iter().filter(|l| l["message"] == "task done").collect();
+    let unique: HashSet<String> = done.iter().map(|l| task_id(l)).collect();
+    if unique.len() < pushed.len() * destinations.len() {
+        bail!("{} tasks done, expected {}", unique.len(), pushed.len() * destinations.len());
+    }
+    let mut latencies: Vec<u64> =
+        done.iter().filter(|l| l["outcome"] == "copied").filter_map(|l| l["push_to_replicated_ms"].as_u64()).collect();
+    latencies.sort_unstable();
+    let report = SoakReport {
+        pushes: pushed.len(),
+        destinations: destinations.len(),
+        tasks_done: unique.len(),
+        deliveries_failed: lines.iter().filter(|l| l["message"] == "task failed").count(),
+        duplicates: done.len() - unique.len(),
+        bytes: done.iter().filter_map(|l| l["bytes"].as_u64()).sum(),
+        retries: lines.iter().filter(|l| l["_aws"].is_object()).filter_map(|l| l["Retries"].as_f64()).sum::<f64>()
+            as u64,
+        webhook_503: refused.load(Ordering::Relaxed),
+        source_resets: source_proxy.resets_done(),
+        worker_kills: worker.lock().unwrap().runs - 1,
+        dead_letters: dead.len(),
+        latency_p50_ms: percentile(&latencies, 0.5),
+        latency_p99_ms: percentile(&latencies, 0.99),
+        elapsed,
+    };
+    if report.webhook_503 == 0 {
+        bail!("the webhook never answered 503 while SQS was cut");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(report)
+}

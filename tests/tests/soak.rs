@@ -1,0 +1,45 @@
+//! The soak suite (see `relay_tests::soak`): the short version runs in
+//! `make test`; `make soak` runs the full one (200 pushes) and writes its
+//! figures to `.local/soak/latest.md` for RELIABILITY.md.
+
+use relay_tests::soak::{run, SoakParams};
+
+fn report(p: &SoakParams, r: &relay_tests::soak::SoakReport) -> String {
+    let text = format!(
+        "Soak run {} on {} cores:\n\n{}",
+        now_utc(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        r.markdown(p)
+    );
+    println!("{text}");
+    text
+}
+
+fn now_utc() -> String {
+    let out = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%MZ"]).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_short() {
+    let p = SoakParams::short();
+    let r = run(p.clone()).await.unwrap();
+    report(&p, &r);
+    assert_eq!(r.tasks_done, p.pushes * 3);
+    assert_eq!(r.dead_letters, p.poison);
+    assert!(r.source_resets >= 1 && r.worker_kills == 1 && r.webhook_503 >= 1, "{r:?}");
+}
+
+/// `make soak`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by `make soak`"]
+async fn soak_full() {
+    let p = SoakParams::full();
+    let r = run(p.clone()).await.unwrap();
+    let text = report(&p, &r);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../.local/soak");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(format!("{dir}/latest.md"), text).unwrap();
+    assert_eq!(r.tasks_done, p.pushes * 3);
+    assert_eq!(r.dead_letters, p.poison);
+}
