@@ -158,3 +158,33 @@ async fn replicating_again_moves_no_bytes() {
     assert_eq!(second.outcome, Some(relay::registry::Outcome::AlreadyPresent));
     assert_eq!((second.bytes, second.blobs_copied, second.manifests_pushed), (0, 0, 0));
 }
+
+/// Harbor delivering the same event three times, and a delete delivered
+/// before the push it follows: the destination converges on the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_and_swapped_harbor_deliveries_converge() {
+    let rules = "  - name: mirror\n    deletion: true\n    destination: { registry: cluster1-registry }\n";
+    let app = spawn_app(rules, true).await;
+    let (source, target) = (app.stack.source(), app.stack.target());
+    let repo = unique_repo("dupes");
+    let keep = image::push(&source, &repo, "keep", ImageKind::OciIndex { platforms: 2 }, 1, 4096).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(app.push_event(&repo, Some("keep"), &keep.digest).await.0, 202);
+    }
+    // `gone` is pushed then deleted at the source; Harbor's two deliveries
+    // arrive swapped: the delete first, then the push.
+    let gone = image::push(&source, &repo, "gone", ImageKind::OciImage, 1, 4096).await.unwrap();
+    assert_eq!(source.delete_manifest(&repo, &gone.digest).await.unwrap().as_u16(), 202);
+    assert_eq!(app.event("DELETE_ARTIFACT", &repo, Some("gone"), &gone.digest).await.0, 202);
+    assert_eq!(app.push_event(&repo, Some("gone"), &gone.digest).await.0, 202);
+
+    app.wait_at_target(&repo, "keep").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while app.depth().await != (0, 0, 0) {
+        assert!(std::time::Instant::now() < deadline, "queue never drained");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(target.tree(&repo, "keep").await.unwrap(), source.tree(&repo, "keep").await.unwrap());
+    assert!(target.get_manifest(&repo, "gone").await.unwrap().is_none(), "deleted at the source: not at the target");
+    assert!(target.get_manifest(&repo, &gone.digest).await.unwrap().is_none());
+}

@@ -175,3 +175,59 @@ async fn redirects_never_carry_credentials_to_another_host() {
     assert!(src.authorized_requests() > 0);
     assert!(dst.has_blob(&repo, &d) && dst.has_manifest(&repo, "v1"));
 }
+
+/// A corpus of malformed bodies: deeply nested, wrong-typed, the wrong
+/// format for the content type, invalid digests. Each gets 400 with a
+/// reason, the server stays up, and nothing is enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_are_refused_and_enqueue_nothing() {
+    let app = AppBuilder::rules(ALL_TO_CLUSTER1).spawn().await;
+    let host = app.stack.source_host().to_owned();
+    let good = relay_tests::plain::sha256(b"x");
+    let event = |digest: &str, occur_at: serde_json::Value, resources: serde_json::Value| {
+        let mut v = serde_json::json!({
+            "type": "PUSH_ARTIFACT", "occur_at": occur_at, "operator": "admin",
+            "event_data": {"resources": resources,
+                           "repository": {"name": "app", "namespace": "p", "repo_full_name": "p/app"}}
+        });
+        if resources.is_null() {
+            v["event_data"]["resources"] =
+                serde_json::json!([{"digest": digest, "tag": "v1", "resource_url": format!("{host}/p/app:v1")}]);
+        }
+        v.to_string()
+    };
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_object =
+        format!("{{\"type\":\"PUSH_ARTIFACT\",\"event_data\":{}1{}}}", "{\"a\":".repeat(5000), "}".repeat(5000));
+    let cloudevent_as_default = serde_json::json!({
+        "specversion": "1.0", "id": "1", "source": "/projects/1/webhook/policies/1",
+        "type": "harbor.artifact.pushed", "datacontenttype": "application/json", "data": {}
+    })
+    .to_string();
+    let cases: Vec<(&str, String)> = vec![
+        ("application/json", nested),
+        ("application/json", deep_object),
+        ("application/json", event(&good, "yesterday".into(), serde_json::Value::Null)),
+        ("application/json", event(&good, 1.into(), serde_json::json!({"digest": good}))),
+        ("application/json", event(&good, 1.into(), serde_json::json!([42]))),
+        ("application/json", event("sha256:xyz", 1.into(), serde_json::Value::Null)),
+        ("application/json", event("md5:d41d8cd98f00b204e9800998ecf8427e", 1.into(), serde_json::Value::Null)),
+        ("application/json", event(&format!("{good}0"), 1.into(), serde_json::Value::Null)),
+        ("application/json", event(&good.to_uppercase(), 1.into(), serde_json::Value::Null)),
+        ("application/json", "[]".into()),
+        ("application/json", "null".into()),
+        ("application/json", "\u{feff}{}".into()),
+        ("application/json", cloudevent_as_default),
+        ("application/cloudevents+json", event(&good, 1.into(), serde_json::Value::Null)),
+        ("application/json", String::from_utf8_lossy(&[0xff, 0xfe, 0x00, 0x7b]).into_owned()),
+    ];
+    for (content_type, body) in cases {
+        let shown: String = body.chars().take(80).collect();
+        let (status, reply) = app.post(Some(&app.stack.webhook_auth), content_type, body).await;
+        assert_eq!(status, 400, "{content_type} {shown:?}: {reply}");
+        assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()), "400 must carry a reason: {reply}");
+    }
+    let health = app.http.get(format!("{}healthz", app.webhook_url)).send().await.unwrap().status().as_u16();
+    assert_eq!(health, 200, "still serving");
+    assert_eq!(app.depth().await, (0, 0, 0), "nothing enqueued");
+}
