@@ -77,6 +77,8 @@ pub struct SoakReport {
     pub tasks_done: usize,
     pub deliveries_failed: usize,
     pub duplicates: usize,
+    /// Bytes the duplicate runs copied (must be 0: they find everything present).
+    pub duplicate_bytes: u64,
     pub bytes: u64,
     pub retries: u64,
     pub webhook_503: usize,
@@ -91,7 +93,7 @@ pub struct SoakReport {
 impl SoakReport {
     pub fn markdown(&self, p: &SoakParams) -> String {
         format!(
-            "| pushes | destinations | tasks done | failed deliveries (retried) | duplicate runs | bytes copied | blob retries | webhook 503 during the SQS cut | source resets | worker SIGKILLs | DLQ (= poison) | push→replicated p50 / p99 | wall time |\n\
+            "| pushes | destinations | tasks done | failed runs (poison included) | duplicate runs | bytes copied | blob retries | webhook 503 during the SQS cut | source resets | worker SIGKILLs | DLQ (= poison) | push→replicated p50 / p99 | wall time |\n\
              |---|---|---|---|---|---|---|---|---|---|---|---|---|\n\
              | {} ({} large × {} MiB) | {} | {} | {} | {} | {:.1} MiB | {} | {} | {} | {} | {} | {:.1} s / {:.1} s | {:.0} s |\n",
             self.pushes,
@@ -484,6 +486,9 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
     };
     let done: Vec<&serde_json::Value> = lines.iter().filter(|l| l["message"] == "task done").collect();
     let unique: HashSet<String> = done.iter().map(|l| task_id(l)).collect();
+    let mut first_seen = HashSet::new();
+    let duplicate_bytes: u64 =
+        done.iter().filter(|l| !first_seen.insert(task_id(l))).filter_map(|l| l["bytes"].as_u64()).sum();
     if unique.len() < pushed.len() * destinations.len() {
         bail!("{} tasks done, expected {}", unique.len(), pushed.len() * destinations.len());
     }
@@ -494,8 +499,14 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
         pushes: pushed.len(),
         destinations: destinations.len(),
         tasks_done: unique.len(),
-        deliveries_failed: lines.iter().filter(|l| l["message"] == "task failed").count(),
+        deliveries_failed: lines
+            .iter()
+            .filter(|l| {
+                l["message"] == "task failed" || l["message"] == "message is not a task this worker understands"
+            })
+            .count(),
         duplicates: done.len() - unique.len(),
+        duplicate_bytes,
         bytes: done.iter().filter_map(|l| l["bytes"].as_u64()).sum(),
         retries: lines.iter().filter(|l| l["_aws"].is_object()).filter_map(|l| l["Retries"].as_f64()).sum::<f64>()
             as u64,
@@ -507,6 +518,9 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
         latency_p99_ms: percentile(&latencies, 0.99),
         elapsed,
     };
+    if report.duplicate_bytes != 0 {
+        bail!("duplicate runs copied {} bytes again", report.duplicate_bytes);
+    }
     if report.webhook_503 == 0 {
         bail!("the webhook never answered 503 while SQS was cut");
     }

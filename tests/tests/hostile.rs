@@ -1,6 +1,7 @@
-//! Hostile input on both sides: SSRF attempts and odd names at the webhook
-//! (refused, nothing enqueued), and registries that misbehave — oversized
-//! manifests, blobs longer than their descriptor, redirects to another host.
+//! Hostile input on both sides: SSRF attempts, odd names and malformed
+//! bodies at the webhook (refused, nothing enqueued), and registries that
+//! misbehave — oversized manifests, blobs longer than their descriptor,
+//! bodies that never end, redirects to another host.
 
 use relay::registry::Outcome;
 use relay::secrets::SecretSource;
