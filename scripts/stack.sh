@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The local stack on 127.0.0.1: LocalStack (SQS, DESIGN §9) on :4566 and two
-# Debian docker-registry (distribution 2.8) instances — the source without
-# auth on :5001, the target with htpasswd on :5002.
+# The local stack on 127.0.0.1: LocalStack (SQS, DESIGN §9) on :4566 and
+# three Debian docker-registry (distribution 2.8) instances — the source
+# without auth on :5001, the target with htpasswd on :5002, and a target with
+# Bearer token auth on :5003 whose token service (realm 127.0.0.1:5004) is
+# the tests' own issuer (tests/src/token.rs), signing with a key made here.
 #
 #   scripts/stack.sh install   install what is missing (apt, uv, LocalStack venv)
 #   scripts/stack.sh up        start what is not running, wait for health
@@ -21,6 +23,8 @@ INFRA_VENV=$LOCAL/venv-infra
 SOURCE_PORT=${RELAY_SOURCE_PORT:-5001}
 TARGET_PORT=${RELAY_TARGET_PORT:-5002}
 LS_PORT=${RELAY_LOCALSTACK_PORT:-4566}
+TOKEN_PORT=${RELAY_TOKEN_PORT:-5003}
+ISSUER_PORT=${RELAY_TOKEN_ISSUER_PORT:-5004}
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
@@ -30,6 +34,7 @@ install() {
   command -v skopeo >/dev/null || missing+=(skopeo)
   command -v htpasswd >/dev/null || missing+=(apache2-utils)
   command -v curl >/dev/null || missing+=(curl)
+  command -v openssl >/dev/null || missing+=(openssl)
   if ((${#missing[@]})); then
     log "installing ${missing[*]} (apt)"
     apt-get update -qq
@@ -69,7 +74,7 @@ wait_for() { # name url expected-status seconds
   return 1
 }
 
-registry_config() { # name port [htpasswd]
+registry_config() { # name port [htpasswd | token]
   local name=$1 port=$2 htpasswd=${3:-}
   mkdir -p "$STACK/$name-data"
   {
@@ -82,7 +87,10 @@ registry_config() { # name port [htpasswd]
     echo "http:"
     echo "  addr: 127.0.0.1:$port"
     echo "  secret: $(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-    if [ -n "$htpasswd" ]; then
+    if [ "$htpasswd" = token ]; then
+      echo "auth:"
+      echo "  token: { realm: http://127.0.0.1:$ISSUER_PORT/token, service: relay-token-registry, issuer: relay-test-issuer, rootcertbundle: $STACK/token.crt }"
+    elif [ -n "$htpasswd" ]; then
       echo "auth:"
       echo "  htpasswd: { realm: harbor-relay-$name, path: $htpasswd }"
     fi
@@ -120,8 +128,25 @@ export CLUSTER1_PASSWORD='$target_pw'
 export RELAY_WEBHOOK_AUTH='$webhook_auth'
 ENV
   fi
+  if [ ! -f "$STACK/token.key.der" ]; then
+    # The token issuer's signing key (P-256) and its self-signed certificate,
+    # which the token-auth registry trusts.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj /CN=relay-test-issuer -keyout "$STACK/token.key" -out "$STACK/token.crt" 2>/dev/null
+    openssl pkcs8 -topk8 -nocrypt -in "$STACK/token.key" -outform DER -out "$STACK/token.key.der"
+    openssl x509 -in "$STACK/token.crt" -outform DER -out "$STACK/token.crt.der"
+  fi
+  if ! grep -q RELAY_TOKEN_TARGET_URL "$STACK/env"; then
+    cat >> "$STACK/env" <<ENV
+export RELAY_TOKEN_TARGET_URL=http://127.0.0.1:$TOKEN_PORT
+export RELAY_TOKEN_ISSUER_ADDR=127.0.0.1:$ISSUER_PORT
+export RELAY_TOKEN_KEY=$STACK/token.key.der
+export RELAY_TOKEN_CERT=$STACK/token.crt.der
+ENV
+  fi
   start_registry source "$SOURCE_PORT" 200
   start_registry target "$TARGET_PORT" 401 "$STACK/target.htpasswd"
+  start_registry token "$TOKEN_PORT" 401 token
   if ! alive localstack; then
     if port_busy "$LS_PORT"; then log "port $LS_PORT is taken by another process"; return 1; fi
     mkdir -p "$STACK/localstack"
@@ -135,7 +160,7 @@ ENV
     )
     wait_for localstack "http://127.0.0.1:$LS_PORT/_localstack/health" 200 60
   fi
-  log "up: source :$SOURCE_PORT, target :$TARGET_PORT (htpasswd), LocalStack :$LS_PORT — env in .local/stack/env"
+  log "up: source :$SOURCE_PORT, target :$TARGET_PORT (htpasswd), token target :$TOKEN_PORT, LocalStack :$LS_PORT — env in .local/stack/env"
 }
 
 stop_one() {
@@ -151,12 +176,12 @@ stop_one() {
 }
 
 down() {
-  for n in localstack target source; do stop_one "$n"; done
+  for n in localstack token target source; do stop_one "$n"; done
   log "down"
 }
 
 status() {
-  for n in source target localstack; do
+  for n in source target token localstack; do
     if alive "$n"; then echo "$n: running (pid $(cat "$STACK/$n.pid"))"; else echo "$n: stopped"; fi
   done
 }

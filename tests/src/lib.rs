@@ -11,6 +11,7 @@ pub mod plain;
 pub mod proxy;
 pub mod soak;
 pub mod stack;
+pub mod token;
 
 pub use image::{GeneratedImage, ImageKind};
 pub use plain::PlainRegistry;

@@ -345,3 +345,60 @@ async fn concurrent_first_requests_all_learn_the_basic_challenge() {
         }
     }
 }
+
+/// A real registry behind the Bearer token flow (distribution 2.8 with
+/// `auth.token`, our test issuer as the token service): the copy asks for
+/// pull,push on the repository, the result is checked with skopeo through
+/// the same token flow, and wrong credentials fail with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_registry_receives_a_copy() {
+    let stack = Stack::load().unwrap();
+    let issuer = relay_tests::token::TokenIssuer::start(&stack, "relay", &stack.target_password).await.unwrap();
+    let token_url = std::env::var("RELAY_TOKEN_TARGET_URL").unwrap();
+    let repo = unique_repo("token");
+    let img = push_to(&stack.source(), &repo, ImageKind::DockerList { platforms: 2 }, 2, 8192).await;
+
+    let yaml = |password_env: &str| {
+        format!(
+            "source: {{ url: {} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dst, url: {token_url}, credentials: {{ username: relay, password_env: {password_env} }} }}\n",
+            stack.source_url
+        )
+    };
+    let w = bootstrap::worker(
+        &Config::parse(&yaml("CLUSTER1_PASSWORD")).unwrap(),
+        &SecretSource::from_process(None),
+        fast_retry(),
+    )
+    .await
+    .unwrap();
+    let report = w.run(&task(&img, &repo, &["v1"])).await.unwrap();
+    assert_eq!(report.outcome, Some(Outcome::Copied));
+    assert!(
+        issuer.scopes().iter().any(|s| s == &format!("repository:{repo}:pull,push")),
+        "scopes asked: {:?}",
+        issuer.scopes()
+    );
+
+    let host = token_url.trim_start_matches("http://");
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", "--creds"])
+        .arg(format!("relay:{}", stack.target_password))
+        .arg(format!("docker://{host}/{repo}:v1"))
+        .output()
+        .expect("skopeo installed");
+    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(relay_tests::plain::sha256(&out.stdout), img.digest, "the list's digest, read through the token flow");
+
+    std::env::set_var("RELAY_WRONG_PASSWORD", "not-the-password");
+    let wrong = bootstrap::worker(
+        &Config::parse(&yaml("RELAY_WRONG_PASSWORD")).unwrap(),
+        &SecretSource::from_process(None),
+        fast_retry(),
+    )
+    .await
+    .unwrap();
+    let err = wrong.run(&task(&img, &format!("{repo}-other"), &["v1"])).await.unwrap_err();
+    assert!(err.to_string().contains("token"), "{err}");
+    assert!(!err.to_string().contains("not-the-password"), "{err}");
+    assert!(issuer.refused() >= 1);
+}
