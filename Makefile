@@ -40,7 +40,7 @@ deploy: build ## sam deploy (first time: make deploy GUIDED=1)
 install: ## Install what the local stack needs (apt packages, uv, LocalStack venv)
 	scripts/stack.sh install
 
-stack-up: ## Start LocalStack and the two registries on 127.0.0.1
+stack-up: ## Start LocalStack and the three registries on 127.0.0.1
 	scripts/stack.sh up
 
 stack-down: ## Stop them
