@@ -29,6 +29,8 @@ pub enum Op {
     GetBlob,
     StartUpload,
     PutUpload,
+    /// A chunk of an upload (`PATCH` with `Content-Range`).
+    PatchUpload,
     Token,
     /// Harbor's `GET /api/v2.0/projects/{p}/repositories/{r}/artifacts/{d}`.
     HarborArtifact,
@@ -76,6 +78,14 @@ struct Store {
     mount_202: bool,
     /// Serve the referrers API and answer `OCI-Subject` on pushes.
     referrers_api: bool,
+    /// Bytes received so far per upload session (chunked uploads).
+    upload_data: HashMap<String, Vec<u8>>,
+    /// Upload requests with a larger body get 413 (a proxy's body limit).
+    max_body: Option<usize>,
+    /// Announced as `OCI-Chunk-Min-Length` when an upload starts.
+    chunk_min: Option<usize>,
+    /// Body sizes of the `PATCH` chunks received, in order.
+    patch_sizes: Vec<usize>,
     /// (repo, digest) → Harbor labels.
     labels: HashMap<(String, String), Vec<String>>,
     /// Requests that carried an Authorization header.
@@ -150,6 +160,20 @@ impl FakeRegistry {
         m.insert(reference.to_owned(), (media_type.to_owned(), bytes.clone()));
         m.insert(d.clone(), (media_type.to_owned(), bytes));
         d
+    }
+
+    /// Upload requests with a body over `max_body` bytes get 413, as behind
+    /// a proxy with a body limit; `chunk_min` is announced as
+    /// `OCI-Chunk-Min-Length`.
+    pub fn limit_uploads(&self, max_body: usize, chunk_min: Option<usize>) {
+        let mut s = self.store.lock().unwrap();
+        s.max_body = Some(max_body);
+        s.chunk_min = chunk_min;
+    }
+
+    /// Body sizes of the chunks received (`PATCH`), in order.
+    pub fn patch_sizes(&self) -> Vec<usize> {
+        self.store.lock().unwrap().patch_sizes.clone()
     }
 
     /// Serve OCI 1.1's referrers API (and `OCI-Subject` on manifest pushes).
@@ -356,13 +380,47 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
             let id = format!("u{}", s.next);
             s.next += 1;
             s.uploads.insert(id.clone(), repo.clone());
-            (StatusCode::ACCEPTED, [("location", format!("/v2/{repo}/blobs/uploads/{id}"))]).into_response()
+            let mut h = HeaderMap::new();
+            h.insert("location", format!("/v2/{repo}/blobs/uploads/{id}").parse().unwrap());
+            if let Some(min) = s.chunk_min {
+                h.insert("oci-chunk-min-length", min.into());
+            }
+            (StatusCode::ACCEPTED, h).into_response()
+        }
+        Op::PatchUpload => {
+            if s.max_body.is_some_and(|m| body.len() > m) {
+                return status(413);
+            }
+            if !s.uploads.contains_key(&rest) {
+                return status(404);
+            }
+            let have = s.upload_data.get(&rest).map_or(0, Vec::len);
+            let range = headers.get("content-range").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let expected = format!("{have}-{}", have + body.len() - 1);
+            if body.is_empty() || range != expected {
+                return (StatusCode::RANGE_NOT_SATISFIABLE, [("range", format!("0-{}", have.saturating_sub(1)))])
+                    .into_response();
+            }
+            s.patch_sizes.push(body.len());
+            let data = s.upload_data.entry(rest.clone()).or_default();
+            data.extend_from_slice(&body);
+            let len = data.len();
+            let mut h = HeaderMap::new();
+            h.insert("location", format!("/v2/{repo}/blobs/uploads/{rest}").parse().unwrap());
+            h.insert("range", format!("0-{}", len - 1).parse().unwrap());
+            (StatusCode::ACCEPTED, h).into_response()
         }
         Op::PutUpload => {
             let Some(digest) = q.get("digest") else { return status(400) };
+            if s.max_body.is_some_and(|m| body.len() > m) {
+                return status(413);
+            }
             if s.uploads.remove(&rest).is_none() {
                 return status(404);
             }
+            let mut data = s.upload_data.remove(&rest).unwrap_or_default();
+            data.extend_from_slice(&body);
+            let body = Bytes::from(data);
             if &sha256(&body) != digest {
                 return (StatusCode::BAD_REQUEST, "DIGEST_INVALID").into_response();
             }
@@ -498,6 +556,11 @@ fn classify(method: &Method, path: &str) -> (Op, String, String) {
         return (Op::Ping, String::new(), String::new());
     }
     let Some(rest) = path.strip_prefix("/v2/") else { return (Op::Other, String::new(), String::new()) };
+    if *method == Method::PATCH {
+        if let Some(i) = rest.find("/blobs/uploads/") {
+            return (Op::PatchUpload, rest[..i].to_owned(), rest[i + "/blobs/uploads/".len()..].to_owned());
+        }
+    }
     for (marker, get, head, put, post) in [
         ("/blobs/uploads/", Op::Other, Op::Other, Op::PutUpload, Op::StartUpload),
         ("/manifests/", Op::GetManifest, Op::HeadManifest, Op::PutManifest, Op::Other),

@@ -402,3 +402,46 @@ async fn token_auth_registry_receives_a_copy() {
     assert!(!err.to_string().contains("not-the-password"), "{err}");
     assert!(issuer.refused() >= 1);
 }
+
+/// Chunked uploads only where needed: a destination behind a request-body
+/// limit answers 413 to a whole-blob PUT; the worker switches to PATCH
+/// chunks (halving until they fit), never below the registry's
+/// `OCI-Chunk-Min-Length`, and the blobs arrive intact (the fake checks
+/// each chunk's `Content-Range` and the digest of the whole). Later uploads
+/// to that registry go in chunks straight away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_uploads_only_where_needed() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("chunks");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 2, 1024 * 1024).await;
+    let (limit, min) = (400 * 1024, 300 * 1024);
+    dst.limit_uploads(limit, Some(min));
+    let w = worker(&src.url, &dst.url, false).await;
+    let report = w.run(&task(&img, &repo, &["v1"])).await.unwrap();
+    assert_eq!(report.outcome, Some(Outcome::Copied));
+    assert!(report.retries >= 1, "the 413s were retried in chunks");
+    for b in &img.blobs {
+        assert!(dst.has_blob(&repo, b), "{b} intact at the destination");
+    }
+    assert!(dst.has_manifest(&repo, "v1"));
+    let sizes = dst.patch_sizes();
+    assert!(sizes.iter().all(|&n| n <= limit), "{sizes:?}");
+    let short = sizes.iter().filter(|&&n| n < min).count();
+    assert!(short <= img.blobs.len(), "only a blob's last chunk may be under the minimum: {sizes:?}");
+    assert!(sizes.iter().filter(|&&n| n == min).count() >= 6, "two 1 MiB layers in 300 KiB chunks: {sizes:?}");
+
+    let other = unique_repo("chunks2");
+    let img2 = push_to(&plain(&src), &other, ImageKind::OciImage, 1, 700 * 1024).await;
+    let before = dst.patch_sizes().len();
+    let again = w.run(&task(&img2, &other, &["v1"])).await.unwrap();
+    assert_eq!((again.outcome, again.retries), (Some(Outcome::Copied), 0), "chunks straight away, no 413");
+    assert!(dst.patch_sizes().len() >= before + 3, "700 KiB in 300 KiB chunks, plus the config");
+    assert!(img2.blobs.iter().all(|b| dst.has_blob(&other, b)));
+
+    // A registry without a limit gets whole blobs, no PATCH.
+    let plain_dst = FakeRegistry::start(false).await;
+    let w = worker(&src.url, &plain_dst.url, false).await;
+    w.run(&task(&img, &repo, &["v1"])).await.unwrap();
+    assert_eq!(plain_dst.count(Op::PatchUpload), 0);
+    assert_eq!(plain_dst.count(Op::PutUpload), img.blobs.len());
+}

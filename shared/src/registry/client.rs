@@ -42,6 +42,10 @@ pub struct RegistryClient {
     requests: std::sync::atomic::AtomicU64,
     /// Whether the referrers API answered 404 once ([`REFERRERS_API_ABSENT`]).
     referrers_api: std::sync::atomic::AtomicU8,
+    /// 0: whole blobs in one `PUT`. Otherwise the chunk size for `PATCH`
+    /// uploads, set when the registry (or a proxy in front of it) refused
+    /// a whole blob with 413.
+    chunk_size: std::sync::atomic::AtomicU64,
 }
 
 const REFERRERS_API_ABSENT: u8 = 1;
@@ -85,6 +89,14 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// The HTTP status, when the registry answered one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            RegistryError::Status { status, .. } | RegistryError::Denied { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
     /// Worth trying the whole operation again later.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -101,9 +113,15 @@ impl RegistryError {
 pub enum UploadStart {
     /// The registry mounted the blob from another repository (201).
     Mounted,
-    /// An upload session to `PUT` the bytes to.
-    Session(Url),
+    /// An upload session to send the bytes to, with the smallest chunk the
+    /// registry takes (`OCI-Chunk-Min-Length`) if it says.
+    Session { url: Url, chunk_min: Option<u64> },
 }
+
+/// Chunk size after the first 413 to a whole-blob `PUT`.
+const FIRST_CHUNK: u64 = 8 * 1024 * 1024;
+/// Chunks are never made smaller than this when 413s continue.
+const SMALLEST_CHUNK: u64 = 64 * 1024;
 
 /// Settings for building a client.
 pub struct ClientOptions {
@@ -138,6 +156,7 @@ impl RegistryClient {
             retry: options.retry,
             requests: Default::default(),
             referrers_api: Default::default(),
+            chunk_size: Default::default(),
         })
     }
 
@@ -447,7 +466,8 @@ impl RegistryClient {
         if mount.is_some() && status == StatusCode::CREATED {
             return Ok(UploadStart::Mounted);
         }
-        Ok(UploadStart::Session(self.location(&resp)?))
+        let chunk_min = header_str(resp.headers(), "oci-chunk-min-length").and_then(|v| v.parse().ok());
+        Ok(UploadStart::Session { url: self.location(&resp)?, chunk_min })
     }
 
     /// Completes an upload session with the whole blob in one `PUT`
@@ -468,6 +488,54 @@ impl RegistryClient {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
         let resp = self.send_once(Method::PUT, url, &self.scope(repo), headers, body).await?;
         self.expect(resp, &[StatusCode::CREATED]).await.map(drop)
+    }
+
+    /// The chunk size for uploads to this registry; `None`: whole blobs.
+    pub fn chunk_size(&self) -> Option<u64> {
+        Some(self.chunk_size.load(std::sync::atomic::Ordering::Relaxed)).filter(|&c| c > 0)
+    }
+
+    /// After a 413 to an upload sent with `used` ([`RegistryClient::chunk_size`]
+    /// at the time; `None`: the whole blob of `blob_size` bytes in one
+    /// `PUT`): switch to chunks, or halve them. `false` when they cannot get
+    /// smaller. Concurrent uploads that fail together shrink once.
+    pub fn shrink_chunks(&self, used: Option<u64>, blob_size: u64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let was = used.unwrap_or(0);
+        if self.chunk_size.load(SeqCst) != was {
+            return true; // another upload shrank them meanwhile: retry with those
+        }
+        let next = match used {
+            None => FIRST_CHUNK.min(blob_size / 2),
+            Some(c) => c / 2,
+        };
+        if next < SMALLEST_CHUNK {
+            return false;
+        }
+        if self.chunk_size.compare_exchange(was, next, SeqCst, SeqCst).is_ok() {
+            tracing::warn!(registry = %self.name, chunk_bytes = next, "the registry refused an upload as too large (413): sending chunks");
+        }
+        true
+    }
+
+    /// Sends `len` bytes at `offset` of an upload (`PATCH` with
+    /// `Content-Range`); returns the session's next URL.
+    pub async fn upload_chunk(
+        &self,
+        repo: &RepositoryPath,
+        session: Url,
+        offset: u64,
+        len: u64,
+        body: reqwest::Body,
+    ) -> Result<Url, RegistryError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        let range = format!("{offset}-{}", offset + len - 1);
+        headers.insert("content-range", HeaderValue::from_str(&range).expect("digits and a dash"));
+        let resp = self.send_once(Method::PATCH, session, &self.scope(repo), headers, body).await?;
+        let resp = self.expect(resp, &[StatusCode::ACCEPTED]).await?;
+        self.location(&resp)
     }
 
     /// Abandons an upload session (best effort).

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use tracing::Instrument;
 
+use super::chunks::Pieces;
 use super::client::{RegistryClient, RegistryError, UploadStart};
 use super::ledger::{BlobLedger, Claim};
 use super::manifest::{is_foreign, Contents, Descriptor, Manifest, ManifestError};
@@ -365,6 +366,7 @@ impl Copier<'_> {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let chunks_used = self.destination.chunk_size();
             match self.upload_blob(src_repo, dst_repo, d, mount_from.take(), counters).await {
                 Ok(kind) => {
                     let counter = match kind {
@@ -374,6 +376,14 @@ impl Copier<'_> {
                     counter.fetch_add(1, Ordering::Relaxed);
                     guard.done(dst_repo);
                     return Ok(());
+                }
+                // Too large for one request (a proxy's body limit): chunks,
+                // or smaller chunks, then the same blob again at once.
+                Err(e)
+                    if e.status() == Some(reqwest::StatusCode::PAYLOAD_TOO_LARGE)
+                        && self.destination.shrink_chunks(chunks_used, d.size) =>
+                {
+                    counters.retries.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) if e.is_transient() && attempt < self.retry.attempts => {
                     counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -399,10 +409,10 @@ impl Copier<'_> {
         counters: &Arc<Counters>,
     ) -> Result<UploadKind, RegistryError> {
         let mount = mount_from.as_ref().map(|from| (&d.digest, from));
-        let session = match self.destination.start_upload(dst_repo, mount).await? {
+        let (session, chunk_min) = match self.destination.start_upload(dst_repo, mount).await? {
             UploadStart::Mounted => return Ok(UploadKind::Mounted),
             // A declined mount (202) is an upload session: use it.
-            UploadStart::Session(url) => url,
+            UploadStart::Session { url, chunk_min } => (url, chunk_min),
         };
         let source = match self.source.open_blob(src_repo, &d.digest).await {
             Ok(s) => s,
@@ -442,10 +452,35 @@ impl Copier<'_> {
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(c)
             }
         });
-        let result = self
-            .destination
-            .finish_upload(dst_repo, session.clone(), &d.digest, d.size, reqwest::Body::wrap_stream(body))
-            .await;
+        let result = match self.destination.chunk_size() {
+            None => {
+                let body = reqwest::Body::wrap_stream(body);
+                self.destination.finish_upload(dst_repo, session.clone(), &d.digest, d.size, body).await
+            }
+            // Only where needed: the registry refused a whole blob (413).
+            Some(chunk) => {
+                let chunk = chunk.max(chunk_min.unwrap_or(0));
+                let pieces = Pieces::new(body.boxed());
+                let (mut url, mut offset) = (session.clone(), 0);
+                let mut sent = Ok(());
+                while offset < d.size {
+                    let len = chunk.min(d.size - offset);
+                    let body = reqwest::Body::wrap_stream(pieces.take(len));
+                    match self.destination.upload_chunk(dst_repo, url.clone(), offset, len, body).await {
+                        Ok(next) => url = next,
+                        Err(e) => {
+                            sent = Err(e);
+                            break;
+                        }
+                    }
+                    offset += len;
+                }
+                match sent {
+                    Ok(()) => self.destination.finish_upload(dst_repo, url, &d.digest, 0, Vec::new().into()).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
         if result.is_err() {
             self.destination.cancel_upload(dst_repo, session).await;
         }

@@ -2,6 +2,7 @@
 //! built on it.
 
 pub mod auth;
+pub mod chunks;
 pub mod client;
 pub mod copy;
 pub mod ledger;
