@@ -291,3 +291,27 @@ async fn harbor_api_listing_applies_labels_and_pages() {
     assert_eq!(digest_at(&target, &app, &sig).await.as_deref(), Some(sig.as_str()));
     assert!(pass(&config, &worker, 1000).await.tasks.is_empty(), "converged with the accessory");
 }
+
+/// A reconcile racing the webhook: the event's task and the reconcile's
+/// task for the same tag run at the same time in one worker — the blobs
+/// cross once (the worker's ledger), the manifests are pushed once, and the
+/// end state is the source's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_racing_the_webhook_moves_no_duplicate_bytes() {
+    let stack = Stack::load().unwrap();
+    let p = project();
+    let (config, worker) = setup(&stack, &rules(&p, false, true)).await;
+    let (source, target) = (stack.source(), stack.target());
+    let app = format!("{p}/app");
+    let img = image::push(&source, &app, "v1", ImageKind::OciIndex { platforms: 2 }, 2, 64 * 1024).await.unwrap();
+    let from_event = relay_tests::planned_tasks(&config, &stack, "PUSH_ARTIFACT", &app, "v1", &img.digest).remove(0);
+    let from_reconcile = pass(&config, &worker, 1000).await;
+    assert_eq!(from_reconcile.tasks.len(), 1);
+
+    let (a, b) = tokio::join!(worker.run(&from_event), worker.run(&from_reconcile.tasks[0]));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.bytes + b.bytes, img.blob_bytes, "every blob byte crossed once");
+    assert_eq!(a.manifests_pushed + b.manifests_pushed, 3, "two children and the index, once");
+    assert_eq!(target.tree(&app, "v1").await.unwrap(), source.tree(&app, "v1").await.unwrap());
+    assert!(pass(&config, &worker, 1000).await.tasks.is_empty(), "converged");
+}

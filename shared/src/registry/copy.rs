@@ -214,14 +214,30 @@ impl Copier<'_> {
             return Ok(report);
         }
 
-        let present = self.destination.head_manifest(dst_repo, &digest.to_string()).await?.as_ref() == Some(digest);
+        let mut present = self.destination.head_manifest(dst_repo, &digest.to_string()).await?.as_ref() == Some(digest);
         if present && !tagged {
             report.outcome = Some(Outcome::AlreadyPresent);
             return Ok(report);
         }
 
+        let (_one_push_at_a_time, waited) = self.ledger.manifest_lock(digest).await;
+        if waited {
+            // Another task of this worker pushed this manifest meanwhile
+            // (the webhook's and a reconcile's, say): push only what it did not.
+            present = self.destination.head_manifest(dst_repo, &digest.to_string()).await?.as_ref() == Some(digest);
+            let mut left = Vec::new();
+            for tag in tags {
+                if self.destination.head_manifest(dst_repo, tag.as_str()).await?.as_ref() != Some(digest) {
+                    left.push(tag);
+                }
+            }
+            tags = left;
+            if present && tags.is_empty() {
+                report.outcome = Some(Outcome::AlreadyPresent);
+                return Ok(report);
+            }
+        }
         let root = self.source.get_manifest(src_repo, &digest.to_string(), Some(digest)).await?;
-        let _one_push_at_a_time = self.ledger.manifest_lock(digest).await;
         if !present {
             self.copy_below(src_repo, dst_repo, &root, &mut report).await?;
         }

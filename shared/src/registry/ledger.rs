@@ -54,8 +54,10 @@ pub struct OwnerGuard<'a> {
 }
 
 impl BlobLedger {
-    /// Serialises pushes of the manifest `digest` within this worker.
-    pub async fn manifest_lock(&self, digest: &Digest) -> tokio::sync::OwnedMutexGuard<()> {
+    /// Serialises pushes of the manifest `digest` within this worker. The
+    /// flag says whether another task held it meanwhile (what it pushed is
+    /// worth checking for before pushing again).
+    pub async fn manifest_lock(&self, digest: &Digest) -> (tokio::sync::OwnedMutexGuard<()>, bool) {
         let lock = {
             let mut locks = self.manifests.lock().expect("ledger lock");
             if locks.len() >= MAX_ENTRIES {
@@ -63,7 +65,10 @@ impl BlobLedger {
             }
             locks.entry(digest.clone()).or_default().clone()
         };
-        lock.lock_owned().await
+        match lock.clone().try_lock_owned() {
+            Ok(guard) => (guard, false),
+            Err(_) => (lock.lock_owned().await, true),
+        }
     }
 
     /// A repository known to hold `digest`, to mount from.

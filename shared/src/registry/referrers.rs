@@ -169,7 +169,7 @@ impl Copier<'_> {
         report: &mut CopyReport,
     ) -> Result<(), CopyError> {
         let tag = subject.tag_prefix();
-        let _one_writer = self.ledger.manifest_lock(subject).await;
+        let (_one_writer, _) = self.ledger.manifest_lock(subject).await;
         let mut index = match self.destination.head_manifest(dst_repo, &tag).await? {
             Some(d) => {
                 let existing = self.destination.get_manifest(dst_repo, &tag, Some(&d)).await?;
