@@ -155,3 +155,25 @@ pub fn deadline_from_epoch_ms(deadline_ms: u64) -> std::time::Instant {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     std::time::Instant::now() + Duration::from_millis(deadline_ms).saturating_sub(now)
 }
+
+/// Limits glibc's malloc to one arena. The copy engine's buffers are
+/// short-lived and cross threads (a piece read on one tokio worker is
+/// written on another); with an arena per thread, freed pieces stay
+/// resident in each. Measured on an 8-layer copy (`relay-bench copy-once`,
+/// release): peak RSS 18.2 → 16.1 MiB, same wall time. Call before any
+/// thread starts, i.e. before the tokio runtime is built.
+pub fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes an allocator tunable; called before
+    // other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// The multi-threaded tokio runtime the binaries run on, built after
+/// [`one_malloc_arena`].
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    one_malloc_arena();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}

@@ -12,8 +12,11 @@ use relay::registry::retry::RetryPolicy;
 use relay::worker::{Message, Worker};
 use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    relay::bootstrap::runtime()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     relay::telemetry::init(std::env::var("RUST_LOG").ok().as_deref());
     let config_location = std::env::var("RELAY_CONFIG")
         .context("RELAY_CONFIG must name the configuration file (a path, or ssm:<parameter>)")?;

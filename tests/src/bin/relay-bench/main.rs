@@ -14,8 +14,13 @@ mod webhook;
 
 use std::time::Duration;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// The worker's runtime (one malloc arena): `copy-once` measures what the
+/// worker does.
+fn main() -> anyhow::Result<()> {
+    relay::bootstrap::runtime()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     relay::metrics::set_enabled(false);
     match args.first().map(String::as_str).unwrap_or("webhook") {
