@@ -54,6 +54,12 @@ struct Listed {
     accessories: Vec<Digest>,
 }
 
+/// The operator of the events a pass synthesizes, carried by its tasks.
+/// The worker lists an artifact's referrers again when such a task finds
+/// the artifact already present: a pass plans a task for a tag in sync
+/// only when an accessory is missing at the destination.
+pub const OPERATOR: &str = "relay-reconcile";
+
 /// Tags checked at the same time within a repository.
 const TAGS_IN_FLIGHT: usize = 16;
 
@@ -322,7 +328,7 @@ fn synthetic(kind: EventKind, repository: &RepositoryPath, digest: Digest, tag: 
         kind,
         format: Format::Default,
         occurred_at: 0,
-        operator: "relay-reconcile".into(),
+        operator: OPERATOR.into(),
         dedup_key: format!("reconcile-{}", uuid::Uuid::new_v4()),
         artifact: Some(Artifact { repository: repository.clone(), digest, tag }),
     }

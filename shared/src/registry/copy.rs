@@ -152,10 +152,18 @@ impl Copier<'_> {
         }
     }
 
-    /// The artifact, then (once it is at the destination) its referrers.
+    /// The artifact, then (once it is at the destination) its referrers:
+    /// after a copy, and when a reconcile pass (which saw an accessory
+    /// missing) finds the artifact already there. A duplicate event for an
+    /// artifact already present stays HEAD-only.
     async fn copy(&self, task: &Task) -> Result<CopyReport, CopyError> {
         let mut report = self.copy_subject(task).await?;
-        if self.referrers && matches!(report.outcome, Some(Outcome::Copied | Outcome::AlreadyPresent)) {
+        let follow = match report.outcome {
+            Some(Outcome::Copied) => true,
+            Some(Outcome::AlreadyPresent) => task.event.operator == crate::reconcile::OPERATOR,
+            _ => false,
+        };
+        if self.referrers && follow {
             let (src, dst) = (&task.source.repository, &task.destination.repository);
             self.copy_referrers(src, dst, &task.source.digest, task.options.override_existing, &mut report).await?;
             if report.referrers_copied > 0 {
