@@ -25,7 +25,10 @@ async fn soak_short() {
     let p = SoakParams::short();
     let r = run(p.clone()).await.unwrap();
     report(&p, &r);
-    assert_eq!(r.tasks_done, p.pushes * 3);
+    // At least one task per push and destination; more when a delivery
+    // answered 503 had enqueued part of its tasks before SQS went away
+    // (Harbor's retry enqueues them again: at-least-once).
+    assert!(r.tasks_done >= p.pushes * 3, "{r:?}");
     assert_eq!(r.dead_letters, p.poison);
     assert!(r.source_resets >= 1 && r.worker_kills == 1 && r.webhook_503 >= 1, "{r:?}");
 }
@@ -40,6 +43,6 @@ async fn soak_full() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../.local/soak");
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(format!("{dir}/latest.md"), text).unwrap();
-    assert_eq!(r.tasks_done, p.pushes * 3);
+    assert!(r.tasks_done >= p.pushes * 3, "{r:?}");
     assert_eq!(r.dead_letters, p.poison);
 }
