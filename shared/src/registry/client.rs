@@ -260,15 +260,7 @@ impl RegistryClient {
                 return Ok(());
             }
             let resp = self.expect(resp, &[StatusCode::OK]).await?;
-            // `Link: </v2/_catalog?last=x&n=1000>; rel="next"`
-            if let Some(link) = header_str(resp.headers(), "link") {
-                let target = link.split(';').next().unwrap_or("").trim().trim_start_matches('<').trim_end_matches('>');
-                let joined = url.join(target).map_err(|e| self.protocol(format!("bad Link header: {e}")))?;
-                if !self.same_origin(&joined) {
-                    return Err(self.protocol("Link header points at another host".into()));
-                }
-                next = Some(joined);
-            }
+            next = self.next_page(&url, &resp)?;
             let body: serde_json::Value =
                 resp.json().await.map_err(|e| self.transport(&Method::GET, url.path(), &e))?;
             for name in body[field].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
@@ -385,14 +377,7 @@ impl RegistryClient {
                 return Ok(None);
             }
             let resp = self.expect(resp, &[StatusCode::OK]).await?;
-            if let Some(link) = header_str(resp.headers(), "link") {
-                let target = link.split(';').next().unwrap_or("").trim().trim_start_matches('<').trim_end_matches('>');
-                let joined = url.join(target).map_err(|e| self.protocol(format!("bad Link header: {e}")))?;
-                if !self.same_origin(&joined) {
-                    return Err(self.protocol("Link header points at another host".into()));
-                }
-                next = Some(joined);
-            }
+            next = self.next_page(&url, &resp)?;
             let body = resp.bytes().await.map_err(|e| self.transport(&Method::GET, url.path(), &e))?;
             if body.len() > manifest::MAX_MANIFEST_BYTES {
                 return Err(RegistryError::TooLarge {
@@ -742,6 +727,18 @@ impl RegistryClient {
             format!(": {}", text.chars().take(300).collect::<String>().trim())
         };
         Err(RegistryError::Status { registry: self.name.clone(), path, status, detail })
+    }
+
+    /// The next page a listing answer points at (`Link: </v2/_catalog?last=x&n=1000>; rel="next"`),
+    /// on this registry's origin only.
+    fn next_page(&self, url: &Url, resp: &Response) -> Result<Option<Url>, RegistryError> {
+        let Some(link) = header_str(resp.headers(), "link") else { return Ok(None) };
+        let target = link.split(';').next().unwrap_or("").trim().trim_start_matches('<').trim_end_matches('>');
+        let joined = url.join(target).map_err(|e| self.protocol(format!("bad Link header: {e}")))?;
+        if !self.same_origin(&joined) {
+            return Err(self.protocol("Link header points at another host".into()));
+        }
+        Ok(Some(joined))
     }
 
     fn location(&self, resp: &Response) -> Result<Url, RegistryError> {
