@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: every test — unit tests and the end-to-end suite against the
-# local stack, which this script starts and stops.
+# local stack, which this script starts and stops. With arguments, runs
+# `cargo test <arguments>` instead of every test (`make soak` does).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -17,4 +18,8 @@ source .local/stack/env
 # `cargo test` builds a package's binaries only for its own integration
 # tests; the end-to-end tests also run webhook, worker and reconcile.
 cargo build --workspace --bins --locked
-cargo test --workspace --all-targets --locked
+if (($#)); then
+  cargo test --locked "$@"
+else
+  cargo test --workspace --all-targets --locked
+fi
