@@ -187,13 +187,6 @@ impl FakeRegistry {
         self.store.lock().unwrap().labels.insert((repo.to_owned(), digest.to_owned()), labels);
     }
 
-    /// Removes a tag (as Harbor's UI does, without a webhook).
-    pub fn remove_tag(&self, repo: &str, tag: &str) {
-        if let Some(m) = self.store.lock().unwrap().manifests.get_mut(repo) {
-            m.remove(tag);
-        }
-    }
-
     pub fn has_blob(&self, repo: &str, digest: &str) -> bool {
         self.store.lock().unwrap().links.get(repo).is_some_and(|l| l.contains(digest))
     }

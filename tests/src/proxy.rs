@@ -19,7 +19,6 @@ struct State {
     resets_armed: AtomicUsize,
     reset_after: AtomicU64,
     resets_done: AtomicUsize,
-    refused: AtomicUsize,
     live: Mutex<Vec<AbortHandle>>,
 }
 
@@ -39,7 +38,6 @@ impl Proxy {
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if s.cut.load(Ordering::SeqCst) {
-                    s.refused.fetch_add(1, Ordering::Relaxed);
                     drop(client);
                     continue;
                 }
@@ -79,11 +77,6 @@ impl Proxy {
     /// Connections broken by [`Proxy::reset_next`] so far.
     pub fn resets_done(&self) -> usize {
         self.state.resets_done.load(Ordering::Relaxed)
-    }
-
-    /// Connections refused while cut.
-    pub fn refused(&self) -> usize {
-        self.state.refused.load(Ordering::Relaxed)
     }
 }
 
