@@ -141,7 +141,7 @@ async fn dlq_list_redrive_and_status() {
 #[tokio::test]
 async fn configuration_from_an_ssm_parameter() {
     let stack = Stack::load().unwrap();
-    let shared = aws_config::load_from_env().await;
+    let shared = relay::bootstrap::aws_config().await;
     let ssm = aws_sdk_ssm::Client::new(&shared);
     let name = format!("/harbor-relay/test/{:x}", rand::random::<u32>());
     ssm.put_parameter()

@@ -13,7 +13,7 @@ use crate::registry::ledger::BlobLedger;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::{ClientOptions, Credentials, RegistryClient, Role};
 use crate::secrets::{SecretError, SecretSource, WebhookAuth};
-use crate::webhook::Webhook;
+use crate::webhook::{Webhook, WebhookOptions};
 use crate::worker::{Destination, Worker};
 
 /// How long accepted webhook auth values are cached before re-reading them.
@@ -73,13 +73,13 @@ pub async fn webhook(
     config: Arc<Config>,
     secrets: &SecretSource,
     queue: TaskQueue,
-    untagged_delay: Duration,
+    options: WebhookOptions,
 ) -> Result<Webhook, StartupError> {
     let auth = WebhookAuth::load(config.webhook.clone(), secrets.clone(), AUTH_TTL)
         .await
         .map_err(StartupError::WebhookAuth)?;
     let harbor = harbor_api(&config, secrets).await?;
-    Ok(Webhook::new(config, auth, queue, untagged_delay, harbor))
+    Ok(Webhook::new(config, auth, queue, options, harbor))
 }
 
 /// Harbor's REST API client when `source.harbor_api` is on.
@@ -106,10 +106,28 @@ async fn credentials(
     Ok(Some(c))
 }
 
-/// AWS clients from the standard environment (`AWS_REGION`,
+/// The AWS configuration from the standard environment (`AWS_REGION`,
 /// `AWS_ENDPOINT_URL`, credentials chain); LocalStack needs no special case.
+/// The SDK sets no read timeout of its own: an endpoint that accepts the
+/// connection and then stays silent would hold a call (and the message or
+/// delivery behind it) forever, so every attempt is bounded here.
+pub async fn aws_config() -> aws_config::SdkConfig {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(AWS_CONNECT_TIMEOUT)
+        .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT)
+        .build();
+    aws_config::from_env().timeout_config(timeouts).load().await
+}
+
+/// Connecting to an AWS endpoint takes milliseconds when it is reachable.
+pub const AWS_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest SQS/SSM/Secrets Manager call we make: the poller's 5 s long poll
+/// plus ample time for the answer.
+pub const AWS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The SQS and Secrets Manager clients of [`aws_config`].
 pub async fn aws_clients() -> (aws_sdk_sqs::Client, aws_sdk_secretsmanager::Client) {
-    let shared = aws_config::load_from_env().await;
+    let shared = aws_config().await;
     (aws_sdk_sqs::Client::new(&shared), aws_sdk_secretsmanager::Client::new(&shared))
 }
 
@@ -120,7 +138,7 @@ pub async fn load_config(location: &str) -> Result<Config, ConfigLoadError> {
     let Some(name) = location.strip_prefix("ssm:") else {
         return Ok(Config::load(location.as_ref())?);
     };
-    let shared = aws_config::load_from_env().await;
+    let shared = aws_config().await;
     let out = aws_sdk_ssm::Client::new(&shared).get_parameter().name(name).with_decryption(true).send().await.map_err(
         |e| ConfigLoadError::Ssm {
             name: name.to_owned(),

@@ -71,14 +71,68 @@ impl Rejection {
     }
 }
 
+/// The webhook's timings, set by the environment of either edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookOptions {
+    /// Delay for pushes by digest, so that the index task of a multi-arch
+    /// push usually runs first and the per-child tasks find nothing to do.
+    pub untagged_delay: Duration,
+    /// Longest the enqueue may take before the answer is 503. Harbor gives
+    /// up on a delivery after 3 s and retries it; an answer that comes later
+    /// is lost, so an unreachable queue must be reported within that time
+    /// rather than retried for longer.
+    pub enqueue_timeout: Duration,
+}
+
+impl Default for WebhookOptions {
+    fn default() -> Self {
+        WebhookOptions { untagged_delay: Duration::from_secs(30), enqueue_timeout: Duration::from_secs(2) }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{name} must be {expected}, not {value:?}")]
+pub struct OptionError {
+    pub name: &'static str,
+    pub expected: &'static str,
+    pub value: String,
+}
+
+impl WebhookOptions {
+    /// `RELAY_UNTAGGED_DELAY_SECONDS` (0–900, the SQS limit) and
+    /// `RELAY_ENQUEUE_TIMEOUT_MS` (100–30000); unset means the default.
+    pub fn from_env() -> Result<Self, OptionError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, OptionError> {
+        let number = |name: &'static str, range: std::ops::RangeInclusive<u64>, expected: &'static str| {
+            get(name)
+                .map(|value| {
+                    value.trim().parse::<u64>().ok().filter(|n| range.contains(n)).ok_or(OptionError {
+                        name,
+                        expected,
+                        value,
+                    })
+                })
+                .transpose()
+        };
+        let defaults = WebhookOptions::default();
+        Ok(WebhookOptions {
+            untagged_delay: number("RELAY_UNTAGGED_DELAY_SECONDS", 0..=900, "whole seconds from 0 to 900")?
+                .map_or(defaults.untagged_delay, Duration::from_secs),
+            enqueue_timeout: number("RELAY_ENQUEUE_TIMEOUT_MS", 100..=30_000, "milliseconds from 100 to 30000")?
+                .map_or(defaults.enqueue_timeout, Duration::from_millis),
+        })
+    }
+}
+
 /// The webhook with everything it needs, built once per cold start.
 pub struct Webhook {
     config: Arc<Config>,
     auth: WebhookAuth,
     queue: TaskQueue,
-    /// Delay for pushes by digest, so that the index task of a multi-arch
-    /// push usually runs first and the per-child tasks find nothing to do.
-    untagged_delay: Duration,
+    options: WebhookOptions,
     /// Harbor's REST API, for label filters (`source.harbor_api`).
     harbor: Option<HarborApi>,
 }
@@ -88,10 +142,10 @@ impl Webhook {
         config: Arc<Config>,
         auth: WebhookAuth,
         queue: TaskQueue,
-        untagged_delay: Duration,
+        options: WebhookOptions,
         harbor: Option<HarborApi>,
     ) -> Self {
-        Webhook { config, auth, queue, untagged_delay, harbor }
+        Webhook { config, auth, queue, options, harbor }
     }
 
     /// Handles one request end to end, with one EMF line per request.
@@ -203,11 +257,17 @@ impl Webhook {
             };
         }
         let delay = match artifact {
-            Some(a) if a.tag.is_none() => self.untagged_delay,
+            Some(a) if a.tag.is_none() => self.options.untagged_delay,
             _ => Duration::ZERO,
         };
         let outgoing: Vec<_> = tasks.iter().map(|task| Outgoing { task, delay }).collect();
-        if let Err(e) = self.queue.send(&outgoing).await {
+        let sent = match tokio::time::timeout(self.options.enqueue_timeout, self.queue.send(&outgoing)).await {
+            Ok(sent) => sent.map_err(|e| e.to_string()),
+            // Entries already accepted stay queued; Harbor's retry enqueues
+            // them again and the idempotent worker absorbs the duplicates.
+            Err(_) => Err(format!("the queue did not answer within {:?}", self.options.enqueue_timeout)),
+        };
+        if let Err(e) = sent {
             tracing::error!(event_key = %event.dedup_key, error = %e, "enqueue failed; answering 503 so Harbor retries");
             return Reply {
                 status: StatusCode::SERVICE_UNAVAILABLE,
@@ -251,5 +311,31 @@ mod tests {
     fn media_types_ignore_parameters_and_case() {
         assert_eq!(media_type(Some("Application/JSON; charset=utf-8")), "application/json");
         assert_eq!(media_type(None), "");
+    }
+
+    #[test]
+    fn options_come_from_the_environment_with_bounds() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        };
+        assert_eq!(WebhookOptions::from_lookup(env(&[])), Ok(WebhookOptions::default()));
+        let set = WebhookOptions::from_lookup(env(&[
+            ("RELAY_UNTAGGED_DELAY_SECONDS", "0"),
+            ("RELAY_ENQUEUE_TIMEOUT_MS", "750"),
+        ]))
+        .unwrap();
+        assert_eq!(set.untagged_delay, Duration::ZERO);
+        assert_eq!(set.enqueue_timeout, Duration::from_millis(750));
+        for (name, bad) in [
+            ("RELAY_UNTAGGED_DELAY_SECONDS", "901"),
+            ("RELAY_UNTAGGED_DELAY_SECONDS", "30s"),
+            ("RELAY_ENQUEUE_TIMEOUT_MS", "5"),
+            ("RELAY_ENQUEUE_TIMEOUT_MS", "-1"),
+        ] {
+            let pairs: &'static [(&str, &str)] = Box::leak(vec![(name, bad)].into_boxed_slice());
+            let err = WebhookOptions::from_lookup(env(pairs)).unwrap_err();
+            assert_eq!((err.name, err.value.as_str()), (name, bad));
+            assert!(err.to_string().starts_with(name), "{err}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use relay::config::WebhookAuthSource;
 use relay::queue::TaskQueue;
 use relay::secrets::{SecretSource, WebhookAuth};
-use relay::webhook::{Incoming, Webhook};
+use relay::webhook::{Incoming, Webhook, WebhookOptions};
 use relay::{Config, Task};
 use serde_json::Value;
 
@@ -135,7 +135,13 @@ async fn webhook() -> Webhook {
             .region(aws_sdk_sqs::config::Region::new("us-east-1"))
             .build(),
     );
-    Webhook::new(config, auth, TaskQueue::new(sqs, "http://127.0.0.1:1/q"), Duration::ZERO, None)
+    Webhook::new(
+        config,
+        auth,
+        TaskQueue::new(sqs, "http://127.0.0.1:1/q"),
+        WebhookOptions { untagged_delay: Duration::ZERO, ..Default::default() },
+        None,
+    )
 }
 
 #[tokio::test]

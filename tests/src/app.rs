@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use relay::queue::TaskQueue;
 use relay::registry::retry::RetryPolicy;
 use relay::secrets::SecretSource;
+use relay::webhook::WebhookOptions;
 use relay::{bootstrap, Config};
 use tokio::sync::oneshot;
 
@@ -30,8 +31,9 @@ pub fn fast_retry() -> RetryPolicy {
 pub struct AppBuilder {
     config: String,
     worker: bool,
-    untagged_delay: Duration,
+    options: WebhookOptions,
     queue_url: Option<String>,
+    sqs_endpoint: Option<String>,
     secrets_manager: bool,
 }
 
@@ -56,7 +58,14 @@ impl AppBuilder {
 
     /// A whole configuration document.
     pub fn config(config: String) -> AppBuilder {
-        AppBuilder { config, worker: false, untagged_delay: Duration::ZERO, queue_url: None, secrets_manager: false }
+        AppBuilder {
+            config,
+            worker: false,
+            options: WebhookOptions { untagged_delay: Duration::ZERO, ..Default::default() },
+            queue_url: None,
+            sqs_endpoint: None,
+            secrets_manager: false,
+        }
     }
 
     pub fn with_worker(mut self) -> Self {
@@ -65,7 +74,19 @@ impl AppBuilder {
     }
 
     pub fn untagged_delay(mut self, d: Duration) -> Self {
-        self.untagged_delay = d;
+        self.options.untagged_delay = d;
+        self
+    }
+
+    pub fn enqueue_timeout(mut self, d: Duration) -> Self {
+        self.options.enqueue_timeout = d;
+        self
+    }
+
+    /// Send the webhook's SQS calls to this endpoint instead of LocalStack's
+    /// (e.g. one that never answers).
+    pub fn sqs_endpoint(mut self, url: &str) -> Self {
+        self.sqs_endpoint = Some(url.to_owned());
         self
     }
 
@@ -91,8 +112,15 @@ impl AppBuilder {
         let config = Arc::new(Config::parse(&self.config).unwrap());
         let secrets = SecretSource::from_process(self.secrets_manager.then_some(sm));
         let queue = TaskQueue::new(sqs.clone(), queue_url.clone());
+        let webhook_queue = match &self.sqs_endpoint {
+            Some(endpoint) => {
+                let conf = sqs.config().to_builder().endpoint_url(endpoint).build();
+                TaskQueue::new(aws_sdk_sqs::Client::from_conf(conf), queue_url.clone())
+            }
+            None => queue.clone(),
+        };
         let webhook =
-            Arc::new(bootstrap::webhook(config.clone(), &secrets, queue.clone(), self.untagged_delay).await.unwrap());
+            Arc::new(bootstrap::webhook(config.clone(), &secrets, webhook_queue, self.options).await.unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let webhook_url = format!("http://{}/", listener.local_addr().unwrap());
         let (stop_web, rx) = oneshot::channel::<()>();

@@ -75,7 +75,7 @@ impl Stack {
 
     /// An SQS client for LocalStack.
     pub async fn sqs(&self) -> aws_sdk_sqs::Client {
-        let shared = aws_config::load_from_env().await;
+        let shared = relay::bootstrap::aws_config().await;
         aws_sdk_sqs::Client::new(&shared)
     }
 }

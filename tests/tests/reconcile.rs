@@ -193,7 +193,7 @@ async fn a_pass_resumes_after_its_cursor() {
     let repos: Vec<_> = resumed.tasks.iter().map(|t| t.destination.repository.to_string()).collect();
     assert_eq!(repos, [format!("{p}/b"), format!("{p}/c")]);
 
-    let shared = aws_config::load_from_env().await;
+    let shared = relay::bootstrap::aws_config().await;
     let store =
         CursorStore { ssm: aws_sdk_ssm::Client::new(&shared), parameter: format!("/harbor-relay/test/cursor-{p}") };
     assert_eq!(store.load().await.unwrap(), None);

@@ -1,7 +1,7 @@
 //! The webhook through its standalone HTTP server against LocalStack SQS:
 //! both payload formats, event types, rules and fan-out, the untagged
 //! delay, label filters through (a fake of) Harbor's API, auth values from
-//! Secrets Manager, and 503 when the queue is unavailable.
+//! Secrets Manager, and 503 when the queue is unavailable or silent.
 
 use std::time::Duration;
 
@@ -129,6 +129,52 @@ async fn unavailable_queue_answers_503() {
     // Nothing matched → nothing to enqueue → still 200 even without a queue.
     let (status, _) = app.event("PULL_ARTIFACT", "proj/app", Some("v1"), &digest_of("y")).await;
     assert_eq!(status, 200);
+    drop(stack);
+}
+
+/// Harbor gives up on a delivery after 3 s: a queue that accepts the
+/// connection and never answers must still get Harbor a 503 in time (and
+/// a 202 once it answers again), never a late answer Harbor has stopped
+/// waiting for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_queue_answers_503_within_harbors_timeout() {
+    let stack = Stack::load().unwrap();
+    let localstack: std::net::SocketAddr =
+        std::env::var("AWS_ENDPOINT_URL").unwrap().trim_start_matches("http://").parse().unwrap();
+    // Holds every connection open without a byte of answer while cut.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let answering = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let a = answering.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            if a.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::spawn(async move {
+                    let (mut c, mut u) = (conn, tokio::net::TcpStream::connect(localstack).await.unwrap());
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                });
+            } else {
+                held.push(conn);
+            }
+        }
+    });
+    let app = AppBuilder::rules(ALL_TO_CLUSTER1)
+        .sqs_endpoint(&endpoint)
+        .enqueue_timeout(Duration::from_millis(1500))
+        .spawn()
+        .await;
+    let started = std::time::Instant::now();
+    let (status, reply) = app.push_event("proj/app", Some("v1"), &digest_of("silent")).await;
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{reply}");
+    assert!(took < Duration::from_secs(3), "answered after {took:?}, when Harbor no longer waits");
+    assert_eq!(app.depth().await.0, 0, "nothing reached the queue");
+
+    answering.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, reply) = app.push_event("proj/app", Some("v1"), &digest_of("silent")).await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(app.depth().await.0, 1);
     drop(stack);
 }
 

@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
     let cursor = match std::env::var("RELAY_RECONCILE_CURSOR_PARAMETER") {
         Ok(parameter) if !parameter.is_empty() => {
-            Some(CursorStore { ssm: aws_sdk_ssm::Client::new(&aws_config::load_from_env().await), parameter })
+            Some(CursorStore { ssm: aws_sdk_ssm::Client::new(&bootstrap::aws_config().await), parameter })
         }
         _ => None,
     };

@@ -3,11 +3,10 @@
 //! server on `RELAY_LISTEN` (default 127.0.0.1:8080). Same handler either way.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use lambda_http::{service_fn, Body, Request, Response};
-use relay::webhook::{Incoming, Webhook};
+use relay::webhook::{Incoming, Webhook, WebhookOptions};
 use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource};
 
 #[tokio::main]
@@ -17,18 +16,11 @@ async fn main() -> anyhow::Result<()> {
         .context("RELAY_CONFIG must name the configuration file (a path, or ssm:<parameter>)")?;
     let config = Arc::new(bootstrap::load_config(&config_location).await?);
     let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
-    let untagged_delay = match std::env::var("RELAY_UNTAGGED_DELAY_SECONDS") {
-        Ok(v) => Duration::from_secs(v.parse().context("RELAY_UNTAGGED_DELAY_SECONDS must be whole seconds (0-900)")?),
-        Err(_) => Duration::from_secs(30),
-    };
-    anyhow::ensure!(
-        untagged_delay.as_secs() <= 900,
-        "RELAY_UNTAGGED_DELAY_SECONDS must be at most 900 (the SQS limit)"
-    );
+    let options = WebhookOptions::from_env()?;
 
     let (sqs, secrets_manager) = bootstrap::aws_clients().await;
     let secrets = SecretSource::from_process(Some(secrets_manager));
-    let webhook = Arc::new(bootstrap::webhook(config, &secrets, TaskQueue::new(sqs, queue_url), untagged_delay).await?);
+    let webhook = Arc::new(bootstrap::webhook(config, &secrets, TaskQueue::new(sqs, queue_url), options).await?);
 
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         lambda_http::run(service_fn(move |req| lambda(webhook.clone(), req))).await.map_err(|e| anyhow::anyhow!(e))

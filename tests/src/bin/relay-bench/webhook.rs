@@ -10,7 +10,7 @@ use http::Method;
 use relay::config::WebhookAuthSource;
 use relay::queue::TaskQueue;
 use relay::secrets::{AuthValues, SecretSource, WebhookAuth};
-use relay::webhook::{Incoming, Webhook};
+use relay::webhook::{Incoming, Webhook, WebhookOptions};
 use relay::Config;
 use relay_tests::app::{AppBuilder, ALL_TO_CLUSTER1};
 use relay_tests::Stack;
@@ -32,7 +32,13 @@ pub async fn run() -> anyhow::Result<()> {
             .region(aws_sdk_sqs::config::Region::new("us-east-1"))
             .build(),
     );
-    let hook = Webhook::new(config, auth, TaskQueue::new(sqs, "http://127.0.0.1:1/unused"), Duration::ZERO, None);
+    let hook = Webhook::new(
+        config,
+        auth,
+        TaskQueue::new(sqs, "http://127.0.0.1:1/unused"),
+        WebhookOptions { untagged_delay: Duration::ZERO, ..Default::default() },
+        None,
+    );
     let values = AuthValues::new(vec!["Bearer bench".into()]);
     let digest = relay_tests::plain::sha256(b"bench");
     let body =
