@@ -313,11 +313,12 @@ mod tests {
         assert_eq!(media_type(None), "");
     }
 
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
     #[test]
     fn options_come_from_the_environment_with_bounds() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
-        };
         assert_eq!(WebhookOptions::from_lookup(env(&[])), Ok(WebhookOptions::default()));
         let set = WebhookOptions::from_lookup(env(&[
             ("RELAY_UNTAGGED_DELAY_SECONDS", "0"),
@@ -332,8 +333,7 @@ mod tests {
             ("RELAY_ENQUEUE_TIMEOUT_MS", "5"),
             ("RELAY_ENQUEUE_TIMEOUT_MS", "-1"),
         ] {
-            let pairs: &'static [(&str, &str)] = Box::leak(vec![(name, bad)].into_boxed_slice());
-            let err = WebhookOptions::from_lookup(env(pairs)).unwrap_err();
+            let err = WebhookOptions::from_lookup(env(&[(name, bad)])).unwrap_err();
             assert_eq!((err.name, err.value.as_str()), (name, bad));
             assert!(err.to_string().starts_with(name), "{err}");
         }
