@@ -77,10 +77,12 @@ pub struct WebhookOptions {
     /// Delay for pushes by digest, so that the index task of a multi-arch
     /// push usually runs first and the per-child tasks find nothing to do.
     pub untagged_delay: Duration,
-    /// Longest the enqueue may take before the answer is 503. Harbor gives
-    /// up on a delivery after 3 s and retries it; an answer that comes later
-    /// is lost, so an unreachable queue must be reported within that time
-    /// rather than retried for longer.
+    /// Time from a request's arrival by which SQS must have taken its tasks,
+    /// or the answer is 503. Harbor gives up on a delivery after 3 s and
+    /// retries it; an answer that comes later is lost, so an unreachable
+    /// queue must be reported within that time rather than retried for
+    /// longer. Counted from arrival so that a slow label lookup (Harbor's
+    /// API) and the enqueue together stay inside it.
     pub enqueue_timeout: Duration,
 }
 
@@ -168,6 +170,7 @@ impl Webhook {
     }
 
     async fn respond(&self, req: Incoming) -> Reply {
+        let deadline = tokio::time::Instant::now() + self.options.enqueue_timeout;
         if req.path == "/healthz" && req.method == Method::GET {
             return Reply { status: StatusCode::OK, body: json!({"status": "ok"}) };
         }
@@ -190,7 +193,7 @@ impl Webhook {
             }
         };
         let plan = self.plan(&event, labels.as_deref());
-        self.enqueue(event, plan.tasks).await
+        self.enqueue(event, plan.tasks, deadline).await
     }
 
     /// Authentication, limits and parsing: everything before the rules.
@@ -243,7 +246,7 @@ impl Webhook {
         }
     }
 
-    async fn enqueue(&self, event: HarborEvent, tasks: Vec<Task>) -> Reply {
+    async fn enqueue(&self, event: HarborEvent, tasks: Vec<Task>, deadline: tokio::time::Instant) -> Reply {
         let artifact = event.artifact.as_ref();
         if tasks.is_empty() {
             let reason = match &event.kind {
@@ -261,11 +264,14 @@ impl Webhook {
             _ => Duration::ZERO,
         };
         let outgoing: Vec<_> = tasks.iter().map(|task| Outgoing { task, delay }).collect();
-        let sent = match tokio::time::timeout(self.options.enqueue_timeout, self.queue.send(&outgoing)).await {
+        let sent = match tokio::time::timeout_at(deadline, self.queue.send(&outgoing)).await {
             Ok(sent) => sent.map_err(|e| e.to_string()),
             // Entries already accepted stay queued; Harbor's retry enqueues
             // them again and the idempotent worker absorbs the duplicates.
-            Err(_) => Err(format!("the queue did not answer within {:?}", self.options.enqueue_timeout)),
+            Err(_) => Err(format!(
+                "the queue did not take the tasks within {:?} of the request",
+                self.options.enqueue_timeout
+            )),
         };
         if let Err(e) = sent {
             tracing::error!(event_key = %event.dedup_key, error = %e, "enqueue failed; answering 503 so Harbor retries");

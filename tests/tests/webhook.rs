@@ -208,6 +208,10 @@ async fn fake_harbor() -> String {
             d if d == digest_of("broken") => {
                 return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response()
             }
+            d if d == digest_of("slow-prod") => {
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                json!([{"name": "prod"}])
+            }
             _ => json!([]),
         };
         let body = json!({"digest": digest, "labels": labels, "tags": [{"name": "v1"}]}).to_string();
@@ -230,7 +234,8 @@ async fn label_filters_ask_harbor() {
         "source: {{ url: {harbor}, harbor_api: true }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: cluster1, url: {} }}\nrules:\n  - {{ name: prod-only, filters: {{ label: [prod] }}, destination: {{ registry: cluster1 }} }}\n",
         stack.target_url
     );
-    let app = AppBuilder::config(config).spawn().await;
+    // The enqueue deadline counts from the request's arrival, label lookup included.
+    let app = AppBuilder::config(config).enqueue_timeout(Duration::from_millis(1000)).spawn().await;
     let post = |digest: String| {
         let body = relay_tests::harbor_push_event("PUSH_ARTIFACT", &host, "proj/team/app", Some("v1"), &digest, now());
         let app = &app;
@@ -239,5 +244,6 @@ async fn label_filters_ask_harbor() {
     assert_eq!(post(digest_of("prod")).await, 202);
     assert_eq!(post(digest_of("dev")).await, 200);
     assert_eq!(post(digest_of("broken")).await, 503, "Harbor's API failing must not drop the event");
+    assert_eq!(post(digest_of("slow-prod")).await, 503, "past the deadline after a slow label lookup");
     assert_eq!(app.depth().await.0, 1);
 }
