@@ -76,6 +76,9 @@ wait_for() { # name url expected-status seconds
 
 registry_config() { # name port [htpasswd | token]
   local name=$1 port=$2 htpasswd=${3:-}
+  # Each start begins empty: nothing depends on an earlier run's images,
+  # and benchmark gigabytes do not pile up on the disk.
+  rm -rf "$STACK/$name-data"
   mkdir -p "$STACK/$name-data"
   {
     echo "version: 0.1"
