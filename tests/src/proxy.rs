@@ -1,5 +1,6 @@
-//! A loopback TCP proxy that a test can cut, for faults the real servers do
-//! not make on their own: SQS (LocalStack) unreachable for a while, and
+//! A loopback TCP proxy that a test can cut or silence, for faults the real
+//! servers do not make on their own: SQS (LocalStack) unreachable or hanging
+//! for a while, and
 //! connections reset in the middle of a response (a blob) from the real
 //! source registry.
 
@@ -14,6 +15,9 @@ use tokio::task::AbortHandle;
 #[derive(Default)]
 struct State {
     cut: AtomicBool,
+    /// New connections are accepted and then left without a byte.
+    silent: AtomicBool,
+    held: Mutex<Vec<TcpStream>>,
     /// Connections still to be reset once they carried `reset_after` bytes
     /// towards the client.
     resets_armed: AtomicUsize,
@@ -41,6 +45,10 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
+                if s.silent.load(Ordering::SeqCst) {
+                    s.held.lock().unwrap().push(client);
+                    continue;
+                }
                 let conn = tokio::spawn(relay_connection(client, upstream, s.clone()));
                 let mut live = s.live.lock().unwrap();
                 live.retain(|h| !h.is_finished());
@@ -48,6 +56,15 @@ impl Proxy {
             }
         });
         Proxy { addr, state }
+    }
+
+    /// A proxy to the host and port of `url` (`localhost` taken as 127.0.0.1).
+    pub async fn to(url: &str) -> anyhow::Result<Proxy> {
+        use anyhow::Context;
+        let u = url::Url::parse(url)?;
+        let host = u.host_str().context("host")?;
+        let host = if host == "localhost" { "127.0.0.1" } else { host };
+        Ok(Proxy::start(format!("{host}:{}", u.port_or_known_default().context("port")?).parse()?).await)
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -63,8 +80,16 @@ impl Proxy {
         }
     }
 
+    /// Accepts new connections and never answers them (a peer that hangs
+    /// rather than refuses) until [`Proxy::restore`].
+    pub fn silence(&self) {
+        self.state.silent.store(true, Ordering::SeqCst);
+    }
+
     pub fn restore(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
+        self.state.silent.store(false, Ordering::SeqCst);
+        self.state.held.lock().unwrap().clear();
     }
 
     /// The next `n` connections that carry more than `after_bytes` towards

@@ -11,7 +11,6 @@
 //! image, digest by digest, and the DLQ must hold exactly the poison.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -121,13 +120,6 @@ impl SoakReport {
 struct Pushed {
     repo: String,
     digest: String,
-}
-
-fn socket_of(url: &str) -> anyhow::Result<SocketAddr> {
-    let u = url::Url::parse(url)?;
-    let host = u.host_str().context("host")?;
-    let host = if host == "localhost" { "127.0.0.1" } else { host };
-    Ok(format!("{host}:{}", u.port_or_known_default().context("port")?).parse()?)
 }
 
 struct Process {
@@ -275,8 +267,8 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
     // quickly; tasks are idempotent, so an early redelivery costs HEADs.
     let (queue, dlq) = create_queue_with_dlq(&sqs, "soak", 4, 8).await?;
     let endpoint = std::env::var("AWS_ENDPOINT_URL").context("AWS_ENDPOINT_URL (LocalStack)")?;
-    let sqs_proxy = Proxy::start(socket_of(&endpoint)?).await;
-    let source_proxy = Proxy::start(socket_of(&stack.source_url)?).await;
+    let sqs_proxy = Proxy::to(&endpoint).await?;
+    let source_proxy = Proxy::to(&stack.source_url).await?;
     let (fake_503, fake_429) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
     let project = format!("soak-{:08x}", rand::random::<u32>());
 

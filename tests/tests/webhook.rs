@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::extract::Path;
 use axum::routing::get;
 use relay_tests::app::{unique_repo, AppBuilder, ALL_TO_CLUSTER1};
+use relay_tests::proxy::Proxy;
 use relay_tests::{image, now, ImageKind, Stack};
 use serde_json::json;
 
@@ -139,26 +140,9 @@ async fn unavailable_queue_answers_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_queue_answers_503_within_harbors_timeout() {
     let stack = Stack::load().unwrap();
-    let localstack: std::net::SocketAddr =
-        std::env::var("AWS_ENDPOINT_URL").unwrap().trim_start_matches("http://").parse().unwrap();
-    // Holds every connection open without a byte of answer while cut.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", silent.local_addr().unwrap());
-    let answering = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let a = answering.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((conn, _)) = silent.accept().await {
-            if a.load(std::sync::atomic::Ordering::SeqCst) {
-                tokio::spawn(async move {
-                    let (mut c, mut u) = (conn, tokio::net::TcpStream::connect(localstack).await.unwrap());
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                });
-            } else {
-                held.push(conn);
-            }
-        }
-    });
+    let sqs = Proxy::to(&std::env::var("AWS_ENDPOINT_URL").unwrap()).await.unwrap();
+    sqs.silence();
+    let endpoint = sqs.url();
     let app = AppBuilder::rules(ALL_TO_CLUSTER1)
         .sqs_endpoint(&endpoint)
         .enqueue_timeout(Duration::from_millis(1500))
@@ -171,7 +155,7 @@ async fn silent_queue_answers_503_within_harbors_timeout() {
     assert!(took < Duration::from_secs(3), "answered after {took:?}, when Harbor no longer waits");
     assert_eq!(app.depth().await.0, 0, "nothing reached the queue");
 
-    answering.store(true, std::sync::atomic::Ordering::SeqCst);
+    sqs.restore();
     let (status, reply) = app.push_event("proj/app", Some("v1"), &digest_of("silent")).await;
     assert_eq!(status, 202, "{reply}");
     assert_eq!(app.depth().await.0, 1);
