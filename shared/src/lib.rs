@@ -7,6 +7,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod digest;
 pub mod event;
+pub mod feeders;
 pub mod harbor_api;
 pub mod metrics;
 pub mod ops;

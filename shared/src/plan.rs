@@ -78,7 +78,7 @@ pub fn plan(
             },
             destination: DestinationArtifact { registry: rule.destination.registry.clone(), repository, tags },
             rules: Vec::new(),
-            options: CopyOptions { override_existing: true, bandwidth_kbps: None },
+            options: CopyOptions { override_existing: true, bandwidth_kbps: None, refresh_referrers: false },
             event: EventRef {
                 key: event.dedup_key.clone(),
                 occurred_at: event.occurred_at,

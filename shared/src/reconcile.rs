@@ -26,20 +26,16 @@ use futures_util::StreamExt;
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::event::{Artifact, EventKind, Format, HarborEvent};
-use crate::harbor_api::{HarborApi, HarborApiError};
+use crate::feeders::{feeders_among, literal_prefixes, SourceListing};
+use crate::harbor_api::HarborApi;
 use crate::plan::plan;
 use crate::registry::{RegistryClient, RegistryError};
 use crate::repository::{RepositoryPath, Tag};
 use crate::task::{Action, Task};
 use crate::worker::Destination;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error(transparent)]
-    Harbor(#[from] HarborApiError),
-}
+/// A pass fails only when a listing does: nothing is planned from half a list.
+pub use crate::feeders::ListingError as ReconcileError;
 
 /// One thing the source holds: a tag (digest known when Harbor's API listed
 /// it, else resolved by HEAD), or an untagged artifact (Harbor's API only).
@@ -54,10 +50,10 @@ struct Listed {
     accessories: Vec<Digest>,
 }
 
-/// The operator of the events a pass synthesizes, carried by its tasks.
-/// The worker lists an artifact's referrers again when such a task finds
-/// the artifact already present: a pass plans a task for a tag in sync
-/// only when an accessory is missing at the destination.
+/// The operator of the events a pass synthesizes, carried by its tasks
+/// (rules can exclude it, logs show it). Its copy tasks ask the worker to
+/// refresh referrers (`options.refresh_referrers`): a pass plans a task for
+/// a tag in sync only when an accessory is missing at the destination.
 pub const OPERATOR: &str = "relay-reconcile";
 
 /// Tags checked at the same time within a repository.
@@ -99,20 +95,11 @@ impl<'a> Reconciler<'a> {
     /// Plans one pass over the repositories after `after` (sorted by name).
     pub async fn pass(&self, after: Option<&str>, stop_at: Option<Instant>) -> Result<Pass, ReconcileError> {
         let mut pass = Pass::default();
-        let prefixes = self.literal_prefixes();
-        let listed = match (self.harbor, prefixes) {
-            (Some(api), prefixes) => harbor_repositories(api, prefixes.as_deref()).await?,
-            (None, Some(prefixes)) => {
-                let mut all = Vec::new();
-                for p in prefixes {
-                    all.extend(self.source.catalog_with_prefix(&p, self.page_size).await?);
-                }
-                all
-            }
-            (None, None) => self.source.catalog_paged(self.page_size).await?,
-        };
-        let mut repositories: Vec<RepositoryPath> = listed
-            .into_iter()
+        let prefixes = literal_prefixes(self.config.rules.iter().filter(|r| r.enabled));
+        let listed = self.listing().repositories(prefixes.as_deref()).await?;
+        // Sorted and without duplicates already (the listing's promise).
+        let repositories: Vec<RepositoryPath> = listed
+            .iter()
             .filter(|r| {
                 self.config
                     .rules
@@ -120,9 +107,8 @@ impl<'a> Reconciler<'a> {
                     .any(|rule| rule.enabled && rule.name_filter.as_ref().is_none_or(|p| p.is_match(r.as_str())))
             })
             .filter(|r| after.is_none_or(|a| r.as_str() > a))
+            .cloned()
             .collect();
-        repositories.sort();
-        repositories.dedup();
         let merge = |pass: &mut Pass| pass.tasks = merge_tags(std::mem::take(&mut pass.tasks));
         let mut last_done: Option<String> = None;
         for repo in repositories {
@@ -131,7 +117,7 @@ impl<'a> Reconciler<'a> {
                 merge(&mut pass);
                 return Ok(pass);
             }
-            self.repository(&repo, &mut pass).await?;
+            self.repository(&repo, &listed, &mut pass).await?;
             pass.repositories += 1;
             last_done = Some(repo.to_string());
         }
@@ -139,28 +125,8 @@ impl<'a> Reconciler<'a> {
         Ok(pass)
     }
 
-    /// The literal prefixes of the enabled rules' name filters (`proj/`
-    /// of `proj/**`), when every rule has one: only those stretches of the
-    /// catalog need listing. `None` when some rule could match anything.
-    fn literal_prefixes(&self) -> Option<Vec<String>> {
-        let mut prefixes = Vec::new();
-        for rule in self.config.rules.iter().filter(|r| r.enabled) {
-            let pattern = rule.name_filter.as_ref()?.as_str();
-            let literal: String = pattern.chars().take_while(|c| !matches!(c, '*' | '?' | '[' | '{' | '\\')).collect();
-            if literal.is_empty() {
-                return None;
-            }
-            prefixes.push(literal);
-        }
-        prefixes.sort();
-        // A prefix covered by a shorter one adds nothing.
-        let mut kept: Vec<String> = Vec::new();
-        for p in prefixes {
-            if !kept.iter().any(|k| p.starts_with(k.as_str())) {
-                kept.push(p);
-            }
-        }
-        Some(kept)
+    fn listing(&self) -> SourceListing<'a> {
+        SourceListing { source: self.source, harbor: self.harbor, page_size: self.page_size }
     }
 
     /// What the source holds in `repo`.
@@ -201,7 +167,8 @@ impl<'a> Reconciler<'a> {
         };
         let event = synthetic(EventKind::Push, repo, digest.clone(), entry.tag.clone());
         let (mut in_sync, mut tasks) = (0, Vec::new());
-        for task in plan(self.config, &event, entry.labels.as_deref(), &mut new_id).tasks {
+        for mut task in plan(self.config, &event, entry.labels.as_deref(), &mut new_id).tasks {
+            task.options.refresh_referrers = true;
             let Some(dst) = self.destinations.get(&task.destination.registry) else { continue };
             let reference = entry.tag.as_ref().map_or_else(|| digest.to_string(), |t| t.as_str().to_owned());
             let dst_repo = &task.destination.repository;
@@ -239,7 +206,14 @@ impl<'a> Reconciler<'a> {
         Ok(true)
     }
 
-    async fn repository(&self, repo: &RepositoryPath, pass: &mut Pass) -> Result<(), ReconcileError> {
+    /// `source_repositories` is the pass's listing of the source, from
+    /// which the other repositories feeding a destination are found.
+    async fn repository(
+        &self,
+        repo: &RepositoryPath,
+        source_repositories: &[RepositoryPath],
+        pass: &mut Pass,
+    ) -> Result<(), ReconcileError> {
         let listed = self.list(repo).await?;
         // Entries are independent: HEAD them a few at a time (order kept).
         let checked: Vec<_> = futures_util::stream::iter(&listed)
@@ -253,18 +227,26 @@ impl<'a> Reconciler<'a> {
             pass.in_sync += in_sync;
             pass.tasks.extend(tasks);
         }
-        let tags: Vec<&Tag> = listed.iter().filter_map(|l| l.tag.as_ref()).collect();
+        let tags: Vec<Tag> = listed.into_iter().filter_map(|l| l.tag).collect();
 
-        // Deletions: destination tags of this repository's mapped places
-        // that the source no longer has, for rules that delete.
+        // Deletions, for rules that delete: destination tags of this
+        // repository's mapped places that no source repository feeding that
+        // place has (another rule, or the same rule's flattening, may map a
+        // second source there: its tags are not this repository's to delete).
         for rule in self.config.rules.iter().filter(|r| r.enabled && r.deletion) {
             if !rule.name_filter.as_ref().is_none_or(|p| p.is_match(repo.as_str())) {
                 continue;
             }
             let Ok(dst_repo) = rule.map_repository(repo) else { continue };
             let Some(dst) = self.destinations.get(&rule.destination.registry) else { continue };
+            let mut held = tags.clone();
+            for other in feeders_among(&self.config.rules, &rule.destination.registry, &dst_repo, source_repositories) {
+                if &other != repo {
+                    held.extend(self.list(&other).await?.into_iter().filter_map(|l| l.tag));
+                }
+            }
             for dst_tag in dst.client.tags_paged(&dst_repo, self.page_size).await? {
-                if tags.contains(&&dst_tag) || !rule.tag_filter.as_ref().is_none_or(|f| f.accepts(Some(&dst_tag))) {
+                if held.contains(&dst_tag) || !rule.tag_filter.as_ref().is_none_or(|f| f.accepts(Some(&dst_tag))) {
                     continue;
                 }
                 let Some(digest) = dst.client.head_manifest(&dst_repo, dst_tag.as_str()).await? else { continue };
@@ -300,27 +282,6 @@ fn merge_tags(tasks: Vec<Task>) -> Vec<Task> {
         }
     }
     merged
-}
-
-/// Repositories from Harbor's API: the projects the literal prefixes can
-/// reach (all when `None`), then their repositories.
-async fn harbor_repositories(
-    api: &HarborApi,
-    prefixes: Option<&[String]>,
-) -> Result<Vec<RepositoryPath>, HarborApiError> {
-    let reachable = |project: &str| {
-        prefixes.is_none_or(|ps| {
-            ps.iter().any(|p| match p.split_once('/') {
-                Some((exact, _)) => project == exact,
-                None => project.starts_with(p.as_str()),
-            })
-        })
-    };
-    let mut all = Vec::new();
-    for project in api.projects().await?.into_iter().filter(|p| reachable(p)) {
-        all.extend(api.repositories(&project).await?);
-    }
-    Ok(all)
 }
 
 fn synthetic(kind: EventKind, repository: &RepositoryPath, digest: Digest, tag: Option<Tag>) -> HarborEvent {

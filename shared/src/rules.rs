@@ -109,6 +109,13 @@ impl Pattern {
     pub fn as_str(&self) -> &str {
         &self.source
     }
+
+    /// The part before the first glob metacharacter (`proj/` of
+    /// `proj/**`): every match starts with it.
+    pub fn literal_prefix(&self) -> &str {
+        let end = self.source.find(['*', '?', '[', '{', '\\']).unwrap_or(self.source.len());
+        &self.source[..end]
+    }
 }
 
 impl TagFilter {
@@ -295,9 +302,12 @@ impl Rule {
         };
         let bandwidth_kbps = match raw.bandwidth_kbps {
             -1 => None,
-            n if n > 0 => Some(n as u64),
+            n if n > 0 && n as u64 <= crate::task::MAX_BANDWIDTH_KBPS => Some(n as u64),
             n => {
-                return Err(field_err("bandwidth_kbps", format!("{n}: use -1 for unlimited or a positive kilobits/s")))
+                return Err(field_err(
+                    "bandwidth_kbps",
+                    format!("{n}: use -1 for unlimited or 1..={} kilobits/s", crate::task::MAX_BANDWIDTH_KBPS),
+                ))
             }
         };
         Ok(Rule {

@@ -7,10 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::{stream, StreamExt};
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{stream, FutureExt, StreamExt};
 use tracing::Instrument;
 
 use crate::config::WorkerSettings;
+use crate::feeders::{feeders, ListingError, SourceListing};
 use crate::harbor_api::HarborApi;
 use crate::metrics::{self, Unit};
 use crate::registry::ledger::BlobLedger;
@@ -18,7 +21,10 @@ use crate::registry::retry::RetryPolicy;
 use crate::registry::throttle::Throttle;
 use crate::registry::{Copier, CopyError, CopyReport, RegistryClient};
 use crate::rules::Rule;
-use crate::task::{Task, TaskError};
+use crate::task::{Action, Task, TaskError};
+
+/// Catalog entries per request when a delete lists the source.
+const LISTING_PAGE: usize = 1000;
 
 /// One queue message.
 #[derive(Debug, Clone)]
@@ -78,7 +84,7 @@ impl Worker {
     /// failing API costs the extra tags (logged), never the copy.
     async fn all_tags(&self, task: &Task) -> Option<Task> {
         let api = self.harbor.as_ref()?;
-        if task.action != crate::task::Action::Copy || task.source.tags.is_empty() {
+        if task.action != Action::Copy || task.source.tags.is_empty() {
             return None;
         }
         let info = match api.artifact(&task.source.repository, &task.source.digest).await {
@@ -108,6 +114,43 @@ impl Worker {
     }
 }
 
+/// Runs `run` for every message, `concurrency` at a time, and returns the
+/// failures. A panic inside one message's run becomes that message's
+/// failure: its batch neighbours finish and are reported as they ended, so
+/// a bug that one task trips costs that task alone, not a redelivery of
+/// the batch (the release profile unwinds for this, see Cargo.toml).
+async fn each_isolated<F, Fut>(messages: Vec<Message>, concurrency: usize, run: F) -> Vec<Failure>
+where
+    F: Fn(Message) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    stream::iter(messages)
+        .map(|m| {
+            let running = AssertUnwindSafe(run(m.clone())).catch_unwind();
+            async move {
+                let error = match running.await {
+                    Ok(Ok(())) => return None,
+                    Ok(Err(error)) => error,
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic without a message".into());
+                        tracing::error!(message_id = %m.id, outcome = "failed", panic = %what, "task panicked; its batch neighbours go on");
+                        metrics::emit(&[("Function", "worker"), ("Outcome", "failed")], &[("Tasks", 1.0, Unit::Count)]);
+                        format!("task panicked: {what}")
+                    }
+                };
+                Some(Failure { message: m, error })
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .filter_map(|failed| async move { failed })
+        .collect()
+        .await
+}
+
 /// A destination registry: its client and what this worker knows of its blobs.
 pub struct Destination {
     pub client: RegistryClient,
@@ -122,21 +165,22 @@ pub enum TaskFailure {
     UnknownRegistry(String),
     #[error(transparent)]
     Copy(#[from] CopyError),
+    /// The source repositories feeding the destination could not be
+    /// listed, so a delete cannot know it is safe: retried.
+    #[error("cannot list the source repositories mapped onto the destination: {0}")]
+    Listing(#[from] ListingError),
 }
 
 impl Worker {
     /// Runs a batch; returns the messages that failed, with their errors.
     /// `deadline` is when the invocation ends (Lambda); `None` standalone.
     pub async fn handle_batch(&self, messages: Vec<Message>, deadline: Option<Instant>) -> Vec<Failure> {
-        stream::iter(messages)
-            .map(|m| async move {
-                let result = self.handle_message(&m, deadline).await;
-                result.err().map(|error| Failure { message: m, error })
-            })
-            .buffer_unordered(self.settings.task_concurrency)
-            .filter_map(|failed| async move { failed })
-            .collect()
-            .await
+        each_isolated(
+            messages,
+            self.settings.task_concurrency,
+            |m| async move { self.handle_message(&m, deadline).await },
+        )
+        .await
     }
 
     /// Runs one message; logs its outcome. `Err` holds the failure reason.
@@ -175,6 +219,8 @@ impl Worker {
                     blobs_skipped = r.blobs_skipped,
                     manifests_pushed = r.manifests_pushed,
                     tags_skipped = r.tags_skipped.len(),
+                    held_by = r.held_by.as_ref().map(|h| h.as_str()),
+                    foreign_tags = ?r.foreign_tags.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
                     duration_ms = started.elapsed().as_millis() as u64,
                     push_to_replicated_ms = latency_ms,
                     "task done"
@@ -229,6 +275,54 @@ impl Worker {
             stop_at: deadline.map(|d| d - Duration::from_secs(self.settings.deadline_margin_seconds)),
             referrers: self.settings.referrers,
         };
-        Ok(copier.run(task).await?)
+        match task.action {
+            Action::Copy => Ok(copier.copy(task).await?),
+            Action::Delete => {
+                let listing =
+                    SourceListing { source: &self.source, harbor: self.harbor.as_ref(), page_size: LISTING_PAGE };
+                let (registry, repository) = (&task.destination.registry, &task.destination.repository);
+                let feeders = feeders(&self.rules, listing, registry, repository).await?;
+                Ok(copier.delete(task, &feeders).await?)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn message(id: &str) -> Message {
+        Message { id: id.into(), body: String::new(), receive_count: 1 }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_fails_alone() {
+        let finished = AtomicUsize::new(0);
+        let batch = vec![message("a"), message("boom"), message("b"), message("bad")];
+        let failures = each_isolated(batch, 2, |m| {
+            let finished = &finished;
+            async move {
+                tokio::task::yield_now().await;
+                match m.id.as_str() {
+                    "boom" => panic!("index out of bounds in task {}", m.id),
+                    "bad" => Err("an ordinary failure".to_owned()),
+                    _ => {
+                        finished.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                }
+            }
+        })
+        .await;
+        let mut failed: Vec<_> = failures.iter().map(|f| (f.message.id.as_str(), f.error.as_str())).collect();
+        failed.sort();
+        assert_eq!(
+            failed,
+            vec![("bad", "an ordinary failure"), ("boom", "task panicked: index out of bounds in task boom")]
+        );
+        assert_eq!(finished.load(Ordering::Relaxed), 2, "the neighbours ran to the end");
     }
 }

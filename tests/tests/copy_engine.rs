@@ -44,7 +44,7 @@ fn task(img: &GeneratedImage, dst_repo: &str, tags: &[&str]) -> Task {
             tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
         },
         rules: vec!["test".into()],
-        options: CopyOptions { override_existing: true, bandwidth_kbps: None },
+        options: CopyOptions { override_existing: true, bandwidth_kbps: None, refresh_referrers: false },
         event: EventRef { key: "k".into(), occurred_at: 0, operator: "admin".into() },
     }
 }
@@ -78,7 +78,7 @@ async fn throttling_and_server_errors_are_retried_honouring_retry_after() {
         "both Retry-After waits honoured: {:?}",
         started.elapsed()
     );
-    assert_eq!(src.count(Op::HeadManifest), 2, "429 then success");
+    assert_eq!(src.count(Op::HeadManifest), 3, "429, success, then the source tag checked again before its PUT");
     assert!(dst.has_manifest(&repo, "v1"));
     for b in &img.blobs {
         assert!(dst.has_blob(&repo, b));
@@ -431,4 +431,72 @@ async fn chunked_uploads_only_where_needed() {
     w.run(&task(&img, &repo, &["v1"])).await.unwrap();
     assert_eq!(plain_dst.count(Op::PatchUpload), 0);
     assert_eq!(plain_dst.count(Op::PutUpload), img.blobs.len());
+}
+
+/// Starts copying `old` (its blobs trickle from the fake source), waits
+/// until every blob is open, runs `meanwhile`, then returns the slow copy's
+/// report.
+async fn while_held(
+    w: std::sync::Arc<Worker>,
+    src: &FakeRegistry,
+    task: Task,
+    blobs: usize,
+    meanwhile: impl std::future::Future<Output = ()>,
+) -> relay::registry::CopyReport {
+    src.reset_counts();
+    src.inject(Op::GetBlob, Fault::Slow(Duration::from_millis(150)), blobs);
+    let slow = tokio::spawn(async move { w.run(&task).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while src.count(Op::GetBlob) < blobs {
+        assert!(Instant::now() < deadline, "the slow copy never opened its blobs");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    meanwhile.await;
+    assert!(!slow.is_finished(), "the copy was still held when the tag moved");
+    slow.await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_copy_of_an_old_digest_never_moves_a_tag_the_source_moved_on() {
+    let stack = Stack::load().unwrap();
+    let src = FakeRegistry::start(false).await;
+    let repo = unique_repo("stale");
+    let old = push_to(&plain(&src), &repo, ImageKind::OciImage, 1, 64 * 1024).await;
+    let w = std::sync::Arc::new(worker(&src.url, &stack.target_url, true).await);
+    let newer = std::sync::Mutex::new(None);
+    let stale = while_held(w.clone(), &src, task(&old, &repo, &["v1"]), old.blobs.len(), async {
+        // v1 moves on at the source and its own task copies it first.
+        let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 1, 1024).await;
+        let r = w.run(&task(&img, &repo, &["v1"])).await.unwrap();
+        assert_eq!(r.outcome, Some(Outcome::Copied));
+        *newer.lock().unwrap() = Some(img);
+    })
+    .await;
+    let newer = newer.into_inner().unwrap().unwrap();
+    assert_eq!(stale.outcome, Some(Outcome::Superseded), "{stale:?}");
+    assert!(stale.tags_pushed.is_empty());
+    let (_, bytes) = stack.target().get_manifest(&repo, "v1").await.unwrap().unwrap();
+    assert_eq!(relay_tests::plain::sha256(&bytes), newer.digest, "the destination ends at the new digest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_override_a_tag_that_appears_during_the_copy_is_left_alone() {
+    let stack = Stack::load().unwrap();
+    let src = FakeRegistry::start(false).await;
+    let repo = unique_repo("appears");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 1, 64 * 1024).await;
+    let w = std::sync::Arc::new(worker(&src.url, &stack.target_url, true).await);
+    let mut t = task(&img, &repo, &["v1"]);
+    t.options.override_existing = false;
+    let target = stack.target();
+    let by_hand = std::sync::Mutex::new(None);
+    let report = while_held(w, &src, t, img.blobs.len(), async {
+        let hand = image::push(&target, &repo, "v1", ImageKind::OciImage, 1, 512).await.unwrap();
+        *by_hand.lock().unwrap() = Some(hand.digest);
+    })
+    .await;
+    assert_eq!(report.outcome, Some(Outcome::SkippedNoOverride), "{report:?}");
+    assert_eq!(report.tags_skipped.iter().map(|t| t.as_str()).collect::<Vec<_>>(), vec!["v1"]);
+    let (_, bytes) = target.get_manifest(&repo, "v1").await.unwrap().unwrap();
+    assert_eq!(Some(relay_tests::plain::sha256(&bytes)), by_hand.into_inner().unwrap(), "the hand-pushed tag stays");
 }

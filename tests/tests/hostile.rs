@@ -86,7 +86,7 @@ fn task(repo: &str, digest: &str) -> Task {
             tags: vec!["v1".parse().unwrap()],
         },
         rules: vec!["r".into()],
-        options: CopyOptions { override_existing: true, bandwidth_kbps: None },
+        options: CopyOptions { override_existing: true, bandwidth_kbps: None, refresh_referrers: false },
         event: EventRef { key: "k".into(), occurred_at: 0, operator: "o".into() },
     }
 }

@@ -28,7 +28,7 @@ async fn one_bad_task_never_fails_its_neighbours() {
     let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
     let good = planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest).remove(0);
     let mut future = serde_json::to_value(&good).unwrap();
-    future["version"] = 2.into();
+    future["version"] = 3.into();
     let mut unknown_registry = good.clone();
     unknown_registry.destination.registry = "elsewhere".into();
     let batch = vec![
@@ -42,7 +42,7 @@ async fn one_bad_task_never_fails_its_neighbours() {
     failed.sort();
     let ids: Vec<&str> = failed.iter().map(|f| f.0.as_str()).collect();
     assert_eq!(ids, ["future", "garbage", "nowhere"]);
-    assert!(failed[0].1.contains("version 2 is not supported"), "{}", failed[0].1);
+    assert!(failed[0].1.contains("version 3 is not supported"), "{}", failed[0].1);
     assert!(failed[1].1.starts_with("undecodable task"), "{}", failed[1].1);
     assert!(failed[2].1.contains("\"elsewhere\", which is not in this worker's configuration"), "{}", failed[2].1);
     assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_some(), "the good task ran");

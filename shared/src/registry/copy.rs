@@ -17,7 +17,7 @@ use super::retry::RetryPolicy;
 use super::throttle::Throttle;
 use crate::digest::Digest;
 use crate::repository::{RepositoryPath, Tag};
-use crate::task::{Action, Task};
+use crate::task::Task;
 
 /// How a task ended when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -38,8 +38,13 @@ pub enum Outcome {
     Deleted,
     /// Delete task, but the destination did not have it.
     NotPresent,
-    /// Delete task, but the source still has the artifact.
+    /// Delete task, but the source (the event's repository or another
+    /// that the rules map onto the same destination) still has the artifact.
     SourceStillHas,
+    /// Delete task, but a destination tag the deleted artifact did not map
+    /// to points at the digest, and the registry can only delete the
+    /// manifest with every tag on it: kept.
+    KeptForeignTags,
 }
 
 impl Outcome {
@@ -53,6 +58,7 @@ impl Outcome {
             Outcome::Deleted => "deleted",
             Outcome::NotPresent => "not_present",
             Outcome::SourceStillHas => "source_still_has",
+            Outcome::KeptForeignTags => "kept_foreign_tags",
         }
     }
 }
@@ -73,6 +79,11 @@ pub struct CopyReport {
     pub tags_skipped: Vec<Tag>,
     /// Signatures, SBOMs, attestations copied along (manifests).
     pub referrers_copied: u64,
+    /// Delete refused: this source repository still holds the digest.
+    pub held_by: Option<RepositoryPath>,
+    /// Delete refused: these destination tags point at the digest and the
+    /// deleted artifact did not map to them.
+    pub foreign_tags: Vec<Tag>,
 }
 
 impl CopyReport {
@@ -145,22 +156,15 @@ struct Counters {
 }
 
 impl Copier<'_> {
-    pub async fn run(&self, task: &Task) -> Result<CopyReport, CopyError> {
-        match task.action {
-            Action::Copy => self.copy(task).await,
-            Action::Delete => self.delete(task).await,
-        }
-    }
-
     /// The artifact, then (once it is at the destination) its referrers:
-    /// after a copy, and when a reconcile pass (which saw an accessory
-    /// missing) finds the artifact already there. A duplicate event for an
-    /// artifact already present stays HEAD-only.
-    async fn copy(&self, task: &Task) -> Result<CopyReport, CopyError> {
+    /// after a copy, and when the task asks to refresh them (a reconcile
+    /// pass saw an accessory missing) and finds the artifact already there.
+    /// A duplicate event for an artifact already present stays HEAD-only.
+    pub async fn copy(&self, task: &Task) -> Result<CopyReport, CopyError> {
         let mut report = self.copy_subject(task).await?;
         let follow = match report.outcome {
             Some(Outcome::Copied) => true,
-            Some(Outcome::AlreadyPresent) => task.event.operator == crate::reconcile::OPERATOR,
+            Some(Outcome::AlreadyPresent) => task.options.refresh_referrers,
             _ => false,
         };
         if self.referrers && follow {
@@ -190,7 +194,7 @@ impl Copier<'_> {
         } else {
             for (src_tag, dst_tag) in task.source.tags.iter().zip(&task.destination.tags) {
                 match self.source.head_manifest(src_repo, src_tag.as_str()).await? {
-                    Some(d) if &d == digest => current.push(dst_tag),
+                    Some(d) if &d == digest => current.push((src_tag, dst_tag)),
                     Some(other) => {
                         tracing::info!(tag = %src_tag, now = %other, "tag moved at the source since the event: left to the newer task")
                     }
@@ -205,14 +209,14 @@ impl Copier<'_> {
         }
 
         let mut tags = Vec::new();
-        for tag in current {
+        for (src_tag, tag) in current {
             match self.destination.head_manifest(dst_repo, tag.as_str()).await? {
                 Some(d) if &d == digest => {}
                 Some(other) if !task.options.override_existing => {
                     tracing::info!(tag = %tag, existing = %other, "destination tag points elsewhere and override is off: left alone");
                     report.tags_skipped.push(tag.clone());
                 }
-                _ => tags.push(tag.clone()),
+                _ => tags.push((src_tag, tag)),
             }
         }
         let tagged = !task.destination.tags.is_empty();
@@ -234,9 +238,9 @@ impl Copier<'_> {
             // (the webhook's and a reconcile's, say): push only what it did not.
             present = self.destination.head_manifest(dst_repo, &digest.to_string()).await?.as_ref() == Some(digest);
             let mut left = Vec::new();
-            for tag in tags {
+            for (src_tag, tag) in tags {
                 if self.destination.head_manifest(dst_repo, tag.as_str()).await?.as_ref() != Some(digest) {
-                    left.push(tag);
+                    left.push((src_tag, tag));
                 }
             }
             tags = left;
@@ -249,23 +253,58 @@ impl Copier<'_> {
         if !present {
             self.copy_below(src_repo, dst_repo, &root, &mut report).await?;
         }
-        // The root goes up under its first tag (the registry indexes it by
-        // digest too), or by digest when the push had no tag.
-        match tags.split_first() {
-            None => {
-                self.destination.put_manifest(dst_repo, &digest.to_string(), &root).await?;
-                report.manifests_pushed += 1;
-            }
-            Some((first, rest)) => {
-                for tag in std::iter::once(first).chain(rest) {
+        // The root goes up under its tags (the registry indexes it by digest
+        // too), or by digest when the push had no tag.
+        if !tagged {
+            self.destination.put_manifest(dst_repo, &digest.to_string(), &root).await?;
+            report.manifests_pushed += 1;
+            report.outcome = Some(Outcome::Copied);
+            return Ok(report);
+        }
+        let mut moved = false;
+        for (src_tag, tag) in tags {
+            match self.tag_still_due(task, src_tag, tag).await? {
+                TagCheck::Due => {
                     self.destination.put_manifest(dst_repo, tag.as_str(), &root).await?;
                     report.tags_pushed.push(tag.clone());
                 }
-                report.manifests_pushed += 1;
+                TagCheck::MovedAtSource => moved = true,
+                TagCheck::TakenAtDestination => report.tags_skipped.push(tag.clone()),
             }
         }
-        report.outcome = Some(Outcome::Copied);
+        report.outcome = Some(match (report.tags_pushed.is_empty(), moved) {
+            (false, _) => {
+                report.manifests_pushed += 1;
+                Outcome::Copied
+            }
+            (true, true) => Outcome::Superseded,
+            (true, false) => Outcome::SkippedNoOverride,
+        });
         Ok(report)
+    }
+
+    /// Checked right before a tag moves, because a copy can take minutes:
+    /// the source tag must still point at the task's digest (else a newer
+    /// task carries it, and pushing now would move the destination back to
+    /// an old digest), and without override the destination tag must still
+    /// be absent or ours. The window left between this HEAD and the PUT is
+    /// the README's "Remaining window": the distribution API has no
+    /// conditional PUT.
+    async fn tag_still_due(&self, task: &Task, src_tag: &Tag, dst_tag: &Tag) -> Result<TagCheck, CopyError> {
+        let digest = &task.source.digest;
+        let now = self.source.head_manifest(&task.source.repository, src_tag.as_str()).await?;
+        if now.as_ref() != Some(digest) {
+            tracing::info!(tag = %src_tag, now = ?now.map(|d| d.to_string()), "tag moved at the source during the copy: left to the newer task");
+            return Ok(TagCheck::MovedAtSource);
+        }
+        if !task.options.override_existing {
+            let there = self.destination.head_manifest(&task.destination.repository, dst_tag.as_str()).await?;
+            if let Some(other) = there.filter(|d| d != digest) {
+                tracing::info!(tag = %dst_tag, existing = %other, "destination tag appeared during the copy and override is off: left alone");
+                return Ok(TagCheck::TakenAtDestination);
+            }
+        }
+        Ok(TagCheck::Due)
     }
 
     /// Everything `root` needs at the destination before it can be pushed:
@@ -285,18 +324,6 @@ impl Copier<'_> {
             report.manifests_pushed += 1;
         }
         Ok(())
-    }
-
-    async fn delete(&self, task: &Task) -> Result<CopyReport, CopyError> {
-        let digest = &task.source.digest;
-        let mut report = CopyReport::default();
-        if self.source.head_manifest(&task.source.repository, &digest.to_string()).await?.is_some() {
-            report.outcome = Some(Outcome::SourceStillHas);
-            return Ok(report);
-        }
-        let deleted = self.destination.delete_manifest(&task.destination.repository, digest).await?;
-        report.outcome = Some(if deleted { Outcome::Deleted } else { Outcome::NotPresent });
-        Ok(report)
     }
 
     /// Walks `manifest`, collecting the children the destination lacks
@@ -510,6 +537,13 @@ impl Copier<'_> {
         }
         result.map(|()| UploadKind::Streamed)
     }
+}
+
+/// What [`Copier::tag_still_due`] found.
+enum TagCheck {
+    Due,
+    MovedAtSource,
+    TakenAtDestination,
 }
 
 enum UploadKind {

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod chunks;
 pub mod client;
 pub mod copy;
+pub mod delete;
 pub mod ledger;
 pub mod manifest;
 pub mod referrers;

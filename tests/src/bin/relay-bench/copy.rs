@@ -227,7 +227,7 @@ pub async fn copy_once(args: &[String]) -> anyhow::Result<()> {
             tags: vec![tag.parse()?],
         },
         rules: vec!["bench".into()],
-        options: CopyOptions { override_existing: true, bandwidth_kbps: None },
+        options: CopyOptions { override_existing: true, bandwidth_kbps: None, refresh_referrers: false },
         event: EventRef { key: "bench".into(), occurred_at: 0, operator: "bench".into() },
     };
     let started = Instant::now();
