@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::config::{Config, CredentialsRef};
 use crate::harbor_api::HarborApi;
+use crate::health::Health;
 use crate::queue::TaskQueue;
 use crate::registry::ledger::BlobLedger;
 use crate::registry::retry::RetryPolicy;
@@ -41,7 +42,13 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
         let options = ClientOptions { insecure: r.insecure, retry };
         let client = RegistryClient::new(&r.name, r.url.clone(), Role::Destination, credentials, options)
             .map_err(|e| StartupError::Client { registry: r.name.clone(), reason: e.to_string() })?;
-        destinations.insert(r.name.clone(), Destination { client, ledger: BlobLedger::default() });
+        let w = &config.worker;
+        let health = Health::new(
+            w.breaker_failures,
+            Duration::from_secs(w.park_base_seconds),
+            Duration::from_secs(w.park_max_seconds),
+        );
+        destinations.insert(r.name.clone(), Destination { client, ledger: BlobLedger::default(), health });
     }
     let harbor = harbor_api(config, secrets).await?;
     Ok(Worker {

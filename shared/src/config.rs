@@ -78,11 +78,40 @@ pub struct WorkerSettings {
     /// Signatures, SBOMs and attestations follow their artifact (as
     /// Harbor's replication copies accessories). Off: the artifact only.
     pub referrers: bool,
+    /// A transient failure makes the message visible again after this
+    /// many seconds, doubling with each receive (with jitter, at least the
+    /// registry's `Retry-After`) up to `retry_max_seconds` — instead of the
+    /// queue's 30-minute visibility timeout.
+    pub retry_base_seconds: u64,
+    pub retry_max_seconds: u64,
+    /// A task for an unavailable destination is parked (re-enqueued, not a
+    /// failed attempt) for this many seconds, doubling with each parking up
+    /// to `park_max_seconds` (SQS delays at most 900 s). The breaker's open
+    /// period between probes follows the same steps.
+    pub park_base_seconds: u64,
+    pub park_max_seconds: u64,
+    /// Connection failures or 5xx in a row that mark a destination
+    /// unavailable (its breaker opens).
+    pub breaker_failures: u32,
+    /// Continuations of one task (a copy longer than an invocation) before
+    /// it is retried as an ordinary failure.
+    pub max_continuations: u32,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        WorkerSettings { blob_concurrency: 3, task_concurrency: 4, deadline_margin_seconds: 15, referrers: true }
+        WorkerSettings {
+            blob_concurrency: 3,
+            task_concurrency: 4,
+            deadline_margin_seconds: 15,
+            referrers: true,
+            retry_base_seconds: 10,
+            retry_max_seconds: 900,
+            park_base_seconds: 30,
+            park_max_seconds: 900,
+            breaker_failures: 3,
+            max_continuations: 100,
+        }
     }
 }
 
@@ -200,6 +229,14 @@ impl RawConfig {
             if r.name.is_empty() {
                 return Err(ConfigError::invalid(format!("{field}.name"), "must not be empty"));
             }
+            // Errors, logs and metrics name the source `source`: a
+            // destination of that name could not be told apart.
+            if r.name == "source" {
+                return Err(ConfigError::invalid(
+                    format!("{field}.name"),
+                    "`source` is the source's name; pick another",
+                ));
+            }
             if !names.insert(r.name.clone()) {
                 return Err(ConfigError::invalid(
                     format!("{field}.name"),
@@ -237,6 +274,21 @@ impl RawConfig {
 
         if self.worker.blob_concurrency == 0 || self.worker.task_concurrency == 0 {
             return Err(ConfigError::invalid("worker", "concurrency must be at least 1"));
+        }
+        let w = &self.worker;
+        for (field, base, max, limit) in [
+            ("worker.retry_max_seconds", w.retry_base_seconds, w.retry_max_seconds, 43_200),
+            ("worker.park_max_seconds", w.park_base_seconds, w.park_max_seconds, 900),
+        ] {
+            if base == 0 || base > max || max > limit {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("needs 1 <= base ({base}) <= max ({max}) <= {limit} (SQS's limit)"),
+                ));
+            }
+        }
+        if w.breaker_failures == 0 {
+            return Err(ConfigError::invalid("worker.breaker_failures", "must be at least 1"));
         }
 
         Ok(Config {

@@ -2,8 +2,9 @@
 //! message to the DLQ after `maxReceiveCount` receives, but carries nothing
 //! about why it failed, and the worker's logs may be long gone when an
 //! operator looks. So on a message's last attempt (receive count ≥ the
-//! queue's `maxReceiveCount`) the worker sends it to the DLQ itself with
-//! the error as message attributes and lets the original go; if that send
+//! queue's `maxReceiveCount`), or at once when no retry can fix it, the
+//! worker sends it to the DLQ itself with the error as message attributes
+//! and lets the original go; if that send
 //! fails, the message is reported failed as usual and SQS's redrive still
 //! moves it (without the reason). Nothing is lost either way; at worst a
 //! message exists in both queues, and tasks are idempotent.
@@ -68,16 +69,8 @@ pub async fn redrive_policy(
     Ok(Some(RedrivePolicy { dlq_url, max_receive_count }))
 }
 
-/// The ids to report failed: every failure, minus those `dead_letters`
-/// (when there is a DLQ) moved on their last attempt.
-pub async fn settle(dead_letters: Option<&DeadLetters>, failures: Vec<Failure>) -> Vec<String> {
-    match dead_letters {
-        Some(d) => d.settle(failures).await,
-        None => failures.into_iter().map(|f| f.message.id).collect(),
-    }
-}
-
-/// Sends failed messages on their last attempt to the DLQ with their error.
+/// Sends failed messages to the DLQ with their error: on their last
+/// attempt, or at once when no retry can fix them ([`crate::settle`]).
 pub struct DeadLetters {
     sqs: aws_sdk_sqs::Client,
     policy: RedrivePolicy,
@@ -104,16 +97,20 @@ impl DeadLetters {
         }
     }
 
-    /// Dead-letters the failures on their last attempt; returns the ids of
-    /// the messages that must still be reported failed.
-    pub async fn settle(&self, failures: Vec<Failure>) -> Vec<String> {
-        let (last, others): (Vec<Failure>, Vec<Failure>) =
-            failures.into_iter().partition(|f| f.message.receive_count >= self.policy.max_receive_count);
-        let mut still_failed: Vec<String> = others.into_iter().map(|f| f.message.id).collect();
-        for chunk in last.chunks(10) {
-            still_failed.extend(self.send(chunk).await);
+    /// Receives after which SQS's redrive would move a message.
+    pub fn max_receive_count(&self) -> u32 {
+        self.policy.max_receive_count
+    }
+
+    /// Dead-letters `failures` with their errors; returns the ids of the
+    /// messages that did not reach the DLQ (to be reported failed, so
+    /// SQS's redrive still moves them).
+    pub async fn send_all(&self, failures: &[Failure]) -> Vec<String> {
+        let mut not_sent = Vec::new();
+        for chunk in failures.chunks(10) {
+            not_sent.extend(self.send(chunk).await);
         }
-        still_failed
+        not_sent
     }
 
     /// One `SendMessageBatch`; returns the ids that did not reach the DLQ.
@@ -164,7 +161,7 @@ impl DeadLetters {
                     Some(f.message.id.clone())
                 }
                 None => {
-                    tracing::warn!(message_id = %f.message.id, attempts = f.message.receive_count, error = %f.error, "task dead-lettered after its last attempt");
+                    tracing::warn!(message_id = %f.message.id, attempts = f.message.receive_count, error = %f.error, "task dead-lettered with its error");
                     None
                 }
             })

@@ -1,25 +1,35 @@
 //! The worker's standalone mode: long-poll SQS like the Lambda event source
-//! mapping does, hand each batch to the same [`Worker::handle_batch`], and
-//! delete only the messages that succeeded or were dead-lettered with their
-//! error on their last attempt (the rest reappear after their visibility
-//! timeout).
+//! mapping does, hand each batch to the same [`Worker::handle_batch`],
+//! settle the failures the same way ([`Settler`]) and delete the messages
+//! that succeeded or were settled for good (dead-lettered, re-enqueued);
+//! the rest reappear after their backoff.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 
-use crate::dead_letter::DeadLetters;
 use crate::queue::TaskQueue;
+use crate::settle::{Settler, CONTINUATIONS, PARKED};
 use crate::worker::{Message, Worker};
 
+/// How the standalone worker runs its batches.
+#[derive(Default)]
+pub struct PollOptions {
+    /// Each batch gets this long, as a Lambda invocation gets its timeout
+    /// (`RELAY_WORKER_RUN_SECONDS`): a task still copying at the end is
+    /// continued in a fresh message. `None`: no deadline.
+    pub run_for: Option<Duration>,
+}
+
 /// Polls until `shutdown` completes; a batch in progress is finished first.
-/// With `dead_letters`, failures on their last attempt go to the DLQ with
-/// their error.
+/// Failures are settled by `settler` (without one: redelivered after the
+/// queue's visibility timeout).
 pub async fn poll(
     queue: &TaskQueue,
     worker: &Worker,
-    dead_letters: Option<&DeadLetters>,
+    settler: Option<&Settler>,
+    options: &PollOptions,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -31,6 +41,8 @@ pub async fn poll(
             .queue_url(queue.url())
             .max_number_of_messages(10)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names(PARKED)
+            .message_attribute_names(CONTINUATIONS)
             .wait_time_seconds(5)
             .send();
         let out = tokio::select! {
@@ -64,14 +76,32 @@ pub async fn poll(
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(0);
-                Some(Message { id, body: m.body().unwrap_or_default().to_owned(), receive_count })
+                let counter = |name: &str| {
+                    m.message_attributes()
+                        .and_then(|a| a.get(name))
+                        .and_then(|v| v.string_value())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                };
+                Some(Message {
+                    id,
+                    body: m.body().unwrap_or_default().to_owned(),
+                    receive_count,
+                    receipt: m.receipt_handle().map(str::to_owned),
+                    parked: counter(PARKED),
+                    continuations: counter(CONTINUATIONS),
+                })
             })
             .collect();
         if messages.is_empty() {
             continue;
         }
-        let failures = worker.handle_batch(messages, None).await;
-        let failed = crate::dead_letter::settle(dead_letters, failures).await;
+        let deadline = options.run_for.map(|d| Instant::now() + d);
+        let failures = worker.handle_batch(messages, deadline).await;
+        let failed = match settler {
+            Some(s) => s.settle(failures).await,
+            None => failures.into_iter().map(|f| f.message.id).collect(),
+        };
         let done: Vec<_> = receipts
             .into_iter()
             .filter(|(id, _)| !failed.contains(id))

@@ -15,31 +15,41 @@ use tracing::Instrument;
 use crate::config::WorkerSettings;
 use crate::feeders::{feeders, ListingError, SourceListing};
 use crate::harbor_api::HarborApi;
+use crate::health::{Gate, Health};
 use crate::metrics::{self, Unit};
 use crate::registry::ledger::BlobLedger;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::throttle::Throttle;
-use crate::registry::{Copier, CopyError, CopyReport, RegistryClient};
+use crate::registry::{Copier, CopyError, CopyReport, RegistryClient, RegistryError};
 use crate::rules::Rule;
+use crate::settle::Disposition;
 use crate::task::{Action, Task, TaskError};
 
 /// Catalog entries per request when a delete lists the source.
 const LISTING_PAGE: usize = 1000;
 
 /// One queue message.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Message {
     pub id: String,
     pub body: String,
     /// SQS's `ApproximateReceiveCount` (this delivery included); 0 unknown.
     pub receive_count: u32,
+    /// To change its visibility (the backoff); `None` where unknown.
+    pub receipt: Option<String>,
+    /// Times its task was parked before ([`crate::settle::PARKED`]).
+    pub parked: u32,
+    /// Continuations its task had before ([`crate::settle::CONTINUATIONS`]).
+    pub continuations: u32,
 }
 
-/// A message whose task failed, with the reason (no secrets in it).
+/// A message whose task failed, with the reason (no secrets in it) and
+/// how it is to be settled.
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub message: Message,
     pub error: String,
+    pub disposition: Disposition,
 }
 
 /// Clients built from the configuration; a task can only name these.
@@ -62,6 +72,8 @@ pub struct Worker {
 pub struct WorkerStats {
     pub tasks_succeeded: AtomicU64,
     pub tasks_failed: AtomicU64,
+    /// Parked (destination unavailable) or continued (deadline) tasks.
+    pub tasks_deferred: AtomicU64,
     pub bytes: AtomicU64,
     pub blobs_copied: AtomicU64,
     pub blobs_mounted: AtomicU64,
@@ -122,15 +134,15 @@ impl Worker {
 async fn each_isolated<F, Fut>(messages: Vec<Message>, concurrency: usize, run: F) -> Vec<Failure>
 where
     F: Fn(Message) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), (String, Disposition)>>,
 {
     stream::iter(messages)
         .map(|m| {
             let running = AssertUnwindSafe(run(m.clone())).catch_unwind();
             async move {
-                let error = match running.await {
+                let (error, disposition) = match running.await {
                     Ok(Ok(())) => return None,
-                    Ok(Err(error)) => error,
+                    Ok(Err(failed)) => failed,
                     Err(panic) => {
                         let what = panic
                             .downcast_ref::<&str>()
@@ -139,10 +151,10 @@ where
                             .unwrap_or_else(|| "a panic without a message".into());
                         tracing::error!(message_id = %m.id, outcome = "failed", panic = %what, "task panicked; its batch neighbours go on");
                         metrics::emit(&[("Function", "worker"), ("Outcome", "failed")], &[("Tasks", 1.0, Unit::Count)]);
-                        format!("task panicked: {what}")
+                        (format!("task panicked: {what}"), Disposition::Retry { retry_after: None })
                     }
                 };
-                Some(Failure { message: m, error })
+                Some(Failure { message: m, error, disposition })
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -151,10 +163,12 @@ where
         .await
 }
 
-/// A destination registry: its client and what this worker knows of its blobs.
+/// A destination registry: its client, what this worker knows of its
+/// blobs, and whether it answers at all.
 pub struct Destination {
     pub client: RegistryClient,
     pub ledger: BlobLedger,
+    pub health: Health,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +183,28 @@ pub enum TaskFailure {
     /// listed, so a delete cannot know it is safe: retried.
     #[error("cannot list the source repositories mapped onto the destination: {0}")]
     Listing(#[from] ListingError),
+    #[error("destination {0} is unavailable; the task is parked until it answers")]
+    Parked(String),
+}
+
+impl TaskFailure {
+    /// How the message of a task that failed this way is settled.
+    pub fn disposition(&self) -> Disposition {
+        let retry = |retry_after| Disposition::Retry { retry_after };
+        match self {
+            TaskFailure::Decode(_) | TaskFailure::UnknownRegistry(_) => Disposition::Permanent,
+            TaskFailure::Parked(_) => Disposition::Park,
+            TaskFailure::Listing(_) => retry(None),
+            TaskFailure::Copy(CopyError::Manifest(_)) => Disposition::Permanent,
+            TaskFailure::Copy(CopyError::Deadline { progressed: true, .. }) => Disposition::Continue,
+            TaskFailure::Copy(CopyError::Deadline { progressed: false, .. }) => retry(None),
+            TaskFailure::Copy(CopyError::Registry(e)) => match e {
+                // What the source serves is wrong: another try reads the same.
+                RegistryError::DigestMismatch { .. } | RegistryError::TooLarge { .. } => Disposition::Permanent,
+                e => retry(e.retry_after()),
+            },
+        }
+    }
 }
 
 impl Worker {
@@ -183,14 +219,16 @@ impl Worker {
         .await
     }
 
-    /// Runs one message; logs its outcome. `Err` holds the failure reason.
-    pub async fn handle_message(&self, m: &Message, deadline: Option<Instant>) -> Result<(), String> {
+    /// Runs one message; logs its outcome. `Err` holds the failure reason
+    /// and how to settle the message.
+    pub async fn handle_message(&self, m: &Message, deadline: Option<Instant>) -> Result<(), (String, Disposition)> {
         let task = match Task::decode(&m.body) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(message_id = %m.id, outcome = "rejected", error = %e, "message is not a task this worker understands");
                 metrics::emit(&[("Function", "worker"), ("Outcome", "rejected")], &[("Tasks", 1.0, Unit::Count)]);
-                return Err(TaskFailure::Decode(e).to_string());
+                let failure = TaskFailure::Decode(e);
+                return Err((failure.to_string(), failure.disposition()));
             }
         };
         let span = tracing::info_span!(
@@ -241,12 +279,23 @@ impl Worker {
                 Ok(())
             }
             Err(e) => {
-                self.stats.tasks_failed.fetch_add(1, Ordering::Relaxed);
+                let disposition = e.disposition();
                 let _e = span.enter();
-                let transient = matches!(&e, TaskFailure::Copy(c) if c.is_transient());
-                tracing::error!(outcome = "failed", transient, error = %e, duration_ms = started.elapsed().as_millis() as u64, "task failed");
-                metrics::emit(&[("Function", "worker"), ("Outcome", "failed")], &[("Tasks", 1.0, Unit::Count)]);
-                Err(e.to_string())
+                let (outcome, settled) = match disposition {
+                    Disposition::Park => ("parked", "parked"),
+                    Disposition::Continue => ("continued", "continued"),
+                    Disposition::Permanent => ("failed", "dead_letter"),
+                    Disposition::Retry { .. } => ("failed", "retry"),
+                };
+                if outcome == "failed" {
+                    self.stats.tasks_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(outcome, settled, error = %e, duration_ms = started.elapsed().as_millis() as u64, "task failed");
+                } else {
+                    self.stats.tasks_deferred.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(outcome, reason = %e, duration_ms = started.elapsed().as_millis() as u64, "task deferred");
+                }
+                metrics::emit(&[("Function", "worker"), ("Outcome", outcome)], &[("Tasks", 1.0, Unit::Count)]);
+                Err((e.to_string(), disposition))
             }
         }
     }
@@ -265,6 +314,38 @@ impl Worker {
             .destinations
             .get(&task.destination.registry)
             .ok_or_else(|| TaskFailure::UnknownRegistry(task.destination.registry.clone()))?;
+        let parked = || TaskFailure::Parked(task.destination.registry.clone());
+        match destination.health.gate() {
+            Gate::Closed => {}
+            Gate::Open => return Err(parked()),
+            Gate::Probe => match destination.client.ping().await {
+                Err(e) if e.is_unavailable() => {
+                    destination.health.record_unavailable();
+                    return Err(parked());
+                }
+                _ => destination.health.record_success(),
+            },
+        }
+        let result = self.copy_to(task, destination, deadline).await;
+        match &result {
+            Err(TaskFailure::Copy(CopyError::Registry(e)))
+                if e.is_unavailable() && e.registry() == destination.client.name() =>
+            {
+                destination.health.record_unavailable();
+                return Err(parked());
+            }
+            Err(_) => {}
+            Ok(_) => destination.health.record_success(),
+        }
+        result
+    }
+
+    async fn copy_to(
+        &self,
+        task: &Task,
+        destination: &Destination,
+        deadline: Option<Instant>,
+    ) -> Result<CopyReport, TaskFailure> {
         let copier = Copier {
             source: &self.source,
             destination: &destination.client,
@@ -295,7 +376,7 @@ mod tests {
     use super::*;
 
     fn message(id: &str) -> Message {
-        Message { id: id.into(), body: String::new(), receive_count: 1 }
+        Message { id: id.into(), receive_count: 1, ..Default::default() }
     }
 
     #[tokio::test]
@@ -308,7 +389,7 @@ mod tests {
                 tokio::task::yield_now().await;
                 match m.id.as_str() {
                     "boom" => panic!("index out of bounds in task {}", m.id),
-                    "bad" => Err("an ordinary failure".to_owned()),
+                    "bad" => Err(("an ordinary failure".to_owned(), Disposition::Permanent)),
                     _ => {
                         finished.fetch_add(1, Ordering::Relaxed);
                         Ok(())

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use relay::poller::PollOptions;
 use relay::queue::TaskQueue;
 use relay::registry::retry::RetryPolicy;
 use relay::secrets::SecretSource;
+use relay::settle::{Settler, Timing};
 use relay::webhook::WebhookOptions;
 use relay::{bootstrap, Config};
 use tokio::sync::oneshot;
@@ -133,8 +135,11 @@ impl AppBuilder {
             let worker = Arc::new(bootstrap::worker(&config, &secrets, fast_retry()).await.unwrap());
             shared_worker = Some(worker.clone());
             let (tx, rx) = oneshot::channel::<()>();
+            // Settled as the binary settles them (this queue has no DLQ).
+            let timing = Timing::from_settings(&config.worker);
+            let settler = Settler::new(sqs.clone(), Some(queue_url.clone()), None, timing);
             tokio::spawn(async move {
-                relay::poller::poll(&queue, &worker, None, async move {
+                relay::poller::poll(&queue, &worker, Some(&settler), &PollOptions::default(), async move {
                     let _ = rx.await;
                 })
                 .await

@@ -99,6 +99,9 @@ fn transformed_template_wires_queue_worker_and_webhook() {
     let dlq_statement = &r["WorkerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][1];
     assert_eq!(dlq_statement["Action"], "sqs:SendMessage", "the worker dead-letters with the error");
     assert_eq!(dlq_statement["Resource"], get_att("DeadLetterQueue", "Arn"), "only to the DLQ");
+    let requeue = &r["WorkerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][2];
+    assert_eq!(requeue["Action"], "sqs:SendMessage", "parked and continued tasks are re-enqueued");
+    assert_eq!(requeue["Resource"], get_att("CopyQueue", "Arn"), "only to the copy queue");
     let env = &r["WorkerFunction"]["Properties"]["Environment"]["Variables"];
     assert_eq!(env["RELAY_DLQ_URL"], json!({"Ref": "DeadLetterQueue"}));
     assert_eq!(env["RELAY_QUEUE_URL"], json!({"Ref": "CopyQueue"}), "Globals merged");

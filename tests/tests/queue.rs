@@ -32,10 +32,10 @@ async fn one_bad_task_never_fails_its_neighbours() {
     let mut unknown_registry = good.clone();
     unknown_registry.destination.registry = "elsewhere".into();
     let batch = vec![
-        Message { id: "good".into(), body: good.encode(), receive_count: 1 },
-        Message { id: "garbage".into(), body: "{not json".into(), receive_count: 1 },
-        Message { id: "future".into(), body: future.to_string(), receive_count: 1 },
-        Message { id: "nowhere".into(), body: unknown_registry.encode(), receive_count: 1 },
+        Message { id: "good".into(), body: good.encode(), receive_count: 1, ..Default::default() },
+        Message { id: "garbage".into(), body: "{not json".into(), receive_count: 1, ..Default::default() },
+        Message { id: "future".into(), body: future.to_string(), receive_count: 1, ..Default::default() },
+        Message { id: "nowhere".into(), body: unknown_registry.encode(), receive_count: 1, ..Default::default() },
     ];
     let mut failed: Vec<(String, String)> =
         w.handle_batch(batch, None).await.into_iter().map(|f| (f.message.id, f.error)).collect();
@@ -63,9 +63,11 @@ async fn poison_messages_reach_the_dlq_and_good_ones_are_deleted() {
     sqs.send_message().queue_url(&url).message_body("{\"version\": 99}").send().await.unwrap();
 
     let dead_letters = relay::dead_letter::DeadLetters::discover(&sqs, &url, None).await.expect("redrive policy");
+    let timing = relay::settle::Timing::from_settings(&config.worker);
+    let settler = relay::settle::Settler::new(sqs.clone(), Some(url.clone()), Some(dead_letters), timing);
     let (stop, rx) = oneshot::channel::<()>();
     let poller = tokio::spawn(async move {
-        relay::poller::poll(&queue, &w, Some(&dead_letters), async move {
+        relay::poller::poll(&queue, &w, Some(&settler), &Default::default(), async move {
             let _ = rx.await;
         })
         .await
@@ -85,10 +87,11 @@ async fn poison_messages_reach_the_dlq_and_good_ones_are_deleted() {
     let msg = sqs.receive_message().queue_url(&dlq).message_attribute_names("All").send().await.unwrap();
     let m = &msg.messages()[0];
     assert_eq!(m.body(), Some("{\"version\": 99}"), "exactly the poison message");
-    // Dead-lettered by the worker on its last (2nd) attempt, with the reason.
+    // No retry can fix it: dead-lettered by the worker at its first
+    // attempt (of 2 allowed), with the reason.
     let attr =
         |name: &str| m.message_attributes().and_then(|a| a.get(name)).and_then(|v| v.string_value()).map(str::to_owned);
-    assert_eq!(attr(relay::dead_letter::ATTEMPTS).as_deref(), Some("2"));
+    assert_eq!(attr(relay::dead_letter::ATTEMPTS).as_deref(), Some("1"));
     let error = attr(relay::dead_letter::LAST_ERROR).expect("last error attached");
     assert!(error.contains("version 99 is not supported"), "{error}");
     assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_some());

@@ -3,12 +3,15 @@
 //! is set, otherwise a long-poll loop on `RELAY_QUEUE_URL`. Same handler.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
 use relay::dead_letter::DeadLetters;
+use relay::poller::PollOptions;
 use relay::registry::retry::RetryPolicy;
+use relay::settle::{Settler, Timing, CONTINUATIONS, PARKED};
 use relay::worker::{Message, Worker};
 use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource};
 
@@ -29,19 +32,34 @@ async fn run() -> anyhow::Result<()> {
     // (the queue's redrive policy says when; RELAY_DLQ_URL spares a lookup).
     let dlq_url = std::env::var("RELAY_DLQ_URL").ok();
     let dead_letters = match &queue_url {
-        Some(q) => DeadLetters::discover(&sqs, q, dlq_url.as_deref()).await.map(Arc::new),
+        Some(q) => DeadLetters::discover(&sqs, q, dlq_url.as_deref()).await,
         None => None,
     };
+    // Failures are settled by kind: backoff, dead letter at once, parked
+    // or continued in a fresh message (RELAY_QUEUE_URL names the queue).
+    let timing = Timing::from_settings(&config.worker);
+    let settler = Arc::new(Settler::new(sqs.clone(), queue_url.clone(), dead_letters, timing));
 
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        lambda_runtime::run(service_fn(move |event| batch(worker.clone(), dead_letters.clone(), event)))
+        lambda_runtime::run(service_fn(move |event| batch(worker.clone(), settler.clone(), event)))
             .await
             .map_err(|e| anyhow::anyhow!(e))
     } else {
         let queue_url = queue_url.context("RELAY_QUEUE_URL must be the copy queue's URL")?;
+        // A deadline per batch, as under Lambda (optional).
+        let run_for = match std::env::var("RELAY_WORKER_RUN_SECONDS") {
+            Ok(v) => Some(Duration::from_secs(
+                v.parse()
+                    .ok()
+                    .filter(|s| (1..=86_400).contains(s))
+                    .context("RELAY_WORKER_RUN_SECONDS must be 1..=86400")?,
+            )),
+            Err(_) => None,
+        };
         tracing::info!(queue = %queue_url, "worker polling");
         let queue = TaskQueue::new(sqs, queue_url);
-        relay::poller::poll(&queue, &worker, dead_letters.as_deref(), bootstrap::shutdown_signal()).await;
+        let options = PollOptions { run_for };
+        relay::poller::poll(&queue, &worker, Some(&settler), &options, bootstrap::shutdown_signal()).await;
         Ok(())
     }
 }
@@ -49,7 +67,7 @@ async fn run() -> anyhow::Result<()> {
 /// One SQS batch; failed messages are reported so only they come back.
 async fn batch(
     worker: Arc<Worker>,
-    dead_letters: Option<Arc<DeadLetters>>,
+    settler: Arc<Settler>,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
     let deadline = Some(bootstrap::deadline_from_epoch_ms(event.context.deadline));
@@ -57,14 +75,22 @@ async fn batch(
         .payload
         .records
         .into_iter()
-        .map(|r| Message {
-            receive_count: r.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(0),
-            id: r.message_id.unwrap_or_default(),
-            body: r.body.unwrap_or_default(),
+        .map(|r| {
+            let counter = |name: &str| {
+                r.message_attributes.get(name).and_then(|a| a.string_value.as_deref()).and_then(|v| v.parse().ok())
+            };
+            Message {
+                receive_count: r.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(0),
+                parked: counter(PARKED).unwrap_or(0),
+                continuations: counter(CONTINUATIONS).unwrap_or(0),
+                receipt: r.receipt_handle.clone(),
+                id: r.message_id.unwrap_or_default(),
+                body: r.body.unwrap_or_default(),
+            }
         })
         .collect();
     let failures = worker.handle_batch(messages, deadline).await;
-    let failed = relay::dead_letter::settle(dead_letters.as_deref(), failures).await;
+    let failed = settler.settle(failures).await;
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failed
         .into_iter()

@@ -71,7 +71,14 @@ pub enum RegistryError {
     #[error("{registry}: {method} {path}: connection failed: {reason}")]
     Transport { registry: String, method: Method, path: String, reason: String },
     #[error("{registry}: {path}: HTTP {status}{detail}")]
-    Status { registry: String, path: String, status: StatusCode, detail: String },
+    Status {
+        registry: String,
+        path: String,
+        status: StatusCode,
+        detail: String,
+        /// The registry's `Retry-After`, for the task's backoff.
+        retry_after: Option<Duration>,
+    },
     #[error("{registry}: authentication failed ({status}) for {path}")]
     Denied { registry: String, path: String, status: StatusCode },
     /// A streamed request met a 401: its token expired mid-copy. The token
@@ -93,6 +100,39 @@ impl RegistryError {
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             RegistryError::Status { status, .. } | RegistryError::Denied { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The registry the error is about (its configured name, or `source`).
+    pub fn registry(&self) -> &str {
+        match self {
+            RegistryError::Transport { registry, .. }
+            | RegistryError::Status { registry, .. }
+            | RegistryError::Denied { registry, .. }
+            | RegistryError::Reauthenticate { registry, .. }
+            | RegistryError::Token { registry, .. }
+            | RegistryError::DigestMismatch { registry, .. }
+            | RegistryError::TooLarge { registry, .. }
+            | RegistryError::Protocol { registry, .. } => registry,
+        }
+    }
+
+    /// The registry is not there to talk to: no connection, or a server
+    /// error (a maintenance window, a registry restarting). Throttling
+    /// (429) is not unavailability: it says when to come back.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            RegistryError::Transport { .. } => true,
+            RegistryError::Status { status, .. } => status.is_server_error(),
+            _ => false,
+        }
+    }
+
+    /// How long the registry asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RegistryError::Status { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -719,6 +759,7 @@ impl RegistryClient {
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(RegistryError::Denied { registry: self.name.clone(), path, status });
         }
+        let retry_after = header_str(resp.headers(), RETRY_AFTER).and_then(|v| parse_retry_after(v, SystemTime::now()));
         // The registry's error code tells an operator most; keep it short.
         let text = resp.text().await.unwrap_or_default();
         let detail = if text.is_empty() {
@@ -726,7 +767,7 @@ impl RegistryClient {
         } else {
             format!(": {}", text.chars().take(300).collect::<String>().trim())
         };
-        Err(RegistryError::Status { registry: self.name.clone(), path, status, detail })
+        Err(RegistryError::Status { registry: self.name.clone(), path, status, detail, retry_after })
     }
 
     /// The next page a listing answer points at (`Link: </v2/_catalog?last=x&n=1000>; rel="next"`),

@@ -103,8 +103,11 @@ pub enum CopyError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    #[error("stopped before the invocation deadline; {remaining} blobs left for the redelivery")]
-    Deadline { remaining: usize },
+    /// The invocation deadline came before every blob was started; the
+    /// blobs already started were finished. `progressed` says whether this
+    /// run moved any blob (then a continuation is worth it).
+    #[error("stopped before the invocation deadline; {remaining} blobs left for the next run")]
+    Deadline { remaining: usize, progressed: bool },
 }
 
 impl CopyError {
@@ -148,6 +151,8 @@ struct Tree {
 
 #[derive(Default)]
 struct Counters {
+    /// Blobs not started because the deadline had come.
+    deferred: AtomicU64,
     retries: AtomicU64,
     bytes: AtomicU64,
     copied: AtomicU64,
@@ -378,7 +383,14 @@ impl Copier<'_> {
                 async move { self.copy_blob(src_repo, dst_repo, &d, &counters).await }.instrument(span)
             })
             .await?;
-        Ok(Arc::into_inner(counters).expect("all blob futures finished"))
+        let counters = Arc::into_inner(counters).expect("all blob futures finished");
+        match counters.deferred.load(Ordering::Relaxed) {
+            0 => Ok(counters),
+            remaining => Err(CopyError::Deadline {
+                remaining: remaining as usize,
+                progressed: counters.copied.load(Ordering::Relaxed) + counters.mounted.load(Ordering::Relaxed) > 0,
+            }),
+        }
     }
 
     async fn copy_blob(
@@ -388,8 +400,11 @@ impl Copier<'_> {
         d: &Descriptor,
         counters: &Arc<Counters>,
     ) -> Result<(), CopyError> {
+        // Past the deadline no blob starts; those in flight finish (a
+        // cancelled upload would be sent again in full by the next run).
         if self.stop_at.is_some_and(|t| std::time::Instant::now() >= t) {
-            return Err(CopyError::Deadline { remaining: 1 });
+            counters.deferred.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         }
         if self.destination.blob_exists(dst_repo, &d.digest).await? {
             self.ledger.record(&d.digest, dst_repo);

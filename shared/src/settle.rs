@@ -1,0 +1,251 @@
+//! What becomes of a message whose task did not succeed (DESIGN §6).
+//!
+//! SQS's own answer to a failure is one size for all: the message comes
+//! back after the queue's visibility timeout (30 minutes here) and, after
+//! `maxReceiveCount` receives, goes to the dead-letter queue without a word
+//! about why. That wastes every receive on what no retry can fix, waits
+//! half an hour for what a minute would fix, and dead-letters the tasks of
+//! a registry that is merely down for maintenance, or of a copy that is
+//! merely long. So each failure carries a [`Disposition`] and is settled
+//! by it, for the Lambda handler and the standalone poller alike.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::MessageAttributeValue;
+use rand::Rng;
+
+use crate::config::WorkerSettings;
+use crate::dead_letter::DeadLetters;
+use crate::worker::{Failure, Message};
+
+/// Message attribute: how many times the task was parked because its
+/// destination was unavailable (the next park waits longer).
+pub const PARKED: &str = "RelayParked";
+/// Message attribute: how many continuations the task has had.
+pub const CONTINUATIONS: &str = "RelayContinuations";
+
+/// SQS's limits: `DelaySeconds` ≤ 15 minutes, visibility ≤ 12 hours.
+const MAX_DELAY_SECONDS: u64 = 900;
+const MAX_VISIBILITY_SECONDS: u64 = 43_200;
+
+/// How a failed message is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Worth another attempt later: the message becomes visible again after
+    /// a backoff that grows with its receive count (with jitter, never
+    /// shorter than the registry's `Retry-After`, capped), and the attempt
+    /// counts towards `maxReceiveCount`. On the last attempt: dead-lettered.
+    Retry { retry_after: Option<Duration> },
+    /// No retry can fix it (undecodable, unknown registry, a manifest or
+    /// blob the source serves wrong): dead-lettered at once with the reason.
+    Permanent,
+    /// The invocation deadline stopped a task that made progress: a fresh
+    /// message carries it on (the next run skips what was copied) and this
+    /// one is deleted, so a long copy never runs out of receives.
+    Continue,
+    /// The destination is unavailable: the task waits in a fresh message,
+    /// delayed by a time that grows with each parking; no attempt counted.
+    Park,
+}
+
+/// The settling delays, from the worker settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub park_base: Duration,
+    pub park_max: Duration,
+    /// A task continued this many times without finishing is retried as
+    /// an ordinary failure (it would never end otherwise).
+    pub max_continuations: u32,
+}
+
+impl Timing {
+    pub fn from_settings(s: &WorkerSettings) -> Timing {
+        Timing {
+            retry_base: Duration::from_secs(s.retry_base_seconds),
+            retry_max: Duration::from_secs(s.retry_max_seconds),
+            park_base: Duration::from_secs(s.park_base_seconds),
+            park_max: Duration::from_secs(s.park_max_seconds),
+            max_continuations: s.max_continuations,
+        }
+    }
+
+    /// Visibility before attempt `receive_count + 1`.
+    pub fn retry_delay(&self, receive_count: u32, retry_after: Option<Duration>) -> Duration {
+        let step = grow(self.retry_base, receive_count.saturating_sub(1), self.retry_max);
+        jitter(step).max(retry_after.unwrap_or_default()).min(self.retry_max)
+    }
+
+    /// Delay of a task parked `parked` times before.
+    pub fn park_delay(&self, parked: u32) -> Duration {
+        jitter(grow(self.park_base, parked, self.park_max))
+    }
+}
+
+/// `base · 2^n`, at most `cap`.
+fn grow(base: Duration, n: u32, cap: Duration) -> Duration {
+    base.saturating_mul(1u32.checked_shl(n).unwrap_or(u32::MAX)).min(cap)
+}
+
+/// Between half and all of `d`: tasks failed together do not all come back
+/// at the same instant.
+fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+}
+
+/// Settles failures against the copy queue (and its dead-letter queue).
+pub struct Settler {
+    sqs: aws_sdk_sqs::Client,
+    /// The copy queue; without it (a worker not told its queue) messages
+    /// can only be reported failed.
+    queue_url: Option<String>,
+    dead_letters: Option<DeadLetters>,
+    timing: Timing,
+}
+
+impl Settler {
+    pub fn new(
+        sqs: aws_sdk_sqs::Client,
+        queue_url: Option<String>,
+        dead_letters: Option<DeadLetters>,
+        timing: Timing,
+    ) -> Settler {
+        Settler { sqs, queue_url, dead_letters, timing }
+    }
+
+    /// Settles `failures`; returns the ids to report failed (those SQS must
+    /// deliver again). The others were dead-lettered or re-enqueued and
+    /// are to be deleted like successes.
+    pub async fn settle(&self, failures: Vec<Failure>) -> Vec<String> {
+        let mut redeliver = Vec::new();
+        let mut dead = Vec::new();
+        for f in failures {
+            let last = self.dead_letters.as_ref().is_some_and(|d| f.message.receive_count >= d.max_receive_count());
+            let continuations_left = f.message.continuations < self.timing.max_continuations;
+            match f.disposition {
+                Disposition::Permanent => dead.push(f),
+                Disposition::Continue if continuations_left => {
+                    if !self.requeue(&f.message, Duration::ZERO, CONTINUATIONS).await {
+                        redeliver.push(f.message.id);
+                    }
+                }
+                Disposition::Park => {
+                    let delay = self.timing.park_delay(f.message.parked);
+                    if !self.requeue(&f.message, delay, PARKED).await {
+                        redeliver.push(f.message.id);
+                    }
+                }
+                Disposition::Retry { .. } | Disposition::Continue if last => dead.push(f),
+                Disposition::Retry { retry_after } => {
+                    self.back_off(&f.message, retry_after).await;
+                    redeliver.push(f.message.id);
+                }
+                Disposition::Continue => {
+                    self.back_off(&f.message, None).await;
+                    redeliver.push(f.message.id);
+                }
+            }
+        }
+        redeliver.extend(match &self.dead_letters {
+            Some(d) => d.send_all(&dead).await,
+            None => dead.into_iter().map(|f| f.message.id).collect(),
+        });
+        redeliver
+    }
+
+    /// Sets the message's visibility to the backoff for its next attempt.
+    /// If that fails, the queue's visibility timeout applies (logged).
+    async fn back_off(&self, m: &Message, retry_after: Option<Duration>) {
+        let (Some(queue), Some(receipt)) = (&self.queue_url, &m.receipt) else { return };
+        let wait = self.timing.retry_delay(m.receive_count, retry_after).as_secs().clamp(1, MAX_VISIBILITY_SECONDS);
+        let sent = self
+            .sqs
+            .change_message_visibility()
+            .queue_url(queue)
+            .receipt_handle(receipt)
+            .visibility_timeout(wait as i32)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => {
+                tracing::info!(message_id = %m.id, wait_s = wait, attempts = m.receive_count, "task backs off before its next attempt")
+            }
+            Err(e) => {
+                tracing::warn!(message_id = %m.id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot set the backoff; the queue's visibility timeout applies")
+            }
+        }
+    }
+
+    /// Enqueues the task again as a fresh message after `delay`, counting
+    /// one more `counter` (parkings or continuations). False when it could
+    /// not: the original must then be redelivered.
+    async fn requeue(&self, m: &Message, delay: Duration, counter: &str) -> bool {
+        let Some(queue) = &self.queue_url else { return false };
+        let number = |n: u32| {
+            MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value(n.to_string())
+                .build()
+                .expect("type and value set")
+        };
+        let (parked, continuations) = match counter {
+            PARKED => (m.parked + 1, m.continuations),
+            _ => (m.parked, m.continuations + 1),
+        };
+        let delay = delay.as_secs().min(MAX_DELAY_SECONDS);
+        let sent = self
+            .sqs
+            .send_message()
+            .queue_url(queue)
+            .message_body(&m.body)
+            .delay_seconds(delay as i32)
+            .message_attributes(PARKED, number(parked))
+            .message_attributes(CONTINUATIONS, number(continuations))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => {
+                tracing::info!(message_id = %m.id, delay_s = delay, parked, continuations, "task re-enqueued; not a failed attempt");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(message_id = %m.id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot re-enqueue; the message is redelivered instead");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing() -> Timing {
+        Timing::from_settings(&WorkerSettings::default())
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_honouring_retry_after_within_the_cap() {
+        let t = timing();
+        for n in 0..20 {
+            let d = t.retry_delay(n, None);
+            assert!(d <= t.retry_max, "{n}: {d:?}");
+            let step = grow(t.retry_base, n.saturating_sub(1), t.retry_max);
+            assert!(d >= step / 2, "{n}: {d:?} under half of {step:?}");
+        }
+        assert!(t.retry_delay(1, None) <= t.retry_base);
+        assert!(t.retry_delay(4, None) >= t.retry_base * 4, "grows: {:?}", t.retry_delay(4, None));
+        assert!(t.retry_delay(1, Some(Duration::from_secs(120))) >= Duration::from_secs(120), "Retry-After honoured");
+        assert_eq!(t.retry_delay(1, Some(Duration::from_secs(100_000))), t.retry_max, "but capped");
+    }
+
+    #[test]
+    fn parking_grows_to_its_cap() {
+        let t = timing();
+        assert!(t.park_delay(0) <= t.park_base);
+        assert!(t.park_delay(3) >= t.park_base * 4);
+        assert!(t.park_delay(40) <= t.park_max && t.park_delay(40) >= t.park_max / 2);
+    }
+}

@@ -1,0 +1,220 @@
+//! How failed tasks are settled, against LocalStack SQS and real registries:
+//! a transient failure backs off by visibility (not the queue's timeout), a
+//! copy longer than an invocation continues instead of failing, and a
+//! destination that is down parks its tasks until it answers, without
+//! dead letters and without slowing the other destination.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relay::poller::PollOptions;
+use relay::queue::{Outgoing, TaskQueue};
+use relay::secrets::SecretSource;
+use relay::settle::{Settler, Timing};
+use relay::worker::Worker;
+use relay::{bootstrap, Config, Task};
+use relay_tests::app::{fast_retry, unique_repo};
+use relay_tests::fake::{FakeRegistry, Fault, Op};
+use relay_tests::proxy::Proxy;
+use relay_tests::stack::{create_queue_with_dlq, queue_depth};
+use relay_tests::{image, planned_tasks, ImageKind, PlainRegistry, Stack};
+use tokio::sync::oneshot;
+
+/// A worker polling `url` with its settler (the queue's DLQ discovered),
+/// as the binary runs; stops when the sender is dropped or fired.
+async fn poll(
+    config: &Config,
+    worker: Arc<Worker>,
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    options: PollOptions,
+) -> oneshot::Sender<()> {
+    let dead_letters = relay::dead_letter::DeadLetters::discover(sqs, url, None).await.expect("redrive policy");
+    let settler =
+        Settler::new(sqs.clone(), Some(url.to_owned()), Some(dead_letters), Timing::from_settings(&config.worker));
+    let queue = TaskQueue::new(sqs.clone(), url.to_owned());
+    let (stop, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        relay::poller::poll(&queue, &worker, Some(&settler), &options, async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    stop
+}
+
+async fn send(sqs: &aws_sdk_sqs::Client, url: &str, tasks: &[Task]) {
+    let queue = TaskQueue::new(sqs.clone(), url.to_owned());
+    let out: Vec<_> = tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
+    queue.send(&out).await.unwrap();
+}
+
+/// Waits until `done` holds, failing after `limit` with `what`.
+async fn wait_for<F: std::future::Future<Output = bool>>(limit: Duration, what: &str, mut done: impl FnMut() -> F) {
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what} not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn has_all(reg: &PlainRegistry, repo: &str, tags: &[String]) -> bool {
+    for t in tags {
+        if reg.get_manifest(repo, t).await.unwrap().is_none() {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_backs_off_by_visibility_then_dead_letters_with_its_reason() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    // The queue would hide a failed message for 60 s; the backoff says 1–2 s.
+    let (url, dlq) = create_queue_with_dlq(&sqs, "backoff", 3, 60).await.unwrap();
+    let src = FakeRegistry::start(false).await;
+    let repo = unique_repo("backoff");
+    let img =
+        image::push(&PlainRegistry::new(&src.url, None), &repo, "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
+    src.inject(Op::HeadManifest, Fault::Status(503, None), 1000);
+    let yaml = format!(
+        "source: {{ url: {} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dst, url: {} }}\nrules:\n  - {{ name: all, destination: {{ registry: dst }} }}\nworker: {{ retry_base_seconds: 1, retry_max_seconds: 2 }}\n",
+        src.url, stack.target_url
+    );
+    let config = Config::parse(&yaml).unwrap();
+    let worker = Arc::new(bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap());
+    let body = relay_tests::harbor_push_event(
+        "PUSH_ARTIFACT",
+        src.url.trim_start_matches("http://"),
+        &repo,
+        Some("v1"),
+        &img.digest,
+        1,
+    );
+    let event = relay::event::HarborEvent::parse(
+        relay::event::Format::Default,
+        body.as_bytes(),
+        src.url.trim_start_matches("http://"),
+    )
+    .unwrap();
+    let tasks = relay::plan::plan(&config, &event, None, &mut || "t-backoff".into()).tasks;
+    send(&sqs, &url, &tasks).await;
+
+    let started = Instant::now();
+    let _stop = poll(&config, worker, &sqs, &url, PollOptions::default()).await;
+    wait_for(Duration::from_secs(30), "three attempts, then the DLQ", || async {
+        queue_depth(&sqs, &dlq).await.unwrap().0 == 1
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "backed off by seconds, not the queue's 60 s: {:?}",
+        started.elapsed()
+    );
+    let msg = sqs.receive_message().queue_url(&dlq).message_attribute_names("All").send().await.unwrap();
+    let attr = |name: &str| {
+        msg.messages()[0]
+            .message_attributes()
+            .and_then(|a| a.get(name))
+            .and_then(|v| v.string_value())
+            .map(str::to_owned)
+    };
+    assert_eq!(attr(relay::dead_letter::ATTEMPTS).as_deref(), Some("3"), "transient: every attempt used");
+    assert!(attr(relay::dead_letter::LAST_ERROR).unwrap().contains("503"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_longer_than_an_invocation_continues_and_never_dead_letters() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let (url, dlq) = create_queue_with_dlq(&sqs, "long", 2, 30).await.unwrap();
+    // 500 kB/s, one blob at a time: 6 layers of 96 KiB take ~1.2 s; each
+    // run gets 0.3 s, so the copy needs several runs.
+    let p = unique_repo("long");
+    let rules = "  - name: slow\n    destination: { registry: cluster1-registry }\n    bandwidth_kbps: 4000\n";
+    let yaml = format!("{}worker: {{ blob_concurrency: 1, deadline_margin_seconds: 0 }}\n", stack.config_yaml(rules));
+    let config = Config::parse(&yaml).unwrap();
+    let worker = Arc::new(bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap());
+    let img = image::push(&stack.source(), &p, "v1", ImageKind::OciImage, 6, 96 * 1024).await.unwrap();
+    send(&sqs, &url, &planned_tasks(&config, &stack, "PUSH_ARTIFACT", &p, "v1", &img.digest)).await;
+
+    let options = PollOptions { run_for: Some(Duration::from_millis(300)) };
+    let _stop = poll(&config, worker.clone(), &sqs, &url, options).await;
+    let target = stack.target();
+    wait_for(Duration::from_secs(60), "the long copy", || async {
+        target.get_manifest(&p, "v1").await.unwrap().is_some()
+    })
+    .await;
+    assert_eq!(target.tree(&p, "v1").await.unwrap(), stack.source().tree(&p, "v1").await.unwrap());
+    let continued = worker.stats.tasks_deferred.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(continued >= 2, "the copy spanned several runs: {continued} continuations");
+    wait_for(Duration::from_secs(10), "the queue drained", || async {
+        queue_depth(&sqs, &url).await.unwrap() == (0, 0, 0)
+    })
+    .await;
+    assert_eq!(queue_depth(&sqs, &dlq).await.unwrap().0, 0, "nothing dead-lettered with maxReceiveCount 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_down_for_a_while_loses_nothing_and_heals_by_itself() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let (url, dlq) = create_queue_with_dlq(&sqs, "parked", 2, 30).await.unwrap();
+    // cluster2 is the real target behind a proxy we can cut, mapped under
+    // its own namespace; cluster1 is the target itself.
+    let proxy = Proxy::to(&stack.target_url).await.unwrap();
+    let repo = unique_repo("outage");
+    let (ns, _) = repo.split_once('/').unwrap();
+    let yaml = format!(
+        "source:\n  url: {}\nwebhook:\n  auth_values_env: RELAY_WEBHOOK_AUTH\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {user}, password_env: CLUSTER1_PASSWORD }}\n  - name: cluster2-registry\n    url: {}\n    credentials: {{ username: {user}, password_env: CLUSTER1_PASSWORD }}\nrules:\n  - {{ name: one, destination: {{ registry: cluster1-registry }} }}\n  - {{ name: two, destination: {{ registry: cluster2-registry, namespace: {ns}-c2, flatten: 1 }} }}\nworker: {{ park_base_seconds: 1, park_max_seconds: 4, retry_base_seconds: 1, retry_max_seconds: 2 }}\n",
+        stack.source_url,
+        stack.target_url,
+        proxy.url(),
+        user = stack.target_user,
+    );
+    let config = Config::parse(&yaml).unwrap();
+    let worker = Arc::new(bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap());
+
+    proxy.cut();
+    let source = stack.source();
+    let mut tags = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let tag = format!("v{i}");
+        let img = image::push(&source, &repo, &tag, ImageKind::OciImage, 1, 512).await.unwrap();
+        tasks.extend(planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, &tag, &img.digest));
+        tags.push(tag);
+    }
+    assert_eq!(tasks.len(), 100);
+    let started = Instant::now();
+    send(&sqs, &url, &tasks).await;
+    let _stop = poll(&config, worker.clone(), &sqs, &url, PollOptions::default()).await;
+
+    let target = stack.target();
+    wait_for(Duration::from_secs(30), "the healthy destination's 50", || has_all(&target, &repo, &tags)).await;
+    let healthy_done = started.elapsed();
+    assert!(
+        worker.stats.tasks_deferred.load(std::sync::atomic::Ordering::Relaxed) >= 50,
+        "cluster2's tasks were parked"
+    );
+    assert!(worker.destinations["cluster2-registry"].health.is_open(), "its breaker is open");
+    // Down a while longer: parked tasks come back and park again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(queue_depth(&sqs, &dlq).await.unwrap().0, 0, "no dead letters while it is down");
+
+    proxy.restore();
+    let back = Instant::now();
+    let c2 = format!("{ns}-c2/{}", repo.split_once('/').unwrap().1);
+    wait_for(Duration::from_secs(30), "cluster2's 50 after it came back", || has_all(&target, &c2, &tags)).await;
+    eprintln!(
+        "healthy destination done after {healthy_done:?}; cluster2 caught up {:?} after coming back",
+        back.elapsed()
+    );
+    wait_for(Duration::from_secs(10), "the queue drained", || async {
+        queue_depth(&sqs, &url).await.unwrap() == (0, 0, 0)
+    })
+    .await;
+    assert_eq!(queue_depth(&sqs, &dlq).await.unwrap().0, 0, "the DLQ stays empty");
+    assert_eq!(worker.stats.tasks_failed.load(std::sync::atomic::Ordering::Relaxed), 0, "no failed attempt counted");
+}
