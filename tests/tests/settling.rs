@@ -199,8 +199,15 @@ async fn a_destination_down_for_a_while_loses_nothing_and_heals_by_itself() {
         "cluster2's tasks were parked"
     );
     assert!(worker.destinations["cluster2-registry"].health.is_open(), "its breaker is open");
-    // Down a while longer: parked tasks come back and park again.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Down a while longer: parked tasks come back and park again, without
+    // knocking (only the breaker's probes try the registry).
+    let deferred_before = worker.stats.tasks_deferred.load(std::sync::atomic::Ordering::Relaxed);
+    let tried_before = worker.destinations["cluster2-registry"].client.requests();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let parked_again = worker.stats.tasks_deferred.load(std::sync::atomic::Ordering::Relaxed) - deferred_before;
+    let tried = worker.destinations["cluster2-registry"].client.requests() - tried_before;
+    assert!(parked_again >= 20, "parked tasks came back and were parked again: {parked_again}");
+    assert!(tried <= 20, "{tried} requests for {parked_again} parked tasks: only probes reach the registry");
     assert_eq!(queue_depth(&sqs, &dlq).await.unwrap().0, 0, "no dead letters while it is down");
 
     proxy.restore();
