@@ -84,6 +84,11 @@ pub struct SoakReport {
     pub source_resets: usize,
     pub worker_kills: usize,
     pub dead_letters: usize,
+    /// Images deleted from one source of the colliding mapping while the
+    /// other still held them (their merged copy must stay), and images
+    /// deleted from their only source (their merged copy must go).
+    pub collisions_kept: usize,
+    pub collisions_deleted: usize,
     pub latency_p50_ms: u64,
     pub latency_p99_ms: u64,
     pub elapsed: Duration,
@@ -92,9 +97,9 @@ pub struct SoakReport {
 impl SoakReport {
     pub fn markdown(&self, p: &SoakParams) -> String {
         format!(
-            "| pushes | destinations | tasks done | failed runs (poison included) | duplicate runs | bytes copied | blob retries | webhook 503 during the SQS cut | source resets | worker SIGKILLs | DLQ (= poison) | push→replicated p50 / p99 | wall time |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|\n\
-             | {} ({} large × {} MiB) | {} | {} | {} | {} | {:.1} MiB | {} | {} | {} | {} | {} | {:.1} s / {:.1} s | {:.0} s |\n",
+            "| pushes | destinations | tasks done | failed runs (poison included) | duplicate runs | bytes copied | blob retries | webhook 503 during the SQS cut | source resets | worker SIGKILLs | DLQ (= poison) | colliding deletes kept / done, wrongful | push→replicated p50 / p99 | wall time |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n\
+             | {} ({} large × {} MiB) | {} | {} | {} | {} | {:.1} MiB | {} | {} | {} | {} | {} | {} / {}, 0 | {:.1} s / {:.1} s | {:.0} s |\n",
             self.pushes,
             p.large,
             p.large_mib,
@@ -108,6 +113,8 @@ impl SoakReport {
             self.source_resets,
             self.worker_kills,
             self.dead_letters,
+            self.collisions_kept,
+            self.collisions_deleted,
             self.latency_p50_ms as f64 / 1000.0,
             self.latency_p99_ms as f64 / 1000.0,
             self.elapsed.as_secs_f64(),
@@ -225,6 +232,20 @@ async fn push_on_base(source: &PlainRegistry, repo: &str, base: &(String, String
     Ok(Pushed { repo: repo.to_owned(), digest })
 }
 
+/// Puts `from:v1` into `to` as well (blobs mounted, children by digest,
+/// then the tag): the same digest in a second repository.
+async fn clone_into(source: &PlainRegistry, from: &str, to: &str) -> anyhow::Result<()> {
+    let tree = source.tree(from, "v1").await?;
+    for blob in tree.blobs.keys() {
+        source.mount_blob(to, blob, from).await?;
+    }
+    for reference in tree.manifests.keys().filter(|r| r.as_str() != "v1").chain(std::iter::once(&"v1".to_owned())) {
+        let (media_type, bytes) = source.get_manifest(from, reference).await?.context("manifest vanished")?;
+        source.put_manifest(to, reference, &media_type, &bytes).await?;
+    }
+    Ok(())
+}
+
 /// Posts the event until the webhook accepts it (Harbor retries a failed
 /// delivery); returns how many 503 answers it got first.
 async fn deliver(http: &reqwest::Client, url: &str, auth: &str, body: &str, until: Instant) -> anyhow::Result<usize> {
@@ -275,6 +296,11 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
     let dir = std::env::temp_dir().join(&project);
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("config.yaml");
+    // A colliding mapping with deletion: `<p>/app-N` and `<p>-twin/app-N`
+    // both land in `<p>-merged/app-N` at cluster1.
+    let merging = |project: &str, from: &str| {
+        format!("  - name: merge-{from}\n    filters: {{ name: \"{from}/**\" }}\n    destination: {{ registry: cluster1-registry, namespace: {project}-merged, flatten: 1 }}\n    deletion: true\n")
+    };
     let rule = |name: &str| {
         format!(
             "  - name: to-{name}\n    filters: {{ name: \"{project}/**\" }}\n    destination: {{ registry: {name} }}\n"
@@ -283,7 +309,7 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
     std::fs::write(
         &config,
         format!(
-            "source:\n  url: {}\nwebhook:\n  auth_values_env: RELAY_WEBHOOK_AUTH\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\n  - {{ name: fake-503, url: {} }}\n  - {{ name: fake-429, url: {} }}\nrules:\n{}{}{}",
+            "source:\n  url: {}\nwebhook:\n  auth_values_env: RELAY_WEBHOOK_AUTH\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\n  - {{ name: fake-503, url: {} }}\n  - {{ name: fake-429, url: {} }}\nrules:\n{}{}{}{}{}{}",
             source_proxy.url(),
             stack.target_url,
             stack.target_user,
@@ -291,7 +317,11 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
             fake_429.url,
             rule("cluster1-registry"),
             rule("fake-503"),
-            rule("fake-429")
+            rule("fake-429"),
+            merging(&project, &project),
+            merging(&project, &format!("{project}-twin")),
+            // Settling delays scaled down like the queue's visibility.
+            "worker: { retry_base_seconds: 1, retry_max_seconds: 4, park_base_seconds: 1, park_max_seconds: 4 }\n",
         ),
     )?;
     let port = 20_000 + (rand::random::<u16>() % 20_000);
@@ -394,6 +424,29 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
     let pushed: Vec<Pushed> = results.into_iter().collect::<anyhow::Result<_>>()?;
     faults.await?;
 
+    // The colliding mapping: every 8th image also in `<p>-twin/`, then
+    // deleted there (the merged copy must stay: `<p>/` still holds it); and
+    // images only ever in `<p>-twin/`, pushed then deleted (they must go).
+    let twin = |repo: &str| format!("{project}-twin/{}", repo.split_once('/').map_or(repo, |r| r.1));
+    let (mut kept, mut solo) = (Vec::new(), Vec::new());
+    for (k, img) in pushed.iter().step_by(8).enumerate() {
+        clone_into(&source, &img.repo, &twin(&img.repo)).await?;
+        let only = push_one(&source, &format!("{project}-twin"), 1000 + k, &p, &base).await?;
+        for (repo, digest) in [(twin(&img.repo), &img.digest), (only.repo.clone(), &only.digest)] {
+            let body = harbor_push_event("PUSH_ARTIFACT", &host, &repo, Some("v1"), digest, now());
+            refused.fetch_add(deliver(&http, &url, &stack.webhook_auth, &body, until).await?, Ordering::Relaxed);
+        }
+        kept.push(img.clone());
+        solo.push(only);
+    }
+    for (repo, digest) in
+        kept.iter().map(|i| (twin(&i.repo), &i.digest)).chain(solo.iter().map(|i| (i.repo.clone(), &i.digest)))
+    {
+        source.delete_manifest(&repo, digest).await?;
+        let body = harbor_push_event("DELETE_ARTIFACT", &host, &repo, Some("v1"), digest, now());
+        refused.fetch_add(deliver(&http, &url, &stack.webhook_auth, &body, until).await?, Ordering::Relaxed);
+    }
+
     // Converged: nothing left on the queue, the poison in the DLQ.
     loop {
         let q = queue_depth(&sqs, &queue).await?;
@@ -427,6 +480,27 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
             if got != want {
                 bail!("{}:v1 at {name} differs from the source", img.repo);
             }
+        }
+    }
+
+    // The merged destination holds exactly what its feeding sources hold:
+    // every `<p>/` image (deleted from `<p>-twin/` or not), no twin-only one.
+    let target = stack.target();
+    let merged = |repo: &str| format!("{project}-merged/{}", repo.split_once('/').map_or(repo, |r| r.1));
+    let mut wrongful_deletes = 0;
+    for img in &pushed {
+        match target.get_manifest(&merged(&img.repo), "v1").await? {
+            Some((_, bytes)) if crate::plain::sha256(&bytes) == img.digest => {}
+            Some(_) => bail!("{} at cluster1 holds another digest", merged(&img.repo)),
+            None => wrongful_deletes += 1,
+        }
+    }
+    if wrongful_deletes > 0 {
+        bail!("{wrongful_deletes} images deleted from the merged destination while a source still held them");
+    }
+    for img in &solo {
+        if target.get_manifest(&merged(&img.repo), &img.digest).await?.is_some() {
+            bail!("{} was deleted from every source but stays at {}", img.repo, merged(&img.repo));
         }
     }
 
@@ -514,6 +588,8 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
         source_resets: source_proxy.resets_done(),
         worker_kills: worker.lock().unwrap().runs - 1,
         dead_letters: dead.len(),
+        collisions_kept: kept.len(),
+        collisions_deleted: solo.len(),
         latency_p50_ms: percentile(&latencies, 0.5),
         latency_p99_ms: percentile(&latencies, 0.99),
         elapsed,
