@@ -3,11 +3,10 @@
 //! which messages failed so only those are redelivered.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use std::panic::AssertUnwindSafe;
 
 use futures_util::{stream, FutureExt, StreamExt};
 use tracing::Instrument;

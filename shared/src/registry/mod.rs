@@ -2,6 +2,7 @@
 //! built on it.
 
 pub mod auth;
+mod blobs;
 pub mod chunks;
 pub mod client;
 pub mod copy;

@@ -1,0 +1,220 @@
+//! Blobs: each copied once per task, several at a time — skipped when the
+//! destination has it, mounted from a repository of the destination known
+//! to hold it, otherwise streamed from the source response into one upload
+//! (chunks only for a registry that refused a whole blob).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+use tracing::Instrument;
+
+use super::chunks::Pieces;
+use super::client::{RegistryError, UploadStart};
+use super::copy::{Copier, CopyError};
+use super::ledger::Claim;
+use super::manifest::Descriptor;
+use crate::repository::RepositoryPath;
+
+/// What one manifest tree's blobs cost, added to the task's report.
+#[derive(Default)]
+pub(super) struct Counters {
+    /// Blobs not started because the deadline had come.
+    pub(super) deferred: AtomicU64,
+    pub(super) retries: AtomicU64,
+    pub(super) bytes: AtomicU64,
+    pub(super) copied: AtomicU64,
+    pub(super) skipped: AtomicU64,
+    pub(super) mounted: AtomicU64,
+}
+
+impl Copier<'_> {
+    pub(super) async fn copy_blobs(
+        &self,
+        src_repo: &RepositoryPath,
+        dst_repo: &RepositoryPath,
+        blobs: impl Iterator<Item = Descriptor>,
+    ) -> Result<Counters, CopyError> {
+        let counters = Arc::new(Counters::default());
+        stream::iter(blobs.map(Ok::<_, CopyError>))
+            .try_for_each_concurrent(self.blob_concurrency, |d| {
+                let counters = counters.clone();
+                let span = tracing::info_span!("blob", digest = %d.digest, size = d.size);
+                async move { self.copy_blob(src_repo, dst_repo, &d, &counters).await }.instrument(span)
+            })
+            .await?;
+        let counters = Arc::into_inner(counters).expect("all blob futures finished");
+        match counters.deferred.load(Ordering::Relaxed) {
+            0 => Ok(counters),
+            remaining => Err(CopyError::Deadline {
+                remaining: remaining as usize,
+                progressed: counters.copied.load(Ordering::Relaxed) + counters.mounted.load(Ordering::Relaxed) > 0,
+            }),
+        }
+    }
+
+    async fn copy_blob(
+        &self,
+        src_repo: &RepositoryPath,
+        dst_repo: &RepositoryPath,
+        d: &Descriptor,
+        counters: &Arc<Counters>,
+    ) -> Result<(), CopyError> {
+        // Past the deadline no blob starts; those in flight finish (a
+        // cancelled upload would be sent again in full by the next run).
+        if self.stop_at.is_some_and(|t| std::time::Instant::now() >= t) {
+            counters.deferred.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if self.destination.blob_exists(dst_repo, &d.digest).await? {
+            self.ledger.record(&d.digest, dst_repo);
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        // One upload per digest per destination at a time: a concurrent
+        // task uploading the same blob is waited for, then mounted from.
+        let mut waited = false;
+        let guard = loop {
+            match self.ledger.claim(&d.digest) {
+                Claim::Owner(g) => break g,
+                Claim::Wait(mut rx) => {
+                    waited = true;
+                    let _ = rx.wait_for(|done| *done).await;
+                }
+            }
+        };
+        let holder = self.ledger.holder(&d.digest);
+        if waited && holder.as_ref() == Some(dst_repo) {
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let mut mount_from = holder.filter(|r| r != dst_repo);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let chunks_used = self.destination.chunk_size();
+            match self.upload_blob(src_repo, dst_repo, d, mount_from.take(), counters).await {
+                Ok(kind) => {
+                    let counter = match kind {
+                        UploadKind::Mounted => &counters.mounted,
+                        UploadKind::Streamed => &counters.copied,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    guard.done(dst_repo);
+                    return Ok(());
+                }
+                // Too large for one request (a proxy's body limit): chunks,
+                // or smaller chunks, then the same blob again at once.
+                Err(e)
+                    if e.status() == Some(reqwest::StatusCode::PAYLOAD_TOO_LARGE)
+                        && self.destination.shrink_chunks(chunks_used, d.size) =>
+                {
+                    counters.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.is_transient() && attempt < self.retry.attempts => {
+                    counters.retries.fetch_add(1, Ordering::Relaxed);
+                    let wait = self.retry.delay(attempt, None);
+                    tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "blob copy failed, re-opening the source");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// One attempt: open an upload (asking to mount from `mount_from` when a
+    /// repository of the destination is known to hold the blob), then pipe
+    /// the source into it. Memory stays at a few socket buffers whatever the
+    /// blob size.
+    async fn upload_blob(
+        &self,
+        src_repo: &RepositoryPath,
+        dst_repo: &RepositoryPath,
+        d: &Descriptor,
+        mount_from: Option<RepositoryPath>,
+        counters: &Arc<Counters>,
+    ) -> Result<UploadKind, RegistryError> {
+        let mount = mount_from.as_ref().map(|from| (&d.digest, from));
+        let (session, chunk_min) = match self.destination.start_upload(dst_repo, mount).await? {
+            UploadStart::Mounted => return Ok(UploadKind::Mounted),
+            // A declined mount (202) is an upload session: use it.
+            UploadStart::Session { url, chunk_min } => (url, chunk_min),
+        };
+        let source = match self.source.open_blob(src_repo, &d.digest).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.destination.cancel_upload(dst_repo, session).await;
+                return Err(e);
+            }
+        };
+        // A source that announces or sends more bytes than the descriptor
+        // is refused: the destination must get exactly the described blob.
+        if source.content_length().is_some_and(|l| l != d.size) {
+            self.destination.cancel_upload(dst_repo, session).await;
+            return Err(RegistryError::Protocol {
+                registry: self.source.name().to_owned(),
+                reason: format!(
+                    "blob {} is {} bytes long, its descriptor says {}",
+                    d.digest,
+                    source.content_length().unwrap_or(0),
+                    d.size
+                ),
+            });
+        }
+        let counters = counters.clone();
+        let throttle = self.throttle.clone();
+        let (size, sent) = (d.size, Arc::new(AtomicU64::new(0)));
+        let body = source.bytes_stream().then(move |chunk| {
+            let (counters, throttle, sent) = (counters.clone(), throttle.clone(), sent.clone());
+            async move {
+                let c = chunk?;
+                if sent.fetch_add(c.len() as u64, Ordering::Relaxed) + c.len() as u64 > size {
+                    return Err(std::io::Error::other("source sent more bytes than the descriptor's size").into());
+                }
+                counters.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
+                if let Some(t) = &throttle {
+                    t.take(c.len()).await;
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(c)
+            }
+        });
+        let result = match self.destination.chunk_size() {
+            None => {
+                let body = reqwest::Body::wrap_stream(body);
+                self.destination.finish_upload(dst_repo, session.clone(), &d.digest, d.size, body).await
+            }
+            // Only where needed: the registry refused a whole blob (413).
+            Some(chunk) => {
+                let chunk = chunk.max(chunk_min.unwrap_or(0));
+                let pieces = Pieces::new(body.boxed());
+                let (mut url, mut offset) = (session.clone(), 0);
+                let mut sent = Ok(());
+                while offset < d.size {
+                    let len = chunk.min(d.size - offset);
+                    let body = reqwest::Body::wrap_stream(pieces.take(len));
+                    match self.destination.upload_chunk(dst_repo, url.clone(), offset, len, body).await {
+                        Ok(next) => url = next,
+                        Err(e) => {
+                            sent = Err(e);
+                            break;
+                        }
+                    }
+                    offset += len;
+                }
+                match sent {
+                    Ok(()) => self.destination.finish_upload(dst_repo, url, &d.digest, 0, Vec::new().into()).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if result.is_err() {
+            self.destination.cancel_upload(dst_repo, session).await;
+        }
+        result.map(|()| UploadKind::Streamed)
+    }
+}
+
+enum UploadKind {
+    Mounted,
+    Streamed,
+}
