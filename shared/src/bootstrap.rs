@@ -13,7 +13,7 @@ use crate::queue::TaskQueue;
 use crate::registry::ledger::BlobLedger;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::{ClientOptions, Credentials, RegistryClient, Role};
-use crate::secrets::{SecretError, SecretSource, WebhookAuth};
+use crate::secrets::{CredentialReloader, SecretError, SecretSource, WebhookAuth};
 use crate::webhook::{Webhook, WebhookOptions};
 use crate::worker::{Destination, Worker};
 
@@ -51,7 +51,13 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
         destinations.insert(r.name.clone(), Destination { client, ledger: BlobLedger::default(), health });
     }
     let harbor = harbor_api(config, secrets).await?;
+    let mut refs: HashMap<String, CredentialsRef> =
+        config.registries.iter().filter_map(|r| Some((r.name.clone(), r.credentials.clone()?))).collect();
+    if let Some(c) = &config.source.credentials {
+        refs.insert("source".into(), c.clone());
+    }
     Ok(Worker {
+        credentials: CredentialReloader::new(secrets.clone(), refs),
         source,
         destinations,
         settings: config.worker.clone(),

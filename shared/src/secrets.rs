@@ -11,6 +11,45 @@ use tokio::sync::RwLock;
 use crate::config::{CredentialsRef, WebhookAuthSource};
 use crate::registry::Credentials;
 
+/// Re-reads a registry's credentials when the registry denies them: a
+/// password rotated together with its secret needs no redeploy, and a
+/// denial that persists after the re-read is a real one (the worker then
+/// dead-letters the task with the reason instead of retrying it).
+pub struct CredentialReloader {
+    secrets: SecretSource,
+    /// Registry name (`source` for the source) → where its credentials live.
+    refs: std::collections::HashMap<String, CredentialsRef>,
+    /// When each was last re-read: tasks denied together re-read once.
+    last: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+/// A registry's credentials are re-read at most this often: the tasks of a
+/// batch denied together cause one read, not one each.
+pub const REREAD_EVERY: Duration = Duration::from_secs(1);
+
+impl CredentialReloader {
+    pub fn new(secrets: SecretSource, refs: std::collections::HashMap<String, CredentialsRef>) -> Self {
+        CredentialReloader { secrets, refs, last: Default::default() }
+    }
+
+    /// Re-reads `client`'s credentials and hands them to it. `Ok(false)`
+    /// when it has none configured (nothing a re-read could change).
+    pub async fn reread(&self, client: &crate::registry::RegistryClient) -> Result<bool, SecretError> {
+        let Some(r) = self.refs.get(client.name()) else { return Ok(false) };
+        {
+            let mut last = self.last.lock().expect("reread lock");
+            if last.get(client.name()).is_some_and(|t| t.elapsed() < REREAD_EVERY) {
+                return Ok(true);
+            }
+            last.insert(client.name().to_owned(), Instant::now());
+        }
+        let fresh = self.secrets.credentials(r).await?;
+        client.set_credentials(Some(fresh));
+        tracing::info!(registry = client.name(), "credentials denied: read them again");
+        Ok(true)
+    }
+}
+
 /// Reads one environment variable (the process's, or a test's stand-in).
 type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 

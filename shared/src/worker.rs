@@ -21,6 +21,7 @@ use crate::registry::retry::RetryPolicy;
 use crate::registry::throttle::Throttle;
 use crate::registry::{Copier, CopyError, CopyReport, RegistryClient, RegistryError};
 use crate::rules::Rule;
+use crate::secrets::{CredentialReloader, SecretError};
 use crate::settle::Disposition;
 use crate::task::{Action, Task, TaskError};
 
@@ -64,6 +65,8 @@ pub struct Worker {
     pub harbor: Option<HarborApi>,
     /// The rules, to filter those extra tags by the task's rules.
     pub rules: Vec<Rule>,
+    /// Re-reads credentials a registry denies (rotated secrets).
+    pub credentials: CredentialReloader,
 }
 
 /// Running totals of what the worker did.
@@ -184,6 +187,9 @@ pub enum TaskFailure {
     Listing(#[from] ListingError),
     #[error("destination {0} is unavailable; the task is parked until it answers")]
     Parked(String),
+    /// Denied, and the credentials could not be read again.
+    #[error("cannot read the credentials again after a denial: {0}")]
+    Credentials(#[from] SecretError),
 }
 
 impl TaskFailure {
@@ -193,13 +199,16 @@ impl TaskFailure {
         match self {
             TaskFailure::Decode(_) | TaskFailure::UnknownRegistry(_) => Disposition::Permanent,
             TaskFailure::Parked(_) => Disposition::Park,
-            TaskFailure::Listing(_) => retry(None),
+            TaskFailure::Listing(_) | TaskFailure::Credentials(_) => retry(None),
             TaskFailure::Copy(CopyError::Manifest(_)) => Disposition::Permanent,
             TaskFailure::Copy(CopyError::Deadline { progressed: true, .. }) => Disposition::Continue,
             TaskFailure::Copy(CopyError::Deadline { progressed: false, .. }) => retry(None),
             TaskFailure::Copy(CopyError::Registry(e)) => match e {
                 // What the source serves is wrong: another try reads the same.
                 RegistryError::DigestMismatch { .. } | RegistryError::TooLarge { .. } => Disposition::Permanent,
+                // Denied after the credentials were read again (run_until
+                // does that first): waiting changes nothing.
+                RegistryError::Denied { .. } => Disposition::Permanent,
                 e => retry(e.retry_after()),
             },
         }
@@ -325,7 +334,15 @@ impl Worker {
                 _ => destination.health.record_success(),
             },
         }
-        let result = self.copy_to(task, destination, deadline).await;
+        let mut result = self.copy_to(task, destination, deadline).await;
+        if let Err(TaskFailure::Copy(CopyError::Registry(RegistryError::Denied { registry, .. }))) = &result {
+            // The secret may have been rotated since it was read: read it
+            // again once, then try again; a second denial is final.
+            let client = if registry == self.source.name() { &*self.source } else { &destination.client };
+            if self.credentials.reread(client).await? {
+                result = self.copy_to(task, destination, deadline).await;
+            }
+        }
         match &result {
             Err(TaskFailure::Copy(CopyError::Registry(e)))
                 if e.is_unavailable() && e.registry() == destination.client.name() =>

@@ -58,9 +58,12 @@ async fn wait_for<F: std::future::Future<Output = bool>>(limit: Duration, what: 
     }
 }
 
+/// Whether `reg` serves every tag; an error answer (distribution 2.8 can
+/// answer 500 to a read racing a push of the same repository) counts as
+/// "not yet", and the caller asks again.
 async fn has_all(reg: &PlainRegistry, repo: &str, tags: &[String]) -> bool {
     for t in tags {
-        if reg.get_manifest(repo, t).await.unwrap().is_none() {
+        if !matches!(reg.get_manifest(repo, t).await, Ok(Some(_))) {
             return false;
         }
     }
@@ -224,4 +227,35 @@ async fn a_destination_down_for_a_while_loses_nothing_and_heals_by_itself() {
     .await;
     assert_eq!(queue_depth(&sqs, &dlq).await.unwrap().0, 0, "the DLQ stays empty");
     assert_eq!(worker.stats.tasks_failed.load(std::sync::atomic::Ordering::Relaxed), 0, "no failed attempt counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_is_read_again_and_a_denial_after_that_is_final() {
+    let stack = Stack::load().unwrap();
+    let (_, sm) = bootstrap::aws_clients().await;
+    let secret = format!("relay-test/rotated-{:08x}", rand::random::<u32>());
+    let value = |password: &str| serde_json::json!({ "username": stack.target_user, "password": password }).to_string();
+    sm.create_secret().name(&secret).secret_string(value("not-the-password")).send().await.unwrap();
+    let yaml = format!(
+        "source: {{ url: {} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: cluster1-registry, url: {}, credentials: {{ secret_id: {secret} }} }}\nrules:\n  - {{ name: all, destination: {{ registry: cluster1-registry }} }}\n",
+        stack.source_url, stack.target_url
+    );
+    let config = Config::parse(&yaml).unwrap();
+    let worker = bootstrap::worker(&config, &SecretSource::from_process(Some(sm.clone())), fast_retry()).await.unwrap();
+    let repo = unique_repo("rotated");
+    let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
+    let task = planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest).remove(0);
+
+    // Wrong before and after the re-read: denied for good, dead-lettered at once.
+    let denied = worker.run(&task).await.unwrap_err();
+    assert!(denied.to_string().contains("401"), "{denied}");
+    assert_eq!(denied.disposition(), relay::settle::Disposition::Permanent);
+
+    // The password rotated with its secret: the running worker reads it again.
+    sm.put_secret_value().secret_id(&secret).secret_string(value(&stack.target_password)).send().await.unwrap();
+    // Denials within REREAD_EVERY of a re-read share it; this one is later.
+    tokio::time::sleep(relay::secrets::REREAD_EVERY).await;
+    let report = worker.run(&task).await.unwrap();
+    assert_eq!(report.outcome, Some(relay::registry::Outcome::Copied));
+    assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_some());
 }

@@ -34,7 +34,8 @@ pub struct RegistryClient {
     base: Url,
     role: Role,
     http: reqwest::Client,
-    credentials: Option<Credentials>,
+    /// Replaced when the worker re-reads a rotated secret.
+    credentials: std::sync::RwLock<Option<Credentials>>,
     auth: Mutex<AuthState>,
     retry: RetryPolicy,
     /// Requests sent to this registry (token requests excluded): for
@@ -191,7 +192,7 @@ impl RegistryClient {
             base,
             role,
             http,
-            credentials,
+            credentials: std::sync::RwLock::new(credentials),
             auth: Mutex::new(AuthState::default()),
             retry: options.retry,
             requests: Default::default(),
@@ -675,6 +676,17 @@ impl RegistryClient {
         Ok(resp)
     }
 
+    fn credentials(&self) -> Option<Credentials> {
+        self.credentials.read().expect("credentials lock").clone()
+    }
+
+    /// Uses `credentials` from now on (a rotated secret, re-read), and
+    /// forgets the tokens the old ones obtained.
+    pub fn set_credentials(&self, credentials: Option<Credentials>) {
+        *self.credentials.write().expect("credentials lock") = credentials;
+        self.auth.lock().expect("auth lock").tokens = Default::default();
+    }
+
     /// Records the challenge of a 401 answered to a request that carried
     /// `sent`. Returns whether a retry can help: the request went without
     /// credentials (concurrent requests may all race the first challenge),
@@ -694,7 +706,8 @@ impl RegistryClient {
         }
         state.challenge = Some(challenge);
         // Basic with the same credentials again cannot help, nor can anonymous.
-        let can_authenticate = self.credentials.is_some() || matches!(state.challenge, Some(Challenge::Bearer { .. }));
+        let can_authenticate =
+            self.credentials().is_some() || matches!(state.challenge, Some(Challenge::Bearer { .. }));
         can_authenticate && (sent.is_none() || changed || sent_token.is_some())
     }
 
@@ -703,7 +716,7 @@ impl RegistryClient {
             let state = self.auth.lock().expect("auth lock");
             match &state.challenge {
                 None => return Ok(None),
-                Some(Challenge::Basic) => return Ok(self.credentials.as_ref().map(Credentials::basic_header)),
+                Some(Challenge::Basic) => return Ok(self.credentials().as_ref().map(Credentials::basic_header)),
                 Some(Challenge::Bearer { .. }) => {
                     if let Some(token) = state.tokens.get(scope) {
                         return Ok(Some(format!("Bearer {token}")));
@@ -738,7 +751,7 @@ impl RegistryClient {
             }
         }
         let mut req = self.http.get(url);
-        if let Some(c) = &self.credentials {
+        if let Some(c) = self.credentials() {
             req = req.header(AUTHORIZATION, c.basic_header());
         }
         let resp = req.send().await.map_err(|e| fail(redact(&e)))?;
