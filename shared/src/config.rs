@@ -31,6 +31,9 @@ pub struct Source {
     pub credentials: Option<CredentialsRef>,
     pub harbor_api: bool,
     pub insecure: bool,
+    /// Token services trusted besides https ones and the registry's own
+    /// origin (`token_realms`): the credentials are sent to a realm.
+    pub token_realms: Vec<Url>,
 }
 
 /// A destination registry, referred to by `name` from rules and tasks.
@@ -40,6 +43,8 @@ pub struct Registry {
     pub url: Url,
     pub credentials: Option<CredentialsRef>,
     pub insecure: bool,
+    /// As [`Source::token_realms`].
+    pub token_realms: Vec<Url>,
 }
 
 /// Where a secret lives. The value itself is never stored in the config.
@@ -172,6 +177,8 @@ struct RawSource {
     harbor_api: bool,
     #[serde(default)]
     insecure: bool,
+    #[serde(default)]
+    token_realms: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +196,8 @@ struct RawRegistry {
     credentials: Option<CredentialsRef>,
     #[serde(default)]
     insecure: bool,
+    #[serde(default)]
+    token_realms: Vec<String>,
 }
 
 impl RawConfig {
@@ -247,7 +256,14 @@ impl RawConfig {
             if let Some(c) = &r.credentials {
                 check_credentials(&format!("{field}.credentials"), c)?;
             }
-            registries.push(Registry { name: r.name, url, credentials: r.credentials, insecure: r.insecure });
+            let token_realms = token_realms(&format!("{field}.token_realms"), &r.token_realms)?;
+            registries.push(Registry {
+                name: r.name,
+                url,
+                credentials: r.credentials,
+                insecure: r.insecure,
+                token_realms,
+            });
         }
 
         let mut rules = Vec::with_capacity(self.rules.len());
@@ -298,6 +314,7 @@ impl RawConfig {
                 credentials: self.source.credentials,
                 harbor_api: self.source.harbor_api,
                 insecure: self.source.insecure,
+                token_realms: token_realms("source.token_realms", &self.source.token_realms)?,
             },
             webhook,
             registries,
@@ -305,6 +322,20 @@ impl RawConfig {
             worker: self.worker,
         })
     }
+}
+
+/// Token service URLs (`http(s)://host[:port]/path`); only their origin counts.
+fn token_realms(field: &str, values: &[String]) -> Result<Vec<Url>, ConfigError> {
+    values
+        .iter()
+        .map(|v| {
+            let url = Url::parse(v).map_err(|e| ConfigError::invalid(field, format!("{v:?}: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(ConfigError::invalid(field, format!("{v:?}: must be an http(s) URL")));
+            }
+            Ok(url)
+        })
+        .collect()
 }
 
 fn registry_url(field: &str, value: &str) -> Result<Url, ConfigError> {

@@ -34,20 +34,23 @@ pub async fn check(config: &Config, secrets: &SecretSource) -> Vec<CheckLine> {
         config.source.url.clone(),
         config.source.credentials.clone(),
         config.source.insecure,
+        config.source.token_realms.clone(),
         Role::Source,
     )];
     for r in &config.registries {
-        targets.push((r.name.clone(), r.url.clone(), r.credentials.clone(), r.insecure, Role::Destination));
+        let realms = r.token_realms.clone();
+        targets.push((r.name.clone(), r.url.clone(), r.credentials.clone(), r.insecure, realms, Role::Destination));
     }
     let mut lines = Vec::new();
-    for (name, url, creds, insecure, role) in targets {
+    for (name, url, creds, insecure, token_realms, role) in targets {
         let result = async {
             let credentials = match &creds {
                 Some(c) => Some(secrets.credentials(c).await.map_err(|e| e.to_string())?),
                 None => None,
             };
-            let client = RegistryClient::new(&name, url.clone(), role, credentials, ClientOptions { insecure, retry })
-                .map_err(|e| e.to_string())?;
+            let options = ClientOptions { insecure, retry, token_realms };
+            let client =
+                RegistryClient::new(&name, url.clone(), role, credentials, options).map_err(|e| e.to_string())?;
             client.ping().await.map_err(|e| e.to_string())
         }
         .await;

@@ -61,8 +61,13 @@ pub struct SecretSource {
     env: Arc<EnvLookup>,
 }
 
+/// Accepted webhook `Authorization` values are at least this long.
+pub const MIN_AUTH_VALUE_CHARS: usize = 16;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
+    #[error("{field}: an accepted Authorization value has {chars} characters; use at least {MIN_AUTH_VALUE_CHARS} (e.g. `Bearer ` and 32 random characters)")]
+    Weak { field: String, chars: usize },
     #[error("environment variable {0} is not set")]
     MissingEnv(String),
     #[error("secret {id}: {reason}")]
@@ -116,6 +121,15 @@ impl SecretSource {
                 WebhookAuthSource::Secret(id) => format!("secret {id}"),
             };
             return Err(SecretError::Secret { id: what, reason: "holds no accepted Authorization value".into() });
+        }
+        // A short value can be guessed through a public Function URL; the
+        // error names the field and the length, never the value.
+        if let Some(short) = values.iter().find(|v| v.chars().count() < MIN_AUTH_VALUE_CHARS) {
+            let field = match source {
+                WebhookAuthSource::Env(n) => format!("webhook.auth_values_env ({n})"),
+                WebhookAuthSource::Secret(id) => format!("webhook.auth_secret_id ({id})"),
+            };
+            return Err(SecretError::Weak { field, chars: short.chars().count() });
         }
         Ok(AuthValues { values })
     }
@@ -217,7 +231,8 @@ mod tests {
     fn source() -> SecretSource {
         SecretSource::new(None, |k| match k {
             "PW" => Some("s3cret".into()),
-            "AUTH" => Some("Bearer a, Bearer b ,".into()),
+            "AUTH" => Some("Bearer aaaaaaaaaa, Bearer bbbbbbbbbb ,".into()),
+            "WEAK" => Some("Bearer long-enough-value, Bearer short9".into()),
             _ => None,
         })
     }
@@ -234,29 +249,41 @@ mod tests {
         assert_eq!(err.to_string(), "environment variable NOPE is not set");
 
         let auth = s.webhook_auth(&WebhookAuthSource::Env("AUTH".into())).await.unwrap();
-        assert!(auth.accepts(Some("Bearer a")));
-        assert!(auth.accepts(Some("Bearer b")));
-        assert!(!auth.accepts(Some("Bearer c")));
+        assert!(auth.accepts(Some("Bearer aaaaaaaaaa")));
+        assert!(auth.accepts(Some("Bearer bbbbbbbbbb")));
+        assert!(!auth.accepts(Some("Bearer cccccccccc")));
         assert!(!auth.accepts(Some("")));
         assert!(!auth.accepts(None));
         assert!(!format!("{auth:?}").contains("Bearer a"));
     }
 
     #[tokio::test]
+    async fn weak_auth_values_are_refused_naming_the_field_not_the_value() {
+        let err = source().webhook_auth(&WebhookAuthSource::Env("WEAK".into())).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with("webhook.auth_values_env (WEAK): an accepted Authorization value has 13 characters"),
+            "{err}"
+        );
+        assert!(!err.contains("short9"), "{err}");
+    }
+
+    #[tokio::test]
     async fn webhook_auth_is_cached_then_refreshed() {
-        let value = Arc::new(std::sync::Mutex::new("old".to_owned()));
+        const OLD: &str = "Bearer old-value-0123";
+        const NEW: &str = "Bearer new-value-0123";
+        let value = Arc::new(std::sync::Mutex::new(OLD.to_owned()));
         let v = value.clone();
         let secrets = SecretSource::new(None, move |_| Some(v.lock().unwrap().clone()));
         let auth =
             WebhookAuth::load(WebhookAuthSource::Env("X".into()), secrets, Duration::from_millis(50)).await.unwrap();
-        *value.lock().unwrap() = "new".into();
-        assert!(auth.current().await.accepts(Some("old")), "cached within the TTL");
+        *value.lock().unwrap() = NEW.into();
+        assert!(auth.current().await.accepts(Some(OLD)), "cached within the TTL");
         tokio::time::sleep(Duration::from_millis(60)).await;
         let now = auth.current().await;
-        assert!(now.accepts(Some("new")) && !now.accepts(Some("old")), "re-read after the TTL");
+        assert!(now.accepts(Some(NEW)) && !now.accepts(Some(OLD)), "re-read after the TTL");
         *value.lock().unwrap() = String::new();
         tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(auth.current().await.accepts(Some("new")), "a failed refresh keeps the last good values");
+        assert!(auth.current().await.accepts(Some(NEW)), "a failed refresh keeps the last good values");
     }
 
     #[tokio::test]

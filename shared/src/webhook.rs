@@ -22,13 +22,27 @@ use crate::task::Task;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// A request, reduced to what the webhook reads.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Incoming {
     pub method: Method,
     pub path: String,
     pub content_type: Option<String>,
     pub authorization: Option<String>,
     pub body: Bytes,
+}
+
+/// Never shows the `Authorization` value (a request may be logged or end
+/// in a panic message): only whether there was one.
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("content_type", &self.content_type)
+            .field("authorization", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 /// The answer: a status and a small JSON body.
@@ -312,6 +326,20 @@ fn media_type(content_type: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_never_shows_its_authorization_in_debug() {
+        let req = Incoming {
+            method: Method::POST,
+            path: "/".into(),
+            content_type: Some("application/json".into()),
+            authorization: Some("Bearer do-not-print-me-0123".into()),
+            body: Bytes::from_static(b"{}"),
+        };
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("do-not-print-me"), "{shown}");
+        assert!(shown.contains("<redacted>") && shown.contains("body_bytes: 2"), "{shown}");
+    }
 
     #[test]
     fn media_types_ignore_parameters_and_case() {

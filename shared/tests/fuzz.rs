@@ -21,7 +21,7 @@ use relay::webhook::{Incoming, Webhook, WebhookOptions};
 use relay::{Config, Task};
 use serde_json::Value;
 
-const AUTH: &str = "Bearer fuzz";
+const AUTH: &str = "Bearer fuzz-0123456789";
 
 const CONFIG: &str = r#"
 source: { url: "http://localhost" }

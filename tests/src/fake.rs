@@ -90,6 +90,8 @@ struct Store {
     labels: HashMap<(String, String), Vec<String>>,
     /// Requests that carried an Authorization header.
     authorized: usize,
+    /// The token realm its challenges name (default: its own `/token`).
+    realm: Option<String>,
     next: u64,
 }
 
@@ -109,6 +111,12 @@ impl FakeRegistry {
         let app = Router::new().fallback(handle).with_state((store.clone(), url.clone()));
         tokio::spawn(async move { axum::serve(listener, app).await });
         FakeRegistry { url, store }
+    }
+
+    /// Its Bearer challenges name `realm` instead of its own `/token` (a
+    /// registry that points clients at another token service).
+    pub fn set_realm(&self, realm: &str) {
+        self.store.lock().unwrap().realm = Some(realm.to_owned());
     }
 
     /// The next `times` requests of kind `op` get `fault`.
@@ -202,6 +210,13 @@ fn status(code: u16) -> Response {
     StatusCode::from_u16(code).unwrap().into_response()
 }
 
+/// 401 with a Bearer challenge naming the realm.
+fn challenge(s: &Store, base: &str) -> Response {
+    let realm = s.realm.clone().unwrap_or_else(|| format!("{base}/token"));
+    let challenge = format!("Bearer realm=\"{realm}\",service=\"fake\"");
+    (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response()
+}
+
 async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
     let q: HashMap<String, String> =
         url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
@@ -229,18 +244,17 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
         if let Some(valid) = &s.tokens {
             let presented = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
             if !valid.iter().any(|t| presented == format!("Bearer {t}")) {
-                let challenge = format!("Bearer realm=\"{base}/token\",service=\"fake\"");
-                return (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response();
+                return challenge(&s, &base);
             }
         }
         s.faults.get_mut(&op).and_then(VecDeque::pop_front)
     };
     if let Some(Fault::ExpireTokens) = &fault {
-        if let Some(t) = &mut store.lock().unwrap().tokens {
+        let mut s = store.lock().unwrap();
+        if let Some(t) = &mut s.tokens {
             t.clear();
         }
-        let challenge = format!("Bearer realm=\"{base}/token\",service=\"fake\"");
-        return (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response();
+        return challenge(&s, &base);
     }
     if let Some(Fault::RedirectTo(url)) = &fault {
         return (StatusCode::TEMPORARY_REDIRECT, [("location", url.clone())]).into_response();

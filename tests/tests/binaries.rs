@@ -108,3 +108,32 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
         "EMF metrics line"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weak_webhook_auth_value_is_refused_at_start_naming_the_field() {
+    let stack = Stack::load().unwrap();
+    let config = std::env::temp_dir().join(format!("relay-weak-{}.yaml", rand::random::<u32>()));
+    std::fs::write(&config, stack.config_yaml("")).unwrap();
+    let child = spawn(
+        "webhook",
+        &[
+            ("RELAY_CONFIG", config.display().to_string()),
+            ("RELAY_QUEUE_URL", "http://127.0.0.1:9/000000000000/none".into()),
+            ("RELAY_LISTEN", "127.0.0.1:0".into()),
+            ("RELAY_WEBHOOK_AUTH", "Bearer guess".into()),
+        ],
+    );
+    let pid = child.id() as i32;
+    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+    let out = match tokio::time::timeout(Duration::from_secs(20), waiting).await {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the webhook started with a 12-character auth value");
+        }
+    };
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("webhook.auth_values_env (RELAY_WEBHOOK_AUTH)"), "{text}");
+    assert!(!text.contains("Bearer guess"), "the value itself is never printed: {text}");
+}

@@ -345,12 +345,27 @@ async fn token_auth_registry_receives_a_copy() {
     let repo = unique_repo("token");
     let img = push_to(&stack.source(), &repo, ImageKind::DockerList { platforms: 2 }, 2, 8192).await;
 
-    let yaml = |password_env: &str| {
+    // The issuer is plain http on another port than the registry: trusted
+    // only because the configuration lists it.
+    let issuer_addr = std::env::var("RELAY_TOKEN_ISSUER_ADDR").unwrap();
+    let with_realms = |password_env: &str, realms: &str| {
         format!(
-            "source: {{ url: {} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dst, url: {token_url}, credentials: {{ username: relay, password_env: {password_env} }} }}\n",
+            "source: {{ url: {} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dst, url: {token_url}, credentials: {{ username: relay, password_env: {password_env} }}{realms} }}\n",
             stack.source_url
         )
     };
+    let yaml =
+        |password_env: &str| with_realms(password_env, &format!(", token_realms: [\"http://{issuer_addr}/token\"]"));
+    let unlisted = bootstrap::worker(
+        &Config::parse(&with_realms("CLUSTER1_PASSWORD", "")).unwrap(),
+        &SecretSource::from_process(None),
+        fast_retry(),
+    )
+    .await
+    .unwrap();
+    let refused = unlisted.run(&task(&img, &repo, &["v1"])).await.unwrap_err().to_string();
+    assert!(refused.contains(&format!("token realm http://{}", issuer_addr.split(':').next().unwrap())), "{refused}");
+    assert!(issuer.scopes().is_empty(), "no token was asked of an unlisted http realm: {:?}", issuer.scopes());
     let w = bootstrap::worker(
         &Config::parse(&yaml("CLUSTER1_PASSWORD")).unwrap(),
         &SecretSource::from_process(None),

@@ -177,6 +177,54 @@ async fn redirects_never_carry_credentials_to_another_host() {
     assert!(dst.has_blob(&repo, &d) && dst.has_manifest(&repo, "v1"));
 }
 
+/// A worker whose source is `source` with credentials (so they could leak)
+/// and `token_realms`, copying to `destination`.
+async fn worker_with_realms(source: &str, realms: &[&str], destination: &str) -> relay::worker::Worker {
+    std::env::set_var("RELAY_HOSTILE_PASSWORD", "hostile-test-password");
+    let realms = realms.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", ");
+    let yaml = format!(
+        "source: {{ url: {source}, credentials: {{ username: relay, password_env: RELAY_HOSTILE_PASSWORD }}, token_realms: [{realms}] }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dst, url: {destination} }}\n"
+    );
+    bootstrap::worker(&Config::parse(&yaml).unwrap(), &SecretSource::from_process(None), fast_retry()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_go_to_a_foreign_token_realm_unless_listed() {
+    let src = FakeRegistry::start(true).await;
+    let foreign = FakeRegistry::start(false).await; // a token service on another origin, plain http
+    let dst = FakeRegistry::start(false).await;
+    let repo = unique_repo("realm");
+    let md = src.insert_manifest(&repo, "v1", image::OCI_MANIFEST, bytes::Bytes::from_static(b"{}"));
+    src.set_realm(&format!("{}/token", foreign.url));
+
+    let err = worker_with_realms(&src.url, &[], &dst.url).await.run(&task(&repo, &md)).await.unwrap_err();
+    assert!(err.to_string().contains("token realm http://127.0.0.1 refused"), "{err}");
+    assert_eq!((foreign.count(Op::Token), foreign.authorized_requests()), (0, 0), "nothing was sent to the realm");
+
+    // Listed in token_realms: trusted (its tokens are no good at this fake,
+    // but the credentials went where the configuration allows).
+    let listed = worker_with_realms(&src.url, &[&foreign.url], &dst.url).await;
+    assert!(listed.run(&task(&repo, &md)).await.is_err());
+    assert!(foreign.count(Op::Token) >= 1 && foreign.authorized_requests() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_from_where_a_redirect_led_is_not_learnt() {
+    let src = FakeRegistry::start(false).await;
+    let elsewhere = FakeRegistry::start(true).await; // answers 401 with its own realm
+    let dst = FakeRegistry::start(false).await;
+    let repo = unique_repo("redirect401");
+    let md = src.insert_manifest(&repo, "v1", image::OCI_MANIFEST, bytes::Bytes::from_static(b"{}"));
+    src.inject(Op::HeadManifest, Fault::RedirectTo(format!("{}/v2/{repo}/manifests/v1", elsewhere.url)), 10);
+
+    // Even with that host's realm trusted, its challenge is not this registry's.
+    let w = worker_with_realms(&src.url, &[&elsewhere.url], &dst.url).await;
+    let err = w.run(&task(&repo, &md)).await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    assert_eq!(elsewhere.count(Op::Token), 0, "no token asked of the host a redirect led to");
+    assert_eq!(elsewhere.authorized_requests(), 0, "no credentials crossed to it");
+}
+
 /// A corpus of malformed bodies: deeply nested, wrong-typed, the wrong
 /// format for the content type, invalid digests. Each gets 400 with a
 /// reason, the server stays up, and nothing is enqueued.

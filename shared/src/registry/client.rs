@@ -36,6 +36,8 @@ pub struct RegistryClient {
     http: reqwest::Client,
     /// Replaced when the worker re-reads a rotated secret.
     credentials: std::sync::RwLock<Option<Credentials>>,
+    /// See [`ClientOptions::token_realms`].
+    token_realms: Vec<Url>,
     auth: Mutex<AuthState>,
     retry: RetryPolicy,
     /// Requests sent to this registry (token requests excluded): for
@@ -90,7 +92,7 @@ pub enum RegistryError {
     Token { registry: String, reason: String },
     #[error("{registry}: {what} {digest} has digest {actual} (refusing to copy it)")]
     DigestMismatch { registry: String, what: &'static str, digest: Digest, actual: Digest },
-    #[error("{registry}: manifest {reference} is larger than {limit} bytes")]
+    #[error("{registry}: {reference} is larger than {limit} bytes")]
     TooLarge { registry: String, reference: String, limit: usize },
     #[error("{registry}: {reason}")]
     Protocol { registry: String, reason: String },
@@ -150,6 +152,11 @@ impl RegistryError {
     }
 }
 
+/// Same scheme, host and port.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+}
+
 /// Result of opening a blob upload.
 pub enum UploadStart {
     /// The registry mounted the blob from another repository (201).
@@ -158,6 +165,16 @@ pub enum UploadStart {
     /// registry takes (`OCI-Chunk-Min-Length`) if it says.
     Session { url: Url, chunk_min: Option<u64> },
 }
+
+/// Bounds on what a registry can make us read (a hostile or broken one
+/// must not hold a worker's memory): error bodies are cut, token answers
+/// and listing pages refused past their bound.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+const MAX_TOKEN_BYTES: usize = 1024 * 1024;
+const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Pages of one listing (catalog, tags, referrers): 10,000 pages of the
+/// usual 1,000 entries is more than any registry here holds.
+const MAX_PAGES: usize = 10_000;
 
 /// Chunk size after the first 413 to a whole-blob `PUT`.
 const FIRST_CHUNK: u64 = 8 * 1024 * 1024;
@@ -168,6 +185,9 @@ const SMALLEST_CHUNK: u64 = 64 * 1024;
 pub struct ClientOptions {
     pub insecure: bool,
     pub retry: RetryPolicy,
+    /// Token services trusted besides https ones and the registry's own
+    /// origin (the configuration's `token_realms`).
+    pub token_realms: Vec<Url>,
 }
 
 impl RegistryClient {
@@ -193,6 +213,7 @@ impl RegistryClient {
             role,
             http,
             credentials: std::sync::RwLock::new(credentials),
+            token_realms: options.token_realms,
             auth: Mutex::new(AuthState::default()),
             retry: options.retry,
             requests: Default::default(),
@@ -295,15 +316,18 @@ impl RegistryClient {
         mut each: impl FnMut(&str) -> bool,
     ) -> Result<(), RegistryError> {
         let mut next = Some(self.base.join(first).map_err(|e| self.protocol(e.to_string()))?);
+        let mut seen = std::collections::HashSet::new();
         while let Some(url) = next.take() {
+            self.visit(&mut seen, &url)?;
             let resp = self.execute(Method::GET, url.clone(), scope, HeaderMap::new(), None).await?;
             if resp.status() == StatusCode::NOT_FOUND {
                 return Ok(());
             }
             let resp = self.expect(resp, &[StatusCode::OK]).await?;
             next = self.next_page(&url, &resp)?;
-            let body: serde_json::Value =
-                resp.json().await.map_err(|e| self.transport(&Method::GET, url.path(), &e))?;
+            let body = self.read_capped(resp, MAX_PAGE_BYTES, url.path()).await?;
+            let body: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| self.protocol(format!("{}: listing is not JSON: {e}", url.path())))?;
             for name in body[field].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
                 if !each(name) {
                     return Ok(());
@@ -339,23 +363,7 @@ impl RegistryClient {
         let resp = self.execute(Method::GET, url, &self.scope(repo), accept_manifests(), None).await?;
         let resp = self.expect(resp, &[StatusCode::OK]).await?;
         let media_type = header_str(resp.headers(), CONTENT_TYPE).unwrap_or_default().to_owned();
-        let too_large = || RegistryError::TooLarge {
-            registry: self.name.clone(),
-            reference: reference.to_owned(),
-            limit: manifest::MAX_MANIFEST_BYTES,
-        };
-        if resp.content_length().is_some_and(|l| l > manifest::MAX_MANIFEST_BYTES as u64) {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.transport(&Method::GET, reference, &e))?;
-            if body.len() + chunk.len() > manifest::MAX_MANIFEST_BYTES {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = self.read_capped(resp, manifest::MAX_MANIFEST_BYTES, &format!("manifest {reference}")).await?;
         let actual = Digest::sha256_of(&body);
         if let Some(expected) = expected {
             let matches =
@@ -409,7 +417,9 @@ impl RegistryClient {
         let mut out = Vec::new();
         let mut next = Some(self.url(&format!("/v2/{repo}/referrers/{digest}")));
         let mut pages = 0;
+        let (mut seen, mut total) = (std::collections::HashSet::new(), 0);
         while let Some(url) = next.take() {
+            self.visit(&mut seen, &url)?;
             let mut headers = HeaderMap::new();
             headers.insert(ACCEPT, header_value(manifest::OCI_INDEX));
             let resp = self.execute(Method::GET, url.clone(), &self.scope(repo), headers, None).await?;
@@ -419,14 +429,10 @@ impl RegistryClient {
             }
             let resp = self.expect(resp, &[StatusCode::OK]).await?;
             next = self.next_page(&url, &resp)?;
-            let body = resp.bytes().await.map_err(|e| self.transport(&Method::GET, url.path(), &e))?;
-            if body.len() > manifest::MAX_MANIFEST_BYTES {
-                return Err(RegistryError::TooLarge {
-                    registry: self.name.clone(),
-                    reference: format!("referrers of {digest}"),
-                    limit: manifest::MAX_MANIFEST_BYTES,
-                });
-            }
+            // Each page, and all pages together, within the manifest limit.
+            let left = manifest::MAX_MANIFEST_BYTES.saturating_sub(total);
+            let body = self.read_capped(resp, left, &format!("referrers of {digest}")).await?;
+            total += body.len();
             #[derive(serde::Deserialize)]
             struct Index {
                 #[serde(default)]
@@ -583,9 +589,28 @@ impl RegistryClient {
     }
 
     fn same_origin(&self, url: &Url) -> bool {
-        url.scheme() == self.base.scheme()
-            && url.host_str() == self.base.host_str()
-            && url.port_or_known_default() == self.base.port_or_known_default()
+        same_origin(url, &self.base)
+    }
+
+    /// Whether the credentials may go to `realm` for a token: an https
+    /// realm, this registry's own origin when it is plain http, or a realm
+    /// the configuration lists. Anything else could be a hostile registry
+    /// (or a hostile redirect) fishing for the password.
+    fn check_realm(&self, realm: &Url) -> Result<(), RegistryError> {
+        let trusted = realm.scheme() == "https"
+            || self.same_origin(realm)
+            || self.token_realms.iter().any(|t| same_origin(t, realm));
+        if trusted {
+            return Ok(());
+        }
+        Err(RegistryError::Protocol {
+            registry: self.name.clone(),
+            reason: format!(
+                "token realm {}://{} refused: a realm must be https or this registry's own origin (list it in token_realms to trust it)",
+                realm.scheme(),
+                realm.host_str().unwrap_or_default()
+            ),
+        })
     }
 
     /// Sends a request whose body can be re-sent, with authentication and
@@ -693,6 +718,11 @@ impl RegistryClient {
     /// the scheme changed, or its token expired (forgotten here unless a
     /// concurrent request already renewed it).
     fn learn_challenge(&self, resp: &Response, scope: &str, sent: Option<&str>) -> bool {
+        // A challenge from where a redirect led (another host) is not this
+        // registry's: learning it would send the credentials there.
+        if !self.same_origin(resp.url()) {
+            return false;
+        }
         let Some(challenge) = header_str(resp.headers(), WWW_AUTHENTICATE).and_then(Challenge::parse) else {
             return false;
         };
@@ -741,6 +771,7 @@ impl RegistryClient {
     ) -> Result<(String, Duration), RegistryError> {
         let fail = |reason: String| RegistryError::Token { registry: self.name.clone(), reason };
         let mut url = Url::parse(realm).map_err(|e| fail(format!("bad realm: {e}")))?;
+        self.check_realm(&url)?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -758,7 +789,9 @@ impl RegistryClient {
         if !resp.status().is_success() {
             return Err(fail(format!("HTTP {}", resp.status())));
         }
-        let body: TokenResponse = resp.json().await.map_err(|e| fail(redact(&e)))?;
+        let body = self.read_capped(resp, MAX_TOKEN_BYTES, "token response").await?;
+        let body: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| fail(format!("token response is not JSON: {e}")))?;
         let token = body.token.or(body.access_token).ok_or_else(|| fail("no token in response".into()))?;
         Ok((token, Duration::from_secs(body.expires_in.unwrap_or(60).max(1))))
     }
@@ -773,14 +806,59 @@ impl RegistryClient {
             return Err(RegistryError::Denied { registry: self.name.clone(), path, status });
         }
         let retry_after = header_str(resp.headers(), RETRY_AFTER).and_then(|v| parse_retry_after(v, SystemTime::now()));
-        // The registry's error code tells an operator most; keep it short.
-        let text = resp.text().await.unwrap_or_default();
+        // The registry's error code tells an operator most; keep it short,
+        // and read no more than that of a body that may never end.
+        let text = self.read_prefix(resp, MAX_ERROR_BODY_BYTES).await;
         let detail = if text.is_empty() {
             String::new()
         } else {
             format!(": {}", text.chars().take(300).collect::<String>().trim())
         };
         Err(RegistryError::Status { registry: self.name.clone(), path, status, detail, retry_after })
+    }
+
+    /// The whole body, refused past `limit` bytes (announced or sent).
+    async fn read_capped(&self, resp: Response, limit: usize, what: &str) -> Result<Vec<u8>, RegistryError> {
+        let too_large = || RegistryError::TooLarge { registry: self.name.clone(), reference: what.to_owned(), limit };
+        if resp.content_length().is_some_and(|l| l > limit as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.transport(&Method::GET, what, &e))?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// At most `limit` bytes of the body, as text; the rest is not read.
+    async fn read_prefix(&self, resp: Response, limit: usize) -> String {
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(Ok(chunk)) = stream.next().await {
+            let room = limit - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= limit {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    /// Records a listing page; refuses a `Link` that loops back to a page
+    /// already read, and listings longer than [`MAX_PAGES`].
+    fn visit(&self, seen: &mut std::collections::HashSet<Url>, url: &Url) -> Result<(), RegistryError> {
+        if !seen.insert(url.clone()) {
+            return Err(self.protocol(format!("listing loops: Link points back at {}", url.path())));
+        }
+        if seen.len() > MAX_PAGES {
+            return Err(self.protocol(format!("listing longer than {MAX_PAGES} pages")));
+        }
+        Ok(())
     }
 
     /// The next page a listing answer points at (`Link: </v2/_catalog?last=x&n=1000>; rel="next"`),
@@ -858,4 +936,40 @@ fn header_str<K: reqwest::header::AsHeaderName>(headers: &HeaderMap, key: K) -> 
 
 fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str, listed: &[&str]) -> RegistryClient {
+        let options = ClientOptions {
+            insecure: false,
+            retry: RetryPolicy::default(),
+            token_realms: listed.iter().map(|u| Url::parse(u).unwrap()).collect(),
+        };
+        RegistryClient::new("r", Url::parse(base).unwrap(), Role::Destination, None, options).unwrap()
+    }
+
+    /// (registry, listed realms, realm, trusted)
+    #[test]
+    fn credentials_go_only_to_trusted_token_realms() {
+        let table: [(&str, &[&str], &str, bool); 7] = [
+            ("https://reg.example", &[], "https://auth.example/token", true),
+            ("https://reg.example", &[], "http://auth.example/token", false),
+            ("https://reg.example", &[], "http://reg.example/token", false),
+            ("http://10.0.0.5:5000", &[], "http://10.0.0.5:5000/token", true),
+            ("http://10.0.0.5:5000", &[], "http://10.0.0.5:5001/token", false),
+            ("http://10.0.0.5:5000", &["http://10.0.0.5:5001/auth"], "http://10.0.0.5:5001/token", true),
+            ("https://reg.example", &["http://auth.example"], "http://auth.example:8080/token", false),
+        ];
+        for (base, listed, realm, trusted) in table {
+            let got = client(base, listed).check_realm(&Url::parse(realm).unwrap());
+            assert_eq!(got.is_ok(), trusted, "{base} {listed:?} {realm}: {got:?}");
+            if let Err(e) = got {
+                let host = Url::parse(realm).unwrap().host_str().unwrap().to_owned();
+                assert!(e.to_string().contains(&host), "the error names the realm host: {e}");
+            }
+        }
+    }
 }

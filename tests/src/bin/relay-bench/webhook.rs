@@ -24,7 +24,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     // 1. The handler's own work: auth, limits, parse, rules, plan. No SQS.
     let config = Arc::new(Config::parse(&stack.config_yaml(ALL_TO_CLUSTER1))?);
-    let secrets = SecretSource::new(None, |_| Some("Bearer bench".into()));
+    let secrets = SecretSource::new(None, |_| Some("Bearer bench-0123456789".into()));
     let auth = WebhookAuth::load(WebhookAuthSource::Env("X".into()), secrets, Duration::from_secs(3600)).await?;
     let sqs = aws_sdk_sqs::Client::from_conf(
         aws_sdk_sqs::Config::builder()
@@ -39,7 +39,7 @@ pub async fn run() -> anyhow::Result<()> {
         WebhookOptions { untagged_delay: Duration::ZERO, ..Default::default() },
         None,
     );
-    let values = AuthValues::new(vec!["Bearer bench".into()]);
+    let values = AuthValues::new(vec!["Bearer bench-0123456789".into()]);
     let digest = relay_tests::plain::sha256(b"bench");
     let body =
         relay_tests::harbor_push_event("PUSH_ARTIFACT", stack.source_host(), "proj/team/app", Some("v1"), &digest, 1);
@@ -47,7 +47,7 @@ pub async fn run() -> anyhow::Result<()> {
         method: Method::POST,
         path: "/".into(),
         content_type: Some("application/json".into()),
-        authorization: Some("Bearer bench".into()),
+        authorization: Some("Bearer bench-0123456789".into()),
         body: Bytes::from(body.clone()),
     };
     let n = 20_000;
