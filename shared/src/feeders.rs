@@ -98,9 +98,10 @@ pub async fn feeders(
 ) -> Result<Vec<RepositoryPath>, ListingError> {
     let needs_listing: Vec<&Rule> =
         sending(rules, registry).filter(|r| matches!(exact_source(r, destination), Inverse::NeedsListing)).collect();
-    let candidates = match needs_listing.is_empty() {
-        true => Vec::new(),
-        false => listing.repositories(literal_prefixes(needs_listing).as_deref()).await?,
+    let candidates = if needs_listing.is_empty() {
+        Vec::new()
+    } else {
+        listing.repositories(literal_prefixes(needs_listing).as_deref()).await?
     };
     Ok(feeders_among(rules, registry, destination, &candidates))
 }
@@ -114,8 +115,7 @@ pub fn feeders_among(
     candidates: &[RepositoryPath],
 ) -> Vec<RepositoryPath> {
     let maps_here = |rule: &Rule, source: &RepositoryPath| {
-        rule.name_filter.as_ref().is_none_or(|p| p.is_match(source.as_str()))
-            && rule.map_repository(source).is_ok_and(|d| &d == destination)
+        rule.selects(source) && rule.map_repository(source).is_ok_and(|d| &d == destination)
     };
     let mut found = Vec::new();
     for rule in sending(rules, registry) {

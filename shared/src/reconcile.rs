@@ -19,6 +19,7 @@
 //! readable by an operator, and available where DynamoDB is not (LocalStack
 //! here); the task stream cannot hold it because tasks are consumed.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -100,16 +101,14 @@ impl<'a> Reconciler<'a> {
         // Sorted and without duplicates already (the listing's promise).
         let repositories: Vec<RepositoryPath> = listed
             .iter()
-            .filter(|r| {
-                self.config
-                    .rules
-                    .iter()
-                    .any(|rule| rule.enabled && rule.name_filter.as_ref().is_none_or(|p| p.is_match(r.as_str())))
-            })
+            .filter(|r| self.config.rules.iter().any(|rule| rule.enabled && rule.selects(r)))
             .filter(|r| after.is_none_or(|a| r.as_str() > a))
             .cloned()
             .collect();
         let merge = |pass: &mut Pass| pass.tasks = merge_tags(std::mem::take(&mut pass.tasks));
+        // Tags of the other repositories feeding a destination, listed once
+        // per pass however many of their siblings ask.
+        let mut feeder_tags = HashMap::new();
         let mut last_done: Option<String> = None;
         for repo in repositories {
             if stop_at.is_some_and(|t| Instant::now() >= t) {
@@ -117,7 +116,7 @@ impl<'a> Reconciler<'a> {
                 merge(&mut pass);
                 return Ok(pass);
             }
-            self.repository(&repo, &listed, &mut pass).await?;
+            self.repository(&repo, &listed, &mut feeder_tags, &mut pass).await?;
             pass.repositories += 1;
             last_done = Some(repo.to_string());
         }
@@ -207,11 +206,13 @@ impl<'a> Reconciler<'a> {
     }
 
     /// `source_repositories` is the pass's listing of the source, from
-    /// which the other repositories feeding a destination are found.
+    /// which the other repositories feeding a destination are found;
+    /// `feeder_tags` caches their tags for the pass.
     async fn repository(
         &self,
         repo: &RepositoryPath,
         source_repositories: &[RepositoryPath],
+        feeder_tags: &mut HashMap<RepositoryPath, Vec<Tag>>,
         pass: &mut Pass,
     ) -> Result<(), ReconcileError> {
         let listed = self.list(repo).await?;
@@ -234,16 +235,21 @@ impl<'a> Reconciler<'a> {
         // place has (another rule, or the same rule's flattening, may map a
         // second source there: its tags are not this repository's to delete).
         for rule in self.config.rules.iter().filter(|r| r.enabled && r.deletion) {
-            if !rule.name_filter.as_ref().is_none_or(|p| p.is_match(repo.as_str())) {
+            if !rule.selects(repo) {
                 continue;
             }
             let Ok(dst_repo) = rule.map_repository(repo) else { continue };
             let Some(dst) = self.destinations.get(&rule.destination.registry) else { continue };
             let mut held = tags.clone();
             for other in feeders_among(&self.config.rules, &rule.destination.registry, &dst_repo, source_repositories) {
-                if &other != repo {
-                    held.extend(self.list(&other).await?.into_iter().filter_map(|l| l.tag));
+                if &other == repo {
+                    continue;
                 }
+                if !feeder_tags.contains_key(&other) {
+                    let listed = self.list(&other).await?.into_iter().filter_map(|l| l.tag).collect();
+                    feeder_tags.insert(other.clone(), listed);
+                }
+                held.extend(feeder_tags[&other].iter().cloned());
             }
             for dst_tag in dst.client.tags_paged(&dst_repo, self.page_size).await? {
                 if held.contains(&dst_tag) || !rule.tag_filter.as_ref().is_none_or(|f| f.accepts(Some(&dst_tag))) {

@@ -137,8 +137,13 @@ impl Rule {
     pub fn matches(&self, repository: &RepositoryPath, tag: Option<&Tag>, operator: &str) -> bool {
         self.enabled
             && !self.exclude_operators.iter().any(|o| o == operator)
-            && self.name_filter.as_ref().is_none_or(|p| p.is_match(repository.as_str()))
+            && self.selects(repository)
             && self.tag_filter.as_ref().is_none_or(|f| f.accepts(tag))
+    }
+
+    /// The name filter alone (empty selects every repository).
+    pub fn selects(&self, repository: &RepositoryPath) -> bool {
+        self.name_filter.as_ref().is_none_or(|p| p.is_match(repository.as_str()))
     }
 
     /// The label filter against the artifact's labels; `None` (labels not

@@ -289,18 +289,22 @@ impl Worker {
             Err(e) => {
                 let disposition = e.disposition();
                 let _e = span.enter();
+                let duration_ms = started.elapsed().as_millis() as u64;
                 let (outcome, settled) = match disposition {
-                    Disposition::Park => ("parked", "parked"),
-                    Disposition::Continue => ("continued", "continued"),
-                    Disposition::Permanent => ("failed", "dead_letter"),
-                    Disposition::Retry { .. } => ("failed", "retry"),
+                    Disposition::Park => ("parked", None),
+                    Disposition::Continue => ("continued", None),
+                    Disposition::Permanent => ("failed", Some("dead_letter")),
+                    Disposition::Retry { .. } => ("failed", Some("retry")),
                 };
-                if outcome == "failed" {
-                    self.stats.tasks_failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(outcome, settled, error = %e, duration_ms = started.elapsed().as_millis() as u64, "task failed");
-                } else {
-                    self.stats.tasks_deferred.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(outcome, reason = %e, duration_ms = started.elapsed().as_millis() as u64, "task deferred");
+                match settled {
+                    Some(settled) => {
+                        self.stats.tasks_failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(outcome, settled, error = %e, duration_ms, "task failed");
+                    }
+                    None => {
+                        self.stats.tasks_deferred.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(outcome, reason = %e, duration_ms, "task deferred");
+                    }
                 }
                 metrics::emit(&[("Function", "worker"), ("Outcome", outcome)], &[("Tasks", 1.0, Unit::Count)]);
                 Err((e.to_string(), disposition))

@@ -94,6 +94,12 @@ impl PlainRegistry {
         Ok(Some((mt, resp.bytes().await?.to_vec())))
     }
 
+    /// The digest of the manifest `reference` resolves to (hashed from the
+    /// bytes served), `None` on 404.
+    pub async fn digest_at(&self, repo: &str, reference: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.get_manifest(repo, reference).await?.map(|(_, bytes)| sha256(&bytes)))
+    }
+
     pub async fn blob_exists(&self, repo: &str, digest: &str) -> anyhow::Result<bool> {
         let resp = self.req(reqwest::Method::HEAD, &format!("{}/v2/{repo}/blobs/{digest}", self.base)).send().await?;
         Ok(resp.status() == StatusCode::OK)

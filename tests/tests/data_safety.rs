@@ -42,6 +42,28 @@ async fn also_in(reg: &PlainRegistry, img: &GeneratedImage, to: &str, tag: &str)
     reg.put_manifest(to, tag, &media_type, &bytes).await.unwrap();
 }
 
+/// The colliding mapping, a worker for it, and one image in both feeding
+/// repositories (`<p>-dev/app:v1` and `<p>-prod/app:v1`, same digest).
+struct Colliding {
+    stack: Stack,
+    config: Config,
+    worker: Worker,
+    dev: String,
+    prod: String,
+    mirror: String,
+    shared: GeneratedImage,
+}
+
+async fn colliding() -> Colliding {
+    let stack = Stack::load().unwrap();
+    let p = project();
+    let (config, worker) = setup(&stack, &colliding_rules(&p)).await;
+    let (dev, prod, mirror) = (format!("{p}-dev/app"), format!("{p}-prod/app"), format!("{p}-mirror/app"));
+    let shared = image::push(&stack.source(), &dev, "v1", ImageKind::OciImage, 1, 2048).await.unwrap();
+    also_in(&stack.source(), &shared, &prod, "v1").await;
+    Colliding { stack, config, worker, dev, prod, mirror, shared }
+}
+
 /// Runs the tasks the rules plan for a Harbor event; returns the outcomes.
 async fn event(
     config: &Config,
@@ -61,23 +83,14 @@ async fn event(
     reports
 }
 
-async fn digest_at(reg: &PlainRegistry, repo: &str, reference: &str) -> Option<String> {
-    reg.get_manifest(repo, reference).await.unwrap().map(|(_, b)| relay_tests::plain::sha256(&b))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_keeps_what_another_mapped_source_still_holds() {
-    let stack = Stack::load().unwrap();
-    let p = project();
-    let (config, worker) = setup(&stack, &colliding_rules(&p)).await;
+    let Colliding { stack, config, worker, dev, prod, mirror, shared: img } = colliding().await;
     let (source, target) = (stack.source(), stack.target());
-    let (dev, prod, mirror) = (format!("{p}-dev/app"), format!("{p}-prod/app"), format!("{p}-mirror/app"));
-    let img = image::push(&source, &dev, "v1", ImageKind::OciImage, 1, 2048).await.unwrap();
-    also_in(&source, &img, &prod, "v1").await;
     for repo in [&dev, &prod] {
         event(&config, &stack, &worker, "PUSH_ARTIFACT", repo, "v1", &img.digest).await;
     }
-    assert_eq!(digest_at(&target, &mirror, "v1").await.as_deref(), Some(img.digest.as_str()));
+    assert_eq!(target.digest_at(&mirror, "v1").await.unwrap().as_deref(), Some(img.digest.as_str()));
 
     // Deleted from dev only: prod still holds it, so mirror/app keeps it.
     assert_eq!(source.delete_manifest(&dev, &img.digest).await.unwrap().as_u16(), 202);
@@ -85,13 +98,13 @@ async fn a_delete_keeps_what_another_mapped_source_still_holds() {
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].outcome, Some(Outcome::SourceStillHas));
     assert_eq!(reports[0].held_by.as_ref().map(|r| r.as_str()), Some(prod.as_str()), "the outcome says who holds it");
-    assert_eq!(digest_at(&target, &mirror, "v1").await.as_deref(), Some(img.digest.as_str()), "not deleted");
+    assert_eq!(target.digest_at(&mirror, "v1").await.unwrap().as_deref(), Some(img.digest.as_str()), "not deleted");
 
     // Deleted from prod as well: now it goes.
     assert_eq!(source.delete_manifest(&prod, &img.digest).await.unwrap().as_u16(), 202);
     let reports = event(&config, &stack, &worker, "DELETE_ARTIFACT", &prod, "v1", &img.digest).await;
     assert_eq!(reports[0].outcome, Some(Outcome::Deleted));
-    assert!(digest_at(&target, &mirror, &img.digest).await.is_none());
+    assert!(target.digest_at(&mirror, &img.digest).await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,12 +130,16 @@ async fn a_delete_keeps_tags_the_deleted_artifact_did_not_map_to() {
     let kept = event(&config, &stack, &worker, "DELETE_ARTIFACT", &app, "v1", &pinned.digest).await;
     assert_eq!(kept[0].outcome, Some(Outcome::KeptForeignTags));
     assert_eq!(kept[0].foreign_tags.iter().map(|t| t.as_str()).collect::<Vec<_>>(), vec!["pinned-by-ops"]);
-    assert_eq!(digest_at(&target, &app, "pinned-by-ops").await.as_deref(), Some(pinned.digest.as_str()), "survives");
+    assert_eq!(
+        target.digest_at(&app, "pinned-by-ops").await.unwrap().as_deref(),
+        Some(pinned.digest.as_str()),
+        "survives"
+    );
 
     // The other artifact carries only its own mapped tag: deleted.
     let gone = event(&config, &stack, &worker, "DELETE_ARTIFACT", &app, "v2", &plain.digest).await;
     assert_eq!(gone[0].outcome, Some(Outcome::Deleted));
-    assert!(digest_at(&target, &app, "v2").await.is_none());
+    assert!(target.digest_at(&app, "v2").await.unwrap().is_none());
 }
 
 fn counts(pass: &Pass) -> (usize, usize) {
@@ -132,13 +149,8 @@ fn counts(pass: &Pass) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_on_a_colliding_mapping_converges_without_flapping() {
-    let stack = Stack::load().unwrap();
-    let p = project();
-    let (config, worker) = setup(&stack, &colliding_rules(&p)).await;
+    let Colliding { stack, config, worker, dev, prod, mirror, shared } = colliding().await;
     let (source, target) = (stack.source(), stack.target());
-    let (dev, prod, mirror) = (format!("{p}-dev/app"), format!("{p}-prod/app"), format!("{p}-mirror/app"));
-    let shared = image::push(&source, &dev, "v1", ImageKind::OciImage, 1, 2048).await.unwrap();
-    also_in(&source, &shared, &prod, "v1").await;
     let dev_only = image::push(&source, &dev, "dev-only", ImageKind::OciImage, 1, 2048).await.unwrap();
     let prod_only = image::push(&source, &prod, "prod-only", ImageKind::OciImage, 1, 2048).await.unwrap();
 
@@ -156,7 +168,7 @@ async fn reconcile_on_a_colliding_mapping_converges_without_flapping() {
     assert!(totals[0].0 .0 >= 2, "the first pass copies: {totals:?}");
     assert_eq!(&totals[1..], &[((0, 0), 0), ((0, 0), 0)], "zero copies and zero deletes after the first pass");
     for (tag, img) in [("v1", &shared), ("dev-only", &dev_only), ("prod-only", &prod_only)] {
-        assert_eq!(digest_at(&target, &mirror, tag).await.as_deref(), Some(img.digest.as_str()), "{tag}");
+        assert_eq!(target.digest_at(&mirror, tag).await.unwrap().as_deref(), Some(img.digest.as_str()), "{tag}");
     }
 
     // A tag gone from every feeding source is deleted, once.
@@ -166,8 +178,8 @@ async fn reconcile_on_a_colliding_mapping_converges_without_flapping() {
     for t in &pass.tasks {
         assert_eq!(worker.run(t).await.unwrap().outcome, Some(Outcome::Deleted));
     }
-    assert!(digest_at(&target, &mirror, "prod-only").await.is_none());
-    assert_eq!(digest_at(&target, &mirror, "v1").await.as_deref(), Some(shared.digest.as_str()));
+    assert!(target.digest_at(&mirror, "prod-only").await.unwrap().is_none());
+    assert_eq!(target.digest_at(&mirror, "v1").await.unwrap().as_deref(), Some(shared.digest.as_str()));
     let after = Reconciler::new(&config, &worker, 1000).pass(None, None).await.unwrap();
     assert_eq!(counts(&after), (0, 0));
 }

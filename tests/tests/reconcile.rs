@@ -53,10 +53,6 @@ fn summary(pass: &Pass) -> Vec<(Action, String, String)> {
     v
 }
 
-async fn digest_at(reg: &relay_tests::PlainRegistry, repo: &str, reference: &str) -> Option<String> {
-    reg.get_manifest(repo, reference).await.unwrap().map(|(_, b)| relay_tests::plain::sha256(&b))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_repaired() {
     let stack = Stack::load().unwrap();
@@ -97,9 +93,16 @@ async fn drift_is_repaired() {
         ]
     );
     apply(&worker, &drift).await;
-    assert_eq!(digest_at(&target, &app, "extra").await.as_deref(), Some(a.digest.as_str()));
-    assert_eq!(digest_at(&target, &app, "v1").await.as_deref(), Some(a.digest.as_str()), "overwritten tag restored");
-    assert!(digest_at(&target, &app, &c.digest).await.is_none(), "removed at the source, removed at the destination");
+    assert_eq!(target.digest_at(&app, "extra").await.unwrap().as_deref(), Some(a.digest.as_str()));
+    assert_eq!(
+        target.digest_at(&app, "v1").await.unwrap().as_deref(),
+        Some(a.digest.as_str()),
+        "overwritten tag restored"
+    );
+    assert!(
+        target.digest_at(&app, &c.digest).await.unwrap().is_none(),
+        "removed at the source, removed at the destination"
+    );
     assert_eq!(target.tree(&tool, "1.0").await.unwrap(), source.tree(&tool, "1.0").await.unwrap());
     assert!(pass(&config, &worker, 1000).await.tasks.is_empty(), "converged");
 }
@@ -119,7 +122,7 @@ async fn deletion_off_and_override_off_leave_the_destination_alone() {
     let keep = pass(&config, &worker, 1000).await;
     assert!(keep.tasks.is_empty(), "{:?}", summary(&keep));
     assert_eq!(keep.in_sync, 1, "override off: the hand-made v1 counts as settled");
-    assert_eq!(digest_at(&target, &app, "v1").await.as_deref(), Some(hand.digest.as_str()));
+    assert_eq!(target.digest_at(&app, "v1").await.unwrap().as_deref(), Some(hand.digest.as_str()));
 
     let (config, worker) = setup(&stack, &rules(&p, true, true)).await;
     let fix = pass(&config, &worker, 1000).await;
@@ -265,16 +268,16 @@ async fn harbor_api_listing_applies_labels_and_pages() {
         "only the artifacts labelled prod, every tag of each"
     );
     apply(&worker, &first).await;
-    assert_eq!(digest_at(&target, &app, "a103").await.as_deref(), Some(a.digest.as_str()));
+    assert_eq!(target.digest_at(&app, "a103").await.unwrap().as_deref(), Some(a.digest.as_str()));
     assert_eq!(target.tree(&tool, "1.0").await.unwrap(), src.tree(&tool, "1.0").await.unwrap());
-    assert!(digest_at(&target, &app, "v2").await.is_none(), "unlabelled: not replicated");
+    assert!(target.digest_at(&app, "v2").await.unwrap().is_none(), "unlabelled: not replicated");
 
     // A label added in Harbor's UI sends no webhook; the next pass sees it.
     harbor.set_labels(&app, &b.digest, &["prod"]);
     let second = pass(&config, &worker, 1000).await;
     assert_eq!(summary(&second), vec![(Action::Copy, app.clone(), "v2".into())]);
     apply(&worker, &second).await;
-    assert_eq!(digest_at(&target, &app, "v2").await.as_deref(), Some(b.digest.as_str()));
+    assert_eq!(target.digest_at(&app, "v2").await.unwrap().as_deref(), Some(b.digest.as_str()));
     assert!(pass(&config, &worker, 1000).await.tasks.is_empty(), "converged");
 
     // An accessory (a signature) attached later in Harbor: the tag is in
@@ -288,7 +291,7 @@ async fn harbor_api_listing_applies_labels_and_pages() {
     assert_eq!(summary(&third), vec![(Action::Copy, app.clone(), "v2".into())]);
     assert_eq!(third.tags_checked, 105 + 1 + 100 + 1, "the accessory is not an artifact of its own");
     apply(&worker, &third).await;
-    assert_eq!(digest_at(&target, &app, &sig).await.as_deref(), Some(sig.as_str()));
+    assert_eq!(target.digest_at(&app, &sig).await.unwrap().as_deref(), Some(sig.as_str()));
     assert!(pass(&config, &worker, 1000).await.tasks.is_empty(), "converged with the accessory");
 }
 

@@ -19,10 +19,6 @@ fn tag_of(digest: &str) -> String {
     digest.replacen(':', "-", 1)
 }
 
-async fn digest_at(reg: &PlainRegistry, repo: &str, reference: &str) -> Option<String> {
-    reg.get_manifest(repo, reference).await.unwrap().map(|(_, b)| relay_tests::plain::sha256(&b))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tag_schema_referrers_follow_between_real_registries() {
     let stack = Stack::load().unwrap();
@@ -49,15 +45,15 @@ async fn tag_schema_referrers_follow_between_real_registries() {
     assert_eq!(report.referrers_copied, 3, "the .sig tag, the fallback index, the SBOM's .sig tag");
 
     for reference in ["v1".to_owned(), sig_tag, tag_of(&img.digest), sbom_sig_tag, sbom.0.clone()] {
-        let want = digest_at(&source, &repo, &reference).await;
+        let want = source.digest_at(&repo, &reference).await.unwrap();
         assert!(want.is_some());
-        assert_eq!(digest_at(&target, &repo, &reference).await, want, "{reference}");
+        assert_eq!(target.digest_at(&repo, &reference).await.unwrap(), want, "{reference}");
     }
     assert_eq!(
         target.tree(&repo, &tag_of(&img.digest)).await.unwrap(),
         source.tree(&repo, &tag_of(&img.digest)).await.unwrap()
     );
-    assert!(digest_at(&target, &repo, &other_sig).await.is_none(), "another subject's signature");
+    assert!(target.digest_at(&repo, &other_sig).await.unwrap().is_none(), "another subject's signature");
 
     let again = worker.run(&task).await.unwrap();
     assert_eq!((again.outcome, again.referrers_copied, again.bytes), (Some(Outcome::AlreadyPresent), 0, 0));
@@ -75,8 +71,8 @@ async fn tag_schema_referrers_follow_between_real_registries() {
     for t in &pass.tasks {
         worker.run(t).await.unwrap();
     }
-    assert_eq!(digest_at(&target, &repo, &att_tag).await, digest_at(&source, &repo, &att_tag).await);
-    assert!(digest_at(&target, &repo, &att_tag).await.is_some());
+    assert_eq!(target.digest_at(&repo, &att_tag).await.unwrap(), source.digest_at(&repo, &att_tag).await.unwrap());
+    assert!(target.digest_at(&repo, &att_tag).await.unwrap().is_some());
 }
 
 async fn fake_worker(source: &str, destination: &str, real: Option<&Stack>) -> Worker {
@@ -126,7 +122,7 @@ async fn referrers_api_into_registries_with_and_without_it() {
     let report = worker.run(&task).await.unwrap();
     assert_eq!(report.referrers_copied, 2);
     for d in [&sbom.0, &sig.0] {
-        assert_eq!(digest_at(&target, &repo, d).await.as_deref(), Some(d.as_str()));
+        assert_eq!(target.digest_at(&repo, d).await.unwrap().as_deref(), Some(d.as_str()));
     }
     let (_, index) = target.get_manifest(&repo, &tag_of(&img.digest)).await.unwrap().expect("fallback index");
     let index: serde_json::Value = serde_json::from_slice(&index).unwrap();

@@ -701,8 +701,9 @@ impl RegistryClient {
         Ok(resp)
     }
 
-    fn credentials(&self) -> Option<Credentials> {
-        self.credentials.read().expect("credentials lock").clone()
+    /// The Basic header of the current credentials, if there are any.
+    fn basic_header(&self) -> Option<String> {
+        self.credentials.read().expect("credentials lock").as_ref().map(Credentials::basic_header)
     }
 
     /// Uses `credentials` from now on (a rotated secret, re-read), and
@@ -736,8 +737,8 @@ impl RegistryClient {
         }
         state.challenge = Some(challenge);
         // Basic with the same credentials again cannot help, nor can anonymous.
-        let can_authenticate =
-            self.credentials().is_some() || matches!(state.challenge, Some(Challenge::Bearer { .. }));
+        let can_authenticate = self.credentials.read().expect("credentials lock").is_some()
+            || matches!(state.challenge, Some(Challenge::Bearer { .. }));
         can_authenticate && (sent.is_none() || changed || sent_token.is_some())
     }
 
@@ -746,7 +747,7 @@ impl RegistryClient {
             let state = self.auth.lock().expect("auth lock");
             match &state.challenge {
                 None => return Ok(None),
-                Some(Challenge::Basic) => return Ok(self.credentials().as_ref().map(Credentials::basic_header)),
+                Some(Challenge::Basic) => return Ok(self.basic_header()),
                 Some(Challenge::Bearer { .. }) => {
                     if let Some(token) = state.tokens.get(scope) {
                         return Ok(Some(format!("Bearer {token}")));
@@ -782,8 +783,8 @@ impl RegistryClient {
             }
         }
         let mut req = self.http.get(url);
-        if let Some(c) = self.credentials() {
-            req = req.header(AUTHORIZATION, c.basic_header());
+        if let Some(basic) = self.basic_header() {
+            req = req.header(AUTHORIZATION, basic);
         }
         let resp = req.send().await.map_err(|e| fail(redact(&e)))?;
         if !resp.status().is_success() {

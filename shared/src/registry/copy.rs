@@ -252,13 +252,14 @@ impl Copier<'_> {
                 TagCheck::TakenAtDestination => report.tags_skipped.push(tag.clone()),
             }
         }
-        report.outcome = Some(match (report.tags_pushed.is_empty(), moved) {
-            (false, _) => {
-                report.manifests_pushed += 1;
-                Outcome::Copied
-            }
-            (true, true) => Outcome::Superseded,
-            (true, false) => Outcome::SkippedNoOverride,
+        let pushed = !report.tags_pushed.is_empty();
+        report.manifests_pushed += u64::from(pushed);
+        report.outcome = Some(if pushed {
+            Outcome::Copied
+        } else if moved {
+            Outcome::Superseded
+        } else {
+            Outcome::SkippedNoOverride
         });
         Ok(report)
     }
