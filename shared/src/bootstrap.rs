@@ -17,9 +17,6 @@ use crate::secrets::{CredentialReloader, SecretError, SecretSource, WebhookAuth}
 use crate::webhook::{Webhook, WebhookOptions};
 use crate::worker::{Destination, Worker};
 
-/// How long accepted webhook auth values are cached before re-reading them.
-pub const AUTH_TTL: Duration = Duration::from_secs(300);
-
 /// Bound on one Harbor API call from the webhook: Harbor waits 3 s at most.
 pub const HARBOR_API_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -57,7 +54,7 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
         refs.insert("source".into(), c.clone());
     }
     Ok(Worker {
-        credentials: CredentialReloader::new(secrets.clone(), refs),
+        credentials: CredentialReloader::new(secrets.clone(), refs, config.secrets.ttl()),
         source,
         destinations,
         settings: config.worker.clone(),
@@ -89,7 +86,7 @@ pub async fn webhook(
     queue: TaskQueue,
     options: WebhookOptions,
 ) -> Result<Webhook, StartupError> {
-    let auth = WebhookAuth::load(config.webhook.clone(), secrets.clone(), AUTH_TTL)
+    let auth = WebhookAuth::load(config.webhook.clone(), secrets.clone(), &config.secrets)
         .await
         .map_err(StartupError::WebhookAuth)?;
     let harbor = harbor_api(&config, secrets).await?;

@@ -20,6 +20,40 @@ pub struct Config {
     pub registries: Vec<Registry>,
     pub rules: Vec<Rule>,
     pub worker: WorkerSettings,
+    pub secrets: SecretSettings,
+}
+
+/// How long secrets read from Secrets Manager (or the environment) are
+/// trusted; all optional in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretSettings {
+    /// Registry and source credentials and the webhook's accepted values are
+    /// read again after this many seconds, so a rotation needs no redeploy.
+    /// (A registry's credentials are also read again at once when it
+    /// answers 401/403.)
+    pub ttl_seconds: u64,
+    /// When the webhook's values could not be read again for this long,
+    /// the old ones are no longer accepted: the webhook answers 503 until a
+    /// read succeeds (fail closed: a revoked value must not live on because
+    /// Secrets Manager is unreachable).
+    pub fail_closed_after_seconds: u64,
+}
+
+impl Default for SecretSettings {
+    fn default() -> Self {
+        SecretSettings { ttl_seconds: 300, fail_closed_after_seconds: 3600 }
+    }
+}
+
+impl SecretSettings {
+    pub fn ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.ttl_seconds)
+    }
+
+    pub fn fail_closed_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.fail_closed_after_seconds)
+    }
 }
 
 /// The Harbor images come from.
@@ -166,6 +200,8 @@ struct RawConfig {
     rules: Vec<crate::rules::RawRule>,
     #[serde(default)]
     worker: WorkerSettings,
+    #[serde(default)]
+    secrets: SecretSettings,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +342,16 @@ impl RawConfig {
         if w.breaker_failures == 0 {
             return Err(ConfigError::invalid("worker.breaker_failures", "must be at least 1"));
         }
+        let s = &self.secrets;
+        if s.ttl_seconds == 0 {
+            return Err(ConfigError::invalid("secrets.ttl_seconds", "must be at least 1"));
+        }
+        if s.fail_closed_after_seconds < s.ttl_seconds {
+            return Err(ConfigError::invalid(
+                "secrets.fail_closed_after_seconds",
+                format!("must be at least secrets.ttl_seconds ({})", s.ttl_seconds),
+            ));
+        }
 
         Ok(Config {
             source: Source {
@@ -320,6 +366,7 @@ impl RawConfig {
             registries,
             rules,
             worker: self.worker,
+            secrets: self.secrets,
         })
     }
 }
@@ -388,6 +435,7 @@ mod tests {
         assert_eq!(c.registries[0].name, "cluster1-registry");
         assert_eq!(c.rules[0].destination.registry, "cluster1-registry");
         assert_eq!(c.webhook, WebhookAuthSource::Env("RELAY_WEBHOOK_AUTH".into()));
+        assert_eq!(c.secrets, SecretSettings { ttl_seconds: 300, fail_closed_after_seconds: 3600 });
     }
 
     fn error_of(yaml: &str) -> String {
@@ -409,6 +457,8 @@ mod tests {
             (format!("{BASE}rules: [{{ name: x, destination: {{ registry: r }}, bandwidth_kbps: 0 }}]"), "rules[0].bandwidth_kbps"),
             (format!("{BASE}rules: [{{ name: x, destination: {{ registry: r }} }}, {{ name: x, destination: {{ registry: r }} }}]"), "rules[1].name"),
             (BASE.replace("name: r,", "name: r, colour: red,"), "colour"),
+            (format!("{BASE}secrets: {{ ttl_seconds: 0 }}"), "secrets.ttl_seconds"),
+            (format!("{BASE}secrets: {{ ttl_seconds: 600, fail_closed_after_seconds: 300 }}"), "secrets.fail_closed_after_seconds"),
         ];
         for (yaml, field) in cases {
             let err = error_of(&yaml);

@@ -2,25 +2,34 @@
 //! from environment variables named in the file, or from Secrets Manager.
 //! Values are kept in memory only and never logged.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
-use tokio::sync::RwLock;
 
-use crate::config::{CredentialsRef, WebhookAuthSource};
-use crate::registry::Credentials;
+use crate::config::{CredentialsRef, SecretSettings, WebhookAuthSource};
+use crate::registry::{Credentials, RegistryClient};
 
-/// Re-reads a registry's credentials when the registry denies them: a
-/// password rotated together with its secret needs no redeploy, and a
-/// denial that persists after the re-read is a real one (the worker then
-/// dead-letters the task with the reason instead of retrying it).
+/// Keeps registry credentials fresh: read again when `ttl` has passed (so
+/// a rotation is picked up before the old value stops working) and at once
+/// when the registry denies them (so a rotation done in place needs no
+/// redeploy either). A denial that persists after the re-read is a real one:
+/// the worker then dead-letters the task with the reason.
 pub struct CredentialReloader {
     secrets: SecretSource,
     /// Registry name (`source` for the source) → where its credentials live.
-    refs: std::collections::HashMap<String, CredentialsRef>,
-    /// When each was last re-read: tasks denied together re-read once.
-    last: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    refs: HashMap<String, CredentialsRef>,
+    ttl: Duration,
+    /// When each was last read (or tried), for the TTL.
+    read_at: Mutex<HashMap<String, Instant>>,
+    /// When each was last read because of a denial: the tasks of a batch
+    /// denied together share one read.
+    denied_at: Mutex<HashMap<String, Instant>>,
+    /// Reads because the TTL passed, and because a registry denied.
+    pub reads_on_expiry: AtomicU64,
+    pub reads_on_denial: AtomicU64,
 }
 
 /// A registry's credentials are re-read at most this often: the tasks of a
@@ -28,25 +37,68 @@ pub struct CredentialReloader {
 pub const REREAD_EVERY: Duration = Duration::from_secs(1);
 
 impl CredentialReloader {
-    pub fn new(secrets: SecretSource, refs: std::collections::HashMap<String, CredentialsRef>) -> Self {
-        CredentialReloader { secrets, refs, last: Default::default() }
+    /// `refs` were read just now (at start-up).
+    pub fn new(secrets: SecretSource, refs: HashMap<String, CredentialsRef>, ttl: Duration) -> Self {
+        let now = Instant::now();
+        let read_at = refs.keys().map(|k| (k.clone(), now)).collect();
+        CredentialReloader {
+            secrets,
+            refs,
+            ttl,
+            read_at: Mutex::new(read_at),
+            denied_at: Mutex::default(),
+            reads_on_expiry: AtomicU64::new(0),
+            reads_on_denial: AtomicU64::new(0),
+        }
     }
 
-    /// Re-reads `client`'s credentials and hands them to it. `Ok(false)`
-    /// when it has none configured (nothing a re-read could change).
-    pub async fn reread(&self, client: &crate::registry::RegistryClient) -> Result<bool, SecretError> {
-        let Some(r) = self.refs.get(client.name()) else { return Ok(false) };
-        {
-            let mut last = self.last.lock().expect("reread lock");
-            if last.get(client.name()).is_some_and(|t| t.elapsed() < REREAD_EVERY) {
-                return Ok(true);
-            }
-            last.insert(client.name().to_owned(), Instant::now());
+    /// Reads `client`'s credentials again when the TTL has passed. A failed
+    /// read keeps the current ones (the registry is the judge of them) and
+    /// is logged; it is tried again after another TTL.
+    pub async fn refresh_if_due(&self, client: &RegistryClient) {
+        if !self.claim(&self.read_at, client.name(), self.ttl) {
+            return;
         }
-        let fresh = self.secrets.credentials(r).await?;
-        client.set_credentials(Some(fresh));
-        tracing::info!(registry = client.name(), "credentials denied: read them again");
+        self.reads_on_expiry.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.read_into(client).await {
+            tracing::warn!(registry = client.name(), error = %e, "reading credentials again failed; keeping the current ones");
+        }
+    }
+
+    /// Reads `client`'s credentials again after a denial and hands them to
+    /// it. `Ok(false)` when it has none configured (nothing a re-read could
+    /// change).
+    pub async fn reread(&self, client: &RegistryClient) -> Result<bool, SecretError> {
+        if !self.refs.contains_key(client.name()) {
+            return Ok(false);
+        }
+        if self.claim(&self.denied_at, client.name(), REREAD_EVERY) {
+            self.reads_on_denial.fetch_add(1, Ordering::Relaxed);
+            self.read_into(client).await?;
+            tracing::info!(registry = client.name(), "credentials denied: read them again");
+        }
         Ok(true)
+    }
+
+    /// True (and the read is this caller's) when `name` has credentials
+    /// configured and `times` says it was read at least `age` ago.
+    fn claim(&self, times: &Mutex<HashMap<String, Instant>>, name: &str, age: Duration) -> bool {
+        if !self.refs.contains_key(name) {
+            return false;
+        }
+        let mut times = times.lock().expect("credential read lock");
+        if times.get(name).is_some_and(|t| t.elapsed() < age) {
+            return false;
+        }
+        times.insert(name.to_owned(), Instant::now());
+        true
+    }
+
+    async fn read_into(&self, client: &RegistryClient) -> Result<(), SecretError> {
+        let Some(r) = self.refs.get(client.name()) else { return Ok(()) };
+        self.read_at.lock().expect("credential read lock").insert(client.name().to_owned(), Instant::now());
+        client.set_credentials(Some(self.secrets.credentials(r).await?));
+        Ok(())
     }
 }
 
@@ -151,43 +203,105 @@ impl SecretSource {
     }
 }
 
-/// The accepted webhook values, cached and re-read from their source once
-/// `ttl` has passed, so a rotated secret is picked up without a redeploy.
+/// The accepted webhook values, read again in the background once the TTL
+/// has passed: a request never waits for Secrets Manager, and a rotated
+/// value is accepted (and a revoked one refused) without a redeploy.
+///
+/// A failed read keeps the previous values, so a Secrets Manager hiccup
+/// does not turn into 401s for Harbor; but when reads have failed for longer
+/// than `fail_closed_after`, the previous values are no longer trusted and
+/// [`WebhookAuth::current`] refuses until a read succeeds.
+#[derive(Clone)]
 pub struct WebhookAuth {
+    inner: Arc<AuthInner>,
+}
+
+struct AuthInner {
     source: WebhookAuthSource,
     secrets: SecretSource,
     ttl: Duration,
-    cached: RwLock<(AuthValues, Instant)>,
+    fail_closed_after: Duration,
+    state: Mutex<AuthState>,
 }
+
+struct AuthState {
+    values: AuthValues,
+    /// No read starts before this (after a success: the TTL; after a
+    /// failure: a shorter pause, see [`RETRY_FAILED_READ`]).
+    next_read: tokio::time::Instant,
+    reading: bool,
+    /// When the first of the reads failing since the last success failed.
+    failing_since: Option<tokio::time::Instant>,
+}
+
+/// After a failed read of the webhook's values, the next is tried this soon
+/// (or after the TTL, if that is shorter).
+pub const RETRY_FAILED_READ: Duration = Duration::from_secs(30);
+
+/// The webhook's values could not be confirmed for too long.
+#[derive(Debug, thiserror::Error)]
+#[error("the accepted Authorization values could not be read for {0:?} (fail closed)")]
+pub struct AuthUnavailable(pub Duration);
 
 impl WebhookAuth {
     /// Reads the values once; start-up fails if they cannot be read.
-    pub async fn load(source: WebhookAuthSource, secrets: SecretSource, ttl: Duration) -> Result<Self, SecretError> {
+    pub async fn load(
+        source: WebhookAuthSource,
+        secrets: SecretSource,
+        settings: &SecretSettings,
+    ) -> Result<Self, SecretError> {
         let values = secrets.webhook_auth(&source).await?;
-        Ok(WebhookAuth { source, secrets, ttl, cached: RwLock::new((values, Instant::now())) })
+        let ttl = settings.ttl();
+        let state =
+            AuthState { values, next_read: tokio::time::Instant::now() + ttl, reading: false, failing_since: None };
+        let inner = AuthInner {
+            source,
+            secrets,
+            ttl,
+            fail_closed_after: settings.fail_closed_after(),
+            state: Mutex::new(state),
+        };
+        Ok(WebhookAuth { inner: Arc::new(inner) })
     }
 
-    /// The current values. A failed refresh keeps the previous values (and
-    /// is logged without them), so a Secrets Manager hiccup does not turn
-    /// into 401s for Harbor.
-    pub async fn current(&self) -> AuthValues {
-        {
-            let cached = self.cached.read().await;
-            if cached.1.elapsed() < self.ttl {
-                return cached.0.clone();
+    /// The current values, without waiting: when they are due, a read
+    /// starts in the background and a later request sees its result.
+    pub fn current(&self) -> Result<AuthValues, AuthUnavailable> {
+        let now = tokio::time::Instant::now();
+        let mut state = self.inner.state.lock().expect("webhook auth lock");
+        if now >= state.next_read && !state.reading {
+            state.reading = true;
+            let auth = self.clone();
+            tokio::spawn(async move { auth.read().await });
+        }
+        match state.failing_since {
+            Some(since) if now.duration_since(since) > self.inner.fail_closed_after => {
+                Err(AuthUnavailable(now.duration_since(since)))
+            }
+            _ => Ok(state.values.clone()),
+        }
+    }
+
+    /// Reads the values from their source now (what the background read
+    /// does).
+    pub async fn read(&self) {
+        let inner = &self.inner;
+        let result = inner.secrets.webhook_auth(&inner.source).await;
+        let now = tokio::time::Instant::now();
+        let mut state = inner.state.lock().expect("webhook auth lock");
+        state.reading = false;
+        match result {
+            Ok(values) => {
+                state.values = values;
+                state.failing_since = None;
+                state.next_read = now + inner.ttl;
+            }
+            Err(e) => {
+                let since = *state.failing_since.get_or_insert(now);
+                tracing::warn!(error = %e, failing_for_s = now.duration_since(since).as_secs(), "reading the webhook auth values again failed; keeping the previous ones until fail-closed");
+                state.next_read = now + inner.ttl.min(RETRY_FAILED_READ);
             }
         }
-        let mut cached = self.cached.write().await;
-        if cached.1.elapsed() >= self.ttl {
-            match self.secrets.webhook_auth(&self.source).await {
-                Ok(values) => *cached = (values, Instant::now()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "refreshing webhook auth values failed; keeping the previous ones");
-                    cached.1 = Instant::now();
-                }
-            }
-        }
-        cached.0.clone()
     }
 }
 
@@ -267,23 +381,66 @@ mod tests {
         assert!(!err.contains("short9"), "{err}");
     }
 
-    #[tokio::test]
-    async fn webhook_auth_is_cached_then_refreshed() {
-        const OLD: &str = "Bearer old-value-0123";
-        const NEW: &str = "Bearer new-value-0123";
-        let value = Arc::new(std::sync::Mutex::new(OLD.to_owned()));
+    /// A source whose value the test changes; `None` fails the read.
+    fn settable(initial: &str) -> (Arc<Mutex<Option<String>>>, SecretSource) {
+        let value = Arc::new(Mutex::new(Some(initial.to_owned())));
         let v = value.clone();
-        let secrets = SecretSource::new(None, move |_| Some(v.lock().unwrap().clone()));
-        let auth =
-            WebhookAuth::load(WebhookAuthSource::Env("X".into()), secrets, Duration::from_millis(50)).await.unwrap();
-        *value.lock().unwrap() = NEW.into();
-        assert!(auth.current().await.accepts(Some(OLD)), "cached within the TTL");
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        let now = auth.current().await;
-        assert!(now.accepts(Some(NEW)) && !now.accepts(Some(OLD)), "re-read after the TTL");
-        *value.lock().unwrap() = String::new();
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(auth.current().await.accepts(Some(NEW)), "a failed refresh keeps the last good values");
+        (value, SecretSource::new(None, move |_| v.lock().unwrap().clone()))
+    }
+
+    /// Lets the background read run (time is paused: nothing else moves).
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    const OLD: &str = "Bearer old-value-0123";
+    const NEW: &str = "Bearer new-value-0123";
+
+    #[tokio::test(start_paused = true)]
+    async fn webhook_auth_is_read_again_in_the_background_after_the_ttl() {
+        let (value, secrets) = settable(OLD);
+        let settings = SecretSettings { ttl_seconds: 300, fail_closed_after_seconds: 3600 };
+        let auth = WebhookAuth::load(WebhookAuthSource::Env("X".into()), secrets, &settings).await.unwrap();
+        *value.lock().unwrap() = Some(NEW.into());
+        settle().await;
+        assert!(auth.current().unwrap().accepts(Some(OLD)), "cached within the TTL");
+
+        tokio::time::advance(Duration::from_secs(301)).await;
+        // The request that finds the values due does not wait for the read…
+        assert!(auth.current().unwrap().accepts(Some(OLD)));
+        settle().await;
+        // …a later one sees it: the rotated value in, the revoked one out.
+        let now = auth.current().unwrap();
+        assert!(now.accepts(Some(NEW)) && !now.accepts(Some(OLD)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn webhook_auth_fails_closed_when_reads_fail_past_the_bound_and_recovers() {
+        let (value, secrets) = settable(OLD);
+        let settings = SecretSettings { ttl_seconds: 300, fail_closed_after_seconds: 3600 };
+        let auth = WebhookAuth::load(WebhookAuthSource::Env("X".into()), secrets, &settings).await.unwrap();
+        *value.lock().unwrap() = None;
+        tokio::time::advance(Duration::from_secs(301)).await;
+        // Reads keep failing; the last good values stay accepted for the bound.
+        for _ in 0..119 {
+            assert!(auth.current().expect("within the bound").accepts(Some(OLD)));
+            settle().await;
+            tokio::time::advance(RETRY_FAILED_READ).await;
+        }
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let err = auth.current().expect_err("past the bound: fail closed");
+        assert!(err.0 > Duration::from_secs(3600), "{err}");
+        settle().await;
+
+        // Secrets Manager answers again: the next read restores service.
+        *value.lock().unwrap() = Some(NEW.into());
+        settle().await;
+        tokio::time::advance(RETRY_FAILED_READ).await;
+        assert!(auth.current().is_err(), "still closed until a read succeeds");
+        settle().await;
+        assert!(auth.current().unwrap().accepts(Some(NEW)));
     }
 
     #[tokio::test]

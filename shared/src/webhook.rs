@@ -61,6 +61,10 @@ pub enum Rejection {
     NotFound,
     #[error("unauthorized")]
     Unauthorized,
+    /// The accepted values could not be confirmed for too long: refusing is
+    /// safer than accepting a value that may have been revoked.
+    #[error("cannot confirm the accepted Authorization values, retry later")]
+    AuthUnavailable,
     #[error("body larger than {MAX_BODY_BYTES} bytes")]
     TooLarge,
     #[error("unsupported content type {0:?}: use application/json or application/cloudevents+json")]
@@ -77,6 +81,7 @@ impl Rejection {
             Rejection::Method => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::Unauthorized => StatusCode::UNAUTHORIZED,
+            Rejection::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -188,8 +193,14 @@ impl Webhook {
         if req.path == "/healthz" && req.method == Method::GET {
             return Reply { status: StatusCode::OK, body: json!({"status": "ok"}) };
         }
-        let auth = self.auth.current().await;
-        let event = match self.accept(&req, &auth) {
+        let event = match self.auth.current() {
+            Ok(auth) => self.accept(&req, &auth),
+            Err(e) => {
+                tracing::error!(error = %e, "Secrets Manager unreachable for too long; refusing every request");
+                Err(Rejection::AuthUnavailable)
+            }
+        };
+        let event = match event {
             Ok(e) => e,
             Err(r) => {
                 tracing::warn!(status = r.status().as_u16(), reason = %r, "webhook request refused");

@@ -327,6 +327,8 @@ impl Worker {
             .get(&task.destination.registry)
             .ok_or_else(|| TaskFailure::UnknownRegistry(task.destination.registry.clone()))?;
         let parked = || TaskFailure::Parked(task.destination.registry.clone());
+        self.credentials.refresh_if_due(&self.source).await;
+        self.credentials.refresh_if_due(&destination.client).await;
         match destination.health.gate() {
             Gate::Closed => {}
             Gate::Open => return Err(parked()),

@@ -126,8 +126,7 @@ fn mutate_bytes(rng: &mut StdRng, b: &mut Vec<u8>) {
 async fn webhook() -> Webhook {
     let config = Arc::new(Config::parse(CONFIG).unwrap());
     let secrets = SecretSource::new(None, |_| Some(AUTH.to_owned()));
-    let auth =
-        WebhookAuth::load(WebhookAuthSource::Env("AUTH".into()), secrets, Duration::from_secs(3600)).await.unwrap();
+    let auth = WebhookAuth::load(WebhookAuthSource::Env("AUTH".into()), secrets, &Default::default()).await.unwrap();
     // Never called: accept() and plan() stop before the queue.
     let sqs = aws_sdk_sqs::Client::from_conf(
         aws_sdk_sqs::Config::builder()

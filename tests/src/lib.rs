@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod fake;
+pub mod htpasswd;
 pub mod image;
 pub mod plain;
 pub mod proxy;

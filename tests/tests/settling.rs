@@ -259,3 +259,62 @@ async fn a_rotated_secret_is_read_again_and_a_denial_after_that_is_final() {
     assert_eq!(report.outcome, Some(relay::registry::Outcome::Copied));
     assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_some());
 }
+
+/// Secrets rotate without a redeploy, against a registry of its own whose
+/// users change while the same worker keeps running. First the graceful way
+/// (a second user added, the secret switched, the first user removed after
+/// a while): the TTL picks the new secret up before the old user goes, so
+/// no task is ever denied. Then in place (password and secret changed at
+/// once): the denial makes the worker read the secret again, and the task
+/// succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_registry_passwords_need_no_restart() {
+    use relay_tests::htpasswd::HtpasswdRegistry;
+    use std::sync::atomic::Ordering::Relaxed;
+    let stack = Stack::load().unwrap();
+    let (_, sm) = bootstrap::aws_clients().await;
+    let pw = |n: u32| format!("rotation-{n}-{:016x}", rand::random::<u64>());
+    let (p1, p2, p3) = (pw(1), pw(2), pw(3));
+    let registry = HtpasswdRegistry::start(&[("relay-a", &p1)]).await.unwrap();
+    let secret = format!("relay-test/rotation-{:08x}", rand::random::<u32>());
+    let value = |user: &str, password: &str| serde_json::json!({ "username": user, "password": password }).to_string();
+    sm.create_secret().name(&secret).secret_string(value("relay-a", &p1)).send().await.unwrap();
+    let yaml = format!(
+        "source: {{ url: {} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: rotating, url: {}, credentials: {{ secret_id: {secret} }} }}\nrules:\n  - {{ name: all, destination: {{ registry: rotating }} }}\nsecrets: {{ ttl_seconds: 1, fail_closed_after_seconds: 60 }}\n",
+        stack.source_url, registry.url
+    );
+    let config = Config::parse(&yaml).unwrap();
+    let worker = bootstrap::worker(&config, &SecretSource::from_process(Some(sm.clone())), fast_retry()).await.unwrap();
+    let repo = unique_repo("rotation");
+    let copy = |tag: &'static str| {
+        let (stack, config, repo, worker) = (&stack, &config, repo.clone(), &worker);
+        async move {
+            let img = image::push(&stack.source(), &repo, tag, ImageKind::OciImage, 1, 1024).await.unwrap();
+            let task = planned_tasks(config, stack, "PUSH_ARTIFACT", &repo, tag, &img.digest).remove(0);
+            let report = worker.run(&task).await.unwrap_or_else(|e| panic!("{tag}: {e}"));
+            assert_eq!(report.outcome, Some(relay::registry::Outcome::Copied), "{tag}");
+            img.digest
+        }
+    };
+    copy("v1").await;
+
+    // Graceful: both users valid while the secret switches; the old one goes
+    // once the TTL has passed.
+    registry.set_users(&[("relay-a", &p1), ("relay-b", &p2)]).unwrap();
+    sm.put_secret_value().secret_id(&secret).secret_string(value("relay-b", &p2)).send().await.unwrap();
+    tokio::time::sleep(config.secrets.ttl() + Duration::from_millis(100)).await;
+    registry.set_users(&[("relay-b", &p2)]).unwrap();
+    let v2 = copy("v2").await;
+    assert!(worker.credentials.reads_on_expiry.load(Relaxed) >= 1);
+    assert_eq!(worker.credentials.reads_on_denial.load(Relaxed), 0, "the TTL read the secret before the old user went");
+
+    // In place: the password and its secret change together.
+    registry.set_users(&[("relay-b", &p3)]).unwrap();
+    sm.put_secret_value().secret_id(&secret).secret_string(value("relay-b", &p3)).send().await.unwrap();
+    let v3 = copy("v3").await;
+    assert_eq!(worker.credentials.reads_on_denial.load(Relaxed), 1, "denied once, read again, copied");
+
+    let dest = registry.client("relay-b", &p3);
+    assert_eq!(dest.digest_at(&repo, "v2").await.unwrap(), Some(v2));
+    assert_eq!(dest.digest_at(&repo, "v3").await.unwrap(), Some(v3));
+}

@@ -3,7 +3,7 @@
 //! delay, label filters through (a fake of) Harbor's API, auth values from
 //! Secrets Manager, and 503 when the queue is unavailable or silent.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::Path;
 use axum::routing::get;
@@ -148,7 +148,7 @@ async fn silent_queue_answers_503_within_harbors_timeout() {
         .enqueue_timeout(Duration::from_millis(1500))
         .spawn()
         .await;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let (status, reply) = app.push_event("proj/app", Some("v1"), &digest_of("silent")).await;
     let took = started.elapsed();
     assert_eq!(status, 503, "{reply}");
@@ -180,6 +180,56 @@ async fn auth_values_from_secrets_manager() {
         assert_eq!(app.post(auth, "application/json", body.clone()).await.0, want, "{auth:?}");
     }
     assert_eq!(app.depth().await.0, 2);
+}
+
+/// Rotation without a redeploy, and fail-closed when the values can no
+/// longer be read: the secret is deleted, reads fail, and after the bound
+/// even the last good value gets 503 (Harbor retries the delivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_auth_values_are_picked_up_and_an_unreadable_secret_fails_closed() {
+    let stack = Stack::load().unwrap();
+    let (_, sm) = relay::bootstrap::aws_clients().await;
+    let name = format!("relay-webhook-rotate-{}-{:08x}", now(), rand::random::<u32>());
+    const OLD: &str = "Bearer before-rotation-0001";
+    const NEW: &str = "Bearer after-rotation-00002";
+    sm.create_secret().name(&name).secret_string(OLD).send().await.unwrap();
+    let config = stack
+        .config_yaml(ALL_TO_CLUSTER1)
+        .replace("auth_values_env: RELAY_WEBHOOK_AUTH", &format!("auth_secret_id: {name}"))
+        + "secrets: { ttl_seconds: 1, fail_closed_after_seconds: 2 }\n";
+    let app = AppBuilder::config(config).secrets_manager().spawn().await;
+    let body =
+        relay_tests::harbor_push_event("PUSH_ARTIFACT", stack.source_host(), "p/a", Some("v"), &digest_of("r"), now());
+    assert_eq!(app.post(Some(OLD), "application/json", body.clone()).await.0, 202);
+
+    sm.put_secret_value().secret_id(&name).secret_string(NEW).send().await.unwrap();
+    let until = |what: &'static str, auth: &'static str, want: u16| {
+        let (app, body) = (&app, body.clone());
+        async move {
+            let limit = Instant::now() + Duration::from_secs(20);
+            loop {
+                let got = app.post(Some(auth), "application/json", body.clone()).await.0;
+                if got == want {
+                    return;
+                }
+                assert!(Instant::now() < limit, "{what}: still {got}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    until("the rotated value is accepted", NEW, 202).await;
+    assert_eq!(app.post(Some(OLD), "application/json", body.clone()).await.0, 401, "the revoked value is refused");
+
+    sm.delete_secret().secret_id(&name).force_delete_without_recovery(true).send().await.unwrap();
+    // Until the bound passes the last good value still works (a Secrets
+    // Manager hiccup is no outage); then nothing is accepted.
+    assert_eq!(app.post(Some(NEW), "application/json", body.clone()).await.0, 202);
+    until("fail closed", NEW, 503).await;
+    let queued = app.depth().await.0;
+    let (status, reply) = app.post(Some(NEW), "application/json", body.clone()).await;
+    assert_eq!(status, 503, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("cannot confirm"), "{reply}");
+    assert_eq!(app.depth().await.0, queued, "a refused delivery enqueues nothing");
 }
 
 /// A stand-in for Harbor's REST API: the artifact endpoint with labels.

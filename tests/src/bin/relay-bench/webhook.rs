@@ -25,7 +25,7 @@ pub async fn run() -> anyhow::Result<()> {
     // 1. The handler's own work: auth, limits, parse, rules, plan. No SQS.
     let config = Arc::new(Config::parse(&stack.config_yaml(ALL_TO_CLUSTER1))?);
     let secrets = SecretSource::new(None, |_| Some("Bearer bench-0123456789".into()));
-    let auth = WebhookAuth::load(WebhookAuthSource::Env("X".into()), secrets, Duration::from_secs(3600)).await?;
+    let auth = WebhookAuth::load(WebhookAuthSource::Env("X".into()), secrets, &Default::default()).await?;
     let sqs = aws_sdk_sqs::Client::from_conf(
         aws_sdk_sqs::Config::builder()
             .behavior_version_latest()
