@@ -52,9 +52,8 @@ stack-status:
 fmt:
 	cargo fmt --all
 
-lint: ## rustfmt check and clippy
-	cargo fmt --all --check
-	cargo clippy --workspace --all-targets --locked -- -D warnings
+lint: ## rustfmt check, clippy -D warnings, cargo deny (advisories offline, licenses, duplicate versions; deny.toml)
+	scripts/lint.sh
 
 clean:
 	cargo clean
