@@ -36,7 +36,8 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
     let mut destinations = HashMap::new();
     for r in &config.registries {
         let credentials = credentials(&r.name, r.credentials.as_ref(), secrets).await?;
-        let options = ClientOptions { insecure: r.insecure, retry, token_realms: r.token_realms.clone() };
+        let options =
+            ClientOptions { insecure: r.insecure, retry, token_realms: r.token_realms.clone(), ..Default::default() };
         let client = RegistryClient::new(&r.name, r.url.clone(), Role::Destination, credentials, options)
             .map_err(|e| StartupError::Client { registry: r.name.clone(), reason: e.to_string() })?;
         let w = &config.worker;
@@ -72,8 +73,12 @@ pub async fn source_client(
     retry: RetryPolicy,
 ) -> Result<RegistryClient, StartupError> {
     let credentials = credentials("source", config.source.credentials.as_ref(), secrets).await?;
-    let options =
-        ClientOptions { insecure: config.source.insecure, retry, token_realms: config.source.token_realms.clone() };
+    let options = ClientOptions {
+        insecure: config.source.insecure,
+        retry,
+        token_realms: config.source.token_realms.clone(),
+        ..Default::default()
+    };
     RegistryClient::new("source", config.source.url.clone(), Role::Source, credentials, options)
         .map_err(|e| StartupError::Client { registry: "source".into(), reason: e.to_string() })
 }

@@ -135,6 +135,21 @@ pub struct WorkerSettings {
     /// Continuations of one task (a copy longer than an invocation) before
     /// it is retried as an ordinary failure.
     pub max_continuations: u32,
+    /// A blob that moves fewer bytes than this per second, averaged over
+    /// `throughput_window_seconds`, is given up and tried again: a registry
+    /// that trickles must not hold a worker until the Lambda timeout. With a
+    /// rule's `bandwidth_kbps`, at most half that limit.
+    pub min_throughput_bytes_per_second: u64,
+    pub throughput_window_seconds: u64,
+}
+
+impl WorkerSettings {
+    pub fn min_throughput(&self) -> crate::registry::pace::MinThroughput {
+        crate::registry::pace::MinThroughput {
+            bytes_per_second: self.min_throughput_bytes_per_second,
+            window: std::time::Duration::from_secs(self.throughput_window_seconds),
+        }
+    }
 }
 
 impl Default for WorkerSettings {
@@ -150,6 +165,8 @@ impl Default for WorkerSettings {
             park_max_seconds: 900,
             breaker_failures: 3,
             max_continuations: 100,
+            min_throughput_bytes_per_second: 16 * 1024,
+            throughput_window_seconds: 30,
         }
     }
 }
@@ -341,6 +358,12 @@ impl RawConfig {
         }
         if w.breaker_failures == 0 {
             return Err(ConfigError::invalid("worker.breaker_failures", "must be at least 1"));
+        }
+        if w.min_throughput_bytes_per_second == 0 || w.throughput_window_seconds == 0 {
+            return Err(ConfigError::invalid(
+                "worker.min_throughput_bytes_per_second",
+                "the minimum throughput and its window must be at least 1",
+            ));
         }
         let s = &self.secrets;
         if s.ttl_seconds == 0 {

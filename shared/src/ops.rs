@@ -48,7 +48,7 @@ pub async fn check(config: &Config, secrets: &SecretSource) -> Vec<CheckLine> {
                 Some(c) => Some(secrets.credentials(c).await.map_err(|e| e.to_string())?),
                 None => None,
             };
-            let options = ClientOptions { insecure, retry, token_realms };
+            let options = ClientOptions { insecure, retry, token_realms, ..Default::default() };
             let client =
                 RegistryClient::new(&name, url.clone(), role, credentials, options).map_err(|e| e.to_string())?;
             client.ping().await.map_err(|e| e.to_string())

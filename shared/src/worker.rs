@@ -17,6 +17,7 @@ use crate::harbor_api::HarborApi;
 use crate::health::{Gate, Health};
 use crate::metrics::{self, Unit};
 use crate::registry::ledger::BlobLedger;
+use crate::registry::pace;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::throttle::Throttle;
 use crate::registry::{Copier, CopyError, CopyReport, RegistryClient, RegistryError};
@@ -368,6 +369,7 @@ impl Worker {
         destination: &Destination,
         deadline: Option<Instant>,
     ) -> Result<CopyReport, TaskFailure> {
+        let stop_at = deadline.map(|d| d - Duration::from_secs(self.settings.deadline_margin_seconds));
         let copier = Copier {
             source: &self.source,
             destination: &destination.client,
@@ -375,19 +377,23 @@ impl Worker {
             retry: self.retry,
             ledger: &destination.ledger,
             throttle: task.options.bandwidth_kbps.map(|k| Arc::new(Throttle::from_kbps(k))),
-            stop_at: deadline.map(|d| d - Duration::from_secs(self.settings.deadline_margin_seconds)),
+            stop_at,
             referrers: self.settings.referrers,
+            min_throughput: self.settings.min_throughput(),
         };
-        match task.action {
-            Action::Copy => Ok(copier.copy(task).await?),
-            Action::Delete => {
-                let listing =
-                    SourceListing { source: &self.source, harbor: self.harbor.as_ref(), page_size: LISTING_PAGE };
-                let (registry, repository) = (&task.destination.registry, &task.destination.repository);
-                let feeders = feeders(&self.rules, listing, registry, repository).await?;
-                Ok(copier.delete(task, &feeders).await?)
+        pace::within(stop_at, async {
+            match task.action {
+                Action::Copy => Ok(copier.copy(task).await?),
+                Action::Delete => {
+                    let listing =
+                        SourceListing { source: &self.source, harbor: self.harbor.as_ref(), page_size: LISTING_PAGE };
+                    let (registry, repository) = (&task.destination.registry, &task.destination.repository);
+                    let feeders = feeders(&self.rules, listing, registry, repository).await?;
+                    Ok(copier.delete(task, &feeders).await?)
+                }
             }
-        }
+        })
+        .await
     }
 }
 

@@ -55,8 +55,12 @@ pub enum Fault {
     Corrupt,
     /// Every token issued so far stops working, and this request gets 401.
     ExpireTokens,
-    /// Serve the blob with extra bytes past its descriptor's size.
+    /// Serve the blob with extra bytes past its descriptor's size, and an
+    /// honest `Content-Length` saying so.
     Longer,
+    /// The same without `Content-Length`, in one chunk that crosses the
+    /// descriptor's end: only counting the bytes as they arrive can tell.
+    LongerUnannounced,
     /// A body without Content-Length that never ends (manifest or blob).
     Endless,
     /// Answer 307 to this URL (storage redirects, as S3-backed registries do).
@@ -367,6 +371,14 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
                     let mut h = HeaderMap::new();
                     h.insert("content-length", v.len().into());
                     (h, Body::from(v)).into_response()
+                }
+                Some(Fault::LongerUnannounced) => {
+                    // One chunk across the descriptor's end: the bytes up to
+                    // it are right, so only counting can tell.
+                    let mut v = bytes.to_vec();
+                    v.extend_from_slice(b"and some more bytes than the descriptor says");
+                    let chunks = vec![Ok::<_, std::io::Error>(Bytes::from(v))];
+                    (HeaderMap::new(), Body::from_stream(stream::iter(chunks))).into_response()
                 }
                 Some(Fault::Corrupt) => {
                     let mut v = bytes.to_vec();

@@ -34,6 +34,20 @@ async fn hostile(req: Request) -> Response {
         )
             .into_response(),
         "/v2/broken/manifests/v1" => (StatusCode::BAD_REQUEST, endless()).into_response(),
+        // A valid-looking manifest, one byte every 100 ms: never a silence
+        // long enough for a read timeout.
+        "/v2/trickle/manifests/v1" => {
+            let bytes = futures_util::stream::unfold(0u64, |n| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((Ok::<_, std::io::Error>(Bytes::from_static(if n == 0 { b"{" } else { b" " })), n + 1))
+            });
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/vnd.oci.image.manifest.v1+json")],
+                Body::from_stream(bytes),
+            )
+                .into_response()
+        }
         "/v2/guarded/manifests/v1" => {
             let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
             let challenge = format!("Bearer realm=\"http://{host}/token\",service=\"x\"");
@@ -49,7 +63,7 @@ async fn client() -> RegistryClient {
     let url = format!("http://{}/", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(hostile)).await });
     let retry = RetryPolicy { attempts: 1, ..RetryPolicy::default() };
-    let options = ClientOptions { insecure: false, retry, token_realms: Vec::new() };
+    let options = ClientOptions { retry, request_timeout: Duration::from_secs(2), ..Default::default() };
     RegistryClient::new("hostile", url.parse().unwrap(), Role::Source, None, options).unwrap()
 }
 
@@ -93,4 +107,15 @@ async fn an_endless_token_answer_is_refused_at_its_bound() {
     let c = client().await;
     let err = bounded("token", c.head_manifest(&repo("guarded"), "v1")).await;
     assert!(err.contains("token response") && err.contains("1048576"), "{err}");
+}
+
+/// A body that trickles forever (a byte every 100 ms) is cut by the
+/// whole-request bound, not read until the invocation times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_manifest_is_cut_by_the_request_bound() {
+    let c = client().await;
+    let started = std::time::Instant::now();
+    let err = bounded("manifest", c.get_manifest(&repo("trickle"), "v1", None)).await;
+    assert!(err.contains("timed out"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }

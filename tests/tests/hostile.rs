@@ -59,6 +59,11 @@ async fn ssrf_and_odd_names_are_refused_and_enqueue_nothing() {
     assert_eq!(app.depth().await, (0, 0, 0), "nothing enqueued");
 }
 
+async fn worker_with(source: &str, destination: &str, extra: &str) -> relay::worker::Worker {
+    let yaml = format!("source: {{ url: {source} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dst, url: {destination} }}\n{extra}");
+    bootstrap::worker(&Config::parse(&yaml).unwrap(), &SecretSource::from_process(None), fast_retry()).await.unwrap()
+}
+
 async fn worker(source: &str, destination: &str, real_target: bool) -> relay::worker::Worker {
     let stack = Stack::load().unwrap();
     let creds = if real_target {
@@ -124,32 +129,94 @@ async fn a_never_ending_body_fails_the_task_in_bounded_time() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
     assert!(!dst.has_manifest(&repo, "v1"));
 
+    // An endless blob: the stream is cut at the descriptor's size. (The
+    // destination would refuse the digest too; the error says which guard
+    // stopped it, and nothing was stored.)
     let src2 = FakeRegistry::start(false).await;
     let img2 =
         image::push(&PlainRegistry::new(&src2.url, None), &repo, "v1", ImageKind::OciImage, 1, 8192).await.unwrap();
     src2.inject(Op::GetBlob, Fault::Endless, 100);
     let w2 = worker(&src2.url, &dst.url, false).await;
-    let result = tokio::time::timeout(std::time::Duration::from_secs(30), w2.run(&task(&repo, &img2.digest)))
+    let err = tokio::time::timeout(std::time::Duration::from_secs(30), w2.run(&task(&repo, &img2.digest)))
         .await
-        .expect("bounded");
-    assert!(result.is_err(), "an endless blob must fail the task");
+        .expect("bounded")
+        .unwrap_err();
+    assert!(err.to_string().contains("more bytes than the descriptor"), "{err}");
     assert!(!dst.has_manifest(&repo, "v1"), "no manifest pushed");
     for b in &img2.blobs {
         assert!(!dst.has_blob(&repo, b), "no endless blob stored");
     }
 }
 
+/// A blob longer than its descriptor, announced by `Content-Length` or
+/// not, is refused before the destination sees a byte too many: the error
+/// names the guard (a real registry would also refuse the digest, so "not
+/// pushed" alone could not tell whether the guard works).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_longer_than_its_descriptor_is_not_pushed() {
     let stack = Stack::load().unwrap();
-    let src = FakeRegistry::start(false).await;
-    let repo = unique_repo("longer");
+    for (fault, guard) in
+        [(Fault::Longer, "its descriptor says"), (Fault::LongerUnannounced, "more bytes than the descriptor")]
+    {
+        let src = FakeRegistry::start(false).await;
+        let repo = unique_repo("longer");
+        let img =
+            image::push(&PlainRegistry::new(&src.url, None), &repo, "v1", ImageKind::OciImage, 1, 8192).await.unwrap();
+        src.inject(Op::GetBlob, fault, 100);
+        let err =
+            worker(&src.url, &stack.target_url, true).await.run(&task(&repo, &img.digest)).await.expect_err(guard);
+        assert!(err.to_string().contains(guard), "{guard}: {err}");
+        assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_none(), "no manifest pushed");
+    }
+}
+
+/// A source that trickles a blob (4 KiB every half second, a quarter of
+/// the minimum) is given up after one throughput window per attempt, not
+/// read until the Lambda timeout (it would take 32 s per attempt here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_blob_is_given_up_after_its_window() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("trickle");
+    let img = image::push(&PlainRegistry::new(&src.url, None), &repo, "v1", ImageKind::OciImage, 1, 256 * 1024)
+        .await
+        .unwrap();
+    src.inject(Op::GetBlob, Fault::Slow(std::time::Duration::from_millis(500)), 100);
+    let w = worker_with(
+        &src.url,
+        &dst.url,
+        "worker: { min_throughput_bytes_per_second: 16384, throughput_window_seconds: 1 }\n",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let err = w.run(&task(&repo, &img.digest)).await.unwrap_err();
+    assert!(err.to_string().contains("below the minimum"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(!dst.has_manifest(&repo, "v1"));
+}
+
+/// A `Retry-After` that would outlast the invocation is not waited for:
+/// the task fails at once, carrying the registry's wait to the message's
+/// backoff. Without a deadline the same answer is waited for and retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_past_the_deadline_is_not_waited_for() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("later");
     let img =
-        image::push(&PlainRegistry::new(&src.url, None), &repo, "v1", ImageKind::OciImage, 1, 8192).await.unwrap();
-    src.inject(Op::GetBlob, Fault::Longer, 100);
-    let err = worker(&src.url, &stack.target_url, true).await.run(&task(&repo, &img.digest)).await;
-    assert!(err.is_err(), "a blob longer than its descriptor must fail the task");
-    assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_none(), "no manifest pushed");
+        image::push(&PlainRegistry::new(&src.url, None), &repo, "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
+    let w = worker(&src.url, &dst.url, false).await;
+    src.inject(Op::GetManifest, Fault::Status(429, Some("30".into())), 100);
+    src.reset_counts();
+    // 16 s left, 15 s of margin: the client's 2 s wait (its cap) does not fit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(16);
+    let err = w.run_until(&task(&repo, &img.digest), Some(deadline)).await.unwrap_err();
+    assert_eq!(src.count(Op::GetManifest), 1, "asked once, no wait: {err}");
+    assert_eq!(
+        err.disposition(),
+        relay::settle::Disposition::Retry { retry_after: Some(std::time::Duration::from_secs(30)) }
+    );
+    src.reset_counts();
+    assert!(w.run(&task(&repo, &img.digest)).await.is_err());
+    assert_eq!(src.count(Op::GetManifest), fast_retry().attempts as usize, "standalone: waited and retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ use super::client::{RegistryError, UploadStart};
 use super::copy::{Copier, CopyError};
 use super::ledger::Claim;
 use super::manifest::Descriptor;
+use super::pace::{self, Paced};
 use crate::repository::RepositoryPath;
 
 /// What one manifest tree's blobs cost, added to the task's report.
@@ -111,7 +112,11 @@ impl Copier<'_> {
                 {
                     counters.retries.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) if e.is_transient() && attempt < self.retry.attempts => {
+                Err(e)
+                    if e.is_transient()
+                        && attempt < self.retry.attempts
+                        && pace::wait_fits(self.retry.delay(attempt, None)) =>
+                {
                     counters.retries.fetch_add(1, Ordering::Relaxed);
                     let wait = self.retry.delay(attempt, None);
                     tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "blob copy failed, re-opening the source");
@@ -164,12 +169,34 @@ impl Copier<'_> {
         let counters = counters.clone();
         let throttle = self.throttle.clone();
         let (size, sent) = (d.size, Arc::new(AtomicU64::new(0)));
-        let body = source.bytes_stream().then(move |chunk| {
-            let (counters, throttle, sent) = (counters.clone(), throttle.clone(), sent.clone());
+        // A failure of the source's stream reaches us as the destination's
+        // request failing; it is kept here so the error names the source
+        // (a trickling source must not open the destination's breaker).
+        let source_fault = Arc::new(std::sync::Mutex::new(None::<RegistryError>));
+        let fault = source_fault.clone();
+        let (registry, path) = (self.source.name().to_owned(), format!("/v2/{src_repo}/blobs/{}", d.digest));
+        // Both ends are timed together: a trickling source and a destination
+        // that accepts a trickle hold a worker alike.
+        let limit = self.throttle.as_ref().map(|t| t.bytes_per_second());
+        let paced = Paced::new(source.bytes_stream(), self.min_throughput.under_limit(limit));
+        let body = paced.then(move |chunk| {
+            let (counters, throttle, sent, fault) = (counters.clone(), throttle.clone(), sent.clone(), fault.clone());
+            let (registry, path) = (registry.clone(), path.clone());
             async move {
-                let c = chunk?;
+                let keep = |e: RegistryError| *fault.lock().expect("fault lock") = Some(e);
+                let c = chunk.inspect_err(|e| {
+                    let reason = e.to_string();
+                    keep(RegistryError::Transport {
+                        registry: registry.clone(),
+                        method: reqwest::Method::GET,
+                        path: path.clone(),
+                        reason,
+                    })
+                })?;
                 if sent.fetch_add(c.len() as u64, Ordering::Relaxed) + c.len() as u64 > size {
-                    return Err(std::io::Error::other("source sent more bytes than the descriptor's size").into());
+                    let reason = format!("{path}: sent more bytes than the descriptor's size ({size})");
+                    keep(RegistryError::Protocol { registry, reason: reason.clone() });
+                    return Err(std::io::Error::other(reason).into());
                 }
                 counters.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
                 if let Some(t) = &throttle {
@@ -210,7 +237,12 @@ impl Copier<'_> {
         if result.is_err() {
             self.destination.cancel_upload(dst_repo, session).await;
         }
-        result.map(|()| UploadKind::Streamed)
+        let source_fault = source_fault.lock().expect("fault lock").take();
+        match (result, source_fault) {
+            (Ok(()), _) => Ok(UploadKind::Streamed),
+            (Err(_), Some(source_error)) => Err(source_error),
+            (Err(e), None) => Err(e),
+        }
     }
 }
 

@@ -16,9 +16,16 @@ use url::Url;
 
 use super::auth::{Challenge, Credentials, TokenCache, TokenResponse};
 use super::manifest::{self, Manifest};
+use super::pace;
 use super::retry::{is_retryable, parse_retry_after, RetryPolicy};
 use crate::digest::Digest;
 use crate::repository::RepositoryPath;
+
+/// Whole-request bound for everything but blob streams (manifests, HEADs,
+/// tokens, listings, upload sessions): the per-read timeout alone lets a
+/// registry that trickles a body hold a worker indefinitely. Blob streams
+/// are bounded by their minimum throughput instead (`pace`).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Whether this client reads (source) or also writes (destination). A
 /// destination asks for `pull,push` on every request so one token serves
@@ -38,6 +45,7 @@ pub struct RegistryClient {
     credentials: std::sync::RwLock<Option<Credentials>>,
     /// See [`ClientOptions::token_realms`].
     token_realms: Vec<Url>,
+    request_timeout: Duration,
     auth: Mutex<AuthState>,
     retry: RetryPolicy,
     /// Requests sent to this registry (token requests excluded): for
@@ -188,6 +196,19 @@ pub struct ClientOptions {
     /// Token services trusted besides https ones and the registry's own
     /// origin (the configuration's `token_realms`).
     pub token_realms: Vec<Url>,
+    /// Whole-request bound for everything but blob streams.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            insecure: false,
+            retry: RetryPolicy::default(),
+            token_realms: Vec::new(),
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
 }
 
 impl RegistryClient {
@@ -214,6 +235,7 @@ impl RegistryClient {
             http,
             credentials: std::sync::RwLock::new(credentials),
             token_realms: options.token_realms,
+            request_timeout: options.request_timeout,
             auth: Mutex::new(AuthState::default()),
             retry: options.retry,
             requests: Default::default(),
@@ -627,7 +649,8 @@ impl RegistryClient {
         let mut retry = 0;
         let mut reauthenticated = false;
         loop {
-            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
+            let mut req =
+                self.http.request(method.clone(), url.clone()).headers(headers.clone()).timeout(self.request_timeout);
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
@@ -643,7 +666,7 @@ impl RegistryClient {
             retry += 1;
             let resp = match outcome {
                 Ok(resp) => resp,
-                Err(e) if retry < self.retry.attempts => {
+                Err(e) if retry < self.retry.attempts && pace::wait_fits(self.retry.delay(retry, None)) => {
                     tracing::warn!(registry = %self.name, %method, path = url.path(), error = %e, retry, "request failed, retrying");
                     tokio::time::sleep(self.retry.delay(retry, None)).await;
                     continue;
@@ -663,6 +686,11 @@ impl RegistryClient {
                 let after =
                     header_str(resp.headers(), RETRY_AFTER).and_then(|v| parse_retry_after(v, SystemTime::now()));
                 let wait = self.retry.delay(retry, after);
+                // A wait past the task's deadline is not taken: the answer
+                // goes back, and its Retry-After to the message's backoff.
+                if !pace::wait_fits(wait) {
+                    return Ok(resp);
+                }
                 tracing::warn!(registry = %self.name, %method, path = url.path(), status = status.as_u16(), wait_ms = wait.as_millis() as u64, retry, "registry asked to retry");
                 tokio::time::sleep(wait).await;
                 continue;
@@ -945,9 +973,8 @@ mod tests {
 
     fn client(base: &str, listed: &[&str]) -> RegistryClient {
         let options = ClientOptions {
-            insecure: false,
-            retry: RetryPolicy::default(),
             token_realms: listed.iter().map(|u| Url::parse(u).unwrap()).collect(),
+            ..Default::default()
         };
         RegistryClient::new("r", Url::parse(base).unwrap(), Role::Destination, None, options).unwrap()
     }

@@ -9,6 +9,7 @@ use super::blobs::Counters;
 use super::client::{RegistryClient, RegistryError};
 use super::ledger::BlobLedger;
 use super::manifest::{is_foreign, Contents, Descriptor, Manifest, ManifestError};
+use super::pace::MinThroughput;
 use super::retry::RetryPolicy;
 use super::throttle::Throttle;
 use crate::digest::Digest;
@@ -124,6 +125,8 @@ pub struct Copier<'a> {
     pub stop_at: Option<std::time::Instant>,
     /// Copy the artifact's referrers too (`worker.referrers`).
     pub referrers: bool,
+    /// A blob moving slower than this is given up and tried again.
+    pub min_throughput: MinThroughput,
 }
 
 /// Everything below the root that must reach the destination.

@@ -9,6 +9,7 @@ pub mod copy;
 pub mod delete;
 pub mod ledger;
 pub mod manifest;
+pub mod pace;
 pub mod referrers;
 pub mod retry;
 pub mod throttle;

@@ -18,6 +18,10 @@ impl Throttle {
         Throttle { bytes_per_sec: kbps as f64 * 125.0, start: Instant::now(), sent: AtomicU64::new(0) }
     }
 
+    pub fn bytes_per_second(&self) -> u64 {
+        self.bytes_per_sec as u64
+    }
+
     /// Accounts for `n` bytes and waits until sending them keeps the
     /// average rate since the start at or below the limit.
     pub async fn take(&self, n: usize) {
