@@ -1,7 +1,9 @@
 //! Bounded mutation fuzzing of the webhook's front half (auth, limits,
 //! parsing, rules) and of the task decoder. Properties: no panic; a request
-//! is either refused with a 4xx or planned into tasks that survive an
-//! encode/decode round trip; a decoded task re-encodes to itself.
+//! is refused with the status its known fault calls for (405, 401, 415, and
+//! 400/422 for a body), or planned into tasks that survive an encode/decode
+//! round trip; nesting deeper than serde_json's recursion limit changes no
+//! answer; a decoded task re-encodes to itself.
 //!
 //! `make test` runs RELAY_FUZZ_CASES (default 20 000) cases per target with
 //! a fixed seed; `make fuzz` runs millions with a random seed (printed, so a
@@ -45,13 +47,27 @@ fn rng() -> StdRng {
     StdRng::seed_from_u64(seed)
 }
 
+/// Harbor's payloads, in file-name order (a seed replays the same cases on
+/// every machine, whatever order the directory lists them in).
 fn seeds() -> Vec<Vec<u8>> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/harbor");
-    let mut out: Vec<Vec<u8>> =
-        std::fs::read_dir(dir).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
-    let tagged = String::from_utf8(out[0].clone()).unwrap();
-    out.push(tagged.replace("\"type\": \"DELETE_ARTIFACT\"", "\"type\": \"PUSH_ARTIFACT\"").into_bytes());
+    let mut paths: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    let mut out: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    // A tagged push in the Default format (Harbor's sample push is by digest).
+    let delete = std::fs::read_to_string(format!("{dir}/delete_artifact.default.json")).unwrap();
+    assert!(delete.contains("\"type\": \"DELETE_ARTIFACT\""));
+    out.push(delete.replace("\"type\": \"DELETE_ARTIFACT\"", "\"type\": \"PUSH_ARTIFACT\"").into_bytes());
     out
+}
+
+/// A seed with a first field of `depth` nested arrays, as bytes: a `Value`
+/// deeper than serde_json's recursion limit (128) cannot be built and
+/// serialised, so this is the only way such input reaches the parser.
+fn deeply_nested(seed: &[u8], depth: usize) -> Vec<u8> {
+    let text = String::from_utf8_lossy(seed);
+    let Some(brace) = text.find('{') else { return seed.to_vec() };
+    format!("{{\"nested\": {}{}, {}", "[".repeat(depth), "]".repeat(depth), &text[brace + 1..]).into_bytes()
 }
 
 fn random_value(rng: &mut StdRng, depth: u32) -> Value {
@@ -79,9 +95,10 @@ fn random_value(rng: &mut StdRng, depth: u32) -> Value {
             Value::Object((0..rng.gen_range(0..4)).map(|i| (format!("k{i}"), random_value(rng, depth + 1))).collect())
         }
         _ => {
-            // Deep nesting, past serde_json's recursion limit at times.
-            let n = rng.gen_range(1..300);
-            serde_json::from_str(&format!("{}{}", "[".repeat(n), "]".repeat(n))).unwrap_or(Value::Null)
+            // Nesting below serde_json's recursion limit (deeper input is
+            // made as bytes: `deeply_nested`).
+            let n = rng.gen_range(1..120);
+            serde_json::from_str(&format!("{}{}", "[".repeat(n), "]".repeat(n))).expect("below the limit")
         }
     }
 }
@@ -143,6 +160,21 @@ async fn webhook() -> Webhook {
     )
 }
 
+/// The status the webhook must answer for what the request is known to get
+/// wrong, checked in the webhook's order (method, auth, media type); `None`
+/// when only the body decides (a refusal is then 400 or 422).
+fn expected_refusal(method: &Method, authorization: &str, content_type: &str) -> Option<u16> {
+    if method != Method::POST {
+        Some(405)
+    } else if authorization != AUTH {
+        Some(401)
+    } else if !content_type.starts_with("application/json") && content_type != "application/cloudevents+json" {
+        Some(415)
+    } else {
+        None
+    }
+}
+
 #[tokio::test]
 async fn webhook_front_half_never_panics_and_plans_valid_tasks() {
     let webhook = webhook().await;
@@ -150,9 +182,11 @@ async fn webhook_front_half_never_panics_and_plans_valid_tasks() {
     let seeds = seeds();
     let mut rng = rng();
     let (mut planned, mut refused) = (0usize, std::collections::BTreeMap::<u16, usize>::new());
+    let mut too_deep = 0usize;
     for _ in 0..cases() {
         let mut body = seeds[rng.gen_range(0..seeds.len())].clone();
-        match rng.gen_range(0..4) {
+        let mut undeep = None;
+        match rng.gen_range(0..5) {
             0 => mutate_bytes(&mut rng, &mut body),
             1 | 2 => {
                 if let Ok(mut v) = serde_json::from_slice::<Value>(&body) {
@@ -162,20 +196,39 @@ async fn webhook_front_half_never_panics_and_plans_valid_tasks() {
                     body = serde_json::to_vec(&v).unwrap();
                 }
             }
+            3 if rng.gen_bool(0.2) => {
+                let deep = deeply_nested(&body, rng.gen_range(129..5000));
+                let e = serde_json::from_slice::<Value>(&deep).expect_err("deeper than serde_json's limit");
+                assert!(e.to_string().contains("recursion limit"), "{e}");
+                undeep = Some(std::mem::replace(&mut body, deep));
+            }
             _ => {}
         }
         let content_type =
             ["application/json", "application/cloudevents+json", "application/json; charset=utf-8", "text/plain", ""]
                 [rng.gen_range(0..5)];
+        let method = if rng.gen_bool(0.95) { Method::POST } else { Method::PUT };
+        let authorization = if rng.gen_bool(0.95) { AUTH } else { "Bearer nope-0123456789" };
+        let expected = expected_refusal(&method, authorization, content_type);
         let req = Incoming {
-            method: if rng.gen_bool(0.95) { Method::POST } else { Method::PUT },
+            method,
             path: "/".into(),
             content_type: Some(content_type.into()),
-            authorization: if rng.gen_bool(0.95) { Some(AUTH.into()) } else { Some("Bearer nope".into()) },
+            authorization: Some(authorization.into()),
             body: Bytes::from(body),
         };
-        match webhook.accept(&req, &auth) {
+        let result = webhook.accept(&req, &auth);
+        if let Some(plain) = undeep {
+            // An unknown field nested past the limit is skipped (without
+            // recursion: no stack to exhaust) and changes nothing.
+            let without = webhook.accept(&Incoming { body: Bytes::from(plain), ..req }, &auth);
+            let status = |r: &Result<_, relay::webhook::Rejection>| r.as_ref().err().map(|r| r.status().as_u16());
+            assert_eq!(status(&result), status(&without), "deep nesting changed the answer");
+            too_deep += 1;
+        }
+        match result {
             Ok(event) => {
+                assert_eq!(expected, None, "accepted a request that should be refused");
                 for task in webhook.plan(&event, None).tasks {
                     assert_eq!(Task::decode(&task.encode()).unwrap(), task);
                     planned += 1;
@@ -183,14 +236,20 @@ async fn webhook_front_half_never_panics_and_plans_valid_tasks() {
             }
             Err(r) => {
                 let s = r.status().as_u16();
-                assert!((400..500).contains(&s), "refusals are 4xx, got {s}");
+                match expected {
+                    Some(want) => assert_eq!(s, want, "{r}"),
+                    None => assert!(s == 400 || s == 422, "a body refused with {s}: {r}"),
+                }
                 *refused.entry(s).or_default() += 1;
             }
         }
     }
-    eprintln!("planned {planned} tasks; refused by status: {refused:?}");
+    eprintln!("planned {planned} tasks; refused by status: {refused:?}; {too_deep} nested past the recursion limit");
     assert!(planned > 0, "the fuzzer must also reach the planner");
-    assert!(refused.get(&400).copied().unwrap_or(0) > 0);
+    assert!(too_deep > 0, "deep nesting must reach the parser");
+    for status in [400, 401, 405, 415] {
+        assert!(refused.get(&status).copied().unwrap_or(0) > 0, "no case was refused with {status}");
+    }
 }
 
 #[test]
