@@ -51,6 +51,9 @@ pub enum Fault {
     ResetMidBody,
     /// Send the body in 4 KiB pieces with this pause between them.
     Slow(Duration),
+    /// Send the headers, then wait this long before the whole body
+    /// (however small the blob is).
+    Hold(Duration),
     /// Serve other bytes than the digest names (same length).
     Corrupt,
     /// Every token issued so far stops working, and this request gets 401.
@@ -360,6 +363,13 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
                         Some((Ok::<_, std::io::Error>(next), it))
                     });
                     (h, Body::from_stream(s)).into_response()
+                }
+                Some(Fault::Hold(pause)) => {
+                    let body = stream::once(async move {
+                        tokio::time::sleep(pause).await;
+                        Ok::<_, std::io::Error>(bytes)
+                    });
+                    (h, Body::from_stream(body)).into_response()
                 }
                 Some(Fault::Endless) => {
                     h.remove("content-length");

@@ -102,3 +102,67 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     assert!(path.exists(), "{} not built: run `cargo build --workspace --bins` first (make test does)", path.display());
     path
 }
+
+/// What of the stack's secrets appears in `logs`: the registry password raw
+/// and inside its Basic header, the webhook's accepted value, any `extra`
+/// value (e.g. one a test presented), an `Authorization` field, and any
+/// `Basic …`/`Bearer …` credential at all (a token a registry issued is
+/// unknown to the test, but it never follows those words in a log line;
+/// a challenge's `Bearer realm="…"` does not count).
+pub fn leaked_secrets(logs: &str, stack: &Stack, extra: &[&str]) -> Vec<String> {
+    use base64::Engine;
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", stack.target_user, stack.target_password));
+    let mut found = Vec::new();
+    let known = [
+        ("the registry password", stack.target_password.as_str()),
+        ("the registry's Basic header", basic.as_str()),
+        ("the webhook auth value", stack.webhook_auth.trim_start_matches("Bearer ")),
+    ];
+    for (what, secret) in known.into_iter().chain(extra.iter().map(|e| ("a presented value", *e))) {
+        if logs.contains(secret) {
+            found.push(what.to_owned());
+        }
+    }
+    if logs.to_ascii_lowercase().contains("\"authorization\"") {
+        found.push("an Authorization field".to_owned());
+    }
+    for scheme in ["Basic ", "Bearer "] {
+        for (at, _) in logs.match_indices(scheme) {
+            let credential = logs[at + scheme.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "-._~+/=".contains(*c))
+                .count();
+            if credential >= 8 {
+                found.push(format!("a {}credential", scheme.to_ascii_lowercase()));
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn leaked_secrets_finds_headers_and_tokens_but_not_challenges() {
+        let stack = crate::Stack {
+            source_url: "http://127.0.0.1:1".into(),
+            target_url: "http://127.0.0.1:2".into(),
+            target_user: "relay".into(),
+            target_password: "pw-0123456789".into(),
+            webhook_auth: "Bearer hook-0123456789".into(),
+        };
+        let clean = r#"{"message":"challenge","detail":"Bearer realm=\"https://auth\",service=\"r\""}"#;
+        assert!(super::leaked_secrets(clean, &stack, &[]).is_empty());
+        for leak in [
+            "pw-0123456789",
+            "cmVsYXk6cHctMDEyMzQ1Njc4OQ==",
+            "hook-0123456789",
+            r#""Authorization":"x""#,
+            "sent Bearer eyJhbGciOiJSUzI1NiJ9.payload",
+            "sent Basic dXNlcjpvdGhlcg==",
+        ] {
+            assert!(!super::leaked_secrets(leak, &stack, &[]).is_empty(), "{leak}");
+        }
+    }
+}

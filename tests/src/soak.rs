@@ -10,7 +10,7 @@
 //! queue. At the end every destination must equal the source for every
 //! image, digest by digest, and the DLQ must hold exactly the poison.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -134,12 +134,15 @@ struct Process {
     envs: Vec<(String, String)>,
     logs: PathBuf,
     runs: usize,
+    /// SIGKILLs that ended a running process (not one that had already
+    /// exited on its own).
+    kills: usize,
     child: Option<Child>,
 }
 
 impl Process {
     fn start(name: &'static str, envs: Vec<(String, String)>, logs: &Path) -> anyhow::Result<Process> {
-        let mut p = Process { name, envs, logs: logs.to_owned(), runs: 0, child: None };
+        let mut p = Process { name, envs, logs: logs.to_owned(), runs: 0, kills: 0, child: None };
         p.spawn()?;
         Ok(p)
     }
@@ -157,9 +160,13 @@ impl Process {
     }
 
     fn kill(&mut self) {
+        use std::os::unix::process::ExitStatusExt;
         if let Some(mut c) = self.child.take() {
+            let running = matches!(c.try_wait(), Ok(None));
             unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
-            let _ = c.wait();
+            if running && c.wait().is_ok_and(|s| s.signal() == Some(libc::SIGKILL)) {
+                self.kills += 1;
+            }
         }
     }
 
@@ -504,38 +511,45 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
         }
     }
 
-    // The DLQ holds exactly the poison, each with its last error.
-    let mut dead = HashMap::new();
-    for _ in 0..10 {
+    // The DLQ holds exactly the poison, each once, with its last error:
+    // every message is read (received ones stay hidden for a minute) until
+    // a receive comes back empty, so a duplicate dead letter is counted.
+    let mut dead: Vec<(String, Option<String>)> = Vec::new();
+    for _ in 0..20 {
         let out = sqs
             .receive_message()
             .queue_url(&dlq)
             .max_number_of_messages(10)
             .visibility_timeout(60)
+            .wait_time_seconds(1)
             .message_attribute_names("All")
             .send()
             .await?;
+        if out.messages().is_empty() && dead.len() >= p.poison {
+            break;
+        }
         for m in out.messages() {
             let error = m
                 .message_attributes()
                 .and_then(|a| a.get(relay::dead_letter::LAST_ERROR))
                 .and_then(|v| v.string_value())
                 .map(str::to_owned);
-            dead.insert(m.body().unwrap_or_default().to_owned(), error);
-        }
-        if dead.len() >= p.poison {
-            break;
+            dead.push((m.body().unwrap_or_default().to_owned(), error));
         }
     }
-    let dead_bodies: HashSet<String> = dead.keys().cloned().collect();
-    if dead_bodies != poison {
-        bail!("the DLQ holds {} messages, not exactly the {} poison ones: {dead_bodies:?}", dead.len(), poison.len());
+    let dead_bodies: HashSet<String> = dead.iter().map(|(b, _)| b.clone()).collect();
+    if dead.len() != poison.len() || dead_bodies != poison {
+        bail!(
+            "the DLQ holds {} messages, not exactly the {} poison ones once each: {dead_bodies:?}",
+            dead.len(),
+            poison.len()
+        );
     }
     // The worker dead-letters with the error; only if its send to the DLQ
     // failed (SQS cut at that instant) does SQS's redrive move a message
     // without it — so at least one must carry it, and each that does, the
     // right one.
-    let with_error: Vec<&String> = dead.values().flatten().collect();
+    let with_error: Vec<&String> = dead.iter().filter_map(|(_, e)| e.as_ref()).collect();
     if with_error.is_empty() {
         bail!("no dead letter carries its last error");
     }
@@ -546,13 +560,9 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
     // What the worker's logs say.
     let worker_logs = worker.lock().unwrap().all_logs();
     let logs = format!("{worker_logs}\n{}", webhook.all_logs());
-    for (what, secret) in [
-        ("registry password", stack.target_password.as_str()),
-        ("webhook auth", stack.webhook_auth.trim_start_matches("Bearer ")),
-    ] {
-        if logs.contains(secret) {
-            bail!("the {what} appears in the logs");
-        }
+    let leaks = crate::leaked_secrets(&logs, &stack, &[]);
+    if !leaks.is_empty() {
+        bail!("in the logs: {leaks:?}");
     }
     let lines: Vec<serde_json::Value> = worker_logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let task_id = |l: &serde_json::Value| {
@@ -586,7 +596,7 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
             as u64,
         webhook_503: refused.load(Ordering::Relaxed),
         source_resets: source_proxy.resets_done(),
-        worker_kills: worker.lock().unwrap().runs - 1,
+        worker_kills: worker.lock().unwrap().kills,
         dead_letters: dead.len(),
         collisions_kept: kept.len(),
         collisions_deleted: solo.len(),

@@ -161,6 +161,9 @@ async fn replicating_again_moves_no_bytes() {
 
 /// Harbor delivering the same event three times, and a delete delivered
 /// before the push it follows: the destination converges on the source.
+/// Not a race (the source is final before any task runs): the push that
+/// arrives after its delete must find the artifact gone at the source and
+/// copy nothing. Tasks racing source changes: queue.rs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_and_swapped_harbor_deliveries_converge() {
     let rules = "  - name: mirror\n    deletion: true\n    destination: { registry: cluster1-registry }\n";

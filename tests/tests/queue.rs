@@ -1,6 +1,7 @@
 //! Queue semantics against LocalStack SQS: partial batch failures, poison
-//! messages reaching the DLQ after the redrive count, and convergence of
-//! duplicated, reordered push and delete tasks.
+//! messages reaching the DLQ after the redrive count, convergence of
+//! duplicated, reordered push and delete tasks, and of tasks racing changes
+//! at the source.
 
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,11 @@ async fn poison_messages_reach_the_dlq_and_good_ones_are_deleted() {
     assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_some());
 }
 
+/// Duplicated tasks run in any order converge on the source's final state.
+/// Not a race — the source is final before any task runs; what converges
+/// them is each task reading the source again (a push whose artifact is
+/// gone does nothing, a tag that moved is pushed where it points now). The
+/// race is `tasks_racing_source_changes_converge`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_and_reordered_tasks_converge() {
     let stack = Stack::load().unwrap();
@@ -139,4 +145,68 @@ async fn duplicated_and_reordered_tasks_converge() {
     // The tag ends where the source has it, whatever order the tasks ran in.
     let (_, moved) = target.get_manifest(&repo, "moved").await.unwrap().unwrap();
     assert_eq!(relay_tests::plain::sha256(&moved), new.digest);
+}
+
+/// Tasks running while the source changes under them, as Harbor's events
+/// arrive while earlier ones are still being copied. Six times: the tag
+/// moves to a large image and its task starts; while that task is still
+/// copying, the tag moves on to a tiny image, whose task starts at once on
+/// the second runner and finishes first. The large task would then
+/// overwrite the tag with a stale digest, unless it checks the source again
+/// before its tag push. The test checks that the second change landed while
+/// the first task ran (the race happened) and that the destination ends
+/// where the source ends, pair after pair. (The same, held mid-blob by the
+/// fault registry, is copy_engine's stale-overwrite test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_racing_source_changes_converge() {
+    use std::sync::Arc;
+    let stack = Stack::load().unwrap();
+    let (config, w) = worker(&stack, ALL_TO_CLUSTER1).await;
+    let w = Arc::new(w);
+    let repo = unique_repo("race");
+    let (source, target) = (stack.source(), stack.target());
+    let move_tag = |size: usize, name: String| {
+        let (source, repo) = (&source, &repo);
+        async move {
+            let img = image::push(source, repo, &name, ImageKind::OciImage, 1, size).await.unwrap();
+            let (media_type, bytes) = source.get_manifest(repo, &img.digest).await.unwrap().unwrap();
+            (img.digest, media_type, bytes)
+        }
+    };
+    let mut raced = 0;
+    for pair in 0..6 {
+        let large = move_tag(16 * 1024 * 1024, format!("large-{pair}")).await;
+        let tiny = move_tag(4096, format!("tiny-{pair}")).await;
+        let task_for = |digest: &str| planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "moved", digest).remove(0);
+
+        source.put_manifest(&repo, "moved", &large.1, &large.2).await.unwrap();
+        let (started_tx, started_rx) = oneshot::channel();
+        let first = {
+            let (w, task) = (w.clone(), task_for(&large.0));
+            tokio::spawn(async move {
+                let run = w.run(&task);
+                let _ = started_tx.send(());
+                let report = run.await.unwrap_or_else(|e| panic!("{e}"));
+                (report, Instant::now())
+            })
+        };
+        started_rx.await.unwrap();
+        // Past the large task's first look at the source: it is copying.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        source.put_manifest(&repo, "moved", &tiny.1, &tiny.2).await.unwrap();
+        let changed = Instant::now();
+        w.run(&task_for(&tiny.0)).await.unwrap();
+        let (report, first_done) = first.await.unwrap();
+        if first_done > changed {
+            raced += 1;
+        }
+        assert_eq!(
+            target.digest_at(&repo, "moved").await.unwrap(),
+            Some(tiny.0.clone()),
+            "pair {pair}: the large task ended {:?} ({:?} after the move)",
+            report.outcome,
+            first_done.checked_duration_since(changed)
+        );
+    }
+    assert!(raced > 0, "no move landed while the large task ran: nothing raced");
 }
