@@ -121,6 +121,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentials_never_show_their_password_in_debug() {
+        let c = Credentials { username: "robot$relay".into(), password: "do-not-print-0123".into() };
+        let shown = format!("{c:?} {:?}", Some(&c));
+        assert!(shown.contains("robot$relay") && shown.contains("<redacted>"), "{shown}");
+        assert!(!shown.contains("do-not-print"), "{shown}");
+    }
+
+    #[test]
     fn parses_challenges() {
         assert_eq!(Challenge::parse("Basic realm=\"Registry Realm\""), Some(Challenge::Basic));
         assert_eq!(
