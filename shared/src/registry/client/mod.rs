@@ -1,0 +1,160 @@
+//! A thin registry client over reqwest: one pooled HTTP/1.1 client per
+//! registry, authentication on demand, retries with backoff, and streaming
+//! blob bodies. Speaks only to the registry it was built for.
+//!
+//! Where things are: `transport` sends requests (authentication, retries,
+//! bounded reads, errors), `authorize` holds the credentials, the learnt
+//! challenge and the token flow, `listing` the paginated catalog and tag
+//! lists, `manifests` manifests and referrers, `uploads` blob reads and
+//! upload sessions, `quirks` what a registry turned out to need at run time
+//! (whole blobs refused → chunks; no referrers API → tag schema). A new
+//! registry quirk goes in `quirks`, with the answer that reveals it.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use url::Url;
+
+use super::auth::Credentials;
+use super::retry::RetryPolicy;
+use crate::repository::RepositoryPath;
+
+mod authorize;
+mod error;
+mod listing;
+mod manifests;
+mod quirks;
+mod transport;
+mod uploads;
+
+pub use error::RegistryError;
+pub use manifests::Pushed;
+pub use uploads::UploadStart;
+
+/// Whole-request bound for everything but blob streams (manifests, HEADs,
+/// tokens, listings, upload sessions): the per-read timeout alone lets a
+/// registry that trickles a body hold a worker indefinitely. Blob streams
+/// are bounded by their minimum throughput instead (`pace`).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Whether this client reads (source) or also writes (destination). A
+/// destination asks for `pull,push` on every request so one token serves
+/// the whole copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Source,
+    Destination,
+}
+
+pub struct RegistryClient {
+    name: String,
+    base: Url,
+    role: Role,
+    http: reqwest::Client,
+    /// Replaced when the worker re-reads a rotated secret.
+    credentials: std::sync::RwLock<Option<Credentials>>,
+    /// See [`ClientOptions::token_realms`].
+    token_realms: Vec<Url>,
+    request_timeout: Duration,
+    auth: Mutex<authorize::AuthState>,
+    retry: RetryPolicy,
+    /// Requests sent to this registry (token requests excluded): for
+    /// metrics and the request budgets of the benchmarks.
+    requests: std::sync::atomic::AtomicU64,
+    /// What this registry turned out to need ([`quirks`]).
+    quirks: quirks::Quirks,
+}
+
+/// Settings for building a client.
+pub struct ClientOptions {
+    pub insecure: bool,
+    pub retry: RetryPolicy,
+    /// Token services trusted besides https ones and the registry's own
+    /// origin (the configuration's `token_realms`).
+    pub token_realms: Vec<Url>,
+    /// Whole-request bound for everything but blob streams.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            insecure: false,
+            retry: RetryPolicy::default(),
+            token_realms: Vec::new(),
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
+
+impl RegistryClient {
+    pub fn new(
+        name: impl Into<String>,
+        base: Url,
+        role: Role,
+        credentials: Option<Credentials>,
+        options: ClientOptions,
+    ) -> Result<RegistryClient, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .http1_only()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(32)
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .tls_danger_accept_invalid_certs(options.insecure)
+            .user_agent(concat!("harbor-relay/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(RegistryClient {
+            name: name.into(),
+            base,
+            role,
+            http,
+            credentials: std::sync::RwLock::new(credentials),
+            token_realms: options.token_realms,
+            request_timeout: options.request_timeout,
+            auth: Mutex::new(authorize::AuthState::default()),
+            retry: options.retry,
+            requests: Default::default(),
+            quirks: Default::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Requests sent so far (retries included, token requests not).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `GET /v2/`: Harbor's "test connection", with authentication.
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        let url = self.url("/v2/");
+        let resp = self.execute(Method::GET, url, "", HeaderMap::new(), None).await?;
+        self.expect(resp, &[StatusCode::OK]).await.map(drop)
+    }
+
+    pub(super) fn scope(&self, repo: &RepositoryPath) -> String {
+        match self.role {
+            Role::Source => format!("repository:{repo}:pull"),
+            Role::Destination => format!("repository:{repo}:pull,push"),
+        }
+    }
+
+    pub(super) fn url(&self, path: &str) -> Url {
+        let mut url = self.base.clone();
+        url.set_path(path);
+        url
+    }
+}
+
+pub(super) fn header_str<K: reqwest::header::AsHeaderName>(headers: &HeaderMap, key: K) -> Option<&str> {
+    headers.get(key).and_then(|v| v.to_str().ok())
+}
+
+pub(super) fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+}

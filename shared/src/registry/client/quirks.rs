@@ -1,0 +1,63 @@
+//! What a registry turned out to need, learnt from its answers at run time
+//! and kept for the client's life, so later tasks start right. Each quirk
+//! is named with the answer that reveals it. A new one (a registry that
+//! mishandles something) goes here.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::RegistryClient;
+
+#[derive(Default)]
+pub(super) struct Quirks {
+    /// The referrers API answered 404: the tag schema is asked straight away.
+    referrers_api_absent: AtomicBool,
+    /// 0: whole blobs in one `PUT`. Otherwise the chunk size for `PATCH`
+    /// uploads, set when the registry (or a proxy in front of it) refused
+    /// a whole blob with 413.
+    pub(super) chunk_size: AtomicU64,
+}
+
+impl Quirks {
+    pub(super) fn referrers_api_absent(&self) -> bool {
+        self.referrers_api_absent.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn mark_referrers_api_absent(&self) {
+        self.referrers_api_absent.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Chunk size after the first 413 to a whole-blob `PUT`.
+const FIRST_CHUNK: u64 = 8 * 1024 * 1024;
+/// Chunks are never made smaller than this when 413s continue.
+const SMALLEST_CHUNK: u64 = 64 * 1024;
+
+impl RegistryClient {
+    /// The chunk size for uploads to this registry; `None`: whole blobs.
+    pub fn chunk_size(&self) -> Option<u64> {
+        Some(self.quirks.chunk_size.load(std::sync::atomic::Ordering::Relaxed)).filter(|&c| c > 0)
+    }
+
+    /// After a 413 to an upload sent with `used` ([`RegistryClient::chunk_size`]
+    /// at the time; `None`: the whole blob of `blob_size` bytes in one
+    /// `PUT`): switch to chunks, or halve them. `false` when they cannot get
+    /// smaller. Concurrent uploads that fail together shrink once.
+    pub fn shrink_chunks(&self, used: Option<u64>, blob_size: u64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let was = used.unwrap_or(0);
+        if self.quirks.chunk_size.load(SeqCst) != was {
+            return true; // another upload shrank them meanwhile: retry with those
+        }
+        let next = match used {
+            None => FIRST_CHUNK.min(blob_size / 2),
+            Some(c) => c / 2,
+        };
+        if next < SMALLEST_CHUNK {
+            return false;
+        }
+        if self.quirks.chunk_size.compare_exchange(was, next, SeqCst, SeqCst).is_ok() {
+            tracing::warn!(registry = %self.name, chunk_bytes = next, "the registry refused an upload as too large (413): sending chunks");
+        }
+        true
+    }
+}

@@ -1,0 +1,195 @@
+//! Sending requests: authentication on demand, retries with backoff and
+//! `Retry-After` (never past the task's deadline), bounded reads, errors.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{Method, Response, StatusCode};
+use url::Url;
+
+use super::super::auth::Challenge;
+use super::super::pace;
+use super::super::retry::{is_retryable, parse_retry_after};
+use super::error::redact;
+use super::{header_str, RegistryClient, RegistryError};
+
+/// An error body is read this far and no further (a hostile or broken
+/// registry must not hold a worker's memory; token answers and listing
+/// pages have their own bounds, refused past them).
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+impl RegistryClient {
+    /// Sends a request whose body can be re-sent, with authentication and
+    /// retries. Returns any final response (404 included) for the caller
+    /// to interpret.
+    pub(super) async fn execute(
+        &self,
+        method: Method,
+        url: Url,
+        scope: &str,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<Response, RegistryError> {
+        let mut retry = 0;
+        let mut reauthenticated = false;
+        loop {
+            let mut req =
+                self.http.request(method.clone(), url.clone()).headers(headers.clone()).timeout(self.request_timeout);
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
+            let mut sent = None;
+            if self.same_origin(&url) {
+                sent = self.authorization(scope).await?;
+                if let Some(auth) = &sent {
+                    req = req.header(AUTHORIZATION, auth);
+                }
+            }
+            self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let outcome = req.send().await;
+            retry += 1;
+            let resp = match outcome {
+                Ok(resp) => resp,
+                Err(e) if retry < self.retry.attempts && pace::wait_fits(self.retry.delay(retry, None)) => {
+                    tracing::warn!(registry = %self.name, %method, path = url.path(), error = %e, retry, "request failed, retrying");
+                    tokio::time::sleep(self.retry.delay(retry, None)).await;
+                    continue;
+                }
+                Err(e) => return Err(self.transport(&method, url.path(), &e)),
+            };
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED
+                && !reauthenticated
+                && self.learn_challenge(&resp, scope, sent.as_deref())
+            {
+                reauthenticated = true;
+                retry -= 1;
+                continue;
+            }
+            if is_retryable(status) && retry < self.retry.attempts {
+                let after =
+                    header_str(resp.headers(), RETRY_AFTER).and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let wait = self.retry.delay(retry, after);
+                // A wait past the task's deadline is not taken: the answer
+                // goes back, and its Retry-After to the message's backoff.
+                if !pace::wait_fits(wait) {
+                    return Ok(resp);
+                }
+                tracing::warn!(registry = %self.name, %method, path = url.path(), status = status.as_u16(), wait_ms = wait.as_millis() as u64, retry, "registry asked to retry");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    /// Sends a one-shot (streaming) body once, authenticated. The caller
+    /// retries the whole operation, re-opening its source stream.
+    pub(super) async fn send_once(
+        &self,
+        method: Method,
+        url: Url,
+        scope: &str,
+        headers: HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<Response, RegistryError> {
+        let mut req = self.http.request(method.clone(), url.clone()).headers(headers).body(body);
+        let mut sent = None;
+        if self.same_origin(&url) {
+            sent = self.authorization(scope).await?;
+            if let Some(auth) = &sent {
+                req = req.header(AUTHORIZATION, auth);
+            }
+        }
+        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let resp = req.send().await.map_err(|e| self.transport(&method, url.path(), &e))?;
+        let bearer = header_str(resp.headers(), WWW_AUTHENTICATE).and_then(Challenge::parse);
+        if resp.status() == StatusCode::UNAUTHORIZED && matches!(bearer, Some(Challenge::Bearer { .. })) {
+            // A token that expired mid-copy (possibly renewed meanwhile by a
+            // concurrent request): forget it, so the retry gets a fresh one.
+            self.learn_challenge(&resp, scope, sent.as_deref());
+            return Err(RegistryError::Reauthenticate { registry: self.name.clone(), path: url.path().to_owned() });
+        }
+        Ok(resp)
+    }
+
+    pub(super) async fn expect(&self, resp: Response, ok: &[StatusCode]) -> Result<Response, RegistryError> {
+        let status = resp.status();
+        if ok.contains(&status) {
+            return Ok(resp);
+        }
+        let path = resp.url().path().to_owned();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(RegistryError::Denied { registry: self.name.clone(), path, status });
+        }
+        let retry_after = header_str(resp.headers(), RETRY_AFTER).and_then(|v| parse_retry_after(v, SystemTime::now()));
+        // The registry's error code tells an operator most; keep it short,
+        // and read no more than that of a body that may never end.
+        let text = self.read_prefix(resp, MAX_ERROR_BODY_BYTES).await;
+        let detail = if text.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", text.chars().take(300).collect::<String>().trim())
+        };
+        Err(RegistryError::Status { registry: self.name.clone(), path, status, detail, retry_after })
+    }
+
+    /// The whole body, refused past `limit` bytes (announced or sent).
+    pub(super) async fn read_capped(&self, resp: Response, limit: usize, what: &str) -> Result<Vec<u8>, RegistryError> {
+        let too_large = || RegistryError::TooLarge { registry: self.name.clone(), reference: what.to_owned(), limit };
+        if resp.content_length().is_some_and(|l| l > limit as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.transport(&Method::GET, what, &e))?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// At most `limit` bytes of the body, as text; the rest is not read.
+    pub(super) async fn read_prefix(&self, resp: Response, limit: usize) -> String {
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(Ok(chunk)) = stream.next().await {
+            let room = limit - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= limit {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    pub(super) fn location(&self, resp: &Response) -> Result<Url, RegistryError> {
+        let loc = header_str(resp.headers(), LOCATION)
+            .ok_or_else(|| self.protocol("upload response has no Location".into()))?;
+        let url = resp.url().join(loc).map_err(|e| self.protocol(format!("bad upload Location: {e}")))?;
+        if !self.same_origin(&url) {
+            return Err(
+                self.protocol(format!("upload Location points at another host ({})", url.host_str().unwrap_or("?")))
+            );
+        }
+        Ok(url)
+    }
+
+    fn transport(&self, method: &Method, path: &str, e: &reqwest::Error) -> RegistryError {
+        RegistryError::Transport {
+            registry: self.name.clone(),
+            method: method.clone(),
+            path: path.to_owned(),
+            reason: redact(e),
+        }
+    }
+
+    pub(super) fn protocol(&self, reason: String) -> RegistryError {
+        RegistryError::Protocol { registry: self.name.clone(), reason }
+    }
+}

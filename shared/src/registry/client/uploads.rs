@@ -1,0 +1,108 @@
+//! Blobs: HEAD, streaming GET, and upload sessions (mount, whole-blob PUT,
+//! chunks, cancel).
+
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Method, Response, StatusCode};
+use url::Url;
+
+use super::{header_str, RegistryClient, RegistryError};
+use crate::digest::Digest;
+use crate::repository::RepositoryPath;
+
+/// Result of opening a blob upload.
+pub enum UploadStart {
+    /// The registry mounted the blob from another repository (201).
+    Mounted,
+    /// An upload session to send the bytes to, with the smallest chunk the
+    /// registry takes (`OCI-Chunk-Min-Length`) if it says.
+    Session { url: Url, chunk_min: Option<u64> },
+}
+
+impl RegistryClient {
+    pub async fn blob_exists(&self, repo: &RepositoryPath, digest: &Digest) -> Result<bool, RegistryError> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let resp = self.execute(Method::HEAD, url, &self.scope(repo), HeaderMap::new(), None).await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => self.expect(resp, &[StatusCode::OK]).await.map(|_| true),
+        }
+    }
+
+    /// Opens a blob for streaming (redirects to storage are followed; the
+    /// Authorization header is not sent to another host).
+    pub async fn open_blob(&self, repo: &RepositoryPath, digest: &Digest) -> Result<Response, RegistryError> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let resp = self.execute(Method::GET, url, &self.scope(repo), HeaderMap::new(), None).await?;
+        self.expect(resp, &[StatusCode::OK]).await
+    }
+
+    /// `POST /blobs/uploads/`, optionally asking to mount `digest` from
+    /// another repository of the same registry.
+    pub async fn start_upload(
+        &self,
+        repo: &RepositoryPath,
+        mount: Option<(&Digest, &RepositoryPath)>,
+    ) -> Result<UploadStart, RegistryError> {
+        let mut url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
+        let mut scope = self.scope(repo);
+        if let Some((digest, from)) = mount {
+            url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", from.as_str());
+            scope = format!("{scope} repository:{from}:pull");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let resp = self.execute(Method::POST, url, &scope, headers, None).await?;
+        let status = resp.status();
+        let resp = self.expect(resp, &[StatusCode::CREATED, StatusCode::ACCEPTED]).await?;
+        if mount.is_some() && status == StatusCode::CREATED {
+            return Ok(UploadStart::Mounted);
+        }
+        let chunk_min = header_str(resp.headers(), "oci-chunk-min-length").and_then(|v| v.parse().ok());
+        Ok(UploadStart::Session { url: self.location(&resp)?, chunk_min })
+    }
+
+    /// Completes an upload session with the whole blob in one `PUT`
+    /// (`Content-Length` from the descriptor). The registry verifies the
+    /// digest; a body that does not match is refused there.
+    pub async fn finish_upload(
+        &self,
+        repo: &RepositoryPath,
+        session: Url,
+        digest: &Digest,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<(), RegistryError> {
+        let mut url = session;
+        url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
+        let resp = self.send_once(Method::PUT, url, &self.scope(repo), headers, body).await?;
+        self.expect(resp, &[StatusCode::CREATED]).await.map(drop)
+    }
+
+    /// Sends `len` bytes at `offset` of an upload (`PATCH` with
+    /// `Content-Range`); returns the session's next URL.
+    pub async fn upload_chunk(
+        &self,
+        repo: &RepositoryPath,
+        session: Url,
+        offset: u64,
+        len: u64,
+        body: reqwest::Body,
+    ) -> Result<Url, RegistryError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        let range = format!("{offset}-{}", offset + len - 1);
+        headers.insert("content-range", HeaderValue::from_str(&range).expect("digits and a dash"));
+        let resp = self.send_once(Method::PATCH, session, &self.scope(repo), headers, body).await?;
+        let resp = self.expect(resp, &[StatusCode::ACCEPTED]).await?;
+        self.location(&resp)
+    }
+
+    /// Abandons an upload session (best effort).
+    pub async fn cancel_upload(&self, repo: &RepositoryPath, session: Url) {
+        let _ = self.execute(Method::DELETE, session, &self.scope(repo), HeaderMap::new(), None).await;
+    }
+}
