@@ -20,11 +20,14 @@ STACK=$LOCAL/stack
 TOOLS=$LOCAL/tools
 LS_VENV=$LOCAL/venv-localstack
 INFRA_VENV=$LOCAL/venv-infra
+MOTO_VENV=$LOCAL/venv-moto
 SOURCE_PORT=${RELAY_SOURCE_PORT:-5001}
 TARGET_PORT=${RELAY_TARGET_PORT:-5002}
 LS_PORT=${RELAY_LOCALSTACK_PORT:-4566}
 TOKEN_PORT=${RELAY_TOKEN_PORT:-5003}
 ISSUER_PORT=${RELAY_TOKEN_ISSUER_PORT:-5004}
+# Amazon ECR's control plane (LocalStack's community edition has none).
+MOTO_PORT=${RELAY_MOTO_PORT:-5005}
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
@@ -50,6 +53,11 @@ install() {
     rm -rf "$LS_VENV"
     "$TOOLS/bin/uv" venv -q -p python3.11 "$LS_VENV"
     VIRTUAL_ENV=$LS_VENV "$TOOLS/bin/uv" pip install -q --exclude-newer 2026-02-10 "localstack-core[runtime]==4.13.1"
+  fi
+  if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+    log "installing moto 5.1.x (ECR's control plane for the tests) into .local/venv-moto"
+    "$TOOLS/bin/uv" venv -q --allow-existing -p python3.11 "$MOTO_VENV"
+    VIRTUAL_ENV=$MOTO_VENV "$TOOLS/bin/uv" pip install -q --exclude-newer 2026-10-01 "moto[server,ecr]>=5.1,<5.2"
   fi
   if [ ! -x "$INFRA_VENV/bin/cfn-lint" ] || [ ! -x "$INFRA_VENV/bin/sam" ]; then
     log "installing cfn-lint and the SAM CLI into .local/venv-infra (template checks, make deploy)"
@@ -147,6 +155,9 @@ export RELAY_TOKEN_KEY=$STACK/token.key.der
 export RELAY_TOKEN_CERT=$STACK/token.crt.der
 ENV
   fi
+  if ! grep -q AWS_ENDPOINT_URL_ECR "$STACK/env"; then
+    echo "export AWS_ENDPOINT_URL_ECR=http://127.0.0.1:$MOTO_PORT" >> "$STACK/env"
+  fi
   start_registry source "$SOURCE_PORT" 200
   start_registry target "$TARGET_PORT" 401 "$STACK/target.htpasswd"
   start_registry token "$TOKEN_PORT" 401 token
@@ -163,7 +174,13 @@ ENV
     )
     wait_for localstack "http://127.0.0.1:$LS_PORT/_localstack/health" 200 60
   fi
-  log "up: source :$SOURCE_PORT, target :$TARGET_PORT (htpasswd), token target :$TOKEN_PORT, LocalStack :$LS_PORT — env in .local/stack/env"
+  if ! alive moto; then
+    if port_busy "$MOTO_PORT"; then log "port $MOTO_PORT is taken by another process; set RELAY_MOTO_PORT"; return 1; fi
+    setsid "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" > "$STACK/moto.log" 2>&1 < /dev/null &
+    echo $! > "$STACK/moto.pid"
+    wait_for moto "http://127.0.0.1:$MOTO_PORT/moto-api/" 200 30
+  fi
+  log "up: source :$SOURCE_PORT, target :$TARGET_PORT (htpasswd), token target :$TOKEN_PORT, LocalStack :$LS_PORT, ECR (moto) :$MOTO_PORT — env in .local/stack/env"
 }
 
 stop_one() {
@@ -179,12 +196,12 @@ stop_one() {
 }
 
 down() {
-  for n in localstack token target source; do stop_one "$n"; done
+  for n in moto localstack token target source; do stop_one "$n"; done
   log "down"
 }
 
 status() {
-  for n in source target token localstack; do
+  for n in source target token localstack moto; do
     if alive "$n"; then echo "$n: running (pid $(cat "$STACK/$n.pid"))"; else echo "$n: stopped"; fi
   done
 }

@@ -6,19 +6,24 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, CredentialsRef};
+use crate::config::{Config, CredentialsRef, Registry};
+use crate::destination::{Destination, KindRuntime};
+use crate::ecr::EcrControl;
 use crate::harbor_api::HarborApi;
 use crate::health::Health;
 use crate::queue::TaskQueue;
-use crate::registry::ledger::BlobLedger;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::{ClientOptions, Credentials, RegistryClient, Role};
-use crate::secrets::{CredentialReloader, SecretError, SecretSource, WebhookAuth};
+use crate::registry_kind::{CaSource, RegistryKind};
+use crate::secrets::{CredentialReloader, CredentialSource, SecretError, SecretSource, WebhookAuth};
 use crate::webhook::{Webhook, WebhookOptions};
-use crate::worker::{Destination, Worker};
+use crate::worker::Worker;
 
 /// Bound on one Harbor API call from the webhook: Harbor waits 3 s at most.
 pub const HARBOR_API_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bound on one Harbor API call that prepares a destination project.
+pub const HARBOR_PREPARE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -33,27 +38,29 @@ pub enum StartupError {
 /// Builds the worker: one client for the source and one per destination.
 pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy) -> Result<Worker, StartupError> {
     let source = Arc::new(source_client(config, secrets, retry).await?);
+    let mut refs = HashMap::new();
+    if let Some(c) = &config.source.credentials {
+        refs.insert("source".to_owned(), CredentialSource::Configured(c.clone()));
+    }
+    let sdk = match config.registries.iter().any(|r| matches!(r.kind, RegistryKind::Ecr(_))) {
+        true => Some(aws_config().await),
+        false => None,
+    };
     let mut destinations = HashMap::new();
     for r in &config.registries {
-        let credentials = credentials(&r.name, r.credentials.as_ref(), secrets).await?;
-        let options =
-            ClientOptions { insecure: r.insecure, retry, token_realms: r.token_realms.clone(), ..Default::default() };
-        let client = RegistryClient::new(&r.name, r.url.clone(), Role::Destination, credentials, options)
-            .map_err(|e| StartupError::Client { registry: r.name.clone(), reason: e.to_string() })?;
+        let (client, kind, credentials) = destination_client(r, secrets, retry, sdk.as_ref()).await?;
+        if let Some(c) = credentials {
+            refs.insert(r.name.clone(), c);
+        }
         let w = &config.worker;
         let health = Health::new(
             w.breaker_failures,
             Duration::from_secs(w.park_base_seconds),
             Duration::from_secs(w.park_max_seconds),
         );
-        destinations.insert(r.name.clone(), Destination { client, ledger: BlobLedger::default(), health });
+        destinations.insert(r.name.clone(), Destination::new(client, health, kind));
     }
     let harbor = harbor_api(config, secrets).await?;
-    let mut refs: HashMap<String, CredentialsRef> =
-        config.registries.iter().filter_map(|r| Some((r.name.clone(), r.credentials.clone()?))).collect();
-    if let Some(c) = &config.source.credentials {
-        refs.insert("source".into(), c.clone());
-    }
     Ok(Worker {
         credentials: CredentialReloader::new(secrets.clone(), refs, config.secrets.ttl()),
         source,
@@ -64,6 +71,69 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
         harbor,
         rules: config.rules.clone(),
     })
+}
+
+/// A destination's client, what its kind needs at run time, and where its
+/// credentials come from (to read them again). `sdk` is needed for `ecr`.
+pub async fn destination_client(
+    r: &Registry,
+    secrets: &SecretSource,
+    retry: RetryPolicy,
+    sdk: Option<&aws_config::SdkConfig>,
+) -> Result<(RegistryClient, KindRuntime, Option<CredentialSource>), StartupError> {
+    let ca_pem = ca_bundle(&r.name, r.ca.as_ref(), secrets).await?;
+    let client_error = |e: reqwest::Error| StartupError::Client { registry: r.name.clone(), reason: e.to_string() };
+    let options = ClientOptions {
+        insecure: r.insecure,
+        retry,
+        token_realms: r.token_realms.clone(),
+        ca_pem: ca_pem.clone(),
+        // ECR mishandles chunked uploads: whole blobs only, whatever it answers.
+        chunked_uploads: !matches!(r.kind, RegistryKind::Ecr(_)),
+        ..Default::default()
+    };
+    let configured = r.credentials.clone().map(CredentialSource::Configured);
+    match &r.kind {
+        RegistryKind::Registry => {
+            let credentials = credentials(&r.name, r.credentials.as_ref(), secrets).await?;
+            let client = RegistryClient::new(&r.name, r.url.clone(), Role::Destination, credentials, options)
+                .map_err(client_error)?;
+            Ok((client, KindRuntime::Registry, configured))
+        }
+        RegistryKind::Harbor(settings) => {
+            let credentials = credentials(&r.name, r.credentials.as_ref(), secrets).await?;
+            let api = HarborApi::new(
+                r.url.clone(),
+                credentials.clone(),
+                r.insecure,
+                ca_pem.as_deref(),
+                HARBOR_PREPARE_TIMEOUT,
+            )
+            .map_err(client_error)?;
+            let client = RegistryClient::new(&r.name, r.url.clone(), Role::Destination, credentials, options)
+                .map_err(client_error)?;
+            Ok((client, KindRuntime::Harbor { api, settings: settings.clone() }, configured))
+        }
+        RegistryKind::Ecr(settings) => {
+            let sdk = match sdk {
+                Some(s) => s.clone(),
+                None => aws_config().await,
+            };
+            let ecr = Arc::new(EcrControl::new(&sdk, settings.clone()).await);
+            // A token that cannot be had now is asked for again on the first
+            // denial: one unreachable ECR must not stop the other destinations.
+            let credentials = match ecr.credentials(false).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(registry = %r.name, error = %e, "no ECR token at start; asking again on first use");
+                    None
+                }
+            };
+            let client = RegistryClient::new(&r.name, r.url.clone(), Role::Destination, credentials, options)
+                .map_err(client_error)?;
+            Ok((client, KindRuntime::Ecr(ecr.clone()), Some(CredentialSource::Ecr(ecr))))
+        }
+    }
 }
 
 /// The client for the source Harbor (read-only scopes).
@@ -77,6 +147,7 @@ pub async fn source_client(
         insecure: config.source.insecure,
         retry,
         token_realms: config.source.token_realms.clone(),
+        ca_pem: ca_bundle("source", config.source.ca.as_ref(), secrets).await?,
         ..Default::default()
     };
     RegistryClient::new("source", config.source.url.clone(), Role::Source, credentials, options)
@@ -104,9 +175,24 @@ async fn harbor_api(config: &Config, secrets: &SecretSource) -> Result<Option<Ha
         return Ok(None);
     }
     let credentials = credentials("source", config.source.credentials.as_ref(), secrets).await?;
-    HarborApi::new(config.source.url.clone(), credentials, config.source.insecure, HARBOR_API_TIMEOUT)
+    let ca = ca_bundle("source", config.source.ca.as_ref(), secrets).await?;
+    HarborApi::new(config.source.url.clone(), credentials, config.source.insecure, ca.as_deref(), HARBOR_API_TIMEOUT)
         .map(Some)
         .map_err(|e| StartupError::Client { registry: "source (Harbor API)".into(), reason: e.to_string() })
+}
+
+/// The private CA bundle a registry's certificate is verified against.
+async fn ca_bundle(
+    registry: &str,
+    source: Option<&CaSource>,
+    secrets: &SecretSource,
+) -> Result<Option<Vec<u8>>, StartupError> {
+    let Some(source) = source else { return Ok(None) };
+    let pem = secrets
+        .ca_bundle(source)
+        .await
+        .map_err(|source| StartupError::Credentials { registry: registry.to_owned(), source })?;
+    Ok(Some(pem))
 }
 
 async fn credentials(

@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 use url::Url;
 
+use crate::registry_kind::{ca_source, CaSource, RawKindFields, RegistryKind};
 use crate::rules::{Rule, RuleError};
 
 /// The whole configuration, validated.
@@ -68,6 +69,8 @@ pub struct Source {
     /// Token services trusted besides https ones and the registry's own
     /// origin (`token_realms`): the credentials are sent to a realm.
     pub token_realms: Vec<Url>,
+    /// A private CA bundle the certificate is verified against.
+    pub ca: Option<CaSource>,
 }
 
 /// A destination registry, referred to by `name` from rules and tasks.
@@ -79,6 +82,11 @@ pub struct Registry {
     pub insecure: bool,
     /// As [`Source::token_realms`].
     pub token_realms: Vec<Url>,
+    /// As [`Source::ca`].
+    pub ca: Option<CaSource>,
+    /// What kind of registry it is (how credentials are obtained and a
+    /// repository made ready).
+    pub kind: RegistryKind,
 }
 
 /// Where a secret lives. The value itself is never stored in the config.
@@ -182,7 +190,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError::Invalid { field: field.into(), reason: reason.into() }
     }
 }
@@ -232,6 +240,8 @@ struct RawSource {
     insecure: bool,
     #[serde(default)]
     token_realms: Vec<String>,
+    ca_file: Option<String>,
+    ca_secret_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -251,6 +261,18 @@ struct RawRegistry {
     insecure: bool,
     #[serde(default)]
     token_realms: Vec<String>,
+    ca_file: Option<String>,
+    ca_secret_id: Option<String>,
+    kind: Option<crate::registry_kind::KindName>,
+    region: Option<String>,
+    registry_id: Option<String>,
+    role_arn: Option<String>,
+    tag_mutability: Option<crate::registry_kind::TagMutability>,
+    scan_on_push: Option<bool>,
+    encryption: Option<crate::registry_kind::EncryptionName>,
+    kms_key: Option<String>,
+    create_projects: Option<bool>,
+    storage_limit: Option<i64>,
 }
 
 impl RawConfig {
@@ -310,12 +332,28 @@ impl RawConfig {
                 check_credentials(&format!("{field}.credentials"), c)?;
             }
             let token_realms = token_realms(&format!("{field}.token_realms"), &r.token_realms)?;
+            let ca = ca_source(&field, r.ca_file, r.ca_secret_id)?;
+            let kind = RawKindFields {
+                kind: r.kind,
+                region: r.region,
+                registry_id: r.registry_id,
+                role_arn: r.role_arn,
+                tag_mutability: r.tag_mutability,
+                scan_on_push: r.scan_on_push,
+                encryption: r.encryption,
+                kms_key: r.kms_key,
+                create_projects: r.create_projects,
+                storage_limit: r.storage_limit,
+            }
+            .resolve(&field, url.host_str().unwrap_or_default(), r.credentials.is_some())?;
             registries.push(Registry {
                 name: r.name,
                 url,
                 credentials: r.credentials,
                 insecure: r.insecure,
                 token_realms,
+                ca,
+                kind,
             });
         }
 
@@ -384,6 +422,7 @@ impl RawConfig {
                 harbor_api: self.source.harbor_api,
                 insecure: self.source.insecure,
                 token_realms: token_realms("source.token_realms", &self.source.token_realms)?,
+                ca: ca_source("source", self.source.ca_file, self.source.ca_secret_id)?,
             },
             webhook,
             registries,

@@ -17,7 +17,8 @@ use crate::repository::{RepositoryPath, Tag};
 pub struct HarborApi {
     base: Url,
     http: reqwest::Client,
-    credentials: Option<Credentials>,
+    /// Replaced when a rotated secret is read again.
+    credentials: std::sync::RwLock<Option<Credentials>>,
 }
 
 /// What Harbor knows about one artifact.
@@ -35,6 +36,9 @@ pub enum HarborApiError {
     NotFound(String),
     #[error("Harbor API: HTTP {0}")]
     Status(u16),
+    /// The account lacks a right no retry will give it.
+    #[error("Harbor API: {0}")]
+    Forbidden(String),
 }
 
 /// One artifact of a repository listing: top-level artifacts only (Harbor
@@ -85,14 +89,13 @@ impl HarborApi {
         base: Url,
         credentials: Option<Credentials>,
         insecure: bool,
+        ca_pem: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .tls_danger_accept_invalid_certs(insecure)
-            .user_agent(concat!("harbor-relay/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(HarborApi { base, http, credentials })
+        let builder =
+            reqwest::Client::builder().timeout(timeout).user_agent(concat!("harbor-relay/", env!("CARGO_PKG_VERSION")));
+        let http = crate::tls::configure(builder, insecure, ca_pem)?.build()?;
+        Ok(HarborApi { base, http, credentials: std::sync::RwLock::new(credentials) })
     }
 
     /// Labels and tags of `repository@digest`.
@@ -172,14 +175,64 @@ impl HarborApi {
     }
 
     /// One GET; `None` on 404.
+    /// Creates `project` unless it exists: private, with `storage_limit`
+    /// bytes of quota when given. `Ok(true)` when it was created here.
+    pub async fn ensure_project(&self, project: &str, storage_limit: Option<i64>) -> Result<bool, HarborApiError> {
+        let mut url = self.base.clone();
+        url.set_path("/api/v2.0/projects");
+        let mut head = url.clone();
+        head.query_pairs_mut().append_pair("project_name", project);
+        let resp =
+            self.authorized(self.http.head(head)).send().await.map_err(|e| HarborApiError::Request(kind_of(&e)))?;
+        match resp.status().as_u16() {
+            200 => return Ok(false),
+            404 => {}
+            401 => return Err(HarborApiError::Forbidden("the credentials were refused (401)".into())),
+            s => return Err(HarborApiError::Status(s)),
+        }
+        let mut body = serde_json::json!({ "project_name": project, "metadata": { "public": "false" } });
+        if let Some(limit) = storage_limit {
+            body["storage_limit"] = limit.into();
+        }
+        let resp = self
+            .authorized(self.http.post(url))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| HarborApiError::Request(kind_of(&e)))?;
+        match resp.status().as_u16() {
+            201 => {
+                tracing::info!(project, "Harbor project created");
+                Ok(true)
+            }
+            // Created meanwhile by a concurrent task.
+            409 => Ok(false),
+            403 => Err(HarborApiError::Forbidden(format!(
+                "may not create project {project:?}: the account needs the system permission \"Project: Create\" (a system robot account), or create the project first"
+            ))),
+            401 => Err(HarborApiError::Forbidden("the credentials were refused (401)".into())),
+            s => Err(HarborApiError::Status(s)),
+        }
+    }
+
+    /// Uses `credentials` from now on (a rotated secret, read again).
+    pub fn set_credentials(&self, credentials: Option<Credentials>) {
+        *self.credentials.write().expect("credentials lock") = credentials;
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let header = self.credentials.read().expect("credentials lock").as_ref().map(Credentials::basic_header);
+        match header {
+            Some(h) => req.header("authorization", h),
+            None => req,
+        }
+    }
+
     async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<Option<T>, HarborApiError> {
         let mut url = self.base.clone();
         url.set_path(path);
         url.query_pairs_mut().extend_pairs(query);
-        let mut req = self.http.get(url).header("accept", "application/json");
-        if let Some(c) = &self.credentials {
-            req = req.header("authorization", c.basic_header());
-        }
+        let req = self.authorized(self.http.get(url).header("accept", "application/json"));
         let resp = req.send().await.map_err(|e| HarborApiError::Request(kind_of(&e)))?;
         match resp.status().as_u16() {
             200 => {}

@@ -5,7 +5,9 @@
 pub mod bootstrap;
 pub mod config;
 pub mod dead_letter;
+pub mod destination;
 pub mod digest;
+pub mod ecr;
 pub mod event;
 pub mod feeders;
 pub mod harbor_api;
@@ -17,6 +19,7 @@ pub mod poller;
 pub mod queue;
 pub mod reconcile;
 pub mod registry;
+pub mod registry_kind;
 pub mod repository;
 pub mod rules;
 pub mod secrets;
@@ -24,6 +27,7 @@ pub mod server;
 pub mod settle;
 pub mod task;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;
 pub mod worker;
 

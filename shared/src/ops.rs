@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::event::{Artifact, EventKind, Format, HarborEvent};
 use crate::plan::plan;
 use crate::registry::retry::RetryPolicy;
-use crate::registry::{ClientOptions, RegistryClient, RegistryError, Role};
+use crate::registry::{RegistryClient, RegistryError};
 use crate::repository::{RepositoryPath, Tag};
 use crate::rules::Pattern;
 use crate::secrets::SecretSource;
@@ -29,34 +29,23 @@ pub struct CheckLine {
 /// destination. Errors name the registry and status, never a secret.
 pub async fn check(config: &Config, secrets: &SecretSource) -> Vec<CheckLine> {
     let retry = RetryPolicy { attempts: 2, ..RetryPolicy::default() };
-    let mut targets = vec![(
-        "source".to_owned(),
-        config.source.url.clone(),
-        config.source.credentials.clone(),
-        config.source.insecure,
-        config.source.token_realms.clone(),
-        Role::Source,
-    )];
-    for r in &config.registries {
-        let realms = r.token_realms.clone();
-        targets.push((r.name.clone(), r.url.clone(), r.credentials.clone(), r.insecure, realms, Role::Destination));
-    }
     let mut lines = Vec::new();
-    for (name, url, creds, insecure, token_realms, role) in targets {
-        let result = async {
-            let credentials = match &creds {
-                Some(c) => Some(secrets.credentials(c).await.map_err(|e| e.to_string())?),
-                None => None,
-            };
-            let options = ClientOptions { insecure, retry, token_realms, ..Default::default() };
-            let client =
-                RegistryClient::new(&name, url.clone(), role, credentials, options).map_err(|e| e.to_string())?;
-            client.ping().await.map_err(|e| e.to_string())
-        }
-        .await;
-        lines.push(CheckLine { name, url: url.to_string(), result });
+    let source = crate::bootstrap::source_client(config, secrets, retry).await;
+    lines.push(ping("source", &config.source.url, source.map_err(|e| e.to_string())).await);
+    for r in &config.registries {
+        // Built as the worker builds it: an ECR destination gets its token.
+        let client = crate::bootstrap::destination_client(r, secrets, retry, None).await.map(|(c, _, _)| c);
+        lines.push(ping(&r.name, &r.url, client.map_err(|e| e.to_string())).await);
     }
     lines
+}
+
+async fn ping(name: &str, url: &url::Url, client: Result<RegistryClient, String>) -> CheckLine {
+    let result = match client {
+        Ok(c) => c.ping().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    CheckLine { name: name.to_owned(), url: url.to_string(), result }
 }
 
 /// What `relay replicate` was asked for: `repo`, `repo:tag`, or a glob

@@ -20,7 +20,7 @@ use crate::registry::{Credentials, RegistryClient};
 pub struct CredentialReloader {
     secrets: SecretSource,
     /// Registry name (`source` for the source) → where its credentials live.
-    refs: HashMap<String, CredentialsRef>,
+    refs: HashMap<String, CredentialSource>,
     ttl: Duration,
     /// When each was last read (or tried), for the TTL.
     read_at: Mutex<HashMap<String, Instant>>,
@@ -32,13 +32,22 @@ pub struct CredentialReloader {
     pub reads_on_denial: AtomicU64,
 }
 
+/// Where a registry's credentials come from.
+pub enum CredentialSource {
+    /// The configuration's reference (environment or Secrets Manager).
+    Configured(CredentialsRef),
+    /// ECR's `GetAuthorizationToken` (kind `ecr`): cached until shortly
+    /// before the token expires.
+    Ecr(Arc<crate::ecr::EcrControl>),
+}
+
 /// A registry's credentials are re-read at most this often: the tasks of a
 /// batch denied together cause one read, not one each.
 pub const REREAD_EVERY: Duration = Duration::from_secs(1);
 
 impl CredentialReloader {
     /// `refs` were read just now (at start-up).
-    pub fn new(secrets: SecretSource, refs: HashMap<String, CredentialsRef>, ttl: Duration) -> Self {
+    pub fn new(secrets: SecretSource, refs: HashMap<String, CredentialSource>, ttl: Duration) -> Self {
         let now = Instant::now();
         let read_at = refs.keys().map(|k| (k.clone(), now)).collect();
         CredentialReloader {
@@ -60,7 +69,7 @@ impl CredentialReloader {
             return;
         }
         self.reads_on_expiry.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.read_into(client).await {
+        if let Err(e) = self.read_into(client, false).await {
             tracing::warn!(registry = client.name(), error = %e, "reading credentials again failed; keeping the current ones");
         }
     }
@@ -74,7 +83,7 @@ impl CredentialReloader {
         }
         if self.claim(&self.denied_at, client.name(), REREAD_EVERY) {
             self.reads_on_denial.fetch_add(1, Ordering::Relaxed);
-            self.read_into(client).await?;
+            self.read_into(client, true).await?;
             tracing::info!(registry = client.name(), "credentials denied: read them again");
         }
         Ok(true)
@@ -94,10 +103,16 @@ impl CredentialReloader {
         true
     }
 
-    async fn read_into(&self, client: &RegistryClient) -> Result<(), SecretError> {
-        let Some(r) = self.refs.get(client.name()) else { return Ok(()) };
+    /// `renew`: the registry denied the current ones (an ECR token is then
+    /// fetched again even if it has not expired).
+    async fn read_into(&self, client: &RegistryClient, renew: bool) -> Result<(), SecretError> {
+        let Some(source) = self.refs.get(client.name()) else { return Ok(()) };
         self.read_at.lock().expect("credential read lock").insert(client.name().to_owned(), Instant::now());
-        client.set_credentials(Some(self.secrets.credentials(r).await?));
+        let credentials = match source {
+            CredentialSource::Configured(r) => self.secrets.credentials(r).await?,
+            CredentialSource::Ecr(ecr) => ecr.credentials(renew).await?,
+        };
+        client.set_credentials(Some(credentials));
         Ok(())
     }
 }
@@ -124,6 +139,10 @@ pub enum SecretError {
     MissingEnv(String),
     #[error("secret {id}: {reason}")]
     Secret { id: String, reason: String },
+    #[error("file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error(transparent)]
+    Ecr(#[from] crate::ecr::EcrError),
 }
 
 #[derive(serde::Deserialize)]
@@ -184,6 +203,15 @@ impl SecretSource {
             return Err(SecretError::Weak { field, chars: short.chars().count() });
         }
         Ok(AuthValues { values })
+    }
+
+    /// A private CA bundle (PEM) from a file or a Secrets Manager secret.
+    pub async fn ca_bundle(&self, source: &crate::registry_kind::CaSource) -> Result<Vec<u8>, SecretError> {
+        match source {
+            crate::registry_kind::CaSource::File(path) => std::fs::read(path)
+                .map_err(|e| SecretError::File { path: path.display().to_string(), reason: e.to_string() }),
+            crate::registry_kind::CaSource::Secret(id) => Ok(self.secret_string(id).await?.into_bytes()),
+        }
     }
 
     fn env_var(&self, name: &str) -> Result<String, SecretError> {

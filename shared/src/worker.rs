@@ -14,9 +14,8 @@ use tracing::Instrument;
 use crate::config::WorkerSettings;
 use crate::feeders::{feeders, ListingError, SourceListing};
 use crate::harbor_api::HarborApi;
-use crate::health::{Gate, Health};
+use crate::health::Gate;
 use crate::metrics::{self, Unit};
-use crate::registry::ledger::BlobLedger;
 use crate::registry::pace;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::throttle::Throttle;
@@ -166,13 +165,7 @@ where
         .await
 }
 
-/// A destination registry: its client, what this worker knows of its
-/// blobs, and whether it answers at all.
-pub struct Destination {
-    pub client: RegistryClient,
-    pub ledger: BlobLedger,
-    pub health: Health,
-}
+pub use crate::destination::Destination;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskFailure {
@@ -191,6 +184,10 @@ pub enum TaskFailure {
     /// Denied, and the credentials could not be read again.
     #[error("cannot read the credentials again after a denial: {0}")]
     Credentials(#[from] SecretError),
+    /// The destination's kind could not make the repository ready (ECR
+    /// repository, Harbor project): nothing was copied.
+    #[error("cannot prepare the destination repository: {0}")]
+    Prepare(#[from] crate::destination::PrepareError),
 }
 
 impl TaskFailure {
@@ -201,6 +198,8 @@ impl TaskFailure {
             TaskFailure::Decode(_) | TaskFailure::UnknownRegistry(_) => Disposition::Permanent,
             TaskFailure::Parked(_) => Disposition::Park,
             TaskFailure::Listing(_) | TaskFailure::Credentials(_) => retry(None),
+            TaskFailure::Prepare(e) if e.is_denied() => Disposition::Permanent,
+            TaskFailure::Prepare(_) => retry(None),
             TaskFailure::Copy(CopyError::Manifest(_)) => Disposition::Permanent,
             TaskFailure::Copy(CopyError::Deadline { progressed: true, .. }) => Disposition::Continue,
             TaskFailure::Copy(CopyError::Deadline { progressed: false, .. }) => retry(None),
@@ -383,7 +382,10 @@ impl Worker {
         };
         pace::within(stop_at, async {
             match task.action {
-                Action::Copy => Ok(copier.copy(task).await?),
+                Action::Copy => {
+                    destination.prepare(&task.destination.repository).await?;
+                    Ok(copier.copy(task).await?)
+                }
                 Action::Delete => {
                     let listing =
                         SourceListing { source: &self.source, harbor: self.harbor.as_ref(), page_size: LISTING_PAGE };

@@ -47,6 +47,8 @@ pub enum Op {
 pub enum Fault {
     /// Answer this status, with `Retry-After` if given.
     Status(u16, Option<String>),
+    /// Answer this status with this JSON body (a registry's own error).
+    Answer(u16, &'static str),
     /// Send half the blob, then break the connection.
     ResetMidBody,
     /// Send the body in 4 KiB pieces with this pause between them.
@@ -265,6 +267,10 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
     }
     if let Some(Fault::RedirectTo(url)) = &fault {
         return (StatusCode::TEMPORARY_REDIRECT, [("location", url.clone())]).into_response();
+    }
+    if let Some(Fault::Answer(code, body)) = &fault {
+        let code = StatusCode::from_u16(*code).unwrap();
+        return (code, [("content-type", "application/json")], *body).into_response();
     }
     if let Some(Fault::Status(code, after)) = &fault {
         let mut r = status(*code);

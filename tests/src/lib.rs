@@ -6,11 +6,12 @@
 
 pub mod app;
 pub mod fake;
-pub mod htpasswd;
+pub mod harbor;
 pub mod image;
 pub mod plain;
 pub mod proxy;
 pub mod soak;
+pub mod spawned;
 pub mod stack;
 pub mod token;
 
@@ -66,9 +67,20 @@ pub fn planned_tasks(
     tag: &str,
     digest: &str,
 ) -> Vec<relay::Task> {
-    let body = harbor_push_event(kind, stack.source_host(), repo, Some(tag), digest, now());
-    let event =
-        relay::event::HarborEvent::parse(relay::event::Format::Default, body.as_bytes(), stack.source_host()).unwrap();
+    planned_tasks_on(config, stack.source_host(), kind, repo, tag, digest)
+}
+
+/// [`planned_tasks`] for a source at `source_host` (`host:port`).
+pub fn planned_tasks_on(
+    config: &relay::Config,
+    source_host: &str,
+    kind: &str,
+    repo: &str,
+    tag: &str,
+    digest: &str,
+) -> Vec<relay::Task> {
+    let body = harbor_push_event(kind, source_host, repo, Some(tag), digest, now());
+    let event = relay::event::HarborEvent::parse(relay::event::Format::Default, body.as_bytes(), source_host).unwrap();
     let mut n = 0;
     relay::plan::plan(config, &event, None, &mut || {
         n += 1;

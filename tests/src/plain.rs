@@ -20,7 +20,12 @@ pub fn sha256(bytes: &[u8]) -> String {
 
 impl PlainRegistry {
     pub fn new(base: &str, basic: Option<(String, String)>) -> Self {
-        PlainRegistry { base: base.trim_end_matches('/').to_owned(), http: reqwest::Client::new(), basic }
+        Self::with_http(base, basic, reqwest::Client::new())
+    }
+
+    /// With a client of the caller's (e.g. one that trusts a test CA).
+    pub fn with_http(base: &str, basic: Option<(String, String)>, http: reqwest::Client) -> Self {
+        PlainRegistry { base: base.trim_end_matches('/').to_owned(), http, basic }
     }
 
     fn req(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {

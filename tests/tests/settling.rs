@@ -269,13 +269,13 @@ async fn a_rotated_secret_is_read_again_and_a_denial_after_that_is_final() {
 /// succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_registry_passwords_need_no_restart() {
-    use relay_tests::htpasswd::HtpasswdRegistry;
+    use relay_tests::spawned::SpawnedRegistry;
     use std::sync::atomic::Ordering::Relaxed;
     let stack = Stack::load().unwrap();
     let (_, sm) = bootstrap::aws_clients().await;
     let pw = |n: u32| format!("rotation-{n}-{:016x}", rand::random::<u64>());
     let (p1, p2, p3) = (pw(1), pw(2), pw(3));
-    let registry = HtpasswdRegistry::start(&[("relay-a", &p1)]).await.unwrap();
+    let registry = SpawnedRegistry::start(&[("relay-a", &p1)]).await.unwrap();
     let secret = format!("relay-test/rotation-{:08x}", rand::random::<u32>());
     let value = |user: &str, password: &str| serde_json::json!({ "username": user, "password": password }).to_string();
     sm.create_secret().name(&secret).secret_string(value("relay-a", &p1)).send().await.unwrap();

@@ -247,10 +247,16 @@ impl Copier<'_> {
         let mut moved = false;
         for (src_tag, tag) in tags {
             match self.tag_still_due(task, src_tag, tag).await? {
-                TagCheck::Due => {
-                    self.destination.put_manifest(dst_repo, tag.as_str(), &root).await?;
-                    report.tags_pushed.push(tag.clone());
-                }
+                TagCheck::Due => match self.destination.put_manifest(dst_repo, tag.as_str(), &root).await {
+                    Ok(_) => report.tags_pushed.push(tag.clone()),
+                    // An immutable tag (ECR) that already points elsewhere
+                    // is kept, as override: false would keep it.
+                    Err(e) if e.is_immutable_tag() => {
+                        tracing::info!(%tag, "the destination's tag is immutable and points elsewhere: kept");
+                        report.tags_skipped.push(tag.clone());
+                    }
+                    Err(e) => return Err(e.into()),
+                },
                 TagCheck::MovedAtSource => moved = true,
                 TagCheck::TakenAtDestination => report.tags_skipped.push(tag.clone()),
             }

@@ -57,6 +57,11 @@ impl RegistryClient {
         self.credentials.read().expect("credentials lock").as_ref().map(Credentials::basic_header)
     }
 
+    /// The credentials in use (for the same registry's other APIs).
+    pub fn credentials(&self) -> Option<Credentials> {
+        self.credentials.read().expect("credentials lock").clone()
+    }
+
     /// Uses `credentials` from now on (a rotated secret, re-read), and
     /// forgets the tokens the old ones obtained.
     pub fn set_credentials(&self, credentials: Option<Credentials>) {

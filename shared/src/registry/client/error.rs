@@ -13,6 +13,10 @@ use crate::digest::Digest;
 pub enum RegistryError {
     #[error("{registry}: {method} {path}: connection failed: {reason}")]
     Transport { registry: String, method: Method, path: String, reason: String },
+    /// The registry's certificate did not verify: no retry changes that,
+    /// and it says nothing about whether the registry is up.
+    #[error("{registry}: TLS: {reason} (a registry behind a private CA needs ca_file or ca_secret_id)")]
+    Certificate { registry: String, reason: String },
     #[error("{registry}: {path}: HTTP {status}{detail}")]
     Status {
         registry: String,
@@ -51,6 +55,7 @@ impl RegistryError {
     pub fn registry(&self) -> &str {
         match self {
             RegistryError::Transport { registry, .. }
+            | RegistryError::Certificate { registry, .. }
             | RegistryError::Status { registry, .. }
             | RegistryError::Denied { registry, .. }
             | RegistryError::Reauthenticate { registry, .. }
@@ -90,6 +95,12 @@ impl RegistryError {
             _ => false,
         }
     }
+}
+
+/// Whether a transport failure is a certificate that did not verify
+/// (rustls says "invalid peer certificate").
+pub(super) fn is_certificate(e: &reqwest::Error) -> bool {
+    redact(e).contains("invalid peer certificate")
 }
 
 /// A reqwest error's text without its URL (which may carry a query with

@@ -76,6 +76,12 @@ pub struct ClientOptions {
     pub token_realms: Vec<Url>,
     /// Whole-request bound for everything but blob streams.
     pub request_timeout: Duration,
+    /// A private CA bundle (PEM) to verify the certificate against instead
+    /// of the platform's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Whether a 413 to a whole blob may switch uploads to chunks (not for a
+    /// registry that mishandles chunked uploads, such as ECR).
+    pub chunked_uploads: bool,
 }
 
 impl Default for ClientOptions {
@@ -85,6 +91,8 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             token_realms: Vec::new(),
             request_timeout: REQUEST_TIMEOUT,
+            ca_pem: None,
+            chunked_uploads: true,
         }
     }
 }
@@ -97,15 +105,14 @@ impl RegistryClient {
         credentials: Option<Credentials>,
         options: ClientOptions,
     ) -> Result<RegistryClient, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .http1_only()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(32)
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
-            .tls_danger_accept_invalid_certs(options.insecure)
-            .user_agent(concat!("harbor-relay/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("harbor-relay/", env!("CARGO_PKG_VERSION")));
+        let http = crate::tls::configure(builder, options.insecure, options.ca_pem.as_deref())?.build()?;
         Ok(RegistryClient {
             name: name.into(),
             base,
@@ -117,7 +124,7 @@ impl RegistryClient {
             auth: Mutex::new(authorize::AuthState::default()),
             retry: options.retry,
             requests: Default::default(),
-            quirks: Default::default(),
+            quirks: quirks::Quirks::new(options.chunked_uploads),
         })
     }
 

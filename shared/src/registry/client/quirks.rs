@@ -5,10 +5,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::RegistryClient;
+use super::{RegistryClient, RegistryError};
 
-#[derive(Default)]
 pub(super) struct Quirks {
+    /// Chunks are never tried (the registry mishandles them; it says so
+    /// through its kind, not an answer).
+    chunks_allowed: bool,
     /// The referrers API answered 404: the tag schema is asked straight away.
     referrers_api_absent: AtomicBool,
     /// 0: whole blobs in one `PUT`. Otherwise the chunk size for `PATCH`
@@ -18,6 +20,10 @@ pub(super) struct Quirks {
 }
 
 impl Quirks {
+    pub(super) fn new(chunks_allowed: bool) -> Quirks {
+        Quirks { chunks_allowed, referrers_api_absent: Default::default(), chunk_size: Default::default() }
+    }
+
     pub(super) fn referrers_api_absent(&self) -> bool {
         self.referrers_api_absent.load(Ordering::Relaxed)
     }
@@ -32,6 +38,23 @@ const FIRST_CHUNK: u64 = 8 * 1024 * 1024;
 /// Chunks are never made smaller than this when 413s continue.
 const SMALLEST_CHUNK: u64 = 64 * 1024;
 
+impl RegistryError {
+    /// The registry refused to move an immutable tag: ECR answers a
+    /// manifest `PUT` onto a tag of an `IMMUTABLE` repository that points
+    /// elsewhere with 400 `TAG_INVALID` "… cannot be overwritten because
+    /// the repository is immutable".
+    pub fn is_immutable_tag(&self) -> bool {
+        match self {
+            RegistryError::Status { status, detail, .. } => {
+                *status == reqwest::StatusCode::BAD_REQUEST
+                    && detail.contains("TAG_INVALID")
+                    && detail.contains("immutable")
+            }
+            _ => false,
+        }
+    }
+}
+
 impl RegistryClient {
     /// The chunk size for uploads to this registry; `None`: whole blobs.
     pub fn chunk_size(&self) -> Option<u64> {
@@ -44,6 +67,9 @@ impl RegistryClient {
     /// smaller. Concurrent uploads that fail together shrink once.
     pub fn shrink_chunks(&self, used: Option<u64>, blob_size: u64) -> bool {
         use std::sync::atomic::Ordering::SeqCst;
+        if !self.quirks.chunks_allowed {
+            return false;
+        }
         let was = used.unwrap_or(0);
         if self.quirks.chunk_size.load(SeqCst) != was {
             return true; // another upload shrank them meanwhile: retry with those

@@ -12,7 +12,7 @@ use url::Url;
 use super::super::auth::Challenge;
 use super::super::pace;
 use super::super::retry::{is_retryable, parse_retry_after};
-use super::error::redact;
+use super::error::{is_certificate, redact};
 use super::{header_str, RegistryClient, RegistryError};
 
 /// An error body is read this far and no further (a hostile or broken
@@ -52,7 +52,11 @@ impl RegistryClient {
             retry += 1;
             let resp = match outcome {
                 Ok(resp) => resp,
-                Err(e) if retry < self.retry.attempts && pace::wait_fits(self.retry.delay(retry, None)) => {
+                Err(e)
+                    if retry < self.retry.attempts
+                        && !is_certificate(&e)
+                        && pace::wait_fits(self.retry.delay(retry, None)) =>
+                {
                     tracing::warn!(registry = %self.name, %method, path = url.path(), error = %e, retry, "request failed, retrying");
                     tokio::time::sleep(self.retry.delay(retry, None)).await;
                     continue;
@@ -181,6 +185,9 @@ impl RegistryClient {
     }
 
     fn transport(&self, method: &Method, path: &str, e: &reqwest::Error) -> RegistryError {
+        if is_certificate(e) {
+            return RegistryError::Certificate { registry: self.name.clone(), reason: redact(e) };
+        }
         RegistryError::Transport {
             registry: self.name.clone(),
             method: method.clone(),
