@@ -80,10 +80,14 @@ fn transformed_template_wires_queue_worker_and_webhook() {
     assert_eq!(url["AuthType"], "NONE");
     assert_eq!(url["TargetFunctionArn"], json!({"Ref": "WebhookFunction"}));
 
-    // IAM: SQS only on the copy queue, secrets only the named ones, nothing on "*".
+    // IAM: SQS only on the copy queue, secrets only the named ones, nothing
+    // on "*" but ECR's GetAuthorizationToken (it has no resource).
     for role in ["WebhookFunctionRole", "WorkerRole"] {
         let policies = serde_json::to_string(&r[role]["Properties"]["Policies"]).unwrap();
-        assert!(!policies.contains("\"Resource\":\"*\""), "{role} grants on *: {policies}");
+        let on_star = serde_json::to_string(&r[role]["Properties"]["Policies"])
+            .unwrap()
+            .replace("{\"Action\":\"ecr:GetAuthorizationToken\",\"Effect\":\"Allow\",\"Resource\":\"*\"}", "");
+        assert!(!on_star.contains("\"Resource\":\"*\""), "{role} grants on *: {policies}");
         assert!(policies.contains("\"secretsmanager:GetSecretValue\""), "{role}");
         assert!(policies.contains("{\"Ref\":\"SecretArns\"}"), "{role} reads only the named secrets");
         assert!(policies.contains("CopyQueue"), "{role} is scoped to the copy queue");
@@ -106,6 +110,22 @@ fn transformed_template_wires_queue_worker_and_webhook() {
     assert_eq!(env["RELAY_DLQ_URL"], json!({"Ref": "DeadLetterQueue"}));
     assert_eq!(env["RELAY_QUEUE_URL"], json!({"Ref": "CopyQueue"}), "Globals merged");
     assert_eq!(r["WorkerFunction"]["Properties"]["Role"], get_att("WorkerRole", "Arn"));
+
+    // ECR (opt-in): the token on *, the copy's actions on the prefix only.
+    let ecr = &r["WorkerRole"]["Properties"]["Policies"][4];
+    assert_eq!(ecr["Fn::If"][0], "EcrEnabled");
+    let statements = &ecr["Fn::If"][1]["PolicyDocument"]["Statement"];
+    assert_eq!(statements[0], json!({"Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"}));
+    let actions: Vec<&str> = statements[1]["Action"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    for needed in ["ecr:CreateRepository", "ecr:InitiateLayerUpload", "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:BatchGetImage"] {
+        assert!(actions.contains(&needed), "{needed} missing: {actions:?}");
+    }
+    assert!(!actions.iter().any(|a| a.ends_with('*') || *a == "ecr:DeleteRepository"), "{actions:?}");
+    let scoped = serde_json::to_string(&statements[1]["Resource"]).unwrap();
+    assert!(scoped.contains("repository/${EcrRepositoryPrefix}*"), "{scoped}");
+    let cross = &r["WorkerRole"]["Properties"]["Policies"][5]["Fn::If"][1]["PolicyDocument"]["Statement"][0];
+    assert_eq!(cross["Action"], "sts:AssumeRole");
+    assert_eq!(cross["Resource"], json!({"Ref": "EcrAssumeRoleArns"}));
 
     // Reconcile: an EventBridge schedule from the parameter, one sweep at a time.
     let sweep = &r["ReconcileFunctionSweep"]["Properties"];
