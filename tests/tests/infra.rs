@@ -117,7 +117,13 @@ fn transformed_template_wires_queue_worker_and_webhook() {
     let statements = &ecr["Fn::If"][1]["PolicyDocument"]["Statement"];
     assert_eq!(statements[0], json!({"Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"}));
     let actions: Vec<&str> = statements[1]["Action"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    for needed in ["ecr:CreateRepository", "ecr:InitiateLayerUpload", "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:BatchGetImage"] {
+    for needed in [
+        "ecr:CreateRepository",
+        "ecr:InitiateLayerUpload",
+        "ecr:CompleteLayerUpload",
+        "ecr:PutImage",
+        "ecr:BatchGetImage",
+    ] {
         assert!(actions.contains(&needed), "{needed} missing: {actions:?}");
     }
     assert!(!actions.iter().any(|a| a.ends_with('*') || *a == "ecr:DeleteRepository"), "{actions:?}");

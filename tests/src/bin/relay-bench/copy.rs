@@ -250,6 +250,62 @@ pub async fn copy_once(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The kind seam on the hot path: the same 1 GiB copy into the same
+/// registry, once as an `ecr`-kind destination (token from moto's
+/// `GetAuthorizationToken`, `CreateRepository` before the first push) and
+/// once as a plain `registry` with the same credentials; alternated, best
+/// of three each.
+pub async fn kinds() -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let stack = Stack::load()?;
+    let ecr = aws_sdk_ecr::Client::new(&bootstrap::aws_config().await);
+    let token = ecr.get_authorization_token().send().await.context("ECR control plane (moto)")?;
+    let token = token.authorization_data().first().and_then(|d| d.authorization_token()).context("token")?;
+    let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(token)?)?;
+    let (user, password) = decoded.split_once(':').context("user:password")?;
+    let registry = relay_tests::spawned::SpawnedRegistry::start(&[(user, password)]).await?;
+    // The children read the password of the `registry`-kind run from here.
+    std::env::set_var("RELAY_BENCH_DST_PASSWORD", password);
+    let config = |kind: &str, fields: &str| -> anyhow::Result<std::path::PathBuf> {
+        let path = std::env::temp_dir().join(format!("relay-bench-kind-{kind}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "source: {{ url: {} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: cluster1-registry, url: {}, {fields} }}\nrules:\n  - {{ name: all, destination: {{ registry: cluster1-registry }} }}\n",
+                stack.source_url, registry.url
+            ),
+        )?;
+        Ok(path)
+    };
+    let plain =
+        config("registry", &format!("credentials: {{ username: {user}, password_env: RELAY_BENCH_DST_PASSWORD }}"))?;
+    let ecr_kind = config("ecr", "kind: ecr, region: us-east-1")?;
+
+    let id = run_id();
+    let repo = format!("bench-{id}/kinds");
+    eprintln!("generating the 1 GiB image…");
+    image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 8, 128 * MIB).await?;
+    let (_, source_manifest) = stack.source().get_manifest(&repo, "v1").await?.context("source manifest")?;
+    let dest = registry.client(user, password);
+    let mut runs: Vec<(&str, Measured)> = Vec::new();
+    for round in 0..3 {
+        for (kind, cfg) in [("registry", &plain), ("ecr", &ecr_kind)] {
+            let dst_repo = format!("{kind}-{id}-{round}/kinds");
+            runs.push((kind, measure(relay_once(cfg, &repo, "v1", &dst_repo))?));
+            let (_, copied) = dest.get_manifest(&dst_repo, "v1").await?.context("destination manifest")?;
+            anyhow::ensure!(copied == source_manifest, "{kind}: destination manifest differs");
+        }
+    }
+    let best = |kind: &str| runs.iter().filter(|(k, _)| *k == kind).map(|(_, m)| m).min_by_key(|m| m.wall).unwrap();
+    let (r, e) = (best("registry"), best("ecr"));
+    println!("## Destination kinds (`make bench`, relay-bench kinds)\n");
+    println!("The 1 GiB image (8 random layers of 128 MiB) into the same registry, best of three each, alternated:\n");
+    println!("| destination kind | wall | × registry kind | peak RSS |\n|---|---|---|---|");
+    row("`registry` (credentials from the configuration)", r, r);
+    row("`ecr` (token from GetAuthorizationToken, CreateRepository first; moto)", e, r);
+    Ok(())
+}
+
 /// 20 images sharing two large base layers, 20 repositories of one project.
 pub async fn shared() -> anyhow::Result<()> {
     let stack = Stack::load()?;

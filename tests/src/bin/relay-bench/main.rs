@@ -28,6 +28,7 @@ async fn run() -> anyhow::Result<()> {
         "copy" => copy::run().await,
         "shared" => copy::shared().await,
         "reconcile" => copy::reconcile().await,
+        "kinds" => copy::kinds().await,
         "copy-once" => copy::copy_once(&args[1..]).await,
         other => anyhow::bail!("unknown benchmark {other}"),
     }
