@@ -498,6 +498,19 @@ mod tests {
         assert_eq!(c.rules[0].destination.registry, "cluster1-registry");
         assert_eq!(c.webhook, WebhookAuthSource::Env("RELAY_WEBHOOK_AUTH".into()));
         assert_eq!(c.secrets, SecretSettings { ttl_seconds: 300, fail_closed_after_seconds: 3600 });
+        assert_eq!(c.registries[0].kind, RegistryKind::Registry);
+    }
+
+    #[test]
+    fn kinds_and_private_cas_parse() {
+        let yaml = BASE.replace(
+            "registries: [{ name: r, url: 'https://t' }]",
+            "registries: [{ name: r, url: 'https://123456789012.dkr.ecr.us-west-2.amazonaws.com', kind: ecr, ca_secret_id: ca }]",
+        );
+        let c = Config::parse(&yaml).unwrap();
+        let RegistryKind::Ecr(e) = &c.registries[0].kind else { panic!("{:?}", c.registries[0].kind) };
+        assert_eq!((e.region.as_str(), e.registry_id.as_deref()), ("us-west-2", Some("123456789012")));
+        assert_eq!(c.registries[0].ca, Some(CaSource::Secret("ca".into())));
     }
 
     fn error_of(yaml: &str) -> String {
@@ -520,6 +533,10 @@ mod tests {
             (format!("{BASE}rules: [{{ name: x, destination: {{ registry: r }} }}, {{ name: x, destination: {{ registry: r }} }}]"), "rules[1].name"),
             (BASE.replace("name: r,", "name: r, colour: red,"), "colour"),
             (format!("{BASE}secrets: {{ ttl_seconds: 0 }}"), "secrets.ttl_seconds"),
+            (BASE.replace("name: r,", "name: r, create_projects: true,"), "registries[0].create_projects"),
+            (BASE.replace("name: r,", "name: r, kind: ecr,"), "registries[0].region"),
+            (BASE.replace("name: r,", "name: r, ca_file: '', ca_secret_id: x,"), "registries[0].ca_file"),
+            (BASE.replace("name: r,", "name: r, kind: quay,"), "kind"),
             (format!("{BASE}secrets: {{ ttl_seconds: 600, fail_closed_after_seconds: 300 }}"), "secrets.fail_closed_after_seconds"),
         ];
         for (yaml, field) in cases {
