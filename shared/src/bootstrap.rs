@@ -269,11 +269,46 @@ pub async fn shutdown_signal() {
 }
 
 /// Turns a Lambda context deadline (wall-clock milliseconds since the
-/// epoch) into an `Instant`, which the copy engine and reconcile compare
-/// against without further clock reads.
-pub fn deadline_from_epoch_ms(deadline_ms: u64) -> std::time::Instant {
+/// epoch, as AWS sends it) into an `Instant`, which the copy engine and
+/// reconcile compare against without further clock reads.
+///
+/// A deadline that cannot be trusted — already past when the invocation
+/// starts, or further away than the function's `timeout` allows (a local
+/// Runtime API emulator may send a relative value: cargo-lambda 1.9 sends
+/// 600000) — is replaced by `timeout` from now, and said once in the log.
+/// On AWS the deadline is always in the window, so nothing changes there.
+pub fn invocation_deadline(deadline_ms: u64, timeout: Duration) -> std::time::Instant {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    std::time::Instant::now() + Duration::from_millis(deadline_ms).saturating_sub(now)
+    let left = Duration::from_millis(deadline_ms).checked_sub(now);
+    match left {
+        Some(left) if !left.is_zero() && left <= timeout + DEADLINE_SLACK => std::time::Instant::now() + left,
+        _ => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    deadline_ms,
+                    timeout_s = timeout.as_secs(),
+                    "the invocation deadline is not a time in the next function timeout (a local emulator?); using the function timeout instead"
+                )
+            });
+            std::time::Instant::now() + timeout
+        }
+    }
+}
+
+/// How far past the configured timeout a deadline may lie and still be
+/// believed (clock skew between the runtime and this process).
+const DEADLINE_SLACK: Duration = Duration::from_secs(60);
+
+/// The function's configured timeout (`RELAY_FUNCTION_TIMEOUT_SECONDS`, set
+/// by the template from the function's `Timeout`; `default` when unset).
+pub fn function_timeout(default: Duration) -> Duration {
+    std::env::var("RELAY_FUNCTION_TIMEOUT_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| (1..=900).contains(s))
+        .map(Duration::from_secs)
+        .unwrap_or(default)
 }
 
 /// Limits glibc's malloc to one arena. The copy engine's buffers are
@@ -296,4 +331,33 @@ pub fn one_malloc_arena() {
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     one_malloc_arena();
     tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch_ms_in(d: Duration) -> u64 {
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap() + d).as_millis() as u64
+    }
+
+    fn left(deadline: std::time::Instant) -> Duration {
+        deadline.saturating_duration_since(std::time::Instant::now())
+    }
+
+    #[test]
+    fn a_deadline_in_the_timeout_window_is_believed_and_others_are_replaced_by_the_timeout() {
+        let timeout = Duration::from_secs(300);
+        // AWS: epoch milliseconds, inside the timeout.
+        let d = left(invocation_deadline(epoch_ms_in(Duration::from_secs(120)), timeout));
+        assert!(d > Duration::from_secs(119) && d <= Duration::from_secs(120), "{d:?}");
+        // cargo-lambda's emulator: 600000, a relative value, i.e. 1970.
+        let d = left(invocation_deadline(600_000, timeout));
+        assert!(d > Duration::from_secs(299) && d <= timeout, "{d:?}");
+        // Absurdly far off.
+        let d = left(invocation_deadline(epoch_ms_in(Duration::from_secs(86_400)), timeout));
+        assert!(d <= timeout, "{d:?}");
+        // Zero (no deadline sent).
+        assert!(left(invocation_deadline(0, timeout)) > Duration::from_secs(299));
+    }
 }

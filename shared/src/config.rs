@@ -152,6 +152,14 @@ pub struct WorkerSettings {
 }
 
 impl WorkerSettings {
+    /// The margin kept before `deadline`: `deadline_margin_seconds`, but at
+    /// most a quarter of the time left, so a function with a short timeout
+    /// (10 s, with the default 15 s margin) still copies.
+    pub fn margin_before(&self, deadline: std::time::Instant) -> std::time::Duration {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        std::time::Duration::from_secs(self.deadline_margin_seconds).min(left / 4)
+    }
+
     pub fn min_throughput(&self) -> crate::registry::pace::MinThroughput {
         crate::registry::pace::MinThroughput {
             bytes_per_second: self.min_throughput_bytes_per_second,

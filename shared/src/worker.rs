@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{stream, FutureExt, StreamExt};
 use tracing::Instrument;
@@ -368,7 +368,7 @@ impl Worker {
         destination: &Destination,
         deadline: Option<Instant>,
     ) -> Result<CopyReport, TaskFailure> {
-        let stop_at = deadline.map(|d| d - Duration::from_secs(self.settings.deadline_margin_seconds));
+        let stop_at = deadline.map(|d| d - self.settings.margin_before(d));
         let copier = Copier {
             source: &self.source,
             destination: &destination.client,

@@ -267,6 +267,21 @@ async fn bandwidth_limit_holds_the_task_to_its_rate() {
     assert!(secs >= expected * 0.9, "{secs:.2}s for {} bytes at 400 KB/s (≥ {expected:.2}s)", img.blob_bytes);
 }
 
+/// A function with a 10 s timeout and the default 15 s margin still copies:
+/// the margin is at most a quarter of the time left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_function_timeout_still_copies() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("short");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 2, 4096).await;
+    let w = worker(&src.url, &dst.url, false).await;
+    assert_eq!(w.settings.deadline_margin_seconds, 15);
+    let t = task(&img, &repo, &["v1"]);
+    let done = w.run_until(&t, Some(Instant::now() + Duration::from_secs(10))).await.unwrap();
+    assert_eq!(done.outcome, Some(Outcome::Copied));
+    assert!(dst.has_manifest(&repo, "v1"));
+}
+
 /// One blob at a time: the first streams at once, the second is held 4 s by
 /// the fault registry and is still in flight when the deadline (3 s away)
 /// comes. It finishes; the

@@ -43,11 +43,12 @@ async fn main() -> anyhow::Result<()> {
     let app = Arc::new(App { config, worker, queue: TaskQueue::new(sqs, queue_url), cursor });
 
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        let timeout = bootstrap::function_timeout(Duration::from_secs(300));
         lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
             let app = app.clone();
             async move {
-                let remaining =
-                    bootstrap::deadline_from_epoch_ms(event.context.deadline).saturating_duration_since(Instant::now());
+                let remaining = bootstrap::invocation_deadline(event.context.deadline, timeout)
+                    .saturating_duration_since(Instant::now());
                 // Keep a fifth of the time (at least 10 s) to enqueue and save the cursor.
                 let budget = remaining.saturating_sub((remaining / 5).max(Duration::from_secs(10)));
                 run(&app, Some(Instant::now() + budget))

@@ -41,7 +41,8 @@ async fn run() -> anyhow::Result<()> {
     let settler = Arc::new(Settler::new(sqs.clone(), queue_url.clone(), dead_letters, timing));
 
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        lambda_runtime::run(service_fn(move |event| batch(worker.clone(), settler.clone(), event)))
+        let timeout = bootstrap::function_timeout(Duration::from_secs(300));
+        lambda_runtime::run(service_fn(move |event| batch(worker.clone(), settler.clone(), timeout, event)))
             .await
             .map_err(|e| anyhow::anyhow!(e))
     } else {
@@ -68,9 +69,10 @@ async fn run() -> anyhow::Result<()> {
 async fn batch(
     worker: Arc<Worker>,
     settler: Arc<Settler>,
+    timeout: Duration,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    let deadline = Some(bootstrap::deadline_from_epoch_ms(event.context.deadline));
+    let deadline = Some(bootstrap::invocation_deadline(event.context.deadline, timeout));
     let messages = event
         .payload
         .records
