@@ -89,12 +89,34 @@ fn transformed_template_wires_queue_worker_and_webhook() {
             .replace("{\"Action\":\"ecr:GetAuthorizationToken\",\"Effect\":\"Allow\",\"Resource\":\"*\"}", "");
         assert!(!on_star.contains("\"Resource\":\"*\""), "{role} grants on *: {policies}");
         assert!(policies.contains("\"secretsmanager:GetSecretValue\""), "{role}");
-        assert!(policies.contains("{\"Ref\":\"SecretArns\"}"), "{role} reads only the named secrets");
         assert!(policies.contains("CopyQueue"), "{role} is scoped to the copy queue");
         assert!(
             !serde_json::to_string(&r[role]["Properties"]).unwrap().contains("AWSLambdaSQSQueueExecutionRole"),
             "{role}: no all-queues managed policy"
         );
+    }
+    // Secrets per function: the public webhook reads only its auth secret,
+    // the worker and reconcile only registry credentials.
+    let secrets_of = |role: &str| serde_json::to_string(&r[role]["Properties"]["Policies"]).unwrap();
+    assert!(secrets_of("WebhookFunctionRole").contains("{\"Ref\":\"WebhookSecretArns\"}"));
+    assert!(!secrets_of("WebhookFunctionRole").contains("{\"Ref\":\"SecretArns\"}"), "the webhook reads no registry secret");
+    for role in ["WorkerRole", "ReconcileFunctionRole"] {
+        assert!(secrets_of(role).contains("{\"Ref\":\"SecretArns\"}"), "{role}");
+        assert!(!secrets_of(role).contains("WebhookSecretArns"), "{role} reads no webhook secret");
+    }
+    // A flood at the public URL cannot take the worker's concurrency.
+    assert_eq!(
+        r["WebhookFunction"]["Properties"]["ReservedConcurrentExecutions"],
+        json!({"Fn::If": ["WebhookReserved", {"Ref": "WebhookReservedConcurrency"}, {"Ref": "AWS::NoValue"}]})
+    );
+    // Worker and reconcile can run in the operator's VPC.
+    for f in ["WorkerFunction", "ReconcileFunction"] {
+        let vpc = &r[f]["Properties"]["VpcConfig"]["Fn::If"];
+        assert_eq!(vpc[0], "InVpc", "{f}");
+        assert_eq!(vpc[1]["SubnetIds"], json!({"Ref": "VpcSubnetIds"}), "{f}");
+    }
+    for out in ["WebhookFunctionName", "WorkerFunctionName", "ReconcileFunctionName", "WorkerLogGroupName"] {
+        assert!(t["Outputs"][out].is_object(), "output {out}");
     }
     let worker_sqs = serde_json::to_string(&r["WorkerRole"]["Properties"]["Policies"][0]).unwrap();
     assert!(
@@ -152,7 +174,15 @@ fn transformed_template_wires_queue_worker_and_webhook() {
         .filter(|(_, v)| v["Type"] == "AWS::CloudWatch::Alarm")
         .map(|(k, _)| k.as_str())
         .collect();
-    for a in ["DeadLetterAlarm", "OldestTaskAlarm", "WorkerErrorsAlarm", "Webhook5xxAlarm"] {
+    for a in [
+        "DeadLetterAlarm",
+        "OldestTaskAlarm",
+        "WorkerErrorsAlarm",
+        "Webhook5xxAlarm",
+        "WebhookErrorsAlarm",
+        "WebhookUrl5xxAlarm",
+        "ReconcileErrorsAlarm",
+    ] {
         assert!(alarms.contains(&a), "{a} missing");
     }
     assert_eq!(r["Dashboard"]["Type"], "AWS::CloudWatch::Dashboard");
