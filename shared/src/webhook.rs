@@ -310,7 +310,8 @@ impl Webhook {
                 task_id = %t.id, event_key = %event.dedup_key, rule = %t.rules.join(","),
                 source = %format!("{}@{}", t.source.repository, t.source.digest),
                 destination = %format!("{}/{}", t.destination.registry, t.destination.repository),
-                digest = %t.source.digest, action = ?t.action, delay_s = delay.as_secs(), "task enqueued"
+                digest = %t.source.digest, tags = %t.destination.tags.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(","),
+                action = ?t.action, delay_s = delay.as_secs(), "task enqueued"
             );
         }
         let listed: Vec<_> = tasks

@@ -246,6 +246,7 @@ impl Worker {
             rule = %task.rules.join(","),
             source = %format!("{}@{}", task.source.repository, task.source.digest),
             destination = %format!("{}/{}", task.destination.registry, task.destination.repository),
+            tags = %task.destination.tags.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(","),
             digest = %task.source.digest,
         );
         let started = Instant::now();
@@ -299,7 +300,7 @@ impl Worker {
                 match settled {
                     Some(settled) => {
                         self.stats.tasks_failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(outcome, settled, error = %e, duration_ms, "task failed");
+                        tracing::error!(outcome, settled, error = %e, bytes = 0u64, duration_ms, "task failed");
                     }
                     None => {
                         self.stats.tasks_deferred.fetch_add(1, Ordering::Relaxed);

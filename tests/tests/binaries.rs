@@ -60,6 +60,13 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
             .body(body.clone())
             .send()
     };
+    // A task for a registry the worker does not know: it fails (the saved
+    // queries must read its line too).
+    let parsed = relay::Config::parse(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let mut poison = relay_tests::planned_tasks(&parsed, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest).remove(0);
+    poison.destination.registry = "nowhere".into();
+    sqs.send_message().queue_url(&queue).message_body(poison.encode()).send().await.unwrap();
+
     let wrong = "Bearer wrong-secret-attempt-123";
     assert_eq!(post(wrong).await.unwrap().status(), 401);
     let ok = post(&stack.webhook_auth).await.unwrap();
@@ -73,7 +80,12 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
         assert!(started.elapsed() < Duration::from_secs(60), "not replicated");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Let the worker log the end of the task before stopping it.
+    // Both messages received (the poison goes back to the queue invisible),
+    // then let the worker log the ends of the tasks before stopping it.
+    while relay_tests::stack::queue_depth(&sqs, &queue).await.unwrap().0 > 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "messages not received");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let logs = format!("{}\n{}", stop(webhook), stop(worker));
     std::fs::remove_file(&config).ok();
@@ -83,11 +95,7 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
 
     // One correlation id from the webhook's enqueue to the worker's result.
     let lines: Vec<serde_json::Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let with_id = |msg: &str| {
-        lines.iter().any(|l| {
-            l["message"] == msg && (l["task_id"] == task_id.as_str() || l["span"]["task_id"] == task_id.as_str())
-        })
-    };
+    let with_id = |msg: &str| lines.iter().any(|l| l["message"] == msg && l["task_id"] == task_id.as_str());
     assert!(with_id("task enqueued"), "webhook logs the task id");
     assert!(with_id("task done"), "worker logs the same task id");
     assert!(
@@ -96,6 +104,43 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
             .any(|l| l["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "HarborRelay" && l["Outcome"] == "copied"),
         "EMF metrics line"
     );
+
+    // The saved Logs Insights queries read fields the worker really writes,
+    // at the top level of its lines (a failed task's included).
+    let worker_lines: Vec<&serde_json::Value> = lines.iter().filter(|l| l["task_id"].is_string()).collect();
+    let failed = worker_lines.iter().find(|l| l["message"] == "task failed").expect("the poison task failed");
+    let done = worker_lines.iter().find(|l| l["message"] == "task done").expect("a task done");
+    for (query, fields) in saved_query_fields() {
+        for field in fields {
+            let on = |l: &serde_json::Value| l.get(&field).is_some_and(|v| !v.is_null());
+            assert!(on(done) || on(failed), "query {query}: field {field} is on no worker line: {done} {failed}");
+        }
+    }
+    // Every line of a task carries the task's fields, not only its last.
+    for l in &worker_lines {
+        for f in ["task_id", "event_key", "rule", "source", "destination", "digest", "tags"] {
+            assert!(l[f].is_string(), "{f} missing on {l}");
+        }
+    }
+}
+
+/// The `fields` of each saved query in the template (`@` fields are
+/// CloudWatch's own).
+fn saved_query_fields() -> Vec<(String, Vec<String>)> {
+    let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/template.yaml")).unwrap();
+    let mut out = Vec::new();
+    let mut name = String::new();
+    for line in template.lines().map(str::trim) {
+        if let Some(n) = line.strip_prefix("Name: !Sub \"${AWS::StackName}/") {
+            name = n.trim_end_matches('"').to_owned();
+        }
+        if let Some(fields) = line.strip_prefix("fields ") {
+            let fields = fields.split(',').map(str::trim).filter(|f| !f.starts_with('@')).map(str::to_owned).collect();
+            out.push((name.clone(), fields));
+        }
+    }
+    assert!(out.len() >= 2, "saved queries found: {out:?}");
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

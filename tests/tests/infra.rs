@@ -99,7 +99,10 @@ fn transformed_template_wires_queue_worker_and_webhook() {
     // the worker and reconcile only registry credentials.
     let secrets_of = |role: &str| serde_json::to_string(&r[role]["Properties"]["Policies"]).unwrap();
     assert!(secrets_of("WebhookFunctionRole").contains("{\"Ref\":\"WebhookSecretArns\"}"));
-    assert!(!secrets_of("WebhookFunctionRole").contains("{\"Ref\":\"SecretArns\"}"), "the webhook reads no registry secret");
+    assert!(
+        !secrets_of("WebhookFunctionRole").contains("{\"Ref\":\"SecretArns\"}"),
+        "the webhook reads no registry secret"
+    );
     for role in ["WorkerRole", "ReconcileFunctionRole"] {
         assert!(secrets_of(role).contains("{\"Ref\":\"SecretArns\"}"), "{role}");
         assert!(!secrets_of(role).contains("WebhookSecretArns"), "{role} reads no webhook secret");

@@ -26,7 +26,7 @@ struct App {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    relay::telemetry::init(std::env::var("RUST_LOG").ok().as_deref());
+    relay::telemetry::init_from_env();
     let config_location = std::env::var("RELAY_CONFIG")
         .context("RELAY_CONFIG must name the configuration (a path, or ssm:<parameter>)")?;
     let config = bootstrap::load_config(&config_location).await?;

@@ -11,7 +11,7 @@ use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    relay::telemetry::init(std::env::var("RUST_LOG").ok().as_deref());
+    relay::telemetry::init_from_env();
     let config_location = std::env::var("RELAY_CONFIG")
         .context("RELAY_CONFIG must name the configuration file (a path, or ssm:<parameter>)")?;
     let config = Arc::new(bootstrap::load_config(&config_location).await?);

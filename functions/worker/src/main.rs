@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    relay::telemetry::init(std::env::var("RUST_LOG").ok().as_deref());
+    relay::telemetry::init_from_env();
     let config_location = std::env::var("RELAY_CONFIG")
         .context("RELAY_CONFIG must name the configuration file (a path, or ssm:<parameter>)")?;
     let config = bootstrap::load_config(&config_location).await?;
