@@ -509,6 +509,22 @@ mod tests {
         assert_eq!(c.registries[0].kind, RegistryKind::Registry);
     }
 
+    /// The Lambda example validates, and names every secret by `secret_id`:
+    /// the template has no way to set the environment variables the other
+    /// forms read.
+    #[test]
+    fn the_lambda_example_is_valid_and_uses_secrets_manager_only() {
+        let text = include_str!("../../examples/config.lambda.yaml");
+        let c = Config::parse(text).unwrap();
+        assert!(matches!(c.webhook, WebhookAuthSource::Secret(_)));
+        let refs = c.registries.iter().filter_map(|r| r.credentials.as_ref()).chain(c.source.credentials.as_ref());
+        for r in refs {
+            assert!(matches!(r, CredentialsRef::Secret { .. }), "{r:?}");
+        }
+        assert!(!text.contains("password_env") && !text.contains("auth_values_env"));
+        assert!(c.registries.iter().any(|r| matches!(r.kind, RegistryKind::Ecr(_))));
+    }
+
     #[test]
     fn kinds_and_private_cas_parse() {
         let yaml = BASE.replace(
