@@ -34,7 +34,8 @@ build: ## Build both functions for Lambda (arm64, cargo-lambda via sam build); i
 build-local: ## Build the binaries (debug) for standalone use: webhook, worker, relay
 	cargo build --locked -p webhook -p worker -p relay-cli
 
-deploy: build ## sam deploy (first time: make deploy GUIDED=1)
+deploy: build ## sam deploy (first time: make deploy GUIDED=1); CONFIG=file validates it and stores it in SSM first
+	$(if $(CONFIG),cargo run -q --locked -p relay-cli -- config-push $(CONFIG) --parameter $(or $(CONFIG_PARAMETER),/harbor-relay/config),)
 	cd infra && PATH="$(INFRA_BIN):$$PATH" SAM_CLI_TELEMETRY=0 sam deploy $(if $(GUIDED),--guided,)
 
 install: ## Install what the local stack needs (apt packages, uv, LocalStack venv)

@@ -58,6 +58,15 @@ enum Command {
         #[arg(long, env = "RELAY_DLQ_URL")]
         dlq_url: Option<String>,
     },
+    /// Validate a configuration file and store it in the SSM parameter the
+    /// functions read (`ConfigParameterName`): SecureString, Advanced tier
+    /// when over 4 KB. An invalid file is refused and the parameter left.
+    ConfigPush {
+        /// The YAML file.
+        file: std::path::PathBuf,
+        #[arg(long, default_value = "/harbor-relay/config")]
+        parameter: String,
+    },
     /// Copy queue depth, in-flight tasks, dead-letter queue depth.
     Status {
         #[arg(long, env = "RELAY_QUEUE_URL")]
@@ -145,6 +154,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::ConfigPush { file, parameter } => {
+            let pushed = bootstrap::push_config(&file, &parameter).await?;
+            println!(
+                "configuration ok: {} registries, {} rules; stored in {parameter} ({} bytes, {} tier, version {})",
+                pushed.registries, pushed.rules, pushed.bytes, pushed.tier, pushed.version
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Replicate { target, selection } => {
             let config = bootstrap::load_config(&target.config).await?;

@@ -138,6 +138,50 @@ async fn dlq_list_redrive_and_status() {
     assert_eq!(queue_depth(&sqs, &queue).await.unwrap().0, 3);
 }
 
+/// `relay config-push` validates, then stores the file in SSM where the
+/// functions read it; a file over 4 KB goes to the Advanced tier; an invalid
+/// file is refused and the parameter keeps what it had.
+#[tokio::test]
+async fn config_push_validates_and_stores_where_the_functions_read() {
+    let stack = Stack::load().unwrap();
+    let ssm = aws_sdk_ssm::Client::new(&relay::bootstrap::aws_config().await);
+    let name = format!("/harbor-relay/test/push-{:x}", rand::random::<u32>());
+    let good = config_file(&stack, ALL);
+    let out = relay(&["config-push", good.as_str(), "--parameter", &name], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Standard tier"), "{}", text(&out));
+    let stored = ssm.get_parameter().name(&name).with_decryption(true).send().await.unwrap();
+    assert_eq!(stored.parameter().unwrap().value().unwrap(), std::fs::read_to_string(&good.0).unwrap());
+    // What the functions do at cold start with RELAY_CONFIG=ssm:<name>.
+    let check = relay(&["check", "--config", &format!("ssm:{name}")], &[]);
+    assert!(check.status.success(), "{}", text(&check));
+
+    // Many rules: over SSM's 4 KB Standard limit.
+    let rules: String = (0..60)
+        .map(|i| format!("  - name: rule-{i:03}\n    destination: {{ registry: cluster1-registry }}\n"))
+        .collect();
+    let large = config_file(&stack, &rules);
+    assert!(std::fs::metadata(&large.0).unwrap().len() > 4096);
+    let out = relay(&["config-push", large.as_str(), "--parameter", &name], &[]);
+    assert!(out.status.success() && text(&out).contains("Advanced tier"), "{}", text(&out));
+    let described = ssm
+        .describe_parameters()
+        .parameter_filters(
+            aws_sdk_ssm::types::ParameterStringFilter::builder().key("Name").values(&name).build().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(described.parameters()[0].tier(), Some(&aws_sdk_ssm::types::ParameterTier::Advanced));
+
+    let invalid = config_file(&stack, "  - name: x\n    destination: { registry: nope }\n");
+    let out = relay(&["config-push", invalid.as_str(), "--parameter", &name], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("rules[0].destination.registry"), "{}", text(&out));
+    let kept = ssm.get_parameter().name(&name).with_decryption(true).send().await.unwrap();
+    assert_eq!(kept.parameter().unwrap().value().unwrap(), std::fs::read_to_string(&large.0).unwrap());
+}
+
 #[tokio::test]
 async fn configuration_from_an_ssm_parameter() {
     let stack = Stack::load().unwrap();

@@ -257,6 +257,55 @@ pub enum ConfigLoadError {
     Config(#[from] crate::config::ConfigError),
     #[error("cannot read SSM parameter {name}: {reason}")]
     Ssm { name: String, reason: String },
+    #[error("cannot write SSM parameter {name}: {reason}")]
+    SsmWrite { name: String, reason: String },
+}
+
+/// What [`push_config`] stored.
+pub struct PushedConfig {
+    pub registries: usize,
+    pub rules: usize,
+    pub bytes: usize,
+    pub tier: &'static str,
+    pub version: i64,
+}
+
+/// SSM's Standard tier holds at most this many bytes.
+pub const SSM_STANDARD_MAX_BYTES: usize = 4096;
+
+/// Validates the configuration at `file` as the functions will, then
+/// stores it unchanged in the SSM parameter `name` (SecureString; the
+/// Advanced tier when it is too large for Standard). Nothing is written
+/// when the file does not validate.
+pub async fn push_config(file: &std::path::Path, name: &str) -> Result<PushedConfig, ConfigLoadError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|source| crate::config::ConfigError::Read { path: file.display().to_string(), source })?;
+    let config = Config::parse(&text)?;
+    let tier = if text.len() > SSM_STANDARD_MAX_BYTES {
+        aws_sdk_ssm::types::ParameterTier::Advanced
+    } else {
+        aws_sdk_ssm::types::ParameterTier::Standard
+    };
+    let out = aws_sdk_ssm::Client::new(&aws_config().await)
+        .put_parameter()
+        .name(name)
+        .value(&text)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .tier(tier.clone())
+        .overwrite(true)
+        .send()
+        .await
+        .map_err(|e| ConfigLoadError::SsmWrite {
+            name: name.to_owned(),
+            reason: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string(),
+        })?;
+    Ok(PushedConfig {
+        registries: config.registries.len(),
+        rules: config.rules.len(),
+        bytes: text.len(),
+        tier: if tier == aws_sdk_ssm::types::ParameterTier::Advanced { "Advanced" } else { "Standard" },
+        version: out.version(),
+    })
 }
 
 /// Completes on SIGTERM or Ctrl-C: how the standalone binaries stop.
