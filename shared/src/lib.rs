@@ -20,6 +20,7 @@ pub mod queue;
 pub mod reconcile;
 pub mod registry;
 pub mod registry_kind;
+pub mod reload;
 pub mod repository;
 pub mod rules;
 pub mod secrets;

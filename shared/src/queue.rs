@@ -1,6 +1,7 @@
 //! The copy queue (SQS): tasks go in with `SendMessageBatch`, ten at a time,
 //! and failed entries are retried before the caller is told.
 
+pub use aws_sdk_sqs::Client as SqsClient;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;

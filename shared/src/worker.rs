@@ -313,6 +313,15 @@ impl Worker {
         }
     }
 
+    /// Whether every task among `messages` names a registry this worker
+    /// has (undecodable ones do not count: no configuration fixes them).
+    pub fn knows_registries_of(&self, messages: &[Message]) -> bool {
+        messages
+            .iter()
+            .filter_map(|m| Task::decode(&m.body).ok())
+            .all(|t| self.destinations.contains_key(&t.destination.registry))
+    }
+
     /// Runs a decoded task.
     pub async fn run(&self, task: &Task) -> Result<CopyReport, TaskFailure> {
         self.run_until(task, None).await

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use lambda_http::{service_fn, Body, Request, Response};
+use relay::reload::{Reloading, CHECK_EVERY};
 use relay::webhook::{Incoming, Webhook, WebhookOptions};
 use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource};
 
@@ -14,17 +15,31 @@ async fn main() -> anyhow::Result<()> {
     relay::telemetry::init_from_env();
     let config_location = std::env::var("RELAY_CONFIG")
         .context("RELAY_CONFIG must name the configuration file (a path, or ssm:<parameter>)")?;
-    let config = Arc::new(bootstrap::load_config(&config_location).await?);
+
     let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
     let options = WebhookOptions::from_env()?;
 
     let (sqs, secrets_manager) = bootstrap::aws_clients().await;
     let secrets = SecretSource::from_process(Some(secrets_manager));
-    let webhook = Arc::new(bootstrap::webhook(config, &secrets, TaskQueue::new(sqs, queue_url), options).await?);
+    let build = move |config: Arc<relay::Config>| {
+        let (secrets, queue) = (secrets.clone(), TaskQueue::new(sqs.clone(), queue_url.clone()));
+        Box::pin(async move { Ok(bootstrap::webhook(config, &secrets, queue, options).await?) })
+            as relay::reload::Built<Webhook>
+    };
 
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        lambda_http::run(service_fn(move |req| lambda(webhook.clone(), req))).await.map_err(|e| anyhow::anyhow!(e))
+        // Under Lambda the configuration is read again when its parameter
+        // changes: a new rule needs no redeploy.
+        let reloading = Arc::new(Reloading::start(&config_location, CHECK_EVERY, build).await?);
+        lambda_http::run(service_fn(move |req| {
+            let reloading = reloading.clone();
+            async move { lambda(reloading.current().await, req).await }
+        }))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
     } else {
+        let config = Arc::new(bootstrap::load_config(&config_location).await?);
+        let webhook = Arc::new(build(config).await.map_err(|e| anyhow::anyhow!(e))?);
         let addr = std::env::var("RELAY_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
         let listener =
             tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;

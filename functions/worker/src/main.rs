@@ -11,6 +11,7 @@ use lambda_runtime::{service_fn, LambdaEvent};
 use relay::dead_letter::DeadLetters;
 use relay::poller::PollOptions;
 use relay::registry::retry::RetryPolicy;
+use relay::reload::{Reloading, CHECK_EVERY};
 use relay::settle::{Settler, Timing, CONTINUATIONS, PARKED};
 use relay::worker::{Message, Worker};
 use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource};
@@ -23,30 +24,40 @@ async fn run() -> anyhow::Result<()> {
     relay::telemetry::init_from_env();
     let config_location = std::env::var("RELAY_CONFIG")
         .context("RELAY_CONFIG must name the configuration file (a path, or ssm:<parameter>)")?;
-    let config = bootstrap::load_config(&config_location).await?;
     let (sqs, secrets_manager) = bootstrap::aws_clients().await;
     let secrets = SecretSource::from_process(Some(secrets_manager));
-    let worker = Arc::new(bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?);
     let queue_url = std::env::var("RELAY_QUEUE_URL").ok();
     // Failures on their last attempt are dead-lettered with their error
     // (the queue's redrive policy says when; RELAY_DLQ_URL spares a lookup).
     let dlq_url = std::env::var("RELAY_DLQ_URL").ok();
-    let dead_letters = match &queue_url {
-        Some(q) => DeadLetters::discover(&sqs, q, dlq_url.as_deref()).await,
-        None => None,
+    // The worker and how its failures are settled (backoff, dead letter at
+    // once, parked or continued in a fresh message), from one configuration.
+    let build = move |config: Arc<relay::Config>| {
+        let (sqs, secrets, queue_url, dlq_url) = (sqs.clone(), secrets.clone(), queue_url.clone(), dlq_url.clone());
+        Box::pin(async move {
+            let worker = Arc::new(bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?);
+            let dead_letters = match &queue_url {
+                Some(q) => DeadLetters::discover(&sqs, q, dlq_url.as_deref()).await,
+                None => None,
+            };
+            let timing = Timing::from_settings(&config.worker);
+            let settler = Arc::new(Settler::new(sqs.clone(), queue_url, dead_letters, timing));
+            Ok(Pipeline { worker, settler, sqs })
+        }) as relay::reload::Built<Pipeline>
     };
-    // Failures are settled by kind: backoff, dead letter at once, parked
-    // or continued in a fresh message (RELAY_QUEUE_URL names the queue).
-    let timing = Timing::from_settings(&config.worker);
-    let settler = Arc::new(Settler::new(sqs.clone(), queue_url.clone(), dead_letters, timing));
 
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        // Under Lambda the configuration is read again when its parameter
+        // changes: a new registry or rule needs no redeploy.
+        let reloading = Arc::new(Reloading::start(&config_location, CHECK_EVERY, build).await?);
         let timeout = bootstrap::function_timeout(Duration::from_secs(300));
-        lambda_runtime::run(service_fn(move |event| batch(worker.clone(), settler.clone(), timeout, event)))
+        lambda_runtime::run(service_fn(move |event| batch(reloading.clone(), timeout, event)))
             .await
             .map_err(|e| anyhow::anyhow!(e))
     } else {
-        let queue_url = queue_url.context("RELAY_QUEUE_URL must be the copy queue's URL")?;
+        let config = Arc::new(bootstrap::load_config(&config_location).await?);
+        let pipeline = build(config).await.map_err(|e| anyhow::anyhow!(e))?;
+        let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
         // A deadline per batch, as under Lambda (optional).
         let run_for = match std::env::var("RELAY_WORKER_RUN_SECONDS") {
             Ok(v) => Some(Duration::from_secs(
@@ -58,17 +69,24 @@ async fn run() -> anyhow::Result<()> {
             Err(_) => None,
         };
         tracing::info!(queue = %queue_url, "worker polling");
-        let queue = TaskQueue::new(sqs, queue_url);
+        let queue = TaskQueue::new(pipeline.sqs.clone(), queue_url);
         let options = PollOptions { run_for };
-        relay::poller::poll(&queue, &worker, Some(&settler), &options, bootstrap::shutdown_signal()).await;
+        relay::poller::poll(&queue, &pipeline.worker, Some(&pipeline.settler), &options, bootstrap::shutdown_signal())
+            .await;
         Ok(())
     }
 }
 
-/// One SQS batch; failed messages are reported so only they come back.
-async fn batch(
+/// What one configuration builds: the worker and its settler.
+struct Pipeline {
     worker: Arc<Worker>,
     settler: Arc<Settler>,
+    sqs: relay::queue::SqsClient,
+}
+
+/// One SQS batch; failed messages are reported so only they come back.
+async fn batch(
+    reloading: Arc<Reloading<Pipeline>>,
     timeout: Duration,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
@@ -91,8 +109,12 @@ async fn batch(
             }
         })
         .collect();
-    let failures = worker.handle_batch(messages, deadline).await;
-    let failed = settler.settle(failures).await;
+    let messages: Vec<Message> = messages;
+    // A task for a registry the current worker does not know: the
+    // configuration is asked for at once (a registry just added).
+    let pipeline = reloading.current_unless(|p| !p.worker.knows_registries_of(&messages)).await;
+    let failures = pipeline.worker.handle_batch(messages, deadline).await;
+    let failed = pipeline.settler.settle(failures).await;
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failed
         .into_iter()

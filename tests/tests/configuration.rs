@@ -1,0 +1,79 @@
+//! The configuration as the Lambda functions hold it, against LocalStack
+//! SSM: read again when the parameter's version changes, at once when a
+//! task names a registry the worker does not know, and an invalid change
+//! never replaces a working configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay::reload::{Built, Reloading};
+use relay::secrets::SecretSource;
+use relay::worker::{Message, Worker};
+use relay::{bootstrap, Config};
+use relay_tests::app::{fast_retry, unique_repo};
+use relay_tests::{image, planned_tasks, ImageKind, Stack};
+
+fn build(config: Arc<Config>) -> Built<Worker> {
+    Box::pin(async move { Ok(bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await?) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_added_to_the_parameter_is_used_without_a_restart() {
+    let stack = Stack::load().unwrap();
+    let ssm = aws_sdk_ssm::Client::new(&bootstrap::aws_config().await);
+    let name = format!("/harbor-relay/test/reload-{:x}", rand::random::<u32>());
+    let put = |text: String| {
+        let (ssm, name) = (ssm.clone(), name.clone());
+        async move {
+            ssm.put_parameter()
+                .name(name)
+                .value(text)
+                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+                .overwrite(true)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    let one = stack.config_yaml("  - name: all\n    destination: { registry: cluster1-registry }\n");
+    put(one.clone()).await;
+    // Checked once an hour: only a task for an unknown registry asks sooner.
+    let reloading = Reloading::start(&format!("ssm:{name}"), Duration::from_secs(3600), build).await.unwrap();
+    let first = reloading.current().await;
+    assert!(!first.destinations.contains_key("cluster2"));
+
+    // A rule for a second registry (the same server under another name).
+    let two = one.replace(
+        "rules:\n",
+        &format!(
+            "  - {{ name: cluster2, url: {}, credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }} }}\nrules:\n  - {{ name: to-cluster2, destination: {{ registry: cluster2, namespace: second }} }}\n",
+            stack.target_url, stack.target_user
+        ),
+    );
+    let config_two = Config::parse(&two).expect("the second configuration is valid");
+    let repo = unique_repo("reload");
+    let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 2048).await.unwrap();
+    let task = planned_tasks(&config_two, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest)
+        .into_iter()
+        .find(|t| t.destination.registry == "cluster2")
+        .unwrap();
+    let messages = [Message { id: "m".into(), body: task.encode(), ..Default::default() }];
+
+    // Unknown before the change: asked at once, still unknown, same worker.
+    let same = reloading.current_unless(|w| !w.knows_registries_of(&messages)).await;
+    assert!(Arc::ptr_eq(&first, &same));
+
+    put(two).await;
+    assert!(Arc::ptr_eq(&first, &reloading.current().await), "not read again before the check is due");
+    let second = reloading.current_unless(|w| !w.knows_registries_of(&messages)).await;
+    assert!(second.knows_registries_of(&messages), "the new registry is known at once");
+    let report = second.run(&task).await.unwrap();
+    assert_eq!(report.outcome, Some(relay::registry::Outcome::Copied));
+    let dest = format!("second/{}", repo.split('/').nth(1).unwrap());
+    assert_eq!(stack.target().digest_at(&dest, "v1").await.unwrap(), Some(img.digest));
+
+    // An invalid change keeps the working configuration.
+    put(format!("{one}bogus_field: 1\n")).await;
+    let kept = reloading.current_unless(|_| true).await;
+    assert!(Arc::ptr_eq(&second, &kept), "an invalid configuration never replaces a working one");
+}
