@@ -565,9 +565,7 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
         bail!("in the logs: {leaks:?}");
     }
     let lines: Vec<serde_json::Value> = worker_logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let task_id = |l: &serde_json::Value| {
-        l["task_id"].as_str().or_else(|| l["span"]["task_id"].as_str()).unwrap_or_default().to_owned()
-    };
+    let task_id = |l: &serde_json::Value| l["task_id"].as_str().unwrap_or_default().to_owned();
     let done: Vec<&serde_json::Value> = lines.iter().filter(|l| l["message"] == "task done").collect();
     let unique: HashSet<String> = done.iter().map(|l| task_id(l)).collect();
     let mut first_seen = HashSet::new();

@@ -40,14 +40,7 @@ impl RegistryClient {
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
-            let mut sent = None;
-            if self.same_origin(&url) {
-                sent = self.authorization(scope).await?;
-                if let Some(auth) = &sent {
-                    req = req.header(AUTHORIZATION, auth);
-                }
-            }
-            self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (req, sent) = self.authorized(req, &url, scope).await?;
             let outcome = req.send().await;
             retry += 1;
             let resp = match outcome {
@@ -99,15 +92,8 @@ impl RegistryClient {
         headers: HeaderMap,
         body: reqwest::Body,
     ) -> Result<Response, RegistryError> {
-        let mut req = self.http.request(method.clone(), url.clone()).headers(headers).body(body);
-        let mut sent = None;
-        if self.same_origin(&url) {
-            sent = self.authorization(scope).await?;
-            if let Some(auth) = &sent {
-                req = req.header(AUTHORIZATION, auth);
-            }
-        }
-        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let req = self.http.request(method.clone(), url.clone()).headers(headers).body(body);
+        let (req, sent) = self.authorized(req, &url, scope).await?;
         let resp = req.send().await.map_err(|e| self.transport(&method, url.path(), &e))?;
         let bearer = header_str(resp.headers(), WWW_AUTHENTICATE).and_then(Challenge::parse);
         if resp.status() == StatusCode::UNAUTHORIZED && matches!(bearer, Some(Challenge::Bearer { .. })) {
@@ -117,6 +103,26 @@ impl RegistryClient {
             return Err(RegistryError::Reauthenticate { registry: self.name.clone(), path: url.path().to_owned() });
         }
         Ok(resp)
+    }
+
+    /// `req` with this registry's credentials for `scope` when it goes to
+    /// the registry's own origin (never to a redirect's host), counted as
+    /// one request; the `Authorization` value sent, for a 401's challenge.
+    async fn authorized(
+        &self,
+        mut req: reqwest::RequestBuilder,
+        url: &Url,
+        scope: &str,
+    ) -> Result<(reqwest::RequestBuilder, Option<String>), RegistryError> {
+        let mut sent = None;
+        if self.same_origin(url) {
+            sent = self.authorization(scope).await?;
+            if let Some(auth) = &sent {
+                req = req.header(AUTHORIZATION, auth);
+            }
+        }
+        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok((req, sent))
     }
 
     pub(super) async fn expect(&self, resp: Response, ok: &[StatusCode]) -> Result<Response, RegistryError> {
