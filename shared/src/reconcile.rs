@@ -71,6 +71,28 @@ pub struct Pass {
     pub cursor: Option<String>,
 }
 
+impl Pass {
+    /// One EMF line for a pass whose `enqueued` tasks went on the queue:
+    /// repositories and tags scanned, drift found (tags missing, moved or
+    /// to delete, each a task), tasks enqueued, duration, and whether it
+    /// stopped early to resume later.
+    pub fn emit_metrics(&self, enqueued: usize, duration: std::time::Duration) {
+        use crate::metrics::{emit, Unit};
+        emit(
+            &[("Function", "reconcile")],
+            &[
+                ("Passes", 1.0, Unit::Count),
+                ("RepositoriesScanned", self.repositories as f64, Unit::Count),
+                ("TagsScanned", self.tags_checked as f64, Unit::Count),
+                ("DriftFound", self.tasks.len() as f64, Unit::Count),
+                ("TasksEnqueued", enqueued as f64, Unit::Count),
+                ("PassDuration", duration.as_millis() as f64, Unit::Milliseconds),
+                ("PassesUnfinished", if self.cursor.is_some() { 1.0 } else { 0.0 }, Unit::Count),
+            ],
+        );
+    }
+}
+
 pub struct Reconciler<'a> {
     pub config: &'a Config,
     pub source: &'a RegistryClient,

@@ -16,6 +16,7 @@ use rand::Rng;
 
 use crate::config::WorkerSettings;
 use crate::dead_letter::DeadLetters;
+use crate::metrics::{self, Unit};
 use crate::worker::{Failure, Message};
 
 /// Message attribute: how many times the task was parked because its
@@ -148,10 +149,17 @@ impl Settler {
                 }
             }
         }
-        redeliver.extend(match &self.dead_letters {
-            Some(d) => d.send_all(&dead).await,
-            None => dead.into_iter().map(|f| f.message.id).collect(),
-        });
+        let Some(d) = &self.dead_letters else {
+            redeliver.extend(dead.into_iter().map(|f| f.message.id));
+            return redeliver;
+        };
+        let unsent = d.send_all(&dead).await;
+        // The task's final failure: attempts that will be retried are
+        // counted by the worker (`Tasks` with Outcome `failed`), this once.
+        for f in dead.iter().filter(|f| !unsent.contains(&f.message.id)) {
+            metrics::emit_sliced(&[("Function", "worker")], &f.slices, &[("FinalFailures", 1.0, Unit::Count)]);
+        }
+        redeliver.extend(unsent);
         redeliver
     }
 

@@ -15,7 +15,7 @@ use crate::config::WorkerSettings;
 use crate::feeders::{feeders, ListingError, SourceListing};
 use crate::harbor_api::HarborApi;
 use crate::health::Gate;
-use crate::metrics::{self, Unit};
+use crate::metrics::{self, Slices, Unit, UNKNOWN};
 use crate::registry::pace;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::throttle::Throttle;
@@ -50,6 +50,17 @@ pub struct Failure {
     pub message: Message,
     pub error: String,
     pub disposition: Disposition,
+    /// What its metrics count under, final failures included.
+    pub slices: Slices,
+}
+
+/// How one message's task failed: the reason, how to settle it, and what
+/// its metrics count under.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub error: String,
+    pub disposition: Disposition,
+    pub slices: Slices,
 }
 
 /// Clients built from the configuration; a task can only name these.
@@ -136,13 +147,13 @@ impl Worker {
 async fn each_isolated<F, Fut>(messages: Vec<Message>, concurrency: usize, run: F) -> Vec<Failure>
 where
     F: Fn(Message) -> Fut,
-    Fut: std::future::Future<Output = Result<(), (String, Disposition)>>,
+    Fut: std::future::Future<Output = Result<(), Failed>>,
 {
     stream::iter(messages)
         .map(|m| {
             let running = AssertUnwindSafe(run(m.clone())).catch_unwind();
             async move {
-                let (error, disposition) = match running.await {
+                let Failed { error, disposition, slices } = match running.await {
                     Ok(Ok(())) => return None,
                     Ok(Err(failed)) => failed,
                     Err(panic) => {
@@ -153,10 +164,11 @@ where
                             .unwrap_or_else(|| "a panic without a message".into());
                         tracing::error!(message_id = %m.id, outcome = "failed", panic = %what, "task panicked; its batch neighbours go on");
                         metrics::emit(&[("Function", "worker"), ("Outcome", "failed")], &[("Tasks", 1.0, Unit::Count)]);
-                        (format!("task panicked: {what}"), Disposition::Retry { retry_after: None })
+                        let error = format!("task panicked: {what}");
+                        Failed { error, disposition: Disposition::Retry { retry_after: None }, slices: Slices::default() }
                     }
                 };
-                Some(Failure { message: m, error, disposition })
+                Some(Failure { message: m, error, disposition, slices })
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -229,14 +241,15 @@ impl Worker {
 
     /// Runs one message; logs its outcome. `Err` holds the failure reason
     /// and how to settle the message.
-    pub async fn handle_message(&self, m: &Message, deadline: Option<Instant>) -> Result<(), (String, Disposition)> {
+    pub async fn handle_message(&self, m: &Message, deadline: Option<Instant>) -> Result<(), Failed> {
         let task = match Task::decode(&m.body) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(message_id = %m.id, outcome = "rejected", error = %e, "message is not a task this worker understands");
                 metrics::emit(&[("Function", "worker"), ("Outcome", "rejected")], &[("Tasks", 1.0, Unit::Count)]);
                 let failure = TaskFailure::Decode(e);
-                return Err((failure.to_string(), failure.disposition()));
+                let slices = Slices::default();
+                return Err(Failed { error: failure.to_string(), disposition: failure.disposition(), slices });
             }
         };
         let span = tracing::info_span!(
@@ -249,6 +262,7 @@ impl Worker {
             tags = %task.destination.tags.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(","),
             digest = %task.source.digest,
         );
+        let slices = self.slices(&task);
         let started = Instant::now();
         match self.run_until(&task, deadline).instrument(span.clone()).await {
             Ok(r) => {
@@ -284,7 +298,7 @@ impl Worker {
                 if outcome == "copied" && task.event.occurred_at > 0 {
                     values.push(("PushToReplicatedLatency", latency_ms as f64, Unit::Milliseconds));
                 }
-                metrics::emit(&[("Function", "worker"), ("Outcome", outcome)], &values);
+                metrics::emit_sliced(&[("Function", "worker"), ("Outcome", outcome)], &slices, &values);
                 Ok(())
             }
             Err(e) => {
@@ -307,9 +321,24 @@ impl Worker {
                         tracing::info!(outcome, reason = %e, duration_ms, "task deferred");
                     }
                 }
-                metrics::emit(&[("Function", "worker"), ("Outcome", outcome)], &[("Tasks", 1.0, Unit::Count)]);
-                Err((e.to_string(), disposition))
+                metrics::emit_sliced(
+                    &[("Function", "worker"), ("Outcome", outcome)],
+                    &slices,
+                    &[("Tasks", 1.0, Unit::Count)],
+                );
+                Err(Failed { error: e.to_string(), disposition, slices })
             }
+        }
+    }
+
+    /// What `task`'s metrics count under: its destination and its first
+    /// rule, as far as the configuration names them.
+    pub fn slices(&self, task: &Task) -> Slices {
+        let registry = &task.destination.registry;
+        let known_rule = task.rules.iter().find(|name| self.rules.iter().any(|r| &r.name == *name));
+        Slices {
+            registry: if self.destinations.contains_key(registry) { registry.clone() } else { UNKNOWN.into() },
+            rule: known_rule.cloned().unwrap_or_else(|| UNKNOWN.into()),
         }
     }
 
@@ -429,7 +458,11 @@ mod tests {
                 tokio::task::yield_now().await;
                 match m.id.as_str() {
                     "boom" => panic!("index out of bounds in task {}", m.id),
-                    "bad" => Err(("an ordinary failure".to_owned(), Disposition::Permanent)),
+                    "bad" => Err(Failed {
+                        error: "an ordinary failure".to_owned(),
+                        disposition: Disposition::Permanent,
+                        slices: Slices::default(),
+                    }),
                     _ => {
                         finished.fetch_add(1, Ordering::Relaxed);
                         Ok(())

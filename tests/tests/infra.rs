@@ -185,12 +185,133 @@ fn transformed_template_wires_queue_worker_and_webhook() {
         "WebhookErrorsAlarm",
         "WebhookUrl5xxAlarm",
         "ReconcileErrorsAlarm",
+        "FinalFailuresAlarm",
     ] {
         assert!(alarms.contains(&a), "{a} missing");
     }
+    // Final failures, not attempts: the metric the settler writes once per
+    // dead-lettered task.
+    assert_eq!(r["FinalFailuresAlarm"]["Properties"]["MetricName"], "FinalFailures");
     assert_eq!(r["Dashboard"]["Type"], "AWS::CloudWatch::Dashboard");
+    // The dashboard is JSON once the stack's names are in, and shows each
+    // destination and rule (a search over the sliced dimension sets, since
+    // their names live in the configuration) and the reconcile passes.
+    let body = r["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"].as_str().unwrap();
+    let body = with_names_substituted(body);
+    let dashboard: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("dashboard JSON: {e}\n{body}"));
+    let widgets = serde_json::to_string(&dashboard["widgets"]).unwrap();
+    for needed in [
+        "{HarborRelay,Function,Outcome,Registry} MetricName=\\\"Tasks\\\"",
+        "{HarborRelay,Function,Outcome,Registry} MetricName=\\\"BytesCopied\\\"",
+        "{HarborRelay,Function,Registry} MetricName=\\\"FinalFailures\\\"",
+        "{HarborRelay,Function,Outcome,Rule} MetricName=\\\"Tasks\\\"",
+        "\"DriftFound\",\"Function\",\"reconcile\"",
+    ] {
+        assert!(widgets.contains(needed), "{needed} not on the dashboard: {widgets}");
+    }
     assert_eq!(r["FailedTasksQuery"]["Type"], "AWS::Logs::QueryDefinition");
     for o in ["WebhookUrl", "CopyQueueUrl", "DeadLetterQueueUrl"] {
         assert!(t["Outputs"][o].is_object(), "output {o}");
     }
+}
+
+/// `body` with every `${…}` of `Fn::Sub` replaced by a plain name.
+fn with_names_substituted(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("closed ${") + start;
+        out.push_str("substituted");
+        rest = &rest[end + 1..];
+    }
+    out + rest
+}
+
+/// `sam build` as `make build` runs it, with one part replaced: a stand-in
+/// for cargo-lambda (a full arm64 release build of three binaries takes
+/// about half an hour on this machine). SAM's own steps all run — it reads
+/// the template, resolves each function's `rust-cargolambda` build through
+/// cargo metadata, calls `cargo lambda build` in its `CodeUri` and copies
+/// `target/lambda/<binary>/bootstrap` into the artifact — so a template
+/// change that breaks the build (a wrong `CodeUri`, `BuildMethod`, binary
+/// name or architecture) fails here. The stand-in accepts only the
+/// arguments SAM passes for an arm64 release build, refuses a binary the
+/// package in `CodeUri` does not have, and puts the host build of that
+/// binary where cargo-lambda would. What it cannot catch, the
+/// cross-compilation itself, only `make build` shows.
+#[test]
+fn sam_build_builds_every_function_from_its_package() {
+    let scratch = std::env::temp_dir().join(format!("relay-sam-build-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let bin_dir = scratch.join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let record = scratch.join("built.txt");
+    let stand_in = bin_dir.join("cargo-lambda");
+    std::fs::write(
+        &stand_in,
+        r#"#!/usr/bin/env bash
+set -euo pipefail
+[ "${1:-}" = lambda ] && [ "${2:-}" = build ] || { echo "stand-in: unexpected command: $*" >&2; exit 2; }
+shift 2
+bin= release=0 arm64=0
+while (($#)); do
+  case "$1" in
+    --release) release=1 ;;
+    --arm64) arm64=1 ;;
+    --bin) bin=$2; shift ;;
+    *) echo "stand-in: unexpected argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+target=$(cargo metadata --no-deps --format-version 1 --locked | python3 -c '
+import json, os, sys
+bin, manifest = sys.argv[1], os.path.realpath(sys.argv[2])
+meta = json.load(sys.stdin)
+pkg = [p for p in meta["packages"] if os.path.realpath(p["manifest_path"]) == manifest]
+if not pkg:
+    sys.exit("stand-in: no package at " + manifest)
+bins = [t["name"] for t in pkg[0]["targets"] if "bin" in t["kind"]]
+if bin not in bins:
+    sys.exit("stand-in: package " + pkg[0]["name"] + " has no binary " + repr(bin) + ", only " + repr(bins))
+print(meta["target_directory"])
+' "$bin" "$PWD/Cargo.toml")
+mkdir -p "$target/lambda/$bin"
+cp "$target/debug/$bin" "$target/lambda/$bin/bootstrap"
+echo "$bin release=$release arm64=$arm64" >>"$RELAY_STAND_IN_RECORD"
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let path = format!(
+        "{}:{}:{}",
+        bin_dir.display(),
+        root().join(".local/venv-infra/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let build_dir = scratch.join("build");
+    run(Command::new(tool("sam"))
+        .args(["build", "--build-dir"])
+        .arg(&build_dir)
+        .current_dir(root().join("infra"))
+        .env("PATH", path)
+        .env("RELAY_STAND_IN_RECORD", &record)
+        .stdin(std::process::Stdio::null()));
+
+    let mut built: Vec<String> = std::fs::read_to_string(&record).unwrap().lines().map(str::to_owned).collect();
+    built.sort();
+    assert_eq!(built, ["reconcile release=1 arm64=1", "webhook release=1 arm64=1", "worker release=1 arm64=1"]);
+    for (function, binary) in
+        [("WebhookFunction", "webhook"), ("WorkerFunction", "worker"), ("ReconcileFunction", "reconcile")]
+    {
+        let artifact = std::fs::read(build_dir.join(function).join("bootstrap"))
+            .unwrap_or_else(|e| panic!("{function}: no bootstrap in its artifact: {e}"));
+        assert!(
+            artifact == std::fs::read(relay_tests::workspace_binary(binary)).unwrap(),
+            "{function} is not {binary}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
 }
