@@ -27,7 +27,6 @@ fuzz: ## Long fuzz run of the webhook parser, rules and task decoder (RELAY_FUZZ
 
 build: ## Build both functions for Lambda (arm64, cargo-lambda via sam build); installs what is missing
 	scripts/stack.sh install
-	@[ -x "$(INFRA_BIN)/cargo-lambda" ] || VIRTUAL_ENV=.local/venv-infra .local/tools/bin/uv pip install -q cargo-lambda
 	rustup target add aarch64-unknown-linux-gnu
 	cd infra && PATH="$(INFRA_BIN):$$PATH" SAM_CLI_TELEMETRY=0 sam build
 

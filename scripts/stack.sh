@@ -59,10 +59,10 @@ install() {
     "$TOOLS/bin/uv" venv -q --allow-existing -p python3.11 "$MOTO_VENV"
     VIRTUAL_ENV=$MOTO_VENV "$TOOLS/bin/uv" pip install -q --exclude-newer 2026-10-01 "moto[server,ecr]>=5.1,<5.2"
   fi
-  if [ ! -x "$INFRA_VENV/bin/cfn-lint" ] || [ ! -x "$INFRA_VENV/bin/sam" ]; then
-    log "installing cfn-lint and the SAM CLI into .local/venv-infra (template checks, make deploy)"
+  if [ ! -x "$INFRA_VENV/bin/cfn-lint" ] || [ ! -x "$INFRA_VENV/bin/sam" ] || [ ! -x "$INFRA_VENV/bin/cargo-lambda" ]; then
+    log "installing cfn-lint, the SAM CLI and cargo-lambda into .local/venv-infra (template checks, Lambda-mode tests, make build)"
     "$TOOLS/bin/uv" venv -q --allow-existing -p python3.11 "$INFRA_VENV"
-    VIRTUAL_ENV=$INFRA_VENV "$TOOLS/bin/uv" pip install -q "cfn-lint==1.58.0" "aws-sam-cli==1.170.0"
+    VIRTUAL_ENV=$INFRA_VENV "$TOOLS/bin/uv" pip install -q "cfn-lint==1.58.0" "aws-sam-cli==1.170.0" "cargo-lambda==1.9.2"
   fi
 }
 

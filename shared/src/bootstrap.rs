@@ -240,15 +240,27 @@ pub async fn load_config(location: &str) -> Result<Config, ConfigLoadError> {
     let Some(name) = location.strip_prefix("ssm:") else {
         return Ok(Config::load(location.as_ref())?);
     };
-    let shared = aws_config().await;
-    let out = aws_sdk_ssm::Client::new(&shared).get_parameter().name(name).with_decryption(true).send().await.map_err(
-        |e| ConfigLoadError::Ssm {
-            name: name.to_owned(),
-            reason: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string(),
-        },
-    )?;
-    let text = out.parameter().and_then(|p| p.value()).unwrap_or_default();
-    Ok(Config::parse(text)?)
+    let ssm = aws_sdk_ssm::Client::new(&aws_config().await);
+    let parameter = config_parameter(&ssm, name, true).await?;
+    Ok(Config::parse(parameter.value().unwrap_or_default())?)
+}
+
+/// The SSM parameter `name`, its value decrypted when `decrypt` (a version
+/// check needs only the metadata).
+pub async fn config_parameter(
+    ssm: &aws_sdk_ssm::Client,
+    name: &str,
+    decrypt: bool,
+) -> Result<aws_sdk_ssm::types::Parameter, ConfigLoadError> {
+    let out = ssm
+        .get_parameter()
+        .name(name)
+        .with_decryption(decrypt)
+        .send()
+        .await
+        .map_err(|e| ConfigLoadError::ssm(name, false, e))?;
+    out.parameter
+        .ok_or_else(|| ConfigLoadError::Ssm { name: name.to_owned(), reason: "no parameter in the answer".into() })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -259,6 +271,21 @@ pub enum ConfigLoadError {
     Ssm { name: String, reason: String },
     #[error("cannot write SSM parameter {name}: {reason}")]
     SsmWrite { name: String, reason: String },
+}
+
+impl ConfigLoadError {
+    /// An SSM call about parameter `name` failed (`write`: a put).
+    fn ssm<E: std::error::Error + 'static, R: std::fmt::Debug>(
+        name: &str,
+        write: bool,
+        e: aws_sdk_ssm::error::SdkError<E, R>,
+    ) -> ConfigLoadError {
+        let (name, reason) = (name.to_owned(), aws_sdk_ssm::error::DisplayErrorContext(&e).to_string());
+        match write {
+            true => ConfigLoadError::SsmWrite { name, reason },
+            false => ConfigLoadError::Ssm { name, reason },
+        }
+    }
 }
 
 /// What [`push_config`] stored.
@@ -295,10 +322,7 @@ pub async fn push_config(file: &std::path::Path, name: &str) -> Result<PushedCon
         .overwrite(true)
         .send()
         .await
-        .map_err(|e| ConfigLoadError::SsmWrite {
-            name: name.to_owned(),
-            reason: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string(),
-        })?;
+        .map_err(|e| ConfigLoadError::ssm(name, true, e))?;
     Ok(PushedConfig {
         registries: config.registries.len(),
         rules: config.rules.len(),
@@ -342,6 +366,51 @@ pub fn invocation_deadline(deadline_ms: u64, timeout: Duration) -> std::time::In
             });
             std::time::Instant::now() + timeout
         }
+    }
+}
+
+/// Whether this process runs under a Lambda Runtime API (AWS, or a local
+/// emulator such as `cargo lambda watch`).
+pub fn under_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+}
+
+/// Awaits a function's initialisation. Under Lambda a failure is also
+/// posted to the Runtime API's `init/error`, so the invocation that started
+/// the environment fails with the reason (a bad configuration, an
+/// unreadable secret) instead of an unexplained `Runtime.ExitError`.
+pub async fn initialised<T, E: std::fmt::Display>(
+    init: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let result = init.await;
+    if let (Err(e), Ok(api)) = (&result, std::env::var("AWS_LAMBDA_RUNTIME_API")) {
+        let message = format!("{e:#}");
+        tracing::error!(error = %message, "initialisation failed");
+        report_init_error(&api, &message).await;
+    }
+    result
+}
+
+/// POSTs `message` to `{api}/2018-06-01/runtime/init/error` in the Runtime
+/// API's error format. A failure to report is logged; the process exits
+/// with the error either way.
+async fn report_init_error(api: &str, message: &str) {
+    // AWS sets `host:port`; emulators may give a URL with a scheme and a path.
+    let base = match api.starts_with("http://") || api.starts_with("https://") {
+        true => api.trim_end_matches('/').to_owned(),
+        false => format!("http://{api}"),
+    };
+    let body = serde_json::json!({ "errorType": "Runtime.InitError", "errorMessage": message, "stackTrace": [] });
+    let sent = reqwest::Client::new()
+        .post(format!("{base}/2018-06-01/runtime/init/error"))
+        .header("Lambda-Runtime-Function-Error-Type", "Runtime.InitError")
+        .header("content-type", "application/vnd.aws.lambda.error+json")
+        .timeout(Duration::from_secs(2))
+        .body(body.to_string())
+        .send()
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot report the initialisation error to the Runtime API");
     }
 }
 

@@ -37,7 +37,7 @@ pub enum ReloadError {
 }
 
 pub struct Reloading<T> {
-    location: String,
+    source: Source,
     every: Duration,
     build: Box<Build<T>>,
     state: Mutex<State<T>>,
@@ -57,10 +57,11 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         every: Duration,
         build: impl Fn(Arc<Config>) -> Built<T> + Send + Sync + 'static,
     ) -> Result<Reloading<T>, ReloadError> {
-        let (config, version) = read(location).await?;
+        let source = Source::new(location).await;
+        let (config, version) = source.read().await?;
         let current = Arc::new(build(Arc::new(config)).await.map_err(ReloadError::Build)?);
         let state = State { current, version, checked: Instant::now() };
-        Ok(Reloading { location: location.to_owned(), every, build: Box::new(build), state: Mutex::new(state) })
+        Ok(Reloading { source, every, build: Box::new(build), state: Mutex::new(state) })
     }
 
     /// What is built from the current configuration, read again first when
@@ -86,12 +87,12 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             return state.current.clone();
         }
         state.checked = Instant::now();
-        match version(&self.location).await {
+        match self.source.version().await {
             Ok(v) if v == state.version => {}
-            Ok(_) => match read(&self.location).await {
+            Ok(_) => match self.source.read().await {
                 Ok((config, version)) => match (self.build)(Arc::new(config)).await {
                     Ok(built) => {
-                        tracing::info!(location = %self.location, version = ?version, "configuration changed: read again");
+                        tracing::info!(location = %self.source.location, version = ?version, "configuration changed: read again");
                         state.current = Arc::new(built);
                         state.version = version;
                     }
@@ -107,27 +108,43 @@ impl<T: Send + Sync + 'static> Reloading<T> {
     }
 }
 
-/// The configuration and its version.
-async fn read(location: &str) -> Result<(Config, Option<String>), ConfigLoadError> {
-    let version = version(location).await?;
-    Ok((bootstrap::load_config(location).await?, version))
+/// Where the configuration is read from, with the one SSM client a
+/// function keeps for it.
+struct Source {
+    location: String,
+    ssm: Option<aws_sdk_ssm::Client>,
 }
 
-/// SSM's parameter version, or a file's modification time.
-async fn version(location: &str) -> Result<Option<String>, ConfigLoadError> {
-    match location.strip_prefix("ssm:") {
-        Some(name) => {
-            let out = aws_sdk_ssm::Client::new(&bootstrap::aws_config().await)
-                .get_parameter()
-                .name(name)
-                .send()
-                .await
-                .map_err(|e| ConfigLoadError::Ssm {
-                    name: name.to_owned(),
-                    reason: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string(),
-                })?;
-            Ok(out.parameter().map(|p| p.version().to_string()))
+impl Source {
+    async fn new(location: &str) -> Source {
+        let ssm = match location.starts_with("ssm:") {
+            true => Some(aws_sdk_ssm::Client::new(&bootstrap::aws_config().await)),
+            false => None,
+        };
+        Source { location: location.to_owned(), ssm }
+    }
+
+    /// The configuration and its version, from one read.
+    async fn read(&self) -> Result<(Config, Option<String>), ConfigLoadError> {
+        match (&self.ssm, self.location.strip_prefix("ssm:")) {
+            (Some(ssm), Some(name)) => {
+                let p = bootstrap::config_parameter(ssm, name, true).await?;
+                Ok((Config::parse(p.value().unwrap_or_default())?, Some(p.version().to_string())))
+            }
+            _ => {
+                let version = self.version().await?;
+                Ok((Config::load(self.location.as_ref())?, version))
+            }
         }
-        None => Ok(std::fs::metadata(location).and_then(|m| m.modified()).ok().map(|t| format!("{t:?}"))),
+    }
+
+    /// SSM's parameter version, or a file's modification time.
+    async fn version(&self) -> Result<Option<String>, ConfigLoadError> {
+        match (&self.ssm, self.location.strip_prefix("ssm:")) {
+            (Some(ssm), Some(name)) => {
+                Ok(Some(bootstrap::config_parameter(ssm, name, false).await?.version().to_string()))
+            }
+            _ => Ok(std::fs::metadata(&self.location).and_then(|m| m.modified()).ok().map(|t| format!("{t:?}"))),
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod app;
 pub mod fake;
 pub mod harbor;
 pub mod image;
+pub mod lambda;
 pub mod plain;
 pub mod proxy;
 pub mod soak;

@@ -27,22 +27,8 @@ struct App {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     relay::telemetry::init_from_env();
-    let config_location = std::env::var("RELAY_CONFIG")
-        .context("RELAY_CONFIG must name the configuration (a path, or ssm:<parameter>)")?;
-    let config = bootstrap::load_config(&config_location).await?;
-    let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
-    let (sqs, secrets_manager) = bootstrap::aws_clients().await;
-    let secrets = SecretSource::from_process(Some(secrets_manager));
-    let worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
-    let cursor = match std::env::var("RELAY_RECONCILE_CURSOR_PARAMETER") {
-        Ok(parameter) if !parameter.is_empty() => {
-            Some(CursorStore { ssm: aws_sdk_ssm::Client::new(&bootstrap::aws_config().await), parameter })
-        }
-        _ => None,
-    };
-    let app = Arc::new(App { config, worker, queue: TaskQueue::new(sqs, queue_url), cursor });
-
-    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+    if bootstrap::under_lambda() {
+        let app = Arc::new(bootstrap::initialised(setup()).await?);
         let timeout = bootstrap::function_timeout(Duration::from_secs(300));
         lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
             let app = app.clone();
@@ -59,13 +45,32 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!(e))
     } else {
-        let summary = run(&app, None).await?;
+        let summary = run(&setup().await?, None).await?;
         println!("{summary}");
         Ok(())
     }
 }
 
+/// The configuration, clients and cursor store, from the environment.
+async fn setup() -> anyhow::Result<App> {
+    let config_location = std::env::var("RELAY_CONFIG")
+        .context("RELAY_CONFIG must name the configuration (a path, or ssm:<parameter>)")?;
+    let config = bootstrap::load_config(&config_location).await?;
+    let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
+    let (sqs, secrets_manager) = bootstrap::aws_clients().await;
+    let secrets = SecretSource::from_process(Some(secrets_manager));
+    let worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
+    let cursor = match std::env::var("RELAY_RECONCILE_CURSOR_PARAMETER") {
+        Ok(parameter) if !parameter.is_empty() => {
+            Some(CursorStore { ssm: aws_sdk_ssm::Client::new(&bootstrap::aws_config().await), parameter })
+        }
+        _ => None,
+    };
+    Ok(App { config, worker, queue: TaskQueue::new(sqs, queue_url), cursor })
+}
+
 async fn run(app: &App, stop_at: Option<Instant>) -> anyhow::Result<serde_json::Value> {
+    let started = Instant::now();
     let after = match &app.cursor {
         Some(c) => c.load().await.map_err(anyhow::Error::msg)?,
         None => None,
@@ -74,6 +79,7 @@ async fn run(app: &App, stop_at: Option<Instant>) -> anyhow::Result<serde_json::
     let pass = reconciler.pass(after.as_deref(), stop_at).await?;
     let outgoing: Vec<_> = pass.tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
     app.queue.send(&outgoing).await?;
+    pass.emit_metrics(outgoing.len(), started.elapsed());
     if let Some(c) = &app.cursor {
         c.save(pass.cursor.as_deref()).await.map_err(anyhow::Error::msg)?;
     }

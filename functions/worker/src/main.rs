@@ -22,7 +22,47 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     relay::telemetry::init_from_env();
-    let config_location = std::env::var("RELAY_CONFIG")
+    if bootstrap::under_lambda() {
+        // Under Lambda the configuration is read again when its parameter
+        // changes: a new registry or rule needs no redeploy.
+        let reloading = bootstrap::initialised(async {
+            let (location, build) = setup().await?;
+            anyhow::Ok(Arc::new(Reloading::start(&location, CHECK_EVERY, build).await?))
+        })
+        .await?;
+        let timeout = bootstrap::function_timeout(Duration::from_secs(300));
+        lambda_runtime::run(service_fn(move |event| batch(reloading.clone(), timeout, event)))
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+    } else {
+        let (location, build) = setup().await?;
+        let config = Arc::new(bootstrap::load_config(&location).await?);
+        let pipeline = build(config).await.map_err(|e| anyhow::anyhow!(e))?;
+        let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
+        // A deadline per batch, as under Lambda (optional).
+        let run_for = match std::env::var("RELAY_WORKER_RUN_SECONDS") {
+            Ok(v) => Some(Duration::from_secs(
+                v.parse()
+                    .ok()
+                    .filter(|s| (1..=86_400).contains(s))
+                    .context("RELAY_WORKER_RUN_SECONDS must be 1..=86400")?,
+            )),
+            Err(_) => None,
+        };
+        tracing::info!(queue = %queue_url, "worker polling");
+        let queue = TaskQueue::new(pipeline.sqs.clone(), queue_url);
+        let options = PollOptions { run_for };
+        relay::poller::poll(&queue, &pipeline.worker, Some(&pipeline.settler), &options, bootstrap::shutdown_signal())
+            .await;
+        Ok(())
+    }
+}
+
+/// The configuration's location and how the worker and its settler are
+/// built from a configuration, from the environment.
+async fn setup(
+) -> anyhow::Result<(String, impl Fn(Arc<relay::Config>) -> relay::reload::Built<Pipeline> + Send + Sync + 'static)> {
+    let location = std::env::var("RELAY_CONFIG")
         .context("RELAY_CONFIG must name the configuration file (a path, or ssm:<parameter>)")?;
     let (sqs, secrets_manager) = bootstrap::aws_clients().await;
     let secrets = SecretSource::from_process(Some(secrets_manager));
@@ -45,36 +85,7 @@ async fn run() -> anyhow::Result<()> {
             Ok(Pipeline { worker, settler, sqs })
         }) as relay::reload::Built<Pipeline>
     };
-
-    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        // Under Lambda the configuration is read again when its parameter
-        // changes: a new registry or rule needs no redeploy.
-        let reloading = Arc::new(Reloading::start(&config_location, CHECK_EVERY, build).await?);
-        let timeout = bootstrap::function_timeout(Duration::from_secs(300));
-        lambda_runtime::run(service_fn(move |event| batch(reloading.clone(), timeout, event)))
-            .await
-            .map_err(|e| anyhow::anyhow!(e))
-    } else {
-        let config = Arc::new(bootstrap::load_config(&config_location).await?);
-        let pipeline = build(config).await.map_err(|e| anyhow::anyhow!(e))?;
-        let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
-        // A deadline per batch, as under Lambda (optional).
-        let run_for = match std::env::var("RELAY_WORKER_RUN_SECONDS") {
-            Ok(v) => Some(Duration::from_secs(
-                v.parse()
-                    .ok()
-                    .filter(|s| (1..=86_400).contains(s))
-                    .context("RELAY_WORKER_RUN_SECONDS must be 1..=86400")?,
-            )),
-            Err(_) => None,
-        };
-        tracing::info!(queue = %queue_url, "worker polling");
-        let queue = TaskQueue::new(pipeline.sqs.clone(), queue_url);
-        let options = PollOptions { run_for };
-        relay::poller::poll(&queue, &pipeline.worker, Some(&pipeline.settler), &options, bootstrap::shutdown_signal())
-            .await;
-        Ok(())
-    }
+    Ok((location, build))
 }
 
 /// What one configuration builds: the worker and its settler.

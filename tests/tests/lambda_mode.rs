@@ -1,0 +1,349 @@
+//! The three functions in their Lambda mode — the code AWS runs — under
+//! cargo-lambda's Runtime API emulator, fed the event shapes AWS sends:
+//! Function URL and API Gateway HTTP API (v2) requests to the webhook, an
+//! SQS batch to the worker (its `batchItemFailures` checked message by
+//! message), a scheduled EventBridge event to reconcile; LocalStack SQS and
+//! the real registries behind them. The emulator sends a deadline that is
+//! not an epoch time (`Lambda-Runtime-Deadline-Ms: 600000`), so these runs
+//! also cover the worker's fallback to its configured timeout.
+
+use std::time::Duration;
+
+use base64::Engine;
+use relay_tests::app::unique_repo;
+use relay_tests::fake::{FakeRegistry, Fault, Op};
+use relay_tests::lambda::Emulator;
+use relay_tests::stack::{create_queue, create_queue_with_dlq};
+use relay_tests::{harbor_push_event, image, now, planned_tasks, ImageKind, Stack};
+use serde_json::{json, Value};
+
+/// The EMF documents among a function's output lines.
+fn emf_lines(output: &str) -> Vec<Value> {
+    output.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.get("_aws").is_some()).collect()
+}
+
+fn config_file(yaml: &str) -> String {
+    let path = std::env::temp_dir().join(format!("relay-lambda-{}-{:08x}.yaml", now(), rand::random::<u32>()));
+    std::fs::write(&path, yaml).unwrap();
+    path.display().to_string()
+}
+
+/// Receives up to `n` messages (waiting up to 10 s for the first).
+async fn receive(sqs: &aws_sdk_sqs::Client, queue: &str, n: i32) -> Vec<aws_sdk_sqs::types::Message> {
+    sqs.receive_message()
+        .queue_url(queue)
+        .max_number_of_messages(n)
+        .wait_time_seconds(10)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+}
+
+/// An HTTP request event (payload format 2.0) as a Function URL sends it
+/// (`function_url`) or as an API Gateway HTTP API does, body base64-encoded.
+fn http_v2_event(function_url: bool, auth: &str, body: &str) -> Value {
+    let (domain, account, api) = match function_url {
+        true => ("a1b2c3d4e5.lambda-url.us-east-1.on.aws", "anonymous", "a1b2c3d4e5"),
+        false => ("k7x9q2w4e6.execute-api.us-east-1.amazonaws.com", "123456789012", "k7x9q2w4e6"),
+    };
+    json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/",
+        "rawQueryString": "",
+        "headers": {
+            "content-type": "application/json",
+            "authorization": auth,
+            "host": domain,
+            "user-agent": "Go-http-client/1.1",
+            "x-forwarded-proto": "https"
+        },
+        "requestContext": {
+            "accountId": account,
+            "apiId": api,
+            "domainName": domain,
+            "domainPrefix": api,
+            "http": { "method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "203.0.113.9", "userAgent": "Go-http-client/1.1" },
+            "requestId": format!("req-{:08x}", rand::random::<u32>()),
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "01/Dec/2026:12:00:00 +0000",
+            "timeEpoch": now() * 1000
+        },
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+        "isBase64Encoded": true
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_lambda_mode_answers_function_url_and_http_api_events() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let queue = create_queue(&sqs, "lam-hook").await.unwrap();
+    let config = config_file(&stack.config_yaml("  - name: all\n    destination: { registry: cluster1-registry }\n"));
+    let emulator = Emulator::start().await;
+    let function = emulator.spawn("webhook", &[("RELAY_CONFIG", config), ("RELAY_QUEUE_URL", queue.clone())]);
+
+    let repo = unique_repo("lam-hook");
+    let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciIndex { platforms: 1 }, 1, 4096).await.unwrap();
+    let body = harbor_push_event("PUSH_ARTIFACT", stack.source_host(), &repo, Some("v1"), &img.digest, now());
+
+    // Through the emulator's Function URL: a plain HTTP request, as Harbor sends it.
+    let http = reqwest::Client::new();
+    let post = |auth: &str| {
+        http.post(emulator.function_url())
+            .header("content-type", "application/json")
+            .header("authorization", auth.to_owned())
+            .body(body.clone())
+            .timeout(Duration::from_secs(60))
+            .send()
+    };
+    assert_eq!(post("Bearer not-the-value").await.unwrap().status(), 401, "{}", function.output());
+    let ok = post(&stack.webhook_auth).await.unwrap();
+    assert_eq!(ok.status(), 202, "{}", function.output());
+    let reply: Value = ok.json().await.unwrap();
+    let mut expected = vec![reply["tasks"][0]["id"].as_str().unwrap().to_owned()];
+
+    // The event shapes themselves, body base64-encoded.
+    for function_url in [true, false] {
+        let (status, answer) = emulator.invoke(&http_v2_event(function_url, &stack.webhook_auth, &body)).await;
+        assert_eq!(status, 200, "{answer}\n{}", function.output());
+        assert_eq!(answer["statusCode"], 202, "{answer}");
+        let reply: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+        expected.push(reply["tasks"][0]["id"].as_str().unwrap().to_owned());
+        let (_, refused) = emulator.invoke(&http_v2_event(function_url, "Bearer not-the-value", &body)).await;
+        assert_eq!(refused["statusCode"], 401, "{refused}");
+    }
+
+    // Each accepted request enqueued its task, for the pushed digest.
+    let mut seen = Vec::new();
+    while seen.len() < expected.len() {
+        let got = receive(&sqs, &queue, 10).await;
+        assert!(!got.is_empty(), "tasks missing: {seen:?} of {expected:?}");
+        for m in got {
+            let task = relay::Task::decode(m.body().unwrap()).unwrap();
+            assert_eq!(task.source.digest.to_string(), img.digest);
+            seen.push(task.id);
+        }
+    }
+    seen.sort();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+/// An SQS event record for a message received from LocalStack, as the
+/// event source mapping delivers it.
+fn sqs_record(m: &aws_sdk_sqs::types::Message, queue_arn: &str) -> Value {
+    let attributes: serde_json::Map<String, Value> = m
+        .attributes()
+        .map(|a| a.iter().map(|(k, v)| (k.as_str().to_owned(), Value::String(v.clone()))).collect())
+        .unwrap_or_default();
+    let message_attributes: serde_json::Map<String, Value> = m
+        .message_attributes()
+        .map(|a| {
+            a.iter()
+                .map(|(k, v)| {
+                    let value = json!({
+                        "stringValue": v.string_value(),
+                        "stringListValues": [],
+                        "binaryListValues": [],
+                        "dataType": v.data_type()
+                    });
+                    (k.clone(), value)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "messageId": m.message_id(),
+        "receiptHandle": m.receipt_handle(),
+        "body": m.body(),
+        "attributes": attributes,
+        "messageAttributes": message_attributes,
+        "md5OfBody": m.md5_of_body(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": "us-east-1"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_lambda_mode_reports_each_failed_message_of_its_batch() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let (queue, dlq) = create_queue_with_dlq(&sqs, "lam-work", 5, 60).await.unwrap();
+    // A destination that answers every request 429 with a Retry-After past
+    // the invocation's end: its task fails with a backoff and is to come
+    // back (a destination that does not answer at all would be parked).
+    let limited = FakeRegistry::start(false).await;
+    for op in [Op::Ping, Op::HeadManifest, Op::PutManifest, Op::HeadBlob, Op::StartUpload] {
+        limited.inject(op, Fault::Status(429, Some("600".into())), 1000);
+    }
+    let yaml = stack
+        .config_yaml("  - name: up\n    destination: { registry: cluster1-registry }\n  - name: limited\n    destination: { registry: limited-registry }\n")
+        .replace("rules:\n", &format!("  - name: limited-registry\n    url: {}\nrules:\n", limited.url));
+    let config = config_file(&yaml);
+    let parsed = relay::Config::parse(&yaml).unwrap();
+
+    let repo = unique_repo("lam-work");
+    let img =
+        image::push(&stack.source(), &repo, "v1", ImageKind::OciIndex { platforms: 2 }, 2, 64 * 1024).await.unwrap();
+    let tasks = planned_tasks(&parsed, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest);
+    assert_eq!(tasks.len(), 2);
+    let to = |registry: &str| tasks.iter().find(|t| t.destination.registry == registry).unwrap().clone();
+    // A task for a registry the configuration does not name: dead-lettered
+    // at once, so not reported for another delivery.
+    let mut unknown = to("cluster1-registry");
+    unknown.destination.registry = "nowhere".into();
+    let mut ids = std::collections::HashMap::new();
+    for (name, task) in [("up", to("cluster1-registry")), ("limited", to("limited-registry")), ("unknown", unknown)] {
+        let sent = sqs.send_message().queue_url(&queue).message_body(task.encode()).send().await.unwrap();
+        ids.insert(sent.message_id().unwrap().to_owned(), name);
+    }
+    let mut messages = Vec::new();
+    while messages.len() < 3 {
+        let got = receive(&sqs, &queue, 10).await;
+        assert!(!got.is_empty(), "messages missing");
+        messages.extend(got);
+    }
+    let arn = format!("arn:aws:sqs:us-east-1:000000000000:{}", queue.rsplit('/').next().unwrap());
+    let event = json!({ "Records": messages.iter().map(|m| sqs_record(m, &arn)).collect::<Vec<_>>() });
+
+    let emulator = Emulator::start().await;
+    let function = emulator.spawn(
+        "worker",
+        &[
+            ("RELAY_CONFIG", config),
+            ("RELAY_QUEUE_URL", queue.clone()),
+            ("RELAY_DLQ_URL", dlq.clone()),
+            // Short, so the 429's wait (capped at a minute) does not fit.
+            ("RELAY_FUNCTION_TIMEOUT_SECONDS", "30".into()),
+        ],
+    );
+    let (status, answer) = emulator.invoke(&event).await;
+    let logs = function.output();
+    assert_eq!(status, 200, "{answer}\n{logs}");
+
+    // Exactly the message whose destination refused for now comes back.
+    let failed: Vec<&str> = answer["batchItemFailures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no batchItemFailures: {answer}"))
+        .iter()
+        .map(|f| ids[f["itemIdentifier"].as_str().unwrap()])
+        .collect();
+    assert_eq!(failed, vec!["limited"], "{answer}\n{logs}");
+    // The copy is complete at the destination, digest for digest.
+    assert_eq!(stack.target().digest_at(&repo, "v1").await.unwrap().as_deref(), Some(img.digest.as_str()));
+    // The unknown registry's task is in the DLQ.
+    let dead = receive(&sqs, &dlq, 10).await;
+    assert_eq!(dead.len(), 1, "{logs}");
+    assert_eq!(relay::Task::decode(dead[0].body().unwrap()).unwrap().destination.registry, "nowhere");
+    // Metrics per destination and rule; the dead-lettered task counts once
+    // as a final failure, the one to be retried does not.
+    let emf = emf_lines(&logs);
+    let sliced = |outcome: &str, registry: &str, rule: &str| {
+        emf.iter().any(|d| {
+            d["Outcome"] == outcome
+                && d["Registry"] == registry
+                && d["Rule"] == rule
+                && d["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
+                    == json!([
+                        ["Function", "Outcome"],
+                        ["Function", "Outcome", "Registry"],
+                        ["Function", "Outcome", "Rule"]
+                    ])
+        })
+    };
+    assert!(sliced("copied", "cluster1-registry", "up"), "{emf:?}");
+    assert!(sliced("failed", "limited-registry", "limited"), "{emf:?}");
+    let finals: Vec<&Value> = emf.iter().filter(|d| d.get("FinalFailures").is_some()).collect();
+    assert_eq!(finals.len(), 1, "{emf:?}");
+    assert_eq!((finals[0]["Registry"].as_str(), finals[0]["Rule"].as_str()), (Some("(unknown)"), Some("up")));
+    // The emulator's relative deadline was not taken for a past one.
+    assert!(logs.contains("using the function timeout instead"), "{logs}");
+    assert!(!logs.contains("stopped before the invocation deadline"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_lambda_mode_runs_a_pass_on_a_scheduled_event() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let queue = create_queue(&sqs, "lam-rec").await.unwrap();
+    let project = format!("lamrec-{:08x}", rand::random::<u32>());
+    let config = config_file(&stack.config_yaml(&format!(
+        "  - name: mirror\n    filters: {{ name: \"{project}/**\" }}\n    destination: {{ registry: cluster1-registry }}\n"
+    )));
+    let img =
+        image::push(&stack.source(), &format!("{project}/app"), "v1", ImageKind::OciIndex { platforms: 1 }, 1, 4096)
+            .await
+            .unwrap();
+
+    let emulator = Emulator::start().await;
+    let function = emulator.spawn("reconcile", &[("RELAY_CONFIG", config), ("RELAY_QUEUE_URL", queue.clone())]);
+    let scheduled = json!({
+        "version": "0",
+        "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": "2026-12-01T12:00:00Z",
+        "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/harbor-relay-reconcile"],
+        "detail": {}
+    });
+    let (status, summary) = emulator.invoke(&scheduled).await;
+    assert_eq!(status, 200, "{summary}\n{}", function.output());
+    assert_eq!(summary["tasks_enqueued"], 1, "{summary}");
+    assert_eq!(summary["repositories"], 1, "{summary}");
+    let emf = emf_lines(&function.output());
+    let pass =
+        emf.iter().find(|d| d["Function"] == "reconcile").unwrap_or_else(|| panic!("no reconcile metrics: {emf:?}"));
+    assert_eq!((pass["DriftFound"].as_f64(), pass["TasksEnqueued"].as_f64()), (Some(1.0), Some(1.0)), "{pass}");
+    assert_eq!(pass["RepositoriesScanned"].as_f64(), Some(1.0), "{pass}");
+    let got = receive(&sqs, &queue, 10).await;
+    assert_eq!(got.len(), 1);
+    let task = relay::Task::decode(got[0].body().unwrap()).unwrap();
+    assert_eq!(task.source.digest.to_string(), img.digest);
+    assert_eq!(task.destination.repository.to_string(), format!("{project}/app"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_init_failure_reaches_the_invocation() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let queue = create_queue(&sqs, "lam-init").await.unwrap();
+    // A rule naming a registry the configuration lacks: refused at start.
+    let config = config_file(&stack.config_yaml("  - name: all\n    destination: { registry: not-configured }\n"));
+    let emulator = Emulator::start().await;
+    // The emulator answers an init error to an invocation that is already
+    // waiting (on AWS the failed init fails the invocation that caused
+    // it); it offers no way to see that one waits, hence the pause.
+    let event = http_v2_event(true, &stack.webhook_auth, "{}");
+    let invocation = tokio::spawn({
+        let port = emulator.port;
+        async move {
+            reqwest::Client::new()
+                .post(format!("http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"))
+                .json(&event)
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut function = emulator.spawn("webhook", &[("RELAY_CONFIG", config), ("RELAY_QUEUE_URL", queue)]);
+    let code = function.exited(Duration::from_secs(30)).await;
+    assert_ne!(code, Some(0), "{}", function.output());
+    let answer = invocation.await.unwrap();
+    assert_eq!(answer["errorType"], "Runtime.InitError", "{answer}");
+    let message = answer["errorMessage"].as_str().unwrap();
+    assert!(message.contains("not-configured"), "{message}");
+}
