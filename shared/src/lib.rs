@@ -7,6 +7,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod destination;
 pub mod digest;
+pub mod doublestar;
 pub mod ecr;
 pub mod event;
 pub mod feeders;

@@ -1,9 +1,9 @@
 //! Harbor replication rules: filters and destination mapping, with Harbor's
 //! semantics (see DESIGN §3 and the README's mapping table).
 
-use globset::{GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 
+use crate::doublestar::{self, BadPattern};
 use crate::repository::{RepositoryPath, Tag};
 
 /// A parsed, validated replication rule.
@@ -26,12 +26,13 @@ pub struct Rule {
     pub exclude_operators: Vec<String>,
 }
 
-/// A glob with Harbor's doublestar semantics: `*` stays in one segment,
-/// `**` crosses `/`, `?`, `[..]`, `{a,b}`.
+/// A glob matched exactly as Harbor matches it (doublestar v1.3.4, see
+/// [`crate::doublestar`]): `*` stays in one component, `**` as a whole
+/// component crosses `/`, `?`, `[..]` with `^` negating, `{a,b}` where an
+/// alternative may be empty. Checked for syntax errors when built.
 #[derive(Debug, Clone)]
 pub struct Pattern {
     source: String,
-    matcher: GlobMatcher,
 }
 
 #[derive(Debug, Clone)]
@@ -97,13 +98,14 @@ pub struct MappingError {
 }
 
 impl Pattern {
-    pub fn new(source: &str) -> Result<Pattern, globset::Error> {
-        let glob = GlobBuilder::new(source).literal_separator(true).backslash_escape(true).build()?;
-        Ok(Pattern { source: source.to_owned(), matcher: glob.compile_matcher() })
+    pub fn new(source: &str) -> Result<Pattern, BadPattern> {
+        doublestar::check(source)?;
+        Ok(Pattern { source: source.to_owned() })
     }
 
     pub fn is_match(&self, candidate: &str) -> bool {
-        self.matcher.is_match(candidate)
+        // `check` refused every pattern that can err.
+        doublestar::matches(&self.source, candidate).unwrap_or(false)
     }
 
     pub fn as_str(&self) -> &str {
@@ -270,7 +272,9 @@ impl Rule {
         };
         let tag_filter = match raw.filters.tag {
             None => None,
-            Some(t) if t.pattern.is_empty() && t.decoration == Decoration::Matches => None,
+            // Harbor: an empty pattern switches the filter off, whatever
+            // the decoration (untagged artifacts included).
+            Some(t) if t.pattern.is_empty() => None,
             Some(t) => Some(TagFilter {
                 pattern: Pattern::new(&t.pattern).map_err(|e| field_err("filters.tag.pattern", e.to_string()))?,
                 decoration: t.decoration,
@@ -278,13 +282,14 @@ impl Rule {
         };
         let label_filter = match raw.filters.label {
             None => None,
+            // Harbor: no labels switch the filter off, whatever the decoration.
+            Some(RawLabelFilter::List(values)) | Some(RawLabelFilter::Full { values, .. }) if values.is_empty() => None,
             Some(_) if !harbor_api => {
                 return Err(field_err(
                     "filters.label",
                     "a label filter needs source.harbor_api: true (labels are read from Harbor's API; artifacts carry none at push time)",
                 ))
             }
-            Some(RawLabelFilter::List(values)) | Some(RawLabelFilter::Full { values, decoration: Decoration::Matches }) if values.is_empty() => None,
             Some(RawLabelFilter::List(values)) => Some(LabelFilter { labels: values, decoration: Decoration::Matches }),
             Some(RawLabelFilter::Full { values, decoration }) => Some(LabelFilter { labels: values, decoration }),
         };
@@ -367,6 +372,15 @@ mod tests {
             ("**", "**", "matches", "p/app", "", true),
             ("p/[ab]pp", "", "matches", "p/app", "x", true),
             ("p/[ab]pp", "", "matches", "p/cpp", "x", false),
+            // Where Harbor's doublestar v1 differs from shell globs.
+            ("library/[!n]ginx", "", "matches", "library/nginx", "x", true),
+            ("library/[^n]ginx", "", "matches", "library/nginx", "x", false),
+            ("**", "{,v*}", "matches", "p/app", "", true),
+            ("**", "{,v*}", "matches", "p/app", "v2", true),
+            ("**", "{,v*}", "matches", "p/app", "latest", false),
+            // An empty tag pattern is no filter, whatever the decoration.
+            ("**", "", "excludes", "p/app", "", true),
+            ("**", "", "excludes", "p/app", "v1", true),
         ];
         for (name, tag_pattern, decoration, r, t, expected) in table {
             let yaml = format!(
@@ -397,6 +411,13 @@ mod tests {
         assert!(err.to_string().contains("harbor_api"));
         let none = parse("{ name: t, destination: { registry: r } }", false).unwrap();
         assert!(none.accepts_labels(None));
+        // No labels is no filter, whatever the decoration (and needs no API).
+        let empty = parse(
+            "{ name: t, filters: { label: { values: [], decoration: excludes } }, destination: { registry: r } }",
+            false,
+        )
+        .unwrap();
+        assert!(empty.accepts_labels(None));
     }
 
     #[test]
