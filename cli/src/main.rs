@@ -39,7 +39,8 @@ enum Command {
     Replicate {
         #[command(flatten)]
         target: Planning,
-        /// `project/repo`, `project/repo:tag`, or a glob such as `project/**`.
+        /// `project/repo` or a glob such as `project/**`, optionally `:tag` or `:` a tag glob
+        /// (`library/nginx:1.*`); Harbor's glob semantics. Exits 1 when it selects nothing.
         selection: String,
     },
     /// One reconcile pass now: enqueue what the destinations lack (drift repair, backfill).
@@ -167,9 +168,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = bootstrap::load_config(&target.config).await?;
             let selection = Selection::parse(&selection).map_err(anyhow::Error::msg)?;
             let source = bootstrap::source_client(&config, &secrets, RetryPolicy::default()).await?;
-            let tasks = ops::plan_backfill(&config, &source, &selection).await?;
-            target.deliver(sqs, &tasks).await?;
-            println!("{} tasks {}", tasks.len(), target.verb());
+            let harbor = bootstrap::harbor_api(&config, &secrets).await?;
+            let backfill = match ops::plan_backfill(&config, &source, harbor.as_ref(), &selection).await {
+                Ok(b) => b,
+                Err(e @ (ops::BackfillError::NothingSelected { .. } | ops::BackfillError::NoRuleMatches { .. })) => {
+                    eprintln!("nothing to replicate: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            target.deliver(sqs, &backfill.tasks).await?;
+            println!(
+                "{} repositories, {} artifacts selected; {} tasks {}",
+                backfill.repositories,
+                backfill.artifacts,
+                backfill.tasks.len(),
+                target.verb()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Reconcile { target } => {

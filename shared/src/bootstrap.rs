@@ -170,7 +170,7 @@ pub async fn webhook(
 }
 
 /// Harbor's REST API client when `source.harbor_api` is on.
-async fn harbor_api(config: &Config, secrets: &SecretSource) -> Result<Option<HarborApi>, StartupError> {
+pub async fn harbor_api(config: &Config, secrets: &SecretSource) -> Result<Option<HarborApi>, StartupError> {
     if !config.source.harbor_api {
         return Ok(None);
     }

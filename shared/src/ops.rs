@@ -9,6 +9,8 @@ use aws_sdk_sqs::types::QueueAttributeName as Attr;
 
 use crate::config::Config;
 use crate::event::{Artifact, EventKind, Format, HarborEvent};
+use crate::feeders::{ListingError, SourceListing};
+use crate::harbor_api::HarborApi;
 use crate::plan::plan;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::{RegistryClient, RegistryError};
@@ -48,59 +50,159 @@ async fn ping(name: &str, url: &url::Url, client: Result<RegistryClient, String>
     CheckLine { name: name.to_owned(), url: url.to_string(), result }
 }
 
-/// What `relay replicate` was asked for: `repo`, `repo:tag`, or a glob
-/// such as `project/**`.
+/// What `relay replicate` was asked for: a repository or a glob over
+/// repositories (`project/**`), and optionally `:` a tag or a tag glob
+/// (`library/nginx:1.*`). Globs are Harbor's (see [`crate::doublestar`]).
 #[derive(Debug, Clone)]
-pub enum Selection {
-    One { repository: RepositoryPath, tag: Option<Tag> },
+pub struct Selection {
+    pub repositories: Select<RepositoryPath>,
+    pub tags: Option<Select<Tag>>,
+}
+
+/// One name, or a glob over names.
+#[derive(Debug, Clone)]
+pub enum Select<T> {
+    One(T),
     Glob(Pattern),
+}
+
+impl<T: AsRef<str>> Select<T> {
+    fn admits(&self, name: &str) -> bool {
+        match self {
+            Select::One(one) => one.as_ref() == name,
+            Select::Glob(p) => p.is_match(name),
+        }
+    }
+}
+
+fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?', '[', '{', '\\'])
 }
 
 impl Selection {
     pub fn parse(s: &str) -> Result<Selection, String> {
-        if s.contains(['*', '?', '[', '{']) {
-            return Pattern::new(s).map(Selection::Glob).map_err(|e| e.to_string());
-        }
+        // Repository paths hold no `:`, so the last one starts the tag.
         let (repo, tag) = match s.rsplit_once(':') {
-            Some((r, t)) => (r, Some(t.parse::<Tag>().map_err(|e| e.to_string())?)),
+            Some((r, t)) => (r, Some(t)),
             None => (s, None),
         };
-        Ok(Selection::One { repository: repo.parse().map_err(|e: crate::repository::NameError| e.to_string())?, tag })
+        let repositories = match is_glob(repo) {
+            true => Select::Glob(Pattern::new(repo).map_err(|e| format!("{repo}: {e}"))?),
+            false => Select::One(repo.parse().map_err(|e: crate::repository::NameError| e.to_string())?),
+        };
+        let tags = match tag {
+            None => None,
+            Some(t) if is_glob(t) => Some(Select::Glob(Pattern::new(t).map_err(|e| format!("{t}: {e}"))?)),
+            Some(t) => Some(Select::One(t.parse::<Tag>().map_err(|e| e.to_string())?)),
+        };
+        Ok(Selection { repositories, tags })
     }
 }
 
-/// Lists the source for `selection` and plans copy tasks for every tag the
-/// rules match, as if Harbor had sent a push for each (HEAD only).
+/// What a backfill found and planned.
+#[derive(Debug, Default)]
+pub struct Backfill {
+    /// Repositories the selection matched.
+    pub repositories: usize,
+    /// Artifacts (a tag, or an untagged artifact) the selection matched.
+    pub artifacts: usize,
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(transparent)]
+    Listing(#[from] ListingError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("the selection matched nothing at the source ({repositories} repositories, no tag)")]
+    NothingSelected { repositories: usize },
+    #[error("no enabled rule replicates the {artifacts} artifacts selected (name, tag or label filters)")]
+    NoRuleMatches { artifacts: usize },
+}
+
+/// Lists the source for `selection` — through Harbor's API when `harbor` is
+/// given (project, repository and artifact listings: a pull robot may use
+/// them, `_catalog` needs a system administrator), else the registry API —
+/// and plans copy tasks for every artifact the rules replicate, as if
+/// Harbor had sent a push for each. With Harbor's API the artifacts'
+/// labels are known, so label rules apply as in the webhook; without it a
+/// rule with a label filter cannot decide and selects nothing. A
+/// selection that matches nothing, or that no rule replicates, is an
+/// error.
 pub async fn plan_backfill(
     config: &Config,
     source: &RegistryClient,
+    harbor: Option<&HarborApi>,
     selection: &Selection,
-) -> Result<Vec<Task>, RegistryError> {
-    let repositories = match selection {
-        Selection::One { repository, .. } => vec![repository.clone()],
-        Selection::Glob(p) => source.catalog().await?.into_iter().filter(|r| p.is_match(r.as_str())).collect(),
+) -> Result<Backfill, BackfillError> {
+    let repositories = match &selection.repositories {
+        Select::One(repository) => vec![repository.clone()],
+        Select::Glob(p) => {
+            let listing = SourceListing { source, harbor, page_size: LISTING_PAGE };
+            let prefix = [p.literal_prefix().to_owned()];
+            let prefixes = (!prefix[0].is_empty()).then_some(&prefix[..]);
+            listing.repositories(prefixes).await?.into_iter().filter(|r| p.is_match(r.as_str())).collect()
+        }
     };
-    let mut tasks = Vec::new();
+    let mut backfill = Backfill { repositories: repositories.len(), ..Backfill::default() };
     for repository in repositories {
-        let tags = match selection {
-            Selection::One { tag: Some(t), .. } => vec![t.clone()],
-            _ => source.tags(&repository).await?,
-        };
-        for tag in tags {
-            let Some(digest) = source.head_manifest(&repository, tag.as_str()).await? else { continue };
+        // (tag, digest, labels) of each selected artifact.
+        let mut selected = Vec::new();
+        match harbor {
+            Some(api) => {
+                for a in api.artifacts(&repository).await.map_err(ListingError::from)? {
+                    let untagged = a.tags.is_empty().then_some(None);
+                    for tag in a.tags.iter().cloned().map(Some).chain(untagged) {
+                        let admitted = match (&selection.tags, &tag) {
+                            (None, _) => true,
+                            (Some(s), Some(t)) => s.admits(t.as_str()),
+                            (Some(s), None) => s.admits(""),
+                        };
+                        if admitted {
+                            selected.push((tag, a.digest.clone(), Some(a.labels.clone())));
+                        }
+                    }
+                }
+            }
+            None => {
+                let tags = match &selection.tags {
+                    Some(Select::One(t)) => vec![t.clone()],
+                    Some(s) => source.tags(&repository).await?.into_iter().filter(|t| s.admits(t.as_str())).collect(),
+                    None => source.tags(&repository).await?,
+                };
+                for tag in tags {
+                    if let Some(digest) = source.head_manifest(&repository, tag.as_str()).await? {
+                        selected.push((Some(tag), digest, None));
+                    }
+                }
+            }
+        }
+        for (tag, digest, labels) in selected {
+            backfill.artifacts += 1;
             let event = HarborEvent {
                 kind: EventKind::Push,
                 format: Format::Default,
                 occurred_at: now(),
                 operator: "relay-cli".into(),
                 dedup_key: format!("manual-{}", uuid::Uuid::new_v4()),
-                artifact: Some(Artifact { repository: repository.clone(), digest, tag: Some(tag) }),
+                artifact: Some(Artifact { repository: repository.clone(), digest, tag }),
             };
-            tasks.extend(plan(config, &event, None, &mut || uuid::Uuid::new_v4().to_string()).tasks);
+            let planned = plan(config, &event, labels.as_deref(), &mut || uuid::Uuid::new_v4().to_string());
+            backfill.tasks.extend(planned.tasks);
         }
     }
-    Ok(tasks)
+    if backfill.artifacts == 0 {
+        return Err(BackfillError::NothingSelected { repositories: backfill.repositories });
+    }
+    if backfill.tasks.is_empty() {
+        return Err(BackfillError::NoRuleMatches { artifacts: backfill.artifacts });
+    }
+    Ok(backfill)
 }
+
+/// Entries per listing request.
+const LISTING_PAGE: usize = 1000;
 
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)

@@ -137,6 +137,18 @@ macro_rules! string_newtype {
 string_newtype!(RepositoryPath);
 string_newtype!(Tag);
 
+impl AsRef<str> for RepositoryPath {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Tag {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
