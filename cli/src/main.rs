@@ -5,6 +5,7 @@
 //!   relay reconcile --config F [--dry-run]      one reconcile pass (drift repair)
 //!   relay dlq --list | --redrive                show / re-queue dead-lettered tasks
 //!   relay status                                copy queue and DLQ depth
+//!   relay harbor webhooks --endpoint URL        keep Harbor's webhook policies pointed at the relay
 //!
 //! Queue URLs come from --queue-url / RELAY_QUEUE_URL (the DLQ from the
 //! queue's redrive policy, or --dlq-url / RELAY_DLQ_URL); AWS settings from
@@ -74,6 +75,33 @@ enum Command {
         queue_url: String,
         #[arg(long, env = "RELAY_DLQ_URL")]
         dlq_url: Option<String>,
+    },
+    /// Harbor itself, through its API (the source's credentials).
+    Harbor {
+        #[command(subcommand)]
+        command: HarborCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum HarborCommand {
+    /// In every project a rule can replicate from, create or update the webhook policy that sends
+    /// pushes and deletions to the relay; other policies are left alone. Idempotent.
+    Webhooks {
+        #[arg(long, env = "RELAY_CONFIG")]
+        config: String,
+        /// The webhook's URL (the stack's `WebhookUrl` output).
+        #[arg(long, env = "RELAY_WEBHOOK_URL")]
+        endpoint: url::Url,
+        /// The name of the policy the relay manages in each project.
+        #[arg(long, default_value = relay::harbor_webhooks::DEFAULT_POLICY_NAME)]
+        name: String,
+        /// Harbor's payload format: Default or CloudEvents (the webhook reads both).
+        #[arg(long, default_value = "Default")]
+        payload_format: relay::harbor_webhooks::PayloadFormat,
+        /// Say what would be created or updated, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -184,6 +212,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 backfill.artifacts,
                 backfill.tasks.len(),
                 target.verb()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Harbor { command: HarborCommand::Webhooks { config, endpoint, name, payload_format, dry_run } } => {
+            let config = bootstrap::load_config(&config).await?;
+            let api = bootstrap::harbor_api(&config, &secrets)
+                .await?
+                .context("the source is not Harbor's API: set source.harbor_api: true")?;
+            let auth = secrets.webhook_auth(&config.webhook).await?;
+            let wanted = relay::harbor_webhooks::WebhookPolicy::wanted(&name, &endpoint, auth.newest(), payload_format);
+            let kept = relay::harbor_webhooks::keep(&api, &config.rules, &wanted, dry_run).await?;
+            let count = |c| kept.iter().filter(|(_, change)| *change == c).count();
+            use relay::harbor_webhooks::Change;
+            for (project, change) in &kept {
+                let said = if dry_run && *change != Change::Unchanged { "would be " } else { "" };
+                println!("{:<32} {said}{}", project.name, change.as_str());
+            }
+            println!(
+                "{} projects covered: {} created, {} updated, {} unchanged{}",
+                kept.len(),
+                count(Change::Created),
+                count(Change::Updated),
+                count(Change::Unchanged),
+                if dry_run { " (dry run: nothing written)" } else { "" }
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::digest::Digest;
+use crate::harbor_webhooks::WebhookPolicy;
 use crate::registry::Credentials;
 use crate::repository::{RepositoryPath, Tag};
 
@@ -83,6 +84,13 @@ struct Named {
     name: String,
 }
 
+/// A Harbor project as its listing gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Project {
+    pub project_id: i64,
+    pub name: String,
+}
+
 impl HarborApi {
     /// `timeout` bounds each call: the webhook must answer Harbor in 3 s.
     pub fn new(
@@ -114,8 +122,48 @@ impl HarborApi {
 
     /// Every project's name (`GET /projects`, paginated).
     pub async fn projects(&self) -> Result<Vec<String>, HarborApiError> {
-        let listed: Vec<Named> = self.paged("/api/v2.0/projects", &[]).await?;
-        Ok(listed.into_iter().map(|p| p.name).collect())
+        Ok(self.project_list().await?.into_iter().map(|p| p.name).collect())
+    }
+
+    /// Every project, with its id (`GET /projects`, paginated).
+    pub async fn project_list(&self) -> Result<Vec<Project>, HarborApiError> {
+        self.paged("/api/v2.0/projects", &[]).await
+    }
+
+    /// The webhook policies of `project` (paginated).
+    pub async fn webhook_policies(&self, project: &Project) -> Result<Vec<WebhookPolicy>, HarborApiError> {
+        self.paged(&format!("/api/v2.0/projects/{}/webhook/policies", project.project_id), &[]).await
+    }
+
+    /// Creates `policy` in `project` (no `id`) or replaces the one with its `id`.
+    pub async fn save_webhook_policy(&self, project: &Project, policy: &WebhookPolicy) -> Result<(), HarborApiError> {
+        let mut url = self.base.clone();
+        let base = format!("/api/v2.0/projects/{}/webhook/policies", project.project_id);
+        let (req, ok) = match policy.id {
+            None => {
+                url.set_path(&base);
+                (self.http.post(url), 201)
+            }
+            Some(id) => {
+                url.set_path(&format!("{base}/{id}"));
+                (self.http.put(url), 200)
+            }
+        };
+        let resp = self
+            .authorized(req)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(policy).map_err(|e| HarborApiError::Request(e.to_string()))?)
+            .send()
+            .await
+            .map_err(|e| HarborApiError::Request(kind_of(&e)))?;
+        match resp.status().as_u16() {
+            s if s == ok => Ok(()),
+            401 | 403 => Err(HarborApiError::Forbidden(format!(
+                "may not manage the webhook policies of project {:?}: the account needs the project's webhook rights (a project admin, or a robot with \"Webhook\" create, update and list)",
+                project.name
+            ))),
+            s => Err(HarborApiError::Status(s)),
+        }
     }
 
     /// The repositories of `project` (names include the project).

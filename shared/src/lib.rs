@@ -12,6 +12,7 @@ pub mod ecr;
 pub mod event;
 pub mod feeders;
 pub mod harbor_api;
+pub mod harbor_webhooks;
 pub mod health;
 pub mod metrics;
 pub mod ops;

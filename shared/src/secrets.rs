@@ -344,6 +344,12 @@ impl AuthValues {
         AuthValues { values }
     }
 
+    /// The value to give Harbor: the last listed (during a rotation, old
+    /// and new are listed in that order).
+    pub fn newest(&self) -> &str {
+        self.values.last().map(String::as_str).unwrap_or_default()
+    }
+
     /// Constant-time in the compared bytes: every accepted value is checked
     /// (no early exit) and lengths are hidden by comparing hashes.
     pub fn accepts(&self, presented: Option<&str>) -> bool {

@@ -37,6 +37,8 @@ pub enum Op {
     /// Harbor's paginated lists: projects, repositories, artifacts, an
     /// artifact's tags.
     HarborList,
+    /// Harbor's webhook policies of a project (list, create, update).
+    HarborWebhook,
     /// OCI 1.1 `GET /v2/<name>/referrers/<digest>` (404 unless enabled).
     Referrers,
     Other,
@@ -102,6 +104,10 @@ struct Store {
     /// The token realm its challenges name (default: its own `/token`).
     realm: Option<String>,
     next: u64,
+    /// Projects that exist without a repository.
+    empty_projects: Vec<String>,
+    /// Webhook policies: (project id, policy as Harbor stores it).
+    webhook_policies: Vec<(i64, serde_json::Value)>,
 }
 
 #[derive(Clone)]
@@ -194,6 +200,26 @@ impl FakeRegistry {
     }
 
     /// Serve OCI 1.1's referrers API (and `OCI-Subject` on manifest pushes).
+    /// Adds a project that holds no repository yet.
+    pub fn add_project(&self, project: &str) {
+        self.store.lock().unwrap().empty_projects.push(project.to_owned());
+    }
+
+    /// The webhook policies Harbor holds for `project`.
+    pub fn webhook_policies(&self, project: &str) -> Vec<serde_json::Value> {
+        let id = project_id(project);
+        self.store.lock().unwrap().webhook_policies.iter().filter(|(p, _)| *p == id).map(|(_, v)| v.clone()).collect()
+    }
+
+    /// Stores `policy` for `project` as if made in Harbor's UI.
+    pub fn insert_webhook_policy(&self, project: &str, mut policy: serde_json::Value) {
+        let mut s = self.store.lock().unwrap();
+        s.next += 1;
+        policy["id"] = s.next.into();
+        policy["project_id"] = project_id(project).into();
+        s.webhook_policies.push((project_id(project), policy));
+    }
+
     pub fn enable_referrers_api(&self) {
         self.store.lock().unwrap().referrers_api = true;
     }
@@ -486,7 +512,175 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
             ([("content-type", "application/json")], body).into_response()
         }
         Op::HarborList => harbor_list(&s, &path, &q),
+        Op::HarborWebhook => harbor_webhook(&mut s, &method, &path, &body, &q),
     }
+}
+
+/// Harbor's id of `project` (stable: derived from its name).
+pub fn project_id(project: &str) -> i64 {
+    i64::from_str_radix(&sha256(project.as_bytes())["sha256:".len()..][..12], 16).unwrap()
+}
+
+/// Every project: those holding repositories and the empty ones.
+fn projects(s: &Store) -> Vec<String> {
+    let mut projects: Vec<String> = s.manifests.keys().filter_map(|r| r.split('/').next()).map(str::to_owned).collect();
+    projects.extend(s.empty_projects.iter().cloned());
+    projects.sort();
+    projects.dedup();
+    projects
+}
+
+/// `/api/v2.0/projects/{id}/webhook/policies[/{policy id}]`: GET lists,
+/// POST creates (201), PUT replaces (200); a body that does not fit
+/// Harbor's `WebhookPolicy` schema (API v2.0) gets 400 with the reasons.
+fn harbor_webhook(s: &mut Store, method: &Method, path: &str, body: &[u8], q: &HashMap<String, String>) -> Response {
+    let rest = path.trim_start_matches("/api/v2.0/projects/");
+    let parts: Vec<&str> = rest.split('/').collect();
+    let Some(pid) = parts.first().and_then(|p| p.parse::<i64>().ok()) else { return status(404) };
+    if !projects(s).iter().any(|p| project_id(p) == pid) {
+        return status(404);
+    }
+    // The body as JSON, or why Harbor would refuse it.
+    let parsed = || -> Result<serde_json::Value, String> {
+        let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let errors = webhook_policy_errors(&v);
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        Ok(v)
+    };
+    match (method.as_str(), &parts[1..]) {
+        ("GET", ["webhook", "policies"]) => {
+            let items: Vec<&serde_json::Value> =
+                s.webhook_policies.iter().filter(|(p, _)| *p == pid).map(|(_, v)| v).collect();
+            let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
+            let size: usize = q.get("page_size").and_then(|p| p.parse().ok()).unwrap_or(10).clamp(1, 100);
+            let body: Vec<_> = items.into_iter().skip((page - 1) * size).take(size).collect();
+            ([("content-type", "application/json")], serde_json::to_string(&body).unwrap()).into_response()
+        }
+        ("POST", ["webhook", "policies"]) => {
+            let mut v = match parsed() {
+                Ok(v) => v,
+                Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+            };
+            s.next += 1;
+            v["id"] = s.next.into();
+            v["project_id"] = pid.into();
+            v["creator"] = "admin".into();
+            s.webhook_policies.push((pid, v));
+            status(201)
+        }
+        ("PUT", ["webhook", "policies", id]) => {
+            let mut v = match parsed() {
+                Ok(v) => v,
+                Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+            };
+            let Some(slot) = s
+                .webhook_policies
+                .iter_mut()
+                .find(|(p, old)| *p == pid && old["id"].as_u64().map(|i| i.to_string()).as_deref() == Some(*id))
+            else {
+                return status(404);
+            };
+            v["id"] = slot.1["id"].clone();
+            v["project_id"] = pid.into();
+            slot.1 = v;
+            status(200)
+        }
+        _ => status(405),
+    }
+}
+
+/// Where `v` departs from Harbor's `WebhookPolicy` (swagger v2.0: property
+/// names and types, no others) and from what Harbor then accepts (a name,
+/// known event types, an http target with an address, a known format).
+pub fn webhook_policy_errors(v: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    let mut errors = Vec::new();
+    let Some(o) = v.as_object() else { return vec!["not an object".into()] };
+    let kind = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let policy_types = [
+        ("id", "integer"),
+        ("name", "string"),
+        ("description", "string"),
+        ("project_id", "integer"),
+        ("targets", "array"),
+        ("event_types", "array"),
+        ("creator", "string"),
+        ("creation_time", "string"),
+        ("update_time", "string"),
+        ("enabled", "boolean"),
+    ];
+    for (k, val) in o {
+        match policy_types.iter().find(|(n, _)| n == k) {
+            None => errors.push(format!("unknown property {k}")),
+            Some((_, t)) if kind(val) != *t => errors.push(format!("{k} is {}, not {t}", kind(val))),
+            _ => {}
+        }
+    }
+    if o.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+        errors.push("name missing".into());
+    }
+    const EVENTS: [&str; 13] = [
+        "PUSH_ARTIFACT",
+        "PULL_ARTIFACT",
+        "DELETE_ARTIFACT",
+        "SCANNING_FAILED",
+        "SCANNING_COMPLETED",
+        "SCANNING_STOPPED",
+        "QUOTA_EXCEED",
+        "QUOTA_WARNING",
+        "REPLICATION",
+        "TAG_RETENTION",
+        "PROJECT_QUOTA",
+        "DELETE_REPOSITORY",
+        "IMAGE_SCAN",
+    ];
+    for e in o.get("event_types").and_then(Value::as_array).into_iter().flatten() {
+        if !e.as_str().is_some_and(|e| EVENTS.contains(&e)) {
+            errors.push(format!("unknown event type {e}"));
+        }
+    }
+    let target_types = [
+        ("type", "string"),
+        ("address", "string"),
+        ("auth_header", "string"),
+        ("skip_cert_verify", "boolean"),
+        ("payload_format", "string"),
+    ];
+    for t in o.get("targets").and_then(Value::as_array).into_iter().flatten() {
+        let Some(t) = t.as_object() else {
+            errors.push("a target is not an object".into());
+            continue;
+        };
+        for (k, val) in t {
+            match target_types.iter().find(|(n, _)| n == k) {
+                None => errors.push(format!("unknown target property {k}")),
+                Some((_, ty)) if kind(val) != *ty => errors.push(format!("target {k} is {}, not {ty}", kind(val))),
+                _ => {}
+            }
+        }
+        if !t.get("type").and_then(Value::as_str).is_some_and(|k| ["http", "slack", "teams"].contains(&k)) {
+            errors.push("target type must be http, slack or teams".into());
+        }
+        if t.get("address").and_then(Value::as_str).is_none_or(|a| url::Url::parse(a).is_err()) {
+            errors.push("target address is not a URL".into());
+        }
+        if let Some(f) = t.get("payload_format").and_then(Value::as_str) {
+            if !["Default", "CloudEvents"].contains(&f) {
+                errors.push(format!("unknown payload format {f}"));
+            }
+        }
+    }
+    errors
 }
 
 /// 64 KiB pieces forever.
@@ -504,11 +698,7 @@ fn harbor_list(s: &Store, path: &str, q: &HashMap<String, String>) -> Response {
     let mut repos: Vec<&String> = s.manifests.keys().collect();
     repos.sort();
     let items: Vec<serde_json::Value> = match parts.as_slice() {
-        [""] => {
-            let mut projects: Vec<&str> = repos.iter().filter_map(|r| r.split('/').next()).collect();
-            projects.dedup();
-            projects.into_iter().map(named).collect()
-        }
+        [""] => projects(s).iter().map(|p| serde_json::json!({ "name": p, "project_id": project_id(p) })).collect(),
         [project, "repositories"] => {
             repos.iter().filter(|r| r.split('/').next() == Some(project)).map(|r| named(r)).collect()
         }
@@ -580,6 +770,9 @@ fn classify(method: &Method, path: &str) -> (Op, String, String) {
         if let [project, "repositories", name, "artifacts", digest] = parts.as_slice() {
             return (Op::HarborArtifact, format!("{project}/{}", name.replace("%252F", "/")), (*digest).to_owned());
         }
+    }
+    if path.starts_with("/api/v2.0/projects") && path.contains("/webhook/policies") {
+        return (Op::HarborWebhook, String::new(), String::new());
     }
     if path.starts_with("/api/v2.0/projects") {
         return (Op::HarborList, String::new(), String::new());

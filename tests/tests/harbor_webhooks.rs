@@ -1,0 +1,136 @@
+//! `relay harbor webhooks` against the tests' Harbor API server, which
+//! refuses (400) any request body that does not fit Harbor's
+//! `WebhookPolicy` schema (API v2.0): one policy per project a rule can
+//! replicate from — an empty project included, others not — created, then
+//! left alone while it is right, updated when the endpoint changes; a
+//! policy made by hand stays as it was; a dry run writes nothing.
+
+use std::process::Command;
+
+use relay_tests::fake::FakeRegistry;
+use relay_tests::{image, workspace_binary, ImageKind, PlainRegistry, Stack};
+use serde_json::{json, Value};
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(workspace_binary("relay")).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_created_kept_and_updated_in_covered_projects_only() {
+    let stack = Stack::load().unwrap();
+    let harbor = FakeRegistry::start(false).await;
+    let src = PlainRegistry::new(&harbor.url, None);
+    let p = format!("hw{:08x}", rand::random::<u32>());
+    let (lib, team, fresh, other) =
+        (format!("{p}-lib"), format!("{p}-team1"), format!("{p}-new"), format!("{p}-other"));
+    for project in [&lib, &team, &other] {
+        image::push(&src, &format!("{project}/app"), "v1", ImageKind::OciImage, 1, 256).await.unwrap();
+    }
+    harbor.add_project(&fresh);
+    let by_hand = json!({
+        "name": "alerts",
+        "targets": [{ "type": "slack", "address": "https://hooks.chat.example/alerts" }],
+        "event_types": ["SCANNING_FAILED"],
+        "enabled": true
+    });
+    harbor.insert_webhook_policy(&lib, by_hand.clone());
+
+    let config = std::env::temp_dir().join(format!("relay-hooks-{p}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "source: {{ url: {}, harbor_api: true }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: r, url: {} }}\nrules:\n  - {{ name: lib, filters: {{ name: \"{lib}/**\" }}, destination: {{ registry: r }} }}\n  - {{ name: teams, filters: {{ name: \"{p}-team*/**\" }}, destination: {{ registry: r }} }}\n  - {{ name: fresh, filters: {{ name: \"{{{fresh},nowhere}}/**\" }}, destination: {{ registry: r }} }}\n  - {{ name: off, enabled: false, filters: {{ name: \"{other}/**\" }}, destination: {{ registry: r }} }}\n",
+            harbor.url, stack.target_url
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let hooks = |endpoint: &str, extra: &[&str]| {
+        let mut args = vec!["harbor", "webhooks", "--config", config.as_str(), "--endpoint", endpoint];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let ours = |project: &str| -> Vec<Value> {
+        harbor.webhook_policies(project).into_iter().filter(|v| v["name"] == "harbor-relay").collect()
+    };
+
+    let (code, said) = hooks("https://relay.example/", &["--dry-run"]);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("3 projects covered: 3 created, 0 updated, 0 unchanged (dry run"), "{said}");
+    assert!([&lib, &team, &fresh].iter().all(|p| ours(p).is_empty()), "a dry run writes nothing");
+
+    let (code, said) = hooks("https://relay.example/", &[]);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("3 projects covered: 3 created, 0 updated, 0 unchanged"), "{said}");
+    for project in [&lib, &team, &fresh] {
+        let policies = ours(project);
+        assert_eq!(policies.len(), 1, "{project}");
+        let policy = &policies[0];
+        assert_eq!(policy["enabled"], true);
+        assert_eq!(policy["event_types"], json!(["PUSH_ARTIFACT", "DELETE_ARTIFACT"]));
+        let target = &policy["targets"][0];
+        assert_eq!(target["type"], "http");
+        assert_eq!(target["address"], "https://relay.example/");
+        assert_eq!(target["auth_header"], stack.webhook_auth.as_str(), "one of the accepted values");
+        assert_eq!(target["payload_format"], "Default");
+    }
+    assert!(harbor.webhook_policies(&other).is_empty(), "no enabled rule covers {other}");
+    let kept: Vec<Value> = harbor.webhook_policies(&lib).into_iter().filter(|v| v["name"] == "alerts").collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!((&kept[0]["targets"], &kept[0]["event_types"]), (&by_hand["targets"], &by_hand["event_types"]));
+
+    // Idempotent: nothing to do.
+    let (code, said) = hooks("https://relay.example/", &[]);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("0 created, 0 updated, 3 unchanged"), "{said}");
+
+    // A new endpoint: the same policies, updated in place.
+    let ids: Vec<Value> = [&lib, &team, &fresh].iter().map(|p| ours(p)[0]["id"].clone()).collect();
+    let (code, said) = hooks("https://relay2.example/hook", &["--payload-format", "CloudEvents"]);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("0 created, 3 updated, 0 unchanged"), "{said}");
+    for (project, id) in [&lib, &team, &fresh].iter().zip(ids) {
+        let policies = ours(project);
+        assert_eq!(policies.len(), 1);
+        assert_eq!(policies[0]["id"], id);
+        assert_eq!(policies[0]["targets"][0]["address"], "https://relay2.example/hook");
+        assert_eq!(policies[0]["targets"][0]["payload_format"], "CloudEvents");
+    }
+    let _ = std::fs::remove_file(&config);
+}
+
+#[test]
+fn the_schema_check_refuses_what_harbor_would() {
+    use relay_tests::fake::webhook_policy_errors;
+    let good = json!({
+        "name": "harbor-relay",
+        "description": "",
+        "project_id": 3,
+        "targets": [{ "type": "http", "address": "https://x.example/", "auth_header": "Bearer x", "skip_cert_verify": false, "payload_format": "Default" }],
+        "event_types": ["PUSH_ARTIFACT", "DELETE_ARTIFACT"],
+        "enabled": true
+    });
+    assert!(webhook_policy_errors(&good).is_empty(), "{:?}", webhook_policy_errors(&good));
+    for (change, needle) in [
+        (json!({"enabled": "true"}), "enabled is string"),
+        (json!({"events": []}), "unknown property events"),
+        (json!({"event_types": ["PUSH_IMAGE"]}), "unknown event type"),
+        (
+            json!({"targets": [{ "type": "http", "address": "x", "format": "Default" }]}),
+            "unknown target property format",
+        ),
+        (
+            json!({"targets": [{ "type": "http", "address": "https://x.example/", "payload_format": "JSON" }]}),
+            "unknown payload format",
+        ),
+    ] {
+        let mut bad = good.clone();
+        for (k, v) in change.as_object().unwrap() {
+            bad[k] = v.clone();
+        }
+        let errors = webhook_policy_errors(&bad).join("; ");
+        assert!(errors.contains(needle), "{change}: {errors}");
+    }
+}
