@@ -134,3 +134,50 @@ fn the_schema_check_refuses_what_harbor_would() {
         assert!(errors.contains(needle), "{change}: {errors}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_pass_keeps_the_policies_when_asked() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let queue = relay_tests::stack::create_queue(&sqs, "hooks-rec").await.unwrap();
+    let harbor = FakeRegistry::start(false).await;
+    let src = PlainRegistry::new(&harbor.url, None);
+    let p = format!("hr{:08x}", rand::random::<u32>());
+    image::push(&src, &format!("{p}/app"), "v1", ImageKind::OciImage, 1, 256).await.unwrap();
+    let config = std::env::temp_dir().join(format!("relay-hooks-rec-{p}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "source: {{ url: {}, harbor_api: true }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\nrules:\n  - {{ name: all, filters: {{ name: \"{p}/**\" }}, destination: {{ registry: cluster1-registry }} }}\n",
+            harbor.url, stack.target_url, stack.target_user
+        ),
+    )
+    .unwrap();
+    // One standalone pass (as cron, or the Lambda on its schedule); its summary.
+    let pass = |keep: bool| {
+        let mut c = Command::new(workspace_binary("reconcile"));
+        c.env("RELAY_CONFIG", &config).env("RELAY_QUEUE_URL", &queue);
+        if keep {
+            c.env("RELAY_HARBOR_WEBHOOKS_ENDPOINT", "https://relay.example/");
+        }
+        let out = c.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v.get("resumed_after").is_some())
+            .unwrap_or_else(|| panic!("no summary: {stdout}"))
+    };
+    let off = pass(false);
+    assert_eq!(off["webhook_policies"], Value::Null);
+    assert!(harbor.webhook_policies(&p).is_empty(), "not asked: nothing written");
+    let first = pass(true);
+    assert_eq!(first["webhook_policies"], json!({ "created": 1, "updated": 0, "unchanged": 0 }));
+    let ours = harbor.webhook_policies(&p);
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0]["targets"][0]["address"], "https://relay.example/");
+    let again = pass(true);
+    assert_eq!(again["webhook_policies"], json!({ "created": 0, "updated": 0, "unchanged": 1 }));
+    let _ = std::fs::remove_file(&config);
+}

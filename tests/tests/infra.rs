@@ -105,7 +105,12 @@ fn transformed_template_wires_queue_worker_and_webhook() {
     );
     for role in ["WorkerRole", "ReconcileFunctionRole"] {
         assert!(secrets_of(role).contains("{\"Ref\":\"SecretArns\"}"), "{role}");
-        assert!(!secrets_of(role).contains("WebhookSecretArns"), "{role} reads no webhook secret");
+    }
+    assert!(!secrets_of("WorkerRole").contains("WebhookSecretArns"), "the worker reads no webhook secret");
+    // Reconcile reads it only when it keeps Harbor's webhook policies.
+    let reconcile_policies = r["ReconcileFunctionRole"]["Properties"]["Policies"].as_array().unwrap();
+    for p in reconcile_policies.iter().filter(|p| p.to_string().contains("WebhookSecretArns")) {
+        assert_eq!(p["Fn::If"][0], "KeepWebhooksWithSecrets", "{p}");
     }
     // A flood at the public URL cannot take the worker's concurrency.
     assert_eq!(
@@ -168,6 +173,15 @@ fn transformed_template_wires_queue_worker_and_webhook() {
         rec.contains("ssm:PutParameter") && rec.contains("ReconcileCursor") && rec.contains("sqs:SendMessage"),
         "{rec}"
     );
+
+    // Opt-in: reconcile keeps Harbor's webhook policies pointed at the
+    // Function URL, and only then may read the webhook's secret.
+    let env = &r["ReconcileFunction"]["Properties"]["Environment"]["Variables"];
+    assert_eq!(
+        env["RELAY_HARBOR_WEBHOOKS_ENDPOINT"],
+        json!({"Fn::If": ["KeepWebhooks", get_att("WebhookFunctionUrl", "FunctionUrl"), {"Ref": "AWS::NoValue"}]})
+    );
+    assert!(rec.contains("KeepWebhooksWithSecrets") && rec.contains("WebhookSecretArns"), "{rec}");
 
     // Observability: the alarms and the saved queries exist.
     let alarms: Vec<&str> = r

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lambda_runtime::{service_fn, LambdaEvent};
+use relay::harbor_webhooks::{self, Change, PayloadFormat, WebhookPolicy, DEFAULT_POLICY_NAME};
+use relay::metrics::{self, Unit};
 use relay::queue::{Outgoing, TaskQueue};
 use relay::reconcile::{CursorStore, Reconciler};
 use relay::registry::retry::RetryPolicy;
@@ -22,6 +24,9 @@ struct App {
     worker: Worker,
     queue: TaskQueue,
     cursor: Option<CursorStore>,
+    /// Harbor's webhook policies to keep pointed at the relay before each
+    /// pass (`RELAY_HARBOR_WEBHOOKS_ENDPOINT`, opt-in).
+    webhooks: Option<WebhookPolicy>,
 }
 
 #[tokio::main]
@@ -66,11 +71,25 @@ async fn setup() -> anyhow::Result<App> {
         }
         _ => None,
     };
-    Ok(App { config, worker, queue: TaskQueue::new(sqs, queue_url), cursor })
+    let webhooks = match std::env::var("RELAY_HARBOR_WEBHOOKS_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => {
+            let endpoint: url::Url =
+                endpoint.parse().context("RELAY_HARBOR_WEBHOOKS_ENDPOINT must be the webhook's URL")?;
+            anyhow::ensure!(
+                worker.harbor.is_some(),
+                "RELAY_HARBOR_WEBHOOKS_ENDPOINT is set, but the source is not Harbor's API (source.harbor_api: true)"
+            );
+            let auth = secrets.webhook_auth(&config.webhook).await?;
+            Some(WebhookPolicy::wanted(DEFAULT_POLICY_NAME, &endpoint, auth.newest(), PayloadFormat::Default))
+        }
+        _ => None,
+    };
+    Ok(App { config, worker, queue: TaskQueue::new(sqs, queue_url), cursor, webhooks })
 }
 
 async fn run(app: &App, stop_at: Option<Instant>) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
+    let webhooks = keep_webhooks(app).await;
     let after = match &app.cursor {
         Some(c) => c.load().await.map_err(anyhow::Error::msg)?,
         None => None,
@@ -90,7 +109,38 @@ async fn run(app: &App, stop_at: Option<Instant>) -> anyhow::Result<serde_json::
         "tasks_enqueued": pass.tasks.len(),
         "resumed_after": after,
         "cursor": pass.cursor,
+        "webhook_policies": webhooks,
     });
     tracing::info!(repositories = pass.repositories, tags_checked = pass.tags_checked, in_sync = pass.in_sync, tasks_enqueued = pass.tasks.len(), cursor = ?pass.cursor, "reconcile pass done");
     Ok(summary)
+}
+
+/// Keeps Harbor's webhook policies in place when asked to; a failure is
+/// logged and counted, and the pass goes on (it repairs what a missing
+/// webhook did not send).
+async fn keep_webhooks(app: &App) -> serde_json::Value {
+    let (Some(wanted), Some(api)) = (&app.webhooks, &app.worker.harbor) else { return serde_json::Value::Null };
+    match harbor_webhooks::keep(api, &app.config.rules, wanted, false).await {
+        Ok(kept) => {
+            let count = |c| kept.iter().filter(|(_, change)| *change == c).count();
+            let (created, updated, unchanged) =
+                (count(Change::Created), count(Change::Updated), count(Change::Unchanged));
+            for (project, change) in kept.iter().filter(|(_, c)| *c != Change::Unchanged) {
+                tracing::info!(project = %project.name, change = change.as_str(), "Harbor webhook policy kept in place");
+            }
+            metrics::emit(
+                &[("Function", "reconcile")],
+                &[
+                    ("WebhookPoliciesCreated", created as f64, Unit::Count),
+                    ("WebhookPoliciesUpdated", updated as f64, Unit::Count),
+                ],
+            );
+            serde_json::json!({ "created": created, "updated": updated, "unchanged": unchanged })
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot keep Harbor's webhook policies in place");
+            metrics::emit(&[("Function", "reconcile")], &[("WebhookPolicyFailures", 1.0, Unit::Count)]);
+            serde_json::json!({ "error": e.to_string() })
+        }
+    }
 }
