@@ -31,7 +31,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the configuration and test the connection to every registry (GET /v2/ with credentials).
+    /// Check what the functions will need: the configuration, the secrets it names, the connection
+    /// to every registry (GET /v2/), Harbor's API (with harbor_api), the push right at each
+    /// destination (an upload started and cancelled). Exit 0: all ok; 1: a check failed;
+    /// 2: the configuration cannot be read or is invalid.
     Check {
         #[arg(long, env = "RELAY_CONFIG")]
         config: String,
@@ -170,15 +173,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let secrets = SecretSource::from_process(Some(secrets_manager));
     match cli.command {
         Command::Check { config } => {
-            let config = bootstrap::load_config(&config).await?;
+            let config = match bootstrap::load_config(&config).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("relay: configuration: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
             println!("configuration ok: {} registries, {} rules", config.registries.len(), config.rules.len());
             let mut ok = true;
             for line in ops::check(&config, &secrets).await {
                 match &line.result {
-                    Ok(()) => println!("ok      {:<24} {}", line.name, line.url),
+                    Ok(remark) if remark.is_empty() => println!("ok      {:<24} {}", line.name, line.what),
+                    Ok(remark) => println!("ok      {:<24} {}: {remark}", line.name, line.what),
                     Err(e) => {
                         ok = false;
-                        println!("FAILED  {:<24} {}  {e}", line.name, line.url);
+                        println!("FAILED  {:<24} {}: {e}", line.name, line.what);
                     }
                 }
             }

@@ -53,6 +53,8 @@ async fn check_tests_every_registry_and_shows_no_secret() {
     let out = text(&ok);
     assert!(ok.status.success(), "{out}");
     assert!(out.contains("ok      source") && out.contains("ok      cluster1-registry"), "{out}");
+    assert!(out.contains("push to harbor-relay-check: upload started and cancelled"), "{out}");
+    assert!(out.contains("accepted Authorization values: 1 readable"), "{out}");
     assert!(!out.contains(&stack.target_password));
 
     let bad = relay(&["check", "--config", config.as_str()], &[("CLUSTER1_PASSWORD", "not-the-password-xyz")]);
@@ -63,8 +65,36 @@ async fn check_tests_every_registry_and_shows_no_secret() {
 
     let invalid = config_file(&stack, "  - name: x\n    destination: { registry: nope }\n");
     let out = relay(&["check", "--config", invalid.as_str()], &[]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "an invalid configuration: exit 2");
     assert!(text(&out).contains("rules[0].destination.registry"), "{}", text(&out));
+}
+
+/// The push right is probed by starting an upload and cancelling it; a
+/// destination that refuses uploads fails the check (exit 1), naming it.
+/// (Two runtime threads: the fakes answer while the test waits for relay.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probes_the_push_right_without_writing() {
+    use relay_tests::fake::{FakeRegistry, Fault, Op};
+    let stack = Stack::load().unwrap();
+    let pushable = FakeRegistry::start(false).await;
+    let refusing = FakeRegistry::start(false).await;
+    refusing.inject(Op::StartUpload, Fault::Status(403, None), 10);
+    let yaml = stack.config_yaml("  - name: a\n    filters: { name: 'team/**' }\n    destination: { registry: pushable }\n  - name: b\n    destination: { registry: refusing, namespace: mirror }\n").replace(
+        "rules:\n",
+        &format!("  - {{ name: pushable, url: {} }}\n  - {{ name: refusing, url: {} }}\nrules:\n", pushable.url, refusing.url),
+    );
+    let config = tempfile_path::Path::write(&yaml);
+    let out = relay(&["check", "--config", config.as_str()], &[]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("push to team/harbor-relay-check: upload started and cancelled"), "{said}");
+    assert!(
+        said.contains("FAILED  refusing") && said.contains("push to mirror/harbor-relay-check") && said.contains("403"),
+        "{said}"
+    );
+    assert_eq!(pushable.count(Op::StartUpload), 1);
+    assert_eq!(pushable.count(Op::Other), 1, "the upload was cancelled (DELETE)");
+    assert_eq!(pushable.count(Op::PutUpload) + pushable.count(Op::PutManifest), 0, "nothing written");
 }
 
 #[tokio::test]

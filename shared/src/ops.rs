@@ -19,35 +19,110 @@ use crate::rules::Pattern;
 use crate::secrets::SecretSource;
 use crate::task::Task;
 
-/// One line of `relay check`.
+/// One line of `relay check`: what was checked, and how it went (`Ok`
+/// may carry a remark).
 #[derive(Debug)]
 pub struct CheckLine {
     pub name: String,
-    pub url: String,
-    pub result: Result<(), String>,
+    pub what: String,
+    pub result: Result<String, String>,
 }
 
-/// `GET /v2/` with the configured credentials against the source and every
-/// destination. Errors name the registry and status, never a secret.
+impl CheckLine {
+    fn new(name: &str, what: impl Into<String>, result: Result<String, String>) -> CheckLine {
+        CheckLine { name: name.to_owned(), what: what.into(), result }
+    }
+}
+
+/// Everything the functions will need, checked with the configured
+/// credentials: the secrets they read (the configuration itself was read
+/// to get here), `GET /v2/` at the source and every destination (Harbor's
+/// "Test connection"), Harbor's API and what the account sees there when
+/// `harbor_api` is on, and the right to push at each destination a rule
+/// uses (an upload is started in a probe repository and cancelled, so
+/// nothing is written). Errors name registries and statuses, never a
+/// secret.
 pub async fn check(config: &Config, secrets: &SecretSource) -> Vec<CheckLine> {
     let retry = RetryPolicy { attempts: 2, ..RetryPolicy::default() };
     let mut lines = Vec::new();
-    let source = crate::bootstrap::source_client(config, secrets, retry).await;
-    lines.push(ping("source", &config.source.url, source.map_err(|e| e.to_string())).await);
+    let auth = secrets.webhook_auth(&config.webhook).await;
+    lines.push(CheckLine::new(
+        "webhook",
+        "accepted Authorization values",
+        auth.map(|a| format!("{} readable", a.len())).map_err(|e| e.to_string()),
+    ));
+    let source = crate::bootstrap::source_client(config, secrets, retry).await.map_err(|e| e.to_string());
+    lines.push(connect("source", &config.source.url, &source).await);
+    if config.source.harbor_api {
+        let listed = match crate::bootstrap::harbor_api(config, secrets).await {
+            Ok(Some(api)) => api.project_list().await.map_err(|e| e.to_string()),
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        };
+        let result = match listed {
+            Ok(p) if p.is_empty() => {
+                Err("the account sees no project: give it access to the projects to replicate".into())
+            }
+            Ok(p) => Ok(format!("{} projects visible", p.len())),
+            Err(e) => Err(e),
+        };
+        lines.push(CheckLine::new("source", "Harbor API", result));
+    }
     for r in &config.registries {
         // Built as the worker builds it: an ECR destination gets its token.
-        let client = crate::bootstrap::destination_client(r, secrets, retry, None).await.map(|(c, _, _)| c);
-        lines.push(ping(&r.name, &r.url, client.map_err(|e| e.to_string())).await);
+        let client = crate::bootstrap::destination_client(r, secrets, retry, None)
+            .await
+            .map(|(c, _, _)| c)
+            .map_err(|e| e.to_string());
+        let line = connect(&r.name, &r.url, &client).await;
+        let connected = line.result.is_ok();
+        lines.push(line);
+        if let (true, Ok(client), Some(repo)) = (connected, &client, probe_repository(config, &r.name)) {
+            lines.push(CheckLine::new(&r.name, format!("push to {repo}"), push_right(client, &repo).await));
+        }
     }
     lines
 }
 
-async fn ping(name: &str, url: &url::Url, client: Result<RegistryClient, String>) -> CheckLine {
+async fn connect(name: &str, url: &url::Url, client: &Result<RegistryClient, String>) -> CheckLine {
     let result = match client {
-        Ok(c) => c.ping().await.map_err(|e| e.to_string()),
-        Err(e) => Err(e),
+        Ok(c) => c.ping().await.map(|()| String::new()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.clone()),
     };
-    CheckLine { name: name.to_owned(), url: url.to_string(), result }
+    CheckLine::new(name, format!("connect {url}"), result)
+}
+
+/// Where the push right is probed at `registry`: under the first rule
+/// sending there, its namespace or the project its name filter names,
+/// `harbor-relay-check`; `None` when no enabled rule sends there.
+fn probe_repository(config: &Config, registry: &str) -> Option<RepositoryPath> {
+    let rule = config.rules.iter().find(|r| r.enabled && r.destination.registry == registry)?;
+    let prefix = match (&rule.destination.namespace, &rule.name_filter) {
+        (Some(ns), _) => ns.clone(),
+        (None, Some(p)) => p.literal_prefix().split('/').next().unwrap_or_default().to_owned(),
+        (None, None) => String::new(),
+    };
+    let path = if prefix.is_empty() { PROBE.to_owned() } else { format!("{prefix}/{PROBE}") };
+    path.parse().ok().or_else(|| PROBE.parse().ok())
+}
+
+const PROBE: &str = "harbor-relay-check";
+
+/// Starts an upload in `repo` and cancels it at once.
+async fn push_right(client: &RegistryClient, repo: &RepositoryPath) -> Result<String, String> {
+    match client.start_upload(repo, None).await {
+        Ok(crate::registry::UploadStart::Session { url, .. }) => {
+            client.cancel_upload(repo, url).await;
+            Ok("upload started and cancelled".into())
+        }
+        Ok(crate::registry::UploadStart::Mounted) => Ok(String::new()),
+        // ECR and Harbor refuse a repository or project that is not there
+        // yet; the worker prepares it before the first copy.
+        Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
+            Ok("cannot tell: the repository does not exist yet (prepared on the first copy)".into())
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// What `relay replicate` was asked for: a repository or a glob over

@@ -344,6 +344,15 @@ impl AuthValues {
         AuthValues { values }
     }
 
+    /// How many values are accepted.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
     /// The value to give Harbor: the last listed (during a rotation, old
     /// and new are listed in that order).
     pub fn newest(&self) -> &str {

@@ -15,5 +15,5 @@ pub mod retry;
 pub mod throttle;
 
 pub use auth::Credentials;
-pub use client::{ClientOptions, Pushed, RegistryClient, RegistryError, Role};
+pub use client::{ClientOptions, Pushed, RegistryClient, RegistryError, Role, UploadStart};
 pub use copy::{Copier, CopyError, CopyReport, Outcome};
