@@ -6,6 +6,7 @@
 //!   relay dlq --list | --redrive                show / re-queue dead-lettered tasks
 //!   relay status                                copy queue and DLQ depth
 //!   relay harbor webhooks --endpoint URL        keep Harbor's webhook policies pointed at the relay
+//!   relay history [filters] [FILE]              per event: each destination's outcome, from the logs
 //!
 //! Queue URLs come from --queue-url / RELAY_QUEUE_URL (the DLQ from the
 //! queue's redrive policy, or --dlq-url / RELAY_DLQ_URL); AWS settings from
@@ -79,6 +80,35 @@ enum Command {
         #[arg(long, env = "RELAY_DLQ_URL")]
         dlq_url: Option<String>,
     },
+    /// Harbor's execution list: per event, when it arrived, the artifact and tags, and each
+    /// destination's outcome, duration, bytes and error, read from the functions' log lines.
+    History {
+        /// Log lines: the functions' JSON lines, or CloudWatch Logs' FilterLogEvents answers
+        /// (`aws logs filter-log-events --log-group-name /aws/lambda/<stack>-worker ...`); `-` or
+        /// nothing: stdin.
+        file: Option<std::path::PathBuf>,
+        /// Only tasks of this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only this destination registry (a `registries[].name`).
+        #[arg(long)]
+        destination: Option<String>,
+        /// Only this source repository, or a glob over them (`library/**`).
+        #[arg(long)]
+        repository: Option<String>,
+        /// Only events carrying this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only events that arrived in this last while (`30m`, `2h`, `1d`).
+        #[arg(long)]
+        since: Option<humantime::Duration>,
+        /// Only destinations whose task failed, for good or for now.
+        #[arg(long)]
+        failed: bool,
+        /// `table` (default) or `json`.
+        #[arg(long, default_value = "table")]
+        output: Output,
+    },
     /// Harbor itself, through its API (the source's credentials).
     Harbor {
         #[command(subcommand)]
@@ -106,6 +136,13 @@ enum HarborCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// How a command prints its result.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 /// What the commands that plan tasks share.
@@ -247,6 +284,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 count(Change::Unchanged),
                 if dry_run { " (dry run: nothing written)" } else { "" }
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::History { file, rule, destination, repository, tag, since, failed, output } => {
+            let text = match file.as_deref() {
+                Some(f) if f != std::path::Path::new("-") => {
+                    std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
+                }
+                _ => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
+            };
+            let filter = relay::history::Filter {
+                rule,
+                destination,
+                repository: repository
+                    .map(|r| relay::rules::Pattern::new(&r).map_err(|e| anyhow::anyhow!("--repository {r}: {e}")))
+                    .transpose()?,
+                tag,
+                since: since.map(|d| time::OffsetDateTime::now_utc() - *d),
+                failed,
+            };
+            let shown: Vec<_> = relay::history::executions(relay::history::parse_lines(&text))
+                .into_iter()
+                .filter_map(|e| filter.apply(e))
+                .collect();
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
+                Output::Table => print!("{}", relay::history::table(&shown)),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Reconcile { target } => {

@@ -14,6 +14,7 @@ pub mod feeders;
 pub mod harbor_api;
 pub mod harbor_webhooks;
 pub mod health;
+pub mod history;
 pub mod metrics;
 pub mod ops;
 pub mod plan;

@@ -122,6 +122,50 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
             assert!(l[f].is_string(), "{f} missing on {l}");
         }
     }
+
+    // `relay history` over these very lines: the push reached cluster1 with
+    // its bytes; the poison task is the only failure, its reason given; the
+    // same from a CloudWatch Logs FilterLogEvents answer.
+    let event_key = reply["event_key"].as_str().unwrap().to_owned();
+    let file = std::env::temp_dir().join(format!("relay-history-{}.log", now()));
+    std::fs::write(&file, &logs).unwrap();
+    let history = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new(workspace_binary("relay"))
+            .arg("history")
+            .arg(&file)
+            .args(["--output", "json", "--since", "1h"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let all = history(&[]);
+    let pushed = all.as_array().unwrap().iter().find(|e| e["event_key"] == event_key.as_str()).expect("the push");
+    assert_eq!(pushed["artifact"], format!("{repo}@{}", img.digest));
+    assert_eq!(pushed["tags"], serde_json::json!(["v1"]));
+    // The poison task was planned from the same event: two destinations.
+    let runs = pushed["destinations"].as_array().unwrap();
+    let run = |registry: &str| {
+        runs.iter()
+            .find(|d| d["destination"] == format!("{registry}/{repo}").as_str())
+            .unwrap_or_else(|| panic!("{runs:?}"))
+    };
+    assert_eq!(run("cluster1-registry")["outcome"], "copied");
+    assert!(run("cluster1-registry")["bytes"].as_u64().unwrap() > 8192, "{runs:?}");
+    assert_eq!(run("nowhere")["outcome"], "failed");
+    let failed = history(&["--failed"]);
+    let failed = failed.as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["destinations"].as_array().unwrap().len(), 1, "{failed:?}");
+    assert!(failed[0]["destinations"][0]["error"].as_str().unwrap().contains("nowhere"), "{failed:?}");
+    assert_eq!(history(&["--destination", "nowhere", "--tag", "v1"]).as_array().unwrap().len(), 1);
+    assert_eq!(history(&["--destination", "cluster1-registry", "--failed"]), serde_json::json!([]));
+    let events: Vec<serde_json::Value> =
+        logs.lines().map(|l| serde_json::json!({ "message": l, "logStreamName": "2026/12/01/[$LATEST]x" })).collect();
+    std::fs::write(&file, serde_json::json!({ "events": events }).to_string()).unwrap();
+    assert_eq!(history(&[]), all, "the same from CloudWatch's answer");
+    std::fs::remove_file(&file).ok();
 }
 
 /// The `fields` of each saved query in the template (`@` fields are
