@@ -24,7 +24,12 @@ use relay::registry::retry::RetryPolicy;
 use relay::secrets::SecretSource;
 
 #[derive(Parser)]
-#[command(name = "relay", about = "Operate harbor-relay: test connections, replicate by hand, dead letters, status")]
+#[command(
+    name = "relay",
+    version,
+    help_expected = true,
+    about = "Operate harbor-relay: check, replicate by hand, reconcile, history, Harbor webhooks, dead letters, status"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,6 +42,7 @@ enum Command {
     /// destination (an upload started and cancelled). Exit 0: all ok; 1: a check failed;
     /// 2: the configuration cannot be read or is invalid.
     Check {
+        /// The configuration: a file path, or `ssm:<parameter>` as the functions read it.
         #[arg(long, env = "RELAY_CONFIG")]
         config: String,
     },
@@ -55,12 +61,16 @@ enum Command {
     },
     /// Show (--list) or re-queue (--redrive) the tasks in the dead-letter queue.
     Dlq {
+        /// List the dead-lettered tasks with their last error, consuming nothing.
         #[arg(long, conflicts_with = "redrive", required_unless_present = "redrive")]
         list: bool,
+        /// Move the dead-lettered tasks back to the copy queue.
         #[arg(long)]
         redrive: bool,
+        /// The copy queue's URL.
         #[arg(long, env = "RELAY_QUEUE_URL")]
         queue_url: String,
+        /// The dead-letter queue's URL (default: from the copy queue's redrive policy).
         #[arg(long, env = "RELAY_DLQ_URL")]
         dlq_url: Option<String>,
     },
@@ -70,13 +80,16 @@ enum Command {
     ConfigPush {
         /// The YAML file.
         file: std::path::PathBuf,
+        /// The SSM parameter the functions read (the template's `ConfigParameterName`).
         #[arg(long, default_value = "/harbor-relay/config")]
         parameter: String,
     },
     /// Copy queue depth, in-flight tasks, dead-letter queue depth.
     Status {
+        /// The copy queue's URL.
         #[arg(long, env = "RELAY_QUEUE_URL")]
         queue_url: String,
+        /// The dead-letter queue's URL (default: from the copy queue's redrive policy).
         #[arg(long, env = "RELAY_DLQ_URL")]
         dlq_url: Option<String>,
     },
@@ -121,6 +134,7 @@ enum HarborCommand {
     /// In every project a rule can replicate from, create or update the webhook policy that sends
     /// pushes and deletions to the relay; other policies are left alone. Idempotent.
     Webhooks {
+        /// The configuration: a file path, or `ssm:<parameter>` as the functions read it.
         #[arg(long, env = "RELAY_CONFIG")]
         config: String,
         /// The webhook's URL (the stack's `WebhookUrl` output).
@@ -148,8 +162,10 @@ enum Output {
 /// What the commands that plan tasks share.
 #[derive(clap::Args)]
 struct Planning {
+    /// The configuration: a file path, or `ssm:<parameter>` as the functions read it.
     #[arg(long, env = "RELAY_CONFIG")]
     config: String,
+    /// The copy queue's URL (needed unless --dry-run).
     #[arg(long, env = "RELAY_QUEUE_URL")]
     queue_url: Option<String>,
     /// Print the tasks instead of enqueueing them.
@@ -383,5 +399,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `help_expected`: clap refuses an argument or subcommand without help text.
+    #[test]
+    fn every_command_and_flag_has_help() {
+        Cli::command().debug_assert();
     }
 }

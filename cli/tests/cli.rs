@@ -251,3 +251,10 @@ async fn reconcile_enqueues_only_what_is_missing() {
     assert!(text(&out).contains("1 repositories, 2 tags checked, 0 in sync, 2 tasks enqueued"), "{}", text(&out));
     assert_eq!(queue_depth(&sqs, &queue).await.unwrap().0, 2);
 }
+
+#[test]
+fn version_is_the_crate_version() {
+    let out = relay(&["--version"], &[]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("relay {}", env!("CARGO_PKG_VERSION")));
+}
