@@ -33,6 +33,9 @@ use relay::secrets::SecretSource;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How results are printed: `table` for people, `json` for programs.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    output: Output,
 }
 
 #[derive(Subcommand)]
@@ -118,9 +121,6 @@ enum Command {
         /// Only destinations whose task failed, for good or for now.
         #[arg(long)]
         failed: bool,
-        /// `table` (default) or `json`.
-        #[arg(long, default_value = "table")]
-        output: Output,
     },
     /// Harbor itself, through its API (the source's credentials).
     Harbor {
@@ -153,10 +153,20 @@ enum HarborCommand {
 }
 
 /// How a command prints its result.
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Output {
     Table,
     Json,
+}
+
+impl Output {
+    /// Prints `text` (a table, lines for people) or `json`.
+    fn print(self, text: impl FnOnce() -> String, json: serde_json::Value) {
+        match self {
+            Output::Table => print!("{}", text()),
+            Output::Json => println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default()),
+        }
+    }
 }
 
 /// What the commands that plan tasks share.
@@ -174,9 +184,15 @@ struct Planning {
 }
 
 impl Planning {
-    /// Prints the tasks and, unless this is a dry run, enqueues them.
-    async fn deliver(&self, sqs: aws_sdk_sqs::Client, tasks: &[relay::Task]) -> anyhow::Result<()> {
-        for t in tasks {
+    /// Prints the tasks (table output) and, unless this is a dry run,
+    /// enqueues them; the tasks as JSON.
+    async fn deliver(
+        &self,
+        sqs: aws_sdk_sqs::Client,
+        tasks: &[relay::Task],
+        output: Output,
+    ) -> anyhow::Result<serde_json::Value> {
+        for t in tasks.iter().filter(|_| output == Output::Table) {
             let tags: Vec<_> = t.destination.tags.iter().map(|t| t.as_str()).collect();
             println!(
                 "{} {:?}  {}@{} -> {}/{}:{}  ({})",
@@ -198,7 +214,7 @@ impl Planning {
             let outgoing: Vec<_> = tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
             TaskQueue::new(sqs, url).send(&outgoing).await?;
         }
-        Ok(())
+        Ok(serde_json::to_value(tasks)?)
     }
 
     fn verb(&self) -> &'static str {
@@ -224,6 +240,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let (sqs, secrets_manager) = bootstrap::aws_clients().await;
     let secrets = SecretSource::from_process(Some(secrets_manager));
+    let output = cli.output;
     match cli.command {
         Command::Check { config } => {
             let config = match bootstrap::load_config(&config).await {
@@ -233,26 +250,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            println!("configuration ok: {} registries, {} rules", config.registries.len(), config.rules.len());
-            let mut ok = true;
-            for line in ops::check(&config, &secrets).await {
-                match &line.result {
-                    Ok(remark) if remark.is_empty() => println!("ok      {:<24} {}", line.name, line.what),
-                    Ok(remark) => println!("ok      {:<24} {}: {remark}", line.name, line.what),
-                    Err(e) => {
-                        ok = false;
-                        println!("FAILED  {:<24} {}: {e}", line.name, line.what);
-                    }
+            let lines = ops::check(&config, &secrets).await;
+            let ok = lines.iter().all(|l| l.result.is_ok());
+            let text = || {
+                let mut t =
+                    format!("configuration ok: {} registries, {} rules\n", config.registries.len(), config.rules.len());
+                for line in &lines {
+                    t += &match &line.result {
+                        Ok(remark) if remark.is_empty() => format!("ok      {:<24} {}\n", line.name, line.what),
+                        Ok(remark) => format!("ok      {:<24} {}: {remark}\n", line.name, line.what),
+                        Err(e) => format!("FAILED  {:<24} {}: {e}\n", line.name, line.what),
+                    };
                 }
-            }
+                t
+            };
+            let json = serde_json::json!({
+                "ok": ok,
+                "registries": config.registries.len(),
+                "rules": config.rules.len(),
+                "checks": lines.iter().map(|l| serde_json::json!({
+                    "name": l.name,
+                    "what": l.what,
+                    "ok": l.result.is_ok(),
+                    "detail": match &l.result { Ok(r) => r, Err(e) => e },
+                })).collect::<Vec<_>>(),
+            });
+            output.print(text, json);
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::ConfigPush { file, parameter } => {
-            let pushed = bootstrap::push_config(&file, &parameter).await?;
-            println!(
-                "configuration ok: {} registries, {} rules; stored in {parameter} ({} bytes, {} tier, version {})",
-                pushed.registries, pushed.rules, pushed.bytes, pushed.tier, pushed.version
-            );
+            let p = bootstrap::push_config(&file, &parameter).await?;
+            let text = || {
+                format!(
+                    "configuration ok: {} registries, {} rules; stored in {parameter} ({} bytes, {} tier, version {})\n",
+                    p.registries, p.rules, p.bytes, p.tier, p.version
+                )
+            };
+            let json = serde_json::json!({
+                "parameter": parameter, "registries": p.registries, "rules": p.rules,
+                "bytes": p.bytes, "tier": p.tier, "version": p.version,
+            });
+            output.print(text, json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Replicate { target, selection } => {
@@ -268,14 +306,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            target.deliver(sqs, &backfill.tasks).await?;
-            println!(
-                "{} repositories, {} artifacts selected; {} tasks {}",
-                backfill.repositories,
-                backfill.artifacts,
-                backfill.tasks.len(),
-                target.verb()
-            );
+            let tasks = target.deliver(sqs, &backfill.tasks, output).await?;
+            let text = || {
+                format!(
+                    "{} repositories, {} artifacts selected; {} tasks {}\n",
+                    backfill.repositories,
+                    backfill.artifacts,
+                    backfill.tasks.len(),
+                    target.verb()
+                )
+            };
+            let json = serde_json::json!({
+                "repositories": backfill.repositories, "artifacts": backfill.artifacts,
+                "enqueued": !target.dry_run, "tasks": tasks,
+            });
+            output.print(text, json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Harbor { command: HarborCommand::Webhooks { config, endpoint, name, payload_format, dry_run } } => {
@@ -288,21 +333,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let kept = relay::harbor_webhooks::keep(&api, &config.rules, &wanted, dry_run).await?;
             let count = |c| kept.iter().filter(|(_, change)| *change == c).count();
             use relay::harbor_webhooks::Change;
-            for (project, change) in &kept {
-                let said = if dry_run && *change != Change::Unchanged { "would be " } else { "" };
-                println!("{:<32} {said}{}", project.name, change.as_str());
-            }
-            println!(
-                "{} projects covered: {} created, {} updated, {} unchanged{}",
-                kept.len(),
-                count(Change::Created),
-                count(Change::Updated),
-                count(Change::Unchanged),
-                if dry_run { " (dry run: nothing written)" } else { "" }
-            );
+            let text = || {
+                let mut t = String::new();
+                for (project, change) in &kept {
+                    let said = if dry_run && *change != Change::Unchanged { "would be " } else { "" };
+                    t += &format!("{:<32} {said}{}\n", project.name, change.as_str());
+                }
+                t + &format!(
+                    "{} projects covered: {} created, {} updated, {} unchanged{}\n",
+                    kept.len(),
+                    count(Change::Created),
+                    count(Change::Updated),
+                    count(Change::Unchanged),
+                    if dry_run { " (dry run: nothing written)" } else { "" }
+                )
+            };
+            let json = serde_json::json!({
+                "dry_run": dry_run,
+                "projects": kept.iter().map(|(p, c)| serde_json::json!({"project": p.name, "change": c.as_str()})).collect::<Vec<_>>(),
+            });
+            output.print(text, json);
             Ok(ExitCode::SUCCESS)
         }
-        Command::History { file, rule, destination, repository, tag, since, failed, output } => {
+        Command::History { file, rule, destination, repository, tag, since, failed } => {
             let text = match file.as_deref() {
                 Some(f) if f != std::path::Path::new("-") => {
                     std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
@@ -323,10 +376,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .into_iter()
                 .filter_map(|e| filter.apply(e))
                 .collect();
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
-                Output::Table => print!("{}", relay::history::table(&shown)),
-            }
+            output.print(|| relay::history::table(&shown), serde_json::to_value(&shown)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Reconcile { target } => {
@@ -334,15 +384,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
             let reconciler = relay::reconcile::Reconciler::new(&config, &worker, 1000);
             let pass = reconciler.pass(None, None).await?;
-            target.deliver(sqs, &pass.tasks).await?;
-            println!(
-                "{} repositories, {} tags checked, {} in sync, {} tasks {}",
-                pass.repositories,
-                pass.tags_checked,
-                pass.in_sync,
-                pass.tasks.len(),
-                target.verb()
-            );
+            let tasks = target.deliver(sqs, &pass.tasks, output).await?;
+            let text = || {
+                format!(
+                    "{} repositories, {} tags checked, {} in sync, {} tasks {}\n",
+                    pass.repositories,
+                    pass.tags_checked,
+                    pass.in_sync,
+                    pass.tasks.len(),
+                    target.verb()
+                )
+            };
+            let json = serde_json::json!({
+                "repositories": pass.repositories, "tags_checked": pass.tags_checked, "in_sync": pass.in_sync,
+                "enqueued": !target.dry_run, "tasks": tasks,
+            });
+            output.print(text, json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { list, redrive: _, queue_url, dlq_url } => {
@@ -355,48 +412,75 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             if list {
                 let letters = ops::list_dead_letters(&sqs, &dlq, 100).await.map_err(anyhow::Error::msg)?;
-                for l in &letters {
-                    match &l.task {
-                        Ok(t) => println!(
-                            "{}  received {}×  task {} {:?} {}@{} -> {}/{}",
-                            l.message_id,
-                            l.receive_count,
-                            t.id,
-                            t.action,
-                            t.source.repository,
-                            t.source.digest,
-                            t.destination.registry,
-                            t.destination.repository
-                        ),
-                        Err(e) => println!("{}  received {}×  undecodable: {e}", l.message_id, l.receive_count),
+                let text = || {
+                    let mut t = String::new();
+                    for l in &letters {
+                        t += &match &l.task {
+                            Ok(t) => format!(
+                                "{}  received {}×  task {} {:?} {}@{} -> {}/{}\n",
+                                l.message_id,
+                                l.receive_count,
+                                t.id,
+                                t.action,
+                                t.source.repository,
+                                t.source.digest,
+                                t.destination.registry,
+                                t.destination.repository
+                            ),
+                            Err(e) => format!("{}  received {}×  undecodable: {e}\n", l.message_id, l.receive_count),
+                        };
+                        t += &match (&l.last_error, &l.task) {
+                            (Some(e), _) => format!("    last error: {e}\n"),
+                            (None, Ok(t)) => format!("    last error: not recorded (moved by SQS's redrive); search the worker logs for task_id {}\n", t.id),
+                            (None, Err(_)) => String::new(),
+                        };
                     }
-                    match (&l.last_error, &l.task) {
-                        (Some(e), _) => println!("    last error: {e}"),
-                        (None, Ok(t)) => println!("    last error: not recorded (moved by SQS's redrive); search the worker logs for task_id {}", t.id),
-                        (None, Err(_)) => {}
-                    }
-                }
-                println!("{} messages in the dead-letter queue", letters.len());
+                    t + &format!("{} messages in the dead-letter queue\n", letters.len())
+                };
+                let json = serde_json::json!(letters
+                    .iter()
+                    .map(|l| serde_json::json!({
+                        "message_id": l.message_id,
+                        "receive_count": l.receive_count,
+                        "task": l.task.as_ref().ok(),
+                        "undecodable": l.task.as_ref().err().map(|e| e.to_string()),
+                        "last_error": l.last_error,
+                    }))
+                    .collect::<Vec<_>>());
+                output.print(text, json);
             } else {
                 let moved = ops::redrive(&sqs, &dlq, &queue_url).await.map_err(anyhow::Error::msg)?;
-                println!("{moved} messages moved back to the copy queue");
+                output.print(
+                    || format!("{moved} messages moved back to the copy queue\n"),
+                    serde_json::json!({ "moved": moved }),
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { queue_url, dlq_url } => {
             let q = ops::depth(&sqs, &queue_url).await.map_err(anyhow::Error::msg)?;
-            println!("copy queue: {} waiting, {} in flight, {} delayed", q.visible, q.in_flight, q.delayed);
             let dlq = match dlq_url {
                 Some(u) => Some(u),
                 None => ops::dead_letter_queue(&sqs, &queue_url).await.map_err(anyhow::Error::msg)?,
             };
-            match dlq {
-                Some(d) => {
-                    let d = ops::depth(&sqs, &d).await.map_err(anyhow::Error::msg)?;
-                    println!("dead-letter queue: {} messages", d.visible + d.in_flight);
-                }
-                None => println!("dead-letter queue: none configured"),
-            }
+            let dead = match &dlq {
+                Some(d) => Some(ops::depth(&sqs, d).await.map_err(anyhow::Error::msg)?),
+                None => None,
+            };
+            let text = || {
+                let mut t =
+                    format!("copy queue: {} waiting, {} in flight, {} delayed\n", q.visible, q.in_flight, q.delayed);
+                t += &match dead {
+                    Some(d) => format!("dead-letter queue: {} messages\n", d.visible + d.in_flight),
+                    None => "dead-letter queue: none configured\n".to_owned(),
+                };
+                t
+            };
+            let json = serde_json::json!({
+                "copy_queue": { "waiting": q.visible, "in_flight": q.in_flight, "delayed": q.delayed },
+                "dead_letter_queue": dead.map(|d| d.visible + d.in_flight),
+            });
+            output.print(text, json);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -56,6 +56,17 @@ async fn check_tests_every_registry_and_shows_no_secret() {
     assert!(out.contains("push to harbor-relay-check: upload started and cancelled"), "{out}");
     assert!(out.contains("accepted Authorization values: 1 readable"), "{out}");
     assert!(!out.contains(&stack.target_password));
+    // The same for programs.
+    let json = relay(&["check", "--config", config.as_str(), "--output", "json"], &[]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON on stdout");
+    assert_eq!(report["ok"], true);
+    let checks = report["checks"].as_array().unwrap();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "cluster1-registry" && c["what"] == "push to harbor-relay-check" && c["ok"] == true),
+        "{report}"
+    );
 
     let bad = relay(&["check", "--config", config.as_str()], &[("CLUSTER1_PASSWORD", "not-the-password-xyz")]);
     let out = text(&bad);
@@ -161,6 +172,14 @@ async fn dlq_list_redrive_and_status() {
     let status = relay(&["status", "--queue-url", &queue], &[]);
     let out = text(&status);
     assert!(out.contains("copy queue: 0 waiting") && out.contains("dead-letter queue: 3 messages"), "{out}");
+    let json = relay(&["status", "--queue-url", &queue, "--output", "json"], &[]);
+    let status: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON on stdout");
+    assert_eq!((status["copy_queue"]["waiting"].as_u64(), status["dead_letter_queue"].as_u64()), (Some(0), Some(3)));
+    let json = relay(&["dlq", "--list", "--queue-url", &queue, "--output", "json"], &[]);
+    let letters: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON on stdout");
+    let letters = letters.as_array().unwrap();
+    assert_eq!(letters.len(), 3);
+    assert!(letters.iter().any(|l| l["task"]["id"] == task.id.as_str() && l["receive_count"] == 5), "{letters:?}");
 
     let redrive = relay(&["dlq", "--redrive", "--queue-url", &queue], &[]);
     assert!(text(&redrive).contains("3 messages moved back"), "{}", text(&redrive));
