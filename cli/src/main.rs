@@ -331,8 +331,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let auth = secrets.webhook_auth(&config.webhook).await?;
             let wanted = relay::harbor_webhooks::WebhookPolicy::wanted(&name, &endpoint, auth.newest(), payload_format);
             let kept = relay::harbor_webhooks::keep(&api, &config.rules, &wanted, dry_run).await?;
-            let count = |c| kept.iter().filter(|(_, change)| *change == c).count();
-            use relay::harbor_webhooks::Change;
+            use relay::harbor_webhooks::{Change, Tally};
+            let tally = Tally::of(&kept);
             let text = || {
                 let mut t = String::new();
                 for (project, change) in &kept {
@@ -342,9 +342,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 t + &format!(
                     "{} projects covered: {} created, {} updated, {} unchanged{}\n",
                     kept.len(),
-                    count(Change::Created),
-                    count(Change::Updated),
-                    count(Change::Unchanged),
+                    tally.created,
+                    tally.updated,
+                    tally.unchanged,
                     if dry_run { " (dry run: nothing written)" } else { "" }
                 )
             };

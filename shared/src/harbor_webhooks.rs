@@ -126,6 +126,21 @@ impl Change {
     }
 }
 
+/// How many covered projects each change touched.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+}
+
+impl Tally {
+    pub fn of(kept: &[(Project, Change)]) -> Tally {
+        let count = |c| kept.iter().filter(|(_, change)| *change == c).count();
+        Tally { created: count(Change::Created), updated: count(Change::Updated), unchanged: count(Change::Unchanged) }
+    }
+}
+
 /// Whether an enabled rule's name filter can select a repository of
 /// `project` (a rule without one selects every project).
 pub fn covers(rules: &[Rule], project: &str) -> bool {

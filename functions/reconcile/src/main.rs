@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lambda_runtime::{service_fn, LambdaEvent};
-use relay::harbor_webhooks::{self, Change, PayloadFormat, WebhookPolicy, DEFAULT_POLICY_NAME};
+use relay::harbor_webhooks::{self, Change, PayloadFormat, Tally, WebhookPolicy, DEFAULT_POLICY_NAME};
 use relay::metrics::{self, Unit};
 use relay::queue::{Outgoing, TaskQueue};
 use relay::reconcile::{CursorStore, Reconciler};
@@ -122,20 +122,18 @@ async fn keep_webhooks(app: &App) -> serde_json::Value {
     let (Some(wanted), Some(api)) = (&app.webhooks, &app.worker.harbor) else { return serde_json::Value::Null };
     match harbor_webhooks::keep(api, &app.config.rules, wanted, false).await {
         Ok(kept) => {
-            let count = |c| kept.iter().filter(|(_, change)| *change == c).count();
-            let (created, updated, unchanged) =
-                (count(Change::Created), count(Change::Updated), count(Change::Unchanged));
             for (project, change) in kept.iter().filter(|(_, c)| *c != Change::Unchanged) {
                 tracing::info!(project = %project.name, change = change.as_str(), "Harbor webhook policy kept in place");
             }
+            let tally = Tally::of(&kept);
             metrics::emit(
                 &[("Function", "reconcile")],
                 &[
-                    ("WebhookPoliciesCreated", created as f64, Unit::Count),
-                    ("WebhookPoliciesUpdated", updated as f64, Unit::Count),
+                    ("WebhookPoliciesCreated", tally.created as f64, Unit::Count),
+                    ("WebhookPoliciesUpdated", tally.updated as f64, Unit::Count),
                 ],
             );
-            serde_json::json!({ "created": created, "updated": updated, "unchanged": unchanged })
+            serde_json::to_value(tally).unwrap_or_default()
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot keep Harbor's webhook policies in place");
