@@ -5,7 +5,8 @@
 //! message), a scheduled EventBridge event to reconcile; LocalStack SQS and
 //! the real registries behind them. The emulator sends a deadline that is
 //! not an epoch time (`Lambda-Runtime-Deadline-Ms: 600000`), so these runs
-//! also cover the worker's fallback to its configured timeout.
+//! also cover the worker's fallback to its configured timeout. A start that
+//! fails and a sweep that fails reach the invocation as its error.
 
 use std::time::Duration;
 
@@ -346,4 +347,23 @@ async fn an_init_failure_reaches_the_invocation() {
     assert_eq!(answer["errorType"], "Runtime.InitError", "{answer}");
     let message = answer["errorMessage"].as_str().unwrap();
     assert!(message.contains("not-configured"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sweep_is_the_invocations_error() {
+    let stack = Stack::load().unwrap();
+    let project = format!("lamerr-{:08x}", rand::random::<u32>());
+    let config = config_file(&stack.config_yaml(&format!(
+        "  - name: mirror\n    filters: {{ name: \"{project}/**\" }}\n    destination: {{ registry: cluster1-registry }}\n"
+    )));
+    image::push(&stack.source(), &format!("{project}/app"), "v1", ImageKind::OciImage, 1, 512).await.unwrap();
+    // A queue that does not exist: the pass finds its task and cannot enqueue it.
+    let missing = format!("{}/000000000000/lam-missing-{project}", std::env::var("AWS_ENDPOINT_URL").unwrap());
+    let emulator = Emulator::start().await;
+    let function = emulator.spawn("reconcile", &[("RELAY_CONFIG", config), ("RELAY_QUEUE_URL", missing)]);
+    let (status, answer) =
+        emulator.invoke(&json!({ "detail-type": "Scheduled Event", "source": "aws.events", "detail": {} })).await;
+    assert_eq!(status, 500, "{answer}\n{}", function.output());
+    let message = answer["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("could not be enqueued") && message.contains("QueueDoesNotExist"), "{answer}");
 }
