@@ -159,7 +159,9 @@ fn alternatives(pattern: &str) -> Vec<String> {
         match bytes[i] {
             b'\\' => i += 2,
             b'{' => {
-                let Some((options, end)) = split_top(&pattern[i + 1..]) else { return vec![pattern.to_owned()] };
+                let Some((options, end)) = doublestar::split_alternatives(&pattern[i + 1..]) else {
+                    return vec![pattern.to_owned()];
+                };
                 let (head, tail) = (&pattern[..i], &pattern[i + 1 + end..]);
                 return options.iter().flat_map(|o| alternatives(&format!("{head}{o}{tail}"))).collect();
             }
@@ -169,50 +171,17 @@ fn alternatives(pattern: &str) -> Vec<String> {
     vec![pattern.to_owned()]
 }
 
-/// The top-level alternatives of `{…}` (`s` after the `{`) and the index
-/// after its `}`.
-fn split_top(s: &str) -> Option<(Vec<&str>, usize)> {
-    let (mut depth, mut start, mut escaped) = (1, 0, false);
-    let mut options = Vec::new();
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' => escaped = true,
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    options.push(&s[start..i]);
-                    return Some((options, i + 1));
-                }
-            }
-            ',' if depth == 1 => {
-                options.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
 /// Whether a brace-free pattern can match a repository path (at least two
 /// components) whose first component is `project`.
 fn first_component_admits(pattern: &str, project: &str) -> bool {
-    let bytes = pattern.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'/' => {
-                let first = &pattern[..i];
-                return first == "**" || doublestar::matches(first, project).unwrap_or(false);
-            }
-            _ => i += 1,
+    match doublestar::index_with_escaping(pattern, '/') {
+        Some(slash) => {
+            let first = &pattern[..slash];
+            first == "**" || doublestar::matches(first, project).unwrap_or(false)
         }
+        // One component: only `**` reaches a path with a `/` in it.
+        None => pattern == "**",
     }
-    // One component: only `**` reaches a path with a `/` in it.
-    pattern == "**"
 }
 
 /// Creates or updates the policy named `wanted.name` in every project the

@@ -553,10 +553,7 @@ fn harbor_webhook(s: &mut Store, method: &Method, path: &str, body: &[u8], q: &H
         ("GET", ["webhook", "policies"]) => {
             let items: Vec<&serde_json::Value> =
                 s.webhook_policies.iter().filter(|(p, _)| *p == pid).map(|(_, v)| v).collect();
-            let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
-            let size: usize = q.get("page_size").and_then(|p| p.parse().ok()).unwrap_or(10).clamp(1, 100);
-            let body: Vec<_> = items.into_iter().skip((page - 1) * size).take(size).collect();
-            ([("content-type", "application/json")], serde_json::to_string(&body).unwrap()).into_response()
+            page_of(items, q)
         }
         ("POST", ["webhook", "policies"]) => {
             let mut v = match parsed() {
@@ -754,6 +751,12 @@ fn harbor_list(s: &Store, path: &str, q: &HashMap<String, String>) -> Response {
         }
         _ => return status(404),
     };
+    page_of(items, q)
+}
+
+/// One page of a Harbor list (`page` from 1, `page_size`), with the
+/// `X-Total-Count` header, as Harbor answers.
+fn page_of<T: serde::Serialize>(items: Vec<T>, q: &HashMap<String, String>) -> Response {
     let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
     let size: usize = q.get("page_size").and_then(|p| p.parse().ok()).unwrap_or(10).clamp(1, 100);
     let total = items.len();
