@@ -1,5 +1,6 @@
 //! The few calls to Harbor's REST API (v2.0) that replication needs when
-//! `source.harbor_api` is true: an artifact's labels (label filters) and its
+//! `source.harbor_api` is true: an artifact's labels and type (label and
+//! resource filters) and its
 //! tags (Harbor's webhook carries only the first tag), and the listing a
 //! reconcile pass walks (projects → repositories → artifacts with their tags
 //! and labels), which gives every digest without a HEAD per tag.
@@ -14,6 +15,7 @@ use crate::digest::Digest;
 use crate::harbor_webhooks::WebhookPolicy;
 use crate::registry::Credentials;
 use crate::repository::{RepositoryPath, Tag};
+use crate::rules::{ArtifactFacts, ArtifactType};
 
 pub struct HarborApi {
     base: Url,
@@ -25,7 +27,7 @@ pub struct HarborApi {
 /// What Harbor knows about one artifact.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ArtifactInfo {
-    pub labels: Vec<String>,
+    pub facts: ArtifactFacts,
     pub tags: Vec<Tag>,
 }
 
@@ -48,7 +50,8 @@ pub enum HarborApiError {
 pub struct ListedArtifact {
     pub digest: Digest,
     pub tags: Vec<Tag>,
-    pub labels: Vec<String>,
+    /// Its labels and type.
+    pub facts: ArtifactFacts,
     /// Digests of its accessories (cosign/notation signatures, SBOMs…),
     /// which the worker copies along as referrers.
     pub accessories: Vec<Digest>,
@@ -70,6 +73,9 @@ struct Artifact {
     tags: Option<Vec<Named>>,
     #[serde(default)]
     labels: Option<Vec<Named>>,
+    /// Harbor's artifact type (`IMAGE`, `CHART`…).
+    #[serde(default, rename = "type")]
+    artifact_type: Option<String>,
     #[serde(default)]
     accessories: Option<Vec<Accessory>>,
 }
@@ -113,7 +119,9 @@ impl HarborApi {
             .get(&path, &[("with_tag", "true"), ("with_label", "true")])
             .await?
             .ok_or_else(|| HarborApiError::NotFound(format!("{repository}@{digest}")))?;
-        let mut info = ArtifactInfo { labels: names(a.labels), tags: tags(a.tags) };
+        let facts =
+            ArtifactFacts { artifact_type: a.artifact_type.as_deref().map(ArtifactType::new), labels: names(a.labels) };
+        let mut info = ArtifactInfo { facts, tags: tags(a.tags) };
         if info.tags.len() >= EMBEDDED_TAGS_TRUSTED_BELOW {
             info.tags = self.artifact_tags(repository, digest).await?;
         }
@@ -190,7 +198,11 @@ impl HarborApi {
             }
             let accessories =
                 a.accessories.unwrap_or_default().into_iter().filter_map(|x| x.digest.parse().ok()).collect();
-            out.push(ListedArtifact { digest, tags, labels: names(a.labels), accessories });
+            let facts = ArtifactFacts {
+                artifact_type: a.artifact_type.as_deref().map(ArtifactType::new),
+                labels: names(a.labels),
+            };
+            out.push(ListedArtifact { digest, tags, facts, accessories });
         }
         Ok(out)
     }

@@ -201,8 +201,8 @@ pub enum BackfillError {
 /// them, `_catalog` needs a system administrator), else the registry API —
 /// and plans copy tasks for every artifact the rules replicate, as if
 /// Harbor had sent a push for each. With Harbor's API the artifacts'
-/// labels are known, so label rules apply as in the webhook; without it a
-/// rule with a label filter cannot decide and selects nothing. A
+/// labels and types are known, so label and resource rules apply as in the
+/// webhook (without it the configuration refuses such rules). A
 /// selection that matches nothing, or that no rule replicates, is an
 /// error.
 pub async fn plan_backfill(
@@ -222,7 +222,7 @@ pub async fn plan_backfill(
     };
     let mut backfill = Backfill { repositories: repositories.len(), ..Backfill::default() };
     for repository in repositories {
-        // (tag, digest, labels) of each selected artifact.
+        // (tag, digest, facts) of each selected artifact.
         let mut selected = Vec::new();
         match harbor {
             Some(api) => {
@@ -235,7 +235,7 @@ pub async fn plan_backfill(
                             (Some(s), None) => s.admits(""),
                         };
                         if admitted {
-                            selected.push((tag, a.digest.clone(), Some(a.labels.clone())));
+                            selected.push((tag, a.digest.clone(), Some(a.facts.clone())));
                         }
                     }
                 }
@@ -253,7 +253,7 @@ pub async fn plan_backfill(
                 }
             }
         }
-        for (tag, digest, labels) in selected {
+        for (tag, digest, facts) in selected {
             backfill.artifacts += 1;
             let event = HarborEvent {
                 kind: EventKind::Push,
@@ -263,7 +263,7 @@ pub async fn plan_backfill(
                 dedup_key: format!("manual-{}", uuid::Uuid::new_v4()),
                 artifact: Some(Artifact { repository: repository.clone(), digest, tag }),
             };
-            let planned = plan(config, &event, labels.as_deref(), &mut || uuid::Uuid::new_v4().to_string());
+            let planned = plan(config, &event, facts.as_ref(), &mut || uuid::Uuid::new_v4().to_string());
             backfill.tasks.extend(planned.tasks);
         }
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::config::Config;
 use crate::event::{EventKind, HarborEvent};
 use crate::repository::RepositoryPath;
-use crate::rules::MappingError;
+use crate::rules::{ArtifactFacts, MappingError};
 use crate::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
 
 /// What an event turns into.
@@ -17,25 +17,24 @@ pub struct Plan {
     pub skipped: Vec<(String, MappingError)>,
 }
 
-/// True when a rule that would otherwise match has a label filter, so the
-/// artifact's labels must be read from Harbor before planning.
-pub fn needs_labels(config: &Config, event: &HarborEvent) -> bool {
+/// True when a rule that would otherwise match has a label or resource
+/// filter, so the artifact's labels and type must be read from Harbor
+/// before planning.
+pub fn needs_facts(config: &Config, event: &HarborEvent) -> bool {
     let Some(a) = &event.artifact else { return false };
     matches!(event.kind, EventKind::Push | EventKind::Delete)
-        && config
-            .rules
-            .iter()
-            .any(|r| r.label_filter.is_some() && r.matches(&a.repository, a.tag.as_ref(), &event.operator))
+        && config.rules.iter().any(|r| r.needs_facts() && r.matches(&a.repository, a.tag.as_ref(), &event.operator))
 }
 
 /// Builds one task per (artifact, destination registry, destination
 /// repository). Rules that land on the same place merge into one task: the
 /// copy happens once, and it overrides only if every merged rule allows it.
-/// `labels` are the artifact's labels when [`needs_labels`] asked for them.
+/// `facts` are what Harbor's API says of the artifact, when [`needs_facts`]
+/// asked for them.
 pub fn plan(
     config: &Config,
     event: &HarborEvent,
-    labels: Option<&[String]>,
+    facts: Option<&ArtifactFacts>,
     new_id: &mut dyn FnMut() -> String,
 ) -> Plan {
     let mut plan = Plan::default();
@@ -55,7 +54,7 @@ pub fn plan(
         if action == Action::Delete && !rule.deletion {
             continue;
         }
-        if !rule.matches(&artifact.repository, artifact.tag.as_ref(), &event.operator) || !rule.accepts_labels(labels) {
+        if !rule.matches(&artifact.repository, artifact.tag.as_ref(), &event.operator) || !rule.accepts_facts(facts) {
             continue;
         }
         let repository = match rule.map_repository(&artifact.repository) {

@@ -32,6 +32,7 @@ use crate::harbor_api::HarborApi;
 use crate::plan::plan;
 use crate::registry::{RegistryClient, RegistryError};
 use crate::repository::{RepositoryPath, Tag};
+use crate::rules::ArtifactFacts;
 use crate::task::{Action, Task};
 use crate::worker::Destination;
 
@@ -44,8 +45,8 @@ pub use crate::feeders::ListingError as ReconcileError;
 struct Listed {
     tag: Option<Tag>,
     digest: Option<Digest>,
-    /// The artifact's labels when Harbor's API listed it.
-    labels: Option<Vec<String>>,
+    /// The artifact's labels and type when Harbor's API listed it.
+    facts: Option<ArtifactFacts>,
     /// Its accessories' digests when Harbor's API listed it: a destination
     /// in sync on the tag but missing one gets a task (which copies them).
     accessories: Vec<Digest>,
@@ -156,7 +157,7 @@ impl<'a> Reconciler<'a> {
             let tags = self.source.tags_paged(repo, self.page_size).await?;
             return Ok(tags
                 .into_iter()
-                .map(|t| Listed { tag: Some(t), digest: None, labels: None, accessories: Vec::new() })
+                .map(|t| Listed { tag: Some(t), digest: None, facts: None, accessories: Vec::new() })
                 .collect());
         };
         let mut listed = Vec::new();
@@ -164,7 +165,7 @@ impl<'a> Reconciler<'a> {
             let entry = |tag| Listed {
                 tag,
                 digest: Some(a.digest.clone()),
-                labels: Some(a.labels.clone()),
+                facts: Some(a.facts.clone()),
                 accessories: a.accessories.clone(),
             };
             if a.tags.is_empty() {
@@ -188,7 +189,7 @@ impl<'a> Reconciler<'a> {
         };
         let event = synthetic(EventKind::Push, repo, digest.clone(), entry.tag.clone());
         let (mut in_sync, mut tasks) = (0, Vec::new());
-        for mut task in plan(self.config, &event, entry.labels.as_deref(), &mut new_id).tasks {
+        for mut task in plan(self.config, &event, entry.facts.as_ref(), &mut new_id).tasks {
             task.options.refresh_referrers = true;
             let Some(dst) = self.destinations.get(&task.destination.registry) else { continue };
             let reference = entry.tag.as_ref().map_or_else(|| digest.to_string(), |t| t.as_str().to_owned());

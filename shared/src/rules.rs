@@ -15,6 +15,8 @@ pub struct Rule {
     pub tag_filter: Option<TagFilter>,
     /// Evaluated with labels read from Harbor's API (`source.harbor_api`).
     pub label_filter: Option<LabelFilter>,
+    /// Evaluated with the type Harbor gives the artifact (`source.harbor_api`).
+    pub resource_filter: Option<ResourceFilter>,
     pub destination: Destination,
     /// Overwrite a destination tag that points at another digest [override].
     pub override_existing: bool,
@@ -57,6 +59,54 @@ impl LabelFilter {
             Decoration::Excludes => !all,
         }
     }
+}
+
+/// Harbor's resource filter [resource]: `image` replicates the artifacts
+/// Harbor types `IMAGE` (container images, and the indexes over them);
+/// `artifact` every other type (Helm charts, CNAB, WASM, SBOMs, unknown OCI
+/// artifacts). No filter replicates both (Harbor's "All").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceFilter {
+    Image,
+    Artifact,
+}
+
+impl ResourceFilter {
+    pub fn accepts(self, artifact_type: &ArtifactType) -> bool {
+        match self {
+            ResourceFilter::Image => artifact_type.is_image(),
+            ResourceFilter::Artifact => !artifact_type.is_image(),
+        }
+    }
+}
+
+/// The type Harbor's artifact processors give an artifact (`IMAGE`,
+/// `CHART`, `CNAB`, `WASM`, `SBOM`, `UNKNOWN`, or a vendor's own), as its
+/// API's `type` field says; compared without regard to case, as Harbor does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactType(String);
+
+impl ArtifactType {
+    pub fn new(harbor_type: &str) -> ArtifactType {
+        ArtifactType(harbor_type.to_ascii_uppercase())
+    }
+
+    pub fn is_image(&self) -> bool {
+        self.0 == "IMAGE"
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What Harbor's API says of an artifact that the label and resource
+/// filters decide on; the webhook's payload carries neither.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArtifactFacts {
+    pub labels: Vec<String>,
+    /// `None` when Harbor no longer knows the artifact (it was deleted).
+    pub artifact_type: Option<ArtifactType>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -135,7 +185,8 @@ impl TagFilter {
 
 impl Rule {
     /// Does this rule replicate `repository` (with `tag`, or untagged)?
-    /// Label filters are not looked at here: see [`Rule::accepts_labels`].
+    /// Label and resource filters are not looked at here: see
+    /// [`Rule::accepts_facts`].
     pub fn matches(&self, repository: &RepositoryPath, tag: Option<&Tag>, operator: &str) -> bool {
         self.enabled
             && !self.exclude_operators.iter().any(|o| o == operator)
@@ -148,14 +199,24 @@ impl Rule {
         self.name_filter.as_ref().is_none_or(|p| p.is_match(repository.as_str()))
     }
 
-    /// The label filter against the artifact's labels; `None` (labels not
-    /// looked up) passes only rules without a label filter.
-    pub fn accepts_labels(&self, labels: Option<&[String]>) -> bool {
-        match (&self.label_filter, labels) {
-            (None, _) => true,
-            (Some(f), Some(l)) => f.accepts(l),
-            (Some(_), None) => false,
-        }
+    /// True when deciding needs what Harbor's API knows of the artifact.
+    pub fn needs_facts(&self) -> bool {
+        self.label_filter.is_some() || self.resource_filter.is_some()
+    }
+
+    /// The label and resource filters against what Harbor's API says of the
+    /// artifact; `None` (not looked up) passes only rules without either.
+    /// An artifact Harbor no longer knows (a delete) has no labels, and its
+    /// type is unknown: the resource filter lets the delete through, since
+    /// the worker deletes only that digest, and only where it was copied.
+    pub fn accepts_facts(&self, facts: Option<&ArtifactFacts>) -> bool {
+        let Some(facts) = facts else { return !self.needs_facts() };
+        let labels = self.label_filter.as_ref().is_none_or(|f| f.accepts(&facts.labels));
+        let resource = match (self.resource_filter, &facts.artifact_type) {
+            (Some(f), Some(t)) => f.accepts(t),
+            (None, _) | (Some(_), None) => true,
+        };
+        labels && resource
     }
 
     /// The destination repository for `repository` (Harbor's
@@ -211,6 +272,8 @@ struct RawFilters {
     name: String,
     tag: Option<RawTagFilter>,
     label: Option<RawLabelFilter>,
+    #[serde(default)]
+    resource: String,
 }
 
 /// `label: [a, b]` or `label: { values: [a, b], decoration: excludes }`.
@@ -293,6 +356,18 @@ impl Rule {
             Some(RawLabelFilter::List(values)) => Some(LabelFilter { labels: values, decoration: Decoration::Matches }),
             Some(RawLabelFilter::Full { values, decoration }) => Some(LabelFilter { labels: values, decoration }),
         };
+        let resource_filter =
+            match raw.filters.resource.as_str() {
+                // Harbor's "All": no filter.
+                "" => None,
+                "image" | "artifact" if !harbor_api => return Err(field_err(
+                    "filters.resource",
+                    "a resource filter needs source.harbor_api: true (the artifact's type is read from Harbor's API)",
+                )),
+                "image" => Some(ResourceFilter::Image),
+                "artifact" => Some(ResourceFilter::Artifact),
+                other => return Err(field_err("filters.resource", format!("{other:?} is not one of image, artifact"))),
+            };
         if raw.destination.registry.is_empty() {
             return Err(field_err("destination.registry", "must not be empty"));
         }
@@ -326,6 +401,7 @@ impl Rule {
             name_filter,
             tag_filter,
             label_filter,
+            resource_filter,
             destination: Destination { registry: raw.destination.registry, namespace, flatten },
             override_existing: raw.override_existing,
             deletion: raw.deletion,
@@ -393,31 +469,59 @@ mod tests {
 
     #[test]
     fn label_filters_follow_harbor() {
-        let labels = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let labels = |l: &[&str]| ArtifactFacts {
+            labels: l.iter().map(|s| s.to_string()).collect(),
+            artifact_type: Some(ArtifactType::new("IMAGE")),
+        };
         let parse = |yaml: &str, api: bool| Rule::from_raw(serde_yaml_ng::from_str(yaml).unwrap(), api);
         let all =
             parse("{ name: t, filters: { label: [prod, approved] }, destination: { registry: r } }", true).unwrap();
-        assert!(all.accepts_labels(Some(&labels(&["approved", "prod", "x"]))));
-        assert!(!all.accepts_labels(Some(&labels(&["prod"]))), "needs every listed label");
-        assert!(!all.accepts_labels(None));
+        assert!(all.accepts_facts(Some(&labels(&["approved", "prod", "x"]))));
+        assert!(!all.accepts_facts(Some(&labels(&["prod"]))), "needs every listed label");
+        assert!(!all.accepts_facts(None));
         let not = parse(
             "{ name: t, filters: { label: { values: [wip], decoration: excludes } }, destination: { registry: r } }",
             true,
         )
         .unwrap();
-        assert!(not.accepts_labels(Some(&labels(&["prod"]))));
-        assert!(!not.accepts_labels(Some(&labels(&["wip"]))));
+        assert!(not.accepts_facts(Some(&labels(&["prod"]))));
+        assert!(!not.accepts_facts(Some(&labels(&["wip"]))));
         let err = parse("{ name: t, filters: { label: [prod] }, destination: { registry: r } }", false).unwrap_err();
         assert!(err.to_string().contains("harbor_api"));
         let none = parse("{ name: t, destination: { registry: r } }", false).unwrap();
-        assert!(none.accepts_labels(None));
+        assert!(none.accepts_facts(None));
         // No labels is no filter, whatever the decoration (and needs no API).
         let empty = parse(
             "{ name: t, filters: { label: { values: [], decoration: excludes } }, destination: { registry: r } }",
             false,
         )
         .unwrap();
-        assert!(empty.accepts_labels(None));
+        assert!(empty.accepts_facts(None));
+    }
+
+    #[test]
+    fn resource_filters_follow_harbor() {
+        let parse = |resource: &str, api: bool| {
+            let yaml = format!("{{ name: t, filters: {{ resource: '{resource}' }}, destination: {{ registry: r }} }}");
+            Rule::from_raw(serde_yaml_ng::from_str(&yaml).unwrap(), api)
+        };
+        let facts = |t: Option<&str>| ArtifactFacts { labels: vec![], artifact_type: t.map(ArtifactType::new) };
+        let image = parse("image", true).unwrap();
+        let artifact = parse("artifact", true).unwrap();
+        let all = parse("", false).unwrap();
+        // (Harbor's type, image, artifact): compared without regard to case.
+        for (t, i, a) in
+            [("IMAGE", true, false), ("image", true, false), ("CHART", false, true), ("UNKNOWN", false, true)]
+        {
+            assert_eq!(image.accepts_facts(Some(&facts(Some(t)))), i, "image on {t}");
+            assert_eq!(artifact.accepts_facts(Some(&facts(Some(t)))), a, "artifact on {t}");
+            assert!(all.accepts_facts(Some(&facts(Some(t)))));
+        }
+        assert!(!all.needs_facts() && image.needs_facts());
+        assert!(!image.accepts_facts(None), "not looked up: cannot decide");
+        assert!(image.accepts_facts(Some(&facts(None))) && artifact.accepts_facts(Some(&facts(None))), "a delete");
+        assert!(parse("image", false).unwrap_err().to_string().contains("harbor_api"));
+        assert!(parse("chart", true).unwrap_err().to_string().contains("not one of image, artifact"));
     }
 
     #[test]

@@ -13,8 +13,9 @@ use crate::config::Config;
 use crate::event::{EventError, EventKind, Format, HarborEvent};
 use crate::harbor_api::HarborApi;
 use crate::metrics::{self, Unit};
-use crate::plan::{needs_labels, plan, Plan};
+use crate::plan::{needs_facts, plan, Plan};
 use crate::queue::{Outgoing, TaskQueue};
+use crate::rules::ArtifactFacts;
 use crate::secrets::{AuthValues, WebhookAuth};
 use crate::task::Task;
 
@@ -207,17 +208,17 @@ impl Webhook {
                 return Reply { status: r.status(), body: json!({"error": r.to_string()}) };
             }
         };
-        let labels = match self.labels(&event).await {
-            Ok(l) => l,
+        let facts = match self.facts(&event).await {
+            Ok(f) => f,
             Err(reason) => {
-                tracing::error!(event_key = %event.dedup_key, %reason, "cannot evaluate label filters; answering 503 so Harbor retries");
+                tracing::error!(event_key = %event.dedup_key, %reason, "cannot evaluate label or resource filters; answering 503 so Harbor retries");
                 return Reply {
                     status: StatusCode::SERVICE_UNAVAILABLE,
-                    body: json!({"error": "cannot read the artifact's labels from Harbor, retry later", "event_key": event.dedup_key}),
+                    body: json!({"error": "cannot read the artifact's labels and type from Harbor, retry later", "event_key": event.dedup_key}),
                 };
             }
         };
-        let plan = self.plan(&event, labels.as_deref());
+        let plan = self.plan(&event, facts.as_ref());
         self.enqueue(event, plan.tasks, deadline).await
     }
 
@@ -248,25 +249,25 @@ impl Webhook {
     }
 
     /// The rules applied to an accepted event. Pure CPU.
-    pub fn plan(&self, event: &HarborEvent, labels: Option<&[String]>) -> Plan {
-        let plan = plan(&self.config, event, labels, &mut || uuid::Uuid::new_v4().to_string());
+    pub fn plan(&self, event: &HarborEvent, facts: Option<&ArtifactFacts>) -> Plan {
+        let plan = plan(&self.config, event, facts, &mut || uuid::Uuid::new_v4().to_string());
         for (rule, why) in &plan.skipped {
             tracing::warn!(event_key = %event.dedup_key, rule = %rule, reason = %why, "rule matched but cannot map the repository");
         }
         plan
     }
 
-    /// The artifact's labels, read from Harbor only when a label filter
-    /// could decide the outcome.
-    async fn labels(&self, event: &HarborEvent) -> Result<Option<Vec<String>>, String> {
-        let (Some(artifact), true) = (&event.artifact, needs_labels(&self.config, event)) else {
+    /// The artifact's labels and type, read from Harbor only when a label
+    /// or resource filter could decide the outcome.
+    async fn facts(&self, event: &HarborEvent) -> Result<Option<ArtifactFacts>, String> {
+        let (Some(artifact), true) = (&event.artifact, needs_facts(&self.config, event)) else {
             return Ok(None);
         };
         let api = self.harbor.as_ref().ok_or("source.harbor_api is off")?;
         match api.artifact(&artifact.repository, &artifact.digest).await {
-            Ok(info) => Ok(Some(info.labels)),
-            // A deleted artifact is gone from the API: it has no labels.
-            Err(crate::harbor_api::HarborApiError::NotFound(_)) => Ok(Some(Vec::new())),
+            Ok(info) => Ok(Some(info.facts)),
+            // A deleted artifact is gone from the API: no labels, type unknown.
+            Err(crate::harbor_api::HarborApiError::NotFound(_)) => Ok(Some(ArtifactFacts::default())),
             Err(e) => Err(e.to_string()),
         }
     }

@@ -110,6 +110,35 @@ struct Store {
     webhook_policies: Vec<(i64, serde_json::Value)>,
 }
 
+/// The type Harbor's artifact processors give a manifest: `IMAGE` for an
+/// index or manifest list and for a manifest with an image config, `CHART`
+/// for a Helm chart, else the vendor part of an
+/// `application/vnd.<vendor>.<type>.config.<v>+json` config, else `UNKNOWN`.
+fn harbor_type((media_type, bytes): &(String, Bytes)) -> String {
+    const INDEXES: [&str; 2] =
+        ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
+    const IMAGE_CONFIGS: [&str; 2] =
+        ["application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"];
+    if INDEXES.contains(&media_type.as_str()) {
+        return "IMAGE".into();
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let config = manifest["config"]["mediaType"].as_str().unwrap_or_default();
+    if IMAGE_CONFIGS.contains(&config) {
+        return "IMAGE".into();
+    }
+    if config == "application/vnd.cncf.helm.config.v1+json" {
+        return "CHART".into();
+    }
+    let vendor_type = config
+        .strip_prefix("application/vnd.")
+        .and_then(|rest| rest.split_once('.'))
+        .and_then(|(_, rest)| rest.split_once(".config."))
+        .filter(|(_, version)| version.ends_with("+json"))
+        .map(|(kind, _)| kind.to_uppercase());
+    vendor_type.unwrap_or_else(|| "UNKNOWN".into())
+}
+
 #[derive(Clone)]
 pub struct FakeRegistry {
     pub url: String,
@@ -508,7 +537,8 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
             let tags: Vec<_> = tags.iter().map(|t| serde_json::json!({"name": t})).collect();
             let labels = s.labels.get(&(repo.clone(), rest.clone())).cloned().unwrap_or_default();
             let labels: Vec<_> = labels.iter().map(|l| serde_json::json!({"name": l})).collect();
-            let body = serde_json::json!({"digest": rest, "tags": tags, "labels": labels}).to_string();
+            let kind = m.get(&rest).map(harbor_type);
+            let body = serde_json::json!({"digest": rest, "type": kind, "tags": tags, "labels": labels}).to_string();
             ([("content-type", "application/json")], body).into_response()
         }
         Op::HarborList => harbor_list(&s, &path, &q),
@@ -742,7 +772,7 @@ fn harbor_list(s: &Store, path: &str, q: &HashMap<String, String>) -> Response {
                                 .filter(|r| r.starts_with("sha256:") && subject_of(r).as_ref() == Some(d))
                                 .map(|a| serde_json::json!({ "digest": a, "type": "signature.cosign" }))
                                 .collect();
-                            serde_json::json!({ "digest": d, "tags": tags_of(d), "labels": labels, "accessories": accessories })
+                            serde_json::json!({ "digest": d, "type": harbor_type(&m[d]), "tags": tags_of(d), "labels": labels, "accessories": accessories })
                         })
                         .collect()
                 }

@@ -132,6 +132,23 @@ pub async fn push(
     Ok(image)
 }
 
+/// A Helm chart as `helm push` stores it (an OCI manifest with Helm's
+/// config and one chart layer): an artifact Harbor types `CHART`, not
+/// `IMAGE`. Returns its digest.
+pub async fn push_chart(registry: &PlainRegistry, repository: &str, tag: &str) -> anyhow::Result<String> {
+    let config = json!({"apiVersion": "v2", "name": repository.rsplit('/').next(), "version": tag}).to_string();
+    let config_digest = registry.put_blob(repository, config.clone().into_bytes().into()).await?;
+    let chart = random(2048);
+    let chart_digest = registry.put_blob(repository, chart.clone()).await?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip", "digest": chart_digest, "size": chart.len()}],
+    })
+    .to_string();
+    registry.put_manifest(repository, tag, OCI_MANIFEST, manifest.as_bytes()).await
+}
+
 /// An OCI 1.1 artifact manifest pointing at `subject` (a signature, SBOM or
 /// attestation): an empty config, one layer of `content`, `artifactType`
 /// and the `subject` descriptor. Pushed by digest, or under `tag` (the

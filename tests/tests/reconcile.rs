@@ -209,7 +209,8 @@ async fn a_pass_resumes_after_its_cursor() {
 /// With `source.harbor_api`, the listing comes from Harbor's REST API
 /// (projects → repositories → artifacts, paginated, with tags and labels):
 /// no source HEAD per tag, label filters apply (Harbor sends no webhook when
-/// a label changes), an index's children are not separate artifacts, and
+/// a label changes), the resource filter reads Harbor's artifact type (a
+/// Helm chart is no image), an index's children are not separate artifacts, and
 /// listings longer than a page (artifacts, and tags of one artifact) are
 /// read to the end. The source is the fake Harbor; the destination is real.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,9 +243,13 @@ async fn harbor_api_listing_applies_labels_and_pages() {
     }
     let t = image::push(&src, &tool, "1.0", ImageKind::OciIndex { platforms: 2 }, 1, 2048).await.unwrap();
     harbor.set_labels(&tool, &t.digest, &["prod"]);
+    // Labelled prod too, but Harbor types it CHART: `resource: image` drops it.
+    let chart = format!("{p}/charts/web");
+    let c = image::push_chart(&src, &chart, "0.1.0").await.unwrap();
+    harbor.set_labels(&chart, &c, &["prod"]);
 
     let yaml = format!(
-        "source: {{ url: {}, harbor_api: true }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\nrules:\n  - {{ name: prod, filters: {{ name: \"{p}/**\", label: [prod] }}, destination: {{ registry: cluster1-registry }} }}\n",
+        "source: {{ url: {}, harbor_api: true }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\nrules:\n  - {{ name: prod, filters: {{ name: \"{p}/**\", label: [prod], resource: image }}, destination: {{ registry: cluster1-registry }} }}\n",
         harbor.url, stack.target_url, stack.target_user
     );
     let (config, worker) = {
@@ -257,20 +262,22 @@ async fn harbor_api_listing_applies_labels_and_pages() {
     let first = pass(&config, &worker, 1000).await;
     assert_eq!(harbor.count(Op::HeadManifest), 0, "digests come from the listing, not from HEADs");
     assert!(harbor.count(Op::HarborList) >= 6, "projects, repositories, 2 artifact pages, 2 tag pages");
-    // 105 tags of a, v2, 100 untagged, tool:1.0 (its children are not artifacts).
-    assert_eq!(first.tags_checked, 105 + 1 + 100 + 1);
+    // 105 tags of a, v2, 100 untagged, tool:1.0 (its children are not
+    // artifacts), the chart.
+    assert_eq!(first.tags_checked, 105 + 1 + 100 + 1 + 1);
     let mut all_a: Vec<String> = extra.clone();
     all_a.push("v1".into());
     all_a.sort();
     assert_eq!(
         summary(&first),
         vec![(Action::Copy, app.clone(), all_a.join(",")), (Action::Copy, tool.clone(), "1.0".into())],
-        "only the artifacts labelled prod, every tag of each"
+        "only the images labelled prod, every tag of each"
     );
     apply(&worker, &first).await;
     assert_eq!(target.digest_at(&app, "a103").await.unwrap().as_deref(), Some(a.digest.as_str()));
     assert_eq!(target.tree(&tool, "1.0").await.unwrap(), src.tree(&tool, "1.0").await.unwrap());
     assert!(target.digest_at(&app, "v2").await.unwrap().is_none(), "unlabelled: not replicated");
+    assert!(target.digest_at(&chart, "0.1.0").await.unwrap().is_none(), "a chart: not replicated");
 
     // A label added in Harbor's UI sends no webhook; the next pass sees it.
     harbor.set_labels(&app, &b.digest, &["prod"]);
@@ -289,7 +296,7 @@ async fn harbor_api_listing_applies_labels_and_pages() {
             .unwrap();
     let third = pass(&config, &worker, 1000).await;
     assert_eq!(summary(&third), vec![(Action::Copy, app.clone(), "v2".into())]);
-    assert_eq!(third.tags_checked, 105 + 1 + 100 + 1, "the accessory is not an artifact of its own");
+    assert_eq!(third.tags_checked, 105 + 1 + 100 + 1 + 1, "the accessory is not an artifact of its own");
     apply(&worker, &third).await;
     assert_eq!(target.digest_at(&app, &sig).await.unwrap().as_deref(), Some(sig.as_str()));
     assert!(pass(&config, &worker, 1000).await.tasks.is_empty(), "converged with the accessory");

@@ -78,6 +78,39 @@ async fn through_harbors_api_labels_and_tag_globs_decide() {
     assert!(matches!(backfill(format!("{app}:v2")).await, Err(BackfillError::NoRuleMatches { artifacts: 1 })));
 }
 
+/// Harbor's resource filter: `image` keeps what Harbor types `IMAGE` (an
+/// image, an index), `artifact` the rest (a Helm chart), read from Harbor's
+/// artifact listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resource_filter_separates_images_from_other_artifacts() {
+    let stack = Stack::load().unwrap();
+    let harbor = FakeRegistry::start(false).await;
+    let src = PlainRegistry::new(&harbor.url, None);
+    let p = project();
+    image::push(&src, &format!("{p}/app"), "v1", ImageKind::OciImage, 1, 512).await.unwrap();
+    image::push(&src, &format!("{p}/multi"), "v1", ImageKind::OciIndex { platforms: 2 }, 1, 512).await.unwrap();
+    image::push_chart(&src, &format!("{p}/web"), "0.1.0").await.unwrap();
+    let yaml = format!(
+        "source: {{ url: {}, harbor_api: true }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: cluster1-registry, url: {} }}\nrules:\n  - {{ name: images, filters: {{ name: \"{p}/**\", resource: image }}, destination: {{ registry: cluster1-registry, namespace: images }} }}\n  - {{ name: charts, filters: {{ name: \"{p}/**\", resource: artifact }}, destination: {{ registry: cluster1-registry, namespace: charts }} }}\n",
+        harbor.url, stack.target_url
+    );
+    let config = Config::parse(&yaml).unwrap();
+    let secrets = SecretSource::from_process(None);
+    let source = bootstrap::source_client(&config, &secrets, fast_retry()).await.unwrap();
+    let api = bootstrap::harbor_api(&config, &secrets).await.unwrap();
+    let b =
+        plan_backfill(&config, &source, api.as_ref(), &Selection::parse(&format!("{p}/**")).unwrap()).await.unwrap();
+    assert_eq!(b.artifacts, 3);
+    assert_eq!(
+        planned(&b),
+        vec![
+            ("charts/web".into(), "0.1.0".into()),
+            ("images/app".into(), "v1".into()),
+            ("images/multi".into(), "v1".into())
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_registry_is_listed_by_its_catalog_and_the_cli_exits_1_on_nothing() {
     let stack = Stack::load().unwrap();

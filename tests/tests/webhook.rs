@@ -1,6 +1,6 @@
 //! The webhook through its standalone HTTP server against LocalStack SQS:
 //! both payload formats, event types, rules and fan-out, the untagged
-//! delay, label filters through (a fake of) Harbor's API, auth values from
+//! delay, label and resource filters through (a fake of) Harbor's API, auth values from
 //! Secrets Manager, and 503 when the queue is unavailable or silent.
 
 use std::time::{Duration, Instant};
@@ -280,4 +280,44 @@ async fn label_filters_ask_harbor() {
     assert_eq!(post(digest_of("broken")).await, 503, "Harbor's API failing must not drop the event");
     assert_eq!(post(digest_of("slow-prod")).await, 503, "past the deadline after a slow label lookup");
     assert_eq!(app.depth().await.0, 1);
+}
+
+/// The resource filter reads the artifact's type from Harbor's API at push
+/// time: an image goes to the `images` rule, a Helm chart to the `charts`
+/// rule. A delete of an artifact Harbor no longer knows has no type: both
+/// deletion rules pass it on (the worker deletes only that digest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_filters_ask_harbor_for_the_type() {
+    let stack = Stack::load().unwrap();
+    let harbor = relay_tests::fake::FakeRegistry::start(false).await;
+    let src = relay_tests::PlainRegistry::new(&harbor.url, None);
+    let host = harbor.url.trim_start_matches("http://").to_owned();
+    let app_repo = unique_repo("res");
+    let chart_repo = format!("{app_repo}-chart");
+    let img = image::push(&src, &app_repo, "v1", ImageKind::DockerImage, 1, 512).await.unwrap();
+    let chart = image::push_chart(&src, &chart_repo, "0.1.0").await.unwrap();
+    let config = format!(
+        "source: {{ url: {}, harbor_api: true }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: cluster1, url: {} }}\nrules:\n  - {{ name: images, filters: {{ resource: image }}, destination: {{ registry: cluster1, namespace: images }}, deletion: true }}\n  - {{ name: charts, filters: {{ resource: artifact }}, destination: {{ registry: cluster1, namespace: charts }}, deletion: true }}\n",
+        harbor.url, stack.target_url
+    );
+    let app = AppBuilder::config(config).spawn().await;
+    let post = |kind: &'static str, repo: String, tag: &'static str, digest: String| {
+        let body = relay_tests::harbor_push_event(kind, &host, &repo, Some(tag), &digest, now());
+        let app = &app;
+        async move { app.post(Some(&app.stack.webhook_auth), "application/json", body).await }
+    };
+    let rules_of = |reply: &serde_json::Value| -> Vec<String> {
+        reply["tasks"].as_array().unwrap().iter().map(|t| t["repository"].as_str().unwrap().to_owned()).collect()
+    };
+    let leaf = |r: &str| r.rsplit('/').next().unwrap().to_owned();
+    let (status, reply) = post("PUSH_ARTIFACT", app_repo.clone(), "v1", img.digest.clone()).await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(rules_of(&reply), vec![format!("images/{}", leaf(&app_repo))]);
+    let (status, reply) = post("PUSH_ARTIFACT", chart_repo.clone(), "0.1.0", chart.clone()).await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(rules_of(&reply), vec![format!("charts/{}", leaf(&chart_repo))]);
+    let (status, reply) = post("DELETE_ARTIFACT", app_repo.clone(), "v2", digest_of("deleted")).await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(rules_of(&reply).len(), 2, "{reply}");
+    assert_eq!(app.depth().await.0, 4);
 }
