@@ -6,7 +6,7 @@
 //!   relay dlq --list | --redrive                show / re-queue dead-lettered tasks
 //!   relay status                                copy queue and DLQ depth
 //!   relay harbor webhooks --endpoint URL        keep Harbor's webhook policies pointed at the relay
-//!   relay history [filters] [FILE]              per event: each destination's outcome, from the logs
+//!   relay history [filters] [FILE | --stack S]  per event: each destination's outcome, from the logs
 //!
 //! Queue URLs come from --queue-url / RELAY_QUEUE_URL (the DLQ from the
 //! queue's redrive policy, or --dlq-url / RELAY_DLQ_URL); AWS settings from
@@ -22,6 +22,8 @@ use relay::ops::{self, Selection};
 use relay::queue::{Outgoing, TaskQueue};
 use relay::registry::retry::RetryPolicy;
 use relay::secrets::SecretSource;
+
+mod logs;
 
 #[derive(Parser)]
 #[command(
@@ -102,7 +104,15 @@ enum Command {
         /// Log lines: the functions' JSON lines, or CloudWatch Logs' FilterLogEvents answers
         /// (`aws logs filter-log-events --log-group-name /aws/lambda/<stack>-worker ...`); `-` or
         /// nothing: stdin.
+        #[arg(conflicts_with_all = ["stack", "log_group"])]
         file: Option<std::path::PathBuf>,
+        /// Read CloudWatch Logs: the log groups of this stack's webhook and worker
+        /// (`/aws/lambda/<stack>-webhook`, `/aws/lambda/<stack>-worker`).
+        #[arg(long)]
+        stack: Option<String>,
+        /// Read CloudWatch Logs: this log group (repeatable; with --stack, in addition).
+        #[arg(long)]
+        log_group: Vec<String>,
         /// Only tasks of this rule.
         #[arg(long)]
         rule: Option<String>,
@@ -115,7 +125,8 @@ enum Command {
         /// Only events carrying this tag.
         #[arg(long)]
         tag: Option<String>,
-        /// Only events that arrived in this last while (`30m`, `2h`, `1d`).
+        /// Only events that arrived in this last while (`30m`, `2h`, `1d`); reading CloudWatch
+        /// Logs, also where the reading starts (default there: 1d).
         #[arg(long)]
         since: Option<humantime::Duration>,
         /// Only destinations whose task failed, for good or for now.
@@ -355,12 +366,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output.print(text, json);
             Ok(ExitCode::SUCCESS)
         }
-        Command::History { file, rule, destination, repository, tag, since, failed } => {
-            let text = match file.as_deref() {
-                Some(f) if f != std::path::Path::new("-") => {
-                    std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
-                }
-                _ => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
+        Command::History { file, stack, log_group, rule, destination, repository, tag, since, failed } => {
+            let mut groups = log_group;
+            groups.extend(stack.as_deref().map(logs::stack_log_groups).into_iter().flatten());
+            let lines = if !groups.is_empty() {
+                let since = since.map_or(Duration::from_secs(86_400), Into::into);
+                let start = time::OffsetDateTime::now_utc() - since;
+                let client = aws_sdk_cloudwatchlogs::Client::new(&bootstrap::aws_config().await);
+                logs::read(&client, &groups, (start.unix_timestamp_nanos() / 1_000_000) as i64).await?
+            } else {
+                let text = match file.as_deref() {
+                    Some(f) if f != std::path::Path::new("-") => {
+                        std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
+                    }
+                    _ => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
+                };
+                relay::history::parse_lines(&text)
             };
             let filter = relay::history::Filter {
                 rule,
@@ -372,10 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 since: since.map(|d| time::OffsetDateTime::now_utc() - *d),
                 failed,
             };
-            let shown: Vec<_> = relay::history::executions(relay::history::parse_lines(&text))
-                .into_iter()
-                .filter_map(|e| filter.apply(e))
-                .collect();
+            let shown: Vec<_> = relay::history::executions(lines).into_iter().filter_map(|e| filter.apply(e)).collect();
             output.print(|| relay::history::table(&shown), serde_json::to_value(&shown)?);
             Ok(ExitCode::SUCCESS)
         }

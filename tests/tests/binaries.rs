@@ -87,7 +87,8 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let logs = format!("{}\n{}", stop(webhook), stop(worker));
+    let (webhook_log, worker_log) = (stop(webhook), stop(worker));
+    let logs = format!("{webhook_log}\n{worker_log}");
     std::fs::remove_file(&config).ok();
 
     let leaks = relay_tests::leaked_secrets(&logs, &stack, &["wrong-secret-attempt-123"]);
@@ -166,6 +167,42 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
     std::fs::write(&file, serde_json::json!({ "events": events }).to_string()).unwrap();
     assert_eq!(history(&[]), all, "the same from CloudWatch's answer");
     std::fs::remove_file(&file).ok();
+
+    // And from CloudWatch Logs itself (LocalStack's): the lines in the log
+    // groups the template gives a stack's webhook and worker, beside
+    // Lambda's own plain-text lines, read by `relay history --stack`.
+    let stack_name = format!("relay-history-{:08x}", rand::random::<u32>());
+    put_log_lines(&format!("/aws/lambda/{stack_name}-webhook"), &webhook_log).await;
+    put_log_lines(&format!("/aws/lambda/{stack_name}-worker"), &worker_log).await;
+    let out = Command::new(workspace_binary("relay"))
+        .args(["history", "--stack", &stack_name, "--output", "json", "--since", "1h"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let from_logs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(from_logs, all, "the same read from CloudWatch Logs");
+}
+
+/// Writes `text`'s lines into a new log group (one stream, now), with a
+/// Lambda `START` line first, as the Lambda service writes them.
+async fn put_log_lines(group: &str, text: &str) {
+    use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&relay::bootstrap::aws_config().await);
+    logs.create_log_group().log_group_name(group).send().await.unwrap();
+    logs.create_log_stream().log_group_name(group).log_stream_name("2026/12/01/[$LATEST]a").send().await.unwrap();
+    let at = now() * 1000;
+    let start = "START RequestId: 8f5e Version: $LATEST";
+    let lines: Vec<&str> = std::iter::once(start).chain(text.lines().filter(|l| !l.trim().is_empty())).collect();
+    for chunk in lines.chunks(500) {
+        let events = chunk.iter().map(|l| InputLogEvent::builder().message(*l).timestamp(at).build().unwrap());
+        logs.put_log_events()
+            .log_group_name(group)
+            .log_stream_name("2026/12/01/[$LATEST]a")
+            .set_log_events(Some(events.collect()))
+            .send()
+            .await
+            .unwrap();
+    }
 }
 
 /// The `fields` of each saved query in the template (`@` fields are

@@ -126,6 +126,11 @@ fn transformed_template_wires_queue_worker_and_webhook() {
     for out in ["WebhookFunctionName", "WorkerFunctionName", "ReconcileFunctionName", "WorkerLogGroupName"] {
         assert!(t["Outputs"][out].is_object(), "output {out}");
     }
+    // `relay history --stack S` reads these two groups by name.
+    for (group, function) in [("WebhookLogGroup", "webhook"), ("WorkerLogGroup", "worker")] {
+        let name = &r[group]["Properties"]["LogGroupName"]["Fn::Sub"];
+        assert_eq!(name, &json!(format!("/aws/lambda/${{AWS::StackName}}-{function}")), "{group}");
+    }
     let worker_sqs = serde_json::to_string(&r["WorkerRole"]["Properties"]["Policies"][0]).unwrap();
     assert!(
         worker_sqs.contains("sqs:ReceiveMessage") && worker_sqs.contains("{\"Fn::GetAtt\":[\"CopyQueue\",\"Arn\"]}")
