@@ -254,14 +254,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let output = cli.output;
     match cli.command {
         Command::Check { config } => {
-            let config = match bootstrap::load_config(&config).await {
+            let config_location = config;
+            let config = match bootstrap::load_config(&config_location).await {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("relay: configuration: {e}");
                     return Ok(ExitCode::from(2));
                 }
             };
-            let lines = ops::check(&config, &secrets).await;
+            let mut lines = ops::check(&config, &secrets).await;
+            if let Some(parameter) = config_location.strip_prefix("ssm:") {
+                // Read to get here: the credentials in use may read it.
+                let read = ops::CheckLine {
+                    name: "configuration".into(),
+                    what: format!("read SSM parameter {parameter}"),
+                    result: Ok(String::new()),
+                };
+                lines.insert(0, read);
+            }
             let ok = lines.iter().all(|l| l.result.is_ok());
             let text = || {
                 let mut t =

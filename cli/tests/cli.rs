@@ -80,6 +80,40 @@ async fn check_tests_every_registry_and_shows_no_secret() {
     assert!(text(&out).contains("rules[0].destination.registry"), "{}", text(&out));
 }
 
+/// Each secret a client is built from is read with the AWS credentials in
+/// use and named on its own line: one readable, one absent (exit 1), and
+/// the values are never printed.
+#[tokio::test]
+async fn check_reads_each_secret_and_names_the_one_it_cannot() {
+    let stack = Stack::load().unwrap();
+    let sm = aws_sdk_secretsmanager::Client::new(&relay::bootstrap::aws_config().await);
+    let id = format!("harbor-relay/test/check-{:x}", rand::random::<u32>());
+    let value = serde_json::json!({"username": stack.target_user, "password": stack.target_password}).to_string();
+    sm.create_secret().name(&id).secret_string(value).send().await.unwrap();
+    let from_env = format!("credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}", stack.target_user);
+    let yaml = stack.config_yaml(ALL).replace(&from_env, &format!("credentials: {{ secret_id: {id} }}")).replace(
+        "rules:\n",
+        &format!(
+            "  - {{ name: cluster2, url: {}, credentials: {{ secret_id: {id}-absent }} }}\nrules:\n",
+            stack.target_url
+        ),
+    );
+    let config = tempfile_path::Path::write(&yaml);
+    let out = relay(&["check", "--config", config.as_str()], &[]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(&format!("ok      cluster1-registry        read credentials from secret {id}\n")), "{said}");
+    assert!(
+        said.contains(&format!("FAILED  cluster2                 read credentials from secret {id}-absent")),
+        "{said}"
+    );
+    assert!(
+        said.contains("push to harbor-relay-check: upload started and cancelled"),
+        "the secret's credentials work: {said}"
+    );
+    assert!(!said.contains(&stack.target_password), "{said}");
+}
+
 /// The push right is probed by starting an upload and cancelling it; a
 /// destination that refuses uploads fails the check (exit 1), naming it.
 /// (Two runtime threads: the fakes answer while the test waits for relay.)
@@ -204,6 +238,14 @@ async fn config_push_validates_and_stores_where_the_functions_read() {
     // What the functions do at cold start with RELAY_CONFIG=ssm:<name>.
     let check = relay(&["check", "--config", &format!("ssm:{name}")], &[]);
     assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains(&format!("ok      configuration            read SSM parameter {name}")),
+        "{}",
+        text(&check)
+    );
+    let absent = relay(&["check", "--config", &format!("ssm:{name}-absent")], &[]);
+    assert_eq!(absent.status.code(), Some(2), "{}", text(&absent));
+    assert!(text(&absent).contains(&format!("{name}-absent")), "the parameter is named: {}", text(&absent));
 
     // Many rules: over SSM's 4 KB Standard limit.
     let rules: String = (0..60)

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName as Attr;
 
-use crate::config::Config;
+use crate::config::{Config, CredentialsRef};
 use crate::event::{Artifact, EventKind, Format, HarborEvent};
 use crate::feeders::{ListingError, SourceListing};
 use crate::harbor_api::HarborApi;
 use crate::plan::plan;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::{RegistryClient, RegistryError};
+use crate::registry_kind::CaSource;
 use crate::repository::{RepositoryPath, Tag};
 use crate::rules::Pattern;
 use crate::secrets::SecretSource;
@@ -35,8 +36,10 @@ impl CheckLine {
 }
 
 /// Everything the functions will need, checked with the configured
-/// credentials: the secrets they read (the configuration itself was read
-/// to get here), `GET /v2/` at the source and every destination (Harbor's
+/// credentials: each secret they read (credentials, CA bundles, the
+/// webhook's values: with the AWS credentials in use, so a missing
+/// `secretsmanager:GetSecretValue` right shows here, naming the secret;
+/// the configuration itself was read to get here), `GET /v2/` at the source and every destination (Harbor's
 /// "Test connection"), Harbor's API and what the account sees there when
 /// `harbor_api` is on, and the right to push at each destination a rule
 /// uses (an upload is started in a probe repository and cancelled, so
@@ -51,6 +54,11 @@ pub async fn check(config: &Config, secrets: &SecretSource) -> Vec<CheckLine> {
         "accepted Authorization values",
         auth.map(|a| format!("{} readable", a.len())).map_err(|e| e.to_string()),
     ));
+    let sources = std::iter::once(("source", &config.source.credentials, &config.source.ca))
+        .chain(config.registries.iter().map(|r| (r.name.as_str(), &r.credentials, &r.ca)));
+    for (name, credentials, ca) in sources {
+        lines.extend(secret_lines(name, credentials.as_ref(), ca.as_ref(), secrets).await);
+    }
     let source = crate::bootstrap::source_client(config, secrets, retry).await.map_err(|e| e.to_string());
     lines.push(connect("source", &config.source.url, &source).await);
     if config.source.harbor_api {
@@ -80,6 +88,34 @@ pub async fn check(config: &Config, secrets: &SecretSource) -> Vec<CheckLine> {
         if let (true, Ok(client), Some(repo)) = (connected, &client, probe_repository(config, &r.name)) {
             lines.push(CheckLine::new(&r.name, format!("push to {repo}"), push_right(client, &repo).await));
         }
+    }
+    lines
+}
+
+/// One line per secret a registry's client is built from, said by where it
+/// lives (`secret <id>`, `$VAR`, a file), never by its value.
+async fn secret_lines(
+    name: &str,
+    credentials: Option<&CredentialsRef>,
+    ca: Option<&CaSource>,
+    secrets: &SecretSource,
+) -> Vec<CheckLine> {
+    let mut lines = Vec::new();
+    if let Some(c) = credentials {
+        let what = match c {
+            CredentialsRef::Env { password_env, .. } => format!("read credentials from ${password_env}"),
+            CredentialsRef::Secret { secret_id } => format!("read credentials from secret {secret_id}"),
+        };
+        let read = secrets.credentials(c).await.map(|_| String::new()).map_err(|e| e.to_string());
+        lines.push(CheckLine::new(name, what, read));
+    }
+    if let Some(ca) = ca {
+        let what = match ca {
+            CaSource::File(path) => format!("read CA bundle {}", path.display()),
+            CaSource::Secret(id) => format!("read CA bundle from secret {id}"),
+        };
+        let read = secrets.ca_bundle(ca).await.map(|_| String::new()).map_err(|e| e.to_string());
+        lines.push(CheckLine::new(name, what, read));
     }
     lines
 }
