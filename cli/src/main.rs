@@ -319,7 +319,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let selection = Selection::parse(&selection).map_err(anyhow::Error::msg)?;
             let source = bootstrap::source_client(&config, &secrets, RetryPolicy::default()).await?;
             let harbor = bootstrap::harbor_api(&config, &secrets).await?;
-            let backfill = match ops::plan_backfill(&config, &source, harbor.as_ref(), &selection).await {
+            let progress = relay::progress::Progress::default();
+            let planning = ops::plan_backfill(&config, &source, harbor.as_ref(), &selection, Some(&progress));
+            let backfill = match showing(&progress, planning).await {
                 Ok(b) => b,
                 Err(e @ (ops::BackfillError::NothingSelected { .. } | ops::BackfillError::NoRuleMatches { .. })) => {
                     eprintln!("nothing to replicate: {e}");
@@ -410,8 +412,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reconcile { target } => {
             let config = bootstrap::load_config(&target.config).await?;
             let worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
-            let reconciler = relay::reconcile::Reconciler::new(&config, &worker, 1000);
-            let pass = reconciler.pass(None, None).await?;
+            let progress = relay::progress::Progress::default();
+            let mut reconciler = relay::reconcile::Reconciler::new(&config, &worker, 1000);
+            reconciler.progress = Some(&progress);
+            let pass = showing(&progress, reconciler.pass(None, None)).await?;
             let tasks = target.deliver(sqs, &pass.tasks, output).await?;
             let text = || {
                 format!(
@@ -512,6 +516,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs `work`, showing `progress` on stderr while it runs when stderr is
+/// a terminal (redrawn in place, the last state left on its line);
+/// nothing otherwise, so pipes and logs get only the result.
+async fn showing<T>(progress: &relay::progress::Progress, work: impl std::future::Future<Output = T>) -> T {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stderr().is_terminal() {
+        return work.await;
+    }
+    let draw = |end: &str| {
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{}{end}", progress.line());
+        let _ = err.flush();
+    };
+    let mut work = std::pin::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            _ = tick.tick() => draw(""),
+        }
+    };
+    draw("\n");
+    out
 }
 
 #[cfg(test)]

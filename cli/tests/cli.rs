@@ -161,6 +161,12 @@ async fn replicate_plans_and_enqueues_what_the_rules_match() {
     let out = text(&dry);
     assert!(dry.status.success(), "{out}");
     assert!(out.contains("2 tasks planned (dry run)"), "latest is excluded by the rule: {out}");
+    assert!(!out.contains("repositories 2/2"), "piped: the result only, no progress: {out}");
+    // On a terminal (`script` gives it one) the listing shows its progress.
+    let command = format!("{} replicate --config {} --dry-run '{glob}'", env!("CARGO_BIN_EXE_relay"), config.as_str());
+    let tty = Command::new("script").args(["-qec", &command, "/dev/null"]).output().expect("script runs");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(shown.contains("repositories 2/2, 3 artifacts, 2 to replicate\r\n"), "{shown:?}");
     assert_eq!(queue_depth(&sqs, &queue).await.unwrap(), (0, 0, 0), "a dry run enqueues nothing");
 
     let real = relay(&["replicate", "--config", config.as_str(), "--queue-url", &queue, &format!("{repo}:v2")], &[]);

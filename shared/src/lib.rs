@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod ops;
 pub mod plan;
 pub mod poller;
+pub mod progress;
 pub mod queue;
 pub mod reconcile;
 pub mod registry;

@@ -12,6 +12,7 @@ use crate::event::{Artifact, EventKind, Format, HarborEvent};
 use crate::feeders::{ListingError, SourceListing};
 use crate::harbor_api::HarborApi;
 use crate::plan::plan;
+use crate::progress::Progress;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::{RegistryClient, RegistryError};
 use crate::registry_kind::CaSource;
@@ -246,6 +247,7 @@ pub async fn plan_backfill(
     source: &RegistryClient,
     harbor: Option<&HarborApi>,
     selection: &Selection,
+    progress: Option<&Progress>,
 ) -> Result<Backfill, BackfillError> {
     let repositories = match &selection.repositories {
         Select::One(repository) => vec![repository.clone()],
@@ -257,6 +259,9 @@ pub async fn plan_backfill(
         }
     };
     let mut backfill = Backfill { repositories: repositories.len(), ..Backfill::default() };
+    if let Some(p) = progress {
+        p.selected(repositories.len());
+    }
     for repository in repositories {
         // (tag, digest, facts) of each selected artifact.
         let mut selected = Vec::new();
@@ -289,6 +294,7 @@ pub async fn plan_backfill(
                 }
             }
         }
+        let (artifacts, tasks_before) = (selected.len(), backfill.tasks.len());
         for (tag, digest, facts) in selected {
             backfill.artifacts += 1;
             let event = HarborEvent {
@@ -301,6 +307,9 @@ pub async fn plan_backfill(
             };
             let planned = plan(config, &event, facts.as_ref(), &mut || uuid::Uuid::new_v4().to_string());
             backfill.tasks.extend(planned.tasks);
+        }
+        if let Some(p) = progress {
+            p.walked(artifacts, backfill.tasks.len() - tasks_before);
         }
     }
     if backfill.artifacts == 0 {

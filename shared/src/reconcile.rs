@@ -30,6 +30,7 @@ use crate::event::{Artifact, EventKind, Format, HarborEvent};
 use crate::feeders::{feeders_among, literal_prefixes, SourceListing};
 use crate::harbor_api::HarborApi;
 use crate::plan::plan;
+use crate::progress::Progress;
 use crate::registry::{RegistryClient, RegistryError};
 use crate::repository::{RepositoryPath, Tag};
 use crate::rules::ArtifactFacts;
@@ -102,6 +103,8 @@ pub struct Reconciler<'a> {
     pub destinations: &'a std::collections::HashMap<String, Destination>,
     /// Entries per listing request (`n=`).
     pub page_size: usize,
+    /// Moved as repositories are walked, when someone shows it.
+    pub progress: Option<&'a Progress>,
 }
 
 impl<'a> Reconciler<'a> {
@@ -113,6 +116,7 @@ impl<'a> Reconciler<'a> {
             harbor: worker.harbor.as_ref(),
             destinations: &worker.destinations,
             page_size,
+            progress: None,
         }
     }
 
@@ -128,6 +132,9 @@ impl<'a> Reconciler<'a> {
             .filter(|r| after.is_none_or(|a| r.as_str() > a))
             .cloned()
             .collect();
+        if let Some(p) = self.progress {
+            p.selected(repositories.len());
+        }
         let merge = |pass: &mut Pass| pass.tasks = merge_tags(std::mem::take(&mut pass.tasks));
         // Tags of the other repositories feeding a destination, listed once
         // per pass however many of their siblings ask.
@@ -139,8 +146,12 @@ impl<'a> Reconciler<'a> {
                 merge(&mut pass);
                 return Ok(pass);
             }
+            let (checked, planned) = (pass.tags_checked, pass.tasks.len());
             self.repository(&repo, &listed, &mut feeder_tags, &mut pass).await?;
             pass.repositories += 1;
+            if let Some(p) = self.progress {
+                p.walked((pass.tags_checked - checked) as usize, pass.tasks.len() - planned);
+            }
             last_done = Some(repo.to_string());
         }
         merge(&mut pass);

@@ -259,7 +259,13 @@ async fn harbor_api_listing_applies_labels_and_pages() {
     };
 
     harbor.reset_counts();
-    let first = pass(&config, &worker, 1000).await;
+    let progress = relay::progress::Progress::default();
+    let mut reconciler = Reconciler::new(&config, &worker, 1000);
+    reconciler.progress = Some(&progress);
+    let first = reconciler.pass(None, None).await.unwrap();
+    // What `relay reconcile` shows on a terminal: app, charts/web, tool;
+    // the 105 tags of a and tool:1.0 to replicate (merged into 2 tasks).
+    assert_eq!(progress.line(), format!("repositories 3/3, {} artifacts, 106 to replicate", first.tags_checked));
     assert_eq!(harbor.count(Op::HeadManifest), 0, "digests come from the listing, not from HEADs");
     assert!(harbor.count(Op::HarborList) >= 6, "projects, repositories, 2 artifact pages, 2 tag pages");
     // 105 tags of a, v2, 100 untagged, tool:1.0 (its children are not

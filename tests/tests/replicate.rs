@@ -55,7 +55,7 @@ async fn through_harbors_api_labels_and_tag_globs_decide() {
     assert!(api.is_some());
     let backfill = |selection: String| {
         let (config, source, api) = (&config, &source, api.as_ref());
-        async move { plan_backfill(config, source, api, &Selection::parse(&selection).unwrap()).await }
+        async move { plan_backfill(config, source, api, &Selection::parse(&selection).unwrap(), None).await }
     };
 
     // Every artifact is listed; the label rule keeps the two labelled prod.
@@ -98,8 +98,9 @@ async fn the_resource_filter_separates_images_from_other_artifacts() {
     let secrets = SecretSource::from_process(None);
     let source = bootstrap::source_client(&config, &secrets, fast_retry()).await.unwrap();
     let api = bootstrap::harbor_api(&config, &secrets).await.unwrap();
-    let b =
-        plan_backfill(&config, &source, api.as_ref(), &Selection::parse(&format!("{p}/**")).unwrap()).await.unwrap();
+    let b = plan_backfill(&config, &source, api.as_ref(), &Selection::parse(&format!("{p}/**")).unwrap(), None)
+        .await
+        .unwrap();
     assert_eq!(b.artifacts, 3);
     assert_eq!(
         planned(&b),
@@ -124,7 +125,7 @@ async fn a_plain_registry_is_listed_by_its_catalog_and_the_cli_exits_1_on_nothin
     let config = Config::parse(&yaml).unwrap();
     let secrets = SecretSource::from_process(None);
     let source = bootstrap::source_client(&config, &secrets, fast_retry()).await.unwrap();
-    let b = plan_backfill(&config, &source, None, &Selection::parse(&format!("{p}/*:{{v1,latest}}")).unwrap())
+    let b = plan_backfill(&config, &source, None, &Selection::parse(&format!("{p}/*:{{v1,latest}}")).unwrap(), None)
         .await
         .unwrap();
     assert_eq!((b.repositories, b.artifacts), (2, 3));
