@@ -350,7 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = bootstrap::load_config(&config).await?;
             let api = bootstrap::harbor_api(&config, &secrets)
                 .await?
-                .context("the source is not Harbor's API: set source.harbor_api: true")?;
+                .context("the source is not read through Harbor's API (source.harbor_api is false, or the source did not answer as a Harbor)")?;
             let auth = secrets.webhook_auth(&config.webhook).await?;
             let wanted = relay::harbor_webhooks::WebhookPolicy::wanted(&name, &endpoint, auth.newest(), payload_format);
             let kept = relay::harbor_webhooks::keep(&api, &config.rules, &wanted, dry_run).await?;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, CredentialsRef, Registry};
+use crate::config::{Config, CredentialsRef, HarborApiUse, Registry};
 use crate::destination::{Destination, KindRuntime};
 use crate::ecr::EcrControl;
 use crate::harbor_api::HarborApi;
@@ -33,6 +33,8 @@ pub enum StartupError {
     WebhookAuth(SecretError),
     #[error("HTTP client for {registry}: {reason}")]
     Client { registry: String, reason: String },
+    #[error("rules {rules} filter on labels or resource type, which are read from Harbor's API, and the source does not answer as a Harbor (GET /api/v2.0/ping)")]
+    NotHarbor { rules: String },
 }
 
 /// Builds the worker: one client for the source and one per destination.
@@ -169,16 +171,43 @@ pub async fn webhook(
     Ok(Webhook::new(config, auth, queue, options, harbor))
 }
 
-/// Harbor's REST API client when `source.harbor_api` is on.
+/// Harbor's REST API client when `source.harbor_api` is on, or when it is
+/// absent and the source answers as a Harbor (one unauthenticated request).
+/// A detected non-Harbor with rules that need the API (label or resource
+/// filters) is refused, naming the rules.
 pub async fn harbor_api(config: &Config, secrets: &SecretSource) -> Result<Option<HarborApi>, StartupError> {
-    if !config.source.harbor_api {
+    if config.source.harbor_api == HarborApiUse::Off {
         return Ok(None);
     }
     let credentials = credentials("source", config.source.credentials.as_ref(), secrets).await?;
     let ca = ca_bundle("source", config.source.ca.as_ref(), secrets).await?;
-    HarborApi::new(config.source.url.clone(), credentials, config.source.insecure, ca.as_deref(), HARBOR_API_TIMEOUT)
-        .map(Some)
-        .map_err(|e| StartupError::Client { registry: "source (Harbor API)".into(), reason: e.to_string() })
+    let api = HarborApi::new(
+        config.source.url.clone(),
+        credentials,
+        config.source.insecure,
+        ca.as_deref(),
+        HARBOR_API_TIMEOUT,
+    )
+    .map_err(|e| StartupError::Client { registry: "source (Harbor API)".into(), reason: e.to_string() })?;
+    if config.source.harbor_api == HarborApiUse::On {
+        return Ok(Some(api));
+    }
+    let harbor = api.is_harbor().await.map_err(|e| StartupError::Client {
+        registry: "source (Harbor API)".into(),
+        reason: format!(
+            "cannot tell whether the source is a Harbor (GET /api/v2.0/ping; set source.harbor_api to say): {e}"
+        ),
+    })?;
+    if harbor {
+        tracing::info!(source = %config.source.url, "the source answers as a Harbor: listings, labels and types through its API");
+        return Ok(Some(api));
+    }
+    let needing: Vec<&str> =
+        config.rules.iter().filter(|r| r.enabled && r.needs_facts()).map(|r| r.name.as_str()).collect();
+    if !needing.is_empty() {
+        return Err(StartupError::NotHarbor { rules: needing.join(", ") });
+    }
+    Ok(None)
 }
 
 /// The private CA bundle a registry's certificate is verified against.

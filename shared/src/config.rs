@@ -57,6 +57,26 @@ impl SecretSettings {
     }
 }
 
+/// Whether the source is read through Harbor's REST API
+/// (`source.harbor_api`): `true`, `false`, or absent — then the source is
+/// asked at start whether it is a Harbor (`GET /api/v2.0/ping` answering
+/// `Pong`, which needs no account).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HarborApiUse {
+    On,
+    Off,
+    Detect,
+}
+
+impl HarborApiUse {
+    /// Rules that need Harbor's API (label and resource filters) are
+    /// allowed unless it is switched off; a detected non-Harbor refuses
+    /// them at start.
+    pub fn may_be_on(self) -> bool {
+        self != HarborApiUse::Off
+    }
+}
+
 /// The Harbor images come from.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -64,7 +84,7 @@ pub struct Source {
     /// `host[:port]` as it appears in Harbor's `resource_url` (no scheme).
     pub host: String,
     pub credentials: Option<CredentialsRef>,
-    pub harbor_api: bool,
+    pub harbor_api: HarborApiUse,
     pub insecure: bool,
     /// Token services trusted besides https ones and the registry's own
     /// origin (`token_realms`): the credentials are sent to a realm.
@@ -243,7 +263,7 @@ struct RawSource {
     url: String,
     credentials: Option<CredentialsRef>,
     #[serde(default)]
-    harbor_api: bool,
+    harbor_api: Option<bool>,
     #[serde(default)]
     insecure: bool,
     #[serde(default)]
@@ -365,11 +385,16 @@ impl RawConfig {
             });
         }
 
+        let harbor_api = match self.source.harbor_api {
+            Some(true) => HarborApiUse::On,
+            Some(false) => HarborApiUse::Off,
+            None => HarborApiUse::Detect,
+        };
         let mut rules = Vec::with_capacity(self.rules.len());
         let mut rule_names = HashSet::new();
         for (i, raw) in self.rules.into_iter().enumerate() {
             let field = format!("rules[{i}]");
-            let rule = Rule::from_raw(raw, self.source.harbor_api).map_err(|e| match e {
+            let rule = Rule::from_raw(raw, harbor_api.may_be_on()).map_err(|e| match e {
                 RuleError::Field { field: f, reason } => ConfigError::invalid(format!("{field}.{f}"), reason),
             })?;
             if !rule_names.insert(rule.name.clone()) {
@@ -427,7 +452,7 @@ impl RawConfig {
                 url: source_url,
                 host,
                 credentials: self.source.credentials,
-                harbor_api: self.source.harbor_api,
+                harbor_api,
                 insecure: self.source.insecure,
                 token_realms: token_realms("source.token_realms", &self.source.token_realms)?,
                 ca: ca_source("source", self.source.ca_file, self.source.ca_secret_id)?,

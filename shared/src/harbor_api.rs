@@ -112,6 +112,19 @@ impl HarborApi {
         Ok(HarborApi { base, http, credentials: std::sync::RwLock::new(credentials) })
     }
 
+    /// Is this a Harbor? `GET /api/v2.0/ping` answers `Pong` without an
+    /// account; a plain registry answers 404. Unreachable is an error: the
+    /// answer decides how the source is listed and filtered.
+    pub async fn is_harbor(&self) -> Result<bool, HarborApiError> {
+        let url = self.base.join("/api/v2.0/ping").map_err(|e| HarborApiError::Request(e.to_string()))?;
+        let resp = self.http.get(url).send().await.map_err(|e| HarborApiError::Request(e.without_url().to_string()))?;
+        if !resp.status().is_success() {
+            return Ok(false);
+        }
+        let body = resp.text().await.map_err(|e| HarborApiError::Request(e.without_url().to_string()))?;
+        Ok(body.trim().trim_matches('"') == "Pong")
+    }
+
     /// Labels and tags of `repository@digest`.
     pub async fn artifact(&self, repository: &RepositoryPath, digest: &Digest) -> Result<ArtifactInfo, HarborApiError> {
         let path = format!("{}/artifacts/{digest}", repository_path(repository));

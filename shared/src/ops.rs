@@ -62,18 +62,18 @@ pub async fn check(config: &Config, secrets: &SecretSource) -> Vec<CheckLine> {
     }
     let source = crate::bootstrap::source_client(config, secrets, retry).await.map_err(|e| e.to_string());
     lines.push(connect("source", &config.source.url, &source).await);
-    if config.source.harbor_api {
-        let listed = match crate::bootstrap::harbor_api(config, secrets).await {
-            Ok(Some(api)) => api.project_list().await.map_err(|e| e.to_string()),
-            Ok(None) => Ok(Vec::new()),
+    if config.source.harbor_api != crate::config::HarborApiUse::Off {
+        let result = match crate::bootstrap::harbor_api(config, secrets).await {
+            Ok(Some(api)) => match api.project_list().await {
+                Ok(p) if p.is_empty() => {
+                    Err("the account sees no project: give it access to the projects to replicate".into())
+                }
+                Ok(p) => Ok(format!("{} projects visible", p.len())),
+                Err(e) => Err(e.to_string()),
+            },
+            // Detected: not a Harbor, and no rule needs its API.
+            Ok(None) => Ok("not a Harbor (no /api/v2.0/ping): listed through the registry API".into()),
             Err(e) => Err(e.to_string()),
-        };
-        let result = match listed {
-            Ok(p) if p.is_empty() => {
-                Err("the account sees no project: give it access to the projects to replicate".into())
-            }
-            Ok(p) => Ok(format!("{} projects visible", p.len())),
-            Err(e) => Err(e),
         };
         lines.push(CheckLine::new("source", "Harbor API", result));
     }

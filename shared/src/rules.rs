@@ -325,6 +325,7 @@ fn field_err(field: &str, reason: impl Into<String>) -> RuleError {
 }
 
 impl Rule {
+    /// `harbor_api`: Harbor's API may be read (label and resource filters).
     pub(crate) fn from_raw(raw: RawRule, harbor_api: bool) -> Result<Rule, RuleError> {
         if raw.name.trim().is_empty() {
             return Err(field_err("name", "must not be empty"));
@@ -350,7 +351,7 @@ impl Rule {
             Some(_) if !harbor_api => {
                 return Err(field_err(
                     "filters.label",
-                    "a label filter needs source.harbor_api: true (labels are read from Harbor's API; artifacts carry none at push time)",
+                    "a label filter needs Harbor's API, and source.harbor_api is false (labels are read from Harbor's API; artifacts carry none at push time)",
                 ))
             }
             Some(RawLabelFilter::List(values)) => Some(LabelFilter { labels: values, decoration: Decoration::Matches }),
@@ -362,7 +363,7 @@ impl Rule {
                 "" => None,
                 "image" | "artifact" if !harbor_api => return Err(field_err(
                     "filters.resource",
-                    "a resource filter needs source.harbor_api: true (the artifact's type is read from Harbor's API)",
+                    "a resource filter needs Harbor's API, and source.harbor_api is false (the artifact's type is read from Harbor's API)",
                 )),
                 "image" => Some(ResourceFilter::Image),
                 "artifact" => Some(ResourceFilter::Artifact),

@@ -108,6 +108,8 @@ struct Store {
     empty_projects: Vec<String>,
     /// Webhook policies: (project id, policy as Harbor stores it).
     webhook_policies: Vec<(i64, serde_json::Value)>,
+    /// Answer Harbor's `GET /api/v2.0/ping` with `Pong`, as a Harbor does.
+    pings_as_harbor: bool,
 }
 
 /// The type Harbor's artifact processors give a manifest: `IMAGE` for an
@@ -253,6 +255,12 @@ impl FakeRegistry {
         self.store.lock().unwrap().referrers_api = true;
     }
 
+    /// Answer `GET /api/v2.0/ping` as Harbor does (`Pong`, no account
+    /// needed), so a configuration without `harbor_api` detects a Harbor.
+    pub fn ping_as_harbor(&self) {
+        self.store.lock().unwrap().pings_as_harbor = true;
+    }
+
     /// Harbor labels of `repo@digest` (what the Harbor API answers).
     pub fn set_labels(&self, repo: &str, digest: &str, labels: &[&str]) {
         let labels = labels.iter().map(|l| (*l).to_owned()).collect();
@@ -289,6 +297,9 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
     let headers = req.headers().clone();
     let body = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default();
     let (op, repo, rest) = classify(&method, &path);
+    if path == "/api/v2.0/ping" && method == Method::GET && store.lock().unwrap().pings_as_harbor {
+        return ([("content-type", "text/plain")], "\"Pong\"").into_response();
+    }
 
     let fault = {
         let mut s = store.lock().unwrap();

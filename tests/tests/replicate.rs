@@ -78,6 +78,43 @@ async fn through_harbors_api_labels_and_tag_globs_decide() {
     assert!(matches!(backfill(format!("{app}:v2")).await, Err(BackfillError::NoRuleMatches { artifacts: 1 })));
 }
 
+/// Without `source.harbor_api`, the source is asked whether it is a Harbor
+/// (`GET /api/v2.0/ping`): the fake Harbor is, so the listing goes through
+/// its API (it serves no `_catalog`) and a label rule applies; the plain
+/// registry is not, and a label rule over it is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harbor_api_is_detected_when_not_configured() {
+    let stack = Stack::load().unwrap();
+    let harbor = FakeRegistry::start(false).await;
+    harbor.ping_as_harbor();
+    let src = PlainRegistry::new(&harbor.url, None);
+    let p = project();
+    let img = image::push(&src, &format!("{p}/app"), "v1", ImageKind::OciImage, 1, 512).await.unwrap();
+    harbor.set_labels(&format!("{p}/app"), &img.digest, &["prod"]);
+    image::push(&src, &format!("{p}/app"), "v2", ImageKind::OciImage, 1, 512).await.unwrap();
+    let yaml = |source: &str| {
+        format!(
+            "source: {{ url: {source} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: cluster1-registry, url: {} }}\nrules:\n  - {{ name: prod, filters: {{ name: \"{p}/**\", label: [prod] }}, destination: {{ registry: cluster1-registry }} }}\n",
+            stack.target_url
+        )
+    };
+    let secrets = SecretSource::from_process(None);
+    let config = Config::parse(&yaml(&harbor.url)).unwrap();
+    let api = bootstrap::harbor_api(&config, &secrets).await.unwrap();
+    assert!(api.is_some(), "the fake Harbor answers Pong");
+    let source = bootstrap::source_client(&config, &secrets, fast_retry()).await.unwrap();
+    let b = plan_backfill(&config, &source, api.as_ref(), &Selection::parse(&format!("{p}/**")).unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(planned(&b), vec![(format!("{p}/app"), "v1".into())], "listed through the API, labels applied");
+
+    let plain = Config::parse(&yaml(&stack.source_url)).unwrap();
+    let refused = bootstrap::harbor_api(&plain, &secrets).await.err().expect("a label rule over a plain registry");
+    assert!(refused.to_string().contains("rules prod filter on labels"), "{refused}");
+    let unfiltered = Config::parse(&yaml(&stack.source_url).replace(", label: [prod]", "")).unwrap();
+    assert!(bootstrap::harbor_api(&unfiltered, &secrets).await.unwrap().is_none(), "a plain registry: no API");
+}
+
 /// Harbor's resource filter: `image` keeps what Harbor types `IMAGE` (an
 /// image, an index), `artifact` the rest (a Helm chart), read from Harbor's
 /// artifact listing.

@@ -77,7 +77,7 @@ async fn setup() -> anyhow::Result<App> {
                 endpoint.parse().context("RELAY_HARBOR_WEBHOOKS_ENDPOINT must be the webhook's URL")?;
             anyhow::ensure!(
                 worker.harbor.is_some(),
-                "RELAY_HARBOR_WEBHOOKS_ENDPOINT is set, but the source is not Harbor's API (source.harbor_api: true)"
+                "RELAY_HARBOR_WEBHOOKS_ENDPOINT is set, but the source is not read through Harbor's API (source.harbor_api is false, or the source did not answer as a Harbor)"
             );
             let auth = secrets.webhook_auth(&config.webhook).await?;
             Some(WebhookPolicy::wanted(DEFAULT_POLICY_NAME, &endpoint, auth.newest(), PayloadFormat::Default))
