@@ -306,6 +306,137 @@ pub async fn kinds() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `copy-many` destinations: registry entries for the same target server,
+/// each with its own clients and ledger, so none knows what another wrote
+/// (every copy uploads every blob, as into a separate registry).
+const FAN_DESTINATIONS: usize = 9;
+
+fn fan_config(stack: &Stack) -> anyhow::Result<std::path::PathBuf> {
+    let registries: String = (1..=FAN_DESTINATIONS)
+        .map(|i| {
+            format!(
+                "  - {{ name: c{i}, url: {}, credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }} }}\n",
+                stack.target_url, stack.target_user
+            )
+        })
+        .collect();
+    let yaml = stack
+        .config_yaml("  - name: all\n    destination: { registry: cluster1-registry }\n")
+        .replace("rules:\n", &format!("{registries}rules:\n"));
+    let path = std::env::temp_dir().join("relay-bench-fan.yaml");
+    std::fs::write(&path, yaml)?;
+    Ok(path)
+}
+
+/// The 1 GiB image into several destinations by one worker process:
+/// tasks of one push at the same time (as the webhook sends them, in one
+/// batch), and copies one after another in a long-running worker (peak
+/// RSS after each). Source bytes are what the tasks read from the source.
+pub async fn fanout() -> anyhow::Result<()> {
+    let stack = Stack::load()?;
+    let config = fan_config(&stack)?;
+    let id = run_id();
+    let repo = format!("fan-{id}/big");
+    eprintln!("generating the 1 GiB image…");
+    let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 8, 128 * MIB).await?;
+    let image_bytes = blob_sizes(&stack, &repo, "v1").await?.iter().map(|(_, s)| s).sum::<u64>();
+    let many = |mode: &str, registries: &[usize]| {
+        let mut c = Command::new(std::env::current_exe().expect("exe"));
+        c.arg("copy-many").arg(&config).args([&repo, "v1", mode, &format!("fan-{id}")]);
+        c.args(registries.iter().map(|i| format!("c{i}")));
+        measure(c)
+    };
+    let one = many("together", &[1])?;
+    let three = many("together", &[2, 3, 4])?;
+    let five = many("one-by-one", &[5, 6, 7, 8, 9])?;
+    for i in 1..=FAN_DESTINATIONS {
+        verify(&stack, &repo, &format!("fan-{id}/c{i}"), "v1").await?;
+    }
+    let report = |m: &Measured| -> anyhow::Result<serde_json::Value> { Ok(serde_json::from_str(m.stdout.trim())?) };
+    let (r1, r3, r5) = (report(&one)?, report(&three)?, report(&five)?);
+    let read = |r: &serde_json::Value| r["source_bytes"].as_u64().unwrap_or(0) as f64 / image_bytes as f64;
+    let mib = |kib: i64| kib as f64 / 1024.0;
+    println!("## Fan-out and a long-running worker (`make bench`, relay-bench fanout)\n");
+    println!("The 1 GiB image ({}; 8 random layers of 128 MiB) copied by one worker process into destinations that share nothing (each its own registry entry, clients and ledger):\n", img.digest);
+    println!("| run | wall | × one destination | source bytes read | peak RSS |\n|---|---|---|---|---|");
+    for (name, m, r) in [("1 destination", &one, &r1), ("3 destinations, one push (3 tasks at once)", &three, &r3)] {
+        println!(
+            "| {name} | {:.2} s | {:.2} | {:.2} × the image | {:.1} MiB |",
+            m.wall.as_secs_f64(),
+            m.wall.as_secs_f64() / one.wall.as_secs_f64(),
+            read(r),
+            mib(m.max_rss_kib)
+        );
+    }
+    let peaks: Vec<String> = r5["peaks_kib"]
+        .as_array()
+        .map(|a| a.iter().map(|k| format!("{:.1}", mib(k.as_i64().unwrap_or(0)))).collect())
+        .unwrap_or_default();
+    println!(
+        "\n5 copies one after another in one process (a long-running standalone worker): {:.2} s, peak RSS after each copy {} MiB.\n",
+        five.wall.as_secs_f64(),
+        peaks.join(" → ")
+    );
+    Ok(())
+}
+
+/// Child process of [`fanout`]: `copy-many CONFIG SRC_REPO TAG
+/// together|one-by-one DST_PROJECT REGISTRY…`, one copy task per registry
+/// into `DST_PROJECT/<registry>`; reports on stdout.
+pub async fn copy_many(args: &[String]) -> anyhow::Result<()> {
+    let [config, src_repo, tag, mode, project, registries @ ..] = args else {
+        bail!("copy-many CONFIG SRC_REPO TAG together|one-by-one DST_PROJECT REGISTRY…")
+    };
+    let config = Config::load(config.as_ref())?;
+    let worker = bootstrap::worker(&config, &SecretSource::from_process(None), Default::default()).await?;
+    let (_, bytes) = Stack::load()?.source().get_manifest(src_repo, tag).await?.context("source manifest")?;
+    let digest = relay_tests::plain::sha256(&bytes);
+    let task = |registry: &str| -> anyhow::Result<Task> {
+        Ok(Task {
+            version: TASK_VERSION,
+            id: format!("bench-{registry}"),
+            action: Action::Copy,
+            source: SourceArtifact { repository: src_repo.parse()?, digest: digest.parse()?, tags: vec![tag.parse()?] },
+            destination: DestinationArtifact {
+                registry: registry.into(),
+                repository: format!("{project}/{registry}").parse()?,
+                tags: vec![tag.parse()?],
+            },
+            rules: vec!["bench".into()],
+            options: CopyOptions { override_existing: true, bandwidth_kbps: None, refresh_referrers: false },
+            event: EventRef { key: "bench".into(), occurred_at: 0, operator: "bench".into() },
+        })
+    };
+    let tasks = registries.iter().map(|r| task(r)).collect::<anyhow::Result<Vec<_>>>()?;
+    let started = Instant::now();
+    let (mut source_bytes, mut peaks) = (0, Vec::new());
+    match mode.as_str() {
+        "together" => {
+            for r in futures_util::future::join_all(tasks.iter().map(|t| worker.run(t))).await {
+                source_bytes += r?.bytes;
+            }
+        }
+        "one-by-one" => {
+            for t in &tasks {
+                source_bytes += worker.run(t).await?.bytes;
+                peaks.push(vm_hwm_kib(std::process::id()));
+            }
+        }
+        other => bail!("mode {other}: together or one-by-one"),
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "seconds": started.elapsed().as_secs_f64(),
+            "source_bytes": source_bytes,
+            "src_requests": worker.source.requests(),
+            "peaks_kib": peaks,
+            "peak_rss_kib": vm_hwm_kib(std::process::id()),
+        })
+    );
+    Ok(())
+}
+
 /// 20 images sharing two large base layers, 20 repositories of one project.
 pub async fn shared() -> anyhow::Result<()> {
     let stack = Stack::load()?;

@@ -6,6 +6,8 @@
 //!                         2 GiB layer RSS, re-replication requests
 //!   relay-bench shared    20 images sharing base layers: pipeline vs skopeo
 //!   relay-bench reconcile a pass over 1,000 tags already in sync
+//!   relay-bench fanout    1 GiB into 3 destinations at once, and 5 copies in
+//!                         a row in one process (source bytes, peak RSS)
 //!
 //! Needs the local stack (make bench starts it).
 
@@ -30,6 +32,8 @@ async fn run() -> anyhow::Result<()> {
         "reconcile" => copy::reconcile().await,
         "kinds" => copy::kinds().await,
         "copy-once" => copy::copy_once(&args[1..]).await,
+        "fanout" => copy::fanout().await,
+        "copy-many" => copy::copy_many(&args[1..]).await,
         other => anyhow::bail!("unknown benchmark {other}"),
     }
 }
