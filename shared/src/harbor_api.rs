@@ -132,9 +132,7 @@ impl HarborApi {
             .get(&path, &[("with_tag", "true"), ("with_label", "true")])
             .await?
             .ok_or_else(|| HarborApiError::NotFound(format!("{repository}@{digest}")))?;
-        let facts =
-            ArtifactFacts { artifact_type: a.artifact_type.as_deref().map(ArtifactType::new), labels: names(a.labels) };
-        let mut info = ArtifactInfo { facts, tags: tags(a.tags) };
+        let mut info = ArtifactInfo { facts: facts(a.labels, a.artifact_type), tags: tags(a.tags) };
         if info.tags.len() >= EMBEDDED_TAGS_TRUSTED_BELOW {
             info.tags = self.artifact_tags(repository, digest).await?;
         }
@@ -211,11 +209,7 @@ impl HarborApi {
             }
             let accessories =
                 a.accessories.unwrap_or_default().into_iter().filter_map(|x| x.digest.parse().ok()).collect();
-            let facts = ArtifactFacts {
-                artifact_type: a.artifact_type.as_deref().map(ArtifactType::new),
-                labels: names(a.labels),
-            };
-            out.push(ListedArtifact { digest, tags, facts, accessories });
+            out.push(ListedArtifact { digest, tags, facts: facts(a.labels, a.artifact_type), accessories });
         }
         Ok(out)
     }
@@ -331,6 +325,11 @@ fn segment(s: &str) -> String {
 
 fn names(named: Option<Vec<Named>>) -> Vec<String> {
     named.unwrap_or_default().into_iter().map(|n| n.name).collect()
+}
+
+/// An artifact's labels and type, as the filters see them.
+fn facts(labels: Option<Vec<Named>>, artifact_type: Option<String>) -> ArtifactFacts {
+    ArtifactFacts { artifact_type: artifact_type.as_deref().map(ArtifactType::new), labels: names(labels) }
 }
 
 fn tags(named: Option<Vec<Named>>) -> Vec<Tag> {
