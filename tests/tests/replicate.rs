@@ -19,6 +19,14 @@ fn project() -> String {
     format!("rep-{:08x}", rand::random::<u32>())
 }
 
+/// The source client and Harbor's API (if any), as `relay replicate`
+/// builds them from `config`.
+async fn clients(config: &Config) -> (relay::registry::RegistryClient, Option<relay::harbor_api::HarborApi>) {
+    let secrets = SecretSource::from_process(None);
+    let source = bootstrap::source_client(config, &secrets, fast_retry()).await.unwrap();
+    (source, bootstrap::harbor_api(config, &secrets).await.unwrap())
+}
+
 /// (repository, tag) of each planned task, sorted.
 fn planned(b: &Backfill) -> Vec<(String, String)> {
     let mut v: Vec<_> = b
@@ -49,9 +57,7 @@ async fn through_harbors_api_labels_and_tag_globs_decide() {
         harbor.url, stack.target_url, stack.target_user
     );
     let config = Config::parse(&yaml).unwrap();
-    let secrets = SecretSource::from_process(None);
-    let source = bootstrap::source_client(&config, &secrets, fast_retry()).await.unwrap();
-    let api = bootstrap::harbor_api(&config, &secrets).await.unwrap();
+    let (source, api) = clients(&config).await;
     assert!(api.is_some());
     let backfill = |selection: String| {
         let (config, source, api) = (&config, &source, api.as_ref());
@@ -98,16 +104,15 @@ async fn harbor_api_is_detected_when_not_configured() {
             stack.target_url
         )
     };
-    let secrets = SecretSource::from_process(None);
     let config = Config::parse(&yaml(&harbor.url)).unwrap();
-    let api = bootstrap::harbor_api(&config, &secrets).await.unwrap();
+    let (source, api) = clients(&config).await;
     assert!(api.is_some(), "the fake Harbor answers Pong");
-    let source = bootstrap::source_client(&config, &secrets, fast_retry()).await.unwrap();
     let b = plan_backfill(&config, &source, api.as_ref(), &Selection::parse(&format!("{p}/**")).unwrap(), None)
         .await
         .unwrap();
     assert_eq!(planned(&b), vec![(format!("{p}/app"), "v1".into())], "listed through the API, labels applied");
 
+    let secrets = SecretSource::from_process(None);
     let plain = Config::parse(&yaml(&stack.source_url)).unwrap();
     let refused = bootstrap::harbor_api(&plain, &secrets).await.err().expect("a label rule over a plain registry");
     assert!(refused.to_string().contains("rules prod filter on labels"), "{refused}");
@@ -132,9 +137,7 @@ async fn the_resource_filter_separates_images_from_other_artifacts() {
         harbor.url, stack.target_url
     );
     let config = Config::parse(&yaml).unwrap();
-    let secrets = SecretSource::from_process(None);
-    let source = bootstrap::source_client(&config, &secrets, fast_retry()).await.unwrap();
-    let api = bootstrap::harbor_api(&config, &secrets).await.unwrap();
+    let (source, api) = clients(&config).await;
     let b = plan_backfill(&config, &source, api.as_ref(), &Selection::parse(&format!("{p}/**")).unwrap(), None)
         .await
         .unwrap();
