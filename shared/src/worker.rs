@@ -18,6 +18,7 @@ use crate::health::Gate;
 use crate::metrics::{self, Slices, Unit, UNKNOWN};
 use crate::registry::pace;
 use crate::registry::retry::RetryPolicy;
+use crate::registry::tee::{Fanout, Member};
 use crate::registry::throttle::Throttle;
 use crate::registry::{Copier, CopyError, CopyReport, RegistryClient, RegistryError};
 use crate::rules::Rule;
@@ -87,7 +88,10 @@ pub struct WorkerStats {
     pub tasks_failed: AtomicU64,
     /// Parked (destination unavailable) or continued (deadline) tasks.
     pub tasks_deferred: AtomicU64,
+    /// Bytes sent to destinations.
     pub bytes: AtomicU64,
+    /// Bytes read from the source (once for destinations sharing a read).
+    pub source_bytes: AtomicU64,
     pub blobs_copied: AtomicU64,
     pub blobs_mounted: AtomicU64,
     pub blobs_skipped: AtomicU64,
@@ -97,6 +101,7 @@ impl WorkerStats {
     fn add(&self, r: &CopyReport) {
         self.tasks_succeeded.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(r.bytes, Ordering::Relaxed);
+        self.source_bytes.fetch_add(r.source_bytes, Ordering::Relaxed);
         self.blobs_copied.fetch_add(r.blobs_copied, Ordering::Relaxed);
         self.blobs_mounted.fetch_add(r.blobs_mounted, Ordering::Relaxed);
         self.blobs_skipped.fetch_add(r.blobs_skipped, Ordering::Relaxed);
@@ -177,6 +182,46 @@ where
         .await
 }
 
+/// Groups the batch's copy tasks that read the same source artifact into
+/// different destination registries (without a bandwidth limit, which
+/// would hold the others to its rate), one [`Fanout`] per group of two or
+/// more, by message id; moves each group's messages next to each other so
+/// they start together.
+fn fanouts(messages: &mut [Message]) -> HashMap<String, Arc<Fanout>> {
+    let keys: Vec<_> = messages
+        .iter()
+        .map(|m| {
+            let t = Task::decode(&m.body).ok()?;
+            let shares = t.action == Action::Copy && t.options.bandwidth_kbps.is_none();
+            shares.then(|| (t.source.repository, t.source.digest, t.destination.registry))
+        })
+        .collect();
+    let mut groups: HashMap<_, (usize, Vec<(String, String)>)> = HashMap::new();
+    let mut rank = Vec::with_capacity(messages.len());
+    for (i, (m, key)) in messages.iter().zip(keys).enumerate() {
+        let Some((repository, digest, registry)) = key else {
+            rank.push(i);
+            continue;
+        };
+        let (first, members) = groups.entry((repository, digest)).or_insert((i, Vec::new()));
+        rank.push(*first);
+        // Two tasks into one registry are ordered by its ledger instead.
+        if !members.iter().any(|(_, r)| *r == registry) {
+            members.push((m.id.clone(), registry));
+        }
+    }
+    let mut order: Vec<usize> = (0..messages.len()).collect();
+    order.sort_by_key(|&i| rank[i]);
+    let sorted: Vec<Message> = order.iter().map(|&i| messages[i].clone()).collect();
+    messages.clone_from_slice(&sorted);
+    let mut fanouts = HashMap::new();
+    for (_, members) in groups.into_values().filter(|(_, m)| m.len() > 1) {
+        let fanout = Fanout::new();
+        fanouts.extend(members.into_iter().map(|(id, _)| (id, fanout.clone())));
+    }
+    fanouts
+}
+
 pub use crate::destination::Destination;
 
 #[derive(Debug, thiserror::Error)]
@@ -230,18 +275,26 @@ impl TaskFailure {
 impl Worker {
     /// Runs a batch; returns the messages that failed, with their errors.
     /// `deadline` is when the invocation ends (Lambda); `None` standalone.
-    pub async fn handle_batch(&self, messages: Vec<Message>, deadline: Option<Instant>) -> Vec<Failure> {
-        each_isolated(
-            messages,
-            self.settings.task_concurrency,
-            |m| async move { self.handle_message(&m, deadline).await },
-        )
+    /// Copy tasks of the same artifact into different destinations share
+    /// each blob's source read ([`Fanout`]).
+    pub async fn handle_batch(&self, mut messages: Vec<Message>, deadline: Option<Instant>) -> Vec<Failure> {
+        let fanouts = fanouts(&mut messages);
+        each_isolated(messages, self.settings.task_concurrency, |m| {
+            let fanout = fanouts.get(&m.id).cloned();
+            async move { self.handle_message(&m, deadline, fanout).await }
+        })
         .await
     }
 
-    /// Runs one message; logs its outcome. `Err` holds the failure reason
-    /// and how to settle the message.
-    pub async fn handle_message(&self, m: &Message, deadline: Option<Instant>) -> Result<(), Failed> {
+    /// Runs one message (in `fanout`'s group when it has one); logs its
+    /// outcome. `Err` holds the failure reason and how to settle the message.
+    async fn handle_message(
+        &self,
+        m: &Message,
+        deadline: Option<Instant>,
+        fanout: Option<Arc<Fanout>>,
+    ) -> Result<(), Failed> {
+        let member = fanout.map(|f| f.join());
         let task = match Task::decode(&m.body) {
             Ok(t) => t,
             Err(e) => {
@@ -264,7 +317,7 @@ impl Worker {
         );
         let slices = self.slices(&task);
         let started = Instant::now();
-        match self.run_until(&task, deadline).instrument(span.clone()).await {
+        match self.run_in(&task, deadline, member.as_ref()).instrument(span.clone()).await {
             Ok(r) => {
                 self.stats.add(&r);
                 let _e = span.enter();
@@ -275,6 +328,7 @@ impl Worker {
                 tracing::info!(
                     outcome = r.outcome.expect("set on success").as_str(),
                     bytes = r.bytes,
+                    source_bytes = r.source_bytes,
                     blobs_copied = r.blobs_copied,
                     blobs_mounted = r.blobs_mounted,
                     blobs_skipped = r.blobs_skipped,
@@ -359,6 +413,17 @@ impl Worker {
     /// Runs a decoded task, starting no blob after `deadline` minus the
     /// configured margin.
     pub async fn run_until(&self, task: &Task, deadline: Option<Instant>) -> Result<CopyReport, TaskFailure> {
+        self.run_in(task, deadline, None).await
+    }
+
+    /// [`Worker::run_until`], sharing source reads with the other tasks of
+    /// `member`'s group.
+    async fn run_in(
+        &self,
+        task: &Task,
+        deadline: Option<Instant>,
+        member: Option<&Member>,
+    ) -> Result<CopyReport, TaskFailure> {
         let with_all_tags = self.all_tags(task).await;
         let task = with_all_tags.as_ref().unwrap_or(task);
         let destination = self
@@ -379,13 +444,13 @@ impl Worker {
                 _ => destination.health.record_success(),
             },
         }
-        let mut result = self.copy_to(task, destination, deadline).await;
+        let mut result = self.copy_to(task, destination, deadline, member).await;
         if let Err(TaskFailure::Copy(CopyError::Registry(RegistryError::Denied { registry, .. }))) = &result {
             // The secret may have been rotated since it was read: read it
             // again once, then try again; a second denial is final.
             let client = if registry == self.source.name() { &*self.source } else { &destination.client };
             if self.credentials.reread(client).await? {
-                result = self.copy_to(task, destination, deadline).await;
+                result = self.copy_to(task, destination, deadline, member).await;
             }
         }
         match &result {
@@ -406,6 +471,7 @@ impl Worker {
         task: &Task,
         destination: &Destination,
         deadline: Option<Instant>,
+        member: Option<&Member>,
     ) -> Result<CopyReport, TaskFailure> {
         let stop_at = deadline.map(|d| d - self.settings.margin_before(d));
         let copier = Copier {
@@ -418,6 +484,7 @@ impl Worker {
             stop_at,
             referrers: self.settings.referrers,
             min_throughput: self.settings.min_throughput(),
+            fanout: member,
         };
         pace::within(stop_at, async {
             match task.action {

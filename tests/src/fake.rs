@@ -72,6 +72,10 @@ pub enum Fault {
     Endless,
     /// Answer 307 to this URL (storage redirects, as S3-backed registries do).
     RedirectTo(String),
+    /// For an upload of more than 1 MiB (`PutUpload`): read nothing of its
+    /// body for this long, as a destination that has stopped taking bytes.
+    /// Smaller uploads pass and leave the fault queued.
+    Stall(Duration),
 }
 
 #[derive(Default)]
@@ -295,8 +299,25 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let headers = req.headers().clone();
-    let body = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default();
     let (op, repo, rest) = classify(&method, &path);
+    let large = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|l| l > 1024 * 1024);
+    let stall = {
+        let mut s = store.lock().unwrap();
+        match s.faults.get_mut(&op) {
+            Some(q) if large && matches!(q.front(), Some(Fault::Stall(_))) => match q.pop_front() {
+                Some(Fault::Stall(d)) => Some(d),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    if let Some(d) = stall {
+        tokio::time::sleep(d).await;
+    }
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default();
     if path == "/api/v2.0/ping" && method == Method::GET && store.lock().unwrap().pings_as_harbor {
         return ([("content-type", "text/plain")], "\"Pong\"").into_response();
     }
@@ -322,7 +343,7 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
                 return challenge(&s, &base);
             }
         }
-        s.faults.get_mut(&op).and_then(VecDeque::pop_front)
+        s.faults.get_mut(&op).filter(|q| !matches!(q.front(), Some(Fault::Stall(_)))).and_then(VecDeque::pop_front)
     };
     if let Some(Fault::ExpireTokens) = &fault {
         let mut s = store.lock().unwrap();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use relay::registry::{CopyError, Outcome};
 use relay::secrets::SecretSource;
 use relay::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
-use relay::worker::{TaskFailure, Worker};
+use relay::worker::{Message, TaskFailure, Worker};
 use relay::{bootstrap, Config};
 use relay_tests::app::{fast_retry, unique_repo};
 use relay_tests::fake::{FakeRegistry, Fault, Op};
@@ -15,14 +15,26 @@ use relay_tests::{image, GeneratedImage, ImageKind, PlainRegistry, Stack};
 /// A worker whose source is `source` and whose `dst` registry is
 /// `destination` (credentials of the real target when `real_target`).
 async fn worker(source: &str, destination: &str, real_target: bool) -> Worker {
+    worker_into(source, &[("dst", destination, real_target)], "").await
+}
+
+/// A worker whose source is `source`, with one registry entry per
+/// `(name, url, real_target)` and `worker` settings (YAML, may be empty).
+async fn worker_into(source: &str, destinations: &[(&str, &str, bool)], worker: &str) -> Worker {
     let stack = Stack::load().unwrap();
-    let creds = if real_target {
-        format!(", credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}", stack.target_user)
-    } else {
-        String::new()
-    };
+    let registries: String = destinations
+        .iter()
+        .map(|(name, url, real_target)| {
+            let creds = if *real_target {
+                format!(", credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}", stack.target_user)
+            } else {
+                String::new()
+            };
+            format!("  - {{ name: {name}, url: {url}{creds} }}\n")
+        })
+        .collect();
     let yaml = format!(
-        "source: {{ url: {source} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dst, url: {destination}{creds} }}\n"
+        "source: {{ url: {source} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n{registries}{worker}"
     );
     let config = Config::parse(&yaml).unwrap();
     bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap()
@@ -185,6 +197,93 @@ async fn concurrent_tasks_send_each_blob_once() {
     assert_eq!(ra.bytes + rb.bytes, img.blob_bytes);
     assert_eq!((ra.blobs_mounted + rb.blobs_mounted) as usize, img.blobs.len());
     assert!(dst.has_manifest(&a, "v1") && dst.has_manifest(&b, "v1"));
+}
+
+/// One push's tasks into registries `names`, as the webhook enqueues them
+/// (one batch), each into its own repository.
+fn one_push(img: &GeneratedImage, names: &[&str]) -> (Vec<Message>, Vec<String>) {
+    let repos: Vec<String> = names.iter().map(|n| unique_repo(&format!("fan-{n}"))).collect();
+    let batch = names
+        .iter()
+        .zip(&repos)
+        .map(|(name, repo)| {
+            let mut t = task(img, repo, &["v1"]);
+            t.destination.registry = (*name).into();
+            t.id = format!("t-{name}");
+            Message { id: t.id.clone(), body: t.encode(), receive_count: 1, ..Default::default() }
+        })
+        .collect();
+    (batch, repos)
+}
+
+async fn at_real_target(repo: &str) -> Option<String> {
+    let found = Stack::load().unwrap().target().get_manifest(repo, "v1").await.unwrap();
+    found.map(|(_, bytes)| relay_tests::plain::sha256(&bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_push_into_three_destinations_reads_each_blob_once() {
+    let (src, fake_dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let stack = Stack::load().unwrap();
+    let img = push_to(&plain(&src), &unique_repo("fan"), ImageKind::OciImage, 3, 2 * 1024 * 1024).await;
+    let w = worker_into(
+        &src.url,
+        &[("c1", &stack.target_url, true), ("c2", &stack.target_url, true), ("c3", &fake_dst.url, false)],
+        "",
+    )
+    .await;
+    src.reset_counts();
+    let (batch, repos) = one_push(&img, &["c1", "c2", "c3"]);
+    let failures = w.handle_batch(batch, None).await;
+    assert!(failures.is_empty(), "{:?}", failures.iter().map(|f| &f.error).collect::<Vec<_>>());
+
+    assert_eq!(src.count(Op::GetBlob), img.blobs.len(), "each blob read from the source once for three destinations");
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&w.stats.source_bytes), img.blob_bytes);
+    assert_eq!(load(&w.stats.bytes), 3 * img.blob_bytes, "every destination got every byte");
+    for repo in &repos[..2] {
+        assert_eq!(at_real_target(repo).await.as_deref(), Some(img.digest.as_str()), "{repo}");
+    }
+    assert!(fake_dst.has_manifest(&repos[2], "v1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_destination_is_detached_and_the_others_go_on() {
+    let (src, stalled) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let stack = Stack::load().unwrap();
+    let img = push_to(&plain(&src), &unique_repo("stall"), ImageKind::OciImage, 3, 16 * 1024 * 1024).await;
+    // Stops reading its first large upload for a minute: without the
+    // detach, the shared read (and the two others) would wait for it until
+    // its upload is given up as too slow (10 s).
+    stalled.inject(Op::PutUpload, Fault::Stall(Duration::from_secs(60)), 1);
+    let w = worker_into(
+        &src.url,
+        &[("c1", &stack.target_url, true), ("c2", &stack.target_url, true), ("c3", &stalled.url, false)],
+        "worker: { throughput_window_seconds: 10 }\n",
+    )
+    .await;
+    src.reset_counts();
+    let (batch, repos) = one_push(&img, &["c1", "c2", "c3"]);
+    let started = Instant::now();
+    let others = async {
+        while at_real_target(&repos[0]).await.is_none() || at_real_target(&repos[1]).await.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        started.elapsed()
+    };
+    let (failures, others_took) = tokio::join!(w.handle_batch(batch, None), others);
+    assert!(failures.is_empty(), "{:?}", failures.iter().map(|f| &f.error).collect::<Vec<_>>());
+    assert!(others_took < Duration::from_secs(8), "the others waited for the stalled destination: {others_took:?}");
+    for repo in &repos[..2] {
+        assert_eq!(at_real_target(repo).await.as_deref(), Some(img.digest.as_str()), "{repo}");
+    }
+    assert!(stalled.has_manifest(&repos[2], "v1"), "the detached destination copied on its own read");
+    let reads = src.count(Op::GetBlob);
+    assert!(
+        reads > img.blobs.len() && reads < 2 * img.blobs.len(),
+        "{reads} source reads for {} blobs: shared, plus the detached destination's own",
+        img.blobs.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

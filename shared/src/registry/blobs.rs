@@ -1,7 +1,8 @@
 //! Blobs: each copied once per task, several at a time — skipped when the
 //! destination has it, mounted from a repository of the destination known
 //! to hold it, otherwise streamed from the source response into one upload
-//! (chunks only for a registry that refused a whole blob).
+//! (chunks only for a registry that refused a whole blob). Tasks of one
+//! push into several destinations share the source read ([`super::tee`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use super::copy::{Copier, CopyError};
 use super::ledger::Claim;
 use super::manifest::Descriptor;
 use super::pace::{self, Paced};
+use super::tee::{BlobStream, Detached, ReadFault};
 use crate::repository::RepositoryPath;
 
 /// What one manifest tree's blobs cost, added to the task's report.
@@ -24,6 +26,9 @@ pub(super) struct Counters {
     pub(super) deferred: AtomicU64,
     pub(super) retries: AtomicU64,
     pub(super) bytes: AtomicU64,
+    /// Bytes read from the source (a read shared with other destinations
+    /// counts for the task that opened it).
+    pub(super) read: AtomicU64,
     pub(super) copied: AtomicU64,
     pub(super) skipped: AtomicU64,
     pub(super) mounted: AtomicU64,
@@ -35,7 +40,7 @@ impl Copier<'_> {
         src_repo: &RepositoryPath,
         dst_repo: &RepositoryPath,
         blobs: impl Iterator<Item = Descriptor>,
-    ) -> Result<Counters, CopyError> {
+    ) -> Result<Arc<Counters>, CopyError> {
         let counters = Arc::new(Counters::default());
         stream::iter(blobs.map(Ok::<_, CopyError>))
             .try_for_each_concurrent(self.blob_concurrency, |d| {
@@ -44,7 +49,8 @@ impl Copier<'_> {
                 async move { self.copy_blob(src_repo, dst_repo, &d, &counters).await }.instrument(span)
             })
             .await?;
-        let counters = Arc::into_inner(counters).expect("all blob futures finished");
+        // A shared read this task opened may still hold the counters while
+        // it feeds the other destinations.
         match counters.deferred.load(Ordering::Relaxed) {
             0 => Ok(counters),
             remaining => Err(CopyError::Deadline {
@@ -64,10 +70,12 @@ impl Copier<'_> {
         // Past the deadline no blob starts; those in flight finish (a
         // cancelled upload would be sent again in full by the next run).
         if self.stop_at.is_some_and(|t| std::time::Instant::now() >= t) {
+            self.pass(&d.digest);
             counters.deferred.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         if self.destination.blob_exists(dst_repo, &d.digest).await? {
+            self.pass(&d.digest);
             self.ledger.record(&d.digest, dst_repo);
             counters.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
@@ -86,6 +94,7 @@ impl Copier<'_> {
         };
         let holder = self.ledger.holder(&d.digest);
         if waited && holder.as_ref() == Some(dst_repo) {
+            self.pass(&d.digest);
             counters.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -127,6 +136,13 @@ impl Copier<'_> {
         }
     }
 
+    /// Tells the task's fan-out, if any, that it will not read `digest`.
+    fn pass(&self, digest: &crate::digest::Digest) {
+        if let Some(m) = self.fanout {
+            m.pass(digest);
+        }
+    }
+
     /// One attempt: open an upload (asking to mount from `mount_from` when a
     /// repository of the destination is known to hold the blob), then pipe
     /// the source into it. Memory stays at a few socket buffers whatever the
@@ -141,31 +157,30 @@ impl Copier<'_> {
     ) -> Result<UploadKind, RegistryError> {
         let mount = mount_from.as_ref().map(|from| (&d.digest, from));
         let (session, chunk_min) = match self.destination.start_upload(dst_repo, mount).await? {
-            UploadStart::Mounted => return Ok(UploadKind::Mounted),
+            UploadStart::Mounted => {
+                self.pass(&d.digest);
+                return Ok(UploadKind::Mounted);
+            }
             // A declined mount (202) is an upload session: use it.
             UploadStart::Session { url, chunk_min } => (url, chunk_min),
         };
-        let source = match self.source.open_blob(src_repo, &d.digest).await {
+        let open = || self.open_source(src_repo, d, counters);
+        let shared = match self.fanout {
+            Some(m) => m.read(&d.digest, open).await,
+            None => Ok(None),
+        };
+        let (source, detached) = match shared {
+            Ok(Some(s)) => (Ok(s.bytes), s.detached),
+            Ok(None) => (open().await, Detached::default()),
+            Err(e) => (Err(e), Detached::default()),
+        };
+        let source = match source {
             Ok(s) => s,
             Err(e) => {
                 self.destination.cancel_upload(dst_repo, session).await;
                 return Err(e);
             }
         };
-        // A source that announces or sends more bytes than the descriptor
-        // is refused: the destination must get exactly the described blob.
-        if source.content_length().is_some_and(|l| l != d.size) {
-            self.destination.cancel_upload(dst_repo, session).await;
-            return Err(RegistryError::Protocol {
-                registry: self.source.name().to_owned(),
-                reason: format!(
-                    "blob {} is {} bytes long, its descriptor says {}",
-                    d.digest,
-                    source.content_length().unwrap_or(0),
-                    d.size
-                ),
-            });
-        }
         let counters = counters.clone();
         let throttle = self.throttle.clone();
         let (size, sent) = (d.size, Arc::new(AtomicU64::new(0)));
@@ -178,7 +193,7 @@ impl Copier<'_> {
         // Both ends are timed together: a trickling source and a destination
         // that accepts a trickle hold a worker alike.
         let limit = self.throttle.as_ref().map(|t| t.bytes_per_second());
-        let paced = Paced::new(source.bytes_stream(), self.min_throughput.under_limit(limit));
+        let paced = Paced::new(source, self.min_throughput.under_limit(limit));
         let body = paced.then(move |chunk| {
             let (counters, throttle, sent, fault) = (counters.clone(), throttle.clone(), sent.clone(), fault.clone());
             let (registry, path) = (registry.clone(), path.clone());
@@ -205,34 +220,45 @@ impl Copier<'_> {
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(c)
             }
         });
-        let result = match self.destination.chunk_size() {
-            None => {
-                let body = reqwest::Body::wrap_stream(body);
-                self.destination.finish_upload(dst_repo, session.clone(), &d.digest, d.size, body).await
-            }
-            // Only where needed: the registry refused a whole blob (413).
-            Some(chunk) => {
-                let chunk = chunk.max(chunk_min.unwrap_or(0));
-                let pieces = Pieces::new(body.boxed());
-                let (mut url, mut offset) = (session.clone(), 0);
-                let mut sent = Ok(());
-                while offset < d.size {
-                    let len = chunk.min(d.size - offset);
-                    let body = reqwest::Body::wrap_stream(pieces.take(len));
-                    match self.destination.upload_chunk(dst_repo, url.clone(), offset, len, body).await {
-                        Ok(next) => url = next,
-                        Err(e) => {
-                            sent = Err(e);
-                            break;
+        let upload = async {
+            match self.destination.chunk_size() {
+                None => {
+                    let body = reqwest::Body::wrap_stream(body);
+                    self.destination.finish_upload(dst_repo, session.clone(), &d.digest, d.size, body).await
+                }
+                // Only where needed: the registry refused a whole blob (413).
+                Some(chunk) => {
+                    let chunk = chunk.max(chunk_min.unwrap_or(0));
+                    let pieces = Pieces::new(body.boxed());
+                    let (mut url, mut offset) = (session.clone(), 0);
+                    let mut sent = Ok(());
+                    while offset < d.size {
+                        let len = chunk.min(d.size - offset);
+                        let body = reqwest::Body::wrap_stream(pieces.take(len));
+                        match self.destination.upload_chunk(dst_repo, url.clone(), offset, len, body).await {
+                            Ok(next) => url = next,
+                            Err(e) => {
+                                sent = Err(e);
+                                break;
+                            }
                         }
+                        offset += len;
                     }
-                    offset += len;
-                }
-                match sent {
-                    Ok(()) => self.destination.finish_upload(dst_repo, url, &d.digest, 0, Vec::new().into()).await,
-                    Err(e) => Err(e),
+                    match sent {
+                        Ok(()) => self.destination.finish_upload(dst_repo, url, &d.digest, 0, Vec::new().into()).await,
+                        Err(e) => Err(e),
+                    }
                 }
             }
+        };
+        let result = tokio::select! {
+            r = upload => r,
+            () = detached.wait() => Err(RegistryError::Transport {
+                registry: self.source.name().to_owned(),
+                method: reqwest::Method::GET,
+                path: format!("/v2/{src_repo}/blobs/{}", d.digest),
+                reason: ReadFault::Detached.to_string(),
+            }),
         };
         if result.is_err() {
             self.destination.cancel_upload(dst_repo, session).await;
@@ -243,6 +269,39 @@ impl Copier<'_> {
             (Err(_), Some(source_error)) => Err(source_error),
             (Err(e), None) => Err(e),
         }
+    }
+}
+
+impl Copier<'_> {
+    /// Opens the blob at the source, refusing one whose announced length is
+    /// not the descriptor's: the destination must get exactly the described
+    /// blob. The bytes read are counted in `counters`.
+    async fn open_source(
+        &self,
+        src_repo: &RepositoryPath,
+        d: &Descriptor,
+        counters: &Arc<Counters>,
+    ) -> Result<BlobStream, RegistryError> {
+        let source = self.source.open_blob(src_repo, &d.digest).await?;
+        if source.content_length().is_some_and(|l| l != d.size) {
+            return Err(RegistryError::Protocol {
+                registry: self.source.name().to_owned(),
+                reason: format!(
+                    "blob {} is {} bytes long, its descriptor says {}",
+                    d.digest,
+                    source.content_length().unwrap_or(0),
+                    d.size
+                ),
+            });
+        }
+        let counters = counters.clone();
+        Ok(source
+            .bytes_stream()
+            .map_err(|e| ReadFault::Source(e.to_string().into()))
+            .inspect_ok(move |c| {
+                counters.read.fetch_add(c.len() as u64, Ordering::Relaxed);
+            })
+            .boxed())
     }
 }
 

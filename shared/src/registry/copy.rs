@@ -11,6 +11,7 @@ use super::ledger::BlobLedger;
 use super::manifest::{is_foreign, Contents, Descriptor, Manifest, ManifestError};
 use super::pace::MinThroughput;
 use super::retry::RetryPolicy;
+use super::tee::Member;
 use super::throttle::Throttle;
 use crate::digest::Digest;
 use crate::repository::{RepositoryPath, Tag};
@@ -64,7 +65,11 @@ impl Outcome {
 #[derive(Debug, Default)]
 pub struct CopyReport {
     pub outcome: Option<Outcome>,
+    /// Bytes sent to the destination.
     pub bytes: u64,
+    /// Bytes read from the source for it: less than `bytes` when the read
+    /// was shared with other destinations and another task opened it.
+    pub source_bytes: u64,
     pub blobs_copied: u64,
     pub blobs_mounted: u64,
     pub blobs_skipped: u64,
@@ -85,12 +90,14 @@ pub struct CopyReport {
 
 impl CopyReport {
     /// Adds what copying one manifest tree moved.
-    fn add(&mut self, c: Counters) {
-        self.bytes += c.bytes.into_inner();
-        self.blobs_copied += c.copied.into_inner();
-        self.blobs_skipped += c.skipped.into_inner();
-        self.blobs_mounted += c.mounted.into_inner();
-        self.retries += c.retries.into_inner();
+    fn add(&mut self, c: &Counters) {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        self.bytes += load(&c.bytes);
+        self.source_bytes += load(&c.read);
+        self.blobs_copied += load(&c.copied);
+        self.blobs_skipped += load(&c.skipped);
+        self.blobs_mounted += load(&c.mounted);
+        self.retries += load(&c.retries);
     }
 }
 
@@ -127,6 +134,9 @@ pub struct Copier<'a> {
     pub referrers: bool,
     /// A blob moving slower than this is given up and tried again.
     pub min_throughput: MinThroughput,
+    /// The task's place among the tasks of the same artifact into other
+    /// destinations, sharing each blob's source read.
+    pub fanout: Option<&'a Member>,
 }
 
 /// Everything below the root that must reach the destination.
@@ -308,7 +318,7 @@ impl Copier<'_> {
     ) -> Result<(), CopyError> {
         let mut tree = Tree::default();
         self.gather(src_repo, dst_repo, root, &mut tree).await?;
-        report.add(self.copy_blobs(src_repo, dst_repo, tree.blobs.into_values()).await?);
+        report.add(&*self.copy_blobs(src_repo, dst_repo, tree.blobs.into_values()).await?);
         for child in &tree.children {
             self.destination.put_manifest(dst_repo, &child.digest.to_string(), child).await?;
             report.manifests_pushed += 1;

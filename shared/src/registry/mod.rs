@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod pace;
 pub mod referrers;
 pub mod retry;
+pub mod tee;
 pub mod throttle;
 
 pub use auth::Credentials;

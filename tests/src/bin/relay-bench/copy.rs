@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use relay::secrets::SecretSource;
 use relay::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
+use relay::worker::Message;
 use relay::{bootstrap, Config};
 use relay_tests::app::AppBuilder;
 use relay_tests::{image, ImageKind, Stack};
@@ -411,14 +412,20 @@ pub async fn copy_many(args: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     let (mut source_bytes, mut peaks) = (0, Vec::new());
     match mode.as_str() {
+        // One batch, as the webhook sends one push's tasks.
         "together" => {
-            for r in futures_util::future::join_all(tasks.iter().map(|t| worker.run(t))).await {
-                source_bytes += r?.bytes;
+            let batch = tasks
+                .iter()
+                .map(|t| Message { id: t.id.clone(), body: t.encode(), receive_count: 1, ..Default::default() })
+                .collect();
+            if let Some(f) = worker.handle_batch(batch, None).await.first() {
+                bail!("task {} failed: {}", f.message.id, f.error);
             }
+            source_bytes = worker.stats.source_bytes.load(std::sync::atomic::Ordering::Relaxed);
         }
         "one-by-one" => {
             for t in &tasks {
-                source_bytes += worker.run(t).await?.bytes;
+                source_bytes += worker.run(t).await?.source_bytes;
                 peaks.push(vm_hwm_kib(std::process::id()));
             }
         }

@@ -1,0 +1,379 @@
+//! One read of a source blob for every destination that needs it.
+//!
+//! The tasks of one push that a worker runs together (one per destination,
+//! the webhook sends them in one batch) form a [`Fanout`]. For each blob,
+//! the first of them that must upload it leads: it waits briefly for the
+//! others to say whether they need the blob too (a destination that has
+//! it, or mounts it, passes), opens the source once, and tees the stream
+//! into every upload that joined. Each upload may lag the read by a bounded
+//! number of bytes; one that holds the read at that bound longer than its
+//! allowance (a second plus half the read's time) is detached: its upload fails as a transient fault and the blob's retry
+//! reads the source alone, so a slow registry holds the others for a
+//! bounded time only and never loses its copy.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::client::RegistryError;
+use crate::digest::Digest;
+
+/// How long a leader waits for the other members to reach a blob. They
+/// run the same steps on the same tree, so they arrive within a few round
+/// trips of each other; a member still busy past this reads alone.
+const GATHER_FOR: Duration = Duration::from_millis(500);
+
+/// Bytes an upload may lag behind the shared read. The bytes are shared
+/// between the uploads (reference counted), so this is also the most the
+/// tee holds per blob.
+const LAG_BYTES: usize = 512 * 1024;
+
+/// How long the read may wait, in total, for one upload that is at its
+/// lag bound: this much, plus half the time the read has run. Uploads into
+/// healthy registries take turns at the bound (their speeds wobble), so a
+/// tight allowance would detach them for nothing; with this one a
+/// destination may slow the others to half speed at most, and one that
+/// stops taking bytes is detached within about a second.
+const HOLD_BASE: Duration = Duration::from_secs(1);
+
+/// What an upload fed by a shared read sees instead of bytes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadFault {
+    /// The source's stream failed (or could not be opened): every upload
+    /// of the read fails, and each retries alone.
+    #[error("{0}")]
+    Source(Arc<str>),
+    #[error("this destination fell behind the shared read of the source; its upload starts again on its own read")]
+    Detached,
+}
+
+/// A blob's bytes as an upload consumes them.
+pub type BlobStream = BoxStream<'static, Result<Bytes, ReadFault>>;
+
+/// A blob's bytes through a [`Fanout`], and word of this upload's detach.
+pub struct SharedRead {
+    pub bytes: BlobStream,
+    pub detached: Detached,
+}
+
+/// Signalled when the shared read detaches an upload. An upload into a
+/// registry that stopped taking bytes does not poll its body, so it would
+/// never see the fault in its stream: it waits on this beside the request.
+#[derive(Default)]
+pub struct Detached(Option<Arc<Notify>>);
+
+impl Detached {
+    /// Completes once the upload is detached; never for a read of its own.
+    pub async fn wait(&self) {
+        match &self.0 {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The tasks of one source artifact that run at the same time, each into
+/// a different destination.
+#[derive(Default)]
+pub struct Fanout {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Members started and not finished.
+    running: usize,
+    blobs: HashMap<Digest, Gathering>,
+}
+
+#[derive(Default)]
+struct Gathering {
+    /// Members that will not read this blob (present, mounted, deferred).
+    passed: usize,
+    led: bool,
+    /// The read started: a member arriving now reads alone.
+    started: bool,
+    joined: Vec<Subscriber>,
+}
+
+impl Fanout {
+    pub fn new() -> Arc<Fanout> {
+        Arc::default()
+    }
+
+    /// A task of the group starts; it counts as running until the
+    /// [`Member`] is dropped.
+    pub fn join(self: &Arc<Self>) -> Member {
+        self.state.lock().expect("fanout lock").running += 1;
+        Member(self.clone())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.state.lock().expect("fanout lock"));
+        self.changed.notify_waiters();
+    }
+}
+
+/// One task's place in a [`Fanout`].
+pub struct Member(Arc<Fanout>);
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.0.update(|s| s.running -= 1);
+    }
+}
+
+impl Member {
+    /// This task will not read `digest` from the source.
+    pub fn pass(&self, digest: &Digest) {
+        self.0.update(|s| s.blobs.entry(digest.clone()).or_default().passed += 1);
+    }
+
+    /// The blob's bytes through the group's read: joined to the read being
+    /// gathered, or leading it (`open` opens the source, once). `None`
+    /// when the read already started: the caller reads alone.
+    pub async fn read<F, Fut>(&self, digest: &Digest, open: F) -> Result<Option<SharedRead>, RegistryError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<BlobStream, RegistryError>>,
+    {
+        {
+            let mut state = self.0.state.lock().expect("fanout lock");
+            let blob = state.blobs.entry(digest.clone()).or_default();
+            if blob.started {
+                return Ok(None);
+            }
+            if blob.led {
+                let (subscriber, read) = subscriber();
+                blob.joined.push(subscriber);
+                drop(state);
+                self.0.changed.notify_waiters();
+                return Ok(Some(read));
+            }
+            blob.led = true;
+        }
+        self.gather(digest).await;
+        let joined = {
+            let mut state = self.0.state.lock().expect("fanout lock");
+            let blob = state.blobs.get_mut(digest).expect("entry made above");
+            blob.started = true;
+            std::mem::take(&mut blob.joined)
+        };
+        let source = match open().await {
+            Ok(s) => s,
+            Err(e) => {
+                let fault = ReadFault::Source(e.to_string().into());
+                for s in joined {
+                    let _ = s.tx.send((Err(fault.clone()), None));
+                }
+                return Err(e);
+            }
+        };
+        if joined.is_empty() {
+            return Ok(Some(SharedRead { bytes: source, detached: Detached::default() }));
+        }
+        let (own, read) = subscriber();
+        tokio::spawn(feed(source, std::iter::once(own).chain(joined).collect()));
+        Ok(Some(read))
+    }
+
+    /// Waits until every running member has joined or passed `digest`, or
+    /// [`GATHER_FOR`] has gone by.
+    async fn gather(&self, digest: &Digest) {
+        let until = Instant::now() + GATHER_FOR;
+        loop {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let state = self.0.state.lock().expect("fanout lock");
+                let blob = &state.blobs[digest];
+                if blob.passed + blob.joined.len() + 1 >= state.running {
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+type Item = (Result<Bytes, ReadFault>, Option<OwnedSemaphorePermit>);
+
+/// One upload's end of a shared read.
+struct Subscriber {
+    tx: mpsc::UnboundedSender<Item>,
+    /// Permits are bytes not yet taken by the upload.
+    lag: Arc<Semaphore>,
+    /// How long the read has waited for this upload so far.
+    held: Duration,
+    detached: Arc<Notify>,
+}
+
+fn subscriber() -> (Subscriber, SharedRead) {
+    let (tx, rx) = mpsc::unbounded_channel::<Item>();
+    // The permit goes when the upload takes the bytes.
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let (item, _permit) = rx.recv().await?;
+        Some((item, rx))
+    });
+    let detached = Arc::new(Notify::new());
+    let read = SharedRead { bytes: stream.boxed(), detached: Detached(Some(detached.clone())) };
+    (Subscriber { tx, lag: Arc::new(Semaphore::new(LAG_BYTES)), held: Duration::ZERO, detached }, read)
+}
+
+impl Subscriber {
+    /// Hands `item` on; `false` when this upload is gone or detached.
+    async fn offer(&mut self, item: &Result<Bytes, ReadFault>, running_for: Duration) -> bool {
+        let want = item.as_ref().map_or(0, |b| b.len().min(LAG_BYTES)) as u32;
+        let permit = match self.lag.clone().try_acquire_many_owned(want) {
+            Ok(p) => p,
+            Err(_) => {
+                let allowance = (HOLD_BASE + running_for / 2).saturating_sub(self.held);
+                let waited = Instant::now();
+                let got = tokio::time::timeout(allowance, self.lag.clone().acquire_many_owned(want)).await;
+                self.held += waited.elapsed();
+                match got {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        tracing::warn!(
+                            held_ms = self.held.as_millis() as u64,
+                            "a destination fell behind the shared read: detached, it reads alone"
+                        );
+                        let _ = self.tx.send((Err(ReadFault::Detached), None));
+                        self.detached.notify_one();
+                        return false;
+                    }
+                }
+            }
+        };
+        self.tx.send((item.clone(), Some(permit))).is_ok()
+    }
+}
+
+/// Reads `source` once into every subscriber, until it ends, fails, or no
+/// subscriber is left.
+async fn feed(mut source: BlobStream, mut subscribers: Vec<Subscriber>) {
+    let started = Instant::now();
+    while let Some(item) = source.next().await {
+        let mut kept = Vec::with_capacity(subscribers.len());
+        for mut s in subscribers {
+            if s.offer(&item, started.elapsed()).await {
+                kept.push(s);
+            }
+        }
+        subscribers = kept;
+        if subscribers.is_empty() || item.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::TryStreamExt;
+
+    use super::*;
+
+    fn digest() -> Digest {
+        format!("sha256:{}", "ab".repeat(32)).parse().unwrap()
+    }
+
+    /// `n` chunks of 64 KiB, counting the times the source was opened.
+    fn source(opened: &AtomicUsize, n: usize) -> Result<BlobStream, RegistryError> {
+        opened.fetch_add(1, Ordering::Relaxed);
+        Ok(futures_util::stream::iter((0..n).map(|i| Ok(Bytes::from(vec![i as u8; 64 * 1024])))).boxed())
+    }
+
+    async fn drain(s: SharedRead, pause: Duration) -> Result<usize, ReadFault> {
+        s.bytes
+            .and_then(|b| async move {
+                tokio::time::sleep(pause).await;
+                Ok(b.len())
+            })
+            .try_fold(0, |n, len| async move { Ok(n + len) })
+            .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn three_uploads_share_one_read() {
+        let (fanout, opened) = (Fanout::new(), AtomicUsize::new(0));
+        let members: Vec<_> = (0..3).map(|_| fanout.join()).collect();
+        let reads = members.iter().map(|m| async {
+            let s = m.read(&digest(), || async { source(&opened, 64) }).await.unwrap().expect("shared");
+            drain(s, Duration::ZERO).await
+        });
+        let got = futures_util::future::join_all(reads).await;
+        assert_eq!(opened.load(Ordering::Relaxed), 1, "one read of the source");
+        assert!(got.iter().all(|g| g.as_ref().ok() == Some(&(64 * 64 * 1024))), "{got:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_passes_is_not_waited_for() {
+        let (fanout, opened) = (Fanout::new(), AtomicUsize::new(0));
+        let (a, b) = (fanout.join(), fanout.join());
+        b.pass(&digest());
+        let started = Instant::now();
+        let s = a.read(&digest(), || async { source(&opened, 4) }).await.unwrap().expect("leads");
+        assert_eq!(drain(s, Duration::ZERO).await.unwrap(), 4 * 64 * 1024);
+        assert!(started.elapsed() < GATHER_FOR, "{:?}", started.elapsed());
+        // A member arriving after the read started reads alone.
+        assert!(b.read(&digest(), || async { source(&opened, 4) }).await.unwrap().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_upload_is_detached_and_the_others_finish() {
+        let (fanout, opened) = (Fanout::new(), AtomicUsize::new(0));
+        let members: Vec<_> = (0..3).map(|_| fanout.join()).collect();
+        // 32 MiB; the third upload takes a chunk per second (64 KiB/s).
+        let reads = members.iter().enumerate().map(|(i, m)| {
+            let opened = &opened;
+            async move {
+                let s = m.read(&digest(), || async { source(opened, 512) }).await.unwrap().expect("shared");
+                let pause = if i == 2 { Duration::from_secs(1) } else { Duration::ZERO };
+                let started = Instant::now();
+                (drain(s, pause).await, started.elapsed())
+            }
+        });
+        let got = futures_util::future::join_all(reads).await;
+        assert_eq!(opened.load(Ordering::Relaxed), 1);
+        for (result, took) in &got[..2] {
+            assert_eq!(result.as_ref().ok(), Some(&(512 * 64 * 1024)));
+            assert!(*took < Duration::from_secs(5), "the fast uploads were held {took:?}");
+        }
+        assert!(matches!(got[2].0, Err(ReadFault::Detached)), "{:?}", got[2].0);
+    }
+
+    fn never_opened() -> Result<BlobStream, RegistryError> {
+        unreachable!("a member that joins never opens the source")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_open_reaches_every_joined_upload() {
+        let fanout = Fanout::new();
+        let (a, b, d) = (fanout.join(), fanout.join(), digest());
+        let lead = a.read(&d, || async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Err(RegistryError::Protocol { registry: "src".into(), reason: "gone".into() })
+        });
+        let join = async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let s = b.read(&d, || async { never_opened() }).await.unwrap();
+            drain(s.expect("joined"), Duration::ZERO).await
+        };
+        let (led, joined) = tokio::join!(lead, join);
+        assert!(led.is_err());
+        assert!(matches!(joined, Err(ReadFault::Source(_))), "{joined:?}");
+    }
+}
