@@ -68,6 +68,7 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
         source,
         destinations,
         settings: config.worker.clone(),
+        streams: Arc::new(tokio::sync::Semaphore::new(config.worker.stream_concurrency)),
         retry,
         stats: Default::default(),
         harbor,

@@ -136,8 +136,16 @@ pub struct WorkerSettings {
     /// 1 GiB / 8-layer benchmark it copies as fast as 4 (4.1–4.2 s either
     /// way) with 1.5 MiB less peak memory (14.8 vs 16.3 MiB).
     pub blob_concurrency: usize,
-    /// Tasks of one batch processed at the same time.
+    /// Tasks processed at the same time: those of one batch under Lambda,
+    /// those of every batch in hand standalone (it receives while tasks
+    /// run). Many small tasks are mostly round trips, so they run side by
+    /// side; the bytes are bounded by `stream_concurrency`.
     pub task_concurrency: usize,
+    /// Blobs streamed from the source at the same time by the whole
+    /// process, whatever the number of tasks: the byte-heavy tasks share
+    /// these (and the memory they cost). A read shared by several
+    /// destinations counts once.
+    pub stream_concurrency: usize,
     /// Under Lambda, no new blob is started when less than this many
     /// seconds remain: the message fails and SQS redelivers it, and the
     /// blobs already copied are skipped next time.
@@ -192,7 +200,8 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
             blob_concurrency: 3,
-            task_concurrency: 4,
+            task_concurrency: 10,
+            stream_concurrency: 4,
             deadline_margin_seconds: 15,
             referrers: true,
             retry_base_seconds: 10,
@@ -412,7 +421,8 @@ impl RawConfig {
             rules.push(rule);
         }
 
-        if self.worker.blob_concurrency == 0 || self.worker.task_concurrency == 0 {
+        if self.worker.blob_concurrency == 0 || self.worker.task_concurrency == 0 || self.worker.stream_concurrency == 0
+        {
             return Err(ConfigError::invalid("worker", "concurrency must be at least 1"));
         }
         let w = &self.worker;
@@ -548,6 +558,17 @@ mod tests {
         }
         assert!(!text.contains("password_env") && !text.contains("auth_values_env"));
         assert!(c.registries.iter().any(|r| matches!(r.kind, RegistryKind::Ecr(_))));
+    }
+
+    #[test]
+    fn concurrency_settings_are_at_least_one() {
+        let c = Config::parse(BASE).unwrap();
+        assert_eq!((c.worker.task_concurrency, c.worker.stream_concurrency, c.worker.blob_concurrency), (10, 4, 3));
+        for field in ["blob_concurrency", "task_concurrency", "stream_concurrency"] {
+            let yaml = format!("{BASE}worker: {{ {field}: 0 }}\n");
+            let e = Config::parse(&yaml).unwrap_err().to_string();
+            assert!(e.contains("concurrency must be at least 1"), "{field}: {e}");
+        }
     }
 
     #[test]

@@ -7,7 +7,10 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use aws_sdk_sqs::operation::receive_message::ReceiveMessageError;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
 
 use crate::queue::TaskQueue;
 use crate::settle::{Settler, CONTINUATIONS, PARKED};
@@ -22,9 +25,15 @@ pub struct PollOptions {
     pub run_for: Option<Duration>,
 }
 
-/// Polls until `shutdown` completes; a batch in progress is finished first.
-/// Failures are settled by `settler` (without one: redelivered after the
-/// queue's visibility timeout).
+/// Polls until `shutdown` completes; the batches in progress are finished
+/// first. Failures are settled by `settler` (without one: redelivered after
+/// the queue's visibility timeout).
+///
+/// The next receive is in flight while batches run, for as many messages as
+/// the worker has free task slots (`task_concurrency`): a batch's slow task
+/// never keeps the queue's next messages waiting behind it, and the worker
+/// never holds more messages than it can start (their visibility timeout
+/// runs from the receive).
 pub async fn poll(
     queue: &TaskQueue,
     worker: &Worker,
@@ -33,90 +42,121 @@ pub async fn poll(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let capacity = worker.settings.task_concurrency.max(1);
+    let mut batches = FuturesUnordered::new();
+    let mut in_flight = 0usize;
+    let mut receiving = None;
     let mut failures = 0u32;
     loop {
-        let receive = queue
-            .client()
-            .receive_message()
-            .queue_url(queue.url())
-            .max_number_of_messages(10)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .message_attribute_names(PARKED)
-            .message_attribute_names(CONTINUATIONS)
-            .wait_time_seconds(5)
-            .send();
-        let out = tokio::select! {
-            _ = &mut shutdown => return,
-            out = receive => out,
-        };
-        let out = match out {
-            Ok(out) => {
-                failures = 0;
-                out
-            }
-            Err(e) => {
-                failures = (failures + 1).min(6);
-                let wait = Duration::from_millis(250 << failures);
-                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), wait_ms = wait.as_millis() as u64, "receive failed; backing off");
-                tokio::select! {
-                    _ = &mut shutdown => return,
-                    _ = tokio::time::sleep(wait) => continue,
+        if receiving.is_none() && in_flight < capacity {
+            let wanted = (capacity - in_flight).min(10) as i32;
+            let backoff = (failures > 0).then(|| Duration::from_millis(250 << failures.min(6)));
+            receiving = Some(Box::pin(receive(queue, wanted, backoff)));
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            out = async { receiving.as_mut().expect("checked").await }, if receiving.is_some() => {
+                receiving = None;
+                match out {
+                    Ok(messages) => {
+                        failures = 0;
+                        if !messages.is_empty() {
+                            in_flight += messages.len();
+                            batches.push(run_batch(queue, worker, settler, options, messages));
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "receive failed; backing off");
+                    }
                 }
             }
-        };
-        let mut receipts = std::collections::HashMap::new();
-        let messages: Vec<Message> = out
-            .messages()
-            .iter()
-            .filter_map(|m| {
-                let id = m.message_id()?.to_owned();
-                receipts.insert(id.clone(), m.receipt_handle()?.to_owned());
-                let receive_count = m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0);
-                let counter = |name: &str| {
-                    m.message_attributes()
-                        .and_then(|a| a.get(name))
-                        .and_then(|v| v.string_value())
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0)
-                };
-                Some(Message {
-                    id,
-                    body: m.body().unwrap_or_default().to_owned(),
-                    receive_count,
-                    receipt: m.receipt_handle().map(str::to_owned),
-                    parked: counter(PARKED),
-                    continuations: counter(CONTINUATIONS),
-                })
-            })
-            .collect();
-        if messages.is_empty() {
-            continue;
+            Some(done) = batches.next(), if !batches.is_empty() => in_flight -= done,
         }
-        let deadline = options.run_for.map(|d| Instant::now() + d);
-        let failures = worker.handle_batch(messages, deadline).await;
-        let failed = match settler {
-            Some(s) => s.settle(failures).await,
-            None => failures.into_iter().map(|f| f.message.id).collect(),
-        };
-        let done: Vec<_> = receipts
-            .into_iter()
-            .filter(|(id, _)| !failed.contains(id))
-            .enumerate()
-            .map(|(i, (_, receipt))| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(receipt)
-                    .build()
-                    .expect("id and receipt are set")
+    }
+    while batches.next().await.is_some() {}
+}
+
+/// One long poll for up to `wanted` messages, after `backoff` if the last
+/// receive failed.
+async fn receive(
+    queue: &TaskQueue,
+    wanted: i32,
+    backoff: Option<Duration>,
+) -> Result<Vec<Message>, aws_sdk_sqs::error::SdkError<ReceiveMessageError>> {
+    if let Some(wait) = backoff {
+        tokio::time::sleep(wait).await;
+    }
+    let out = queue
+        .client()
+        .receive_message()
+        .queue_url(queue.url())
+        .max_number_of_messages(wanted)
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .message_attribute_names(PARKED)
+        .message_attribute_names(CONTINUATIONS)
+        .wait_time_seconds(5)
+        .send()
+        .await?;
+    Ok(out
+        .messages()
+        .iter()
+        .filter_map(|m| {
+            let receive_count = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let counter = |name: &str| {
+                m.message_attributes()
+                    .and_then(|a| a.get(name))
+                    .and_then(|v| v.string_value())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            Some(Message {
+                id: m.message_id()?.to_owned(),
+                body: m.body().unwrap_or_default().to_owned(),
+                receive_count,
+                receipt: Some(m.receipt_handle()?.to_owned()),
+                parked: counter(PARKED),
+                continuations: counter(CONTINUATIONS),
             })
-            .collect();
-        if done.is_empty() {
-            continue;
-        }
+        })
+        .collect())
+}
+
+/// Runs one received batch, settles its failures and deletes the messages
+/// that are done; returns how many messages it held.
+async fn run_batch(
+    queue: &TaskQueue,
+    worker: &Worker,
+    settler: Option<&Settler>,
+    options: &PollOptions,
+    messages: Vec<Message>,
+) -> usize {
+    let held = messages.len();
+    let receipts: Vec<(String, String)> =
+        messages.iter().filter_map(|m| Some((m.id.clone(), m.receipt.clone()?))).collect();
+    let deadline = options.run_for.map(|d| Instant::now() + d);
+    let failures = worker.handle_batch(messages, deadline).await;
+    let failed = match settler {
+        Some(s) => s.settle(failures).await,
+        None => failures.into_iter().map(|f| f.message.id).collect(),
+    };
+    let done: Vec<_> = receipts
+        .into_iter()
+        .filter(|(id, _)| !failed.contains(id))
+        .enumerate()
+        .map(|(i, (_, receipt))| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(receipt)
+                .build()
+                .expect("id and receipt are set")
+        })
+        .collect();
+    if !done.is_empty() {
         if let Err(e) =
             queue.client().delete_message_batch().queue_url(queue.url()).set_entries(Some(done)).send().await
         {
@@ -124,4 +164,5 @@ pub async fn poll(
             tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "delete of finished messages failed");
         }
     }
+    held
 }

@@ -79,6 +79,9 @@ pub struct Worker {
     pub rules: Vec<Rule>,
     /// Re-reads credentials a registry denies (rotated secrets).
     pub credentials: CredentialReloader,
+    /// `worker.stream_concurrency` permits: blobs read from the source at
+    /// once by every task of this process.
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// Running totals of what the worker did.
@@ -193,7 +196,7 @@ fn fanouts(messages: &mut [Message]) -> HashMap<String, Arc<Fanout>> {
         .map(|m| {
             let t = Task::decode(&m.body).ok()?;
             let shares = t.action == Action::Copy && t.options.bandwidth_kbps.is_none();
-            shares.then(|| (t.source.repository, t.source.digest, t.destination.registry))
+            shares.then_some((t.source.repository, t.source.digest, t.destination.registry))
         })
         .collect();
     let mut groups: HashMap<_, (usize, Vec<(String, String)>)> = HashMap::new();
@@ -485,6 +488,7 @@ impl Worker {
             referrers: self.settings.referrers,
             min_throughput: self.settings.min_throughput(),
             fanout: member,
+            streams: self.streams.clone(),
         };
         pace::within(stop_at, async {
             match task.action {

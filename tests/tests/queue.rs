@@ -11,6 +11,7 @@ use relay::secrets::SecretSource;
 use relay::worker::Message;
 use relay::{bootstrap, Config, Task};
 use relay_tests::app::{fast_retry, unique_repo, ALL_TO_CLUSTER1};
+use relay_tests::fake::{FakeRegistry, Fault, Op};
 use relay_tests::stack::{create_queue_with_dlq, queue_depth};
 use relay_tests::{image, planned_tasks, ImageKind, Stack};
 use tokio::sync::oneshot;
@@ -209,4 +210,73 @@ async fn tasks_racing_source_changes_converge() {
         );
     }
     assert!(raced > 0, "no move landed while the large task ran: nothing raced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_task_never_holds_the_next_messages() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let url = relay_tests::stack::create_queue(&sqs, "pipelined").await.unwrap();
+    let src = FakeRegistry::start(false).await;
+    let yaml = stack.config_yaml(ALL_TO_CLUSTER1).replace(&stack.source_url, &src.url);
+    let config = Config::parse(&yaml).unwrap();
+    let w = bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap();
+    let source = relay_tests::PlainRegistry::new(&src.url, None);
+    let (slow_repo, quick_repo) = (unique_repo("slow"), unique_repo("quick"));
+    let slow = image::push(&source, &slow_repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
+    let quick = image::push(&source, &quick_repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
+    let host = src.url.trim_start_matches("http://");
+    let task = |repo: &str, digest: &str| {
+        relay_tests::planned_tasks_on(&config, host, "PUSH_ARTIFACT", repo, "v1", digest).remove(0)
+    };
+    let (slow_task, quick_task) = (task(&slow_repo, &slow.digest), task(&quick_repo, &quick.digest));
+    // The slow task's first blob read is held for 12 s.
+    src.inject(Op::GetBlob, Fault::Hold(Duration::from_secs(12)), 1);
+
+    let queue = TaskQueue::new(sqs.clone(), url.clone());
+    let timing = relay::settle::Timing::from_settings(&config.worker);
+    let settler = relay::settle::Settler::new(sqs.clone(), Some(url.clone()), None, timing);
+    let (stop, rx) = oneshot::channel::<()>();
+    let sender = queue.clone();
+    let poller = tokio::spawn(async move {
+        relay::poller::poll(&queue, &w, Some(&settler), &Default::default(), async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    sender.send(&[Outgoing { task: &slow_task, delay: Duration::ZERO }]).await.unwrap();
+    let wait_for = |what: &'static str, cond: Box<dyn Fn() -> bool + Send>| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let counted = src.clone();
+    wait_for("the slow task reads its blob", Box::new(move || counted.count(Op::GetBlob) >= 1)).await;
+    let sent = Instant::now();
+    sender.send(&[Outgoing { task: &quick_task, delay: Duration::ZERO }]).await.unwrap();
+    let target = stack.target();
+    while target.get_manifest(&quick_repo, "v1").await.unwrap().is_none() {
+        assert!(sent.elapsed() < Duration::from_secs(30), "the quick task never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let quick_took = sent.elapsed();
+    assert!(
+        target.get_manifest(&slow_repo, "v1").await.unwrap().is_none(),
+        "the quick task was received only after the slow one finished ({quick_took:?})"
+    );
+    assert!(quick_took < Duration::from_secs(8), "{quick_took:?}");
+    // The slow task still completes, and both messages are deleted.
+    while target.get_manifest(&slow_repo, "v1").await.unwrap().is_none() {
+        assert!(sent.elapsed() < Duration::from_secs(40), "the slow task never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while queue_depth(&sqs, &url).await.unwrap() != (0, 0, 0) {
+        assert!(Instant::now() < deadline, "messages left: {:?}", queue_depth(&sqs, &url).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    poller.await.unwrap();
 }

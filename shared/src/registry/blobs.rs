@@ -282,6 +282,9 @@ impl Copier<'_> {
         d: &Descriptor,
         counters: &Arc<Counters>,
     ) -> Result<BlobStream, RegistryError> {
+        // Held until the stream is dropped: the read is what costs memory
+        // and bandwidth, however many uploads it feeds.
+        let permit = self.streams.clone().acquire_owned().await.expect("the stream budget is never closed");
         let source = self.source.open_blob(src_repo, &d.digest).await?;
         if source.content_length().is_some_and(|l| l != d.size) {
             return Err(RegistryError::Protocol {
@@ -299,6 +302,7 @@ impl Copier<'_> {
             .bytes_stream()
             .map_err(|e| ReadFault::Source(e.to_string().into()))
             .inspect_ok(move |c| {
+                let _held = &permit;
                 counters.read.fetch_add(c.len() as u64, Ordering::Relaxed);
             })
             .boxed())

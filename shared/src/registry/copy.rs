@@ -137,6 +137,8 @@ pub struct Copier<'a> {
     /// The task's place among the tasks of the same artifact into other
     /// destinations, sharing each blob's source read.
     pub fanout: Option<&'a Member>,
+    /// The process's budget of blobs read from the source at once.
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// Everything below the root that must reach the destination.

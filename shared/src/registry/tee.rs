@@ -6,8 +6,9 @@
 //! others to say whether they need the blob too (a destination that has
 //! it, or mounts it, passes), opens the source once, and tees the stream
 //! into every upload that joined. Each upload may lag the read by a bounded
-//! number of bytes; one that holds the read at that bound longer than its
-//! allowance (a second plus half the read's time) is detached: its upload fails as a transient fault and the blob's retry
+//! number of bytes; one that holds the read at that bound, while the others
+//! have room, longer than its allowance (a second plus half the read's
+//! time) is detached: its upload fails as a transient fault and the blob's retry
 //! reads the source alone, so a slow registry holds the others for a
 //! bounded time only and never loses its copy.
 
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::BoxStream;
+use futures_util::stream::{BoxStream, FuturesUnordered};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -33,14 +34,12 @@ const GATHER_FOR: Duration = Duration::from_millis(500);
 /// Bytes an upload may lag behind the shared read. The bytes are shared
 /// between the uploads (reference counted), so this is also the most the
 /// tee holds per blob.
-const LAG_BYTES: usize = 512 * 1024;
+const LAG_BYTES: usize = 1024 * 1024;
 
-/// How long the read may wait, in total, for one upload that is at its
-/// lag bound: this much, plus half the time the read has run. Uploads into
-/// healthy registries take turns at the bound (their speeds wobble), so a
-/// tight allowance would detach them for nothing; with this one a
-/// destination may slow the others to half speed at most, and one that
-/// stops taking bytes is detached within about a second.
+/// How long the read may wait, in total, for one upload at its lag bound
+/// while every other upload has room: this much, plus half the time the
+/// read has run. A destination may slow the others to half speed at most,
+/// and one that stops taking bytes is detached within about a second.
 const HOLD_BASE: Duration = Duration::from_secs(1);
 
 /// What an upload fed by a shared read sees instead of bytes.
@@ -232,42 +231,67 @@ fn subscriber() -> (Subscriber, SharedRead) {
 }
 
 impl Subscriber {
-    /// Hands `item` on; `false` when this upload is gone or detached.
-    async fn offer(&mut self, item: &Result<Bytes, ReadFault>, running_for: Duration) -> bool {
-        let want = item.as_ref().map_or(0, |b| b.len().min(LAG_BYTES)) as u32;
-        let permit = match self.lag.clone().try_acquire_many_owned(want) {
-            Ok(p) => p,
-            Err(_) => {
-                let allowance = (HOLD_BASE + running_for / 2).saturating_sub(self.held);
-                let waited = Instant::now();
-                let got = tokio::time::timeout(allowance, self.lag.clone().acquire_many_owned(want)).await;
-                self.held += waited.elapsed();
-                match got {
-                    Ok(Ok(p)) => p,
-                    _ => {
-                        tracing::warn!(
-                            held_ms = self.held.as_millis() as u64,
-                            "a destination fell behind the shared read: detached, it reads alone"
-                        );
-                        let _ = self.tx.send((Err(ReadFault::Detached), None));
-                        self.detached.notify_one();
-                        return false;
-                    }
-                }
-            }
-        };
-        self.tx.send((item.clone(), Some(permit))).is_ok()
+    fn detach(&self) {
+        tracing::warn!(
+            held_ms = self.held.as_millis() as u64,
+            "a destination fell behind the shared read: detached, it reads alone"
+        );
+        let _ = self.tx.send((Err(ReadFault::Detached), None));
+        self.detached.notify_one();
     }
 }
 
 /// Reads `source` once into every subscriber, until it ends, fails, or no
-/// subscriber is left.
+/// subscriber is left. Each chunk waits for room in every upload's lag,
+/// all at once; only the time the read waits for the last upload, after
+/// every other one had room, counts against that upload: uploads of equal
+/// speed that take turns being last are never detached, one that holds
+/// the others at its pace is.
 async fn feed(mut source: BlobStream, mut subscribers: Vec<Subscriber>) {
     let started = Instant::now();
     while let Some(item) = source.next().await {
+        let want = item.as_ref().map_or(0, |b| b.len().min(LAG_BYTES)) as u32;
+        let mut permits: Vec<Option<OwnedSemaphorePermit>> = subscribers.iter().map(|_| None).collect();
+        let mut waits = FuturesUnordered::new();
+        for (i, s) in subscribers.iter().enumerate() {
+            match s.lag.clone().try_acquire_many_owned(want) {
+                Ok(p) => permits[i] = Some(p),
+                Err(_) => {
+                    let lag = s.lag.clone();
+                    waits.push(async move { (i, lag.acquire_many_owned(want).await) });
+                }
+            }
+        }
+        let mut detached = None;
+        while !waits.is_empty() {
+            let got = if waits.len() == 1 && subscribers.len() > 1 {
+                // Everyone else has room: this one holds the read.
+                let pending = (0..subscribers.len()).find(|&i| permits[i].is_none()).expect("one is pending");
+                let s = &mut subscribers[pending];
+                let allowance = (HOLD_BASE + started.elapsed() / 2).saturating_sub(s.held);
+                let waited = Instant::now();
+                let got = tokio::time::timeout(allowance, waits.next()).await;
+                s.held += waited.elapsed();
+                match got {
+                    Ok(got) => got,
+                    Err(_) => {
+                        detached = Some(pending);
+                        break;
+                    }
+                }
+            } else {
+                waits.next().await
+            };
+            if let Some((i, Ok(p))) = got {
+                permits[i] = Some(p);
+            }
+        }
+        drop(waits);
         let mut kept = Vec::with_capacity(subscribers.len());
-        for mut s in subscribers {
-            if s.offer(&item, started.elapsed()).await {
+        for (i, (s, permit)) in subscribers.into_iter().zip(permits).enumerate() {
+            if detached == Some(i) {
+                s.detach();
+            } else if s.tx.send((item.clone(), permit)).is_ok() {
                 kept.push(s);
             }
         }
