@@ -330,6 +330,19 @@ async fn request_budget_first_copy_and_replay() {
     assert_eq!(total, 2, "the tag's HEAD at the source and at the destination");
     // The figure (under 0.1 s) is measured by `make bench`; here only a sanity bound.
     assert!(took < Duration::from_secs(2), "{took:?}");
+
+    // Into another repository of the same destination: the ledger knows
+    // where every blob is, so each is one mount, without a HEAD first.
+    dst.reset_counts();
+    let other = unique_repo("budget-other");
+    let copied = w.run(&task(&img, &other, &["v1"])).await.unwrap();
+    assert_eq!(copied.blobs_mounted as usize, n);
+    assert_eq!(
+        (dst.count(Op::HeadBlob), dst.count(Op::StartUpload), dst.count(Op::PutUpload)),
+        (0, n, 0),
+        "one mount request per blob"
+    );
+    assert!(dst.has_manifest(&other, "v1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

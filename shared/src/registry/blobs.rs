@@ -74,7 +74,10 @@ impl Copier<'_> {
             counters.deferred.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        if self.destination.blob_exists(dst_repo, &d.digest).await? {
+        // Known in another repository of the destination: straight to the
+        // mount (it answers 201 as well when this one has it too).
+        let known_elsewhere = self.ledger.holder(&d.digest).is_some_and(|r| &r != dst_repo);
+        if !known_elsewhere && self.destination.blob_exists(dst_repo, &d.digest).await? {
             self.pass(&d.digest);
             self.ledger.record(&d.digest, dst_repo);
             counters.skipped.fetch_add(1, Ordering::Relaxed);

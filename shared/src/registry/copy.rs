@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use futures_util::future::join_all;
+
 use super::blobs::Counters;
 use super::client::{RegistryClient, RegistryError};
 use super::ledger::BlobLedger;
@@ -187,9 +189,17 @@ impl Copier<'_> {
                 return Ok(report);
             }
         } else {
-            for (src_tag, dst_tag) in task.source.tags.iter().zip(&task.destination.tags) {
-                match self.source.head_manifest(src_repo, src_tag.as_str()).await? {
-                    Some(d) if &d == digest => current.push((src_tag, dst_tag)),
+            // Both sides at once: one round trip, and a re-replication stays
+            // at these HEADs.
+            let src_heads = join_all(task.source.tags.iter().map(|t| self.source.head_manifest(src_repo, t.as_str())));
+            let dst_heads =
+                join_all(task.destination.tags.iter().map(|t| self.destination.head_manifest(dst_repo, t.as_str())));
+            let (src_heads, dst_heads) = futures_util::future::join(src_heads, dst_heads).await;
+            for ((src_tag, dst_tag), (at_src, at_dst)) in
+                task.source.tags.iter().zip(&task.destination.tags).zip(src_heads.into_iter().zip(dst_heads))
+            {
+                match at_src? {
+                    Some(d) if &d == digest => current.push((src_tag, dst_tag, at_dst?)),
                     Some(other) => {
                         tracing::info!(tag = %src_tag, now = %other, "tag moved at the source since the event: left to the newer task")
                     }
@@ -204,8 +214,8 @@ impl Copier<'_> {
         }
 
         let mut tags = Vec::new();
-        for (src_tag, tag) in current {
-            match self.destination.head_manifest(dst_repo, tag.as_str()).await? {
+        for (src_tag, tag, at_dst) in current {
+            match at_dst {
                 Some(d) if &d == digest => {}
                 Some(other) if !task.options.override_existing => {
                     tracing::info!(tag = %tag, existing = %other, "destination tag points elsewhere and override is off: left alone");

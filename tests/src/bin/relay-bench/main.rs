@@ -8,10 +8,12 @@
 //!   relay-bench reconcile a pass over 1,000 tags already in sync
 //!   relay-bench fanout    1 GiB into 3 destinations at once, and 5 copies in
 //!                         a row in one process (source bytes, peak RSS)
+//!   relay-bench latency   push-to-available of a small image, and its parts
 //!
 //! Needs the local stack (make bench starts it).
 
 mod copy;
+mod latency;
 mod webhook;
 
 use std::time::Duration;
@@ -33,6 +35,7 @@ async fn run() -> anyhow::Result<()> {
         "kinds" => copy::kinds().await,
         "copy-once" => copy::copy_once(&args[1..]).await,
         "fanout" => copy::fanout().await,
+        "latency" => latency::run().await,
         "copy-many" => copy::copy_many(&args[1..]).await,
         other => anyhow::bail!("unknown benchmark {other}"),
     }
