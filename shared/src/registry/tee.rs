@@ -12,7 +12,7 @@
 //! reads the source alone, so a slow registry holds the others for a
 //! bounded time only and never loses its copy.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,8 +28,10 @@ use crate::digest::Digest;
 
 /// How long a leader waits for the other members to reach a blob. They
 /// run the same steps on the same tree, so they arrive within a few round
-/// trips of each other; a member still busy past this reads alone.
-const GATHER_FOR: Duration = Duration::from_millis(500);
+/// trips of each other, or the time a busy registry takes to answer the
+/// previous blob's upload; a member still busy past this reads alone, and
+/// is not waited for again until it arrives in step.
+const GATHER_FOR: Duration = Duration::from_secs(2);
 
 /// Bytes an upload may lag behind the shared read. The bytes are shared
 /// between the uploads (reference counted), so this is also the most the
@@ -88,15 +90,19 @@ pub struct Fanout {
 
 #[derive(Default)]
 struct State {
-    /// Members started and not finished.
-    running: usize,
+    next_id: usize,
+    /// Members started and not finished, by id: whether each is in step
+    /// (reaches blobs with the others). One that read a blob alone — late,
+    /// or detached — is not waited for until it is in step again.
+    members: HashMap<usize, bool>,
     blobs: HashMap<Digest, Gathering>,
 }
 
 #[derive(Default)]
 struct Gathering {
-    /// Members that will not read this blob (present, mounted, deferred).
-    passed: usize,
+    /// Members that joined, lead, or will not read this blob (present,
+    /// mounted, deferred).
+    decided: HashSet<usize>,
     led: bool,
     /// The read started: a member arriving now reads alone.
     started: bool,
@@ -111,8 +117,11 @@ impl Fanout {
     /// A task of the group starts; it counts as running until the
     /// [`Member`] is dropped.
     pub fn join(self: &Arc<Self>) -> Member {
-        self.state.lock().expect("fanout lock").running += 1;
-        Member(self.clone())
+        let mut state = self.state.lock().expect("fanout lock");
+        let id = state.next_id;
+        state.next_id += 1;
+        state.members.insert(id, true);
+        Member { fanout: self.clone(), id }
     }
 
     fn update(&self, f: impl FnOnce(&mut State)) {
@@ -122,18 +131,51 @@ impl Fanout {
 }
 
 /// One task's place in a [`Fanout`].
-pub struct Member(Arc<Fanout>);
+pub struct Member {
+    fanout: Arc<Fanout>,
+    id: usize,
+}
 
 impl Drop for Member {
     fn drop(&mut self) {
-        self.0.update(|s| s.running -= 1);
+        self.fanout.update(|s| {
+            s.members.remove(&self.id);
+        });
+    }
+}
+
+/// Armed while a member leads a read that has not started: if its task
+/// stops there (another blob of it failed), the uploads that joined get a
+/// fault instead of waiting for bytes that never come.
+struct Leading<'a> {
+    fanout: &'a Fanout,
+    digest: &'a Digest,
+    armed: bool,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.fanout.update(|s| {
+            if let Some(blob) = s.blobs.get_mut(self.digest) {
+                blob.started = true;
+                let fault = ReadFault::Source("the task leading this shared read stopped".into());
+                for j in blob.joined.drain(..) {
+                    let _ = j.tx.send(Item::Bytes(Err(fault.clone()), None));
+                }
+            }
+        });
     }
 }
 
 impl Member {
     /// This task will not read `digest` from the source.
     pub fn pass(&self, digest: &Digest) {
-        self.0.update(|s| s.blobs.entry(digest.clone()).or_default().passed += 1);
+        self.fanout.update(|s| {
+            s.blobs.entry(digest.clone()).or_default().decided.insert(self.id);
+        });
     }
 
     /// The blob's bytes through the group's read: joined to the read being
@@ -145,25 +187,36 @@ impl Member {
         Fut: Future<Output = Result<BlobStream, RegistryError>>,
     {
         {
-            let mut state = self.0.state.lock().expect("fanout lock");
+            let mut state = self.fanout.state.lock().expect("fanout lock");
             let blob = state.blobs.entry(digest.clone()).or_default();
             if blob.started {
+                state.members.insert(self.id, false);
+                tracing::info!(%digest, "the shared read of this blob had started: reading alone");
                 return Ok(None);
             }
-            if blob.led {
-                let (subscriber, read) = subscriber();
+            blob.decided.insert(self.id);
+            let leads = !blob.led;
+            blob.led = true;
+            let read = (!leads).then(|| {
+                let (subscriber, read) = subscriber(self.fanout.clone(), self.id);
                 blob.joined.push(subscriber);
-                drop(state);
-                self.0.changed.notify_waiters();
+                read
+            });
+            state.members.insert(self.id, true);
+            drop(state);
+            self.fanout.changed.notify_waiters();
+            if let Some(read) = read {
                 return Ok(Some(read));
             }
-            blob.led = true;
         }
+        let mut leading = Leading { fanout: &self.fanout, digest, armed: true };
         self.gather(digest).await;
         let joined = {
-            let mut state = self.0.state.lock().expect("fanout lock");
+            let mut state = self.fanout.state.lock().expect("fanout lock");
             let blob = state.blobs.get_mut(digest).expect("entry made above");
             blob.started = true;
+            leading.armed = false;
+            tracing::debug!(%digest, uploads = blob.joined.len() + 1, "shared read starts");
             std::mem::take(&mut blob.joined)
         };
         let source = match open().await {
@@ -171,7 +224,7 @@ impl Member {
             Err(e) => {
                 let fault = ReadFault::Source(e.to_string().into());
                 for s in joined {
-                    let _ = s.tx.send((Err(fault.clone()), None));
+                    let _ = s.tx.send(Item::Bytes(Err(fault.clone()), None));
                 }
                 return Err(e);
             }
@@ -179,23 +232,23 @@ impl Member {
         if joined.is_empty() {
             return Ok(Some(SharedRead { bytes: source, detached: Detached::default() }));
         }
-        let (own, read) = subscriber();
+        let (own, read) = subscriber(self.fanout.clone(), self.id);
         tokio::spawn(feed(source, std::iter::once(own).chain(joined).collect()));
         Ok(Some(read))
     }
 
-    /// Waits until every running member has joined or passed `digest`, or
+    /// Waits until every member in step has joined or passed `digest`, or
     /// [`GATHER_FOR`] has gone by.
     async fn gather(&self, digest: &Digest) {
         let until = Instant::now() + GATHER_FOR;
         loop {
-            let changed = self.0.changed.notified();
+            let changed = self.fanout.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             {
-                let state = self.0.state.lock().expect("fanout lock");
-                let blob = &state.blobs[digest];
-                if blob.passed + blob.joined.len() + 1 >= state.running {
+                let state = self.fanout.state.lock().expect("fanout lock");
+                let decided = &state.blobs[digest].decided;
+                if state.members.iter().all(|(id, in_step)| !in_step || decided.contains(id)) {
                     return;
                 }
             }
@@ -206,7 +259,11 @@ impl Member {
     }
 }
 
-type Item = (Result<Bytes, ReadFault>, Option<OwnedSemaphorePermit>);
+enum Item {
+    Bytes(Result<Bytes, ReadFault>, Option<OwnedSemaphorePermit>),
+    /// The source's stream ended: the upload has every byte.
+    End,
+}
 
 /// One upload's end of a shared read.
 struct Subscriber {
@@ -216,18 +273,28 @@ struct Subscriber {
     /// How long the read has waited for this upload so far.
     held: Duration,
     detached: Arc<Notify>,
+    /// Marked out of step when detached.
+    fanout: Arc<Fanout>,
+    member: usize,
 }
 
-fn subscriber() -> (Subscriber, SharedRead) {
+fn subscriber(fanout: Arc<Fanout>, member: usize) -> (Subscriber, SharedRead) {
     let (tx, rx) = mpsc::unbounded_channel::<Item>();
-    // The permit goes when the upload takes the bytes.
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let (item, _permit) = rx.recv().await?;
-        Some((item, rx))
+    // The permit goes when the upload takes the bytes. A channel that
+    // closes without `End` (the read stopped) is a fault, never a short
+    // blob.
+    let stream = futures_util::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Item::Bytes(item, _permit)) => Some((item, Some(rx))),
+            Some(Item::End) => None,
+            None => Some((Err(ReadFault::Source("the shared read stopped before the end".into())), None)),
+        }
     });
     let detached = Arc::new(Notify::new());
     let read = SharedRead { bytes: stream.boxed(), detached: Detached(Some(detached.clone())) };
-    (Subscriber { tx, lag: Arc::new(Semaphore::new(LAG_BYTES)), held: Duration::ZERO, detached }, read)
+    let lag = Arc::new(Semaphore::new(LAG_BYTES));
+    (Subscriber { tx, lag, held: Duration::ZERO, detached, fanout, member }, read)
 }
 
 impl Subscriber {
@@ -236,7 +303,12 @@ impl Subscriber {
             held_ms = self.held.as_millis() as u64,
             "a destination fell behind the shared read: detached, it reads alone"
         );
-        let _ = self.tx.send((Err(ReadFault::Detached), None));
+        self.fanout.update(|s| {
+            if let Some(in_step) = s.members.get_mut(&self.member) {
+                *in_step = false;
+            }
+        });
+        let _ = self.tx.send(Item::Bytes(Err(ReadFault::Detached), None));
         self.detached.notify_one();
     }
 }
@@ -291,7 +363,7 @@ async fn feed(mut source: BlobStream, mut subscribers: Vec<Subscriber>) {
         for (i, (s, permit)) in subscribers.into_iter().zip(permits).enumerate() {
             if detached == Some(i) {
                 s.detach();
-            } else if s.tx.send((item.clone(), permit)).is_ok() {
+            } else if s.tx.send(Item::Bytes(item.clone(), permit)).is_ok() {
                 kept.push(s);
             }
         }
@@ -299,6 +371,9 @@ async fn feed(mut source: BlobStream, mut subscribers: Vec<Subscriber>) {
         if subscribers.is_empty() || item.is_err() {
             return;
         }
+    }
+    for s in subscribers {
+        let _ = s.tx.send(Item::End);
     }
 }
 
@@ -377,6 +452,46 @@ mod tests {
             assert!(*took < Duration::from_secs(5), "the fast uploads were held {took:?}");
         }
         assert!(matches!(got[2].0, Err(ReadFault::Detached)), "{:?}", got[2].0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_out_of_step_is_not_waited_for() {
+        let (fanout, opened) = (Fanout::new(), AtomicUsize::new(0));
+        let (a, b, c) = (fanout.join(), fanout.join(), fanout.join());
+        let first = digest();
+        let second: Digest = format!("sha256:{}", "cd".repeat(32)).parse().unwrap();
+        // a and b share the first blob without c (busy elsewhere) …
+        let (ra, rb) =
+            tokio::join!(a.read(&first, || async { source(&opened, 4) }), b.read(&first, || async { never_opened() }));
+        drain(ra.unwrap().unwrap(), Duration::ZERO).await.unwrap();
+        drain(rb.unwrap().unwrap(), Duration::ZERO).await.unwrap();
+        // … c arrives late and reads alone: now out of step.
+        assert!(c.read(&first, || async { never_opened() }).await.unwrap().is_none());
+        let started = Instant::now();
+        let (ra, rb) = tokio::join!(
+            a.read(&second, || async { source(&opened, 4) }),
+            b.read(&second, || async { never_opened() })
+        );
+        drain(ra.unwrap().unwrap(), Duration::ZERO).await.unwrap();
+        drain(rb.unwrap().unwrap(), Duration::ZERO).await.unwrap();
+        assert!(started.elapsed() < GATHER_FOR, "waited {:?} for c", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_stops_fails_the_joined_uploads() {
+        let fanout = Fanout::new();
+        let (a, b, _busy) = (fanout.join(), fanout.join(), fanout.join());
+        let d = digest();
+        let joined = async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            b.read(&d, || async { never_opened() }).await.unwrap().expect("joined")
+        };
+        // The leader gathers (waiting for the busy member) and is dropped.
+        let lead = tokio::time::timeout(Duration::from_millis(100), a.read(&d, || async { never_opened() }));
+        let (led, joined) = tokio::join!(lead, joined);
+        assert!(led.is_err(), "the leader was still gathering");
+        let got = tokio::time::timeout(Duration::from_secs(60), drain(joined, Duration::ZERO)).await;
+        assert!(matches!(got, Ok(Err(ReadFault::Source(_)))), "{got:?}");
     }
 
     fn never_opened() -> Result<BlobStream, RegistryError> {

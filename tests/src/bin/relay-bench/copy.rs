@@ -388,6 +388,11 @@ pub async fn copy_many(args: &[String]) -> anyhow::Result<()> {
     let [config, src_repo, tag, mode, project, registries @ ..] = args else {
         bail!("copy-many CONFIG SRC_REPO TAG together|one-by-one DST_PROJECT REGISTRY…")
     };
+    // The worker's own log on stdout (before the report), to see where a
+    // run's time went: `RELAY_BENCH_LOG=relay=debug relay-bench copy-many …`.
+    if let Ok(filter) = std::env::var("RELAY_BENCH_LOG") {
+        relay::telemetry::init(Some(&filter));
+    }
     let config = Config::load(config.as_ref())?;
     let worker = bootstrap::worker(&config, &SecretSource::from_process(None), Default::default()).await?;
     let (_, bytes) = Stack::load()?.source().get_manifest(src_repo, tag).await?.context("source manifest")?;
@@ -450,37 +455,7 @@ pub async fn shared() -> anyhow::Result<()> {
     let id = run_id();
     let project = format!("shared-{id}");
     let source = stack.source();
-    eprintln!("generating 20 images over two 64 MiB base layers…");
-    let base = [random_blob(64 * MIB), random_blob(64 * MIB)];
-    let first = format!("{project}/app-0");
-    let mut base_digests = Vec::new();
-    for b in &base {
-        base_digests.push(source.put_blob(&first, b.clone()).await?);
-    }
-    let mut unique_bytes = (2 * 64 * MIB) as u64;
-    for i in 0..20 {
-        let repo = format!("{project}/app-{i}");
-        if i > 0 {
-            for d in &base_digests {
-                source.mount_blob(&repo, d, &first).await?;
-            }
-        }
-        let own = random_blob(MIB);
-        let own_digest = source.put_blob(&repo, own.clone()).await?;
-        let config = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}, "n": i}).to_string();
-        let config_digest = source.put_blob(&repo, config.clone().into_bytes().into()).await?;
-        unique_bytes += (own.len() + config.len()) as u64;
-        let layer = |d: &String, s: usize| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s});
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": image::OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-            "layers": [layer(&base_digests[0], 64 * MIB), layer(&base_digests[1], 64 * MIB), layer(&own_digest, MIB)],
-        })
-        .to_string();
-        source.put_manifest(&repo, "v1", image::OCI_MANIFEST, manifest.as_bytes()).await?;
-    }
-
+    let unique_bytes = shared_base_images(&stack, &project).await?;
     // skopeo, one image after another.
     let started = Instant::now();
     let mut skopeo_rss = 0;
@@ -554,6 +529,45 @@ pub async fn shared() -> anyhow::Result<()> {
         load(&stats.blobs_skipped)
     );
     Ok(())
+}
+
+/// Pushes `project/app-0` … `app-19:v1`: two 64 MiB base layers shared by
+/// all (mounted, as a registry stores them), 1 MiB and a config of their
+/// own each. Returns the unique bytes.
+pub async fn shared_base_images(stack: &Stack, project: &str) -> anyhow::Result<u64> {
+    let source = stack.source();
+    eprintln!("generating 20 images over two 64 MiB base layers…");
+    let base = [random_blob(64 * MIB), random_blob(64 * MIB)];
+    let first = format!("{project}/app-0");
+    let mut base_digests = Vec::new();
+    for b in &base {
+        base_digests.push(source.put_blob(&first, b.clone()).await?);
+    }
+    let mut unique_bytes = (2 * 64 * MIB) as u64;
+    for i in 0..20 {
+        let repo = format!("{project}/app-{i}");
+        if i > 0 {
+            for d in &base_digests {
+                source.mount_blob(&repo, d, &first).await?;
+            }
+        }
+        let own = random_blob(MIB);
+        let own_digest = source.put_blob(&repo, own.clone()).await?;
+        let config = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}, "n": i}).to_string();
+        let config_digest = source.put_blob(&repo, config.clone().into_bytes().into()).await?;
+        unique_bytes += (own.len() + config.len()) as u64;
+        let layer = |d: &String, s: usize| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s});
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": image::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [layer(&base_digests[0], 64 * MIB), layer(&base_digests[1], 64 * MIB), layer(&own_digest, MIB)],
+        })
+        .to_string();
+        source.put_manifest(&repo, "v1", image::OCI_MANIFEST, manifest.as_bytes()).await?;
+    }
+
+    Ok(unique_bytes)
 }
 
 fn random_blob(len: usize) -> bytes::Bytes {

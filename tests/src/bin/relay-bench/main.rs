@@ -9,10 +9,12 @@
 //!   relay-bench fanout    1 GiB into 3 destinations at once, and 5 copies in
 //!                         a row in one process (source bytes, peak RSS)
 //!   relay-bench latency   push-to-available of a small image, and its parts
+//!   relay-bench lambda-batch  the event source mapping's batch size, emulated
 //!
 //! Needs the local stack (make bench starts it).
 
 mod copy;
+mod lambda;
 mod latency;
 mod webhook;
 
@@ -36,6 +38,7 @@ async fn run() -> anyhow::Result<()> {
         "copy-once" => copy::copy_once(&args[1..]).await,
         "fanout" => copy::fanout().await,
         "latency" => latency::run().await,
+        "lambda-batch" => lambda::run().await,
         "copy-many" => copy::copy_many(&args[1..]).await,
         other => anyhow::bail!("unknown benchmark {other}"),
     }

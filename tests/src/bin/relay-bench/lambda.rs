@@ -1,0 +1,159 @@
+//! The SQS event source mapping's batch size, measured (the template's
+//! `WorkerBatchSize` and `WorkerBatchingWindowSeconds`). The mapping is
+//! emulated: a few Lambda instances, each its own worker (its own ledger and
+//! connections, as separate execution environments have), each receiving up
+//! to the batch size without a batching window and running what it got as
+//! one invocation (`handle_batch`), deleting the messages that succeeded.
+//! The webhook enqueues as deployed (one event's tasks in one
+//! `SendMessageBatch`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use relay::secrets::SecretSource;
+use relay::worker::{Message, Worker};
+use relay::{bootstrap, Config};
+use relay_tests::app::{fast_retry, App, AppBuilder};
+use relay_tests::{image, ImageKind, Stack};
+
+use crate::copy::shared_base_images;
+
+/// Execution environments of the emulated mapping.
+const INSTANCES: usize = 3;
+const MIB: usize = 1024 * 1024;
+
+/// Runs the instances until `stop`; returns their workers (for their stats).
+async fn run_instances(
+    app: &App,
+    config: &Config,
+    batch: i32,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<Arc<Worker>>> {
+    let mut workers = Vec::new();
+    for _ in 0..INSTANCES {
+        let w = Arc::new(bootstrap::worker(config, &SecretSource::from_process(None), fast_retry()).await?);
+        workers.push(w.clone());
+        let (sqs, url, stop) = (app.sqs.clone(), app.queue_url.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(out) = sqs
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(batch)
+                    .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                let messages: Vec<Message> = out
+                    .messages()
+                    .iter()
+                    .filter_map(|m| {
+                        Some(Message {
+                            id: m.message_id()?.to_owned(),
+                            body: m.body()?.to_owned(),
+                            receive_count: 1,
+                            receipt: m.receipt_handle().map(str::to_owned),
+                            ..Default::default()
+                        })
+                    })
+                    .collect();
+                if messages.is_empty() {
+                    continue;
+                }
+                let receipts: Vec<_> = messages.iter().map(|m| (m.id.clone(), m.receipt.clone())).collect();
+                let failed: Vec<String> =
+                    w.handle_batch(messages, None).await.into_iter().map(|f| f.message.id).collect();
+                for (id, receipt) in receipts {
+                    if let (false, Some(r)) = (failed.contains(&id), receipt) {
+                        let _ = sqs.delete_message().queue_url(&url).receipt_handle(r).send().await;
+                    }
+                }
+            }
+        });
+    }
+    Ok(workers)
+}
+
+async fn wait_for(stack: &Stack, repos: &[String], started: Instant) -> anyhow::Result<Duration> {
+    let target = stack.target();
+    for repo in repos {
+        while target.get_manifest(repo, "v1").await?.is_none() {
+            ensure!(started.elapsed() < Duration::from_secs(300), "{repo} never arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(started.elapsed())
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let stack = Stack::load()?;
+    let id = format!("{:08x}", rand::random::<u32>());
+    println!("## Lambda batch size (`make bench`, relay-bench lambda-batch)\n");
+    println!("The SQS event source mapping emulated with {INSTANCES} instances (each its own worker, no batching window), the webhook enqueueing as deployed. Per batch size: the 20 shared-base images, and one push of a 128 MiB image (2 layers of 64 MiB) into 3 destinations (3 rules):\n");
+    println!("| batch size | 20 shared-base images | one push into 3 destinations | source bytes read for it |\n|---|---|---|---|");
+    for batch in [1, 5, 10] {
+        // The 20 images, one webhook each.
+        let project = format!("lb{batch}-{id}");
+        shared_base_images(&stack, &project).await?;
+        let rules = format!("  - name: all\n    destination: {{ registry: cluster1-registry, namespace: relay-lb{batch}, flatten: 0 }}\n");
+        let config = Config::parse(&stack.config_yaml(&rules))?;
+        let app = AppBuilder::rules(&rules).spawn().await;
+        let stop = Arc::new(AtomicBool::new(false));
+        run_instances(&app, &config, batch, stop.clone()).await?;
+        let source = stack.source();
+        let started = Instant::now();
+        let mut repos = Vec::new();
+        for i in 0..20 {
+            let repo = format!("{project}/app-{i}");
+            let (_, bytes) = source.get_manifest(&repo, "v1").await?.context("manifest")?;
+            let (status, _) = app.push_event(&repo, Some("v1"), &relay_tests::plain::sha256(&bytes)).await;
+            ensure!(status == 202, "webhook answered {status}");
+            repos.push(format!("relay-lb{batch}/{repo}"));
+        }
+        let shared_wall = wait_for(&stack, &repos, started).await?;
+        stop.store(true, Ordering::Relaxed);
+
+        // One push into three destinations.
+        let repo = format!("lbfan{batch}-{id}/big");
+        let img = image::push(&source, &repo, "v1", ImageKind::OciImage, 2, 64 * MIB).await?;
+        let registries: String = (1..=3)
+            .map(|i| {
+                format!(
+                    "  - {{ name: c{i}, url: {}, credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }} }}\n",
+                    stack.target_url, stack.target_user
+                )
+            })
+            .collect();
+        let rules: String = (1..=3)
+            .map(|i| {
+                format!("  - name: to-c{i}\n    destination: {{ registry: c{i}, namespace: fan{i}, flatten: 0 }}\n")
+            })
+            .collect();
+        let yaml = stack.config_yaml(&rules).replace("rules:\n", &format!("{registries}rules:\n"));
+        let config = Config::parse(&yaml)?;
+        let app = AppBuilder::config(yaml).spawn().await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = run_instances(&app, &config, batch, stop.clone()).await?;
+        let started = Instant::now();
+        let (status, _) = app.push_event(&repo, Some("v1"), &img.digest).await;
+        ensure!(status == 202, "webhook answered {status}");
+        let fan_repos: Vec<String> = (1..=3).map(|i| format!("fan{i}/{repo}")).collect();
+        let fan_wall = wait_for(&stack, &fan_repos, started).await?;
+        stop.store(true, Ordering::Relaxed);
+        let read: u64 = workers.iter().map(|w| w.stats.source_bytes.load(Ordering::Relaxed)).sum();
+        println!(
+            "| {batch} | {:.2} s | {:.2} s | {:.2} × the image |",
+            shared_wall.as_secs_f64(),
+            fan_wall.as_secs_f64(),
+            read as f64 / img.blob_bytes as f64
+        );
+    }
+    println!();
+    Ok(())
+}
