@@ -79,7 +79,7 @@ pub async fn poll(
 
 /// One long poll for up to `wanted` messages, after `backoff` if the last
 /// receive failed.
-async fn receive(
+pub async fn receive(
     queue: &TaskQueue,
     wanted: i32,
     backoff: Option<Duration>,
@@ -128,7 +128,7 @@ async fn receive(
 
 /// Runs one received batch, settles its failures and deletes the messages
 /// that are done; returns how many messages it held.
-async fn run_batch(
+pub async fn run_batch(
     queue: &TaskQueue,
     worker: &Worker,
     settler: Option<&Settler>,

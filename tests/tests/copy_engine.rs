@@ -216,6 +216,13 @@ fn one_push(img: &GeneratedImage, names: &[&str]) -> (Vec<Message>, Vec<String>)
     (batch, repos)
 }
 
+/// A worker reading `src`, with `c1` and `c2` on the real target and `c3`
+/// on `third`.
+async fn three_destinations(src: &FakeRegistry, third: &FakeRegistry, worker: &str) -> Worker {
+    let target = Stack::load().unwrap().target_url;
+    worker_into(&src.url, &[("c1", &target, true), ("c2", &target, true), ("c3", &third.url, false)], worker).await
+}
+
 async fn at_real_target(repo: &str) -> Option<String> {
     let found = Stack::load().unwrap().target().get_manifest(repo, "v1").await.unwrap();
     found.map(|(_, bytes)| relay_tests::plain::sha256(&bytes))
@@ -224,14 +231,8 @@ async fn at_real_target(repo: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_push_into_three_destinations_reads_each_blob_once() {
     let (src, fake_dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
-    let stack = Stack::load().unwrap();
     let img = push_to(&plain(&src), &unique_repo("fan"), ImageKind::OciImage, 3, 2 * 1024 * 1024).await;
-    let w = worker_into(
-        &src.url,
-        &[("c1", &stack.target_url, true), ("c2", &stack.target_url, true), ("c3", &fake_dst.url, false)],
-        "",
-    )
-    .await;
+    let w = three_destinations(&src, &fake_dst, "").await;
     src.reset_counts();
     let (batch, repos) = one_push(&img, &["c1", "c2", "c3"]);
     let failures = w.handle_batch(batch, None).await;
@@ -250,18 +251,12 @@ async fn one_push_into_three_destinations_reads_each_blob_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_destination_is_detached_and_the_others_go_on() {
     let (src, stalled) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
-    let stack = Stack::load().unwrap();
     let img = push_to(&plain(&src), &unique_repo("stall"), ImageKind::OciImage, 3, 16 * 1024 * 1024).await;
     // Stops reading its first large upload for a minute: without the
     // detach, the shared read (and the two others) would wait for it until
     // its upload is given up as too slow (10 s).
     stalled.inject(Op::PutUpload, Fault::Stall(Duration::from_secs(60)), 1);
-    let w = worker_into(
-        &src.url,
-        &[("c1", &stack.target_url, true), ("c2", &stack.target_url, true), ("c3", &stalled.url, false)],
-        "worker: { throughput_window_seconds: 10 }\n",
-    )
-    .await;
+    let w = three_destinations(&src, &stalled, "worker: { throughput_window_seconds: 10 }\n").await;
     src.reset_counts();
     let (batch, repos) = one_push(&img, &["c1", "c2", "c3"]);
     let started = Instant::now();

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use aws_sdk_sqs::types::MessageSystemAttributeName;
+use relay::poller::{self, PollOptions};
+use relay::queue::TaskQueue;
 use relay::secrets::SecretSource;
-use relay::worker::{Message, Worker};
+use relay::worker::Worker;
 use relay::{bootstrap, Config};
 use relay_tests::app::{fast_retry, App, AppBuilder};
 use relay_tests::{image, ImageKind, Stack};
@@ -36,43 +37,16 @@ async fn run_instances(
     for _ in 0..INSTANCES {
         let w = Arc::new(bootstrap::worker(config, &SecretSource::from_process(None), fast_retry()).await?);
         workers.push(w.clone());
-        let (sqs, url, stop) = (app.sqs.clone(), app.queue_url.clone(), stop.clone());
+        let (queue, stop) = (TaskQueue::new(app.sqs.clone(), app.queue_url.clone()), stop.clone());
+        // One invocation per receive: the batch it got, nothing settled
+        // (a failure would reappear after the visibility timeout).
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(out) = sqs
-                    .receive_message()
-                    .queue_url(&url)
-                    .max_number_of_messages(batch)
-                    .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-                    .wait_time_seconds(1)
-                    .send()
-                    .await
-                else {
-                    continue;
-                };
-                let messages: Vec<Message> = out
-                    .messages()
-                    .iter()
-                    .filter_map(|m| {
-                        Some(Message {
-                            id: m.message_id()?.to_owned(),
-                            body: m.body()?.to_owned(),
-                            receive_count: 1,
-                            receipt: m.receipt_handle().map(str::to_owned),
-                            ..Default::default()
-                        })
-                    })
-                    .collect();
-                if messages.is_empty() {
-                    continue;
-                }
-                let receipts: Vec<_> = messages.iter().map(|m| (m.id.clone(), m.receipt.clone())).collect();
-                let failed: Vec<String> =
-                    w.handle_batch(messages, None).await.into_iter().map(|f| f.message.id).collect();
-                for (id, receipt) in receipts {
-                    if let (false, Some(r)) = (failed.contains(&id), receipt) {
-                        let _ = sqs.delete_message().queue_url(&url).receipt_handle(r).send().await;
+                match poller::receive(&queue, batch, None).await {
+                    Ok(messages) if !messages.is_empty() => {
+                        poller::run_batch(&queue, &w, None, &PollOptions::default(), messages).await;
                     }
+                    _ => {}
                 }
             }
         });
@@ -145,6 +119,13 @@ pub async fn run() -> anyhow::Result<()> {
         ensure!(status == 202, "webhook answered {status}");
         let fan_repos: Vec<String> = (1..=3).map(|i| format!("fan{i}/{repo}")).collect();
         let fan_wall = wait_for(&stack, &fan_repos, started).await?;
+        // The tags are visible before the tasks have reported (referrers
+        // come after): read the counts once all three are done.
+        let done = || workers.iter().map(|w| w.stats.tasks_succeeded.load(Ordering::Relaxed)).sum::<u64>();
+        while done() < 3 {
+            ensure!(started.elapsed() < Duration::from_secs(300), "the three tasks never reported");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         stop.store(true, Ordering::Relaxed);
         let read: u64 = workers.iter().map(|w| w.stats.source_bytes.load(Ordering::Relaxed)).sum();
         println!(
