@@ -219,7 +219,7 @@ fn fanouts(messages: &mut [Message]) -> HashMap<String, Arc<Fanout>> {
     messages.clone_from_slice(&sorted);
     let mut fanouts = HashMap::new();
     for (_, members) in groups.into_values().filter(|(_, m)| m.len() > 1) {
-        let fanout = Fanout::new();
+        let fanout = Fanout::new(members.len());
         fanouts.extend(members.into_iter().map(|(id, _)| (id, fanout.clone())));
     }
     fanouts
@@ -480,7 +480,8 @@ impl Worker {
         let copier = Copier {
             source: &self.source,
             destination: &destination.client,
-            blob_concurrency: self.settings.blob_concurrency,
+            blob_concurrency: member
+                .map_or(self.settings.blob_concurrency, |m| m.blobs_at_once(self.settings.blob_concurrency)),
             retry: self.retry,
             ledger: &destination.ledger,
             throttle: task.options.bandwidth_kbps.map(|k| Arc::new(Throttle::from_kbps(k))),

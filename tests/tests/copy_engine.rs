@@ -254,9 +254,10 @@ async fn a_stalled_destination_is_detached_and_the_others_go_on() {
     let img = push_to(&plain(&src), &unique_repo("stall"), ImageKind::OciImage, 3, 16 * 1024 * 1024).await;
     // Stops reading its first large upload for a minute: without the
     // detach, the shared read (and the two others) would wait for it until
-    // its upload is given up as too slow (10 s).
+    // its upload is given up as too slow (20 s). Detached, they wait about
+    // twice the tee's 3 s hold allowance.
     stalled.inject(Op::PutUpload, Fault::Stall(Duration::from_secs(60)), 1);
-    let w = three_destinations(&src, &stalled, "worker: { throughput_window_seconds: 10 }\n").await;
+    let w = three_destinations(&src, &stalled, "worker: { throughput_window_seconds: 20 }\n").await;
     src.reset_counts();
     let (batch, repos) = one_push(&img, &["c1", "c2", "c3"]);
     let started = Instant::now();
@@ -268,7 +269,7 @@ async fn a_stalled_destination_is_detached_and_the_others_go_on() {
     };
     let (failures, others_took) = tokio::join!(w.handle_batch(batch, None), others);
     assert!(failures.is_empty(), "{:?}", failures.iter().map(|f| &f.error).collect::<Vec<_>>());
-    assert!(others_took < Duration::from_secs(8), "the others waited for the stalled destination: {others_took:?}");
+    assert!(others_took < Duration::from_secs(14), "the others waited for the stalled destination: {others_took:?}");
     for repo in &repos[..2] {
         assert_eq!(at_real_target(repo).await.as_deref(), Some(img.digest.as_str()), "{repo}");
     }

@@ -7,8 +7,8 @@
 //! it, or mounts it, passes), opens the source once, and tees the stream
 //! into every upload that joined. Each upload may lag the read by a bounded
 //! number of bytes; one that holds the read at that bound, while the others
-//! have room, longer than its allowance (a second plus half the read's
-//! time) is detached: its upload fails as a transient fault and the blob's retry
+//! have room, longer than its allowance (three seconds plus half the
+//! read's time) is detached: its upload fails as a transient fault and the blob's retry
 //! reads the source alone, so a slow registry holds the others for a
 //! bounded time only and never loses its copy.
 
@@ -34,15 +34,20 @@ use crate::digest::Digest;
 const GATHER_FOR: Duration = Duration::from_secs(2);
 
 /// Bytes an upload may lag behind the shared read. The bytes are shared
-/// between the uploads (reference counted), so this is also the most the
-/// tee holds per blob.
-const LAG_BYTES: usize = 1024 * 1024;
+/// between the uploads (reference counted), so this is about the most the
+/// tee holds per blob (a held piece pins the source buffer it came in).
+/// A quarter MiB is milliseconds of a fast upload; more only holds memory
+/// (1 MiB: 1–2 MiB more peak RSS for a 3-destination copy, as fast).
+const LAG_BYTES: usize = 256 * 1024;
 
 /// How long the read may wait, in total, for one upload at its lag bound
 /// while every other upload has room: this much, plus half the time the
 /// read has run. A destination may slow the others to half speed at most,
-/// and one that stops taking bytes is detached within about a second.
-const HOLD_BASE: Duration = Duration::from_secs(1);
+/// and one that stops taking bytes is detached within a few seconds. A
+/// busy registry pauses a connection for a second or two now and then
+/// (2.2 s seen while it wrote 3 GiB here); detaching for that costs a
+/// second read of the blob for no time won, so one second was too short.
+const HOLD_BASE: Duration = Duration::from_secs(3);
 
 /// What an upload fed by a shared read sees instead of bytes.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -84,6 +89,8 @@ impl Detached {
 /// a different destination.
 #[derive(Default)]
 pub struct Fanout {
+    /// Destinations the group writes to (one task each).
+    destinations: usize,
     state: Mutex<State>,
     changed: Notify,
 }
@@ -110,8 +117,10 @@ struct Gathering {
 }
 
 impl Fanout {
-    pub fn new() -> Arc<Fanout> {
-        Arc::default()
+    /// The group of one source artifact's tasks into `destinations`
+    /// destinations.
+    pub fn new(destinations: usize) -> Arc<Fanout> {
+        Arc::new(Fanout { destinations, ..Default::default() })
     }
 
     /// A task of the group starts; it counts as running until the
@@ -171,6 +180,16 @@ impl Drop for Leading<'_> {
 }
 
 impl Member {
+    /// Blobs a member task copies at once, out of `per_task` for a task of
+    /// its own: every blob it reads is written to each destination of the
+    /// group, so it keeps about as many uploads (connections, buffered
+    /// bytes) open as one task does. The destinations write in parallel;
+    /// fewer blobs at a time cost no time where they are the bottleneck,
+    /// and hold the teed copy's memory near a single copy's.
+    pub fn blobs_at_once(&self, per_task: usize) -> usize {
+        per_task.div_ceil(self.fanout.destinations.max(1)).max(1)
+    }
+
     /// This task will not read `digest` from the source.
     pub fn pass(&self, digest: &Digest) {
         self.fanout.update(|s| {
@@ -405,9 +424,18 @@ mod tests {
             .await
     }
 
+    #[test]
+    fn a_member_copies_fewer_blobs_at_once_the_more_destinations() {
+        let at_once = |destinations, per_task| Fanout::new(destinations).join().blobs_at_once(per_task);
+        assert_eq!(at_once(3, 3), 1);
+        assert_eq!(at_once(2, 3), 2);
+        assert_eq!(at_once(5, 3), 1);
+        assert_eq!(at_once(2, 8), 4);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn three_uploads_share_one_read() {
-        let (fanout, opened) = (Fanout::new(), AtomicUsize::new(0));
+        let (fanout, opened) = (Fanout::new(3), AtomicUsize::new(0));
         let members: Vec<_> = (0..3).map(|_| fanout.join()).collect();
         let reads = members.iter().map(|m| async {
             let s = m.read(&digest(), || async { source(&opened, 64) }).await.unwrap().expect("shared");
@@ -420,7 +448,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_member_that_passes_is_not_waited_for() {
-        let (fanout, opened) = (Fanout::new(), AtomicUsize::new(0));
+        let (fanout, opened) = (Fanout::new(3), AtomicUsize::new(0));
         let (a, b) = (fanout.join(), fanout.join());
         b.pass(&digest());
         let started = Instant::now();
@@ -433,7 +461,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_upload_is_detached_and_the_others_finish() {
-        let (fanout, opened) = (Fanout::new(), AtomicUsize::new(0));
+        let (fanout, opened) = (Fanout::new(3), AtomicUsize::new(0));
         let members: Vec<_> = (0..3).map(|_| fanout.join()).collect();
         // 32 MiB; the third upload takes a chunk per second (64 KiB/s).
         let reads = members.iter().enumerate().map(|(i, m)| {
@@ -449,14 +477,16 @@ mod tests {
         assert_eq!(opened.load(Ordering::Relaxed), 1);
         for (result, took) in &got[..2] {
             assert_eq!(result.as_ref().ok(), Some(&(512 * 64 * 1024)));
-            assert!(*took < Duration::from_secs(5), "the fast uploads were held {took:?}");
+            // Held about twice HOLD_BASE at most: detached once its hold
+            // passes HOLD_BASE plus half the read's time.
+            assert!(*took < HOLD_BASE * 2 + Duration::from_secs(1), "the fast uploads were held {took:?}");
         }
         assert!(matches!(got[2].0, Err(ReadFault::Detached)), "{:?}", got[2].0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_member_out_of_step_is_not_waited_for() {
-        let (fanout, opened) = (Fanout::new(), AtomicUsize::new(0));
+        let (fanout, opened) = (Fanout::new(3), AtomicUsize::new(0));
         let (a, b, c) = (fanout.join(), fanout.join(), fanout.join());
         let first = digest();
         let second: Digest = format!("sha256:{}", "cd".repeat(32)).parse().unwrap();
@@ -479,7 +509,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_leader_that_stops_fails_the_joined_uploads() {
-        let fanout = Fanout::new();
+        let fanout = Fanout::new(3);
         let (a, b, _busy) = (fanout.join(), fanout.join(), fanout.join());
         let d = digest();
         let joined = async {
@@ -500,7 +530,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_open_reaches_every_joined_upload() {
-        let fanout = Fanout::new();
+        let fanout = Fanout::new(3);
         let (a, b, d) = (fanout.join(), fanout.join(), digest());
         let lead = a.read(&d, || async {
             tokio::time::sleep(Duration::from_millis(10)).await;

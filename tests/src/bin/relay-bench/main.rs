@@ -29,6 +29,11 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     relay::metrics::set_enabled(false);
+    // The relay's own log on stdout, to see where a run's time went:
+    // `RELAY_BENCH_LOG=relay=debug relay-bench shared`.
+    if let Ok(filter) = std::env::var("RELAY_BENCH_LOG") {
+        relay::telemetry::init(Some(&filter));
+    }
     match args.first().map(String::as_str).unwrap_or("webhook") {
         "webhook" => webhook::run().await,
         "copy" => copy::run().await,
