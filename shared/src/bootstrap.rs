@@ -459,25 +459,37 @@ pub fn function_timeout(default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
-/// Limits glibc's malloc to one arena. The copy engine's buffers are
-/// short-lived and cross threads (a piece read on one tokio worker is
-/// written on another); with an arena per thread, freed pieces stay
-/// resident in each. Measured on an 8-layer copy (`relay-bench copy-once`,
-/// release): peak RSS 18.2 → 16.1 MiB, same wall time. Call before any
-/// thread starts, i.e. before the tokio runtime is built.
-pub fn one_malloc_arena() {
+/// Tunes glibc's malloc for a process that streams blobs for a long time.
+///
+/// - One arena. The copy engine's buffers are short-lived and cross threads
+///   (a piece read on one tokio worker is written on another); with an
+///   arena per thread, freed pieces stay resident in each. Measured on an
+///   8-layer copy (`relay-bench copy-once`, release): peak RSS 18.2 → 16.1
+///   MiB, same wall time.
+/// - A fixed mmap threshold (64 KiB) and trim threshold (128 KiB). By
+///   default glibc raises its mmap threshold each time a large buffer is
+///   freed, so later buffers of that size live in the heap and stay
+///   resident after use: a long-running worker's peak crept by about
+///   0.2 MiB per 1 GiB copy (17.1 → 17.7 MiB over 5 copies). Fixed, the
+///   socket and stream buffers go back to the system when freed: 16.1 MiB
+///   flat over 5 copies, same wall time (`relay-bench copy-many … one-by-one`).
+///
+/// Call before any thread starts, i.e. before the tokio runtime is built.
+pub fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes an allocator tunable; called before
+    // SAFETY: mallopt only changes allocator tunables; called before
     // other threads exist.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
     }
 }
 
 /// The multi-threaded tokio runtime the binaries run on, built after
-/// [`one_malloc_arena`].
+/// [`tune_malloc`].
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    one_malloc_arena();
+    tune_malloc();
     tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 

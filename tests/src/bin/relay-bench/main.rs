@@ -20,7 +20,7 @@ mod webhook;
 
 use std::time::Duration;
 
-/// The worker's runtime (one malloc arena): `copy-once` measures what the
+/// The worker's runtime (malloc tuned as the worker's): `copy-once` measures what the
 /// worker does.
 fn main() -> anyhow::Result<()> {
     relay::bootstrap::runtime()?.block_on(run())
