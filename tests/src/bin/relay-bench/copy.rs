@@ -480,7 +480,7 @@ pub async fn shared() -> anyhow::Result<()> {
         pushed.push((repo, relay_tests::plain::sha256(&bytes)));
     }
     let stats = &app.worker.as_ref().expect("worker").stats;
-    let done = || stats.tasks_succeeded.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
     // Harbor's job service delivers webhooks on its worker pool
     // (`jobservice.max_job_workers`, 10 by default), not one by one.
@@ -494,22 +494,13 @@ pub async fn shared() -> anyhow::Result<()> {
     // When each task reported (after its tag is served): the worker's own
     // count, read without loading the target (polling its manifests would
     // put a bcrypt check per request on the same two cores).
-    let mut reports = Vec::new();
-    while reports.len() < 20 {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "only {} of 20 tasks reported", reports.len());
-        let n = done();
-        while reports.len() < n.min(20) {
-            reports.push(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let reports = crate::reports(|| load(&stats.tasks_succeeded), 20, started).await?;
     let relay_wall = started.elapsed();
     let target = stack.target();
     for (repo, digest) in &pushed {
         let (_, bytes) = target.get_manifest(&format!("relay/{repo}"), "v1").await?.context("not at the target")?;
         anyhow::ensure!(&relay_tests::plain::sha256(&bytes) == digest, "relay/{repo}: another manifest at the target");
     }
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
 
     println!("## Shared base layers (`make bench`, relay-bench shared)\n");
     println!("20 images in 20 repositories of one project, sharing two 64 MiB base layers (plus 1 MiB of their own each), into a fresh target:\n");

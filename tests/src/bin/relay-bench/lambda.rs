@@ -121,11 +121,8 @@ pub async fn run() -> anyhow::Result<()> {
         let fan_wall = wait_for(&stack, &fan_repos, started).await?;
         // The tags are visible before the tasks have reported (referrers
         // come after): read the counts once all three are done.
-        let done = || workers.iter().map(|w| w.stats.tasks_succeeded.load(Ordering::Relaxed)).sum::<u64>();
-        while done() < 3 {
-            ensure!(started.elapsed() < Duration::from_secs(300), "the three tasks never reported");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let succeeded = || workers.iter().map(|w| w.stats.tasks_succeeded.load(Ordering::Relaxed)).sum();
+        crate::reports(succeeded, 3, started).await?;
         stop.store(true, Ordering::Relaxed);
         let read: u64 = workers.iter().map(|w| w.stats.source_bytes.load(Ordering::Relaxed)).sum();
         println!(

@@ -49,6 +49,24 @@ async fn run() -> anyhow::Result<()> {
     }
 }
 
+/// Waits until `succeeded` (the workers' count of tasks done) reaches
+/// `n`; returns when each of the `n` reports came, from `started`.
+pub async fn reports(
+    succeeded: impl Fn() -> u64,
+    n: usize,
+    started: std::time::Instant,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut at = Vec::with_capacity(n);
+    while at.len() < n {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "only {} of {n} tasks reported", at.len());
+        while at.len() < (succeeded() as usize).min(n) {
+            at.push(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(at)
+}
+
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
