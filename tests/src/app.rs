@@ -180,12 +180,19 @@ impl App {
         self.event("PUSH_ARTIFACT", repo, tag, digest).await
     }
 
-    /// Waits until the target serves `reference` in `repo`.
+    /// Waits until the target serves `reference` in `repo`. A read that
+    /// fails counts as not there yet: distribution's filesystem storage can
+    /// answer 500 to a manifest read that races the manifest's write.
     pub async fn wait_at_target(&self, repo: &str, reference: &str) {
         let target = self.stack.target();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while target.get_manifest(repo, reference).await.unwrap().is_none() {
-            assert!(Instant::now() < deadline, "{repo}:{reference} never reached the target");
+        loop {
+            let last = match target.get_manifest(repo, reference).await {
+                Ok(Some(_)) => return,
+                Ok(None) => "not found".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(Instant::now() < deadline, "{repo}:{reference} never reached the target ({last})");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
