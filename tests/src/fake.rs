@@ -78,8 +78,52 @@ pub enum Fault {
     Stall(Duration),
 }
 
+/// Round trips counted across registries: a request's depth is one more
+/// than the deepest request that had finished when it started, so requests
+/// sent together share a depth and a chain of dependent ones adds up. Each
+/// registry tracking into it holds every request for a while (see
+/// [`FakeRegistry::track_rounds`]), so requests sent together do overlap.
+#[derive(Clone, Default)]
+pub struct Rounds(Arc<Mutex<RoundState>>);
+
+#[derive(Default)]
+struct RoundState {
+    /// Deepest request finished so far.
+    finished: usize,
+    /// (depth, registry URL, what) of every request, in order of start.
+    seen: Vec<(usize, String, String)>,
+}
+
+impl Rounds {
+    fn start(&self, registry: &str, what: String) -> usize {
+        let mut s = self.0.lock().unwrap();
+        let depth = s.finished + 1;
+        s.seen.push((depth, registry.to_owned(), what));
+        depth
+    }
+
+    fn finish(&self, depth: usize) {
+        let mut s = self.0.lock().unwrap();
+        s.finished = s.finished.max(depth);
+    }
+
+    /// The longest chain of requests, each sent after the one before had
+    /// its answer.
+    pub fn deepest(&self) -> usize {
+        self.0.lock().unwrap().seen.iter().map(|(d, _, _)| *d).max().unwrap_or(0)
+    }
+
+    /// Every request with its depth, one per line (for a failure message).
+    pub fn trace(&self) -> String {
+        let s = self.0.lock().unwrap();
+        s.seen.iter().map(|(d, r, w)| format!("{d} {r} {w}\n")).collect()
+    }
+}
+
 #[derive(Default)]
 struct Store {
+    /// Round trips are tracked into these, each request held this long.
+    rounds: Option<(Rounds, Duration)>,
     blobs: HashMap<String, Bytes>,
     /// repo → reference (tag or digest) → (media type, bytes)
     manifests: HashMap<String, HashMap<String, (String, Bytes)>>,
@@ -161,6 +205,12 @@ impl FakeRegistry {
         let app = Router::new().fallback(handle).with_state((store.clone(), url.clone()));
         tokio::spawn(async move { axum::serve(listener, app).await });
         FakeRegistry { url, store }
+    }
+
+    /// Counts its requests' round trips into `rounds`, holding each for
+    /// `hold` before it is answered.
+    pub fn track_rounds(&self, rounds: &Rounds, hold: Duration) {
+        self.store.lock().unwrap().rounds = Some((rounds.clone(), hold));
     }
 
     /// Its Bearer challenges name `realm` instead of its own `/token` (a
@@ -294,6 +344,18 @@ fn challenge(s: &Store, base: &str) -> Response {
 }
 
 async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
+    let tracking = store.lock().unwrap().rounds.clone();
+    let Some((rounds, hold)) = tracking else {
+        return answer(store, base, req).await;
+    };
+    let depth = rounds.start(&base, format!("{} {}", req.method(), req.uri()));
+    tokio::time::sleep(hold).await;
+    let response = answer(store, base, req).await;
+    rounds.finish(depth);
+    response
+}
+
+async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Response {
     let q: HashMap<String, String> =
         url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
     let method = req.method().clone();

@@ -199,6 +199,54 @@ async fn concurrent_tasks_send_each_blob_once() {
     assert!(dst.has_manifest(&a, "v1") && dst.has_manifest(&b, "v1"));
 }
 
+/// A task that finds a blob being uploaded by another task of the worker
+/// (another image over the same layers) waits for it and mounts it,
+/// without asking the destination first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_in_flight_is_waited_for_without_a_head() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("inflight");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 2, 64 * 1024).await;
+    let layers = img.blobs.len() - 1;
+    // A second image: the same layers under a config of its own.
+    let (media_type, bytes) = plain(&src).get_manifest(&repo, "v1").await.unwrap().unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let config = bytes::Bytes::from_static(
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"second":true}"#,
+    );
+    manifest["config"]["size"] = config.len().into();
+    manifest["config"]["digest"] = src.insert_blob(&repo, config).into();
+    let second_digest = src.insert_manifest(&repo, "v2", &media_type, manifest.to_string().into());
+
+    src.inject(Op::GetBlob, Fault::Hold(Duration::from_millis(1500)), img.blobs.len());
+    let w = worker(&src.url, &dst.url, false).await;
+    let (a, b) = (unique_repo("a"), unique_repo("b"));
+    let ta = task(&img, &a, &["v1"]);
+    let mut tb = task(&img, &b, &["v2"]);
+    tb.source.digest = second_digest.parse().unwrap();
+    let first = w.run(&ta);
+    let second = async {
+        // Every blob of the first image is being read: its uploads are in flight.
+        while src.count(Op::GetBlob) < img.blobs.len() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let heads = dst.count(Op::HeadBlob);
+        (w.run(&tb).await, heads)
+    };
+    let (ra, (rb, heads_before)) = tokio::join!(first, second);
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(heads_before, img.blobs.len(), "the first task asked for each of its blobs");
+    assert_eq!(
+        dst.count(Op::HeadBlob),
+        img.blobs.len() + 1,
+        "the second task asked for its config only: its layers were in flight"
+    );
+    assert_eq!((rb.blobs_copied, rb.blobs_mounted as usize), (1, layers));
+    assert_eq!(ra.blobs_copied as usize, img.blobs.len());
+    assert_eq!(dst.count(Op::PutUpload), img.blobs.len() + 1, "each blob's bytes sent once");
+    assert!(dst.has_manifest(&a, "v1") && dst.has_manifest(&b, "v2"));
+}
+
 /// One push's tasks into registries `names`, as the webhook enqueues them
 /// (one batch), each into its own repository.
 fn one_push(img: &GeneratedImage, names: &[&str]) -> (Vec<Message>, Vec<String>) {
@@ -339,6 +387,28 @@ async fn request_budget_first_copy_and_replay() {
         "one mount request per blob"
     );
     assert!(dst.has_manifest(&other, "v1"));
+}
+
+/// A first copy sends together what does not depend on an answer: the
+/// tag's HEADs at both ends, the digest's HEAD and the root's GET, each
+/// blob's POST and its source GET, and the tag's last check at both ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_copy_sends_independent_requests_together() {
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let repo = unique_repo("rounds");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 2, 4 * 1024).await;
+    let w = worker(&src.url, &dst.url, false).await;
+    let rounds = relay_tests::fake::Rounds::default();
+    src.track_rounds(&rounds, Duration::from_millis(100));
+    dst.track_rounds(&rounds, Duration::from_millis(100));
+    let mut t = task(&img, &repo, &["v1"]);
+    t.options.override_existing = false;
+    assert_eq!(w.run(&t).await.unwrap().outcome, Some(Outcome::Copied));
+    assert!(dst.has_manifest(&repo, "v1"));
+    // tag HEADs; digest HEAD + root GET; blob HEADs; POSTs + source GETs;
+    // PUTs; tag HEADs again; the tag's PUT; then the referrers, asked for
+    // once the artifact is there (the API, then the tag schema).
+    assert_eq!(rounds.deepest(), 9, "requests one after another:\n{}", rounds.trace());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,7 +77,11 @@ impl Copier<'_> {
         // Known in another repository of the destination: straight to the
         // mount (it answers 201 as well when this one has it too).
         let known_elsewhere = self.ledger.holder(&d.digest).is_some_and(|r| &r != dst_repo);
-        if !known_elsewhere && self.destination.blob_exists(dst_repo, &d.digest).await? {
+        // Being uploaded by another task of this worker: no HEAD (it would
+        // answer 404 now); wait for that upload below and mount from it (a
+        // mount answers 201 as well where the blob already is).
+        let uploading = self.ledger.uploading(&d.digest);
+        if !known_elsewhere && !uploading && self.destination.blob_exists(dst_repo, &d.digest).await? {
             self.pass(&d.digest);
             self.ledger.record(&d.digest, dst_repo);
             counters.skipped.fetch_add(1, Ordering::Relaxed);
@@ -159,7 +163,18 @@ impl Copier<'_> {
         counters: &Arc<Counters>,
     ) -> Result<UploadKind, RegistryError> {
         let mount = mount_from.as_ref().map(|from| (&d.digest, from));
-        let (session, chunk_min) = match self.destination.start_upload(dst_repo, mount).await? {
+        let start = self.destination.start_upload(dst_repo, mount);
+        let open = || self.open_source(src_repo, d, counters);
+        // Nothing to mount and no read to share: the source is opened beside
+        // the POST, one round trip fewer per uploaded blob. (A mount usually
+        // needs no read; a shared read is opened by its leader.)
+        let (started, opened) = if mount.is_none() && self.fanout.is_none() {
+            let (started, opened) = futures_util::future::join(start, open()).await;
+            (started, Some(opened))
+        } else {
+            (start.await, None)
+        };
+        let (session, chunk_min) = match started? {
             UploadStart::Mounted => {
                 self.pass(&d.digest);
                 return Ok(UploadKind::Mounted);
@@ -167,15 +182,14 @@ impl Copier<'_> {
             // A declined mount (202) is an upload session: use it.
             UploadStart::Session { url, chunk_min } => (url, chunk_min),
         };
-        let open = || self.open_source(src_repo, d, counters);
-        let shared = match self.fanout {
-            Some(m) => m.read(&d.digest, open).await,
-            None => Ok(None),
-        };
-        let (source, detached) = match shared {
-            Ok(Some(s)) => (Ok(s.bytes), s.detached),
-            Ok(None) => (open().await, Detached::default()),
-            Err(e) => (Err(e), Detached::default()),
+        let (source, detached) = match (opened, self.fanout) {
+            (Some(opened), _) => (opened, Detached::default()),
+            (None, Some(m)) => match m.read(&d.digest, open).await {
+                Ok(Some(s)) => (Ok(s.bytes), s.detached),
+                Ok(None) => (open().await, Detached::default()),
+                Err(e) => (Err(e), Detached::default()),
+            },
+            (None, None) => (open().await, Detached::default()),
         };
         let source = match source {
             Ok(s) => s,

@@ -231,7 +231,19 @@ impl Copier<'_> {
             return Ok(report);
         }
 
-        let mut present = self.destination.head_manifest(dst_repo, &digest.to_string()).await?.as_ref() == Some(digest);
+        // A tagged push needs the root whatever the destination holds (it
+        // goes up under the tags), so it is read beside the digest's HEAD:
+        // one round trip. An untagged one stays HEAD-only when present.
+        let by_digest = digest.to_string();
+        let head = self.destination.head_manifest(dst_repo, &by_digest);
+        let (at_dst, root) = if tagged {
+            let get = self.source.get_manifest(src_repo, &by_digest, Some(digest));
+            let (at_dst, root) = futures_util::future::join(head, get).await;
+            (at_dst?, Some(root?))
+        } else {
+            (head.await?, None)
+        };
+        let mut present = at_dst.as_ref() == Some(digest);
         if present && !tagged {
             report.outcome = Some(Outcome::AlreadyPresent);
             return Ok(report);
@@ -254,7 +266,10 @@ impl Copier<'_> {
                 return Ok(report);
             }
         }
-        let root = self.source.get_manifest(src_repo, &digest.to_string(), Some(digest)).await?;
+        let root = match root {
+            Some(root) => root,
+            None => self.source.get_manifest(src_repo, &digest.to_string(), Some(digest)).await?,
+        };
         if !present {
             self.copy_below(src_repo, dst_repo, &root, &mut report).await?;
         }
@@ -304,14 +319,22 @@ impl Copier<'_> {
     /// conditional PUT.
     async fn tag_still_due(&self, task: &Task, src_tag: &Tag, dst_tag: &Tag) -> Result<TagCheck, CopyError> {
         let digest = &task.source.digest;
-        let now = self.source.head_manifest(&task.source.repository, src_tag.as_str()).await?;
+        // Both reads at once: one round trip before the PUT.
+        let at_src = self.source.head_manifest(&task.source.repository, src_tag.as_str());
+        let at_dst = async {
+            match task.options.override_existing {
+                true => Ok(None),
+                false => self.destination.head_manifest(&task.destination.repository, dst_tag.as_str()).await,
+            }
+        };
+        let (now, there) = futures_util::future::join(at_src, at_dst).await;
+        let now = now?;
         if now.as_ref() != Some(digest) {
             tracing::info!(tag = %src_tag, now = ?now.map(|d| d.to_string()), "tag moved at the source during the copy: left to the newer task");
             return Ok(TagCheck::MovedAtSource);
         }
         if !task.options.override_existing {
-            let there = self.destination.head_manifest(&task.destination.repository, dst_tag.as_str()).await?;
-            if let Some(other) = there.filter(|d| d != digest) {
+            if let Some(other) = there?.filter(|d| d != digest) {
                 tracing::info!(tag = %dst_tag, existing = %other, "destination tag appeared during the copy and override is off: left alone");
                 return Ok(TagCheck::TakenAtDestination);
             }

@@ -85,6 +85,12 @@ impl BlobLedger {
         entries.entry(digest.clone()).or_default().holder = Some(repo.clone());
     }
 
+    /// Whether another task of this worker is uploading `digest` right now.
+    pub fn uploading(&self, digest: &Digest) -> bool {
+        let entries = self.entries.lock().expect("ledger lock");
+        entries.get(digest).and_then(|e| e.in_flight.as_ref()).is_some_and(|rx| rx.has_changed().is_ok())
+    }
+
     /// Claims the upload of `digest`, unless another task has it in flight.
     pub fn claim(&self, digest: &Digest) -> Claim<'_> {
         let mut entries = self.entries.lock().expect("ledger lock");
@@ -134,8 +140,10 @@ mod tests {
     async fn second_claim_waits_for_the_first() {
         let ledger = BlobLedger::default();
         let Claim::Owner(owner) = ledger.claim(&d("a")) else { panic!("first claim owns") };
+        assert!(ledger.uploading(&d("a")));
         let Claim::Wait(mut rx) = ledger.claim(&d("a")) else { panic!("second claim waits") };
         owner.done(&r("p/one"));
+        assert!(!ledger.uploading(&d("a")), "done");
         assert!(rx.wait_for(|v| *v).await.is_ok());
         assert_eq!(ledger.holder(&d("a")), Some(r("p/one")));
     }
@@ -147,6 +155,7 @@ mod tests {
         let Claim::Wait(mut rx) = ledger.claim(&d("a")) else { panic!() };
         drop(owner);
         assert!(rx.wait_for(|v| *v).await.is_err(), "closed, not done");
+        assert!(!ledger.uploading(&d("a")), "a failed upload is no longer in flight");
         assert!(matches!(ledger.claim(&d("a")), Claim::Owner(_)), "the next task may try");
     }
 

@@ -95,11 +95,12 @@ fn relay_once(config: &std::path::Path, src_repo: &str, tag: &str, dst_repo: &st
 }
 
 /// Raw HTTP: every blob GET from the source piped by curl into a POST+PUT
-/// at the destination, all blobs at once.
-fn curl_all(stack: &Stack, src_repo: &str, dst_repo: &str, blobs: &[(String, u64)]) -> Command {
+/// at the destination, all blobs into every repository of `dst_repos` at
+/// once (a read of its own for each).
+fn curl_all(stack: &Stack, src_repo: &str, dst_repos: &[String], blobs: &[(String, u64)]) -> Command {
     let creds = format!("{}:{}", stack.target_user, stack.target_password);
     let mut script = String::from("set -o pipefail\npids=()\n");
-    for (d, size) in blobs {
+    for ((d, size), dst_repo) in dst_repos.iter().flat_map(|r| blobs.iter().map(move |b| (b, r))) {
         script.push_str(&format!(
             "( loc=$(curl -sf -D - -o /dev/null -u '{creds}' -X POST {dst}/v2/{dst_repo}/blobs/uploads/ | tr -d '\\r' | awk 'tolower($1)==\"location:\"{{print $2}}') && \
              curl -sf {src}/v2/{src_repo}/blobs/{d} | curl -sf -o /dev/null -u '{creds}' -T - -H 'Content-Type: application/octet-stream' -H 'Content-Length: {size}' \"$loc&digest={d}\" ) & pids+=($!)\n",
@@ -136,7 +137,7 @@ pub async fn run() -> anyhow::Result<()> {
     let blob_sizes = blob_sizes(&stack, &repo, "v1").await?;
 
     let sk = measure(skopeo(&stack, &format!("{repo}:v1"), &format!("skopeo-{id}/big:v1")))?;
-    let curl = measure(curl_all(&stack, &repo, &format!("curl-{id}/big"), &blob_sizes))?;
+    let curl = measure(curl_all(&stack, &repo, &[format!("curl-{id}/big")], &blob_sizes))?;
     for (d, _) in &blob_sizes {
         anyhow::ensure!(stack.target().blob_exists(&format!("curl-{id}/big"), d).await?, "curl did not copy {d}");
     }
@@ -345,7 +346,8 @@ pub async fn fanout() -> anyhow::Result<()> {
     let repo = format!("fan-{id}/big");
     eprintln!("generating the 1 GiB image…");
     let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 8, 128 * MIB).await?;
-    let image_bytes = blob_sizes(&stack, &repo, "v1").await?.iter().map(|(_, s)| s).sum::<u64>();
+    let blobs = blob_sizes(&stack, &repo, "v1").await?;
+    let image_bytes = blobs.iter().map(|(_, s)| s).sum::<u64>();
     let many = |mode: &str, registries: &[usize]| {
         let mut c = Command::new(std::env::current_exe().expect("exe"));
         c.arg("copy-many").arg(&config).args([&repo, "v1", mode, &format!("fan-{id}")]);
@@ -357,6 +359,14 @@ pub async fn fanout() -> anyhow::Result<()> {
     let five = many("one-by-one", &[5, 6, 7, 8, 9])?;
     for i in 1..=FAN_DESTINATIONS {
         verify(&stack, &repo, &format!("fan-{id}/c{i}"), "v1").await?;
+    }
+    // The raw HTTP limit of the same destination registry: curl pipes into
+    // one repository, then into three at once.
+    let raw_repos: Vec<String> = (1..=4).map(|i| format!("fan-{id}/raw{i}")).collect();
+    let raw_one = measure(curl_all(&stack, &repo, &raw_repos[..1], &blobs))?;
+    let raw_three = measure(curl_all(&stack, &repo, &raw_repos[1..], &blobs))?;
+    for (r, (d, _)) in raw_repos.iter().flat_map(|r| blobs.iter().map(move |b| (r, b))) {
+        anyhow::ensure!(stack.target().blob_exists(r, d).await?, "curl did not copy {d} into {r}");
     }
     let report = |m: &Measured| -> anyhow::Result<serde_json::Value> { Ok(serde_json::from_str(m.stdout.trim())?) };
     let (r1, r3, r5) = (report(&one)?, report(&three)?, report(&five)?);
@@ -374,6 +384,21 @@ pub async fn fanout() -> anyhow::Result<()> {
             mib(m.max_rss_kib)
         );
     }
+    for (name, m, reads) in [
+        ("raw parallel curl GET→PUT, 1 destination (blobs only)", &raw_one, 1),
+        ("raw parallel curl GET→PUT, 3 destinations at once (a read each)", &raw_three, 3),
+    ] {
+        println!(
+            "| {name} | {:.2} s | {:.2} | {reads}.00 × the image | n/a |",
+            m.wall.as_secs_f64(),
+            m.wall.as_secs_f64() / one.wall.as_secs_f64()
+        );
+    }
+    println!(
+        "\nThe destination's raw limit: three destinations at once take curl {:.2} × its one destination's time; the worker {:.2} ×.",
+        raw_three.wall.as_secs_f64() / raw_one.wall.as_secs_f64(),
+        three.wall.as_secs_f64() / one.wall.as_secs_f64()
+    );
     let peaks: Vec<String> = r5["peaks_kib"]
         .as_array()
         .map(|a| a.iter().map(|k| format!("{:.1}", mib(k.as_i64().unwrap_or(0)))).collect())
@@ -464,6 +489,18 @@ pub async fn shared() -> anyhow::Result<()> {
         skopeo_rss = skopeo_rss.max(m.max_rss_kib);
     }
     let skopeo_wall = started.elapsed();
+    // The floor under any copy of them: the two base layers alone, piped by
+    // curl into a repository of their own.
+    let base: Vec<_> = blob_sizes(&stack, &format!("{project}/app-0"), "v1")
+        .await?
+        .into_iter()
+        .filter(|(_, size)| *size == (64 * MIB) as u64)
+        .collect();
+    anyhow::ensure!(base.len() == 2, "two base layers expected, found {}", base.len());
+    let raw_base = measure(curl_all(&stack, &format!("{project}/app-0"), &[format!("raw-{id}/base")], &base))?;
+    for (d, _) in &base {
+        anyhow::ensure!(stack.target().blob_exists(&format!("raw-{id}/base"), d).await?, "curl did not copy {d}");
+    }
 
     // The whole pipeline: 20 webhook deliveries → SQS → worker.
     let app = AppBuilder::rules(
@@ -514,6 +551,11 @@ pub async fn shared() -> anyhow::Result<()> {
         "| harbor-relay: 20 webhooks → LocalStack SQS → worker | {:.2} s | {:.2} |",
         relay_wall.as_secs_f64(),
         relay_wall.as_secs_f64() / skopeo_wall.as_secs_f64()
+    );
+    println!(
+        "| raw parallel curl GET→PUT of the two base layers alone (the floor) | {:.2} s | {:.2} |",
+        raw_base.wall.as_secs_f64(),
+        raw_base.wall.as_secs_f64() / skopeo_wall.as_secs_f64()
     );
     println!(
         "\nTimeline of the pipeline run: the 20 webhooks ({HARBOR_JOB_WORKERS} at a time) answered by {:.2} s; the first task done at {:.2} s; the 10th at {:.2} s; the 20th at {:.2} s (each after its tag is served; all 20 manifests checked at the target afterwards).",
