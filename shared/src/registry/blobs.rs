@@ -34,6 +34,11 @@ pub(super) struct Counters {
     pub(super) mounted: AtomicU64,
 }
 
+/// Blobs up to this size are read from the source while their upload's
+/// `POST` is in flight: at 100 MB/s a MiB takes about as long as a few round
+/// trips.
+const OPEN_WITH_POST_MAX: u64 = 1024 * 1024;
+
 impl Copier<'_> {
     pub(super) async fn copy_blobs(
         &self,
@@ -165,10 +170,13 @@ impl Copier<'_> {
         let mount = mount_from.as_ref().map(|from| (&d.digest, from));
         let start = self.destination.start_upload(dst_repo, mount);
         let open = || self.open_source(src_repo, d, counters);
-        // Nothing to mount and no read to share: the source is opened beside
-        // the POST, one round trip fewer per uploaded blob. (A mount usually
-        // needs no read; a shared read is opened by its leader.)
-        let (started, opened) = if mount.is_none() && self.fanout.is_none() {
+        // A small blob, nothing to mount and no read to share: the source is
+        // opened beside the POST, one round trip fewer where a round trip is
+        // much of the blob's time. (A mount usually needs no read; a shared
+        // read is opened by its leader; a large blob's read waits for its
+        // session rather than hold a response unread.)
+        let early = d.size <= OPEN_WITH_POST_MAX && mount.is_none() && self.fanout.is_none();
+        let (started, opened) = if early {
             let (started, opened) = futures_util::future::join(start, open()).await;
             (started, Some(opened))
         } else {
