@@ -152,14 +152,14 @@ impl Worker {
 /// failure: its batch neighbours finish and are reported as they ended, so
 /// a bug that one task trips costs that task alone, not a redelivery of
 /// the batch (the release profile unwinds for this, see Cargo.toml).
-async fn each_isolated<F, Fut>(messages: Vec<Message>, concurrency: usize, run: F) -> Vec<Failure>
+async fn each_isolated<T, F, Fut>(messages: Vec<(Message, T)>, concurrency: usize, run: F) -> Vec<Failure>
 where
-    F: Fn(Message) -> Fut,
+    F: Fn(Message, T) -> Fut,
     Fut: std::future::Future<Output = Result<(), Failed>>,
 {
     stream::iter(messages)
-        .map(|m| {
-            let running = AssertUnwindSafe(run(m.clone())).catch_unwind();
+        .map(|(m, with)| {
+            let running = AssertUnwindSafe(run(m.clone(), with)).catch_unwind();
             async move {
                 let Failed { error, disposition, slices } = match running.await {
                     Ok(Ok(())) => return None,
@@ -185,23 +185,26 @@ where
         .await
 }
 
+/// A message with its task, decoded once.
+type Decoded = (Message, Result<Task, TaskError>);
+
 /// Groups the batch's copy tasks that read the same source artifact into
 /// different destination registries (without a bandwidth limit, which
 /// would hold the others to its rate), one [`Fanout`] per group of two or
 /// more, by message id; moves each group's messages next to each other so
 /// they start together.
-fn fanouts(messages: &mut [Message]) -> HashMap<String, Arc<Fanout>> {
+fn fanouts(messages: &mut Vec<Decoded>) -> HashMap<String, Arc<Fanout>> {
     let keys: Vec<_> = messages
         .iter()
-        .map(|m| {
-            let t = Task::decode(&m.body).ok()?;
+        .map(|(_, t)| {
+            let t = t.as_ref().ok()?;
             let shares = t.action == Action::Copy && t.options.bandwidth_kbps.is_none();
-            shares.then_some((t.source.repository, t.source.digest, t.destination.registry))
+            shares.then(|| (t.source.repository.clone(), t.source.digest.clone(), t.destination.registry.clone()))
         })
         .collect();
     let mut groups: HashMap<_, (usize, Vec<(String, String)>)> = HashMap::new();
     let mut rank = Vec::with_capacity(messages.len());
-    for (i, (m, key)) in messages.iter().zip(keys).enumerate() {
+    for (i, ((m, _), key)) in messages.iter().zip(keys).enumerate() {
         let Some((repository, digest, registry)) = key else {
             rank.push(i);
             continue;
@@ -213,10 +216,10 @@ fn fanouts(messages: &mut [Message]) -> HashMap<String, Arc<Fanout>> {
             members.push((m.id.clone(), registry));
         }
     }
-    let mut order: Vec<usize> = (0..messages.len()).collect();
-    order.sort_by_key(|&i| rank[i]);
-    let sorted: Vec<Message> = order.iter().map(|&i| messages[i].clone()).collect();
-    messages.clone_from_slice(&sorted);
+    // A stable sort by the position of each message's group's first.
+    let mut ranked: Vec<_> = rank.into_iter().zip(std::mem::take(messages)).collect();
+    ranked.sort_by_key(|(first, _)| *first);
+    messages.extend(ranked.into_iter().map(|(_, m)| m));
     let mut fanouts = HashMap::new();
     for (_, members) in groups.into_values().filter(|(_, m)| m.len() > 1) {
         let fanout = Fanout::new(members.len());
@@ -280,11 +283,18 @@ impl Worker {
     /// `deadline` is when the invocation ends (Lambda); `None` standalone.
     /// Copy tasks of the same artifact into different destinations share
     /// each blob's source read ([`Fanout`]).
-    pub async fn handle_batch(&self, mut messages: Vec<Message>, deadline: Option<Instant>) -> Vec<Failure> {
-        let fanouts = fanouts(&mut messages);
-        each_isolated(messages, self.settings.task_concurrency, |m| {
+    pub async fn handle_batch(&self, messages: Vec<Message>, deadline: Option<Instant>) -> Vec<Failure> {
+        let mut batch: Vec<Decoded> = messages
+            .into_iter()
+            .map(|m| {
+                let task = Task::decode(&m.body);
+                (m, task)
+            })
+            .collect();
+        let fanouts = fanouts(&mut batch);
+        each_isolated(batch, self.settings.task_concurrency, |m, task| {
             let fanout = fanouts.get(&m.id).cloned();
-            async move { self.handle_message(&m, deadline, fanout).await }
+            async move { self.handle_message(&m, task, deadline, fanout).await }
         })
         .await
     }
@@ -294,11 +304,12 @@ impl Worker {
     async fn handle_message(
         &self,
         m: &Message,
+        task: Result<Task, TaskError>,
         deadline: Option<Instant>,
         fanout: Option<Arc<Fanout>>,
     ) -> Result<(), Failed> {
         let member = fanout.map(|f| f.join());
-        let task = match Task::decode(&m.body) {
+        let task = match task {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(message_id = %m.id, outcome = "rejected", error = %e, "message is not a task this worker understands");
@@ -523,8 +534,8 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_task_fails_alone() {
         let finished = AtomicUsize::new(0);
-        let batch = vec![message("a"), message("boom"), message("b"), message("bad")];
-        let failures = each_isolated(batch, 2, |m| {
+        let batch = ["a", "boom", "b", "bad"].map(|id| (message(id), ())).into();
+        let failures = each_isolated(batch, 2, |m, ()| {
             let finished = &finished;
             async move {
                 tokio::task::yield_now().await;
