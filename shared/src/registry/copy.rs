@@ -177,6 +177,7 @@ impl Copier<'_> {
     async fn copy_subject(&self, task: &Task) -> Result<CopyReport, CopyError> {
         let (src_repo, digest) = (&task.source.repository, &task.source.digest);
         let dst_repo = &task.destination.repository;
+        let by_digest = digest.to_string();
         let mut report = CopyReport::default();
 
         // What the source holds now. A tag that has moved to another digest
@@ -184,7 +185,7 @@ impl Copier<'_> {
         // deliveries converge on the source's current state.
         let mut current = Vec::new();
         if task.source.tags.is_empty() {
-            if self.source.head_manifest(src_repo, &digest.to_string()).await?.is_none() {
+            if self.source.head_manifest(src_repo, &by_digest).await?.is_none() {
                 report.outcome = Some(Outcome::SourceGone);
                 return Ok(report);
             }
@@ -207,7 +208,7 @@ impl Copier<'_> {
                 }
             }
             if current.is_empty() {
-                let still_there = self.source.head_manifest(src_repo, &digest.to_string()).await?.is_some();
+                let still_there = self.source.head_manifest(src_repo, &by_digest).await?.is_some();
                 report.outcome = Some(if still_there { Outcome::Superseded } else { Outcome::SourceGone });
                 return Ok(report);
             }
@@ -234,7 +235,6 @@ impl Copier<'_> {
         // A tagged push needs the root whatever the destination holds (it
         // goes up under the tags), so it is read beside the digest's HEAD:
         // one round trip. An untagged one stays HEAD-only when present.
-        let by_digest = digest.to_string();
         let head = self.destination.head_manifest(dst_repo, &by_digest);
         let (at_dst, root) = if tagged {
             let get = self.source.get_manifest(src_repo, &by_digest, Some(digest));
@@ -253,7 +253,7 @@ impl Copier<'_> {
         if waited {
             // Another task of this worker pushed this manifest meanwhile
             // (the webhook's and a reconcile's, say): push only what it did not.
-            present = self.destination.head_manifest(dst_repo, &digest.to_string()).await?.as_ref() == Some(digest);
+            present = self.destination.head_manifest(dst_repo, &by_digest).await?.as_ref() == Some(digest);
             let mut left = Vec::new();
             for (src_tag, tag) in tags {
                 if self.destination.head_manifest(dst_repo, tag.as_str()).await?.as_ref() != Some(digest) {
@@ -268,7 +268,7 @@ impl Copier<'_> {
         }
         let root = match root {
             Some(root) => root,
-            None => self.source.get_manifest(src_repo, &digest.to_string(), Some(digest)).await?,
+            None => self.source.get_manifest(src_repo, &by_digest, Some(digest)).await?,
         };
         if !present {
             self.copy_below(src_repo, dst_repo, &root, &mut report).await?;
@@ -276,7 +276,7 @@ impl Copier<'_> {
         // The root goes up under its tags (the registry indexes it by digest
         // too), or by digest when the push had no tag.
         if !tagged {
-            self.destination.put_manifest(dst_repo, &digest.to_string(), &root).await?;
+            self.destination.put_manifest(dst_repo, &by_digest, &root).await?;
             report.manifests_pushed += 1;
             report.outcome = Some(Outcome::Copied);
             return Ok(report);

@@ -491,15 +491,13 @@ pub async fn shared() -> anyhow::Result<()> {
     let skopeo_wall = started.elapsed();
     // The floor under any copy of them: the two base layers alone, piped by
     // curl into a repository of their own.
-    let base: Vec<_> = blob_sizes(&stack, &format!("{project}/app-0"), "v1")
-        .await?
-        .into_iter()
-        .filter(|(_, size)| *size == (64 * MIB) as u64)
-        .collect();
+    let (first, raw) = (format!("{project}/app-0"), format!("raw-{id}/base"));
+    let base: Vec<_> =
+        blob_sizes(&stack, &first, "v1").await?.into_iter().filter(|(_, size)| *size == (64 * MIB) as u64).collect();
     anyhow::ensure!(base.len() == 2, "two base layers expected, found {}", base.len());
-    let raw_base = measure(curl_all(&stack, &format!("{project}/app-0"), &[format!("raw-{id}/base")], &base))?;
+    let raw_base = measure(curl_all(&stack, &first, std::slice::from_ref(&raw), &base))?;
     for (d, _) in &base {
-        anyhow::ensure!(stack.target().blob_exists(&format!("raw-{id}/base"), d).await?, "curl did not copy {d}");
+        anyhow::ensure!(stack.target().blob_exists(&raw, d).await?, "curl did not copy {d}");
     }
 
     // The whole pipeline: 20 webhook deliveries → SQS → worker.
