@@ -14,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use futures_util::stream;
+use futures_util::{stream, StreamExt};
 
 use crate::plain::sha256;
 
@@ -76,6 +76,11 @@ pub enum Fault {
     /// body for this long, as a destination that has stopped taking bytes.
     /// Smaller uploads pass and leave the fault queued.
     Stall(Duration),
+    /// For an upload of more than 1 MiB (`PutUpload`): read its body at
+    /// 256 KiB/s for this long, then at full speed, as a destination that
+    /// falls behind for a while and keeps taking bytes. Smaller uploads
+    /// pass and leave the fault queued.
+    Lag(Duration),
 }
 
 /// Round trips counted across registries: a request's depth is one more
@@ -355,6 +360,22 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
     response
 }
 
+/// A request body read at 256 KiB/s for `lag`, then as fast as it comes.
+async fn lagging_read(body: Body, lag: Duration) -> Bytes {
+    const RATE: f64 = 256.0 * 1024.0;
+    let started = tokio::time::Instant::now();
+    let mut frames = body.into_data_stream();
+    let mut got = Vec::new();
+    while let Some(Ok(frame)) = frames.next().await {
+        got.extend_from_slice(&frame);
+        let due = started + Duration::from_secs_f64(got.len() as f64 / RATE);
+        if due < started + lag {
+            tokio::time::sleep_until(due).await;
+        }
+    }
+    Bytes::from(got)
+}
+
 async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Response {
     let q: HashMap<String, String> =
         url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
@@ -366,20 +387,21 @@ async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Respons
         .get("content-length")
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .is_some_and(|l| l > 1024 * 1024);
-    let stall = {
+    let slow_read = {
         let mut s = store.lock().unwrap();
         match s.faults.get_mut(&op) {
-            Some(q) if large && matches!(q.front(), Some(Fault::Stall(_))) => match q.pop_front() {
-                Some(Fault::Stall(d)) => Some(d),
-                _ => None,
-            },
+            Some(q) if large && matches!(q.front(), Some(Fault::Stall(_) | Fault::Lag(_))) => q.pop_front(),
             _ => None,
         }
     };
-    if let Some(d) = stall {
-        tokio::time::sleep(d).await;
-    }
-    let body = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default();
+    let body = match slow_read {
+        Some(Fault::Stall(d)) => {
+            tokio::time::sleep(d).await;
+            axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default()
+        }
+        Some(Fault::Lag(d)) => lagging_read(req.into_body(), d).await,
+        _ => axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default(),
+    };
     if path == "/api/v2.0/ping" && method == Method::GET && store.lock().unwrap().pings_as_harbor {
         return ([("content-type", "text/plain")], "\"Pong\"").into_response();
     }
@@ -405,7 +427,10 @@ async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Respons
                 return challenge(&s, &base);
             }
         }
-        s.faults.get_mut(&op).filter(|q| !matches!(q.front(), Some(Fault::Stall(_)))).and_then(VecDeque::pop_front)
+        s.faults
+            .get_mut(&op)
+            .filter(|q| !matches!(q.front(), Some(Fault::Stall(_) | Fault::Lag(_))))
+            .and_then(VecDeque::pop_front)
     };
     if let Some(Fault::ExpireTokens) = &fault {
         let mut s = store.lock().unwrap();
@@ -503,6 +528,14 @@ async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Respons
                 return (h, Body::empty()).into_response();
             }
             drop(s);
+            let from = headers
+                .get("range")
+                .and_then(|v| v.to_str().ok()?.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok());
+            if let Some(from) = from.filter(|&f| f > 0 && f < bytes.len() && fault.is_none()) {
+                h.insert("content-length", (bytes.len() - from).into());
+                h.insert("content-range", format!("bytes {from}-{}/{}", bytes.len() - 1, bytes.len()).parse().unwrap());
+                return (StatusCode::PARTIAL_CONTENT, h, Body::from(bytes.slice(from..))).into_response();
+            }
             match fault {
                 Some(Fault::ResetMidBody) => {
                     let half = bytes.slice(..bytes.len() / 2);

@@ -303,7 +303,8 @@ async fn a_stalled_destination_is_detached_and_the_others_go_on() {
     // Stops reading its first large upload for a minute: without the
     // detach, the shared read (and the two others) would wait for it until
     // its upload is given up as too slow (20 s). Detached, they wait about
-    // twice the tee's 3 s hold allowance.
+    // twice the tee's 3 s hold allowance; the stalled upload is given up a
+    // window later (it takes none of its own read) and retried.
     stalled.inject(Op::PutUpload, Fault::Stall(Duration::from_secs(60)), 1);
     let w = three_destinations(&src, &stalled, "worker: { throughput_window_seconds: 20 }\n").await;
     src.reset_counts();
@@ -323,10 +324,46 @@ async fn a_stalled_destination_is_detached_and_the_others_go_on() {
     }
     assert!(stalled.has_manifest(&repos[2], "v1"), "the detached destination copied on its own read");
     let reads = src.count(Op::GetBlob);
+    // One shared read per blob, and the detached destination's own: its
+    // retry, and each blob whose shared read started while it was stalled.
     assert!(
-        reads > img.blobs.len() && reads < 2 * img.blobs.len(),
+        reads > img.blobs.len() && reads <= 2 * img.blobs.len(),
         "{reads} source reads for {} blobs: shared, plus the detached destination's own",
         img.blobs.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_destination_goes_on_from_the_byte_it_reached() {
+    let (src, lagging) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let layer = 16 * 1024 * 1024;
+    let img = push_to(&plain(&src), &unique_repo("lag"), ImageKind::OciImage, 1, layer).await;
+    // Takes its layer's upload at 256 KiB/s for 8 s, then at full speed:
+    // it holds the shared read until detached (about 6 s in), and is
+    // still taking bytes then.
+    lagging.inject(Op::PutUpload, Fault::Lag(Duration::from_secs(8)), 1);
+    let w = three_destinations(&src, &lagging, "").await;
+    src.reset_counts();
+    let (batch, repos) = one_push(&img, &["c1", "c2", "c3"]);
+    let failures = w.handle_batch(batch, None).await;
+    assert!(failures.is_empty(), "{:?}", failures.iter().map(|f| &f.error).collect::<Vec<_>>());
+    for repo in &repos[..2] {
+        assert_eq!(at_real_target(repo).await.as_deref(), Some(img.digest.as_str()), "{repo}");
+    }
+    assert!(lagging.has_manifest(&repos[2], "v1"));
+
+    // Its upload went on: one upload per blob, and no byte sent twice.
+    assert_eq!(lagging.count(Op::PutUpload), img.blobs.len(), "the detached upload started over");
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&w.stats.bytes), 3 * img.blob_bytes, "a destination got bytes twice");
+    // The rest of the layer was read alone, from where the upload was (the
+    // config too, when the layer came first: its shared read had started).
+    let read = load(&w.stats.source_bytes);
+    assert!(read > img.blob_bytes, "{read} bytes read: the upload was not detached");
+    assert!(
+        read < img.blob_bytes + layer as u64,
+        "{read} bytes read for a {} byte image: the detached upload read its layer again from byte 0",
+        img.blob_bytes
     );
 }
 

@@ -16,7 +16,7 @@ use super::copy::{Copier, CopyError};
 use super::ledger::Claim;
 use super::manifest::Descriptor;
 use super::pace::{self, Paced};
-use super::tee::{BlobStream, Detached, ReadFault};
+use super::tee::{self, BlobStream, Detached, ReadFault};
 use crate::repository::RepositoryPath;
 
 /// What one manifest tree's blobs cost, added to the task's report.
@@ -169,7 +169,7 @@ impl Copier<'_> {
     ) -> Result<UploadKind, RegistryError> {
         let mount = mount_from.as_ref().map(|from| (&d.digest, from));
         let start = self.destination.start_upload(dst_repo, mount);
-        let open = || self.open_source(src_repo, d, counters);
+        let open = || self.open_source(src_repo, d, counters, 0);
         // A small blob, nothing to mount and no read to share: the source is
         // opened beside the POST, one round trip fewer where a round trip is
         // much of the blob's time. (A mount usually needs no read; a shared
@@ -190,10 +190,18 @@ impl Copier<'_> {
             // A declined mount (202) is an upload session: use it.
             UploadStart::Session { url, chunk_min } => (url, chunk_min),
         };
+        // A shared read feeds the upload through `go_on`, which carries on
+        // with a read of its own if the shared read detaches it.
+        let mut go_on = None;
         let (source, detached) = match (opened, self.fanout) {
             (Some(opened), _) => (opened, Detached::default()),
             (None, Some(m)) => match m.read(&d.digest, open).await {
-                Ok(Some(s)) => (Ok(s.bytes), s.detached),
+                Ok(Some(s)) => {
+                    let rest = move |from| self.open_source(src_repo, d, counters, from);
+                    let (bytes, feed) = tee::go_on_alone(s.bytes, rest);
+                    go_on = Some(feed);
+                    (Ok(bytes), s.detached)
+                }
                 Ok(None) => (open().await, Detached::default()),
                 Err(e) => (Err(e), Detached::default()),
             },
@@ -209,6 +217,7 @@ impl Copier<'_> {
         let counters = counters.clone();
         let throttle = self.throttle.clone();
         let (size, sent) = (d.size, Arc::new(AtomicU64::new(0)));
+        let taken = sent.clone();
         // A failure of the source's stream reaches us as the destination's
         // request failing; it is kept here so the error names the source
         // (a trickling source must not open the destination's breaker).
@@ -276,13 +285,19 @@ impl Copier<'_> {
                 }
             }
         };
+        let upload = async {
+            match go_on {
+                Some(feed) => tokio::join!(upload, feed).0,
+                None => upload.await,
+            }
+        };
         let result = tokio::select! {
             r = upload => r,
-            () = detached.wait() => Err(RegistryError::Transport {
-                registry: self.source.name().to_owned(),
-                method: reqwest::Method::GET,
-                path: format!("/v2/{src_repo}/blobs/{}", d.digest),
-                reason: ReadFault::Detached.to_string(),
+            () = detached.stopped(&taken, size, self.min_throughput) => Err(RegistryError::Transport {
+                registry: self.destination.name().to_owned(),
+                method: reqwest::Method::PUT,
+                path: format!("/v2/{dst_repo}/blobs/uploads/"),
+                reason: format!("{}, then moved slower than the minimum on its own read", ReadFault::Detached),
             }),
         };
         if result.is_err() {
@@ -298,43 +313,84 @@ impl Copier<'_> {
 }
 
 impl Copier<'_> {
-    /// Opens the blob at the source, refusing one whose announced length is
-    /// not the descriptor's: the destination must get exactly the described
-    /// blob. The bytes read are counted in `counters`.
+    /// Opens the blob at the source from byte `from` on, refusing one whose
+    /// announced length is not the descriptor's: the destination must get
+    /// exactly the described blob. A source that ignores the range (200) is
+    /// read from the start and its first `from` bytes dropped. The bytes
+    /// read are counted in `counters`.
     async fn open_source(
         &self,
         src_repo: &RepositoryPath,
         d: &Descriptor,
         counters: &Arc<Counters>,
+        from: u64,
     ) -> Result<BlobStream, RegistryError> {
         // Held until the stream is dropped: the read is what costs memory
         // and bandwidth, however many uploads it feeds.
         let permit = self.streams.clone().acquire_owned().await.expect("the stream budget is never closed");
-        let source = self.source.open_blob(src_repo, &d.digest).await?;
-        if source.content_length().is_some_and(|l| l != d.size) {
-            return Err(RegistryError::Protocol {
-                registry: self.source.name().to_owned(),
-                reason: format!(
-                    "blob {} is {} bytes long, its descriptor says {}",
-                    d.digest,
-                    source.content_length().unwrap_or(0),
-                    d.size
-                ),
-            });
+        let source = self.source.open_blob(src_repo, &d.digest, from).await?;
+        let ranged = source.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+        let protocol = |reason: String| RegistryError::Protocol { registry: self.source.name().to_owned(), reason };
+        let starts = source.headers().get(reqwest::header::CONTENT_RANGE).and_then(|v| v.to_str().ok());
+        if ranged && !starts.is_some_and(|r| r.starts_with(&format!("bytes {from}-"))) {
+            return Err(protocol(format!("blob {}: asked from byte {from}, got Content-Range {starts:?}", d.digest)));
+        }
+        let (skip, expected) = if ranged { (0, d.size.saturating_sub(from)) } else { (from, d.size) };
+        if source.content_length().is_some_and(|l| l != expected) {
+            let (len, at) = (source.content_length().unwrap_or(0), from - skip);
+            let from_byte = if at > 0 { format!(" from byte {at}") } else { String::new() };
+            return Err(protocol(format!(
+                "blob {}{from_byte} is {len} bytes long, its descriptor says {} in all",
+                d.digest, d.size
+            )));
         }
         let counters = counters.clone();
-        Ok(source
-            .bytes_stream()
-            .map_err(|e| ReadFault::Source(e.to_string().into()))
-            .inspect_ok(move |c| {
-                let _held = &permit;
-                counters.read.fetch_add(c.len() as u64, Ordering::Relaxed);
-            })
-            .boxed())
+        let read = source.bytes_stream().map_err(|e| ReadFault::Source(e.to_string().into())).inspect_ok(move |c| {
+            let _held = &permit;
+            counters.read.fetch_add(c.len() as u64, Ordering::Relaxed);
+        });
+        Ok(without_first(read.boxed(), skip))
     }
+}
+
+/// `read` without its first `skip` bytes.
+fn without_first(read: BlobStream, skip: u64) -> BlobStream {
+    if skip == 0 {
+        return read;
+    }
+    read.scan(skip, |left, c| {
+        let c = c.map(|mut c| {
+            let drop = (*left).min(c.len() as u64);
+            *left -= drop;
+            c.split_off(drop as usize)
+        });
+        std::future::ready(Some(c))
+    })
+    .try_filter(|c| std::future::ready(!c.is_empty()))
+    .boxed()
 }
 
 enum UploadKind {
     Mounted,
     Streamed,
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_that_ignored_its_range_loses_the_bytes_before_it() {
+        let read = |skip| async move {
+            let pieces = ["abc", "defg", "hi"].map(|p| Ok(Bytes::from(p)));
+            let got: Vec<Bytes> = without_first(stream::iter(pieces).boxed(), skip).try_collect().await.unwrap();
+            String::from_utf8(got.concat()).unwrap()
+        };
+        assert_eq!(read(0).await, "abcdefghi");
+        assert_eq!(read(3).await, "defghi");
+        assert_eq!(read(5).await, "fghi");
+        assert_eq!(read(9).await, "");
+    }
 }

@@ -47,7 +47,7 @@ impl MinThroughput {
         }
     }
 
-    fn bytes_per_window(&self) -> u64 {
+    pub fn bytes_per_window(&self) -> u64 {
         (self.bytes_per_second as f64 * self.window.as_secs_f64()) as u64
     }
 }

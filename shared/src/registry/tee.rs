@@ -8,12 +8,16 @@
 //! into every upload that joined. Each upload may lag the read by a bounded
 //! number of bytes; one that holds the read at that bound, while the others
 //! have room, longer than its allowance (three seconds plus half the
-//! read's time) is detached: its upload fails as a transient fault and the blob's retry
-//! reads the source alone, so a slow registry holds the others for a
-//! bounded time only and never loses its copy.
+//! read's time) is detached: its upload goes on with a read of its own from
+//! the byte it had reached (a `Range` request, [`go_on_alone`]), so a slow
+//! registry holds the others for a bounded time only and loses neither its
+//! copy nor the bytes it took. One that then takes nothing for three
+//! seconds more has stopped: its upload fails as a transient fault and the
+//! blob's retry starts over alone.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +28,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::client::RegistryError;
+use super::pace::MinThroughput;
 use crate::digest::Digest;
 
 /// How long a leader waits for the other members to reach a blob. They
@@ -56,7 +61,8 @@ pub enum ReadFault {
     /// of the read fails, and each retries alone.
     #[error("{0}")]
     Source(Arc<str>),
-    #[error("this destination fell behind the shared read of the source; its upload starts again on its own read")]
+    /// The upload goes on with a read of its own ([`go_on_alone`]).
+    #[error("this destination fell behind the shared read of the source")]
     Detached,
 }
 
@@ -71,7 +77,7 @@ pub struct SharedRead {
 
 /// Signalled when the shared read detaches an upload. An upload into a
 /// registry that stopped taking bytes does not poll its body, so it would
-/// never see the fault in its stream: it waits on this beside the request.
+/// never see a fault in its stream: it waits on this beside the request.
 #[derive(Default)]
 pub struct Detached(Option<Arc<Notify>>);
 
@@ -83,6 +89,72 @@ impl Detached {
             None => std::future::pending().await,
         }
     }
+
+    /// Completes when, once detached, the upload moves fewer bytes in a
+    /// window than `min` asks (`sent` counts what it took of the blob's
+    /// `size`): its registry stopped taking bytes. The body's own pace
+    /// check cannot tell, as a registry that takes nothing leaves the body
+    /// unpolled. Never once every byte is sent (the registry is answering).
+    pub async fn stopped(&self, sent: &AtomicU64, size: u64, min: MinThroughput) {
+        self.wait().await;
+        loop {
+            let before = sent.load(Ordering::Relaxed);
+            tokio::time::sleep(min.window).await;
+            let now = sent.load(Ordering::Relaxed);
+            if now >= size {
+                return std::future::pending().await;
+            }
+            if now - before < min.bytes_per_window() {
+                return;
+            }
+        }
+    }
+}
+
+/// The bytes of a shared read and, once it detaches this upload, the rest
+/// of the blob from `reopen(offset)`: a read of its own from the byte the
+/// upload had reached, so the upload goes on where it was instead of
+/// starting over (and the source is not read twice up to there). The
+/// stream is fed by the returned future, which must run beside the upload
+/// that reads the stream (the reopen borrows the task's source client).
+pub fn go_on_alone<'a, F, Fut>(shared: BlobStream, reopen: F) -> (BlobStream, impl Future<Output = ()> + Send + 'a)
+where
+    F: FnOnce(u64) -> Fut + Send + 'a,
+    Fut: Future<Output = Result<BlobStream, RegistryError>> + Send + 'a,
+{
+    let (tx, rx) = mpsc::channel::<Result<Bytes, ReadFault>>(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let feed = async move {
+        let (mut bytes, mut reopen, mut taken) = (shared, Some(reopen), 0u64);
+        loop {
+            let item = tokio::select! {
+                () = tx.closed() => return,
+                item = bytes.next() => item,
+            };
+            match item {
+                None => return,
+                Some(Err(ReadFault::Detached)) => {
+                    let Some(reopen) = reopen.take() else { return };
+                    tracing::info!(from = taken, "reading the rest of the blob alone");
+                    match reopen(taken).await {
+                        Ok(alone) => bytes = alone,
+                        Err(e) => {
+                            let _ = tx.send(Err(ReadFault::Source(e.to_string().into()))).await;
+                            return;
+                        }
+                    }
+                }
+                Some(item) => {
+                    let failed = item.is_err();
+                    taken += item.as_ref().map_or(0, |b| b.len() as u64);
+                    if tx.send(item).await.is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    (stream.boxed(), feed)
 }
 
 /// The tasks of one source artifact that run at the same time, each into
@@ -482,6 +554,76 @@ mod tests {
             assert!(*took < HOLD_BASE * 2 + Duration::from_secs(1), "the fast uploads were held {took:?}");
         }
         assert!(matches!(got[2].0, Err(ReadFault::Detached)), "{:?}", got[2].0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_detached_upload_goes_on_from_the_byte_it_reached() {
+        let (fanout, opened) = (Fanout::new(2), AtomicUsize::new(0));
+        let (fast, slow) = (fanout.join(), fanout.join());
+        let (reopened_at, d) = (Mutex::new(None), digest());
+        let (f, s) =
+            tokio::join!(fast.read(&d, || async { source(&opened, 512) }), slow.read(&d, || async { never_opened() }));
+        // The rest, from byte `from`: chunk `i` holds the byte `i`.
+        let rest = |from: u64| {
+            *reopened_at.lock().unwrap() = Some(from);
+            async move {
+                let chunk = 64 * 1024;
+                let first = (from / chunk) as usize;
+                let pieces = (first..512).map(move |i| Ok(Bytes::from(vec![i as u8; 64 * 1024])));
+                Ok(futures_util::stream::iter(pieces).boxed())
+            }
+        };
+        let (bytes, feed) = go_on_alone(s.unwrap().expect("joined").bytes, rest);
+        let slow_upload = bytes
+            .and_then(|b| async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok(b)
+            })
+            .try_collect::<Vec<Bytes>>();
+        let (fast_got, (slow_got, ())) =
+            tokio::join!(drain(f.unwrap().expect("leads"), Duration::ZERO), async { tokio::join!(slow_upload, feed) });
+        assert_eq!(fast_got.unwrap(), 512 * 64 * 1024);
+        let from = reopened_at.lock().unwrap().expect("the slow upload was detached and read on alone");
+        assert!(from > 0 && from % (64 * 1024) == 0, "reopened at {from}");
+        let got = slow_got.unwrap().concat();
+        assert_eq!(got.len(), 512 * 64 * 1024, "every byte once");
+        assert!(got.chunks(64 * 1024).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)), "in order");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_detached_upload_that_stops_taking_bytes_is_given_up() {
+        let min = MinThroughput { bytes_per_second: 1000, window: Duration::from_secs(10) };
+        let notify = Arc::new(Notify::new());
+        let detached = Detached(Some(notify.clone()));
+        let (sent, size) = (AtomicU64::new(0), 1_000_000);
+        let started = Instant::now();
+        let stopped = detached.stopped(&sent, size, min);
+        tokio::pin!(stopped);
+        // Not detached: never, however still the upload.
+        assert!(tokio::time::timeout(Duration::from_secs(60), stopped.as_mut()).await.is_err());
+        notify.notify_one();
+        // Detached and moving above the floor: goes on.
+        let moving = async {
+            for _ in 0..30 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                sent.fetch_add(1500, Ordering::Relaxed);
+            }
+        };
+        tokio::select! {
+            () = stopped.as_mut() => panic!("given up while moving above the floor"),
+            () = moving => {}
+        }
+        // Then it takes nothing: given up within about a window.
+        let still = Instant::now();
+        let gave_up = tokio::time::timeout(Duration::from_secs(60), stopped.as_mut()).await;
+        assert!(gave_up.is_ok(), "a detached upload that takes nothing was never given up");
+        assert!(still.elapsed() <= Duration::from_secs(20), "{:?}", still.elapsed());
+        assert!(started.elapsed() >= Duration::from_secs(90));
+        // Every byte sent: the registry is answering, never given up.
+        let done = Detached(Some(Arc::new(Notify::new())));
+        done.0.as_ref().unwrap().notify_one();
+        let all = AtomicU64::new(size);
+        assert!(tokio::time::timeout(Duration::from_secs(600), done.stopped(&all, size, min)).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,7 +1,7 @@
 //! Blobs: HEAD, streaming GET, and upload sessions (mount, whole-blob PUT,
 //! chunks, cancel).
 
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
@@ -29,11 +29,24 @@ impl RegistryClient {
     }
 
     /// Opens a blob for streaming (redirects to storage are followed; the
-    /// Authorization header is not sent to another host).
-    pub async fn open_blob(&self, repo: &RepositoryPath, digest: &Digest) -> Result<Response, RegistryError> {
+    /// Authorization header is not sent to another host), from byte `from`
+    /// on: a `Range` request past 0. A registry may ignore the range and
+    /// answer the whole blob (200); the caller tells by the status.
+    pub async fn open_blob(
+        &self,
+        repo: &RepositoryPath,
+        digest: &Digest,
+        from: u64,
+    ) -> Result<Response, RegistryError> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
-        let resp = self.execute(Method::GET, url, &self.scope(repo), HeaderMap::new(), None).await?;
-        self.expect(resp, &[StatusCode::OK]).await
+        let mut headers = HeaderMap::new();
+        if from > 0 {
+            headers.insert(RANGE, HeaderValue::from_str(&format!("bytes={from}-")).expect("digits are a header value"));
+        }
+        let resp = self.execute(Method::GET, url, &self.scope(repo), headers, None).await?;
+        let ok: &[StatusCode] =
+            if from > 0 { &[StatusCode::OK, StatusCode::PARTIAL_CONTENT] } else { &[StatusCode::OK] };
+        self.expect(resp, ok).await
     }
 
     /// `POST /blobs/uploads/`, optionally asking to mount `digest` from
