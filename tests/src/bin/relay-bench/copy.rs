@@ -26,15 +26,42 @@ struct Measured {
     /// VmHWM of the child's own memory image, polled from /proc while it
     /// runs (getrusage's ru_maxrss would include the pre-exec parent's).
     max_rss_kib: i64,
+    /// The anonymous part of the resident set (heap, stacks), its largest
+    /// sample: VmHWM also counts the binary's own code pages, some 10 MiB
+    /// here, and how many of those a run maps moves between builds.
+    max_anon_kib: i64,
     stdout: String,
 }
 
 fn vm_hwm_kib(pid: u32) -> Option<i64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A KiB figure of `/proc/PID/status`.
+fn status_kib(pid: u32, field: &str) -> Option<i64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// CPU seconds the destination registry's process (the stack's
+/// `target.pid`) has used so far: what receiving costs the registry itself,
+/// on the cores the worker uses too.
+fn target_registry_cpu() -> anyhow::Result<f64> {
+    let pid = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../.local/stack/target.pid"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))?;
+    // After the command name: state is field 3, utime and stime 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').context("/proc stat")?.1.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> { Ok(fields.get(i - 3).context("/proc stat field")?.parse()?) };
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(14)? + ticks(15)?) as f64 / hz)
+}
+
+/// [`measure`], and the destination registry's CPU seconds over the run.
+fn measure_with_registry(cmd: Command) -> anyhow::Result<(Measured, f64)> {
+    let before = target_registry_cpu()?;
+    let m = measure(cmd)?;
+    Ok((m, target_registry_cpu()? - before))
 }
 
 fn measure(mut cmd: Command) -> anyhow::Result<Measured> {
@@ -47,16 +74,19 @@ fn measure(mut cmd: Command) -> anyhow::Result<Measured> {
     let poller = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut peak = 0;
+            let (mut peak, mut anon) = (0, 0);
+            let ours = std::fs::read("/proc/self/cmdline").unwrap_or_default();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // Only once the child has exec'd (its own image, not our fork).
-                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-                if exe.is_some_and(|e| e != std::env::current_exe().unwrap_or_default()) {
+                // Only once the child has exec'd (its own image, not our
+                // fork; a child of this binary has other arguments).
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok();
+                if cmdline.is_some_and(|c| !c.is_empty() && c != ours) {
                     peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
+                    anon = anon.max(status_kib(pid, "RssAnon:").unwrap_or(0));
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            peak
+            (peak, anon)
         })
     };
     let reader = std::thread::spawn(move || {
@@ -68,7 +98,7 @@ fn measure(mut cmd: Command) -> anyhow::Result<Measured> {
     let status = child.wait()?;
     let wall = started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let polled = poller.join().expect("poller");
+    let (polled, max_anon_kib) = poller.join().expect("poller");
     let (stdout, stderr) = reader.join().expect("reader");
     if !status.success() {
         bail!("{:?} failed: {stderr}", cmd.get_program());
@@ -76,7 +106,7 @@ fn measure(mut cmd: Command) -> anyhow::Result<Measured> {
     // A child that reports its own peak (copy-once) is more exact than polling.
     let reported =
         serde_json::from_str::<serde_json::Value>(stdout.trim()).ok().and_then(|v| v["peak_rss_kib"].as_i64());
-    Ok(Measured { wall, max_rss_kib: reported.unwrap_or(polled), stdout })
+    Ok(Measured { wall, max_rss_kib: reported.unwrap_or(polled), max_anon_kib, stdout })
 }
 
 fn skopeo(stack: &Stack, src: &str, dst: &str) -> Command {
@@ -352,19 +382,19 @@ pub async fn fanout() -> anyhow::Result<()> {
         let mut c = Command::new(std::env::current_exe().expect("exe"));
         c.arg("copy-many").arg(&config).args([&repo, "v1", mode, &format!("fan-{id}")]);
         c.args(registries.iter().map(|i| format!("c{i}")));
-        measure(c)
+        measure_with_registry(c)
     };
-    let one = many("together", &[1])?;
-    let three = many("together", &[2, 3, 4])?;
-    let five = many("one-by-one", &[5, 6, 7, 8, 9])?;
+    let (one, one_cpu) = many("together", &[1])?;
+    let (three, three_cpu) = many("together", &[2, 3, 4])?;
+    let (five, _) = many("one-by-one", &[5, 6, 7, 8, 9])?;
     for i in 1..=FAN_DESTINATIONS {
         verify(&stack, &repo, &format!("fan-{id}/c{i}"), "v1").await?;
     }
     // The raw HTTP limit of the same destination registry: curl pipes into
     // one repository, then into three at once.
     let raw_repos: Vec<String> = (1..=4).map(|i| format!("fan-{id}/raw{i}")).collect();
-    let raw_one = measure(curl_all(&stack, &repo, &raw_repos[..1], &blobs))?;
-    let raw_three = measure(curl_all(&stack, &repo, &raw_repos[1..], &blobs))?;
+    let (raw_one, raw_one_cpu) = measure_with_registry(curl_all(&stack, &repo, &raw_repos[..1], &blobs))?;
+    let (raw_three, raw_three_cpu) = measure_with_registry(curl_all(&stack, &repo, &raw_repos[1..], &blobs))?;
     for (r, (d, _)) in raw_repos.iter().flat_map(|r| blobs.iter().map(move |b| (r, b))) {
         anyhow::ensure!(stack.target().blob_exists(r, d).await?, "curl did not copy {d} into {r}");
     }
@@ -374,14 +404,15 @@ pub async fn fanout() -> anyhow::Result<()> {
     let mib = |kib: i64| kib as f64 / 1024.0;
     println!("## Fan-out and a long-running worker (`make bench`, relay-bench fanout)\n");
     println!("The 1 GiB image ({}; 8 random layers of 128 MiB) copied by one worker process into destinations that share nothing (each its own registry entry, clients and ledger):\n", img.digest);
-    println!("| run | wall | × one destination | source bytes read | peak RSS |\n|---|---|---|---|---|");
+    println!("| run | wall | × one destination | source bytes read | peak RSS | of it anonymous (heap, stacks) |\n|---|---|---|---|---|---|");
     for (name, m, r) in [("1 destination", &one, &r1), ("3 destinations, one push (3 tasks at once)", &three, &r3)] {
         println!(
-            "| {name} | {:.2} s | {:.2} | {:.2} × the image | {:.1} MiB |",
+            "| {name} | {:.2} s | {:.2} | {:.2} × the image | {:.1} MiB | {:.1} MiB |",
             m.wall.as_secs_f64(),
             m.wall.as_secs_f64() / one.wall.as_secs_f64(),
             read(r),
-            mib(m.max_rss_kib)
+            mib(m.max_rss_kib),
+            mib(m.max_anon_kib)
         );
     }
     for (name, m, reads) in [
@@ -389,7 +420,7 @@ pub async fn fanout() -> anyhow::Result<()> {
         ("raw parallel curl GET→PUT, 3 destinations at once (a read each)", &raw_three, 3),
     ] {
         println!(
-            "| {name} | {:.2} s | {:.2} | {reads}.00 × the image | n/a |",
+            "| {name} | {:.2} s | {:.2} | {reads}.00 × the image | n/a | n/a |",
             m.wall.as_secs_f64(),
             m.wall.as_secs_f64() / one.wall.as_secs_f64()
         );
@@ -399,14 +430,21 @@ pub async fn fanout() -> anyhow::Result<()> {
         raw_three.wall.as_secs_f64() / raw_one.wall.as_secs_f64(),
         three.wall.as_secs_f64() / one.wall.as_secs_f64()
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "\nThe destination registry's own CPU time (its process, from /proc): {one_cpu:.1} s receiving one copy, {three_cpu:.1} s receiving three (curl: {raw_one_cpu:.1} s and {raw_three_cpu:.1} s). On this machine's {cores} cores, which the worker, the source and the disk's writeback share, the three copies' registry work alone needs at least {:.1} s, {:.2} × the one destination's time.",
+        three_cpu / cores as f64,
+        three_cpu / cores as f64 / one.wall.as_secs_f64()
+    );
     let peaks: Vec<String> = r5["peaks_kib"]
         .as_array()
         .map(|a| a.iter().map(|k| format!("{:.1}", mib(k.as_i64().unwrap_or(0)))).collect())
         .unwrap_or_default();
     println!(
-        "\n5 copies one after another in one process (a long-running standalone worker): {:.2} s, peak RSS after each copy {} MiB.\n",
+        "\n5 copies one after another in one process (a long-running standalone worker): {:.2} s, peak RSS after each copy {} MiB; anonymous (heap, stacks) at most {:.1} MiB.\n",
         five.wall.as_secs_f64(),
-        peaks.join(" → ")
+        peaks.join(" → "),
+        mib(five.max_anon_kib)
     );
     Ok(())
 }
