@@ -20,6 +20,40 @@ pub use image::{GeneratedImage, ImageKind};
 pub use plain::PlainRegistry;
 pub use stack::Stack;
 
+/// A file in the temporary directory (a configuration, a log to read
+/// back), removed when dropped: also when the test that wrote it fails.
+pub struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    /// `relay-NAME-RANDOM.EXT` holding `contents`.
+    pub fn new(name: &str, ext: &str, contents: impl AsRef<[u8]>) -> TempFile {
+        let path = std::env::temp_dir().join(format!("relay-{name}-{:08x}.{ext}", rand::random::<u32>()));
+        std::fs::write(&path, contents).expect("write a temporary file");
+        TempFile(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// The path as an argument or environment value.
+    pub fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl AsRef<std::path::Path> for TempFile {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A Harbor `PUSH_ARTIFACT` (Default format) as Harbor sends it: by tag, or
 /// by digest (`tag` holds the digest, `resource_url` uses `@`).
 pub fn harbor_push_event(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use relay_tests::app::unique_repo;
 use relay_tests::stack::create_queue;
-use relay_tests::{harbor_push_event, image, now, workspace_binary, ImageKind, Stack};
+use relay_tests::{harbor_push_event, image, now, workspace_binary, ImageKind, Stack, TempFile};
 
 fn spawn(name: &str, envs: &[(&str, String)]) -> Child {
     let mut c = Command::new(workspace_binary(name));
@@ -30,12 +30,14 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
     let stack = Stack::load().unwrap();
     let sqs = stack.sqs().await;
     let queue = create_queue(&sqs, "bin").await.unwrap();
-    let config = std::env::temp_dir().join(format!("relay-bin-{}.yaml", now()));
-    std::fs::write(&config, stack.config_yaml("  - name: all\n    destination: { registry: cluster1-registry }\n"))
-        .unwrap();
+    let config = TempFile::new(
+        "bin",
+        "yaml",
+        stack.config_yaml("  - name: all\n    destination: { registry: cluster1-registry }\n"),
+    );
     let port = 20_000 + (rand::random::<u16>() % 20_000);
     let envs = [
-        ("RELAY_CONFIG", config.display().to_string()),
+        ("RELAY_CONFIG", config.arg()),
         ("RELAY_QUEUE_URL", queue.clone()),
         ("RELAY_LISTEN", format!("127.0.0.1:{port}")),
     ];
@@ -89,7 +91,6 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (webhook_log, worker_log) = (stop(webhook), stop(worker));
     let logs = format!("{webhook_log}\n{worker_log}");
-    std::fs::remove_file(&config).ok();
 
     let leaks = relay_tests::leaked_secrets(&logs, &stack, &["wrong-secret-attempt-123"]);
     assert!(leaks.is_empty(), "in the logs: {leaks:?}");
@@ -128,12 +129,11 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
     // its bytes; the poison task is the only failure, its reason given; the
     // same from a CloudWatch Logs FilterLogEvents answer.
     let event_key = reply["event_key"].as_str().unwrap().to_owned();
-    let file = std::env::temp_dir().join(format!("relay-history-{}.log", now()));
-    std::fs::write(&file, &logs).unwrap();
+    let file = TempFile::new("history", "log", &logs);
     let history = |args: &[&str]| -> serde_json::Value {
         let out = Command::new(workspace_binary("relay"))
             .arg("history")
-            .arg(&file)
+            .arg(file.path())
             .args(["--output", "json", "--since", "1h"])
             .args(args)
             .output()
@@ -164,9 +164,8 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
     assert_eq!(history(&["--destination", "cluster1-registry", "--failed"]), serde_json::json!([]));
     let events: Vec<serde_json::Value> =
         logs.lines().map(|l| serde_json::json!({ "message": l, "logStreamName": "2026/12/01/[$LATEST]x" })).collect();
-    std::fs::write(&file, serde_json::json!({ "events": events }).to_string()).unwrap();
+    std::fs::write(file.path(), serde_json::json!({ "events": events }).to_string()).unwrap();
     assert_eq!(history(&[]), all, "the same from CloudWatch's answer");
-    std::fs::remove_file(&file).ok();
 
     // And from CloudWatch Logs itself (LocalStack's): the lines in the log
     // groups the template gives a stack's webhook and worker, beside
@@ -227,12 +226,11 @@ fn saved_query_fields() -> Vec<(String, Vec<String>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weak_webhook_auth_value_is_refused_at_start_naming_the_field() {
     let stack = Stack::load().unwrap();
-    let config = std::env::temp_dir().join(format!("relay-weak-{}.yaml", rand::random::<u32>()));
-    std::fs::write(&config, stack.config_yaml("")).unwrap();
+    let config = TempFile::new("weak", "yaml", stack.config_yaml(""));
     let child = spawn(
         "webhook",
         &[
-            ("RELAY_CONFIG", config.display().to_string()),
+            ("RELAY_CONFIG", config.arg()),
             ("RELAY_QUEUE_URL", "http://127.0.0.1:9/000000000000/none".into()),
             ("RELAY_LISTEN", "127.0.0.1:0".into()),
             ("RELAY_WEBHOOK_AUTH", "Bearer guess".into()),

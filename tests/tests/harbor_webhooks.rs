@@ -8,7 +8,7 @@
 use std::process::Command;
 
 use relay_tests::fake::FakeRegistry;
-use relay_tests::{image, workspace_binary, ImageKind, PlainRegistry, Stack};
+use relay_tests::{image, workspace_binary, ImageKind, PlainRegistry, Stack, TempFile};
 use serde_json::{json, Value};
 
 fn run(args: &[&str]) -> (i32, String) {
@@ -37,16 +37,15 @@ async fn policies_are_created_kept_and_updated_in_covered_projects_only() {
     });
     harbor.insert_webhook_policy(&lib, by_hand.clone());
 
-    let config = std::env::temp_dir().join(format!("relay-hooks-{p}.yaml"));
-    std::fs::write(
-        &config,
+    let config = TempFile::new(
+        "hooks",
+        "yaml",
         format!(
             "source: {{ url: {}, harbor_api: true }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: r, url: {} }}\nrules:\n  - {{ name: lib, filters: {{ name: \"{lib}/**\" }}, destination: {{ registry: r }} }}\n  - {{ name: teams, filters: {{ name: \"{p}-team*/**\" }}, destination: {{ registry: r }} }}\n  - {{ name: fresh, filters: {{ name: \"{{{fresh},nowhere}}/**\" }}, destination: {{ registry: r }} }}\n  - {{ name: off, enabled: false, filters: {{ name: \"{other}/**\" }}, destination: {{ registry: r }} }}\n",
             harbor.url, stack.target_url
         ),
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    );
+    let config = config.arg();
     let hooks = |endpoint: &str, extra: &[&str]| {
         let mut args = vec!["harbor", "webhooks", "--config", config.as_str(), "--endpoint", endpoint];
         args.extend_from_slice(extra);
@@ -98,7 +97,6 @@ async fn policies_are_created_kept_and_updated_in_covered_projects_only() {
         assert_eq!(policies[0]["targets"][0]["address"], "https://relay2.example/hook");
         assert_eq!(policies[0]["targets"][0]["payload_format"], "CloudEvents");
     }
-    let _ = std::fs::remove_file(&config);
 }
 
 #[test]
@@ -144,19 +142,18 @@ async fn a_reconcile_pass_keeps_the_policies_when_asked() {
     let src = PlainRegistry::new(&harbor.url, None);
     let p = format!("hr{:08x}", rand::random::<u32>());
     image::push(&src, &format!("{p}/app"), "v1", ImageKind::OciImage, 1, 256).await.unwrap();
-    let config = std::env::temp_dir().join(format!("relay-hooks-rec-{p}.yaml"));
-    std::fs::write(
-        &config,
+    let config = TempFile::new(
+        "hooks-rec",
+        "yaml",
         format!(
             "source: {{ url: {}, harbor_api: true }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\nrules:\n  - {{ name: all, filters: {{ name: \"{p}/**\" }}, destination: {{ registry: cluster1-registry }} }}\n",
             harbor.url, stack.target_url, stack.target_user
         ),
-    )
-    .unwrap();
+    );
     // One standalone pass (as cron, or the Lambda on its schedule); its summary.
     let pass = |keep: bool| {
         let mut c = Command::new(workspace_binary("reconcile"));
-        c.env("RELAY_CONFIG", &config).env("RELAY_QUEUE_URL", &queue);
+        c.env("RELAY_CONFIG", config.path()).env("RELAY_QUEUE_URL", &queue);
         if keep {
             c.env("RELAY_HARBOR_WEBHOOKS_ENDPOINT", "https://relay.example/");
         }
@@ -179,5 +176,4 @@ async fn a_reconcile_pass_keeps_the_policies_when_asked() {
     assert_eq!(ours[0]["targets"][0]["address"], "https://relay.example/");
     let again = pass(true);
     assert_eq!(again["webhook_policies"], json!({ "created": 0, "updated": 0, "unchanged": 1 }));
-    let _ = std::fs::remove_file(&config);
 }

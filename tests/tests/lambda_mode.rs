@@ -15,7 +15,7 @@ use relay_tests::app::unique_repo;
 use relay_tests::fake::{FakeRegistry, Fault, Op};
 use relay_tests::lambda::Emulator;
 use relay_tests::stack::{create_queue, create_queue_with_dlq};
-use relay_tests::{harbor_push_event, image, now, planned_tasks, ImageKind, Stack};
+use relay_tests::{harbor_push_event, image, now, planned_tasks, ImageKind, Stack, TempFile};
 use serde_json::{json, Value};
 
 /// The EMF documents among a function's output lines.
@@ -23,10 +23,8 @@ fn emf_lines(output: &str) -> Vec<Value> {
     output.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.get("_aws").is_some()).collect()
 }
 
-fn config_file(yaml: &str) -> String {
-    let path = std::env::temp_dir().join(format!("relay-lambda-{}-{:08x}.yaml", now(), rand::random::<u32>()));
-    std::fs::write(&path, yaml).unwrap();
-    path.display().to_string()
+fn config_file(yaml: &str) -> TempFile {
+    TempFile::new("lambda", "yaml", yaml)
 }
 
 /// Receives up to `n` messages (waiting up to 10 s for the first).
@@ -87,7 +85,7 @@ async fn webhook_lambda_mode_answers_function_url_and_http_api_events() {
     let queue = create_queue(&sqs, "lam-hook").await.unwrap();
     let config = config_file(&stack.config_yaml("  - name: all\n    destination: { registry: cluster1-registry }\n"));
     let emulator = Emulator::start().await;
-    let function = emulator.spawn("webhook", &[("RELAY_CONFIG", config), ("RELAY_QUEUE_URL", queue.clone())]);
+    let function = emulator.spawn("webhook", &[("RELAY_CONFIG", config.arg()), ("RELAY_QUEUE_URL", queue.clone())]);
 
     let repo = unique_repo("lam-hook");
     let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciIndex { platforms: 1 }, 1, 4096).await.unwrap();
@@ -218,7 +216,7 @@ async fn worker_lambda_mode_reports_each_failed_message_of_its_batch() {
     let function = emulator.spawn(
         "worker",
         &[
-            ("RELAY_CONFIG", config),
+            ("RELAY_CONFIG", config.arg()),
             ("RELAY_QUEUE_URL", queue.clone()),
             ("RELAY_DLQ_URL", dlq.clone()),
             // Short, so the 429's wait (capped at a minute) does not fit.
@@ -284,7 +282,7 @@ async fn reconcile_lambda_mode_runs_a_pass_on_a_scheduled_event() {
             .unwrap();
 
     let emulator = Emulator::start().await;
-    let function = emulator.spawn("reconcile", &[("RELAY_CONFIG", config), ("RELAY_QUEUE_URL", queue.clone())]);
+    let function = emulator.spawn("reconcile", &[("RELAY_CONFIG", config.arg()), ("RELAY_QUEUE_URL", queue.clone())]);
     let scheduled = json!({
         "version": "0",
         "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
@@ -340,7 +338,7 @@ async fn an_init_failure_reaches_the_invocation() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut function = emulator.spawn("webhook", &[("RELAY_CONFIG", config), ("RELAY_QUEUE_URL", queue)]);
+    let mut function = emulator.spawn("webhook", &[("RELAY_CONFIG", config.arg()), ("RELAY_QUEUE_URL", queue)]);
     let code = function.exited(Duration::from_secs(30)).await;
     assert_ne!(code, Some(0), "{}", function.output());
     let answer = invocation.await.unwrap();
@@ -360,7 +358,7 @@ async fn a_failed_sweep_is_the_invocations_error() {
     // A queue that does not exist: the pass finds its task and cannot enqueue it.
     let missing = format!("{}/000000000000/lam-missing-{project}", std::env::var("AWS_ENDPOINT_URL").unwrap());
     let emulator = Emulator::start().await;
-    let function = emulator.spawn("reconcile", &[("RELAY_CONFIG", config), ("RELAY_QUEUE_URL", missing)]);
+    let function = emulator.spawn("reconcile", &[("RELAY_CONFIG", config.arg()), ("RELAY_QUEUE_URL", missing)]);
     let (status, answer) =
         emulator.invoke(&json!({ "detail-type": "Scheduled Event", "source": "aws.events", "detail": {} })).await;
     assert_eq!(status, 500, "{answer}\n{}", function.output());

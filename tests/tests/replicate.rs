@@ -13,7 +13,7 @@ use relay::secrets::SecretSource;
 use relay::Config;
 use relay_tests::app::fast_retry;
 use relay_tests::fake::FakeRegistry;
-use relay_tests::{image, workspace_binary, ImageKind, PlainRegistry, Stack};
+use relay_tests::{image, workspace_binary, ImageKind, PlainRegistry, Stack, TempFile};
 
 fn project() -> String {
     format!("rep-{:08x}", rand::random::<u32>())
@@ -172,12 +172,11 @@ async fn a_plain_registry_is_listed_by_its_catalog_and_the_cli_exits_1_on_nothin
     // The rule's own tag filter drops `latest`.
     assert_eq!(planned(&b), vec![(format!("{p}/a"), "v1".into()), (format!("{p}/b"), "v1".into())]);
 
-    let file = std::env::temp_dir().join(format!("relay-replicate-{p}.yaml"));
-    std::fs::write(&file, &yaml).unwrap();
+    let file = TempFile::new("replicate", "yaml", &yaml);
     let relay = |selection: String| {
         Command::new(workspace_binary("relay"))
             .args(["replicate", "--dry-run", "--config"])
-            .arg(&file)
+            .arg(file.path())
             .arg(selection)
             .output()
             .unwrap()
@@ -189,5 +188,4 @@ async fn a_plain_registry_is_listed_by_its_catalog_and_the_cli_exits_1_on_nothin
     assert_eq!(none.status.code(), Some(1));
     let said = String::from_utf8_lossy(&none.stderr);
     assert!(said.contains("nothing to replicate") && said.contains("matched nothing"), "{said}");
-    let _ = std::fs::remove_file(&file);
 }
