@@ -11,9 +11,9 @@
 //! read's time) is detached: its upload goes on with a read of its own from
 //! the byte it had reached (a `Range` request, [`go_on_alone`]), so a slow
 //! registry holds the others for a bounded time only and loses neither its
-//! copy nor the bytes it took. One that then takes nothing for three
-//! seconds more has stopped: its upload fails as a transient fault and the
-//! blob's retry starts over alone.
+//! copy nor the bytes it took. One that then moves slower than the
+//! throughput floor has stopped taking bytes: its upload fails as a
+//! transient fault and the blob's retry starts over alone.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
