@@ -285,12 +285,7 @@ impl Copier<'_> {
                 }
             }
         };
-        let upload = async {
-            match go_on {
-                Some(feed) => tokio::join!(upload, feed).0,
-                None => upload.await,
-            }
-        };
+        let upload = async { tokio::join!(upload, futures_util::future::OptionFuture::from(go_on)).0 };
         let result = tokio::select! {
             r = upload => r,
             () = detached.stopped(&taken, size, self.min_throughput) => Err(RegistryError::Transport {
@@ -337,8 +332,8 @@ impl Copier<'_> {
         }
         let (skip, expected) = if ranged { (0, d.size.saturating_sub(from)) } else { (from, d.size) };
         if source.content_length().is_some_and(|l| l != expected) {
-            let (len, at) = (source.content_length().unwrap_or(0), from - skip);
-            let from_byte = if at > 0 { format!(" from byte {at}") } else { String::new() };
+            let len = source.content_length().unwrap_or(0);
+            let from_byte = if ranged { format!(" from byte {from}") } else { String::new() };
             return Err(protocol(format!(
                 "blob {}{from_byte} is {len} bytes long, its descriptor says {} in all",
                 d.digest, d.size
