@@ -12,6 +12,7 @@ use crate::ecr::EcrControl;
 use crate::harbor_api::HarborApi;
 use crate::health::Health;
 use crate::queue::TaskQueue;
+use crate::registry::pace::MinThroughput;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::{ClientOptions, Credentials, RegistryClient, Role};
 use crate::registry_kind::{CaSource, RegistryKind};
@@ -49,8 +50,9 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
         false => None,
     };
     let mut destinations = HashMap::new();
+    let min_throughput = config.worker.min_throughput();
     for r in &config.registries {
-        let (client, kind, credentials) = destination_client(r, secrets, retry, sdk.as_ref()).await?;
+        let (client, kind, credentials) = destination_client(r, secrets, retry, min_throughput, sdk.as_ref()).await?;
         if let Some(c) = credentials {
             refs.insert(r.name.clone(), c);
         }
@@ -77,11 +79,13 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
 }
 
 /// A destination's client, what its kind needs at run time, and where its
-/// credentials come from (to read them again). `sdk` is needed for `ecr`.
+/// credentials come from (to read them again). `sdk` is needed for `ecr`;
+/// `min_throughput` is the worker's ([`ClientOptions::min_throughput`]).
 pub async fn destination_client(
     r: &Registry,
     secrets: &SecretSource,
     retry: RetryPolicy,
+    min_throughput: MinThroughput,
     sdk: Option<&aws_config::SdkConfig>,
 ) -> Result<(RegistryClient, KindRuntime, Option<CredentialSource>), StartupError> {
     let ca_pem = ca_bundle(&r.name, r.ca.as_ref(), secrets).await?;
@@ -93,6 +97,7 @@ pub async fn destination_client(
         ca_pem: ca_pem.clone(),
         // ECR mishandles chunked uploads: whole blobs only, whatever it answers.
         chunked_uploads: !matches!(r.kind, RegistryKind::Ecr(_)),
+        min_throughput,
         ..Default::default()
     };
     let configured = r.credentials.clone().map(CredentialSource::Configured);

@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 use url::Url;
 
+use crate::registry::pace::MinThroughput;
 use crate::registry_kind::{ca_source, CaSource, RawKindFields, RegistryKind};
 use crate::rules::{Rule, RuleError};
 
@@ -188,8 +189,8 @@ impl WorkerSettings {
         std::time::Duration::from_secs(self.deadline_margin_seconds).min(left / 4)
     }
 
-    pub fn min_throughput(&self) -> crate::registry::pace::MinThroughput {
-        crate::registry::pace::MinThroughput {
+    pub fn min_throughput(&self) -> MinThroughput {
+        MinThroughput {
             bytes_per_second: self.min_throughput_bytes_per_second,
             window: std::time::Duration::from_secs(self.throughput_window_seconds),
         }
@@ -210,8 +211,8 @@ impl Default for WorkerSettings {
             park_max_seconds: 900,
             breaker_failures: 3,
             max_continuations: 100,
-            min_throughput_bytes_per_second: 16 * 1024,
-            throughput_window_seconds: 30,
+            min_throughput_bytes_per_second: MinThroughput::DEFAULT.bytes_per_second,
+            throughput_window_seconds: MinThroughput::DEFAULT.window.as_secs(),
         }
     }
 }

@@ -79,7 +79,7 @@ pub async fn check(config: &Config, secrets: &SecretSource) -> Vec<CheckLine> {
     }
     for r in &config.registries {
         // Built as the worker builds it: an ECR destination gets its token.
-        let client = crate::bootstrap::destination_client(r, secrets, retry, None)
+        let client = crate::bootstrap::destination_client(r, secrets, retry, config.worker.min_throughput(), None)
             .await
             .map(|(c, _, _)| c)
             .map_err(|e| e.to_string());

@@ -81,6 +81,10 @@ pub enum Fault {
     /// falls behind for a while and keeps taking bytes. Smaller uploads
     /// pass and leave the fault queued.
     Lag(Duration),
+    /// For an upload of more than 1 MiB (`PutUpload`): take its whole body,
+    /// then answer nothing for this long, as a registry that hangs while
+    /// it commits the blob. Smaller uploads pass and leave the fault queued.
+    Unanswered(Duration),
 }
 
 /// Round trips counted across registries: a request's depth is one more
@@ -390,7 +394,9 @@ async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Respons
     let slow_read = {
         let mut s = store.lock().unwrap();
         match s.faults.get_mut(&op) {
-            Some(q) if large && matches!(q.front(), Some(Fault::Stall(_) | Fault::Lag(_))) => q.pop_front(),
+            Some(q) if large && matches!(q.front(), Some(Fault::Stall(_) | Fault::Lag(_) | Fault::Unanswered(_))) => {
+                q.pop_front()
+            }
             _ => None,
         }
     };
@@ -400,6 +406,11 @@ async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Respons
             axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default()
         }
         Some(Fault::Lag(d)) => lagging_read(req.into_body(), d).await,
+        Some(Fault::Unanswered(d)) => {
+            let body = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default();
+            tokio::time::sleep(d).await;
+            body
+        }
         _ => axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default(),
     };
     if path == "/api/v2.0/ping" && method == Method::GET && store.lock().unwrap().pings_as_harbor {
@@ -429,7 +440,7 @@ async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Respons
         }
         s.faults
             .get_mut(&op)
-            .filter(|q| !matches!(q.front(), Some(Fault::Stall(_) | Fault::Lag(_))))
+            .filter(|q| !matches!(q.front(), Some(Fault::Stall(_) | Fault::Lag(_) | Fault::Unanswered(_))))
             .and_then(VecDeque::pop_front)
     };
     if let Some(Fault::ExpireTokens) = &fault {

@@ -2,17 +2,24 @@
 //! bounded — error bodies, token answers, listing pages — and a `Link` that
 //! loops back is refused. A small hostile server on 127.0.0.1; each case
 //! must end in an error well within its timeout (without the bound it would
-//! read for ever).
+//! read for ever). Blob streams are bounded by their progress instead (the
+//! fake registry, with faults): a slow blob is never cut by the clock, a
+//! registry that stops reading or answering is given up.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use relay::registry::chunks::BoxError;
+use relay::registry::pace::MinThroughput;
 use relay::registry::retry::RetryPolicy;
-use relay::registry::{ClientOptions, RegistryClient, Role};
+use relay::registry::{ClientOptions, RegistryClient, Role, UploadStart};
 use relay::RepositoryPath;
+use relay_tests::fake::{FakeRegistry, Fault, Op};
+use relay_tests::plain::sha256;
 
 /// An endless body of `{"x": "aaaa…` (never valid, never finished).
 fn endless() -> Body {
@@ -118,4 +125,101 @@ async fn a_trickling_manifest_is_cut_by_the_request_bound() {
     let err = bounded("manifest", c.get_manifest(&repo("trickle"), "v1", None)).await;
     assert!(err.contains("timed out"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+/// A fake registry, and a client of it whose request timeout and
+/// throughput window are a second (with a floor of 1 MiB/s): blob streams
+/// must outlast both.
+async fn fake_client(role: Role) -> (FakeRegistry, RegistryClient) {
+    let fake = FakeRegistry::start(false).await;
+    let retry = RetryPolicy { attempts: 1, ..RetryPolicy::default() };
+    let second = Duration::from_secs(1);
+    let min_throughput = MinThroughput { bytes_per_second: 1024 * 1024, window: second };
+    let options = ClientOptions { retry, request_timeout: second, min_throughput, ..Default::default() };
+    let client = RegistryClient::new("fake", fake.url.parse().unwrap(), role, None, options).unwrap();
+    (fake, client)
+}
+
+/// `len` bytes that are not all alike.
+fn blob(len: usize) -> Bytes {
+    (0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into()
+}
+
+/// Uploads `bytes` whole into `repo` (one `PUT`), in `pieces` pieces with
+/// `pause` before each (a source that sends at that pace).
+async fn upload(
+    c: &RegistryClient,
+    repo_name: &str,
+    bytes: Bytes,
+    pieces: usize,
+    pause: Duration,
+) -> Result<(), relay::registry::RegistryError> {
+    let (repo, digest) = (repo(repo_name), sha256(&bytes).parse().unwrap());
+    let UploadStart::Session { url, .. } = c.start_upload(&repo, None).await? else {
+        panic!("nothing was asked to mount")
+    };
+    let len = bytes.len() as u64;
+    let size = bytes.len().div_ceil(pieces);
+    let parts: Vec<Bytes> = bytes.chunks(size).map(Bytes::copy_from_slice).collect();
+    let body = futures_util::stream::iter(parts).then(move |p| async move {
+        tokio::time::sleep(pause).await;
+        Ok::<_, BoxError>(p)
+    });
+    c.finish_upload(&repo, url, &digest, len, body.boxed()).await
+}
+
+/// A blob whose body takes longer than the request timeout is read to
+/// its end: the timeout bounds the wait for the answer, not the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_read_longer_than_the_request_timeout_is_read_whole() {
+    let (fake, c) = fake_client(Role::Source).await;
+    let bytes = blob(1024 * 1024);
+    let digest = fake.insert_blob("slow/read", bytes.clone());
+    // 256 pieces of 4 KiB, 10 ms apart: about 2.6 s, at about 400 KB/s.
+    fake.inject(Op::GetBlob, Fault::Slow(Duration::from_millis(10)), 1);
+    let started = Instant::now();
+    let resp = c.open_blob(&repo("slow/read"), &digest.parse().unwrap(), 0).await.unwrap();
+    let got = resp.bytes().await.expect("the body was cut");
+    assert!(started.elapsed() > Duration::from_secs(2), "the body came in {:?}", started.elapsed());
+    assert_eq!(got, bytes);
+}
+
+/// An upload whose source sends slowly, pausing longer than the
+/// throughput window between pieces, for longer than the request timeout
+/// in all, completes: the registry keeps asking, the wait is on our side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_longer_than_the_request_timeout_is_sent_whole() {
+    let (fake, c) = fake_client(Role::Destination).await;
+    let bytes = blob(4 * 1024 * 1024);
+    let started = Instant::now();
+    upload(&c, "slow/write", bytes.clone(), 3, Duration::from_millis(1500)).await.expect("the upload was cut");
+    assert!(started.elapsed() > Duration::from_secs(4), "the upload took {:?}", started.elapsed());
+    assert!(fake.has_blob("slow/write", &sha256(&bytes)));
+}
+
+/// A registry that stops reading an upload's body (it never polls the
+/// body again, so the body cannot time itself) is given up about a stall
+/// window after it last asked, and the error names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_registry_stops_reading_is_given_up() {
+    let (fake, c) = fake_client(Role::Destination).await;
+    // Far more than the socket buffers between the two hold.
+    fake.inject(Op::PutUpload, Fault::Stall(Duration::from_secs(120)), 1);
+    let started = Instant::now();
+    let err = bounded("upload", upload(&c, "stalled", blob(64 * 1024 * 1024), 1024, Duration::ZERO)).await;
+    assert!(err.contains("stopped reading") && err.contains("fake"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "given up after {:?}", started.elapsed());
+}
+
+/// A registry that takes the whole body and never answers is given up a
+/// request timeout after the last byte, plus the time the bytes in flight
+/// then take at the floor's rate (here 1 s and 2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_never_answered_is_given_up() {
+    let (fake, c) = fake_client(Role::Destination).await;
+    fake.inject(Op::PutUpload, Fault::Unanswered(Duration::from_secs(120)), 1);
+    let started = Instant::now();
+    let err = bounded("upload", upload(&c, "unanswered", blob(2 * 1024 * 1024), 32, Duration::ZERO)).await;
+    assert!(err.contains("no answer within 3s after the whole body"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(6), "given up after {:?}", started.elapsed());
 }

@@ -302,9 +302,9 @@ async fn a_stalled_destination_is_detached_and_the_others_go_on() {
     let img = push_to(&plain(&src), &unique_repo("stall"), ImageKind::OciImage, 3, 16 * 1024 * 1024).await;
     // Stops reading its first large upload for a minute: without the
     // detach, the shared read (and the two others) would wait for it until
-    // its upload is given up as too slow (20 s). Detached, they wait about
-    // twice the tee's 3 s hold allowance; the stalled upload is given up a
-    // window later (it takes none of its own read) and retried.
+    // its upload is given up (20 s after the registry last asked for a
+    // byte). Detached, they wait about twice the tee's 3 s hold allowance;
+    // the stalled upload is given up then and retried.
     stalled.inject(Op::PutUpload, Fault::Stall(Duration::from_secs(60)), 1);
     let w = three_destinations(&src, &stalled, "worker: { throughput_window_seconds: 20 }\n").await;
     src.reset_counts();

@@ -16,7 +16,7 @@ use super::copy::{Copier, CopyError};
 use super::ledger::Claim;
 use super::manifest::Descriptor;
 use super::pace::{self, Paced};
-use super::tee::{self, BlobStream, Detached, ReadFault};
+use super::tee::{self, BlobStream, ReadFault};
 use crate::repository::RepositoryPath;
 
 /// What one manifest tree's blobs cost, added to the task's report.
@@ -193,19 +193,19 @@ impl Copier<'_> {
         // A shared read feeds the upload through `go_on`, which carries on
         // with a read of its own if the shared read detaches it.
         let mut go_on = None;
-        let (source, detached) = match (opened, self.fanout) {
-            (Some(opened), _) => (opened, Detached::default()),
+        let source = match (opened, self.fanout) {
+            (Some(opened), _) => opened,
             (None, Some(m)) => match m.read(&d.digest, open).await {
-                Ok(Some(s)) => {
+                Ok(Some(shared)) => {
                     let rest = move |from| self.open_source(src_repo, d, counters, from);
-                    let (bytes, feed) = tee::go_on_alone(s.bytes, rest);
+                    let (bytes, feed) = tee::go_on_alone(shared, rest);
                     go_on = Some(feed);
-                    (Ok(bytes), s.detached)
+                    Ok(bytes)
                 }
-                Ok(None) => (open().await, Detached::default()),
-                Err(e) => (Err(e), Detached::default()),
+                Ok(None) => open().await,
+                Err(e) => Err(e),
             },
-            (None, None) => (open().await, Detached::default()),
+            (None, None) => open().await,
         };
         let source = match source {
             Ok(s) => s,
@@ -217,7 +217,6 @@ impl Copier<'_> {
         let counters = counters.clone();
         let throttle = self.throttle.clone();
         let (size, sent) = (d.size, Arc::new(AtomicU64::new(0)));
-        let taken = sent.clone();
         // A failure of the source's stream reaches us as the destination's
         // request failing; it is kept here so the error names the source
         // (a trickling source must not open the destination's breaker).
@@ -254,11 +253,12 @@ impl Copier<'_> {
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(c)
             }
         });
+        // The destination's client watches each request's body: a registry
+        // that stops reading leaves it unpolled, and so unpaced.
         let upload = async {
             match self.destination.chunk_size() {
                 None => {
-                    let body = reqwest::Body::wrap_stream(body);
-                    self.destination.finish_upload(dst_repo, session.clone(), &d.digest, d.size, body).await
+                    self.destination.finish_upload(dst_repo, session.clone(), &d.digest, d.size, body.boxed()).await
                 }
                 // Only where needed: the registry refused a whole blob (413).
                 Some(chunk) => {
@@ -268,7 +268,7 @@ impl Copier<'_> {
                     let mut sent = Ok(());
                     while offset < d.size {
                         let len = chunk.min(d.size - offset);
-                        let body = reqwest::Body::wrap_stream(pieces.take(len));
+                        let body = pieces.take(len).boxed();
                         match self.destination.upload_chunk(dst_repo, url.clone(), offset, len, body).await {
                             Ok(next) => url = next,
                             Err(e) => {
@@ -279,22 +279,17 @@ impl Copier<'_> {
                         offset += len;
                     }
                     match sent {
-                        Ok(()) => self.destination.finish_upload(dst_repo, url, &d.digest, 0, Vec::new().into()).await,
+                        Ok(()) => {
+                            self.destination
+                                .finish_upload(dst_repo, url, &d.digest, 0, futures_util::stream::empty().boxed())
+                                .await
+                        }
                         Err(e) => Err(e),
                     }
                 }
             }
         };
-        let upload = async { tokio::join!(upload, futures_util::future::OptionFuture::from(go_on)).0 };
-        let result = tokio::select! {
-            r = upload => r,
-            () = detached.stopped(&taken, size, self.min_throughput) => Err(RegistryError::Transport {
-                registry: self.destination.name().to_owned(),
-                method: reqwest::Method::PUT,
-                path: format!("/v2/{dst_repo}/blobs/uploads/"),
-                reason: format!("{}, then moved slower than the minimum on its own read", ReadFault::Detached),
-            }),
-        };
+        let result = tokio::join!(upload, futures_util::future::OptionFuture::from(go_on)).0;
         if result.is_err() {
             self.destination.cancel_upload(dst_repo, session).await;
         }

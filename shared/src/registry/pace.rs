@@ -6,11 +6,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use tokio::sync::Notify;
+
+use super::chunks::BoxError;
 
 tokio::task_local! {
     /// The instant after which the running task starts no wait (the
@@ -38,6 +43,10 @@ pub struct MinThroughput {
 }
 
 impl MinThroughput {
+    /// The worker's default (`worker.min_throughput_bytes_per_second`,
+    /// `worker.throughput_window_seconds`).
+    pub const DEFAULT: MinThroughput = MinThroughput { bytes_per_second: 16 * 1024, window: Duration::from_secs(30) };
+
     /// With a bandwidth limit the floor is at most half the limit: the
     /// task's own throttle must never look like a slow registry.
     pub fn under_limit(self, limit_bytes_per_second: Option<u64>) -> MinThroughput {
@@ -51,8 +60,6 @@ impl MinThroughput {
         (self.bytes_per_second as f64 * self.window.as_secs_f64()) as u64
     }
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A byte stream that fails when fewer than the minimum bytes passed in a
 /// window — measured end to end, so a source that trickles and a
@@ -118,6 +125,125 @@ where
     }
 }
 
+/// What a watched body records for the watch beside its request.
+struct Asked {
+    origin: tokio::time::Instant,
+    /// When the connection last polled the body for bytes (µs after
+    /// `origin`).
+    last: AtomicU64,
+    /// Whether that poll is still waiting on our side (the source or the
+    /// bandwidth limit): the registry is asking, so a pause is not its.
+    waiting: AtomicBool,
+    /// Signalled when the body has given its last byte.
+    ended: Notify,
+}
+
+impl Asked {
+    fn last(&self) -> tokio::time::Instant {
+        self.origin + Duration::from_micros(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// A streamed request body that records the connection's asks for bytes
+/// (see [`watched`]).
+pub struct Watched<S> {
+    inner: S,
+    len: u64,
+    taken: u64,
+    asked: Arc<Asked>,
+}
+
+impl<S, E> Stream for Watched<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    type Item = Result<Bytes, E>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let at = this.asked.origin.elapsed().as_micros() as u64;
+        this.asked.last.store(at, Ordering::Relaxed);
+        let next = Pin::new(&mut this.inner).poll_next(cx);
+        this.asked.waiting.store(next.is_pending(), Ordering::Relaxed);
+        let ended = match &next {
+            Poll::Ready(Some(Ok(c))) => {
+                this.taken += c.len() as u64;
+                this.taken >= this.len
+            }
+            Poll::Ready(None) => true,
+            _ => false,
+        };
+        if ended {
+            this.asked.ended.notify_one();
+        }
+        next
+    }
+}
+
+/// Why a streamed request was given up by its watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Stopped {
+    #[error(
+        "the registry asked for none of the body's bytes for {0:?} (it stopped reading); giving up on this attempt"
+    )]
+    NotTaking(Duration),
+    #[error("no answer within {0:?} after the whole body was handed to the connection; giving up on this attempt")]
+    NoAnswer(Duration),
+}
+
+/// Bytes that may sit between a body and its registry once the connection
+/// has taken them: the client's write buffer and both kernels' socket
+/// buffers (Linux grows them to 4 and 6 MiB), and the registry's own.
+const IN_FLIGHT_MAX: u64 = 16 * 1024 * 1024;
+
+/// `body` (of `len` bytes) as a request body, and the watch to await beside
+/// the request. It completes when the registry has not asked the body for
+/// bytes for `min.window` while bytes remain and none is being waited for
+/// on our side; or has not answered within `answer_within` of the last
+/// byte, plus the time the registry may take to read the bytes still in
+/// flight then at `min`'s rate (the last byte leaves the body long before
+/// it reaches a slow registry). A registry that stops reading leaves the
+/// body unpolled, so the body cannot time itself ([`Paced`] judges only
+/// the windows in which it is polled); and a request whose body takes
+/// longer than any fixed bound (a 10 GiB layer) must not be cut by one.
+pub fn watched<S>(
+    body: S,
+    len: u64,
+    min: MinThroughput,
+    answer_within: Duration,
+) -> (Watched<S>, impl Future<Output = Stopped> + Send + 'static) {
+    let window = min.window;
+    let in_flight = len.min(IN_FLIGHT_MAX) as f64 / min.bytes_per_second.max(1) as f64;
+    let answer_within = answer_within + Duration::from_secs_f64(in_flight);
+    let origin = tokio::time::Instant::now();
+    let asked =
+        Arc::new(Asked { origin, last: AtomicU64::new(0), waiting: AtomicBool::new(false), ended: Notify::new() });
+    let watch = {
+        let asked = asked.clone();
+        async move {
+            // An empty body may never be polled: only the answer is awaited.
+            let mut until = (len > 0).then_some(origin + window);
+            while let Some(at) = until {
+                tokio::select! {
+                    () = asked.ended.notified() => break,
+                    () = tokio::time::sleep_until(at) => {}
+                }
+                let now = tokio::time::Instant::now();
+                until = Some(if asked.waiting.load(Ordering::Relaxed) {
+                    now + window
+                } else if asked.last() + window > now {
+                    asked.last() + window
+                } else {
+                    return Stopped::NotTaking(window);
+                });
+            }
+            tokio::time::sleep(answer_within).await;
+            Stopped::NoAnswer(answer_within)
+        }
+    };
+    (Watched { inner: body, len, taken: 0, asked }, watch)
+}
+
 #[cfg(test)]
 mod tests {
     use futures_util::StreamExt;
@@ -165,6 +291,53 @@ mod tests {
         assert_eq!(MIN.under_limit(Some(600)).bytes_per_second, 300);
         assert_eq!(MIN.under_limit(Some(1_000_000)).bytes_per_second, 1000);
         assert_eq!(MIN.under_limit(None), MIN);
+    }
+
+    const WINDOW: Duration = Duration::from_secs(10);
+    const ANSWER: Duration = Duration::from_secs(30);
+    /// 1000 bytes/s: a 3000-byte body may take 3 s to reach the registry.
+    const WATCH: MinThroughput = MinThroughput { bytes_per_second: 1000, window: WINDOW };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_the_registry_stops_asking_for_is_given_up() {
+        let (mut body, watch) = watched(drip(100, 1000, Duration::ZERO), 100_000, WATCH, ANSWER);
+        tokio::pin!(watch);
+        // The registry takes 10 chunks, a second apart, then asks no more.
+        for _ in 0..10 {
+            tokio::select! {
+                c = body.next() => assert!(c.unwrap().is_ok()),
+                s = &mut watch => panic!("given up while asking: {s}"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let last = tokio::time::Instant::now() - Duration::from_secs(1);
+        let stopped = tokio::time::timeout(10 * WINDOW, watch).await;
+        assert_eq!(stopped, Ok(Stopped::NotTaking(WINDOW)), "a registry that stopped asking was never given up");
+        assert_eq!(tokio::time::Instant::now() - last, WINDOW, "a window after the last ask");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_waiting_on_its_source_is_not_given_up_and_the_answer_is_timed_from_its_end() {
+        // Three windows a chunk: the source is slow, the registry is asking.
+        let (body, watch) = watched(drip(3, 1000, 3 * WINDOW), 3000, WATCH, ANSWER);
+        tokio::pin!(watch);
+        let sent = tokio::select! {
+            all = body.collect::<Vec<_>>() => all,
+            s = &mut watch => panic!("given up while waiting on the source: {s}"),
+        };
+        assert_eq!(sent.len(), 3);
+        let ended = tokio::time::Instant::now();
+        let allowed = ANSWER + Duration::from_secs(3);
+        assert_eq!(watch.await, Stopped::NoAnswer(allowed));
+        assert_eq!(tokio::time::Instant::now() - ended, allowed, "timed from the last byte");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_body_waits_only_for_the_answer() {
+        let started = tokio::time::Instant::now();
+        let (_body, watch) = watched(drip(0, 0, Duration::ZERO), 0, WATCH, ANSWER);
+        assert_eq!(watch.await, Stopped::NoAnswer(ANSWER));
+        assert_eq!(started.elapsed(), ANSWER);
     }
 
     #[tokio::test]

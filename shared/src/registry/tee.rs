@@ -11,13 +11,12 @@
 //! read's time) is detached: its upload goes on with a read of its own from
 //! the byte it had reached (a `Range` request, [`go_on_alone`]), so a slow
 //! registry holds the others for a bounded time only and loses neither its
-//! copy nor the bytes it took. One that then moves slower than the
-//! throughput floor has stopped taking bytes: its upload fails as a
-//! transient fault and the blob's retry starts over alone.
+//! copy nor the bytes it took. One whose registry stopped taking bytes is
+//! given up by its request's watch ([`super::pace::watched`]) and the
+//! blob's retry starts over alone.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +27,6 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::client::RegistryError;
-use super::pace::MinThroughput;
 use crate::digest::Digest;
 
 /// How long a leader waits for the other members to reach a blob. They
@@ -68,48 +66,6 @@ pub enum ReadFault {
 
 /// A blob's bytes as an upload consumes them.
 pub type BlobStream = BoxStream<'static, Result<Bytes, ReadFault>>;
-
-/// A blob's bytes through a [`Fanout`], and word of this upload's detach.
-pub struct SharedRead {
-    pub bytes: BlobStream,
-    pub detached: Detached,
-}
-
-/// Signalled when the shared read detaches an upload. An upload into a
-/// registry that stopped taking bytes does not poll its body, so it would
-/// never see a fault in its stream: it waits on this beside the request.
-#[derive(Default)]
-pub struct Detached(Option<Arc<Notify>>);
-
-impl Detached {
-    /// Completes once the upload is detached; never for a read of its own.
-    pub async fn wait(&self) {
-        match &self.0 {
-            Some(n) => n.notified().await,
-            None => std::future::pending().await,
-        }
-    }
-
-    /// Completes when, once detached, the upload moves fewer bytes in a
-    /// window than `min` asks (`sent` counts what it took of the blob's
-    /// `size`): its registry stopped taking bytes. The body's own pace
-    /// check cannot tell, as a registry that takes nothing leaves the body
-    /// unpolled. Never once every byte is sent (the registry is answering).
-    pub async fn stopped(&self, sent: &AtomicU64, size: u64, min: MinThroughput) {
-        self.wait().await;
-        loop {
-            let before = sent.load(Ordering::Relaxed);
-            tokio::time::sleep(min.window).await;
-            let now = sent.load(Ordering::Relaxed);
-            if now >= size {
-                return std::future::pending().await;
-            }
-            if now - before < min.bytes_per_window() {
-                return;
-            }
-        }
-    }
-}
 
 /// The bytes of a shared read and, once it detaches this upload, the rest
 /// of the blob from `reopen(offset)`: a read of its own from the byte the
@@ -272,7 +228,7 @@ impl Member {
     /// The blob's bytes through the group's read: joined to the read being
     /// gathered, or leading it (`open` opens the source, once). `None`
     /// when the read already started: the caller reads alone.
-    pub async fn read<F, Fut>(&self, digest: &Digest, open: F) -> Result<Option<SharedRead>, RegistryError>
+    pub async fn read<F, Fut>(&self, digest: &Digest, open: F) -> Result<Option<BlobStream>, RegistryError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<BlobStream, RegistryError>>,
@@ -321,7 +277,7 @@ impl Member {
             }
         };
         if joined.is_empty() {
-            return Ok(Some(SharedRead { bytes: source, detached: Detached::default() }));
+            return Ok(Some(source));
         }
         let (own, read) = subscriber(self.fanout.clone(), self.id);
         tokio::spawn(feed(source, std::iter::once(own).chain(joined).collect()));
@@ -363,13 +319,12 @@ struct Subscriber {
     lag: Arc<Semaphore>,
     /// How long the read has waited for this upload so far.
     held: Duration,
-    detached: Arc<Notify>,
     /// Marked out of step when detached.
     fanout: Arc<Fanout>,
     member: usize,
 }
 
-fn subscriber(fanout: Arc<Fanout>, member: usize) -> (Subscriber, SharedRead) {
+fn subscriber(fanout: Arc<Fanout>, member: usize) -> (Subscriber, BlobStream) {
     let (tx, rx) = mpsc::unbounded_channel::<Item>();
     // The permit goes when the upload takes the bytes. A channel that
     // closes without `End` (the read stopped) is a fault, never a short
@@ -382,10 +337,8 @@ fn subscriber(fanout: Arc<Fanout>, member: usize) -> (Subscriber, SharedRead) {
             None => Some((Err(ReadFault::Source("the shared read stopped before the end".into())), None)),
         }
     });
-    let detached = Arc::new(Notify::new());
-    let read = SharedRead { bytes: stream.boxed(), detached: Detached(Some(detached.clone())) };
     let lag = Arc::new(Semaphore::new(LAG_BYTES));
-    (Subscriber { tx, lag, held: Duration::ZERO, detached, fanout, member }, read)
+    (Subscriber { tx, lag, held: Duration::ZERO, fanout, member }, stream.boxed())
 }
 
 impl Subscriber {
@@ -400,7 +353,6 @@ impl Subscriber {
             }
         });
         let _ = self.tx.send(Item::Bytes(Err(ReadFault::Detached), None));
-        self.detached.notify_one();
     }
 }
 
@@ -486,14 +438,13 @@ mod tests {
         Ok(futures_util::stream::iter((0..n).map(|i| Ok(Bytes::from(vec![i as u8; 64 * 1024])))).boxed())
     }
 
-    async fn drain(s: SharedRead, pause: Duration) -> Result<usize, ReadFault> {
-        s.bytes
-            .and_then(|b| async move {
-                tokio::time::sleep(pause).await;
-                Ok(b.len())
-            })
-            .try_fold(0, |n, len| async move { Ok(n + len) })
-            .await
+    async fn drain(s: BlobStream, pause: Duration) -> Result<usize, ReadFault> {
+        s.and_then(|b| async move {
+            tokio::time::sleep(pause).await;
+            Ok(b.len())
+        })
+        .try_fold(0, |n, len| async move { Ok(n + len) })
+        .await
     }
 
     #[test]
@@ -573,7 +524,7 @@ mod tests {
                 Ok(futures_util::stream::iter(pieces).boxed())
             }
         };
-        let (bytes, feed) = go_on_alone(s.unwrap().expect("joined").bytes, rest);
+        let (bytes, feed) = go_on_alone(s.unwrap().expect("joined"), rest);
         let slow_upload = bytes
             .and_then(|b| async move {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -588,42 +539,6 @@ mod tests {
         let got = slow_got.unwrap().concat();
         assert_eq!(got.len(), 512 * 64 * 1024, "every byte once");
         assert!(got.chunks(64 * 1024).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)), "in order");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_detached_upload_that_stops_taking_bytes_is_given_up() {
-        let min = MinThroughput { bytes_per_second: 1000, window: Duration::from_secs(10) };
-        let notify = Arc::new(Notify::new());
-        let detached = Detached(Some(notify.clone()));
-        let (sent, size) = (AtomicU64::new(0), 1_000_000);
-        let started = Instant::now();
-        let stopped = detached.stopped(&sent, size, min);
-        tokio::pin!(stopped);
-        // Not detached: never, however still the upload.
-        assert!(tokio::time::timeout(Duration::from_secs(60), stopped.as_mut()).await.is_err());
-        notify.notify_one();
-        // Detached and moving above the floor: goes on.
-        let moving = async {
-            for _ in 0..30 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                sent.fetch_add(1500, Ordering::Relaxed);
-            }
-        };
-        tokio::select! {
-            () = stopped.as_mut() => panic!("given up while moving above the floor"),
-            () = moving => {}
-        }
-        // Then it takes nothing: given up within about a window.
-        let still = Instant::now();
-        let gave_up = tokio::time::timeout(Duration::from_secs(60), stopped.as_mut()).await;
-        assert!(gave_up.is_ok(), "a detached upload that takes nothing was never given up");
-        assert!(still.elapsed() <= Duration::from_secs(20), "{:?}", still.elapsed());
-        assert!(started.elapsed() >= Duration::from_secs(90));
-        // Every byte sent: the registry is answering, never given up.
-        let done = Detached(Some(Arc::new(Notify::new())));
-        done.0.as_ref().unwrap().notify_one();
-        let all = AtomicU64::new(size);
-        assert!(tokio::time::timeout(Duration::from_secs(600), done.stopped(&all, size, min)).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,6 +18,7 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 use super::auth::Credentials;
+use super::pace::MinThroughput;
 use super::retry::RetryPolicy;
 use crate::repository::RepositoryPath;
 
@@ -58,6 +59,7 @@ pub struct RegistryClient {
     /// See [`ClientOptions::token_realms`].
     token_realms: Vec<Url>,
     request_timeout: Duration,
+    min_throughput: MinThroughput,
     auth: Mutex<authorize::AuthState>,
     retry: RetryPolicy,
     /// Requests sent to this registry (token requests excluded): for
@@ -74,8 +76,15 @@ pub struct ClientOptions {
     /// Token services trusted besides https ones and the registry's own
     /// origin (the configuration's `token_realms`).
     pub token_realms: Vec<Url>,
-    /// Whole-request bound for everything but blob streams.
+    /// Whole-request bound for everything but blob streams; for those, the
+    /// bound on the wait for the answer (before a blob's body, after an
+    /// upload's).
     pub request_timeout: Duration,
+    /// The worker's throughput floor: an upload whose body the registry
+    /// leaves unasked for bytes for its window is given up, and the wait
+    /// for the answer to an upload allows for the bytes in flight at its
+    /// rate ([`super::pace::watched`]).
+    pub min_throughput: MinThroughput,
     /// A private CA bundle (PEM) to verify the certificate against instead
     /// of the platform's roots.
     pub ca_pem: Option<Vec<u8>>,
@@ -91,6 +100,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             token_realms: Vec::new(),
             request_timeout: REQUEST_TIMEOUT,
+            min_throughput: MinThroughput::DEFAULT,
             ca_pem: None,
             chunked_uploads: true,
         }
@@ -110,7 +120,6 @@ impl RegistryClient {
             .tcp_nodelay(true)
             .pool_max_idle_per_host(32)
             .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("harbor-relay/", env!("CARGO_PKG_VERSION")));
         let http = crate::tls::configure(builder, options.insecure, options.ca_pem.as_deref())?.build()?;
         Ok(RegistryClient {
@@ -121,6 +130,7 @@ impl RegistryClient {
             credentials: std::sync::RwLock::new(credentials),
             token_realms: options.token_realms,
             request_timeout: options.request_timeout,
+            min_throughput: options.min_throughput,
             auth: Mutex::new(authorize::AuthState::default()),
             retry: options.retry,
             requests: Default::default(),

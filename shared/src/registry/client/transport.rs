@@ -4,12 +4,14 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
 use super::super::auth::Challenge;
+use super::super::chunks::BoxError;
 use super::super::pace;
 use super::super::retry::{is_retryable, parse_retry_after};
 use super::error::{is_certificate, redact};
@@ -20,10 +22,21 @@ use super::{header_str, RegistryClient, RegistryError};
 /// pages have their own bounds, refused past them).
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
+/// What [`RegistryClient::request_timeout`](super::ClientOptions::request_timeout)
+/// bounds in a request with a re-sendable body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Bound {
+    /// The whole exchange, answer and body: a manifest, a HEAD, a listing.
+    Whole,
+    /// The wait for the answer only: a blob's body takes as long as its
+    /// size needs, and its pace is the copy's to judge ([`pace::Paced`]).
+    Answer,
+}
+
 impl RegistryClient {
     /// Sends a request whose body can be re-sent, with authentication and
-    /// retries. Returns any final response (404 included) for the caller
-    /// to interpret.
+    /// retries, bounded as a whole. Returns any final response (404
+    /// included) for the caller to interpret.
     pub(super) async fn execute(
         &self,
         method: Method,
@@ -32,29 +45,46 @@ impl RegistryClient {
         headers: HeaderMap,
         body: Option<Bytes>,
     ) -> Result<Response, RegistryError> {
+        self.execute_bounded(method, url, scope, headers, body, Bound::Whole).await
+    }
+
+    /// [`execute`](Self::execute), with `bound` saying what the request
+    /// timeout covers.
+    pub(super) async fn execute_bounded(
+        &self,
+        method: Method,
+        url: Url,
+        scope: &str,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+        bound: Bound,
+    ) -> Result<Response, RegistryError> {
         let mut retry = 0;
         let mut reauthenticated = false;
         loop {
-            let mut req =
-                self.http.request(method.clone(), url.clone()).headers(headers.clone()).timeout(self.request_timeout);
+            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
+            if bound == Bound::Whole {
+                req = req.timeout(self.request_timeout);
+            }
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
             let (req, sent) = self.authorized(req, &url, scope).await?;
-            let outcome = req.send().await;
+            let outcome = match tokio::time::timeout(self.request_timeout, req.send()).await {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(e)) if is_certificate(&e) => return Err(self.transport(&method, url.path(), &e)),
+                Ok(Err(e)) => Err(self.transport(&method, url.path(), &e)),
+                Err(_) => Err(self.no_answer(&method, url.path())),
+            };
             retry += 1;
             let resp = match outcome {
                 Ok(resp) => resp,
-                Err(e)
-                    if retry < self.retry.attempts
-                        && !is_certificate(&e)
-                        && pace::wait_fits(self.retry.delay(retry, None)) =>
-                {
+                Err(e) if retry < self.retry.attempts && pace::wait_fits(self.retry.delay(retry, None)) => {
                     tracing::warn!(registry = %self.name, %method, path = url.path(), error = %e, retry, "request failed, retrying");
                     tokio::time::sleep(self.retry.delay(retry, None)).await;
                     continue;
                 }
-                Err(e) => return Err(self.transport(&method, url.path(), &e)),
+                Err(e) => return Err(e),
             };
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED
@@ -82,19 +112,29 @@ impl RegistryClient {
         }
     }
 
-    /// Sends a one-shot (streaming) body once, authenticated. The caller
-    /// retries the whole operation, re-opening its source stream.
+    /// Sends a one-shot (streaming) body of `len` bytes once,
+    /// authenticated. The caller retries the whole operation, re-opening
+    /// its source stream. No fixed bound covers the request (a large blob
+    /// takes as long as it takes): it is given up when the registry stops
+    /// asking for the body's bytes for a throughput window, or does not
+    /// answer in time after the last one ([`pace::watched`]).
     pub(super) async fn send_once(
         &self,
         method: Method,
         url: Url,
         scope: &str,
         headers: HeaderMap,
-        body: reqwest::Body,
+        body: BoxStream<'static, Result<Bytes, BoxError>>,
+        len: u64,
     ) -> Result<Response, RegistryError> {
-        let req = self.http.request(method.clone(), url.clone()).headers(headers).body(body);
+        let (body, watch) = pace::watched(body, len, self.min_throughput, self.request_timeout);
+        let req =
+            self.http.request(method.clone(), url.clone()).headers(headers).body(reqwest::Body::wrap_stream(body));
         let (req, sent) = self.authorized(req, &url, scope).await?;
-        let resp = req.send().await.map_err(|e| self.transport(&method, url.path(), &e))?;
+        let resp = tokio::select! {
+            resp = req.send() => resp.map_err(|e| self.transport(&method, url.path(), &e))?,
+            stopped = watch => return Err(self.stopped(&method, url.path(), stopped)),
+        };
         let bearer = header_str(resp.headers(), WWW_AUTHENTICATE).and_then(Challenge::parse);
         if resp.status() == StatusCode::UNAUTHORIZED && matches!(bearer, Some(Challenge::Bearer { .. })) {
             // A token that expired mid-copy (possibly renewed meanwhile by a
@@ -200,6 +240,18 @@ impl RegistryClient {
             path: path.to_owned(),
             reason: redact(e),
         }
+    }
+
+    /// No answer within the request timeout (headers; see [`Bound`]).
+    fn no_answer(&self, method: &Method, path: &str) -> RegistryError {
+        let reason = format!("no answer within {:?}", self.request_timeout);
+        RegistryError::Transport { registry: self.name.clone(), method: method.clone(), path: path.to_owned(), reason }
+    }
+
+    /// A streamed request given up by its watch.
+    fn stopped(&self, method: &Method, path: &str, stopped: pace::Stopped) -> RegistryError {
+        let reason = stopped.to_string();
+        RegistryError::Transport { registry: self.name.clone(), method: method.clone(), path: path.to_owned(), reason }
     }
 
     pub(super) fn protocol(&self, reason: String) -> RegistryError {

@@ -1,10 +1,14 @@
 //! Blobs: HEAD, streaming GET, and upload sessions (mount, whole-blob PUT,
 //! chunks, cancel).
 
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
+use super::super::chunks::BoxError;
+use super::transport::Bound;
 use super::{header_str, RegistryClient, RegistryError};
 use crate::digest::Digest;
 use crate::repository::RepositoryPath;
@@ -43,7 +47,7 @@ impl RegistryClient {
         if from > 0 {
             headers.insert(RANGE, HeaderValue::from_str(&format!("bytes={from}-")).expect("digits are a header value"));
         }
-        let resp = self.execute(Method::GET, url, &self.scope(repo), headers, None).await?;
+        let resp = self.execute_bounded(Method::GET, url, &self.scope(repo), headers, None, Bound::Answer).await?;
         let ok: &[StatusCode] =
             if from > 0 { &[StatusCode::OK, StatusCode::PARTIAL_CONTENT] } else { &[StatusCode::OK] };
         self.expect(resp, ok).await
@@ -83,14 +87,14 @@ impl RegistryClient {
         session: Url,
         digest: &Digest,
         size: u64,
-        body: reqwest::Body,
+        body: BoxStream<'static, Result<Bytes, BoxError>>,
     ) -> Result<(), RegistryError> {
         let mut url = session;
         url.query_pairs_mut().append_pair("digest", &digest.to_string());
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
-        let resp = self.send_once(Method::PUT, url, &self.scope(repo), headers, body).await?;
+        let resp = self.send_once(Method::PUT, url, &self.scope(repo), headers, body, size).await?;
         self.expect(resp, &[StatusCode::CREATED]).await.map(drop)
     }
 
@@ -102,14 +106,14 @@ impl RegistryClient {
         session: Url,
         offset: u64,
         len: u64,
-        body: reqwest::Body,
+        body: BoxStream<'static, Result<Bytes, BoxError>>,
     ) -> Result<Url, RegistryError> {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
         let range = format!("{offset}-{}", offset + len - 1);
         headers.insert("content-range", HeaderValue::from_str(&range).expect("digits and a dash"));
-        let resp = self.send_once(Method::PATCH, session, &self.scope(repo), headers, body).await?;
+        let resp = self.send_once(Method::PATCH, session, &self.scope(repo), headers, body, len).await?;
         let resp = self.expect(resp, &[StatusCode::ACCEPTED]).await?;
         self.location(&resp)
     }
