@@ -368,6 +368,29 @@ async fn a_detached_destination_goes_on_from_the_byte_it_reached() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_source_under_a_shared_read_gives_its_read_back() {
+    let (src, third) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    let img = push_to(&plain(&src), &unique_repo("silent"), ImageKind::OciImage, 1, 2 * 1024 * 1024).await;
+    // The first blob read answers its headers, then sends nothing for five
+    // minutes. The three uploads it feeds are given up at their 2 s
+    // window; the shared read, on its own task, must give up too: it holds
+    // the worker's one read, which their retries need.
+    src.inject(Op::GetBlob, Fault::Hold(Duration::from_secs(300)), 1);
+    let w = three_destinations(&src, &third, "worker: { stream_concurrency: 1, throughput_window_seconds: 2 }\n").await;
+    let (batch, repos) = one_push(&img, &["c1", "c2", "c3"]);
+    let started = Instant::now();
+    let failures = tokio::time::timeout(Duration::from_secs(60), w.handle_batch(batch, None))
+        .await
+        .expect("the retries still wait for the silent read");
+    assert!(failures.is_empty(), "{:?}", failures.iter().map(|f| &f.error).collect::<Vec<_>>());
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    for repo in &repos[..2] {
+        assert_eq!(at_real_target(repo).await.as_deref(), Some(img.digest.as_str()), "{repo}");
+    }
+    assert!(third.has_manifest(&repos[2], "v1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_budget_first_copy_and_replay() {
     let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
     let repo = unique_repo("budget");

@@ -335,7 +335,8 @@ impl Copier<'_> {
             )));
         }
         let counters = counters.clone();
-        let read = source.bytes_stream().map_err(|e| ReadFault::Source(e.to_string().into())).inspect_ok(move |c| {
+        let silence = pace::Silence::new(source.bytes_stream(), self.min_throughput.window);
+        let read = silence.map_err(|e| ReadFault::Source(e.to_string().into())).inspect_ok(move |c| {
             let _held = &permit;
             counters.read.fetch_add(c.len() as u64, Ordering::Relaxed);
         });

@@ -125,6 +125,55 @@ where
     }
 }
 
+/// A source stream that fails when, while awaited, it sends nothing for
+/// `max`; time in which nobody asks it for bytes does not count. A shared
+/// read whose uploads were all given up is still awaiting its source, on
+/// its own task: without this, a source that keeps the connection open and
+/// sends nothing would hold the read (and its place in the worker's read
+/// budget) for ever.
+pub struct Silence<S> {
+    inner: S,
+    max: Duration,
+    since: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Silence<S> {
+    pub fn new(inner: S, max: Duration) -> Silence<S> {
+        Silence { inner, max, since: None }
+    }
+}
+
+/// The source sent nothing for this long while it was being read.
+#[derive(Debug, thiserror::Error)]
+#[error("the source sent nothing for {0:?} while it was being read; giving up on this attempt")]
+pub struct Silent(pub Duration);
+
+impl<S, E> Stream for Silence<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<BoxError>,
+{
+    type Item = Result<Bytes, BoxError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(item) => {
+                this.since = None;
+                Poll::Ready(item.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let max = this.max;
+                let since = this.since.get_or_insert_with(|| Box::pin(tokio::time::sleep(max)));
+                match since.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Silent(max).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
 /// What a watched body records for the watch beside its request.
 struct Asked {
     origin: tokio::time::Instant,
@@ -291,6 +340,23 @@ mod tests {
         assert_eq!(MIN.under_limit(Some(600)).bytes_per_second, 300);
         assert_eq!(MIN.under_limit(Some(1_000_000)).bytes_per_second, 1000);
         assert_eq!(MIN.under_limit(None), MIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_silent_while_awaited_fails_and_unawaited_time_does_not_count() {
+        // Two chunks an hour apart, the second taken only an hour after it
+        // was ready: silent for an hour while awaited, never while not.
+        let mut s = Silence::new(drip(2, 1000, Duration::from_secs(3600)), WINDOW);
+        let started = tokio::time::Instant::now();
+        let err = s.next().await.expect("an item").expect_err("silent for an hour");
+        assert!(err.to_string().contains("sent nothing for 10s"), "{err}");
+        assert_eq!(started.elapsed(), WINDOW);
+
+        let mut s = Silence::new(drip(2, 1000, Duration::from_secs(5)), WINDOW);
+        assert!(s.next().await.unwrap().is_ok());
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(s.next().await.unwrap().is_ok(), "time nobody waited counted");
+        assert!(s.next().await.is_none());
     }
 
     const WINDOW: Duration = Duration::from_secs(10);
