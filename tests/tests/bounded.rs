@@ -41,6 +41,12 @@ async fn hostile(req: Request) -> Response {
         )
             .into_response(),
         "/v2/broken/manifests/v1" => (StatusCode::BAD_REQUEST, endless()).into_response(),
+        // A blob's error answer whose body starts, then never goes on.
+        _ if path.starts_with("/v2/silent/blobs/") => {
+            let first =
+                futures_util::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{\"errors\": [")) });
+            (StatusCode::NOT_FOUND, Body::from_stream(first.chain(futures_util::stream::pending()))).into_response()
+        }
         // A valid-looking manifest, one byte every 100 ms: never a silence
         // long enough for a read timeout.
         "/v2/trickle/manifests/v1" => {
@@ -114,6 +120,19 @@ async fn an_endless_token_answer_is_refused_at_its_bound() {
     let c = client().await;
     let err = bounded("token", c.head_manifest(&repo("guarded"), "v1")).await;
     assert!(err.contains("token response") && err.contains("1048576"), "{err}");
+}
+
+/// A blob's error answer (no whole-request bound: a blob's body takes what
+/// its size needs) whose body stops is cut at the request timeout, with
+/// the status and what came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_error_body_of_a_blob_read_is_cut_at_the_request_timeout() {
+    let c = client().await;
+    let digest = sha256(b"x").parse().unwrap();
+    let started = Instant::now();
+    let err = bounded("blob", c.open_blob(&repo("silent"), &digest, 0)).await;
+    assert!(err.contains("HTTP 404") && err.contains("errors"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
 
 /// A body that trickles forever (a byte every 100 ms) is cut by the

@@ -205,10 +205,14 @@ impl RegistryClient {
     }
 
     /// At most `limit` bytes of the body, as text; the rest is not read.
+    /// Up to `limit` bytes of an error body, for the message: what came
+    /// within the request timeout (a blob's or an upload's answer has no
+    /// whole-request bound, and its error body must not hold the task).
     pub(super) async fn read_prefix(&self, resp: Response, limit: usize) -> String {
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
-        while let Some(Ok(chunk)) = stream.next().await {
+        let until = tokio::time::Instant::now() + self.request_timeout;
+        while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(until, stream.next()).await {
             let room = limit - body.len();
             body.extend_from_slice(&chunk[..chunk.len().min(room)]);
             if body.len() >= limit {
