@@ -342,27 +342,29 @@ mod tests {
         assert_eq!(MIN.under_limit(None), MIN);
     }
 
+    const WINDOW: Duration = Duration::from_secs(10);
+    const ANSWER: Duration = Duration::from_secs(30);
+    /// 1000 bytes/s: a 3000-byte body may take 3 s to reach the registry.
+    const WATCH: MinThroughput = MinThroughput { bytes_per_second: 1000, window: WINDOW };
+
     #[tokio::test(start_paused = true)]
     async fn a_source_silent_while_awaited_fails_and_unawaited_time_does_not_count() {
-        // Two chunks an hour apart, the second taken only an hour after it
-        // was ready: silent for an hour while awaited, never while not.
+        // A source that sends its first chunk after an hour: given up a
+        // window after it was first awaited.
         let mut s = Silence::new(drip(2, 1000, Duration::from_secs(3600)), WINDOW);
         let started = tokio::time::Instant::now();
         let err = s.next().await.expect("an item").expect_err("silent for an hour");
         assert!(err.to_string().contains("sent nothing for 10s"), "{err}");
         assert_eq!(started.elapsed(), WINDOW);
 
+        // One that sends within 5 s of each ask, asked an hour apart: the
+        // hour nobody waited does not count.
         let mut s = Silence::new(drip(2, 1000, Duration::from_secs(5)), WINDOW);
         assert!(s.next().await.unwrap().is_ok());
         tokio::time::sleep(Duration::from_secs(3600)).await;
         assert!(s.next().await.unwrap().is_ok(), "time nobody waited counted");
         assert!(s.next().await.is_none());
     }
-
-    const WINDOW: Duration = Duration::from_secs(10);
-    const ANSWER: Duration = Duration::from_secs(30);
-    /// 1000 bytes/s: a 3000-byte body may take 3 s to reach the registry.
-    const WATCH: MinThroughput = MinThroughput { bytes_per_second: 1000, window: WINDOW };
 
     #[tokio::test(start_paused = true)]
     async fn a_body_the_registry_stops_asking_for_is_given_up() {
