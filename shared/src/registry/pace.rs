@@ -56,7 +56,7 @@ impl MinThroughput {
         }
     }
 
-    pub fn bytes_per_window(&self) -> u64 {
+    fn bytes_per_window(&self) -> u64 {
         (self.bytes_per_second as f64 * self.window.as_secs_f64()) as u64
     }
 }
