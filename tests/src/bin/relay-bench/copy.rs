@@ -43,25 +43,75 @@ fn status_kib(pid: u32, field: &str) -> Option<i64> {
     status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// CPU seconds the destination registry's process (the stack's
-/// `target.pid`) has used so far: what receiving costs the registry itself,
-/// on the cores the worker uses too.
-fn target_registry_cpu() -> anyhow::Result<f64> {
-    let pid = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../.local/stack/target.pid"))?;
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))?;
+/// CPU seconds used so far, read together: by the whole machine (`busy`:
+/// every state but idle and iowait; `iowait` apart), and by the stack's
+/// processes (`.local/stack/NAME.pid`; 0 for one that is not running).
+/// Over a run, they say whether the cores were the limit, and whose work
+/// filled them.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    busy: f64,
+    iowait: f64,
+    target: f64,
+    source: f64,
+    localstack: f64,
+}
+
+impl Cpu {
+    fn now() -> anyhow::Result<Cpu> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let line = stat.lines().next().context("/proc/stat")?;
+        let ticks: Vec<f64> = line.split_whitespace().skip(1).map(|t| t.parse().unwrap_or(0.0)).collect();
+        anyhow::ensure!(ticks.len() >= 8, "/proc/stat: {line}");
+        // user nice system idle iowait irq softirq steal
+        let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7];
+        Ok(Cpu {
+            busy: busy / clock_ticks(),
+            iowait: ticks[4] / clock_ticks(),
+            target: process_cpu("target")?,
+            source: process_cpu("source")?,
+            localstack: process_cpu("localstack")?,
+        })
+    }
+
+    /// What was used since `before`.
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            busy: self.busy - before.busy,
+            iowait: self.iowait - before.iowait,
+            target: self.target - before.target,
+            source: self.source - before.source,
+            localstack: self.localstack - before.localstack,
+        }
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// CPU seconds the stack's process `name` has used so far (its threads
+/// included), 0 when it is not running.
+fn process_cpu(name: &str) -> anyhow::Result<f64> {
+    let path = format!("{}/../.local/stack/{name}.pid", env!("CARGO_MANIFEST_DIR"));
+    let Ok(pid) = std::fs::read_to_string(path) else { return Ok(0.0) };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) else { return Ok(0.0) };
     // After the command name: state is field 3, utime and stime 14 and 15.
     let fields: Vec<&str> = stat.rsplit_once(')').context("/proc stat")?.1.split_whitespace().collect();
     let ticks = |i: usize| -> anyhow::Result<u64> { Ok(fields.get(i - 3).context("/proc stat field")?.parse()?) };
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(14)? + ticks(15)?) as f64 / hz)
+    Ok((ticks(14)? + ticks(15)?) as f64 / clock_ticks())
 }
 
-/// [`measure`], and the destination registry's CPU seconds over the run.
-fn measure_with_registry(cmd: Command) -> anyhow::Result<(Measured, f64)> {
-    let before = target_registry_cpu()?;
+/// [`measure`], and the CPU used over the run.
+fn measure_with_cpu(cmd: Command) -> anyhow::Result<(Measured, Cpu)> {
+    let before = Cpu::now()?;
     let m = measure(cmd)?;
-    Ok((m, target_registry_cpu()? - before))
+    Ok((m, Cpu::now()?.since(before)))
 }
 
 fn measure(mut cmd: Command) -> anyhow::Result<Measured> {
@@ -382,7 +432,7 @@ pub async fn fanout() -> anyhow::Result<()> {
         let mut c = Command::new(std::env::current_exe().expect("exe"));
         c.arg("copy-many").arg(&config).args([&repo, "v1", mode, &format!("fan-{id}")]);
         c.args(registries.iter().map(|i| format!("c{i}")));
-        measure_with_registry(c)
+        measure_with_cpu(c)
     };
     let (one, one_cpu) = many("together", &[1])?;
     let (three, three_cpu) = many("together", &[2, 3, 4])?;
@@ -393,8 +443,8 @@ pub async fn fanout() -> anyhow::Result<()> {
     // The raw HTTP limit of the same destination registry: curl pipes into
     // one repository, then into three at once.
     let raw_repos: Vec<String> = (1..=4).map(|i| format!("fan-{id}/raw{i}")).collect();
-    let (raw_one, raw_one_cpu) = measure_with_registry(curl_all(&stack, &repo, &raw_repos[..1], &blobs))?;
-    let (raw_three, raw_three_cpu) = measure_with_registry(curl_all(&stack, &repo, &raw_repos[1..], &blobs))?;
+    let (raw_one, raw_one_cpu) = measure_with_cpu(curl_all(&stack, &repo, &raw_repos[..1], &blobs))?;
+    let (raw_three, raw_three_cpu) = measure_with_cpu(curl_all(&stack, &repo, &raw_repos[1..], &blobs))?;
     for (r, (d, _)) in raw_repos.iter().flat_map(|r| blobs.iter().map(move |b| (r, b))) {
         anyhow::ensure!(stack.target().blob_exists(r, d).await?, "curl did not copy {d} into {r}");
     }
@@ -430,11 +480,26 @@ pub async fn fanout() -> anyhow::Result<()> {
         raw_three.wall.as_secs_f64() / raw_one.wall.as_secs_f64(),
         three.wall.as_secs_f64() / one.wall.as_secs_f64()
     );
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = cores();
+    let share = |c: &Cpu, m: &Measured| 100.0 * c.busy / (cores as f64 * m.wall.as_secs_f64());
     println!(
-        "\nThe destination registry's own CPU time (its process, from /proc): {one_cpu:.1} s receiving one copy, {three_cpu:.1} s receiving three (curl: {raw_one_cpu:.1} s and {raw_three_cpu:.1} s). On this machine's {cores} cores, which the worker, the source and the disk's writeback share, the three copies' registry work alone needs at least {:.1} s, {:.2} × the one destination's time.",
-        three_cpu / cores as f64,
-        three_cpu / cores as f64 / one.wall.as_secs_f64()
+        "\nCPU over each run (from /proc): the machine's {cores} cores were {:.0} % busy for one destination ({:.1} s; iowait {:.1} s) and {:.0} % for three ({:.1} s; iowait {:.1} s). Of it the destination registry's own process: {:.1} s and {:.1} s, the source's {:.1} s and {:.1} s (curl: {:.1} s and {:.1} s at the destination). The three copies' work, {:.1} CPU-seconds, needs at least {:.1} s on {cores} cores: {:.2} × the one destination's time; the registries' part alone, {:.2} ×.",
+        share(&one_cpu, &one),
+        one_cpu.busy,
+        one_cpu.iowait,
+        share(&three_cpu, &three),
+        three_cpu.busy,
+        three_cpu.iowait,
+        one_cpu.target,
+        three_cpu.target,
+        one_cpu.source,
+        three_cpu.source,
+        raw_one_cpu.target,
+        raw_three_cpu.target,
+        three_cpu.busy,
+        three_cpu.busy / cores as f64,
+        three_cpu.busy / cores as f64 / one.wall.as_secs_f64(),
+        (three_cpu.target + three_cpu.source) / cores as f64 / one.wall.as_secs_f64()
     );
     let peaks: Vec<String> = r5["peaks_kib"]
         .as_array()
@@ -520,6 +585,7 @@ pub async fn shared() -> anyhow::Result<()> {
     let source = stack.source();
     let unique_bytes = shared_base_images(&stack, &project).await?;
     // skopeo, one image after another.
+    let skopeo_cpu = Cpu::now()?;
     let started = Instant::now();
     let mut skopeo_rss = 0;
     for i in 0..20 {
@@ -527,6 +593,7 @@ pub async fn shared() -> anyhow::Result<()> {
         skopeo_rss = skopeo_rss.max(m.max_rss_kib);
     }
     let skopeo_wall = started.elapsed();
+    let skopeo_cpu = Cpu::now()?.since(skopeo_cpu);
     // The floor under any copy of them: the two base layers alone, piped by
     // curl into a repository of their own.
     let (first, raw) = (format!("{project}/app-0"), format!("raw-{id}/base"));
@@ -554,6 +621,7 @@ pub async fn shared() -> anyhow::Result<()> {
     }
     let stats = &app.worker.as_ref().expect("worker").stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let relay_cpu = Cpu::now()?;
     let started = Instant::now();
     // Harbor's job service delivers webhooks on its worker pool
     // (`jobservice.max_job_workers`, 10 by default), not one by one.
@@ -569,6 +637,7 @@ pub async fn shared() -> anyhow::Result<()> {
     // put a bcrypt check per request on the same two cores).
     let reports = crate::reports(|| load(&stats.tasks_succeeded), 20, started).await?;
     let relay_wall = started.elapsed();
+    let relay_cpu = Cpu::now()?.since(relay_cpu);
     let target = stack.target();
     for (repo, digest) in &pushed {
         let (_, bytes) = target.get_manifest(&format!("relay/{repo}"), "v1").await?.context("not at the target")?;
@@ -599,6 +668,24 @@ pub async fn shared() -> anyhow::Result<()> {
         reports[0].as_secs_f64(),
         reports[9].as_secs_f64(),
         reports[19].as_secs_f64()
+    );
+    let cores = cores();
+    let share = |c: &Cpu, wall: Duration| 100.0 * c.busy / (cores as f64 * wall.as_secs_f64());
+    println!(
+        "\nCPU over each run (from /proc), on this machine's {cores} cores: skopeo's run {:.0} % busy ({:.1} s; the destination registry {:.1} s, the source {:.1} s); the pipeline's {:.0} % ({:.1} s; iowait {:.1} s; the destination registry {:.1} s, the source {:.1} s, LocalStack {:.1} s, the webhook and worker the rest). Its work needs at least {:.2} s on {cores} cores, {:.2} × skopeo's time; without LocalStack's part (SQS is not on the worker's cores in AWS), {:.2} ×.",
+        share(&skopeo_cpu, skopeo_wall),
+        skopeo_cpu.busy,
+        skopeo_cpu.target,
+        skopeo_cpu.source,
+        share(&relay_cpu, relay_wall),
+        relay_cpu.busy,
+        relay_cpu.iowait,
+        relay_cpu.target,
+        relay_cpu.source,
+        relay_cpu.localstack,
+        relay_cpu.busy / cores as f64,
+        relay_cpu.busy / cores as f64 / skopeo_wall.as_secs_f64(),
+        (relay_cpu.busy - relay_cpu.localstack) / cores as f64 / skopeo_wall.as_secs_f64()
     );
     println!(
         "\nharbor-relay sent {} bytes for {} unique bytes ({:.3}×): {} blobs uploaded, {} mounted, {} skipped.",
