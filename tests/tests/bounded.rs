@@ -66,6 +66,13 @@ async fn hostile(req: Request) -> Response {
             let challenge = format!("Bearer realm=\"http://{host}/token\",service=\"x\"");
             (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, challenge)]).into_response()
         }
+        "/v2/mute/manifests/v1" => {
+            let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+            let challenge = format!("Bearer realm=\"http://{host}/mute-token\",service=\"x\"");
+            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, challenge)]).into_response()
+        }
+        // A token service that never answers.
+        "/mute-token" => std::future::pending().await,
         _ if path.starts_with("/token") => (StatusCode::OK, endless()).into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
@@ -120,6 +127,16 @@ async fn an_endless_token_answer_is_refused_at_its_bound() {
     let c = client().await;
     let err = bounded("token", c.head_manifest(&repo("guarded"), "v1")).await;
     assert!(err.contains("token response") && err.contains("1048576"), "{err}");
+}
+
+/// A token service that never answers is given up at the request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_service_that_never_answers_is_given_up() {
+    let c = client().await;
+    let started = Instant::now();
+    let err = bounded("token", c.head_manifest(&repo("mute"), "v1")).await;
+    assert!(err.contains("token") && err.contains("timed out"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
 
 /// A blob's error answer (no whole-request bound: a blob's body takes what

@@ -138,7 +138,7 @@ impl RegistryClient {
                 q.append_pair("scope", s);
             }
         }
-        let mut req = self.http.get(url);
+        let mut req = self.http.get(url).timeout(self.request_timeout);
         if let Some(basic) = self.basic_header() {
             req = req.header(AUTHORIZATION, basic);
         }
