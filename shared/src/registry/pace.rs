@@ -134,12 +134,15 @@ where
 pub struct Silence<S> {
     inner: S,
     max: Duration,
-    since: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set once per wait, not allocated per wait: a read of a large blob
+    /// waits on its socket thousands of times.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
 }
 
 impl<S> Silence<S> {
     pub fn new(inner: S, max: Duration) -> Silence<S> {
-        Silence { inner, max, since: None }
+        Silence { inner, max, deadline: Box::pin(tokio::time::sleep(max)), waiting: false }
     }
 }
 
@@ -159,14 +162,16 @@ where
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(item) => {
-                this.since = None;
+                this.waiting = false;
                 Poll::Ready(item.map(|r| r.map_err(Into::into)))
             }
             Poll::Pending => {
-                let max = this.max;
-                let since = this.since.get_or_insert_with(|| Box::pin(tokio::time::sleep(max)));
-                match since.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Silent(max).into()))),
+                if !this.waiting {
+                    this.waiting = true;
+                    this.deadline.as_mut().reset(tokio::time::Instant::now() + this.max);
+                }
+                match this.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Silent(this.max).into()))),
                     Poll::Pending => Poll::Pending,
                 }
             }
