@@ -4,36 +4,52 @@
 //! that succeeded or were settled for good (dead-lettered, re-enqueued);
 //! the rest reappear after their backoff.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::operation::receive_message::ReceiveMessageError;
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
+    QueueAttributeName,
+};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::queue::TaskQueue;
 use crate::settle::{Settler, CONTINUATIONS, PARKED};
 use crate::worker::{Message, Worker};
 
 /// How the standalone worker runs its batches.
-#[derive(Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct PollOptions {
     /// Each batch gets this long, as a Lambda invocation gets its timeout
     /// (`RELAY_WORKER_RUN_SECONDS`): a task still copying at the end is
     /// continued in a fresh message. `None`: no deadline.
     pub run_for: Option<Duration>,
+    /// The queue's visibility timeout, renewed for a batch's messages while
+    /// the batch runs ([`poll`] reads it from the queue when unset; `None`
+    /// in [`run_batch`]: not renewed).
+    pub visibility: Option<Duration>,
 }
+
+/// Used when the queue's visibility timeout cannot be read: SQS's default.
+const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
 
 /// Polls until `shutdown` completes; the batches in progress are finished
 /// first. Failures are settled by `settler` (without one: redelivered after
 /// the queue's visibility timeout).
 ///
 /// The next receive is in flight while batches run, for as many messages as
-/// the worker has free task slots (`task_concurrency`): a batch's slow task
-/// never keeps the queue's next messages waiting behind it, and the worker
-/// never holds more messages than it can start (their visibility timeout
-/// runs from the receive).
+/// the worker has free task slots (`task_concurrency`). A slot is free again
+/// as soon as its task ends, whatever its batch neighbours still do: a slow
+/// task never keeps the queue's next messages waiting behind it, and the
+/// worker never holds more messages than it can start (their visibility
+/// timeout runs from the receive). While a batch runs, its messages'
+/// visibility is renewed, so a copy longer than the queue's visibility
+/// timeout is not delivered again while it runs.
 pub async fn poll(
     queue: &TaskQueue,
     worker: &Worker,
@@ -42,27 +58,30 @@ pub async fn poll(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let capacity = worker.settings.task_concurrency.max(1);
+    let visibility = match options.visibility {
+        Some(v) => v,
+        None => queue_visibility(queue).await,
+    };
+    let options = PollOptions { visibility: Some(visibility), ..*options };
+    let slots = Arc::new(Semaphore::new(worker.settings.task_concurrency.max(1)));
     let mut batches = FuturesUnordered::new();
-    let mut in_flight = 0usize;
     let mut receiving = None;
     let mut failures = 0u32;
     loop {
-        if receiving.is_none() && in_flight < capacity {
-            let wanted = (capacity - in_flight).min(10) as i32;
+        if receiving.is_none() {
             let backoff = (failures > 0).then(|| Duration::from_millis(250 << failures.min(6)));
-            receiving = Some(Box::pin(receive(queue, wanted, backoff)));
+            receiving = Some(Box::pin(receive_into(slots.clone(), queue, backoff)));
         }
         tokio::select! {
             _ = &mut shutdown => break,
-            out = async { receiving.as_mut().expect("checked").await }, if receiving.is_some() => {
+            (mut held, out) = async { receiving.as_mut().expect("set above").await } => {
                 receiving = None;
                 match out {
                     Ok(messages) => {
                         failures = 0;
                         if !messages.is_empty() {
-                            in_flight += messages.len();
-                            batches.push(run_batch(queue, worker, settler, options, messages));
+                            held.truncate(messages.len());
+                            batches.push(run_batch_in(queue, worker, settler, &options, messages, held));
                         }
                     }
                     Err(e) => {
@@ -71,10 +90,52 @@ pub async fn poll(
                     }
                 }
             }
-            Some(done) = batches.next(), if !batches.is_empty() => in_flight -= done,
+            Some(_) = batches.next(), if !batches.is_empty() => {}
         }
     }
     while batches.next().await.is_some() {}
+}
+
+/// Waits for a free task slot, takes every free one (up to SQS's 10 a
+/// receive), and receives at most that many messages. The slots not filled
+/// are given back when the caller drops them.
+async fn receive_into(
+    slots: Arc<Semaphore>,
+    queue: &TaskQueue,
+    backoff: Option<Duration>,
+) -> (Vec<OwnedSemaphorePermit>, Result<Vec<Message>, aws_sdk_sqs::error::SdkError<ReceiveMessageError>>) {
+    let mut held = vec![slots.clone().acquire_owned().await.expect("the slots are never closed")];
+    while held.len() < 10 {
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => held.push(slot),
+            Err(_) => break,
+        }
+    }
+    let out = receive(queue, held.len() as i32, backoff).await;
+    (held, out)
+}
+
+/// The queue's visibility timeout, or SQS's default when it cannot be read
+/// (renewing more often than needed costs a request, too seldom a
+/// redelivery).
+async fn queue_visibility(queue: &TaskQueue) -> Duration {
+    let read = queue
+        .client()
+        .get_queue_attributes()
+        .queue_url(queue.url())
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .send()
+        .await;
+    let seconds = match read {
+        Ok(out) => {
+            out.attributes().and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout)).and_then(|v| v.parse().ok())
+        }
+        Err(e) => {
+            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot read the queue's visibility timeout");
+            None
+        }
+    };
+    seconds.map_or(DEFAULT_VISIBILITY, Duration::from_secs)
 }
 
 /// One long poll for up to `wanted` messages, after `backoff` if the last
@@ -127,19 +188,38 @@ pub async fn receive(
 }
 
 /// Runs one received batch, settles its failures and deletes the messages
-/// that are done; returns how many messages it held.
+/// that are done.
 pub async fn run_batch(
     queue: &TaskQueue,
     worker: &Worker,
     settler: Option<&Settler>,
     options: &PollOptions,
     messages: Vec<Message>,
-) -> usize {
-    let held = messages.len();
+) {
+    run_batch_in(queue, worker, settler, options, messages, Vec::new()).await
+}
+
+/// [`run_batch`] in the poller's task slots, one per message (in order):
+/// each is freed when its message's task ends.
+async fn run_batch_in(
+    queue: &TaskQueue,
+    worker: &Worker,
+    settler: Option<&Settler>,
+    options: &PollOptions,
+    messages: Vec<Message>,
+    slots: Vec<OwnedSemaphorePermit>,
+) {
     let receipts: Vec<(String, String)> =
         messages.iter().filter_map(|m| Some((m.id.clone(), m.receipt.clone()?))).collect();
+    let slots: Mutex<HashMap<String, OwnedSemaphorePermit>> =
+        Mutex::new(messages.iter().map(|m| m.id.clone()).zip(slots).collect());
+    let free = |m: &Message| drop(slots.lock().expect("slots lock").remove(&m.id));
     let deadline = options.run_for.map(|d| Instant::now() + d);
-    let failures = worker.handle_batch(messages, deadline).await;
+    let handled = worker.handle_batch_telling(messages, deadline, &free);
+    let failures = match options.visibility {
+        Some(visibility) => kept_invisible(queue, &receipts, visibility, handled).await,
+        None => handled.await,
+    };
     let failed = match settler {
         Some(s) => s.settle(failures).await,
         None => failures.into_iter().map(|f| f.message.id).collect(),
@@ -164,5 +244,54 @@ pub async fn run_batch(
             tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "delete of finished messages failed");
         }
     }
-    held
+}
+
+/// Runs `batch` while renewing its messages' visibility every third of
+/// `visibility`: SQS would deliver a message again once its visibility
+/// timeout passed, though its copy still runs (a large image on a slow
+/// link). All the batch's messages are renewed, the finished ones too: they
+/// are deleted or settled when the batch ends.
+async fn kept_invisible<F: Future>(
+    queue: &TaskQueue,
+    receipts: &[(String, String)],
+    visibility: Duration,
+    batch: F,
+) -> F::Output {
+    let every = (visibility / 3).max(Duration::from_secs(1));
+    let renew = async {
+        loop {
+            tokio::time::sleep(every).await;
+            let entries = receipts.iter().enumerate().map(|(i, (_, receipt))| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .visibility_timeout(visibility.as_secs() as i32)
+                    .build()
+                    .expect("id and receipt are set")
+            });
+            let sent = queue
+                .client()
+                .change_message_visibility_batch()
+                .queue_url(queue.url())
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await;
+            match sent {
+                Ok(out) if out.failed().is_empty() => {
+                    tracing::debug!(messages = receipts.len(), "visibility renewed while the batch runs")
+                }
+                Ok(out) => {
+                    let reasons: Vec<_> = out.failed().iter().map(|f| f.code()).collect();
+                    tracing::warn!(?reasons, "cannot renew the visibility of some of the batch's messages; they may be delivered again while they run")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot renew the batch's visibility; its messages may be delivered again while they run")
+                }
+            }
+        }
+    };
+    tokio::select! {
+        out = batch => out,
+        never = renew => never,
+    }
 }

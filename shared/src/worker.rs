@@ -148,11 +148,17 @@ impl Worker {
 }
 
 /// Runs `run` for every message, `concurrency` at a time, and returns the
-/// failures. A panic inside one message's run becomes that message's
-/// failure: its batch neighbours finish and are reported as they ended, so
-/// a bug that one task trips costs that task alone, not a redelivery of
-/// the batch (the release profile unwinds for this, see Cargo.toml).
-async fn each_isolated<T, F, Fut>(messages: Vec<(Message, T)>, concurrency: usize, run: F) -> Vec<Failure>
+/// failures; `ended` hears of each message as soon as its run ends. A panic
+/// inside one message's run becomes that message's failure: its batch
+/// neighbours finish and are reported as they ended, so a bug that one task
+/// trips costs that task alone, not a redelivery of the batch (the release
+/// profile unwinds for this, see Cargo.toml).
+async fn each_isolated<T, F, Fut>(
+    messages: Vec<(Message, T)>,
+    concurrency: usize,
+    run: F,
+    ended: &(dyn Fn(&Message) + Sync),
+) -> Vec<Failure>
 where
     F: Fn(Message, T) -> Fut,
     Fut: std::future::Future<Output = Result<(), Failed>>,
@@ -161,7 +167,9 @@ where
         .map(|(m, with)| {
             let running = AssertUnwindSafe(run(m.clone(), with)).catch_unwind();
             async move {
-                let Failed { error, disposition, slices } = match running.await {
+                let result = running.await;
+                ended(&m);
+                let Failed { error, disposition, slices } = match result {
                     Ok(Ok(())) => return None,
                     Ok(Err(failed)) => failed,
                     Err(panic) => {
@@ -284,6 +292,18 @@ impl Worker {
     /// Copy tasks of the same artifact into different destinations share
     /// each blob's source read ([`Fanout`]).
     pub async fn handle_batch(&self, messages: Vec<Message>, deadline: Option<Instant>) -> Vec<Failure> {
+        self.handle_batch_telling(messages, deadline, &|_| {}).await
+    }
+
+    /// [`Worker::handle_batch`], calling `ended` with each message as soon
+    /// as its task ends, while its neighbours may still run: the standalone
+    /// poller gives its slot to the next message at once.
+    pub async fn handle_batch_telling(
+        &self,
+        messages: Vec<Message>,
+        deadline: Option<Instant>,
+        ended: &(dyn Fn(&Message) + Sync),
+    ) -> Vec<Failure> {
         let mut batch: Vec<Decoded> = messages
             .into_iter()
             .map(|m| {
@@ -292,11 +312,11 @@ impl Worker {
             })
             .collect();
         let fanouts = fanouts(&mut batch);
-        each_isolated(batch, self.settings.task_concurrency, |m, task| {
+        let run = |m: Message, task| {
             let fanout = fanouts.get(&m.id).cloned();
             async move { self.handle_message(&m, task, deadline, fanout).await }
-        })
-        .await
+        };
+        each_isolated(batch, self.settings.task_concurrency, run, ended).await
     }
 
     /// Runs one message (in `fanout`'s group when it has one); logs its
@@ -535,24 +555,31 @@ mod tests {
     async fn a_panicking_task_fails_alone() {
         let finished = AtomicUsize::new(0);
         let batch = ["a", "boom", "b", "bad"].map(|id| (message(id), ())).into();
-        let failures = each_isolated(batch, 2, |m, ()| {
-            let finished = &finished;
-            async move {
-                tokio::task::yield_now().await;
-                match m.id.as_str() {
-                    "boom" => panic!("index out of bounds in task {}", m.id),
-                    "bad" => Err(Failed {
-                        error: "an ordinary failure".to_owned(),
-                        disposition: Disposition::Permanent,
-                        slices: Slices::default(),
-                    }),
-                    _ => {
-                        finished.fetch_add(1, Ordering::Relaxed);
-                        Ok(())
+        let ended = std::sync::Mutex::new(Vec::new());
+        let tell = |m: &Message| ended.lock().unwrap().push(m.id.clone());
+        let failures = each_isolated(
+            batch,
+            2,
+            |m, ()| {
+                let finished = &finished;
+                async move {
+                    tokio::task::yield_now().await;
+                    match m.id.as_str() {
+                        "boom" => panic!("index out of bounds in task {}", m.id),
+                        "bad" => Err(Failed {
+                            error: "an ordinary failure".to_owned(),
+                            disposition: Disposition::Permanent,
+                            slices: Slices::default(),
+                        }),
+                        _ => {
+                            finished.fetch_add(1, Ordering::Relaxed);
+                            Ok(())
+                        }
                     }
                 }
-            }
-        })
+            },
+            &tell,
+        )
         .await;
         let mut failed: Vec<_> = failures.iter().map(|f| (f.message.id.as_str(), f.error.as_str())).collect();
         failed.sort();
@@ -561,5 +588,8 @@ mod tests {
             vec![("bad", "an ordinary failure"), ("boom", "task panicked: index out of bounds in task boom")]
         );
         assert_eq!(finished.load(Ordering::Relaxed), 2, "the neighbours ran to the end");
+        let mut ended = ended.into_inner().unwrap();
+        ended.sort();
+        assert_eq!(ended, ["a", "b", "bad", "boom"], "each message's end is told, a panicked one's too");
     }
 }

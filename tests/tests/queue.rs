@@ -3,6 +3,8 @@
 //! duplicated, reordered push and delete tasks, and of tasks racing changes
 //! at the source.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
@@ -275,4 +277,116 @@ async fn a_slow_task_never_holds_the_next_messages() {
     }
     let _ = stop.send(());
     poller.await.unwrap();
+}
+
+/// A worker on the fake source `src`, with `worker_yaml` appended to the
+/// stack's configuration, polling `url` until the returned sender is used.
+async fn polling_on_fake(
+    stack: &Stack,
+    src: &FakeRegistry,
+    url: &str,
+    worker_yaml: &str,
+) -> (Config, Arc<relay::worker::Worker>, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let sqs = stack.sqs().await;
+    let yaml = stack.config_yaml(ALL_TO_CLUSTER1).replace(&stack.source_url, &src.url) + worker_yaml;
+    let config = Config::parse(&yaml).unwrap();
+    let w = Arc::new(bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap());
+    let queue = TaskQueue::new(sqs.clone(), url.to_owned());
+    let timing = relay::settle::Timing::from_settings(&config.worker);
+    let settler = relay::settle::Settler::new(sqs, Some(url.to_owned()), None, timing);
+    let (stop, rx) = oneshot::channel::<()>();
+    let polling = w.clone();
+    let poller = tokio::spawn(async move {
+        relay::poller::poll(&queue, &polling, Some(&settler), &Default::default(), async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    (config, w, stop, poller)
+}
+
+/// A task's slot is free as soon as it ends: with two slots, a batch of a
+/// slow task and a quick one leaves room for the next message while the
+/// slow one still runs (not when the whole batch ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_task_frees_its_slot_while_its_batch_neighbour_runs() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let url = relay_tests::stack::create_queue(&sqs, "slots").await.unwrap();
+    let src = FakeRegistry::start(false).await;
+    let (config, w, stop, poller) = polling_on_fake(&stack, &src, &url, "worker:\n  task_concurrency: 2\n").await;
+    let source = relay_tests::PlainRegistry::new(&src.url, None);
+    let repos = [unique_repo("slow"), unique_repo("quick"), unique_repo("next")];
+    let mut tasks = Vec::new();
+    for repo in &repos {
+        let img = image::push(&source, repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
+        let host = src.url.trim_start_matches("http://");
+        tasks.push(relay_tests::planned_tasks_on(&config, host, "PUSH_ARTIFACT", repo, "v1", &img.digest).remove(0));
+    }
+    // The quick task's image is at the destination already: it reads no
+    // blob, so the held read is the slow task's.
+    w.run(&tasks[1]).await.unwrap();
+    let done_before = w.stats.tasks_succeeded.load(Ordering::Relaxed);
+    src.inject(Op::GetBlob, Fault::Hold(Duration::from_secs(12)), 1);
+    let queue = TaskQueue::new(sqs.clone(), url.clone());
+    // One send: the poller's first receive (two free slots) takes both.
+    let first_two: Vec<_> = tasks[..2].iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
+    queue.send(&first_two).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while src.count(Op::GetBlob) == 0 || w.stats.tasks_succeeded.load(Ordering::Relaxed) == done_before {
+        assert!(Instant::now() < deadline, "the slow task never read its blob, or the quick one never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = Instant::now();
+    queue.send(&[Outgoing { task: &tasks[2], delay: Duration::ZERO }]).await.unwrap();
+    let target = stack.target();
+    while target.get_manifest(&repos[2], "v1").await.unwrap().is_none() {
+        assert!(sent.elapsed() < Duration::from_secs(30), "the next task never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let next_took = sent.elapsed();
+    assert!(
+        target.get_manifest(&repos[0], "v1").await.unwrap().is_none(),
+        "the next task was received only after its slot's batch ended ({next_took:?})"
+    );
+    // The slow task still completes, and every message is deleted.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while target.get_manifest(&repos[0], "v1").await.unwrap().is_none()
+        || queue_depth(&sqs, &url).await.unwrap() != (0, 0, 0)
+    {
+        assert!(Instant::now() < deadline, "left: {:?}", queue_depth(&sqs, &url).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    poller.await.unwrap();
+}
+
+/// A copy that outlasts the queue's visibility timeout is not delivered
+/// again while it runs: the poller renews its batch's visibility.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_longer_than_the_visibility_timeout_is_not_delivered_again() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let (url, _dlq) = create_queue_with_dlq(&sqs, "renewed", 5, 2).await.unwrap();
+    let src = FakeRegistry::start(false).await;
+    let (config, w, stop, poller) = polling_on_fake(&stack, &src, &url, "").await;
+    let source = relay_tests::PlainRegistry::new(&src.url, None);
+    let repo = unique_repo("long");
+    let img = image::push(&source, &repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
+    let host = src.url.trim_start_matches("http://");
+    let task = relay_tests::planned_tasks_on(&config, host, "PUSH_ARTIFACT", &repo, "v1", &img.digest).remove(0);
+    // Its blob read takes 7 s: three and a half visibility timeouts.
+    src.inject(Op::GetBlob, Fault::Hold(Duration::from_secs(7)), 1);
+    TaskQueue::new(sqs.clone(), url.clone()).send(&[Outgoing { task: &task, delay: Duration::ZERO }]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while stack.target().get_manifest(&repo, "v1").await.unwrap().is_none()
+        || queue_depth(&sqs, &url).await.unwrap() != (0, 0, 0)
+    {
+        assert!(Instant::now() < deadline, "left: {:?}", queue_depth(&sqs, &url).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    poller.await.unwrap();
+    let ran = w.stats.tasks_succeeded.load(Ordering::Relaxed) + w.stats.tasks_failed.load(Ordering::Relaxed);
+    assert_eq!(ran, 1, "the message was delivered again while its copy ran");
 }

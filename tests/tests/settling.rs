@@ -142,7 +142,7 @@ async fn a_copy_longer_than_an_invocation_continues_and_never_dead_letters() {
     let img = image::push(&stack.source(), &p, "v1", ImageKind::OciImage, 6, 96 * 1024).await.unwrap();
     send(&sqs, &url, &planned_tasks(&config, &stack, "PUSH_ARTIFACT", &p, "v1", &img.digest)).await;
 
-    let options = PollOptions { run_for: Some(Duration::from_millis(300)) };
+    let options = PollOptions { run_for: Some(Duration::from_millis(300)), ..Default::default() };
     let _stop = poll(&config, worker.clone(), &sqs, &url, options).await;
     let target = stack.target();
     wait_for(Duration::from_secs(60), "the long copy", || async {

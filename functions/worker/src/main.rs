@@ -51,7 +51,7 @@ async fn run() -> anyhow::Result<()> {
         };
         tracing::info!(queue = %queue_url, "worker polling");
         let queue = TaskQueue::new(pipeline.sqs.clone(), queue_url);
-        let options = PollOptions { run_for };
+        let options = PollOptions { run_for, ..Default::default() };
         relay::poller::poll(&queue, &pipeline.worker, Some(&pipeline.settler), &options, bootstrap::shutdown_signal())
             .await;
         Ok(())
