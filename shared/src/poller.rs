@@ -4,7 +4,7 @@
 //! that succeeded or were settled for good (dead-lettered, re-enqueued);
 //! the rest reappear after their backoff.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -213,55 +213,95 @@ async fn run_batch_in(
         messages.iter().filter_map(|m| Some((m.id.clone(), m.receipt.clone()?))).collect();
     let slots: Mutex<HashMap<String, OwnedSemaphorePermit>> =
         Mutex::new(messages.iter().map(|m| m.id.clone()).zip(slots).collect());
-    let free = |m: &Message| drop(slots.lock().expect("slots lock").remove(&m.id));
+    // Succeeded while the batch runs, and not deleted yet.
+    let succeeded = Mutex::new(Vec::new());
+    let ended = |m: &Message, ok: bool| {
+        drop(slots.lock().expect("slots lock").remove(&m.id));
+        if ok {
+            succeeded.lock().expect("succeeded lock").push(m.id.clone());
+        }
+    };
+    let mut deleted = HashSet::new();
     let deadline = options.run_for.map(|d| Instant::now() + d);
-    let handled = worker.handle_batch_telling(messages, deadline, &free);
+    let handled = worker.handle_batch_telling(messages, deadline, &ended);
     let failures = match options.visibility {
-        Some(visibility) => kept_invisible(queue, &receipts, visibility, handled).await,
+        Some(visibility) => {
+            let held = Held { receipts: &receipts, succeeded: &succeeded, deleted: &mut deleted };
+            kept_invisible(queue, held, visibility, handled).await
+        }
         None => handled.await,
     };
     let failed = match settler {
         Some(s) => s.settle(failures).await,
         None => failures.into_iter().map(|f| f.message.id).collect(),
     };
-    let done: Vec<_> = receipts
-        .into_iter()
-        .filter(|(id, _)| !failed.contains(id))
-        .enumerate()
-        .map(|(i, (_, receipt))| {
-            DeleteMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .receipt_handle(receipt)
-                .build()
-                .expect("id and receipt are set")
-        })
-        .collect();
-    if !done.is_empty() {
-        if let Err(e) =
-            queue.client().delete_message_batch().queue_url(queue.url()).set_entries(Some(done)).send().await
-        {
-            // The tasks are idempotent: a redelivery after this costs HEADs only.
+    let done: Vec<_> = receipts.iter().filter(|(id, _)| !failed.contains(id) && !deleted.contains(id)).collect();
+    delete(queue, &done).await;
+}
+
+/// Deletes `done` (message id, receipt); returns the ids SQS deleted. The
+/// tasks are idempotent: a message left after a failed delete costs HEADs
+/// when it comes back.
+async fn delete(queue: &TaskQueue, done: &[&(String, String)]) -> HashSet<String> {
+    if done.is_empty() {
+        return HashSet::new();
+    }
+    let entries = done.iter().enumerate().map(|(i, (_, receipt))| {
+        DeleteMessageBatchRequestEntry::builder()
+            .id(i.to_string())
+            .receipt_handle(receipt)
+            .build()
+            .expect("id and receipt are set")
+    });
+    let sent =
+        queue.client().delete_message_batch().queue_url(queue.url()).set_entries(Some(entries.collect())).send().await;
+    match sent {
+        Ok(out) => {
+            if !out.failed().is_empty() {
+                let reasons: Vec<_> = out.failed().iter().map(|f| f.code()).collect();
+                tracing::warn!(?reasons, "delete of some finished messages failed");
+            }
+            let index = |id: &str| id.parse::<usize>().ok().and_then(|i| done.get(i));
+            out.successful().iter().filter_map(|e| index(e.id())).map(|(id, _)| id.clone()).collect()
+        }
+        Err(e) => {
             tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "delete of finished messages failed");
+            HashSet::new()
         }
     }
 }
 
-/// Runs `batch` while renewing its messages' visibility every third of
-/// `visibility`: SQS would deliver a message again once its visibility
-/// timeout passed, though its copy still runs (a large image on a slow
-/// link). All the batch's messages are renewed, the finished ones too: they
-/// are deleted or settled when the batch ends.
-async fn kept_invisible<F: Future>(
-    queue: &TaskQueue,
-    receipts: &[(String, String)],
-    visibility: Duration,
-    batch: F,
-) -> F::Output {
+/// A running batch's messages, as [`kept_invisible`] keeps them.
+struct Held<'a> {
+    /// (message id, receipt) of each.
+    receipts: &'a [(String, String)],
+    /// Ids of the messages whose task succeeded and that are not deleted yet.
+    succeeded: &'a Mutex<Vec<String>>,
+    /// Ids deleted while the batch ran.
+    deleted: &'a mut HashSet<String>,
+}
+
+/// Runs `batch` while, every third of `visibility`, deleting the messages
+/// whose task has succeeded and renewing the others' visibility: SQS would
+/// deliver a message again once its visibility timeout passed, though its
+/// copy still runs (a large image on a slow link), and a finished message
+/// held until its batch's slowest task ends would show as in flight and be
+/// run again if the worker died meanwhile. Failed messages are renewed too:
+/// they are settled when the batch ends.
+async fn kept_invisible<F: Future>(queue: &TaskQueue, held: Held<'_>, visibility: Duration, batch: F) -> F::Output {
     let every = (visibility / 3).max(Duration::from_secs(1));
+    let Held { receipts, succeeded, deleted } = held;
     let renew = async {
         loop {
             tokio::time::sleep(every).await;
-            let entries = receipts.iter().enumerate().map(|(i, (_, receipt))| {
+            let ids = std::mem::take(&mut *succeeded.lock().expect("succeeded lock"));
+            let done: Vec<_> = receipts.iter().filter(|(id, _)| ids.contains(id)).collect();
+            deleted.extend(delete(queue, &done).await);
+            let running: Vec<_> = receipts.iter().filter(|(id, _)| !deleted.contains(id)).collect();
+            if running.is_empty() {
+                continue;
+            }
+            let entries = running.iter().enumerate().map(|(i, (_, receipt))| {
                 ChangeMessageVisibilityBatchRequestEntry::builder()
                     .id(i.to_string())
                     .receipt_handle(receipt)
@@ -278,7 +318,7 @@ async fn kept_invisible<F: Future>(
                 .await;
             match sent {
                 Ok(out) if out.failed().is_empty() => {
-                    tracing::debug!(messages = receipts.len(), "visibility renewed while the batch runs")
+                    tracing::debug!(messages = running.len(), "visibility renewed while the batch runs")
                 }
                 Ok(out) => {
                     let reasons: Vec<_> = out.failed().iter().map(|f| f.code()).collect();

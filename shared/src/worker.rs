@@ -148,7 +148,8 @@ impl Worker {
 }
 
 /// Runs `run` for every message, `concurrency` at a time, and returns the
-/// failures; `ended` hears of each message as soon as its run ends. A panic
+/// failures; `ended` hears of each message as soon as its run ends (and
+/// whether it succeeded). A panic
 /// inside one message's run becomes that message's failure: its batch
 /// neighbours finish and are reported as they ended, so a bug that one task
 /// trips costs that task alone, not a redelivery of the batch (the release
@@ -157,7 +158,7 @@ async fn each_isolated<T, F, Fut>(
     messages: Vec<(Message, T)>,
     concurrency: usize,
     run: F,
-    ended: &(dyn Fn(&Message) + Sync),
+    ended: &(dyn Fn(&Message, bool) + Sync),
 ) -> Vec<Failure>
 where
     F: Fn(Message, T) -> Fut,
@@ -168,7 +169,7 @@ where
             let running = AssertUnwindSafe(run(m.clone(), with)).catch_unwind();
             async move {
                 let result = running.await;
-                ended(&m);
+                ended(&m, matches!(result, Ok(Ok(()))));
                 let Failed { error, disposition, slices } = match result {
                     Ok(Ok(())) => return None,
                     Ok(Err(failed)) => failed,
@@ -292,17 +293,18 @@ impl Worker {
     /// Copy tasks of the same artifact into different destinations share
     /// each blob's source read ([`Fanout`]).
     pub async fn handle_batch(&self, messages: Vec<Message>, deadline: Option<Instant>) -> Vec<Failure> {
-        self.handle_batch_telling(messages, deadline, &|_| {}).await
+        self.handle_batch_telling(messages, deadline, &|_, _| {}).await
     }
 
     /// [`Worker::handle_batch`], calling `ended` with each message as soon
-    /// as its task ends, while its neighbours may still run: the standalone
-    /// poller gives its slot to the next message at once.
+    /// as its task ends (and whether it succeeded), while its neighbours may
+    /// still run: the standalone poller gives its slot to the next message
+    /// at once, and deletes it if it succeeded.
     pub async fn handle_batch_telling(
         &self,
         messages: Vec<Message>,
         deadline: Option<Instant>,
-        ended: &(dyn Fn(&Message) + Sync),
+        ended: &(dyn Fn(&Message, bool) + Sync),
     ) -> Vec<Failure> {
         let mut batch: Vec<Decoded> = messages
             .into_iter()
@@ -556,7 +558,7 @@ mod tests {
         let finished = AtomicUsize::new(0);
         let batch = ["a", "boom", "b", "bad"].map(|id| (message(id), ())).into();
         let ended = std::sync::Mutex::new(Vec::new());
-        let tell = |m: &Message| ended.lock().unwrap().push(m.id.clone());
+        let tell = |m: &Message, ok: bool| ended.lock().unwrap().push((m.id.clone(), ok));
         let failures = each_isolated(
             batch,
             2,
@@ -590,6 +592,7 @@ mod tests {
         assert_eq!(finished.load(Ordering::Relaxed), 2, "the neighbours ran to the end");
         let mut ended = ended.into_inner().unwrap();
         ended.sort();
-        assert_eq!(ended, ["a", "b", "bad", "boom"], "each message's end is told, a panicked one's too");
+        let told = [("a", true), ("b", true), ("bad", false), ("boom", false)].map(|(id, ok)| (id.to_owned(), ok));
+        assert_eq!(ended, told, "each message's end is told with its success, a panicked one's too");
     }
 }

@@ -362,7 +362,9 @@ async fn a_finished_task_frees_its_slot_while_its_batch_neighbour_runs() {
 }
 
 /// A copy that outlasts the queue's visibility timeout is not delivered
-/// again while it runs: the poller renews its batch's visibility.
+/// again while it runs (the poller renews its batch's visibility), and its
+/// batch neighbour that finished is deleted while it still runs, not held
+/// in flight until the batch ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_longer_than_the_visibility_timeout_is_not_delivered_again() {
     let stack = Stack::load().unwrap();
@@ -371,22 +373,38 @@ async fn a_copy_longer_than_the_visibility_timeout_is_not_delivered_again() {
     let src = FakeRegistry::start(false).await;
     let (config, w, stop, poller) = polling_on_fake(&stack, &src, &url, "").await;
     let source = relay_tests::PlainRegistry::new(&src.url, None);
-    let repo = unique_repo("long");
-    let img = image::push(&source, &repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
+    let (repo, quick_repo) = (unique_repo("long"), unique_repo("quick"));
     let host = src.url.trim_start_matches("http://");
-    let task = relay_tests::planned_tasks_on(&config, host, "PUSH_ARTIFACT", &repo, "v1", &img.digest).remove(0);
-    // Its blob read takes 7 s: three and a half visibility timeouts.
+    let mut tasks = Vec::new();
+    for r in [&repo, &quick_repo] {
+        let img = image::push(&source, r, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
+        tasks.push(relay_tests::planned_tasks_on(&config, host, "PUSH_ARTIFACT", r, "v1", &img.digest).remove(0));
+    }
+    // The neighbour's image is at the destination already: it reads no
+    // blob and ends at once.
+    w.run(&tasks[1]).await.unwrap();
+    let ran_before = w.stats.tasks_succeeded.load(Ordering::Relaxed);
+    // The long task's blob read takes 7 s: three and a half visibility timeouts.
     src.inject(Op::GetBlob, Fault::Hold(Duration::from_secs(7)), 1);
-    TaskQueue::new(sqs.clone(), url.clone()).send(&[Outgoing { task: &task, delay: Duration::ZERO }]).await.unwrap();
+    let both: Vec<_> = tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
+    TaskQueue::new(sqs.clone(), url.clone()).send(&both).await.unwrap();
+    let target = stack.target();
     let deadline = Instant::now() + Duration::from_secs(40);
-    while stack.target().get_manifest(&repo, "v1").await.unwrap().is_none()
+    let mut neighbour_gone_first = false;
+    while target.get_manifest(&repo, "v1").await.unwrap().is_none()
         || queue_depth(&sqs, &url).await.unwrap() != (0, 0, 0)
     {
-        assert!(Instant::now() < deadline, "left: {:?}", queue_depth(&sqs, &url).await.unwrap());
+        let depth = queue_depth(&sqs, &url).await.unwrap();
+        if depth == (0, 1, 0) && target.get_manifest(&repo, "v1").await.unwrap().is_none() {
+            neighbour_gone_first = true;
+        }
+        assert!(Instant::now() < deadline, "left: {depth:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = stop.send(());
     poller.await.unwrap();
-    let ran = w.stats.tasks_succeeded.load(Ordering::Relaxed) + w.stats.tasks_failed.load(Ordering::Relaxed);
-    assert_eq!(ran, 1, "the message was delivered again while its copy ran");
+    assert!(neighbour_gone_first, "the finished neighbour stayed in flight until the long copy ended");
+    let ran =
+        w.stats.tasks_succeeded.load(Ordering::Relaxed) + w.stats.tasks_failed.load(Ordering::Relaxed) - ran_before;
+    assert_eq!(ran, 2, "a message was delivered again while its copy ran");
 }
