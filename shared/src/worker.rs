@@ -149,11 +149,11 @@ impl Worker {
 
 /// Runs `run` for every message, `concurrency` at a time, and returns the
 /// failures; `ended` hears of each message as soon as its run ends (and
-/// whether it succeeded). A panic
-/// inside one message's run becomes that message's failure: its batch
-/// neighbours finish and are reported as they ended, so a bug that one task
-/// trips costs that task alone, not a redelivery of the batch (the release
-/// profile unwinds for this, see Cargo.toml).
+/// whether it succeeded). A panic inside one message's run becomes that
+/// message's failure: its batch neighbours finish and are reported as they
+/// ended, so a bug that one task trips costs that task alone, not a
+/// redelivery of the batch (the release profile unwinds for this, see
+/// Cargo.toml).
 async fn each_isolated<T, F, Fut>(
     messages: Vec<(Message, T)>,
     concurrency: usize,
