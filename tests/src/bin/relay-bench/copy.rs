@@ -297,7 +297,12 @@ fn row(name: &str, m: &Measured, base: &Measured) {
 
 async fn blob_sizes(stack: &Stack, repo: &str, tag: &str) -> anyhow::Result<Vec<(String, u64)>> {
     let (_, bytes) = stack.source().get_manifest(repo, tag).await?.context("manifest")?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+    blobs_of(&bytes)
+}
+
+/// (digest, size) of an image manifest's config and layers.
+fn blobs_of(manifest: &[u8]) -> anyhow::Result<Vec<(String, u64)>> {
+    let v: serde_json::Value = serde_json::from_slice(manifest)?;
     Ok(std::iter::once(&v["config"])
         .chain(v["layers"].as_array().into_iter().flatten())
         .map(|d| (d["digest"].as_str().unwrap_or_default().to_owned(), d["size"].as_u64().unwrap_or(0)))
@@ -634,8 +639,9 @@ pub async fn shared() -> anyhow::Result<()> {
         anyhow::ensure!(stack.target().blob_exists(&raw, d).await?, "curl did not copy {d}");
     }
 
-    let fewest_together = fewest_requests(&stack, &project, &format!("fewest-{id}"), false).await?;
-    let fewest_base_first = fewest_requests(&stack, &project, &format!("fewest-first-{id}"), true).await?;
+    let job = SharedJob::read(&stack, &project).await?;
+    let fewest_together = job.fewest_requests(&stack, &format!("fewest-{id}"), false).await?;
+    let fewest_base_first = job.fewest_requests(&stack, &format!("fewest-first-{id}"), true).await?;
 
     // The whole pipeline: 20 webhook deliveries → SQS → worker.
     let app = AppBuilder::rules(
@@ -746,59 +752,87 @@ pub async fn shared() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The destination's side of the 20 shared-base images (as pushed by
-/// [`shared_base_images`]) into `into/app-*`, in the fewest requests the
-/// protocol allows: a `POST` and a `PUT` for each blob the destination
-/// lacks (the base layers once), then each image's two mounts at once and
-/// its manifest. Every byte is read into memory before the clock starts, so
-/// no source read and no client logic is in the time: it is what this job
-/// costs the registry. `base_first`: the base layers' uploads end before
-/// any other request starts.
-/// Requests of [`fewest_requests`]: a `POST` and a `PUT` for each of the
-/// 42 blobs, 2 mounts for each of 19 images, 20 manifests.
+/// Requests of [`SharedJob::fewest_requests`]: a `POST` and a `PUT` for
+/// each of the 42 blobs, 2 mounts for each of 19 images, 20 manifests.
 const FEWEST_REQUESTS: usize = 2 * 42 + 2 * 19 + 20;
 
-async fn fewest_requests(stack: &Stack, project: &str, into: &str, base_first: bool) -> anyhow::Result<Duration> {
-    use futures_util::future::try_join_all;
-    let (source, target) = (stack.source(), stack.target());
-    let mut images = Vec::new();
-    let mut base = Vec::new();
-    for i in 0..20 {
-        let from = format!("{project}/app-{i}");
-        let (media_type, manifest) = source.get_manifest(&from, "v1").await?.context("manifest")?;
-        let (mut shared, mut own) = (Vec::new(), Vec::new());
-        for (d, size) in blob_sizes(stack, &from, "v1").await? {
-            if size == (64 * MIB) as u64 {
-                if i == 0 {
-                    base.push(bytes::Bytes::from(source.get_blob(&from, &d).await?.context("base layer")?));
+/// The 20 shared-base images (as pushed by [`shared_base_images`]), every
+/// byte in memory.
+struct SharedJob {
+    images: Vec<SharedImage>,
+    /// The two base layers.
+    base: Vec<bytes::Bytes>,
+}
+
+struct SharedImage {
+    /// Its name under the target's repository (`app-N`).
+    name: String,
+    media_type: String,
+    manifest: Vec<u8>,
+    /// The base layers' digests.
+    base: Vec<String>,
+    /// Its own blobs (config and layer).
+    own: Vec<bytes::Bytes>,
+}
+
+impl SharedJob {
+    async fn read(stack: &Stack, project: &str) -> anyhow::Result<SharedJob> {
+        let source = stack.source();
+        let (mut images, mut base) = (Vec::new(), Vec::new());
+        for i in 0..20 {
+            let from = format!("{project}/app-{i}");
+            let (media_type, manifest) = source.get_manifest(&from, "v1").await?.context("manifest")?;
+            let (mut shared, mut own) = (Vec::new(), Vec::new());
+            for (d, size) in blobs_of(&manifest)? {
+                if size == (64 * MIB) as u64 {
+                    if i == 0 {
+                        base.push(bytes::Bytes::from(source.get_blob(&from, &d).await?.context("base layer")?));
+                    }
+                    shared.push(d);
+                } else {
+                    own.push(bytes::Bytes::from(source.get_blob(&from, &d).await?.context("blob")?));
                 }
-                shared.push(d);
-            } else {
-                own.push(bytes::Bytes::from(source.get_blob(&from, &d).await?.context("blob")?));
             }
+            images.push(SharedImage { name: format!("app-{i}"), media_type, manifest, base: shared, own });
         }
-        images.push((format!("{into}/app-{i}"), media_type, manifest, shared, own));
+        Ok(SharedJob { images, base })
     }
-    let (first, target) = (&images[0].0, &target);
-    let started = Instant::now();
-    let base_uploads = try_join_all(base.iter().map(|b| target.put_blob(first, b.clone())));
-    let own_uploads = try_join_all(
-        images.iter().flat_map(|(repo, _, _, _, own)| own.iter().map(|b| target.put_blob(repo, b.clone()))),
-    );
-    if base_first {
-        base_uploads.await?;
-        own_uploads.await?;
-    } else {
-        futures_util::future::try_join(base_uploads, own_uploads).await?;
-    }
-    try_join_all(images.iter().map(|(repo, media_type, manifest, shared, _)| async move {
-        if repo != first {
-            try_join_all(shared.iter().map(|d| target.mount_blob(repo, d, first))).await?;
+
+    /// The destination's side of the job into `into/app-*`, in the fewest
+    /// requests the protocol allows: a `POST` and a `PUT` for each blob the
+    /// destination lacks (the base layers once), then each image's two
+    /// mounts at once and its manifest. The bytes are in memory, so no
+    /// source read and no client logic is in the time: it is what this job
+    /// costs the registry. `base_first`: the base layers' uploads end before
+    /// any other request starts.
+    async fn fewest_requests(&self, stack: &Stack, into: &str, base_first: bool) -> anyhow::Result<Duration> {
+        use futures_util::future::try_join_all;
+        let target = &stack.target();
+        let repos: Vec<String> = self.images.iter().map(|image| format!("{into}/{}", image.name)).collect();
+        let first = &repos[0];
+        let started = Instant::now();
+        let base_uploads = try_join_all(self.base.iter().map(|b| target.put_blob(first, b.clone())));
+        let own_uploads = try_join_all(
+            self.images
+                .iter()
+                .zip(&repos)
+                .flat_map(|(image, repo)| image.own.iter().map(|b| target.put_blob(repo, b.clone()))),
+        );
+        if base_first {
+            base_uploads.await?;
+            own_uploads.await?;
+        } else {
+            futures_util::future::try_join(base_uploads, own_uploads).await?;
         }
-        target.put_manifest(repo, "v1", media_type, manifest).await
-    }))
-    .await?;
-    Ok(started.elapsed())
+        try_join_all(self.images.iter().zip(&repos).map(|(image, repo)| async move {
+            if repo != first {
+                try_join_all(image.base.iter().map(|d| target.mount_blob(repo, d, first))).await?;
+            }
+            target.put_manifest(repo, "v1", &image.media_type, &image.manifest).await
+        }))
+        .await?;
+        Ok(started.elapsed())
+    }
 }
 
 /// Pushes `project/app-0` … `app-19:v1`: two 64 MiB base layers shared by
