@@ -214,38 +214,58 @@ async fn tasks_racing_source_changes_converge() {
     assert!(raced > 0, "no move landed while the large task ran: nothing raced");
 }
 
+/// A worker on the fake source `src`, with `worker_yaml` appended to the
+/// stack's configuration, polling `url` until the returned sender is used.
+async fn polling_on_fake(
+    stack: &Stack,
+    src: &FakeRegistry,
+    url: &str,
+    worker_yaml: &str,
+) -> (Config, Arc<relay::worker::Worker>, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let sqs = stack.sqs().await;
+    let yaml = stack.config_yaml(ALL_TO_CLUSTER1).replace(&stack.source_url, &src.url) + worker_yaml;
+    let config = Config::parse(&yaml).unwrap();
+    let w = Arc::new(bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap());
+    let queue = TaskQueue::new(sqs.clone(), url.to_owned());
+    let timing = relay::settle::Timing::from_settings(&config.worker);
+    let settler = relay::settle::Settler::new(sqs, Some(url.to_owned()), None, timing);
+    let (stop, rx) = oneshot::channel::<()>();
+    let polling = w.clone();
+    let poller = tokio::spawn(async move {
+        relay::poller::poll(&queue, &polling, Some(&settler), &Default::default(), async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    (config, w, stop, poller)
+}
+
+/// One tagged single-layer image pushed to the fake source `src` in each of
+/// `repos`, and the push task of each.
+async fn fake_tasks(config: &Config, src: &FakeRegistry, repos: &[&str]) -> Vec<Task> {
+    let source = relay_tests::PlainRegistry::new(&src.url, None);
+    let host = src.url.trim_start_matches("http://");
+    let mut tasks = Vec::new();
+    for repo in repos {
+        let img = image::push(&source, repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
+        tasks.push(relay_tests::planned_tasks_on(config, host, "PUSH_ARTIFACT", repo, "v1", &img.digest).remove(0));
+    }
+    tasks
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_task_never_holds_the_next_messages() {
     let stack = Stack::load().unwrap();
     let sqs = stack.sqs().await;
     let url = relay_tests::stack::create_queue(&sqs, "pipelined").await.unwrap();
     let src = FakeRegistry::start(false).await;
-    let yaml = stack.config_yaml(ALL_TO_CLUSTER1).replace(&stack.source_url, &src.url);
-    let config = Config::parse(&yaml).unwrap();
-    let w = bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap();
-    let source = relay_tests::PlainRegistry::new(&src.url, None);
+    let (config, _w, stop, poller) = polling_on_fake(&stack, &src, &url, "").await;
     let (slow_repo, quick_repo) = (unique_repo("slow"), unique_repo("quick"));
-    let slow = image::push(&source, &slow_repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
-    let quick = image::push(&source, &quick_repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
-    let host = src.url.trim_start_matches("http://");
-    let task = |repo: &str, digest: &str| {
-        relay_tests::planned_tasks_on(&config, host, "PUSH_ARTIFACT", repo, "v1", digest).remove(0)
-    };
-    let (slow_task, quick_task) = (task(&slow_repo, &slow.digest), task(&quick_repo, &quick.digest));
+    let [slow_task, quick_task]: [Task; 2] =
+        fake_tasks(&config, &src, &[&slow_repo, &quick_repo]).await.try_into().expect("two tasks");
     // The slow task's first blob read is held for 12 s.
     src.inject(Op::GetBlob, Fault::Hold(Duration::from_secs(12)), 1);
-
-    let queue = TaskQueue::new(sqs.clone(), url.clone());
-    let timing = relay::settle::Timing::from_settings(&config.worker);
-    let settler = relay::settle::Settler::new(sqs.clone(), Some(url.clone()), None, timing);
-    let (stop, rx) = oneshot::channel::<()>();
-    let sender = queue.clone();
-    let poller = tokio::spawn(async move {
-        relay::poller::poll(&queue, &w, Some(&settler), &Default::default(), async move {
-            let _ = rx.await;
-        })
-        .await
-    });
+    let sender = TaskQueue::new(sqs.clone(), url.clone());
     sender.send(&[Outgoing { task: &slow_task, delay: Duration::ZERO }]).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while src.count(Op::GetBlob) == 0 {
@@ -279,32 +299,6 @@ async fn a_slow_task_never_holds_the_next_messages() {
     poller.await.unwrap();
 }
 
-/// A worker on the fake source `src`, with `worker_yaml` appended to the
-/// stack's configuration, polling `url` until the returned sender is used.
-async fn polling_on_fake(
-    stack: &Stack,
-    src: &FakeRegistry,
-    url: &str,
-    worker_yaml: &str,
-) -> (Config, Arc<relay::worker::Worker>, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let sqs = stack.sqs().await;
-    let yaml = stack.config_yaml(ALL_TO_CLUSTER1).replace(&stack.source_url, &src.url) + worker_yaml;
-    let config = Config::parse(&yaml).unwrap();
-    let w = Arc::new(bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap());
-    let queue = TaskQueue::new(sqs.clone(), url.to_owned());
-    let timing = relay::settle::Timing::from_settings(&config.worker);
-    let settler = relay::settle::Settler::new(sqs, Some(url.to_owned()), None, timing);
-    let (stop, rx) = oneshot::channel::<()>();
-    let polling = w.clone();
-    let poller = tokio::spawn(async move {
-        relay::poller::poll(&queue, &polling, Some(&settler), &Default::default(), async move {
-            let _ = rx.await;
-        })
-        .await
-    });
-    (config, w, stop, poller)
-}
-
 /// A task's slot is free as soon as it ends: with two slots, a batch of a
 /// slow task and a quick one leaves room for the next message while the
 /// slow one still runs (not when the whole batch ends).
@@ -315,14 +309,8 @@ async fn a_finished_task_frees_its_slot_while_its_batch_neighbour_runs() {
     let url = relay_tests::stack::create_queue(&sqs, "slots").await.unwrap();
     let src = FakeRegistry::start(false).await;
     let (config, w, stop, poller) = polling_on_fake(&stack, &src, &url, "worker:\n  task_concurrency: 2\n").await;
-    let source = relay_tests::PlainRegistry::new(&src.url, None);
     let repos = [unique_repo("slow"), unique_repo("quick"), unique_repo("next")];
-    let mut tasks = Vec::new();
-    for repo in &repos {
-        let img = image::push(&source, repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
-        let host = src.url.trim_start_matches("http://");
-        tasks.push(relay_tests::planned_tasks_on(&config, host, "PUSH_ARTIFACT", repo, "v1", &img.digest).remove(0));
-    }
+    let tasks = fake_tasks(&config, &src, &repos.each_ref().map(String::as_str)).await;
     // The quick task's image is at the destination already: it reads no
     // blob, so the held read is the slow task's.
     w.run(&tasks[1]).await.unwrap();
@@ -372,14 +360,8 @@ async fn a_copy_longer_than_the_visibility_timeout_is_not_delivered_again() {
     let (url, _dlq) = create_queue_with_dlq(&sqs, "renewed", 5, 2).await.unwrap();
     let src = FakeRegistry::start(false).await;
     let (config, w, stop, poller) = polling_on_fake(&stack, &src, &url, "").await;
-    let source = relay_tests::PlainRegistry::new(&src.url, None);
     let (repo, quick_repo) = (unique_repo("long"), unique_repo("quick"));
-    let host = src.url.trim_start_matches("http://");
-    let mut tasks = Vec::new();
-    for r in [&repo, &quick_repo] {
-        let img = image::push(&source, r, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
-        tasks.push(relay_tests::planned_tasks_on(&config, host, "PUSH_ARTIFACT", r, "v1", &img.digest).remove(0));
-    }
+    let tasks = fake_tasks(&config, &src, &[&repo, &quick_repo]).await;
     // The neighbour's image is at the destination already: it reads no
     // blob and ends at once.
     w.run(&tasks[1]).await.unwrap();
