@@ -215,17 +215,24 @@ async fn tasks_racing_source_changes_converge() {
 }
 
 /// A worker on the fake source `src`, with `worker_yaml` appended to the
-/// stack's configuration, polling `url` until the returned sender is used.
-async fn polling_on_fake(
-    stack: &Stack,
-    src: &FakeRegistry,
-    url: &str,
-    worker_yaml: &str,
-) -> (Config, Arc<relay::worker::Worker>, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let sqs = stack.sqs().await;
+/// stack's configuration.
+async fn worker_on_fake(stack: &Stack, src: &FakeRegistry, worker_yaml: &str) -> (Config, Arc<relay::worker::Worker>) {
     let yaml = stack.config_yaml(ALL_TO_CLUSTER1).replace(&stack.source_url, &src.url) + worker_yaml;
     let config = Config::parse(&yaml).unwrap();
     let w = Arc::new(bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap());
+    (config, w)
+}
+
+/// `w` polling `url` until the returned sender is used. Messages sent
+/// before this call are there for its first receive, which takes as many
+/// as the worker has free slots: one batch.
+async fn start_polling(
+    stack: &Stack,
+    config: &Config,
+    w: &Arc<relay::worker::Worker>,
+    url: &str,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let sqs = stack.sqs().await;
     let queue = TaskQueue::new(sqs.clone(), url.to_owned());
     let timing = relay::settle::Timing::from_settings(&config.worker);
     let settler = relay::settle::Settler::new(sqs, Some(url.to_owned()), None, timing);
@@ -237,7 +244,7 @@ async fn polling_on_fake(
         })
         .await
     });
-    (config, w, stop, poller)
+    (stop, poller)
 }
 
 /// One tagged single-layer image pushed to the fake source `src` in each of
@@ -259,7 +266,8 @@ async fn a_slow_task_never_holds_the_next_messages() {
     let sqs = stack.sqs().await;
     let url = relay_tests::stack::create_queue(&sqs, "pipelined").await.unwrap();
     let src = FakeRegistry::start(false).await;
-    let (config, _w, stop, poller) = polling_on_fake(&stack, &src, &url, "").await;
+    let (config, w) = worker_on_fake(&stack, &src, "").await;
+    let (stop, poller) = start_polling(&stack, &config, &w, &url).await;
     let (slow_repo, quick_repo) = (unique_repo("slow"), unique_repo("quick"));
     let [slow_task, quick_task]: [Task; 2] =
         fake_tasks(&config, &src, &[&slow_repo, &quick_repo]).await.try_into().expect("two tasks");
@@ -308,7 +316,7 @@ async fn a_finished_task_frees_its_slot_while_its_batch_neighbour_runs() {
     let sqs = stack.sqs().await;
     let url = relay_tests::stack::create_queue(&sqs, "slots").await.unwrap();
     let src = FakeRegistry::start(false).await;
-    let (config, w, stop, poller) = polling_on_fake(&stack, &src, &url, "worker:\n  task_concurrency: 2\n").await;
+    let (config, w) = worker_on_fake(&stack, &src, "worker:\n  task_concurrency: 2\n").await;
     let repos = [unique_repo("slow"), unique_repo("quick"), unique_repo("next")];
     let tasks = fake_tasks(&config, &src, &repos.each_ref().map(String::as_str)).await;
     // The quick task's image is at the destination already: it reads no
@@ -317,9 +325,11 @@ async fn a_finished_task_frees_its_slot_while_its_batch_neighbour_runs() {
     let done_before = w.stats.tasks_succeeded.load(Ordering::Relaxed);
     src.inject(Op::GetBlob, Fault::Hold(Duration::from_secs(12)), 1);
     let queue = TaskQueue::new(sqs.clone(), url.clone());
-    // One send: the poller's first receive (two free slots) takes both.
+    // Sent before the poller starts: its first receive (two free slots)
+    // takes both, in one batch.
     let first_two: Vec<_> = tasks[..2].iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
     queue.send(&first_two).await.unwrap();
+    let (stop, poller) = start_polling(&stack, &config, &w, &url).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while src.count(Op::GetBlob) == 0 || w.stats.tasks_succeeded.load(Ordering::Relaxed) == done_before {
         assert!(Instant::now() < deadline, "the slow task never read its blob, or the quick one never ended");
@@ -359,7 +369,7 @@ async fn a_copy_longer_than_the_visibility_timeout_is_not_delivered_again() {
     let sqs = stack.sqs().await;
     let (url, _dlq) = create_queue_with_dlq(&sqs, "renewed", 5, 2).await.unwrap();
     let src = FakeRegistry::start(false).await;
-    let (config, w, stop, poller) = polling_on_fake(&stack, &src, &url, "").await;
+    let (config, w) = worker_on_fake(&stack, &src, "").await;
     let (repo, quick_repo) = (unique_repo("long"), unique_repo("quick"));
     let tasks = fake_tasks(&config, &src, &[&repo, &quick_repo]).await;
     // The neighbour's image is at the destination already: it reads no
@@ -368,8 +378,10 @@ async fn a_copy_longer_than_the_visibility_timeout_is_not_delivered_again() {
     let ran_before = w.stats.tasks_succeeded.load(Ordering::Relaxed);
     // The long task's blob read takes 7 s: three and a half visibility timeouts.
     src.inject(Op::GetBlob, Fault::Hold(Duration::from_secs(7)), 1);
+    // Sent before the poller starts: one batch.
     let both: Vec<_> = tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
     TaskQueue::new(sqs.clone(), url.clone()).send(&both).await.unwrap();
+    let (stop, poller) = start_polling(&stack, &config, &w, &url).await;
     let target = stack.target();
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut neighbour_gone_first = false;
