@@ -122,6 +122,7 @@ impl Copier<'_> {
                         UploadKind::Streamed => &counters.copied,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
+                    pace::progressed();
                     guard.done(dst_repo);
                     return Ok(());
                 }
