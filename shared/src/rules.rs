@@ -277,15 +277,45 @@ struct RawFilters {
 }
 
 /// `label: [a, b]` or `label: { values: [a, b], decoration: excludes }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// Deserialized by hand, not `#[serde(untagged)]`: an untagged variant
+/// ignores `deny_unknown_fields`, so `decoraton: excludes` loaded as a
+/// *matching* filter, an exclusion silently turned into an inclusion.
+#[derive(Debug)]
 enum RawLabelFilter {
     List(Vec<String>),
-    Full {
-        values: Vec<String>,
-        #[serde(default = "matches")]
-        decoration: Decoration,
-    },
+    Full(RawLabelFilterFull),
+}
+
+/// The full form of a label filter, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLabelFilterFull {
+    values: Vec<String>,
+    #[serde(default = "matches")]
+    decoration: Decoration,
+}
+
+impl<'de> Deserialize<'de> for RawLabelFilter {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = RawLabelFilter;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of labels, or { values: [...], decoration: matches | excludes }")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawLabelFilter, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(RawLabelFilter::List)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawLabelFilter, A::Error> {
+                RawLabelFilterFull::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawLabelFilter::Full)
+            }
+        }
+        deserializer.deserialize_any(Form)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -347,7 +377,11 @@ impl Rule {
         let label_filter = match raw.filters.label {
             None => None,
             // Harbor: no labels switch the filter off, whatever the decoration.
-            Some(RawLabelFilter::List(values)) | Some(RawLabelFilter::Full { values, .. }) if values.is_empty() => None,
+            Some(RawLabelFilter::List(values) | RawLabelFilter::Full(RawLabelFilterFull { values, .. }))
+                if values.is_empty() =>
+            {
+                None
+            }
             Some(_) if !harbor_api => {
                 return Err(field_err(
                     "filters.label",
@@ -355,7 +389,9 @@ impl Rule {
                 ))
             }
             Some(RawLabelFilter::List(values)) => Some(LabelFilter { labels: values, decoration: Decoration::Matches }),
-            Some(RawLabelFilter::Full { values, decoration }) => Some(LabelFilter { labels: values, decoration }),
+            Some(RawLabelFilter::Full(RawLabelFilterFull { values, decoration })) => {
+                Some(LabelFilter { labels: values, decoration })
+            }
         };
         let resource_filter =
             match raw.filters.resource.as_str() {
@@ -498,6 +534,23 @@ mod tests {
         )
         .unwrap();
         assert!(empty.accepts_facts(None));
+    }
+
+    /// A misspelt `decoration` once loaded as a matching filter: the
+    /// exclusion became an inclusion.
+    #[test]
+    fn a_misspelt_field_of_a_label_filter_is_refused() {
+        let raw = |filter: &str| {
+            let yaml = format!("{{ name: t, filters: {{ label: {filter} }}, destination: {{ registry: r }} }}");
+            serde_yaml_ng::from_str::<RawRule>(&yaml).map_err(|e| e.to_string())
+        };
+        let err = raw("{ values: [x], decoraton: excludes }").unwrap_err();
+        assert!(err.contains("unknown field `decoraton`") && err.contains("`decoration`"), "{err}");
+        let err = raw("prod").unwrap_err();
+        assert!(err.contains("a list of labels, or { values"), "{err}");
+        let err = raw("{ values: [x], decoration: exclude }").unwrap_err();
+        assert!(err.contains("unknown variant `exclude`"), "{err}");
+        assert!(raw("[x]").is_ok() && raw("{ values: [x] }").is_ok());
     }
 
     #[test]
