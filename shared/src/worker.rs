@@ -29,6 +29,13 @@ use crate::task::{Action, Task, TaskError};
 /// Catalog entries per request when a delete lists the source.
 const LISTING_PAGE: usize = 1000;
 
+/// Requests in flight are cut when a third of the deadline margin is left
+/// (5 s of the default 15 s): no blob starts in the first two thirds, and
+/// the last third is for reporting the batch — settling its messages
+/// (a `SendMessage` or a visibility change each) and answering the Runtime
+/// API — before Lambda's kill.
+const CUT_SHARE_OF_MARGIN: u32 = 3;
+
 /// One queue message.
 #[derive(Debug, Clone, Default)]
 pub struct Message {
@@ -253,6 +260,16 @@ pub enum TaskFailure {
     Listing(#[from] ListingError),
     #[error("destination {0} is unavailable; the task is parked until it answers")]
     Parked(String),
+    /// The invocation's end came with requests still in flight: they were
+    /// cut before Lambda's hard kill, which would have taken the whole
+    /// batch with it (succeeded neighbours included). `progressed`: a blob
+    /// was placed before the cut, so a continuation is worth it.
+    /// Today's rules do not allow the task (a stale redrive, a task
+    /// written by someone who can send to the queue): never carried out.
+    #[error("refused by the rules in force: {0}")]
+    Refused(String),
+    #[error("cut at the invocation deadline's margin with requests in flight ({})", if *progressed { "blobs placed before the cut are kept" } else { "nothing placed yet" })]
+    Cut { progressed: bool },
     /// Denied, and the credentials could not be read again.
     #[error("cannot read the credentials again after a denial: {0}")]
     Credentials(#[from] SecretError),
@@ -267,14 +284,18 @@ impl TaskFailure {
     pub fn disposition(&self) -> Disposition {
         let retry = |retry_after| Disposition::Retry { retry_after };
         match self {
-            TaskFailure::Decode(_) | TaskFailure::UnknownRegistry(_) => Disposition::Permanent,
+            TaskFailure::Decode(_) | TaskFailure::UnknownRegistry(_) | TaskFailure::Refused(_) => Disposition::Permanent,
             TaskFailure::Parked(_) => Disposition::Park,
             TaskFailure::Listing(_) | TaskFailure::Credentials(_) => retry(None),
             TaskFailure::Prepare(e) if e.is_denied() => Disposition::Permanent,
             TaskFailure::Prepare(_) => retry(None),
             TaskFailure::Copy(CopyError::Manifest(_)) => Disposition::Permanent,
-            TaskFailure::Copy(CopyError::Deadline { progressed: true, .. }) => Disposition::Continue,
-            TaskFailure::Copy(CopyError::Deadline { progressed: false, .. }) => retry(None),
+            TaskFailure::Copy(CopyError::Deadline { progressed: true, .. }) | TaskFailure::Cut { progressed: true } => {
+                Disposition::Continue
+            }
+            TaskFailure::Copy(CopyError::Deadline { progressed: false, .. }) | TaskFailure::Cut { progressed: false } => {
+                retry(None)
+            }
             TaskFailure::Copy(CopyError::Registry(e)) => match e {
                 // What the source serves is wrong: another try reads the same.
                 RegistryError::DigestMismatch { .. } | RegistryError::TooLarge { .. } => Disposition::Permanent,
@@ -353,7 +374,11 @@ impl Worker {
         );
         let slices = self.slices(&task);
         let started = Instant::now();
-        match self.run_in(&task, deadline, member.as_ref()).instrument(span.clone()).await {
+        let run = async {
+            self.allowed(&task)?;
+            self.run_cut(&task, deadline, member.as_ref()).await
+        };
+        match run.instrument(span.clone()).await {
             Ok(r) => {
                 self.stats.add(&r);
                 let _e = span.enter();
@@ -441,6 +466,39 @@ impl Worker {
             .all(|t| self.destinations.contains_key(&t.destination.registry))
     }
 
+    /// Whether the rules in force still produce a task from the queue: an enabled rule
+    /// that selects its source repository and maps it onto its destination
+    /// repository of the same registry — with `deletion` on, for a delete.
+    /// The webhook checked this when it wrote the task, but the rules may
+    /// have changed since (a redrive days later), and the queue takes
+    /// messages from anyone allowed to send to it. Tags, labels and the
+    /// operator are the webhook's decision and not checked again: a task
+    /// outside them still copies only what its own mapping allows.
+    fn allowed(&self, task: &Task) -> Result<(), TaskFailure> {
+        let (source, destination) = (&task.source.repository, &task.destination);
+        if !self.destinations.contains_key(&destination.registry) {
+            // Reported as such by the run.
+            return Ok(());
+        }
+        let mut producing = self.rules.iter().filter(|r| {
+            r.enabled
+                && r.destination.registry == destination.registry
+                && r.selects(source)
+                && r.map_repository(source).is_ok_and(|mapped| mapped == destination.repository)
+        });
+        let mapping = || format!("{source} → {}/{}", destination.registry, destination.repository);
+        match task.action {
+            Action::Copy if producing.next().is_none() => {
+                Err(TaskFailure::Refused(format!("no enabled rule maps {} any more", mapping())))
+            }
+            Action::Delete if !producing.any(|r| r.deletion) => Err(TaskFailure::Refused(format!(
+                "no enabled rule that maps {} has `deletion` on",
+                mapping()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs a decoded task.
     pub async fn run(&self, task: &Task) -> Result<CopyReport, TaskFailure> {
         self.run_until(task, None).await
@@ -449,7 +507,28 @@ impl Worker {
     /// Runs a decoded task, starting no blob after `deadline` minus the
     /// configured margin.
     pub async fn run_until(&self, task: &Task, deadline: Option<Instant>) -> Result<CopyReport, TaskFailure> {
-        self.run_in(task, deadline, None).await
+        self.run_cut(task, deadline, None).await
+    }
+
+    /// [`Worker::run_in`], cut at the invocation's hard stop: Lambda kills
+    /// the process at its deadline without a signal, so every request still
+    /// in flight is dropped (its upload left for the registry to expire)
+    /// while there is time to report the batch. The cut keeps what was
+    /// placed: blobs copied before it are skipped by the next run.
+    async fn run_cut(
+        &self,
+        task: &Task,
+        deadline: Option<Instant>,
+        member: Option<&Member>,
+    ) -> Result<CopyReport, TaskFailure> {
+        let Some(deadline) = deadline else { return self.run_in(task, None, member).await };
+        let hard_stop = deadline - self.settings.margin_before(deadline) / CUT_SHARE_OF_MARGIN;
+        let progress = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let run = pace::tracking(progress.clone(), self.run_in(task, Some(deadline), member));
+        match tokio::time::timeout_at(hard_stop.into(), run).await {
+            Ok(result) => result,
+            Err(_) => Err(TaskFailure::Cut { progressed: progress.load(Ordering::Relaxed) }),
+        }
     }
 
     /// [`Worker::run_until`], sharing source reads with the other tasks of

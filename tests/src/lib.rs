@@ -11,6 +11,7 @@ pub mod image;
 pub mod lambda;
 pub mod plain;
 pub mod proxy;
+pub mod runtime_api;
 pub mod soak;
 pub mod spawned;
 pub mod stack;

@@ -14,6 +14,7 @@ use base64::Engine;
 use relay_tests::app::unique_repo;
 use relay_tests::fake::{FakeRegistry, Fault, Op};
 use relay_tests::lambda::Emulator;
+use relay_tests::runtime_api::{queue_arn, sqs_record};
 use relay_tests::stack::{create_queue, create_queue_with_dlq};
 use relay_tests::{harbor_push_event, image, now, planned_tasks, ImageKind, Stack, TempFile};
 use serde_json::{json, Value};
@@ -136,40 +137,6 @@ async fn webhook_lambda_mode_answers_function_url_and_http_api_events() {
 
 /// An SQS event record for a message received from LocalStack, as the
 /// event source mapping delivers it.
-fn sqs_record(m: &aws_sdk_sqs::types::Message, queue_arn: &str) -> Value {
-    let attributes: serde_json::Map<String, Value> = m
-        .attributes()
-        .map(|a| a.iter().map(|(k, v)| (k.as_str().to_owned(), Value::String(v.clone()))).collect())
-        .unwrap_or_default();
-    let message_attributes: serde_json::Map<String, Value> = m
-        .message_attributes()
-        .map(|a| {
-            a.iter()
-                .map(|(k, v)| {
-                    let value = json!({
-                        "stringValue": v.string_value(),
-                        "stringListValues": [],
-                        "binaryListValues": [],
-                        "dataType": v.data_type()
-                    });
-                    (k.clone(), value)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    json!({
-        "messageId": m.message_id(),
-        "receiptHandle": m.receipt_handle(),
-        "body": m.body(),
-        "attributes": attributes,
-        "messageAttributes": message_attributes,
-        "md5OfBody": m.md5_of_body(),
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": "us-east-1"
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_lambda_mode_reports_each_failed_message_of_its_batch() {
     let stack = Stack::load().unwrap();
@@ -209,7 +176,7 @@ async fn worker_lambda_mode_reports_each_failed_message_of_its_batch() {
         assert!(!got.is_empty(), "messages missing");
         messages.extend(got);
     }
-    let arn = format!("arn:aws:sqs:us-east-1:000000000000:{}", queue.rsplit('/').next().unwrap());
+    let arn = queue_arn(&queue);
     let event = json!({ "Records": messages.iter().map(|m| sqs_record(m, &arn)).collect::<Vec<_>>() });
 
     let emulator = Emulator::start().await;
@@ -364,4 +331,86 @@ async fn a_failed_sweep_is_the_invocations_error() {
     assert_eq!(status, 500, "{answer}\n{}", function.output());
     let message = answer["errorMessage"].as_str().unwrap_or_default();
     assert!(message.contains("could not be enqueued") && message.contains("QueueDoesNotExist"), "{answer}");
+}
+
+/// Lambda kills a function at its timeout without a signal; every message
+/// of an invocation that did not answer comes back, its finished
+/// neighbours' too, and a task that never ends in time is dead-lettered
+/// without a reason. Here a Runtime API kills the worker at each deadline
+/// as AWS does, and the event source mapping deletes what the answers do
+/// not report failed. A bandwidth-limited image whose layers cannot all
+/// fit one invocation shares its first batch with quick ones: the worker
+/// cuts the upload in flight before the deadline, answers, and continues
+/// the long task in a fresh message. Nothing is killed, no message is
+/// delivered twice, nothing is dead-lettered, every image arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_under_lambdas_hard_kill_loses_no_finished_message() {
+    use relay_tests::runtime_api::{deliver, receive_batch, Ended, KillingRuntime};
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    // A short visibility: a batch lost to a kill comes back within the test.
+    let (queue, dlq) = create_queue_with_dlq(&sqs, "lam-kill", 3, 5).await.unwrap();
+    // 256 KiB layers at 800 kbit/s, one at a time: about 2.6 s each, in
+    // invocations of 4 s (no blob starts in the last second; the cut comes
+    // a third of that before the end). A layer is always in flight at the
+    // deadline.
+    let rules = "  - name: quick\n    filters: { name: '**/quick' }\n    destination: { registry: cluster1-registry }\n  \
+                 - name: slow\n    filters: { name: '**/slow' }\n    destination: { registry: cluster1-registry }\n    bandwidth_kbps: 800\n";
+    let yaml = format!("{}worker: {{ blob_concurrency: 1 }}\n", stack.config_yaml(rules));
+    let config = config_file(&yaml);
+    let parsed = relay::Config::parse(&yaml).unwrap();
+    let mut images = Vec::new();
+    for (name, layers, size) in [("slow", 3, 256 * 1024), ("quick", 1, 16 * 1024), ("quick", 1, 16 * 1024), ("quick", 2, 16 * 1024)] {
+        let repo = unique_repo(name);
+        let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, layers, size).await.unwrap();
+        let tasks = planned_tasks(&parsed, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest);
+        assert_eq!(tasks.len(), 1, "{repo}: one rule each");
+        sqs.send_message().queue_url(&queue).message_body(tasks[0].encode()).send().await.unwrap();
+        images.push((repo, img.digest));
+    }
+    // The first batch holds them all, as one receive of the event source
+    // mapping would.
+    let mut first = Vec::new();
+    while first.len() < images.len() {
+        let got = receive_batch(&sqs, &queue, Duration::from_secs(5)).await;
+        assert!(!got.is_empty(), "messages missing");
+        first.extend(got);
+    }
+    let envs = [("RELAY_CONFIG", config.arg()), ("RELAY_QUEUE_URL", queue.clone()), ("RELAY_DLQ_URL", dlq.clone())];
+    let mut function = KillingRuntime::start("worker", &envs, Duration::from_secs(4)).await;
+    let mut deliveries = vec![deliver(&sqs, &queue, &mut function, &first).await];
+    let started = std::time::Instant::now();
+    loop {
+        let mut arrived = 0;
+        for (repo, digest) in &images {
+            arrived += usize::from(stack.target().digest_at(repo, "v1").await.unwrap().as_deref() == Some(digest));
+        }
+        let depth = relay_tests::stack::queue_depth(&sqs, &queue).await.unwrap();
+        if arrived == images.len() && depth == (0, 0, 0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{arrived} of {} images arrived, queue {depth:?}; deliveries {deliveries:?}\n{}",
+            images.len(),
+            function.output()
+        );
+        let batch = receive_batch(&sqs, &queue, Duration::from_secs(1)).await;
+        if !batch.is_empty() {
+            deliveries.push(deliver(&sqs, &queue, &mut function, &batch).await);
+        }
+    }
+    let logs = function.output();
+    assert_eq!(function.kills, 0, "an invocation ran into Lambda's kill: {deliveries:?}\n{logs}");
+    assert!(deliveries.iter().all(|d| matches!(d.ended, Ended::Answered(_))), "{deliveries:?}\n{logs}");
+    // No message was delivered twice: what finished was deleted at once.
+    let mut ids: Vec<&String> = deliveries.iter().flat_map(|d| &d.ids).collect();
+    let delivered = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), delivered, "a message came back: {deliveries:?}\n{logs}");
+    // The long task was cut and continued, not finished in one run.
+    assert!(deliveries.len() >= 2, "{deliveries:?}\n{logs}");
+    assert!(logs.contains("cut at the invocation deadline"), "{logs}");
+    assert!(receive_batch(&sqs, &dlq, Duration::from_secs(1)).await.is_empty(), "dead-lettered: {logs}");
 }
