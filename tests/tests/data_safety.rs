@@ -183,3 +183,55 @@ async fn reconcile_on_a_colliding_mapping_converges_without_flapping() {
     let after = Reconciler::new(&config, &worker, 1000).pass(None, None).await.unwrap();
     assert_eq!(counts(&after), (0, 0));
 }
+
+/// A task from the queue as the worker receives it.
+fn message(t: &relay::Task) -> relay::worker::Message {
+    relay::worker::Message { id: t.id.clone(), body: t.encode(), receive_count: 1, ..Default::default() }
+}
+
+/// The worker checks a queued task against the rules in force, not the
+/// ones that wrote it: a delete planned while `deletion` was on is refused
+/// once it is off (a redrive days later), and so is a copy whose mapping no
+/// enabled rule produces (a task someone wrote by hand). Each is dead-
+/// lettered at once with its reason, and the destination is untouched;
+/// the rules' own task still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_carries_out_only_what_todays_rules_produce() {
+    let stack = Stack::load().unwrap();
+    let p = project();
+    let rule = |deletion: bool| {
+        format!("  - name: mirror\n    filters: {{ name: \"{p}/**\" }}\n    destination: {{ registry: cluster1-registry }}\n    deletion: {deletion}\n")
+    };
+    let (then, _) = setup(&stack, &rule(true)).await;
+    let (now, worker) = setup(&stack, &rule(false)).await;
+    let (source, target) = (stack.source(), stack.target());
+    let app = format!("{p}/app");
+    let img = image::push(&source, &app, "v1", ImageKind::OciImage, 1, 2048).await.unwrap();
+
+    // The rules' own copy runs from the queue.
+    let copy = planned_tasks(&now, &stack, "PUSH_ARTIFACT", &app, "v1", &img.digest).remove(0);
+    assert!(worker.handle_batch(vec![message(&copy)], None).await.is_empty());
+    assert_eq!(target.digest_at(&app, "v1").await.unwrap().as_deref(), Some(img.digest.as_str()));
+
+    // A delete planned while deletion was on, delivered after it was turned off.
+    assert_eq!(source.delete_manifest(&app, &img.digest).await.unwrap().as_u16(), 202);
+    let stale = planned_tasks(&then, &stack, "DELETE_ARTIFACT", &app, "v1", &img.digest).remove(0);
+    // A copy into a repository no rule maps `app` onto.
+    let mut forged = copy.clone();
+    forged.id = format!("{}-forged", copy.id);
+    forged.destination.repository = format!("{p}-elsewhere/app").parse().unwrap();
+    let failures = worker.handle_batch(vec![message(&stale), message(&forged)], None).await;
+    let mut refused: Vec<(String, String, relay::settle::Disposition)> =
+        failures.into_iter().map(|f| (f.message.id, f.error, f.disposition)).collect();
+    refused.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for (id, error, disposition) in &refused {
+        assert_eq!(*disposition, relay::settle::Disposition::Permanent, "{id}: {error}");
+        assert!(error.contains("refused by the rules in force"), "{id}: {error}");
+    }
+    let reason = |id: &str| refused.iter().find(|r| r.0 == id).map(|r| r.1.clone()).unwrap();
+    assert!(reason(&stale.id).contains("`deletion`"), "{}", reason(&stale.id));
+    assert!(reason(&forged.id).contains("no enabled rule maps"), "{}", reason(&forged.id));
+    assert_eq!(target.digest_at(&app, "v1").await.unwrap().as_deref(), Some(img.digest.as_str()), "not deleted");
+    assert!(target.digest_at(&format!("{p}-elsewhere/app"), "v1").await.unwrap().is_none(), "not copied");
+}
