@@ -289,6 +289,16 @@ impl<'a> Reconciler<'a> {
                 if held.contains(&dst_tag) || !rule.tag_filter.as_ref().is_none_or(|f| f.accepts(Some(&dst_tag))) {
                     continue;
                 }
+                // The tag-schema name of a subject the destination holds:
+                // the fallback index the worker maintains there (registries
+                // without the referrers API) or a signature's tag. Never a
+                // source tag, so never "held"; deleting it would leave the
+                // subject's signatures unfindable.
+                if let Some(subject) = tag_schema_subject(&dst_tag) {
+                    if dst.client.head_manifest(&dst_repo, &subject.to_string()).await?.is_some() {
+                        continue;
+                    }
+                }
                 let Some(digest) = dst.client.head_manifest(&dst_repo, dst_tag.as_str()).await? else { continue };
                 let event = synthetic(EventKind::Delete, repo, digest, Some(dst_tag.clone()));
                 pass.tasks.extend(plan(self.config, &event, None, &mut new_id).tasks.into_iter().filter(|t| {
@@ -322,6 +332,19 @@ fn merge_tags(tasks: Vec<Task>) -> Vec<Task> {
         }
     }
     merged
+}
+
+/// The subject a referrers tag-schema name stands for: `sha256-<hex>`
+/// (OCI 1.1's fallback index) or `sha256-<hex>.sig|.att|.sbom` (cosign's
+/// tags) → `sha256:<hex>`.
+fn tag_schema_subject(tag: &Tag) -> Option<Digest> {
+    let rest = tag.as_str().strip_prefix("sha256-")?;
+    let hex = rest.split_once('.').map_or(rest, |(hex, _)| hex);
+    let prefix = format!("sha256-{hex}");
+    if !crate::registry::referrers::is_referrer_tag(tag.as_str(), &prefix) {
+        return None;
+    }
+    format!("sha256:{hex}").parse().ok()
 }
 
 fn synthetic(kind: EventKind, repository: &RepositoryPath, digest: Digest, tag: Option<Tag>) -> HarborEvent {
@@ -368,5 +391,22 @@ impl CursorStore {
             .await
             .map(drop)
             .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(&e).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_schema_names_give_their_subject() {
+        let hex = "a".repeat(64);
+        let subject: Digest = format!("sha256:{hex}").parse().unwrap();
+        for tag in [format!("sha256-{hex}"), format!("sha256-{hex}.sig"), format!("sha256-{hex}.sbom")] {
+            assert_eq!(tag_schema_subject(&tag.parse().unwrap()), Some(subject.clone()), "{tag}");
+        }
+        for tag in ["v1".to_owned(), format!("sha256-{hex}.bak"), "sha256-abc".to_owned(), format!("sha512-{hex}")] {
+            assert_eq!(tag_schema_subject(&tag.parse().unwrap()), None, "{tag}");
+        }
     }
 }

@@ -181,6 +181,39 @@ async fn listings_are_paginated_and_a_synced_pass_is_head_only() {
     assert!(whole.len() > 2 && pages as usize >= whole.len() / 2, "{pages} pages for {} repositories", whole.len());
 }
 
+/// On a registry without the referrers API the worker keeps the OCI 1.1
+/// fallback index tagged `sha256-<hex>` beside the subject. No source
+/// repository holds that tag, but it is not drift: with `deletion` on, a
+/// pass never plans its delete while its subject is there (signatures
+/// would become unfindable). Once the subject is gone, it may go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_keeps_the_fallback_index_of_a_subject_that_is_there() {
+    let stack = Stack::load().unwrap();
+    let p = project();
+    let (config, worker) = setup(&stack, &rules(&p, true, true)).await;
+    let (source, target) = (stack.source(), stack.target());
+    let app = format!("{p}/app");
+    let img = image::push(&source, &app, "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
+    apply(&worker, &pass(&config, &worker, 1000).await).await;
+    // A signature at the destination, listed by the fallback index.
+    let signature =
+        image::push_referrer(&target, &app, &img.digest, "application/vnd.example.signature", b"sig", None)
+            .await
+            .unwrap();
+    let fallback = image::push_fallback_index(&target, &app, &img.digest, &[signature]).await.unwrap();
+    let fallback_tag = img.digest.replacen(':', "-", 1);
+    assert_eq!(target.digest_at(&app, &fallback_tag).await.unwrap().as_deref(), Some(fallback.as_str()));
+
+    let kept = pass(&config, &worker, 1000).await;
+    assert!(kept.tasks.is_empty(), "{:?}", summary(&kept));
+
+    // The subject deleted at both ends: its fallback index is drift now.
+    assert_eq!(source.delete_manifest(&app, &img.digest).await.unwrap().as_u16(), 202);
+    assert_eq!(target.delete_manifest(&app, &img.digest).await.unwrap().as_u16(), 202);
+    let orphaned = pass(&config, &worker, 1000).await;
+    assert_eq!(summary(&orphaned), vec![(Action::Delete, app.clone(), fallback_tag)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_resumes_after_its_cursor() {
     let stack = Stack::load().unwrap();
