@@ -284,7 +284,9 @@ impl TaskFailure {
     pub fn disposition(&self) -> Disposition {
         let retry = |retry_after| Disposition::Retry { retry_after };
         match self {
-            TaskFailure::Decode(_) | TaskFailure::UnknownRegistry(_) | TaskFailure::Refused(_) => Disposition::Permanent,
+            TaskFailure::Decode(_) | TaskFailure::UnknownRegistry(_) | TaskFailure::Refused(_) => {
+                Disposition::Permanent
+            }
             TaskFailure::Parked(_) => Disposition::Park,
             TaskFailure::Listing(_) | TaskFailure::Credentials(_) => retry(None),
             TaskFailure::Prepare(e) if e.is_denied() => Disposition::Permanent,
@@ -293,9 +295,8 @@ impl TaskFailure {
             TaskFailure::Copy(CopyError::Deadline { progressed: true, .. }) | TaskFailure::Cut { progressed: true } => {
                 Disposition::Continue
             }
-            TaskFailure::Copy(CopyError::Deadline { progressed: false, .. }) | TaskFailure::Cut { progressed: false } => {
-                retry(None)
-            }
+            TaskFailure::Copy(CopyError::Deadline { progressed: false, .. })
+            | TaskFailure::Cut { progressed: false } => retry(None),
             TaskFailure::Copy(CopyError::Registry(e)) => match e {
                 // What the source serves is wrong: another try reads the same.
                 RegistryError::DigestMismatch { .. } | RegistryError::TooLarge { .. } => Disposition::Permanent,
@@ -491,10 +492,9 @@ impl Worker {
             Action::Copy if producing.next().is_none() => {
                 Err(TaskFailure::Refused(format!("no enabled rule maps {} any more", mapping())))
             }
-            Action::Delete if !producing.any(|r| r.deletion) => Err(TaskFailure::Refused(format!(
-                "no enabled rule that maps {} has `deletion` on",
-                mapping()
-            ))),
+            Action::Delete if !producing.any(|r| r.deletion) => {
+                Err(TaskFailure::Refused(format!("no enabled rule that maps {} has `deletion` on", mapping())))
+            }
             _ => Ok(()),
         }
     }

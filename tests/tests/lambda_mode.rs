@@ -360,7 +360,9 @@ async fn a_worker_under_lambdas_hard_kill_loses_no_finished_message() {
     let config = config_file(&yaml);
     let parsed = relay::Config::parse(&yaml).unwrap();
     let mut images = Vec::new();
-    for (name, layers, size) in [("slow", 3, 256 * 1024), ("quick", 1, 16 * 1024), ("quick", 1, 16 * 1024), ("quick", 2, 16 * 1024)] {
+    for (name, layers, size) in
+        [("slow", 3, 256 * 1024), ("quick", 1, 16 * 1024), ("quick", 1, 16 * 1024), ("quick", 2, 16 * 1024)]
+    {
         let repo = unique_repo(name);
         let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, layers, size).await.unwrap();
         let tasks = planned_tasks(&parsed, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest);

@@ -196,10 +196,9 @@ async fn a_pass_keeps_the_fallback_index_of_a_subject_that_is_there() {
     let img = image::push(&source, &app, "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
     apply(&worker, &pass(&config, &worker, 1000).await).await;
     // A signature at the destination, listed by the fallback index.
-    let signature =
-        image::push_referrer(&target, &app, &img.digest, "application/vnd.example.signature", b"sig", None)
-            .await
-            .unwrap();
+    let signature = image::push_referrer(&target, &app, &img.digest, "application/vnd.example.signature", b"sig", None)
+        .await
+        .unwrap();
     let fallback = image::push_fallback_index(&target, &app, &img.digest, &[signature]).await.unwrap();
     let fallback_tag = img.digest.replacen(':', "-", 1);
     assert_eq!(target.digest_at(&app, &fallback_tag).await.unwrap().as_deref(), Some(fallback.as_str()));
