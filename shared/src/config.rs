@@ -111,13 +111,92 @@ pub struct Registry {
 }
 
 /// Where a secret lives. The value itself is never stored in the config.
+/// Read through [`RawCredentials`], not `#[serde(untagged)]`: untagged
+/// ignores unknown fields and answers every mistake with "did not match any
+/// variant of untagged enum".
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged, deny_unknown_fields)]
+#[serde(try_from = "RawCredentials")]
 pub enum CredentialsRef {
     /// A user name and the environment variable holding the password.
     Env { username: String, password_env: String },
     /// A Secrets Manager secret whose value is `{"username": …, "password": …}`.
     Secret { secret_id: String },
+}
+
+/// `credentials:` as written: every field optional, so that a wrong
+/// combination is answered with the field to add or drop. `password` is
+/// read only to be refused by name: its value is skipped, never kept.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    username: Option<String>,
+    password_env: Option<String>,
+    secret_id: Option<String>,
+    password: Option<serde::de::IgnoredAny>,
+}
+
+/// Why a `credentials:` entry is refused. `field` is the one inside it to
+/// fix, empty for the entry as a whole; the text never holds a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{reason}", if field.is_empty() { String::new() } else { format!("`{field}`: ") })]
+pub struct CredentialsError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl TryFrom<RawCredentials> for CredentialsRef {
+    type Error = CredentialsError;
+
+    fn try_from(raw: RawCredentials) -> Result<CredentialsRef, CredentialsError> {
+        let refuse = |field, reason: &str| Err(CredentialsError { field, reason: reason.to_owned() });
+        if raw.password.is_some() {
+            return refuse(
+                "password",
+                "inline passwords are not accepted: put the password in an environment variable named by `password_env` (with `username`), or in Secrets Manager named by `secret_id`",
+            );
+        }
+        match (raw.username, raw.password_env, raw.secret_id) {
+            (None, None, Some(secret_id)) if secret_id.is_empty() => refuse("secret_id", "must not be empty"),
+            (None, None, Some(secret_id)) => Ok(CredentialsRef::Secret { secret_id }),
+            (Some(username), Some(_), None) if username.is_empty() => refuse("username", "must not be empty"),
+            (Some(_), Some(password_env), None) if password_env.is_empty() => {
+                refuse("password_env", "must not be empty")
+            }
+            (Some(username), Some(password_env), None) => Ok(CredentialsRef::Env { username, password_env }),
+            (username, password_env, Some(_)) => {
+                let (field, drop) = match username {
+                    Some(_) if password_env.is_some() => ("username", "drop `username` and `password_env`"),
+                    Some(_) => ("username", "drop `username`"),
+                    None => ("password_env", "drop `password_env`"),
+                };
+                refuse(field, &format!("`secret_id` names a secret holding both the user name and the password: {drop}, or drop `secret_id` to use `username` with `password_env`"))
+            }
+            (Some(_), None, None) => refuse(
+                "password_env",
+                "missing: `username` needs `password_env`, the environment variable holding the password (or use `secret_id` alone)",
+            ),
+            (None, Some(_), None) => refuse("username", "missing: `password_env` needs `username`"),
+            (None, None, None) => refuse(
+                "",
+                "empty: set `secret_id`, or `username` with `password_env` (leave `credentials` out for anonymous access)",
+            ),
+        }
+    }
+}
+
+/// Something the configuration allows but an operator should know of:
+/// credentials sent where they can be read on the way. `relay check` prints
+/// these, and the functions log them at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "configuration field `{}`: {}", self.field, self.reason)
+    }
 }
 
 /// Where the accepted webhook `Authorization` values come from.
@@ -250,6 +329,39 @@ impl Config {
     pub fn registry(&self, name: &str) -> Option<&Registry> {
         self.registries.iter().find(|r| r.name == name)
     }
+
+    /// Each place credentials go over plain `http://` (the registry's URL or
+    /// a token realm) or to a server whose certificate is not verified
+    /// (`insecure: true`). Accepted, since a lab needs them, but never
+    /// silently: the field is named so it can be fixed before production.
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        let mut warnings = Vec::new();
+        if self.source.credentials.is_some() {
+            let s = &self.source;
+            warnings.extend(credential_warnings("source", "the source", &s.url, s.insecure, &s.token_realms));
+        }
+        for (i, r) in self.registries.iter().enumerate().filter(|(_, r)| r.sends_credentials()) {
+            let field = format!("registries[{i}]");
+            warnings.extend(credential_warnings(&field, &r.name, &r.url, r.insecure, &r.token_realms));
+        }
+        warnings
+    }
+
+    /// Logs [`Config::warnings`] (start-up) and hands the configuration on.
+    pub fn logging_warnings(self) -> Config {
+        for w in self.warnings() {
+            tracing::warn!(field = %w.field, "{w}");
+        }
+        self
+    }
+}
+
+impl Registry {
+    /// Whether the relay sends this registry credentials: configured ones,
+    /// or ECR's token from the function's role.
+    fn sends_credentials(&self) -> bool {
+        self.credentials.is_some() || matches!(self.kind, RegistryKind::Ecr(_))
+    }
 }
 
 #[derive(Deserialize)]
@@ -271,7 +383,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawSource {
     url: String,
-    credentials: Option<CredentialsRef>,
+    credentials: Option<RawCredentials>,
     #[serde(default)]
     harbor_api: Option<bool>,
     #[serde(default)]
@@ -294,7 +406,7 @@ struct RawWebhook {
 struct RawRegistry {
     name: String,
     url: String,
-    credentials: Option<CredentialsRef>,
+    credentials: Option<RawCredentials>,
     #[serde(default)]
     insecure: bool,
     #[serde(default)]
@@ -317,9 +429,7 @@ impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         let source_url = registry_url("source.url", &self.source.url)?;
         let host = host_port(&source_url);
-        if let Some(c) = &self.source.credentials {
-            check_credentials("source.credentials", c)?;
-        }
+        let source_credentials = credentials("source.credentials", self.source.credentials)?;
 
         let webhook = match self.webhook {
             None => {
@@ -366,9 +476,7 @@ impl RawConfig {
                 ));
             }
             let url = registry_url(&format!("{field}.url"), &r.url)?;
-            if let Some(c) = &r.credentials {
-                check_credentials(&format!("{field}.credentials"), c)?;
-            }
+            let registry_credentials = credentials(&format!("{field}.credentials"), r.credentials)?;
             let token_realms = token_realms(&format!("{field}.token_realms"), &r.token_realms)?;
             let ca = ca_source(&field, r.ca_file, r.ca_secret_id)?;
             let kind = RawKindFields {
@@ -383,11 +491,11 @@ impl RawConfig {
                 create_projects: r.create_projects,
                 storage_limit: r.storage_limit,
             }
-            .resolve(&field, url.host_str().unwrap_or_default(), r.credentials.is_some())?;
+            .resolve(&field, url.host_str().unwrap_or_default(), registry_credentials.is_some())?;
             registries.push(Registry {
                 name: r.name,
                 url,
-                credentials: r.credentials,
+                credentials: registry_credentials,
                 insecure: r.insecure,
                 token_realms,
                 ca,
@@ -462,7 +570,7 @@ impl RawConfig {
             source: Source {
                 url: source_url,
                 host,
-                credentials: self.source.credentials,
+                credentials: source_credentials,
                 harbor_api,
                 insecure: self.source.insecure,
                 token_realms: token_realms("source.token_realms", &self.source.token_realms)?,
@@ -479,44 +587,81 @@ impl RawConfig {
 
 /// Token service URLs (`http(s)://host[:port]/path`); only their origin counts.
 fn token_realms(field: &str, values: &[String]) -> Result<Vec<Url>, ConfigError> {
-    values
-        .iter()
-        .map(|v| {
-            let url = Url::parse(v).map_err(|e| ConfigError::invalid(field, format!("{v:?}: {e}")))?;
-            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return Err(ConfigError::invalid(field, format!("{v:?}: must be an http(s) URL")));
-            }
-            Ok(url)
-        })
-        .collect()
+    values.iter().map(|v| http_url(field, v)).collect()
 }
 
+/// `http(s)://host[:port]`, without credentials, path or query.
 fn registry_url(field: &str, value: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(value).map_err(|e| ConfigError::invalid(field, e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError::invalid(field, "scheme must be http or https"));
-    }
-    if url.host_str().is_none() || !url.username().is_empty() || url.password().is_some() {
+    let url = http_url(field, value)?;
+    if !url.username().is_empty() || url.password().is_some() {
         return Err(ConfigError::invalid(
             field,
             "must be http(s)://host[:port] without credentials (use the credentials field)",
         ));
     }
     if url.path() != "/" || url.query().is_some() {
-        return Err(ConfigError::invalid(field, "must not have a path or query"));
+        return Err(ConfigError::invalid(field, format!("`{url}`: must not have a path or query")));
     }
     Ok(url)
 }
 
-fn check_credentials(field: &str, c: &CredentialsRef) -> Result<(), ConfigError> {
-    let empty = match c {
-        CredentialsRef::Env { username, password_env } => username.is_empty() || password_env.is_empty(),
-        CredentialsRef::Secret { secret_id } => secret_id.is_empty(),
+/// An `http(s)://` URL with a host. A value without `://` gets the fix
+/// spelt out: the URL parser calls `registry.example.com` "relative URL
+/// without a base", and reads `registry:5000` as a URL of scheme `registry`.
+/// A value is echoed only from its host on, never a `user:password@`.
+fn http_url(field: &str, value: &str) -> Result<Url, ConfigError> {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        let host = value.rsplit_once('@').map_or(value, |(_, host)| host);
+        return Err(ConfigError::invalid(field, format!("`{host}` has no scheme: write https://{host}")));
     };
-    if empty {
-        return Err(ConfigError::invalid(field, "values must not be empty"));
+    let shown = format!("{scheme}://{}", rest.rsplit_once('@').map_or(rest, |(_, host)| host));
+    let url = Url::parse(value).map_err(|e| ConfigError::invalid(field, format!("`{shown}`: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::invalid(field, format!("`{shown}`: must be an http:// or https:// URL with a host")));
     }
-    Ok(())
+    Ok(url)
+}
+
+/// `credentials:` at `field`, validated; the error names the field inside
+/// it to fix.
+fn credentials(field: &str, raw: Option<RawCredentials>) -> Result<Option<CredentialsRef>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    CredentialsRef::try_from(raw).map(Some).map_err(|e| match e.field {
+        "" => ConfigError::invalid(field, e.reason),
+        inner => ConfigError::invalid(format!("{field}.{inner}"), e.reason),
+    })
+}
+
+/// The warnings of one registry (`field`, called `name`) that is sent
+/// credentials: see [`Config::warnings`].
+fn credential_warnings(field: &str, name: &str, url: &Url, insecure: bool, realms: &[Url]) -> Vec<ConfigWarning> {
+    let mut warnings = Vec::new();
+    if url.scheme() == "http" {
+        warnings.push(ConfigWarning {
+            field: format!("{field}.url"),
+            reason: format!(
+                "the credentials of {name} go over plain http:// to {}, readable on the way: use https://",
+                host_port(url)
+            ),
+        });
+    } else if insecure {
+        warnings.push(ConfigWarning {
+            field: format!("{field}.insecure"),
+            reason: format!(
+                "the credentials of {name} go to a server whose TLS certificate is not verified: drop insecure: true, and name a private CA with ca_file or ca_secret_id"
+            ),
+        });
+    }
+    for realm in realms.iter().filter(|r| r.scheme() == "http") {
+        warnings.push(ConfigWarning {
+            field: format!("{field}.token_realms"),
+            reason: format!(
+                "the credentials of {name} go over plain http:// to the token service {}: use https://",
+                host_port(realm)
+            ),
+        });
+    }
+    warnings
 }
 
 /// `host[:port]` of a URL, the way Harbor writes it in `resource_url`.
@@ -622,6 +767,124 @@ mod tests {
         assert!(matches!(env, CredentialsRef::Env { .. }));
         let secret: CredentialsRef = serde_yaml_ng::from_str("{ secret_id: s }").unwrap();
         assert_eq!(secret, CredentialsRef::Secret { secret_id: "s".into() });
-        assert!(serde_yaml_ng::from_str::<CredentialsRef>("{ username: u, password: p }").is_err());
+        let err = serde_yaml_ng::from_str::<CredentialsRef>("{ username: u, password: hunter2 }").unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("`password`: inline passwords are not accepted") && !err.contains("hunter2"), "{err}");
+    }
+
+    /// The README's promise: a typo never changes what a rule does. Every
+    /// configuration type is fed a misspelt field; the error must name it.
+    #[test]
+    fn every_configuration_type_refuses_a_misspelt_field() {
+        let rule = |fields: &str| format!("{BASE}rules: [{{ name: x, destination: {{ registry: r }}{fields} }}]");
+        let cases = [
+            ("top level", format!("{BASE}rulez: []"), "rulez"),
+            ("source", BASE.replace("url: 'http://h:1'", "url: 'http://h:1', insecur: true"), "insecur"),
+            ("webhook", BASE.replace("auth_values_env: A", "auth_values_env: A, auth_secret: s"), "auth_secret"),
+            ("registries[]", BASE.replace("name: r,", "name: r, insecur: true,"), "insecur"),
+            ("rules[]", rule(", deleton: true"), "deleton"),
+            ("filters", rule(", filters: { nane: 'a/**' }"), "nane"),
+            ("tag filter", rule(", filters: { tag: { pattern: 'v*', decoraton: excludes } }"), "decoraton"),
+            ("label filter", rule(", filters: { label: { values: [x], decoraton: excludes } }"), "decoraton"),
+            ("destination", rule("").replace("registry: r }", "registry: r, flaten: 2 }"), "flaten"),
+            ("worker", format!("{BASE}worker: {{ blob_concurency: 2 }}"), "blob_concurency"),
+            ("secrets", format!("{BASE}secrets: {{ ttl_second: 60 }}"), "ttl_second"),
+            (
+                "source credentials",
+                BASE.replace("url: 'http://h:1'", "url: 'http://h:1', credentials: { secret_id: s, secretid: t }"),
+                "secretid",
+            ),
+            (
+                "registry credentials",
+                BASE.replace("name: r,", "name: r, credentials: { username: u, password_env: P, pasword_env: Q },"),
+                "pasword_env",
+            ),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter_map(|(what, yaml, typo)| match Config::parse(yaml) {
+                Err(e) if e.to_string().contains(&format!("unknown field `{typo}`")) => None,
+                Err(e) => Some(format!("{what}: {e}")),
+                Ok(_) => Some(format!("{what}: `{typo}` accepted")),
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn credentials_errors_name_the_field_and_the_fix() {
+        let with =
+            |credentials: &str| error_of(&BASE.replace("name: r,", &format!("name: r, credentials: {credentials},")));
+        let cases = [
+            (
+                "{ username: u, password: hunter2 }",
+                "registries[0].credentials.password`: inline passwords are not accepted: put the password in an environment variable named by `password_env`",
+            ),
+            ("{ secret_id: s, username: u }", "registries[0].credentials.username`: `secret_id` names a secret holding both the user name and the password: drop `username`"),
+            ("{ secret_id: s, password_env: P }", "registries[0].credentials.password_env`: `secret_id` names"),
+            ("{ secret_id: s, username: u, password_env: P }", "drop `username` and `password_env`"),
+            ("{ username: u }", "registries[0].credentials.password_env`: missing: `username` needs `password_env`"),
+            ("{ password_env: P }", "registries[0].credentials.username`: missing"),
+            ("{}", "registries[0].credentials`: empty: set `secret_id`, or `username` with `password_env`"),
+            ("{ secret_id: '' }", "registries[0].credentials.secret_id`: must not be empty"),
+            ("{ username: '', password_env: P }", "registries[0].credentials.username`: must not be empty"),
+        ];
+        for (credentials, expected) in cases {
+            let err = with(credentials);
+            assert!(err.contains(expected), "{credentials}: {err}");
+            assert!(!err.contains("hunter2") && !err.contains("untagged"), "{credentials}: {err}");
+        }
+        let source = BASE.replace("url: 'http://h:1'", "url: 'http://h:1', credentials: { password: hunter2 }");
+        assert!(error_of(&source).contains("source.credentials.password`: inline passwords"));
+    }
+
+    #[test]
+    fn a_url_without_a_scheme_says_what_to_write() {
+        let source = |url: &str| error_of(&BASE.replace("'http://h:1'", &format!("'{url}'")));
+        let cases = [
+            (
+                "registry.example.com",
+                "`source.url`: `registry.example.com` has no scheme: write https://registry.example.com",
+            ),
+            ("registry:5000", "`registry:5000` has no scheme: write https://registry:5000"),
+            ("u:secret@registry:5000", "`registry:5000` has no scheme"),
+            ("ftp://h", "`source.url`: `ftp://h`: must be an http:// or https:// URL"),
+            ("http://h:99999", "`source.url`: `http://h:99999`: invalid port number"),
+            ("https://u:secret@h:99999", "`https://h:99999`: invalid port"),
+            ("https://h/v2", "`source.url`: `https://h/v2`: must not have a path"),
+        ];
+        for (url, expected) in cases {
+            let err = source(url);
+            assert!(err.contains(expected) && !err.contains("secret"), "{url}: {err}");
+        }
+        let realm = BASE.replace("url: 'http://h:1'", "url: 'http://h:1', token_realms: ['auth.example.com/token']");
+        let err = error_of(&realm);
+        assert!(err.contains("`source.token_realms`: `auth.example.com/token` has no scheme: write https://"), "{err}");
+    }
+
+    #[test]
+    fn credentials_in_the_clear_are_accepted_with_a_warning_naming_the_field() {
+        let yaml = "source: { url: 'http://h:1', credentials: { secret_id: s } }\n\
+                    webhook: { auth_values_env: A }\n\
+                    registries:\n\
+                    - { name: tls, url: 'https://a', credentials: { secret_id: s } }\n\
+                    - { name: unverified, url: 'https://b', insecure: true, credentials: { secret_id: s } }\n\
+                    - { name: anonymous, url: 'http://c', insecure: true }\n\
+                    - { name: realm, url: 'https://d', token_realms: ['http://auth:8080/t', 'https://e/t'], credentials: { secret_id: s } }\n\
+                    - { name: ecr, url: 'http://123456789012.dkr.ecr.us-west-2.amazonaws.com', kind: ecr }\n";
+        let warnings = Config::parse(yaml).unwrap().warnings();
+        let fields: Vec<&str> = warnings.iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["source.url", "registries[1].insecure", "registries[3].token_realms", "registries[4].url"],
+            "{warnings:#?}"
+        );
+        assert_eq!(
+            warnings[0].to_string(),
+            "configuration field `source.url`: the credentials of the source go over plain http:// to h:1, readable on the way: use https://"
+        );
+        assert!(warnings[1].reason.contains("unverified") && warnings[1].reason.contains("ca_file"), "{warnings:#?}");
+        assert!(warnings[2].reason.contains("auth:8080"), "{warnings:#?}");
+        assert!(Config::parse(BASE).unwrap().warnings().is_empty(), "no credentials, nothing to warn of");
     }
 }
