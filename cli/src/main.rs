@@ -273,9 +273,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 lines.insert(0, read);
             }
             let ok = lines.iter().all(|l| l.result.is_ok());
+            // Accepted, so the exit code stays 0, but printed: credentials in the clear.
+            let warnings = config.warnings();
             let text = || {
                 let mut t =
                     format!("configuration ok: {} registries, {} rules\n", config.registries.len(), config.rules.len());
+                for w in &warnings {
+                    t += &format!("WARNING {:<24} {}\n", w.field, w.reason);
+                }
                 for line in &lines {
                     t += &match &line.result {
                         Ok(remark) if remark.is_empty() => format!("ok      {:<24} {}\n", line.name, line.what),
@@ -289,6 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "ok": ok,
                 "registries": config.registries.len(),
                 "rules": config.rules.len(),
+                "warnings": warnings.iter().map(|w| serde_json::json!({ "field": w.field, "reason": w.reason })).collect::<Vec<_>>(),
                 "checks": lines.iter().map(|l| serde_json::json!({
                     "name": l.name,
                     "what": l.what,

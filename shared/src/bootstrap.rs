@@ -273,11 +273,11 @@ pub async fn aws_clients() -> (aws_sdk_sqs::Client, aws_sdk_secretsmanager::Clie
 /// holding the YAML.
 pub async fn load_config(location: &str) -> Result<Config, ConfigLoadError> {
     let Some(name) = location.strip_prefix("ssm:") else {
-        return Ok(Config::load(location.as_ref())?);
+        return Ok(Config::load(location.as_ref())?.logging_warnings());
     };
     let ssm = aws_sdk_ssm::Client::new(&aws_config().await);
     let parameter = config_parameter(&ssm, name, true).await?;
-    Ok(Config::parse(parameter.value().unwrap_or_default())?)
+    Ok(Config::parse(parameter.value().unwrap_or_default())?.logging_warnings())
 }
 
 /// The SSM parameter `name`, its value decrypted when `decrypt` (a version
