@@ -14,7 +14,10 @@
 //! HEAD checks and blob ledger absorb it.
 //!
 //! Work is bounded per invocation: a pass stops before `stop_at` and returns
-//! a cursor (the last repository finished); the next pass resumes after it.
+//! a cursor — the last repository finished (`repo`), or, inside a repository
+//! with more tags than one run can check, the last entry checked
+//! (`repo:tag`, `repo:@sha256:…` for an untagged artifact) — and the next
+//! pass resumes after it, so every repository progresses run after run.
 //! The cursor lives in an SSM parameter ([`CursorStore`]) — small, durable,
 //! readable by an operator, and available where DynamoDB is not (LocalStack
 //! here); the task stream cannot hold it because tasks are consumed.
@@ -53,6 +56,18 @@ struct Listed {
     accessories: Vec<Digest>,
 }
 
+impl Listed {
+    /// Its place in a repository's walk, and in a cursor: the tag, or
+    /// `@<digest>` for an untagged artifact (neither can hold the other).
+    fn key(&self) -> String {
+        match (&self.tag, &self.digest) {
+            (Some(t), _) => t.as_str().to_owned(),
+            (None, Some(d)) => format!("@{d}"),
+            (None, None) => String::new(),
+        }
+    }
+}
+
 /// The operator of the events a pass synthesizes, carried by its tasks
 /// (rules can exclude it, logs show it). Its copy tasks ask the worker to
 /// refresh referrers (`options.refresh_referrers`): a pass plans a task for
@@ -61,6 +76,26 @@ pub const OPERATOR: &str = "relay-reconcile";
 
 /// Tags checked at the same time within a repository.
 const TAGS_IN_FLIGHT: usize = 16;
+/// Entries checked between two looks at the clock: a pass can stop inside
+/// a repository after any stretch of this many.
+const STRETCH: usize = 4 * TAGS_IN_FLIGHT;
+
+/// A stored cursor: the repository to resume at, and whether it was
+/// finished (resume after it) or stopped after one of its entries.
+fn parse_cursor(cursor: Option<&str>) -> (Option<&str>, Option<&str>) {
+    match cursor.map(|c| c.split_once(':')) {
+        None => (None, None),
+        Some(None) => (cursor, None),
+        Some(Some((repo, entry))) => (Some(repo), Some(entry)),
+    }
+}
+
+/// How one repository's walk ended.
+enum Walked {
+    Done,
+    /// Out of time after this entry (its [`Listed::key`]).
+    StoppedAfter(String),
+}
 
 /// What one pass found and planned.
 #[derive(Debug, Default)]
@@ -69,7 +104,8 @@ pub struct Pass {
     pub tags_checked: u64,
     pub in_sync: u64,
     pub tasks: Vec<Task>,
-    /// Set when the pass stopped early: resume after this repository.
+    /// Set when the pass stopped early: resume after this repository
+    /// (`repo`) or after this entry of it (`repo:tag`).
     pub cursor: Option<String>,
 }
 
@@ -120,16 +156,20 @@ impl<'a> Reconciler<'a> {
         }
     }
 
-    /// Plans one pass over the repositories after `after` (sorted by name).
-    pub async fn pass(&self, after: Option<&str>, stop_at: Option<Instant>) -> Result<Pass, ReconcileError> {
+    /// Plans one pass over the repositories after the cursor `cursor`
+    /// (sorted by name; see [`Pass::cursor`]). Past `stop_at` it stops,
+    /// but only after its first stretch of entries: every run progresses,
+    /// however little time it was given.
+    pub async fn pass(&self, cursor: Option<&str>, stop_at: Option<Instant>) -> Result<Pass, ReconcileError> {
         let mut pass = Pass::default();
+        let (after, inside) = parse_cursor(cursor);
         let prefixes = literal_prefixes(self.config.rules.iter().filter(|r| r.enabled));
         let listed = self.listing().repositories(prefixes.as_deref()).await?;
         // Sorted and without duplicates already (the listing's promise).
         let repositories: Vec<RepositoryPath> = listed
             .iter()
             .filter(|r| self.config.rules.iter().any(|rule| rule.enabled && rule.selects(r)))
-            .filter(|r| after.is_none_or(|a| r.as_str() > a))
+            .filter(|r| after.is_none_or(|a| r.as_str() > a || (inside.is_some() && r.as_str() == a)))
             .cloned()
             .collect();
         if let Some(p) = self.progress {
@@ -141,13 +181,19 @@ impl<'a> Reconciler<'a> {
         let mut feeder_tags = HashMap::new();
         let mut last_done: Option<String> = None;
         for repo in repositories {
-            if stop_at.is_some_and(|t| Instant::now() >= t) {
-                pass.cursor = last_done.or_else(|| after.map(str::to_owned));
+            if last_done.is_some() && stop_at.is_some_and(|t| Instant::now() >= t) {
+                pass.cursor = last_done;
                 merge(&mut pass);
                 return Ok(pass);
             }
             let (checked, planned) = (pass.tags_checked, pass.tasks.len());
-            self.repository(&repo, &listed, &mut feeder_tags, &mut pass).await?;
+            let resume = inside.filter(|_| after == Some(repo.as_str()));
+            let walked = self.repository(&repo, resume, stop_at, &listed, &mut feeder_tags, &mut pass).await?;
+            if let Walked::StoppedAfter(entry) = walked {
+                pass.cursor = Some(format!("{repo}:{entry}"));
+                merge(&mut pass);
+                return Ok(pass);
+            }
             pass.repositories += 1;
             if let Some(p) = self.progress {
                 p.walked((pass.tags_checked - checked) as usize, pass.tasks.len() - planned);
@@ -242,25 +288,40 @@ impl<'a> Reconciler<'a> {
     /// `source_repositories` is the pass's listing of the source, from
     /// which the other repositories feeding a destination are found;
     /// `feeder_tags` caches their tags for the pass.
+    /// Entries are checked in the order of their keys, after `resume`
+    /// (the key a previous pass stopped after), a stretch at a time; past
+    /// `stop_at` the walk stops after a stretch. Deletions are planned
+    /// once every entry was checked, by the run that finishes the walk.
     async fn repository(
         &self,
         repo: &RepositoryPath,
+        resume: Option<&str>,
+        stop_at: Option<Instant>,
         source_repositories: &[RepositoryPath],
         feeder_tags: &mut HashMap<RepositoryPath, Vec<Tag>>,
         pass: &mut Pass,
-    ) -> Result<(), ReconcileError> {
-        let listed = self.list(repo).await?;
-        // Entries are independent: HEAD them a few at a time (order kept).
-        let checked: Vec<_> = futures_util::stream::iter(&listed)
-            .map(|entry| self.check(repo, entry))
-            .buffered(TAGS_IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await;
-        for result in checked {
-            let Some((in_sync, tasks)) = result? else { continue };
-            pass.tags_checked += 1;
-            pass.in_sync += in_sync;
-            pass.tasks.extend(tasks);
+    ) -> Result<Walked, ReconcileError> {
+        let mut listed = self.list(repo).await?;
+        listed.sort_by_cached_key(Listed::key);
+        let start = resume.map_or(0, |r| listed.partition_point(|l| l.key().as_str() <= r));
+        for stretch in listed[start..].chunks(STRETCH) {
+            // Entries are independent: HEAD them a few at a time (order kept).
+            let checked: Vec<_> = futures_util::stream::iter(stretch)
+                .map(|entry| self.check(repo, entry))
+                .buffered(TAGS_IN_FLIGHT)
+                .collect::<Vec<_>>()
+                .await;
+            for result in checked {
+                let Some((in_sync, tasks)) = result? else { continue };
+                pass.tags_checked += 1;
+                pass.in_sync += in_sync;
+                pass.tasks.extend(tasks);
+            }
+            let last = stretch.last().map(Listed::key).unwrap_or_default();
+            let more = listed.last().is_some_and(|l| l.key() != last);
+            if more && stop_at.is_some_and(|t| Instant::now() >= t) {
+                return Ok(Walked::StoppedAfter(last));
+            }
         }
         let tags: Vec<Tag> = listed.into_iter().filter_map(|l| l.tag).collect();
 
@@ -308,7 +369,7 @@ impl<'a> Reconciler<'a> {
                 }));
             }
         }
-        Ok(())
+        Ok(Walked::Done)
     }
 }
 
@@ -397,6 +458,14 @@ impl CursorStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursors_resume_after_a_repository_or_inside_one() {
+        assert_eq!(parse_cursor(None), (None, None));
+        assert_eq!(parse_cursor(Some("p/app")), (Some("p/app"), None));
+        assert_eq!(parse_cursor(Some("p/app:v1.2")), (Some("p/app"), Some("v1.2")));
+        assert_eq!(parse_cursor(Some("p/app:@sha256:ab")), (Some("p/app"), Some("@sha256:ab")));
+    }
 
     #[test]
     fn tag_schema_names_give_their_subject() {

@@ -222,8 +222,11 @@ async fn a_pass_resumes_after_its_cursor() {
         image::push(&stack.source(), &format!("{p}/{name}"), "v1", ImageKind::OciImage, 1, 512).await.unwrap();
     }
     let r = Reconciler::new(&config, &worker, 1000);
-    let stopped = r.pass(None, Some(Instant::now())).await.unwrap();
-    assert_eq!((stopped.repositories, stopped.cursor.as_deref()), (0, None), "out of time before the first repository");
+    // Out of time from the start, a pass still walks its first stretch:
+    // here the whole first repository (every run progresses).
+    let stopped = r.pass(Some(&format!("{p}/")), Some(Instant::now())).await.unwrap();
+    assert_eq!(stopped.repositories, 1);
+    assert_eq!(stopped.cursor, Some(format!("{p}/a")));
     let resumed = r.pass(Some(&format!("{p}/a")), None).await.unwrap();
     let repos: Vec<_> = resumed.tasks.iter().map(|t| t.destination.repository.to_string()).collect();
     assert_eq!(repos, [format!("{p}/b"), format!("{p}/c")]);
@@ -236,6 +239,48 @@ async fn a_pass_resumes_after_its_cursor() {
     assert_eq!(store.load().await.unwrap(), Some(format!("{p}/b")));
     store.save(None).await.unwrap();
     assert_eq!(store.load().await.unwrap(), None, "a finished listing starts over next time");
+}
+
+/// A repository with more tags than one run can check: each run stops
+/// inside it after a stretch and the next resumes after the last entry it
+/// checked (`repo:tag`), so the walk ends, every tag planned exactly once,
+/// and the pass after it finds everything in sync. (Each pass here is out
+/// of time from the start: it walks one stretch.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_longer_than_a_run_progresses_run_after_run() {
+    let stack = Stack::load().unwrap();
+    let p = project();
+    let (config, worker) = setup(&stack, &rules(&p, false, true)).await;
+    let source = stack.source();
+    let repo = format!("{p}/many");
+    image::push(&source, &repo, "t000", ImageKind::OciImage, 1, 512).await.unwrap();
+    let (_, bytes) = source.get_manifest(&repo, "t000").await.unwrap().unwrap();
+    for i in 1..150 {
+        source.put_manifest(&repo, &format!("t{i:03}"), image::OCI_MANIFEST, &bytes).await.unwrap();
+    }
+    let r = Reconciler::new(&config, &worker, 1000);
+    let mut cursor = Some(format!("{p}/"));
+    let (mut runs, mut planned) = (0, Vec::new());
+    loop {
+        let pass = r.pass(cursor.as_deref(), Some(Instant::now())).await.unwrap();
+        runs += 1;
+        assert!(pass.tags_checked > 0, "run {runs} from {cursor:?} checked nothing");
+        planned.extend(pass.tasks.iter().flat_map(|t| t.destination.tags.iter().map(|t| t.to_string())));
+        match pass.cursor {
+            Some(c) if c.starts_with(&format!("{repo}:")) => {
+                assert!(cursor.as_ref().is_none_or(|before| &c > before), "{c} after {cursor:?}");
+                cursor = Some(c);
+            }
+            // Past the repository: done.
+            _ => break,
+        }
+        assert!(runs < 10, "no end in sight: {cursor:?}");
+    }
+    assert!(runs >= 3, "one stretch is 64 entries: 150 tags take 3 runs, took {runs}");
+    let mut expected: Vec<String> = (0..150).map(|i| format!("t{i:03}")).collect();
+    planned.sort();
+    expected.sort();
+    assert_eq!(planned, expected, "every tag planned once");
 }
 
 /// With `source.harbor_api`, the listing comes from Harbor's REST API
