@@ -1,7 +1,7 @@
 //! The configuration as the Lambda functions hold it, against LocalStack
 //! SSM: read again when the parameter's version changes, at once when a
 //! task names a registry the worker does not know, and an invalid change
-//! never replaces a working configuration.
+//! never replaces a working configuration; a typo never reaches them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,4 +76,38 @@ async fn a_registry_added_to_the_parameter_is_used_without_a_restart() {
     put(format!("{one}bogus_field: 1\n")).await;
     let kept = reloading.current_unless(|_| true).await;
     assert!(Arc::ptr_eq(&second, &kept), "an invalid configuration never replaces a working one");
+}
+
+/// A typo never changes what a rule does: `decoraton` once loaded as a
+/// *matching* label filter. `relay config-push` refuses the file, naming the
+/// field, and the parameter keeps what it had; the same typo put in the
+/// parameter by hand stops the functions' load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_label_filter_is_refused_on_the_way_to_the_functions() {
+    let stack = Stack::load().unwrap();
+    let name = format!("/harbor-relay/test/typo-{:x}", rand::random::<u32>());
+    let file = std::env::temp_dir().join(format!("relay-typo-{:x}.yaml", rand::random::<u32>()));
+    let rule = |filter: &str| {
+        stack.config_yaml(&format!(
+            "  - {{ name: not-wip, filters: {{ label: {{ values: [wip], {filter}: excludes }} }}, destination: {{ registry: cluster1-registry }} }}\n"
+        ))
+    };
+    let (good, typo) = (rule("decoration"), rule("decoraton"));
+
+    std::fs::write(&file, &good).unwrap();
+    bootstrap::push_config(&file, &name).await.unwrap();
+    std::fs::write(&file, &typo).unwrap();
+    let refused = bootstrap::push_config(&file, &name).await.map(|_| ()).unwrap_err().to_string();
+    std::fs::remove_file(&file).unwrap();
+    assert!(refused.contains("rules[0].filters.label: unknown field `decoraton`"), "{refused}");
+    let kept = bootstrap::load_config(&format!("ssm:{name}")).await.unwrap();
+    let filter = kept.rules[0].label_filter.as_ref().unwrap();
+    assert_eq!(filter.decoration, relay::rules::Decoration::Excludes);
+
+    let ssm = aws_sdk_ssm::Client::new(&bootstrap::aws_config().await);
+    let secure = aws_sdk_ssm::types::ParameterType::SecureString;
+    ssm.put_parameter().name(&name).value(typo).r#type(secure).overwrite(true).send().await.unwrap();
+    let err = bootstrap::load_config(&format!("ssm:{name}")).await.map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("unknown field `decoraton`"), "{err}");
+    ssm.delete_parameter().name(&name).send().await.unwrap();
 }
