@@ -3,6 +3,9 @@
 //! misbehave — oversized manifests, blobs longer than their descriptor,
 //! bodies that never end, redirects to another host.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use relay::registry::Outcome;
 use relay::secrets::SecretSource;
 use relay::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
@@ -220,6 +223,11 @@ async fn a_retry_after_past_the_deadline_is_not_waited_for() {
     assert_eq!(src.count(Op::GetManifest), fast_retry().attempts as usize, "standalone: waited and retried");
 }
 
+/// The source redirects a blob to storage on another host; the bytes are
+/// read there without the source's token. The client follows redirects
+/// itself (reqwest's own policy is `none`, so reqwest's own stripping of
+/// `Authorization` never runs): what keeps the token home is the relay's
+/// check, each hop's credential given only to the registry's origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_never_carry_credentials_to_another_host() {
     let src = FakeRegistry::start(true).await; // Bearer: every request carries a token
@@ -243,6 +251,51 @@ async fn redirects_never_carry_credentials_to_another_host() {
     assert_eq!(storage.authorized_requests(), 0, "no Authorization header crossed to the other host");
     assert!(src.authorized_requests() > 0);
     assert!(dst.has_blob(&repo, &d) && dst.has_manifest(&repo, "v1"));
+}
+
+/// A loopback listener on `ip` that counts the connections it is offered
+/// (and answers none of them): where a refused redirect must never arrive.
+async fn counting_listener(ip: &str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_connection, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, hits)
+}
+
+/// A registry that redirects a blob to a loopback or link-local address
+/// its configuration does not name — another loopback address, a name
+/// that resolves to loopback, the cloud's metadata service — gets the copy
+/// refused before a byte goes there, the error naming the guard. (The
+/// source itself is on 127.0.0.1, a host the configuration names: its
+/// redirects to 127.0.0.1 are followed, see the test above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_never_reach_loopback_or_link_local_addresses_the_configuration_does_not_name() {
+    let (other_loopback, other_hits) = counting_listener("127.0.0.2").await;
+    let (named_localhost, localhost_hits) = counting_listener("127.0.0.1").await;
+    let targets = [
+        (format!("http://{other_loopback}/blob"), "127.0.0.2 is a loopback"),
+        (format!("http://localhost:{}/blob", named_localhost.port()), "is a loopback"),
+        ("http://169.254.169.254/latest/meta-data/".to_owned(), "169.254.169.254 is a loopback or link-local"),
+    ];
+    for (target, why) in targets {
+        let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+        let repo = unique_repo("redirect-internal");
+        let img =
+            image::push(&PlainRegistry::new(&src.url, None), &repo, "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
+        src.inject(Op::GetBlob, Fault::RedirectTo(target.clone()), 100);
+        let err = worker(&src.url, &dst.url, false).await.run(&task(&repo, &img.digest)).await.unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("redirect refused") && err.contains(why), "{target}: {err}");
+        assert!(!dst.has_manifest(&repo, "v1"), "{target}: nothing pushed");
+    }
+    assert_eq!(other_hits.load(Ordering::SeqCst), 0, "nothing connected to 127.0.0.2");
+    assert_eq!(localhost_hits.load(Ordering::SeqCst), 0, "nothing connected to localhost");
 }
 
 /// A worker whose source is `source` with credentials (so they could leak)

@@ -3,15 +3,18 @@
 
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use reqwest::Response;
+use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
+use reqwest::{Method, Response};
 use url::Url;
 
-use super::super::auth::TokenCache;
-use super::super::auth::{Challenge, Credentials, TokenResponse};
+use super::super::auth::{unpoisoned, Challenge, Credentials, TokenCache, TokenResponse};
 use super::error::redact;
+use super::transport::{Bound, Credential, Exchange, Outgoing};
 use super::{header_str, RegistryClient, RegistryError};
 
+/// What the client learnt about authenticating, behind its `auth` lock.
+/// Nothing that can panic runs while the lock is held, and a lock poisoned
+/// all the same is used again ([`unpoisoned`]).
 #[derive(Default)]
 pub(super) struct AuthState {
     challenge: Option<Challenge>,
@@ -22,7 +25,7 @@ pub(super) struct AuthState {
 const MAX_TOKEN_BYTES: usize = 1024 * 1024;
 
 /// Same scheme, host and port.
-fn same_origin(a: &Url, b: &Url) -> bool {
+pub(super) fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
 }
 
@@ -54,19 +57,20 @@ impl RegistryClient {
 
     /// The Basic header of the current credentials, if there are any.
     fn basic_header(&self) -> Option<String> {
-        self.credentials.read().expect("credentials lock").as_ref().map(Credentials::basic_header)
+        unpoisoned(self.credentials.read()).as_ref().map(Credentials::basic_header)
     }
 
     /// The credentials in use (for the same registry's other APIs).
     pub fn credentials(&self) -> Option<Credentials> {
-        self.credentials.read().expect("credentials lock").clone()
+        unpoisoned(self.credentials.read()).clone()
     }
 
     /// Uses `credentials` from now on (a rotated secret, re-read), and
     /// forgets the tokens the old ones obtained.
     pub fn set_credentials(&self, credentials: Option<Credentials>) {
-        *self.credentials.write().expect("credentials lock") = credentials;
-        self.auth.lock().expect("auth lock").tokens = Default::default();
+        tracing::debug!(registry = %self.name, credentials = ?credentials, "credentials replaced; their tokens forgotten");
+        *unpoisoned(self.credentials.write()) = credentials;
+        unpoisoned(self.auth.lock()).tokens = Default::default();
     }
 
     /// Records the challenge of a 401 answered to a request that carried
@@ -83,24 +87,32 @@ impl RegistryClient {
         let Some(challenge) = header_str(resp.headers(), WWW_AUTHENTICATE).and_then(Challenge::parse) else {
             return false;
         };
-        let mut state = self.auth.lock().expect("auth lock");
-        let changed = state.challenge.as_ref() != Some(&challenge);
+        let credentials = self.credentials();
+        let bearer = matches!(challenge, Challenge::Bearer { .. });
         let sent_token = sent.and_then(|s| s.strip_prefix("Bearer "));
-        if let Some(t) = sent_token {
-            if state.tokens.get(scope).as_deref() == Some(t) {
-                state.tokens.forget(scope);
+        let changed = {
+            let mut state = unpoisoned(self.auth.lock());
+            if let Some(t) = sent_token {
+                if state.tokens.get(scope).as_deref() == Some(t) {
+                    state.tokens.forget(scope);
+                }
             }
+            let changed = state.challenge.as_ref() != Some(&challenge);
+            state.challenge = Some(challenge.clone());
+            changed
+        };
+        if changed {
+            // Which account will answer it (the password is redacted).
+            tracing::debug!(registry = %self.name, challenge = ?challenge, credentials = ?credentials, "registry asks for authentication");
         }
-        state.challenge = Some(challenge);
         // Basic with the same credentials again cannot help, nor can anonymous.
-        let can_authenticate = self.credentials.read().expect("credentials lock").is_some()
-            || matches!(state.challenge, Some(Challenge::Bearer { .. }));
+        let can_authenticate = credentials.is_some() || bearer;
         can_authenticate && (sent.is_none() || changed || sent_token.is_some())
     }
 
     pub(super) async fn authorization(&self, scope: &str) -> Result<Option<String>, RegistryError> {
         let challenge = {
-            let state = self.auth.lock().expect("auth lock");
+            let state = unpoisoned(self.auth.lock());
             match &state.challenge {
                 None => return Ok(None),
                 Some(Challenge::Basic) => return Ok(self.basic_header()),
@@ -115,8 +127,8 @@ impl RegistryClient {
         let Some(Challenge::Bearer { realm, service }) = challenge else {
             return Ok(None);
         };
-        let (token, expires_in) = self.fetch_token(&realm, service.as_deref(), scope).await?;
-        self.auth.lock().expect("auth lock").tokens.put(scope, token.clone(), expires_in);
+        let (token, lifetime) = self.fetch_token(&realm, service.as_deref(), scope).await?;
+        unpoisoned(self.auth.lock()).tokens.put(scope, token.clone(), lifetime);
         Ok(Some(format!("Bearer {token}")))
     }
 
@@ -138,26 +150,132 @@ impl RegistryClient {
                 q.append_pair("scope", s);
             }
         }
-        let mut req = self.http.get(url).timeout(self.request_timeout);
-        if let Some(basic) = self.basic_header() {
-            req = req.header(AUTHORIZATION, basic);
-        }
-        let resp = req.send().await.map_err(|e| fail(redact(&e)))?;
+        let basic = self.basic_header();
+        let credential = basic.as_deref().map(|value| Credential { origin: &url, value });
+        tracing::debug!(registry = %self.name, realm = %realm_shown(&url), scope, credentials = ?self.credentials(), "token requested");
+        let outgoing = Outgoing {
+            method: Method::GET,
+            url: url.clone(),
+            headers: HeaderMap::new(),
+            body: None,
+            bound: Bound::Whole,
+        };
+        let resp = match self.exchange(outgoing, credential, None).await? {
+            Exchange::Answer { response, .. } => response,
+            Exchange::Failed(e) => return Err(fail(redact(&e))),
+            Exchange::NoAnswer => return Err(fail(format!("timed out: no answer within {:?}", self.request_timeout))),
+        };
         if !resp.status().is_success() {
             return Err(fail(format!("HTTP {}", resp.status())));
         }
         let body = self.read_capped(resp, MAX_TOKEN_BYTES, "token response").await?;
         let body: TokenResponse =
             serde_json::from_slice(&body).map_err(|e| fail(format!("token response is not JSON: {e}")))?;
+        let lifetime = body.lifetime();
         let token = body.token.or(body.access_token).ok_or_else(|| fail("no token in response".into()))?;
-        Ok((token, Duration::from_secs(body.expires_in.unwrap_or(60).max(1))))
+        Ok((token, lifetime))
     }
+}
+
+/// A realm as logs show it: scheme, host and path, not its query.
+fn realm_shown(url: &Url) -> String {
+    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or_default(), url.path())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use axum::extract::Request;
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+
     use super::*;
     use crate::registry::client::{ClientOptions, Role};
+
+    /// A registry on 127.0.0.1 whose `/v2/` wants a token from its own
+    /// `/token`, which gives `expires_in` as this raw JSON (absent when
+    /// `None`). Returns its URL and the count of tokens it issued.
+    async fn token_registry(expires_in: Option<&'static str>) -> (Url, Arc<AtomicUsize>) {
+        let issued = Arc::new(AtomicUsize::new(0));
+        let counter = issued.clone();
+        let handler = move |req: Request| {
+            let counter = counter.clone();
+            async move {
+                let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+                match req.uri().path() {
+                    "/token" => {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let lifetime = expires_in.map(|e| format!(",\"expires_in\":{e}")).unwrap_or_default();
+                        format!("{{\"token\":\"tok\"{lifetime}}}").into_response()
+                    }
+                    _ if req.headers().get(header::AUTHORIZATION).is_some_and(|a| a == "Bearer tok") => {
+                        StatusCode::OK.into_response()
+                    }
+                    _ => {
+                        let challenge = format!("Bearer realm=\"http://{host}/token\",service=\"test\"");
+                        (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, challenge)]).into_response()
+                    }
+                }
+            }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(handler)).await });
+        (url, issued)
+    }
+
+    fn bearer_client(base: Url) -> RegistryClient {
+        RegistryClient::new("r", base, Role::Source, None, ClientOptions::default()).unwrap()
+    }
+
+    /// (`expires_in` as sent, tokens issued for two requests): whatever the
+    /// token service says, the requests go through and nothing panics; a
+    /// token past any clock is kept, one that expired already is not.
+    #[tokio::test]
+    async fn any_expires_in_is_survived() {
+        let table: [(Option<&'static str>, usize); 6] = [
+            (Some("18446744073709551615"), 1),
+            (Some("9223372036854775807"), 1),
+            (Some("1e300"), 1),
+            (Some("-1"), 2),
+            (Some("-9223372036854775808"), 2),
+            (None, 1),
+        ];
+        for (expires_in, want) in table {
+            let (base, issued) = token_registry(expires_in).await;
+            let c = bearer_client(base);
+            c.ping().await.unwrap_or_else(|e| panic!("{expires_in:?}: {e}"));
+            c.ping().await.unwrap_or_else(|e| panic!("{expires_in:?}, again: {e}"));
+            assert_eq!(issued.load(Ordering::SeqCst), want, "tokens issued with expires_in {expires_in:?}");
+            assert!(!c.auth.is_poisoned(), "{expires_in:?}");
+        }
+    }
+
+    /// A panic while the auth or credentials lock is held (a bug anywhere)
+    /// does not break the requests after it: the next ones still learn the
+    /// challenge, get a token and pass, and rotated credentials still land.
+    #[tokio::test]
+    async fn a_panic_holding_the_locks_does_not_break_the_next_request() {
+        let (base, issued) = token_registry(Some("300")).await;
+        let c = bearer_client(base);
+        c.ping().await.expect("before");
+        let auth = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = c.auth.lock();
+            panic!("a bug while the auth lock is held");
+        }));
+        let credentials = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = c.credentials.write();
+            panic!("a bug while the credentials lock is held");
+        }));
+        assert!(auth.is_err() && credentials.is_err());
+        assert!(c.auth.is_poisoned() && c.credentials.is_poisoned(), "both locks poisoned");
+        c.ping().await.expect("after a panic, with the cached token");
+        c.set_credentials(None);
+        c.ping().await.expect("after a panic, with a token asked for again");
+        assert_eq!(issued.load(Ordering::SeqCst), 2);
+    }
 
     fn client(base: &str, listed: &[&str]) -> RegistryClient {
         let options = ClientOptions {

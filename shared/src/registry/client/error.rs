@@ -40,6 +40,11 @@ pub enum RegistryError {
     TooLarge { registry: String, reference: String, limit: usize },
     #[error("{registry}: {reason}")]
     Protocol { registry: String, reason: String },
+    /// A redirect the client will not follow (from https to http, to a
+    /// loopback or link-local address the configuration does not name, one
+    /// too many): the registry's answer, which no retry changes.
+    #[error("{registry}: {path}: redirect refused {reason}")]
+    Redirect { registry: String, path: String, reason: String },
 }
 
 impl RegistryError {
@@ -62,7 +67,8 @@ impl RegistryError {
             | RegistryError::Token { registry, .. }
             | RegistryError::DigestMismatch { registry, .. }
             | RegistryError::TooLarge { registry, .. }
-            | RegistryError::Protocol { registry, .. } => registry,
+            | RegistryError::Protocol { registry, .. }
+            | RegistryError::Redirect { registry, .. } => registry,
         }
     }
 

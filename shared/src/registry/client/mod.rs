@@ -120,6 +120,9 @@ impl RegistryClient {
             .tcp_nodelay(true)
             .pool_max_idle_per_host(32)
             .connect_timeout(Duration::from_secs(10))
+            // Redirects are followed by `transport`, which checks each hop
+            // and decides who gets credentials.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("harbor-relay/", env!("CARGO_PKG_VERSION")));
         let http = crate::tls::configure(builder, options.insecure, options.ca_pem.as_deref())?.build()?;
         Ok(RegistryClient {

@@ -1,6 +1,9 @@
-//! Sending requests: authentication on demand, retries with backoff and
-//! `Retry-After` (never past the task's deadline), bounded reads, errors.
+//! Sending requests: authentication on demand, redirects followed here
+//! (checked, credentials only to the registry's own origin), retries with
+//! backoff and `Retry-After` (never past the task's deadline), bounded
+//! reads, errors.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -8,14 +11,18 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
-use url::Url;
+use tokio::time::Instant;
+use url::{Host, Url};
 
 use super::super::auth::Challenge;
 use super::super::chunks::BoxError;
 use super::super::pace;
 use super::super::retry::{is_retryable, parse_retry_after};
+use super::authorize::same_origin;
 use super::error::{is_certificate, redact};
 use super::{header_str, RegistryClient, RegistryError};
+
+mod redirects;
 
 /// An error body is read this far and no further (a hostile or broken
 /// registry must not hold a worker's memory; token answers and listing
@@ -31,6 +38,33 @@ pub(super) enum Bound {
     /// The wait for the answer only: a blob's body takes as long as its
     /// size needs, and its pace is the copy's to judge ([`pace::Paced`]).
     Answer,
+}
+
+/// An `Authorization` value and the one origin it may go to: the redirects
+/// of a request are followed here, hop by hop, and a hop elsewhere goes
+/// without it (reqwest, which would strip it on its own, never follows).
+pub(super) struct Credential<'a> {
+    pub(super) origin: &'a Url,
+    pub(super) value: &'a str,
+}
+
+/// How one exchange (a request and its redirects) ended.
+pub(super) enum Exchange {
+    /// The last hop's answer, and whether the credential went with it.
+    Answer { response: Response, credential_sent: bool },
+    /// The connection or the request failed.
+    Failed(reqwest::Error),
+    /// No answer within the request timeout (see [`Bound`]).
+    NoAnswer,
+}
+
+/// The request a hop sends.
+pub(super) struct Outgoing<'a> {
+    pub(super) method: Method,
+    pub(super) url: Url,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Option<&'a Bytes>,
+    pub(super) bound: Bound,
 }
 
 impl RegistryClient {
@@ -62,23 +96,26 @@ impl RegistryClient {
         let mut retry = 0;
         let mut reauthenticated = false;
         loop {
-            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
-            if bound == Bound::Whole {
-                req = req.timeout(self.request_timeout);
-            }
-            if let Some(b) = &body {
-                req = req.body(b.clone());
-            }
-            let (req, sent) = self.authorized(req, &url, scope).await?;
-            let outcome = match tokio::time::timeout(self.request_timeout, req.send()).await {
-                Ok(Ok(resp)) => Ok(resp),
-                Ok(Err(e)) if is_certificate(&e) => return Err(self.transport(&method, url.path(), &e)),
-                Ok(Err(e)) => Err(self.transport(&method, url.path(), &e)),
-                Err(_) => Err(self.no_answer(&method, url.path())),
+            let authorization = if self.same_origin(&url) { self.authorization(scope).await? } else { None };
+            let credential = authorization.as_deref().map(|value| Credential { origin: &self.base, value });
+            let outgoing = Outgoing {
+                method: method.clone(),
+                url: url.clone(),
+                headers: headers.clone(),
+                body: body.as_ref(),
+                bound,
+            };
+            let outcome = match self.exchange(outgoing, credential, Some(&self.requests)).await? {
+                Exchange::Answer { response, credential_sent } => {
+                    Ok((response, authorization.filter(|_| credential_sent)))
+                }
+                Exchange::Failed(e) if is_certificate(&e) => return Err(self.transport(&method, url.path(), &e)),
+                Exchange::Failed(e) => Err(self.transport(&method, url.path(), &e)),
+                Exchange::NoAnswer => Err(self.no_answer(&method, url.path())),
             };
             retry += 1;
-            let resp = match outcome {
-                Ok(resp) => resp,
+            let (resp, sent) = match outcome {
+                Ok(answered) => answered,
                 Err(e) if retry < self.retry.attempts && pace::wait_fits(self.retry.delay(retry, None)) => {
                     tracing::warn!(registry = %self.name, %method, path = url.path(), error = %e, retry, "request failed, retrying");
                     tokio::time::sleep(self.retry.delay(retry, None)).await;
@@ -112,9 +149,74 @@ impl RegistryClient {
         }
     }
 
+    /// Sends `outgoing`, following its redirects by hand: each hop is
+    /// checked first ([`redirects::check`]: never from https to http, never
+    /// to a loopback or link-local address the configuration does not name)
+    /// and `credential` goes only to hops on its origin. One request timeout
+    /// covers the whole chain. Each hop is counted in `count` when given
+    /// (token requests are not counted).
+    pub(super) async fn exchange(
+        &self,
+        outgoing: Outgoing<'_>,
+        credential: Option<Credential<'_>>,
+        count: Option<&AtomicU64>,
+    ) -> Result<Exchange, RegistryError> {
+        let Outgoing { mut method, mut url, mut headers, mut body, bound } = outgoing;
+        let until = Instant::now() + self.request_timeout;
+        let start = url.clone();
+        let named: Vec<Host<&str>> =
+            std::iter::once(&self.base).chain(&self.token_realms).chain([&start]).filter_map(Url::host).collect();
+        let mut hops = 0;
+        loop {
+            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
+            if bound == Bound::Whole {
+                req = req.timeout(until.saturating_duration_since(Instant::now()));
+            }
+            if let Some(b) = body {
+                req = req.body(b.clone());
+            }
+            let credential_sent = credential.as_ref().is_some_and(|c| same_origin(c.origin, &url));
+            if let (true, Some(c)) = (credential_sent, &credential) {
+                req = req.header(AUTHORIZATION, c.value);
+            }
+            if let Some(count) = count {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            let response = match tokio::time::timeout_at(until, req.send()).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => return Ok(Exchange::Failed(e)),
+                Err(_) => return Ok(Exchange::NoAnswer),
+            };
+            let status = response.status();
+            let location = header_str(response.headers(), LOCATION);
+            let (true, Some(location)) = (redirects::is_redirect(status), location) else {
+                return Ok(Exchange::Answer { response, credential_sent });
+            };
+            let refused = |reason: String| RegistryError::Redirect {
+                registry: self.name.clone(),
+                path: start.path().to_owned(),
+                reason,
+            };
+            if hops == redirects::MAX_REDIRECTS {
+                return Err(refused(format!("after {} redirects", redirects::MAX_REDIRECTS)));
+            }
+            hops += 1;
+            let mut next = url.join(location).map_err(|e| refused(format!("to a bad Location ({e})")))?;
+            next.set_fragment(None);
+            redirects::check(&url, &next, &named).await.map_err(refused)?;
+            let keeps_body;
+            (method, keeps_body) = redirects::next_request(status, &method, &mut headers);
+            if !keeps_body {
+                body = None;
+            }
+            url = next;
+        }
+    }
+
     /// Sends a one-shot (streaming) body of `len` bytes once,
     /// authenticated. The caller retries the whole operation, re-opening
-    /// its source stream. No fixed bound covers the request (a large blob
+    /// its source stream. A redirect is not followed (the body cannot be
+    /// sent twice): it is the answer. No fixed bound covers the request (a large blob
     /// takes as long as it takes): it is given up when the registry stops
     /// asking for the body's bytes for a throughput window, or does not
     /// answer in time after the last one ([`pace::watched`]).
@@ -146,8 +248,8 @@ impl RegistryClient {
     }
 
     /// `req` with this registry's credentials for `scope` when it goes to
-    /// the registry's own origin (never to a redirect's host), counted as
-    /// one request; the `Authorization` value sent, for a 401's challenge.
+    /// the registry's own origin, counted as one request; the
+    /// `Authorization` value sent, for a 401's challenge.
     async fn authorized(
         &self,
         mut req: reqwest::RequestBuilder,
@@ -161,7 +263,7 @@ impl RegistryClient {
                 req = req.header(AUTHORIZATION, auth);
             }
         }
-        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         Ok((req, sent))
     }
 
@@ -188,14 +290,29 @@ impl RegistryClient {
 
     /// The whole body, refused past `limit` bytes (announced or sent).
     pub(super) async fn read_capped(&self, resp: Response, limit: usize, what: &str) -> Result<Vec<u8>, RegistryError> {
-        let too_large = || RegistryError::TooLarge { registry: self.name.clone(), reference: what.to_owned(), limit };
+        Self::read_body_capped(&self.name, resp, limit, what).await
+    }
+
+    /// The cap every whole body the relay reads is read within — a
+    /// registry's manifests, listing pages and token answers, and Harbor's
+    /// API's answers ([`crate::harbor_api`]): refused past `limit` bytes,
+    /// announced by `Content-Length` or counted as they come, so a broken
+    /// or hostile server's endless body holds no more memory than that.
+    /// `registry` names the server in the error, `what` the body.
+    pub(crate) async fn read_body_capped(
+        registry: &str,
+        resp: Response,
+        limit: usize,
+        what: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let too_large = || RegistryError::TooLarge { registry: registry.to_owned(), reference: what.to_owned(), limit };
         if resp.content_length().is_some_and(|l| l > limit as u64) {
             return Err(too_large());
         }
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.transport(&Method::GET, what, &e))?;
+            let chunk = chunk.map_err(|e| transport_error(registry, &Method::GET, what, &e))?;
             if body.len() + chunk.len() > limit {
                 return Err(too_large());
             }
@@ -235,15 +352,7 @@ impl RegistryClient {
     }
 
     fn transport(&self, method: &Method, path: &str, e: &reqwest::Error) -> RegistryError {
-        if is_certificate(e) {
-            return RegistryError::Certificate { registry: self.name.clone(), reason: redact(e) };
-        }
-        RegistryError::Transport {
-            registry: self.name.clone(),
-            method: method.clone(),
-            path: path.to_owned(),
-            reason: redact(e),
-        }
+        transport_error(&self.name, method, path, e)
     }
 
     /// No answer within the request timeout (headers; see [`Bound`]).
@@ -260,5 +369,18 @@ impl RegistryClient {
 
     pub(super) fn protocol(&self, reason: String) -> RegistryError {
         RegistryError::Protocol { registry: self.name.clone(), reason }
+    }
+}
+
+/// A failed exchange with `registry`: its certificate, or the connection.
+fn transport_error(registry: &str, method: &Method, path: &str, e: &reqwest::Error) -> RegistryError {
+    if is_certificate(e) {
+        return RegistryError::Certificate { registry: registry.to_owned(), reason: redact(e) };
+    }
+    RegistryError::Transport {
+        registry: registry.to_owned(),
+        method: method.clone(),
+        path: path.to_owned(),
+        reason: redact(e),
     }
 }
