@@ -7,21 +7,37 @@
 
 use std::time::Duration;
 
+use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
 
 use crate::digest::Digest;
 use crate::harbor_webhooks::WebhookPolicy;
-use crate::registry::Credentials;
+use crate::registry::auth::unpoisoned;
+use crate::registry::retry::RetryPolicy;
+use crate::registry::{Credentials, RegistryError};
 use crate::repository::{RepositoryPath, Tag};
 use crate::rules::{ArtifactFacts, ArtifactType};
+
+mod send;
 
 pub struct HarborApi {
     base: Url,
     http: reqwest::Client,
     /// Replaced when a rotated secret is read again.
     credentials: std::sync::RwLock<Option<Credentials>>,
+    /// How each call is sent. Boxed: a `HarborApi` sits inline in the
+    /// destination kinds' enum, beside variants of one pointer.
+    calls: Box<Calls>,
+}
+
+/// How each call to Harbor's API is sent.
+struct Calls {
+    /// Bounds each call, its retries included.
+    timeout: Duration,
+    /// When a call is tried again: the registry clients' policy.
+    retry: RetryPolicy,
 }
 
 /// What Harbor knows about one artifact.
@@ -39,6 +55,9 @@ pub enum HarborApiError {
     NotFound(String),
     #[error("Harbor API: HTTP {0}")]
     Status(u16),
+    /// An answer past its size bound, or cut while it was read.
+    #[error(transparent)]
+    Body(Box<RegistryError>),
     /// The account lacks a right no retry will give it.
     #[error("Harbor API: {0}")]
     Forbidden(String),
@@ -98,7 +117,9 @@ pub struct Project {
 }
 
 impl HarborApi {
-    /// `timeout` bounds each call: the webhook must answer Harbor in 3 s.
+    /// `timeout` bounds each call, its retries included: the webhook must
+    /// answer Harbor in 3 s. Transient failures are retried with the
+    /// registry clients' default policy ([`HarborApi::with_retry`]).
     pub fn new(
         base: Url,
         credentials: Option<Credentials>,
@@ -106,23 +127,32 @@ impl HarborApi {
         ca_pem: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
-        let builder =
-            reqwest::Client::builder().timeout(timeout).user_agent(concat!("harbor-relay/", env!("CARGO_PKG_VERSION")));
+        let builder = reqwest::Client::builder().user_agent(concat!("harbor-relay/", env!("CARGO_PKG_VERSION")));
         let http = crate::tls::configure(builder, insecure, ca_pem)?.build()?;
-        Ok(HarborApi { base, http, credentials: std::sync::RwLock::new(credentials) })
+        let credentials = std::sync::RwLock::new(credentials);
+        let calls = Box::new(Calls { timeout, retry: RetryPolicy::default() });
+        Ok(HarborApi { base, http, credentials, calls })
+    }
+
+    /// Retries transient failures with `retry` (the registry clients' own,
+    /// when the caller has another than the default).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.calls.retry = retry;
+        self
     }
 
     /// Is this a Harbor? `GET /api/v2.0/ping` answers `Pong` without an
     /// account; a plain registry answers 404. Unreachable is an error: the
     /// answer decides how the source is listed and filtered.
     pub async fn is_harbor(&self) -> Result<bool, HarborApiError> {
-        let url = self.base.join("/api/v2.0/ping").map_err(|e| HarborApiError::Request(e.to_string()))?;
-        let resp = self.http.get(url).send().await.map_err(|e| HarborApiError::Request(e.without_url().to_string()))?;
+        let path = "/api/v2.0/ping";
+        let url = self.base.join(path).map_err(|e| HarborApiError::Request(e.to_string()))?;
+        let resp = self.send(Method::GET, path, || self.http.get(url.clone())).await?;
         if !resp.status().is_success() {
             return Ok(false);
         }
-        let body = resp.text().await.map_err(|e| HarborApiError::Request(e.without_url().to_string()))?;
-        Ok(body.trim().trim_matches('"') == "Pong")
+        let body = send::read_body(resp, send::MAX_PING_BYTES, path).await?;
+        Ok(String::from_utf8_lossy(&body).trim().trim_matches('"') == "Pong")
     }
 
     /// Labels and tags of `repository@digest`.
@@ -158,23 +188,24 @@ impl HarborApi {
     pub async fn save_webhook_policy(&self, project: &Project, policy: &WebhookPolicy) -> Result<(), HarborApiError> {
         let mut url = self.base.clone();
         let base = format!("/api/v2.0/projects/{}/webhook/policies", project.project_id);
-        let (req, ok) = match policy.id {
+        let (method, ok) = match policy.id {
             None => {
                 url.set_path(&base);
-                (self.http.post(url), 201)
+                (Method::POST, 201)
             }
             Some(id) => {
                 url.set_path(&format!("{base}/{id}"));
-                (self.http.put(url), 200)
+                (Method::PUT, 200)
             }
         };
+        let body = serde_json::to_vec(policy).map_err(|e| HarborApiError::Request(e.to_string()))?;
         let resp = self
-            .authorized(req)
-            .header("content-type", "application/json")
-            .body(serde_json::to_vec(policy).map_err(|e| HarborApiError::Request(e.to_string()))?)
-            .send()
-            .await
-            .map_err(|e| HarborApiError::Request(kind_of(&e)))?;
+            .send(method.clone(), url.path(), || {
+                self.authorized(self.http.request(method.clone(), url.clone()))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            })
+            .await?;
         match resp.status().as_u16() {
             s if s == ok => Ok(()),
             401 | 403 => Err(HarborApiError::Forbidden(format!(
@@ -241,7 +272,6 @@ impl HarborApi {
         Err(HarborApiError::Request(format!("{path}: more than {MAX_PAGES} pages")))
     }
 
-    /// One GET; `None` on 404.
     /// Creates `project` unless it exists: private, with `storage_limit`
     /// bytes of quota when given. `Ok(true)` when it was created here.
     pub async fn ensure_project(&self, project: &str, storage_limit: Option<i64>) -> Result<bool, HarborApiError> {
@@ -249,8 +279,7 @@ impl HarborApi {
         url.set_path("/api/v2.0/projects");
         let mut head = url.clone();
         head.query_pairs_mut().append_pair("project_name", project);
-        let resp =
-            self.authorized(self.http.head(head)).send().await.map_err(|e| HarborApiError::Request(kind_of(&e)))?;
+        let resp = self.send(Method::HEAD, head.path(), || self.authorized(self.http.head(head.clone()))).await?;
         match resp.status().as_u16() {
             200 => return Ok(false),
             404 => {}
@@ -261,12 +290,8 @@ impl HarborApi {
         if let Some(limit) = storage_limit {
             body["storage_limit"] = limit.into();
         }
-        let resp = self
-            .authorized(self.http.post(url))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| HarborApiError::Request(kind_of(&e)))?;
+        let resp =
+            self.send(Method::POST, url.path(), || self.authorized(self.http.post(url.clone())).json(&body)).await?;
         match resp.status().as_u16() {
             201 => {
                 tracing::info!(project, "Harbor project created");
@@ -284,29 +309,33 @@ impl HarborApi {
 
     /// Uses `credentials` from now on (a rotated secret, read again).
     pub fn set_credentials(&self, credentials: Option<Credentials>) {
-        *self.credentials.write().expect("credentials lock") = credentials;
+        *unpoisoned(self.credentials.write()) = credentials;
     }
 
     fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let header = self.credentials.read().expect("credentials lock").as_ref().map(Credentials::basic_header);
+        let header = unpoisoned(self.credentials.read()).as_ref().map(Credentials::basic_header);
         match header {
             Some(h) => req.header("authorization", h),
             None => req,
         }
     }
 
+    /// One GET (retried, its answer capped); `None` on 404.
     async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<Option<T>, HarborApiError> {
         let mut url = self.base.clone();
         url.set_path(path);
         url.query_pairs_mut().extend_pairs(query);
-        let req = self.authorized(self.http.get(url).header("accept", "application/json"));
-        let resp = req.send().await.map_err(|e| HarborApiError::Request(kind_of(&e)))?;
+        let get = || self.authorized(self.http.get(url.clone()).header("accept", "application/json"));
+        let resp = self.send(Method::GET, path, get).await?;
         match resp.status().as_u16() {
             200 => {}
             404 => return Ok(None),
             s => return Err(HarborApiError::Status(s)),
         }
-        resp.json().await.map(Some).map_err(|e| HarborApiError::Request(kind_of(&e)))
+        let body = send::read_body(resp, send::MAX_BODY_BYTES, path).await?;
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| HarborApiError::Request(format!("{path}: unexpected response body ({e})")))
     }
 }
 

@@ -1,6 +1,6 @@
 //! A registry that answers without end: every read of the client is
-//! bounded — error bodies, token answers, listing pages — and a `Link` that
-//! loops back is refused. A small hostile server on 127.0.0.1; each case
+//! bounded — error bodies, token answers, listing pages, Harbor's API's
+//! answers — and a `Link` that loops back is refused. A small hostile server on 127.0.0.1; each case
 //! must end in an error well within its timeout (without the bound it would
 //! read for ever). Blob streams are bounded by their progress instead (the
 //! fake registry, with faults): a slow blob is never cut by the clock, a
@@ -29,6 +29,17 @@ fn endless() -> Body {
     Body::from_stream(futures_util::StreamExt::chain(first, rest))
 }
 
+/// An endless body of `piece`-byte pieces, one every `every`: paced, so a
+/// reader without its bound reads for as long as it is let, and no faster
+/// than a test's memory allows.
+fn paced_endless(piece: usize, every: Duration) -> Body {
+    let pieces = futures_util::stream::unfold((), move |()| async move {
+        tokio::time::sleep(every).await;
+        Some((Ok::<_, std::io::Error>(Bytes::from(vec![b'a'; piece])), ()))
+    });
+    Body::from_stream(pieces)
+}
+
 async fn hostile(req: Request) -> Response {
     let path = req.uri().path().to_owned();
     match path.as_str() {
@@ -40,7 +51,18 @@ async fn hostile(req: Request) -> Response {
             "{\"name\": \"loop\", \"tags\": [\"a\"]}",
         )
             .into_response(),
-        "/v2/broken/manifests/v1" => (StatusCode::BAD_REQUEST, endless()).into_response(),
+        // 1.6 MB/s: the error body's bound (64 KiB) is reached in about
+        // 40 ms; without it, the read goes on to the request timeout.
+        "/v2/broken/manifests/v1" => {
+            (StatusCode::BAD_REQUEST, paced_endless(16 * 1024, Duration::from_millis(10))).into_response()
+        }
+        // About 64 MB/s: past the 16 MiB bound in a quarter of a second.
+        "/api/v2.0/projects" => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            paced_endless(64 * 1024, Duration::from_millis(1)),
+        )
+            .into_response(),
         // A blob's error answer whose body starts, then never goes on.
         _ if path.starts_with("/v2/silent/blobs/") => {
             let first =
@@ -78,10 +100,16 @@ async fn hostile(req: Request) -> Response {
     }
 }
 
-async fn client() -> RegistryClient {
+/// The hostile server's URL.
+async fn serve_hostile() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(hostile)).await });
+    url
+}
+
+async fn client() -> RegistryClient {
+    let url = serve_hostile().await;
     let retry = RetryPolicy { attempts: 1, ..RetryPolicy::default() };
     let options = ClientOptions { retry, request_timeout: Duration::from_secs(2), ..Default::default() };
     RegistryClient::new("hostile", url.parse().unwrap(), Role::Source, None, options).unwrap()
@@ -114,12 +142,29 @@ async fn a_link_that_loops_back_is_refused() {
     assert!(err.contains("listing loops"), "{err}");
 }
 
+/// The error body is read to its bound, not to the request timeout (2 s):
+/// the excerpt alone could not tell, it is cut to 300 characters anyway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_error_body_is_cut_and_the_status_reported() {
     let c = client().await;
+    let started = Instant::now();
     let err = bounded("manifest", c.get_manifest(&repo("broken"), "v1", None)).await;
     assert!(err.contains("HTTP 400"), "{err}");
     assert!(err.len() < 1024, "the error carries a short excerpt: {} bytes", err.len());
+    assert!(started.elapsed() < Duration::from_secs(1), "read for {:?}: not cut at its bound", started.elapsed());
+}
+
+/// Harbor's API answers are read within the same cap as a registry's: an
+/// endless listing page is refused at 16 MiB, well within the call's
+/// bound, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_harbor_api_answer_is_refused_at_its_bound() {
+    let url = serve_hostile().await.parse().unwrap();
+    let api = relay::harbor_api::HarborApi::new(url, None, false, None, Duration::from_secs(5)).unwrap();
+    let started = Instant::now();
+    let err = api.projects().await.expect_err("an endless page").to_string();
+    assert!(err.contains("Harbor API") && err.contains("larger than 16777216 bytes"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(4), "read for {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
