@@ -3,7 +3,9 @@
 //! uploads, mounts, manifests by tag and digest, optional Bearer tokens)
 //! where a test scripts failures — statuses with `Retry-After`, connection
 //! resets mid-body, slow bodies, corrupt blobs, expiring tokens, mounts
-//! answered with 202 — and counts the requests it served.
+//! answered with 202, a destination that does not check blob digests —
+//! and counts the requests it served. A request whose body breaks off (the
+//! client gave it up) changes nothing, as in a real registry.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -144,6 +146,9 @@ struct Store {
     /// Some(valid tokens) when Bearer auth is on.
     tokens: Option<Vec<String>>,
     mount_202: bool,
+    /// Commit an upload under whatever digest the client names, without
+    /// hashing it (a registry that leaves the check to its clients).
+    any_digest: bool,
     /// Serve the referrers API and answer `OCI-Subject` on pushes.
     referrers_api: bool,
     /// Bytes received so far per upload session (chunked uploads).
@@ -255,6 +260,17 @@ impl FakeRegistry {
         self.store.lock().unwrap().mount_202 = true;
     }
 
+    /// Uploads are committed under the digest the final `PUT` names,
+    /// unchecked: only the client's own check keeps other bytes out.
+    pub fn accept_any_digest(&self) {
+        self.store.lock().unwrap().any_digest = true;
+    }
+
+    /// Upload sessions started and neither committed nor abandoned.
+    pub fn open_uploads(&self) -> usize {
+        self.store.lock().unwrap().uploads.len()
+    }
+
     /// Requests that arrived with an Authorization header.
     pub fn authorized_requests(&self) -> usize {
         self.store.lock().unwrap().authorized
@@ -364,20 +380,21 @@ async fn handle(State((store, base)): State<Shared>, req: Request) -> Response {
     response
 }
 
-/// A request body read at 256 KiB/s for `lag`, then as fast as it comes.
-async fn lagging_read(body: Body, lag: Duration) -> Bytes {
+/// A request body read at 256 KiB/s for `lag`, then as fast as it comes;
+/// `None` if it breaks off.
+async fn lagging_read(body: Body, lag: Duration) -> Option<Bytes> {
     const RATE: f64 = 256.0 * 1024.0;
     let started = tokio::time::Instant::now();
     let mut frames = body.into_data_stream();
     let mut got = Vec::new();
-    while let Some(Ok(frame)) = frames.next().await {
-        got.extend_from_slice(&frame);
+    while let Some(frame) = frames.next().await {
+        got.extend_from_slice(&frame.ok()?);
         let due = started + Duration::from_secs_f64(got.len() as f64 / RATE);
         if due < started + lag {
             tokio::time::sleep_until(due).await;
         }
     }
-    Bytes::from(got)
+    Some(Bytes::from(got))
 }
 
 async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Response {
@@ -400,18 +417,20 @@ async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Respons
             _ => None,
         }
     };
+    // `None`: the body broke off before its end (the client gave the
+    // request up), and the request changes nothing.
     let body = match slow_read {
         Some(Fault::Stall(d)) => {
             tokio::time::sleep(d).await;
-            axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default()
+            axum::body::to_bytes(req.into_body(), usize::MAX).await.ok()
         }
         Some(Fault::Lag(d)) => lagging_read(req.into_body(), d).await,
         Some(Fault::Unanswered(d)) => {
-            let body = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default();
+            let body = axum::body::to_bytes(req.into_body(), usize::MAX).await.ok();
             tokio::time::sleep(d).await;
             body
         }
-        _ => axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default(),
+        _ => axum::body::to_bytes(req.into_body(), usize::MAX).await.ok(),
     };
     if path == "/api/v2.0/ping" && method == Method::GET && store.lock().unwrap().pings_as_harbor {
         return ([("content-type", "text/plain")], "\"Pong\"").into_response();
@@ -464,6 +483,7 @@ async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Respons
         }
         return r;
     }
+    let Some(body) = body else { return status(400) };
 
     let mut s = store.lock().unwrap();
     match op {
@@ -649,7 +669,7 @@ async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Respons
             let mut data = s.upload_data.remove(&rest).unwrap_or_default();
             data.extend_from_slice(&body);
             let body = Bytes::from(data);
-            if &sha256(&body) != digest {
+            if !s.any_digest && &sha256(&body) != digest {
                 return (StatusCode::BAD_REQUEST, "DIGEST_INVALID").into_response();
             }
             s.blobs.insert(digest.clone(), body);

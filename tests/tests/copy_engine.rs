@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use relay::registry::{CopyError, Outcome};
+use relay::registry::{CopyError, Outcome, RegistryError};
 use relay::secrets::SecretSource;
+use relay::settle::Disposition;
 use relay::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
 use relay::worker::{Message, TaskFailure, Worker};
 use relay::{bootstrap, Config};
@@ -128,19 +129,80 @@ async fn slow_bodies_are_streamed_to_the_end() {
     assert!(dst.has_manifest(&repo, "v1"));
 }
 
+/// The project's own guard, not the registry's: the destination commits
+/// an upload under whatever digest it is told, and the source serves other
+/// bytes of the blob's length. The worker refuses the blob before its last
+/// bytes, so the commit never completes; it abandons the session, pushes no
+/// manifest, and the message is dead-lettered at once with the digests.
+/// In chunks, the final `PUT ?digest=` is not even sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_source_blob_is_refused_and_no_manifest_is_pushed() {
-    let stack = Stack::load().unwrap();
-    let src = FakeRegistry::start(false).await;
+    let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+    dst.accept_any_digest();
     let repo = unique_repo("corrupt");
     let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 1, 16 * 1024).await;
-    src.inject(Op::GetBlob, Fault::Corrupt, 100);
-    let w = worker(&src.url, &stack.target_url, true).await;
+    let refused = |e: &TaskFailure| {
+        matches!(e, TaskFailure::Copy(CopyError::Registry(RegistryError::DigestMismatch { what: "blob", .. })))
+    };
+    // One blob at a time: the first one fails the task before another starts.
+    let one_at_a_time = "worker: { blob_concurrency: 1 }\n";
+    let w = worker_into(&src.url, &[("dst", &dst.url, false)], one_at_a_time).await;
+    src.reset_counts();
+    src.inject(Op::GetBlob, Fault::Corrupt, 1);
     let err = w.run(&task(&img, &repo, &["v1"])).await.unwrap_err();
-    assert!(err.to_string().contains("400"), "the real registry's digest check refuses it: {err}");
-    let target = stack.target();
-    assert!(target.get_manifest(&repo, "v1").await.unwrap().is_none(), "no manifest without its blobs");
-    assert!(target.get_manifest(&repo, &img.digest).await.unwrap().is_none());
+    assert!(refused(&err), "{err}");
+    assert_eq!(err.disposition(), Disposition::Permanent, "dead-lettered at once: {err}");
+    assert_eq!(src.count(Op::GetBlob), 1, "not retried");
+    assert!(!dst.has_manifest(&repo, "v1") && !dst.has_manifest(&repo, &img.digest), "no manifest without its blobs");
+    assert!(img.blobs.iter().all(|b| !dst.has_blob(&repo, b)), "no blob committed");
+    assert_eq!(dst.open_uploads(), 0, "the upload session was abandoned");
+
+    // In chunks (learnt from a clean copy's 413): the last chunk fails and
+    // the commit is not sent.
+    let chunked = FakeRegistry::start(false).await;
+    chunked.accept_any_digest();
+    chunked.limit_uploads(400 * 1024, None);
+    let w = worker_into(&src.url, &[("dst", &chunked.url, false)], one_at_a_time).await;
+    let clean = push_to(&plain(&src), &unique_repo("clean"), ImageKind::OciImage, 1, 1024 * 1024).await;
+    w.run(&task(&clean, &clean.repository, &["v1"])).await.unwrap();
+    assert!(w.destinations["dst"].client.chunk_size().is_some(), "the clean copy taught chunks");
+    let commits = chunked.count(Op::PutUpload);
+    let repo = unique_repo("corrupt-chunks");
+    let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 1, 1024 * 1024).await;
+    src.inject(Op::GetBlob, Fault::Corrupt, 1);
+    let err = w.run(&task(&img, &repo, &["v1"])).await.unwrap_err();
+    assert!(refused(&err), "{err}");
+    assert_eq!(err.disposition(), Disposition::Permanent);
+    assert_eq!(chunked.count(Op::PutUpload), commits, "no commit sent for the refused blob");
+    assert!(!chunked.has_manifest(&repo, "v1"));
+    assert!(img.blobs.iter().all(|b| !chunked.has_blob(&repo, b)), "no blob committed");
+    assert_eq!(chunked.open_uploads(), 0, "the upload session was abandoned");
+}
+
+/// A source blob longer than its descriptor, announced by its
+/// `Content-Length` or not, fails the task for good (a retry reads the same
+/// bytes), at a destination that would commit whatever it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_long_source_blob_is_refused_for_good() {
+    for fault in [Fault::Longer, Fault::LongerUnannounced] {
+        let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
+        dst.accept_any_digest();
+        let repo = unique_repo("longer");
+        let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 1, 16 * 1024).await;
+        let w = worker_into(&src.url, &[("dst", &dst.url, false)], "worker: { blob_concurrency: 1 }\n").await;
+        src.reset_counts();
+        src.inject(Op::GetBlob, fault.clone(), 1);
+        let err = w.run(&task(&img, &repo, &["v1"])).await.unwrap_err();
+        assert!(
+            matches!(&err, TaskFailure::Copy(CopyError::Registry(RegistryError::TooLarge { .. }))),
+            "{fault:?}: {err}"
+        );
+        assert_eq!(err.disposition(), Disposition::Permanent, "{fault:?}: {err}");
+        assert_eq!(src.count(Op::GetBlob), 1, "{fault:?}: not retried");
+        assert!(!dst.has_manifest(&repo, "v1"), "{fault:?}");
+        assert!(img.blobs.iter().all(|b| !dst.has_blob(&repo, b)), "{fault:?}: no blob committed");
+        assert_eq!(dst.open_uploads(), 0, "{fault:?}: the upload session was abandoned");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,9 +310,10 @@ async fn a_blob_in_flight_is_waited_for_without_a_head() {
 }
 
 /// One push's tasks into registries `names`, as the webhook enqueues them
-/// (one batch), each into its own repository.
+/// (one batch), each into its own repository: the source's under the
+/// namespace `fan-<name>` ([`FAN_RULES`]).
 fn one_push(img: &GeneratedImage, names: &[&str]) -> (Vec<Message>, Vec<String>) {
-    let repos: Vec<String> = names.iter().map(|n| unique_repo(&format!("fan-{n}"))).collect();
+    let repos: Vec<String> = names.iter().map(|n| format!("fan-{n}/{}", img.repository)).collect();
     let batch = names
         .iter()
         .zip(&repos)
@@ -264,11 +327,20 @@ fn one_push(img: &GeneratedImage, names: &[&str]) -> (Vec<Message>, Vec<String>)
     (batch, repos)
 }
 
+/// The rules that produce [`one_push`]'s tasks: the worker carries out
+/// only what its rules map.
+const FAN_RULES: &str = "rules:
+  - { name: to-c1, destination: { registry: c1, namespace: fan-c1, flatten: 0 } }
+  - { name: to-c2, destination: { registry: c2, namespace: fan-c2, flatten: 0 } }
+  - { name: to-c3, destination: { registry: c3, namespace: fan-c3, flatten: 0 } }
+";
+
 /// A worker reading `src`, with `c1` and `c2` on the real target and `c3`
-/// on `third`.
+/// on `third`, and the rules of [`one_push`]'s tasks.
 async fn three_destinations(src: &FakeRegistry, third: &FakeRegistry, worker: &str) -> Worker {
     let target = Stack::load().unwrap().target_url;
-    worker_into(&src.url, &[("c1", &target, true), ("c2", &target, true), ("c3", &third.url, false)], worker).await
+    let settings = format!("{worker}{FAN_RULES}");
+    worker_into(&src.url, &[("c1", &target, true), ("c2", &target, true), ("c3", &third.url, false)], &settings).await
 }
 
 async fn at_real_target(repo: &str) -> Option<String> {

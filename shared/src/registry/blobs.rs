@@ -3,6 +3,9 @@
 //! to hold it, otherwise streamed from the source response into one upload
 //! (chunks only for a registry that refused a whole blob). Tasks of one
 //! push into several destinations share the source read ([`super::tee`]).
+//! Every read is hashed on its way ([`super::verify`]): an upload gets a
+//! blob's last bytes only once they make the descriptor's digest and size,
+//! so no destination commits another blob, whether it checks or not.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use super::ledger::Claim;
 use super::manifest::Descriptor;
 use super::pace::{self, Paced};
 use super::tee::{self, BlobStream, ReadFault};
+use super::verify::{Hashed, Refusal, Verified};
 use crate::repository::RepositoryPath;
 
 /// What one manifest tree's blobs cost, added to the task's report.
@@ -170,7 +174,7 @@ impl Copier<'_> {
     ) -> Result<UploadKind, RegistryError> {
         let mount = mount_from.as_ref().map(|from| (&d.digest, from));
         let start = self.destination.start_upload(dst_repo, mount);
-        let open = || self.open_source(src_repo, d, counters, 0);
+        let open = || self.open_source(src_repo, d, counters, Hashed::start(&d.digest));
         // A small blob, nothing to mount and no read to share: the source is
         // opened beside the POST, one round trip fewer where a round trip is
         // much of the blob's time. (A mount usually needs no read; a shared
@@ -195,7 +199,7 @@ impl Copier<'_> {
         // with a read of its own if the shared read detaches it.
         let mut go_on = None;
         let source = match (opened, self.fanout) {
-            (Some(opened), _) => opened,
+            (Some(opened), _) => opened.map(StreamExt::boxed),
             (None, Some(m)) => match m.read(&d.digest, open).await {
                 Ok(Some(shared)) => {
                     let rest = move |from| self.open_source(src_repo, d, counters, from);
@@ -203,10 +207,10 @@ impl Copier<'_> {
                     go_on = Some(feed);
                     Ok(bytes)
                 }
-                Ok(None) => open().await,
+                Ok(None) => open().await.map(StreamExt::boxed),
                 Err(e) => Err(e),
             },
-            (None, None) => open().await,
+            (None, None) => open().await.map(StreamExt::boxed),
         };
         let source = match source {
             Ok(s) => s,
@@ -217,36 +221,24 @@ impl Copier<'_> {
         };
         let counters = counters.clone();
         let throttle = self.throttle.clone();
-        let (size, sent) = (d.size, Arc::new(AtomicU64::new(0)));
         // A failure of the source's stream reaches us as the destination's
         // request failing; it is kept here so the error names the source
         // (a trickling source must not open the destination's breaker).
         let source_fault = Arc::new(std::sync::Mutex::new(None::<RegistryError>));
         let fault = source_fault.clone();
-        let (registry, path) = (self.source.name().to_owned(), format!("/v2/{src_repo}/blobs/{}", d.digest));
+        let what = Arc::new(SourceBlob {
+            registry: self.source.name().to_owned(),
+            path: format!("/v2/{src_repo}/blobs/{}", d.digest),
+            descriptor: d.clone(),
+        });
         // Both ends are timed together: a trickling source and a destination
         // that accepts a trickle hold a worker alike.
         let limit = self.throttle.as_ref().map(|t| t.bytes_per_second());
         let paced = Paced::new(source, self.min_throughput.under_limit(limit));
         let body = paced.then(move |chunk| {
-            let (counters, throttle, sent, fault) = (counters.clone(), throttle.clone(), sent.clone(), fault.clone());
-            let (registry, path) = (registry.clone(), path.clone());
+            let (counters, throttle, fault, what) = (counters.clone(), throttle.clone(), fault.clone(), what.clone());
             async move {
-                let keep = |e: RegistryError| *fault.lock().expect("fault lock") = Some(e);
-                let c = chunk.inspect_err(|e| {
-                    let reason = e.to_string();
-                    keep(RegistryError::Transport {
-                        registry: registry.clone(),
-                        method: reqwest::Method::GET,
-                        path: path.clone(),
-                        reason,
-                    })
-                })?;
-                if sent.fetch_add(c.len() as u64, Ordering::Relaxed) + c.len() as u64 > size {
-                    let reason = format!("{path}: sent more bytes than the descriptor's size ({size})");
-                    keep(RegistryError::Protocol { registry, reason: reason.clone() });
-                    return Err(std::io::Error::other(reason).into());
-                }
+                let c = chunk.inspect_err(|e| *fault.lock().expect("fault lock") = Some(what.error(e)))?;
                 counters.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
                 if let Some(t) = &throttle {
                     t.take(c.len()).await;
@@ -255,11 +247,16 @@ impl Copier<'_> {
             }
         });
         // The destination's client watches each request's body: a registry
-        // that stops reading leaves it unpolled, and so unpaced.
+        // that stops reading leaves it unpolled, and so unpaced. Whichever
+        // way the bytes go, the commit (`PUT ?digest=`) is complete only
+        // with the verified last bytes. The session's last URL is kept to
+        // abandon it (distribution refuses a stale one's state).
         let upload = async {
             match self.destination.chunk_size() {
                 None => {
-                    self.destination.finish_upload(dst_repo, session.clone(), &d.digest, d.size, body.boxed()).await
+                    let sent =
+                        self.destination.finish_upload(dst_repo, session.clone(), &d.digest, d.size, body.boxed());
+                    (sent.await, session.clone())
                 }
                 // Only where needed: the registry refused a whole blob (413).
                 Some(chunk) => {
@@ -281,18 +278,17 @@ impl Copier<'_> {
                     }
                     match sent {
                         Ok(()) => {
-                            self.destination
-                                .finish_upload(dst_repo, url, &d.digest, 0, futures_util::stream::empty().boxed())
-                                .await
+                            let empty = futures_util::stream::empty().boxed();
+                            (self.destination.finish_upload(dst_repo, url.clone(), &d.digest, 0, empty).await, url)
                         }
-                        Err(e) => Err(e),
+                        Err(e) => (Err(e), url),
                     }
                 }
             }
         };
-        let result = tokio::join!(upload, futures_util::future::OptionFuture::from(go_on)).0;
+        let (result, last_url) = tokio::join!(upload, futures_util::future::OptionFuture::from(go_on)).0;
         if result.is_err() {
-            self.destination.cancel_upload(dst_repo, session).await;
+            self.destination.cancel_upload(dst_repo, last_url).await;
         }
         let source_fault = source_fault.lock().expect("fault lock").take();
         match (result, source_fault) {
@@ -304,18 +300,20 @@ impl Copier<'_> {
 }
 
 impl Copier<'_> {
-    /// Opens the blob at the source from byte `from` on, refusing one whose
-    /// announced length is not the descriptor's: the destination must get
-    /// exactly the described blob. A source that ignores the range (200) is
-    /// read from the start and its first `from` bytes dropped. The bytes
-    /// read are counted in `counters`.
+    /// Opens the blob at the source from byte `hashed.offset()` on (`hashed`:
+    /// the hash of the bytes before it), refusing one whose announced length is
+    /// not the descriptor's, and verifying the bytes as they come: the
+    /// destination must get exactly the described blob. A source that
+    /// ignores the range (200) is read from the start and its first bytes
+    /// dropped. The bytes read are counted in `counters`.
     async fn open_source(
         &self,
         src_repo: &RepositoryPath,
         d: &Descriptor,
         counters: &Arc<Counters>,
-        from: u64,
-    ) -> Result<BlobStream, RegistryError> {
+        hashed: Hashed,
+    ) -> Result<Verified, RegistryError> {
+        let from = hashed.offset();
         // Held until the stream is dropped: the read is what costs memory
         // and bandwidth, however many uploads it feeds.
         let permit = self.streams.clone().acquire_owned().await.expect("the stream budget is never closed");
@@ -327,13 +325,19 @@ impl Copier<'_> {
             return Err(protocol(format!("blob {}: asked from byte {from}, got Content-Range {starts:?}", d.digest)));
         }
         let (skip, expected) = if ranged { (0, d.size.saturating_sub(from)) } else { (from, d.size) };
-        if source.content_length().is_some_and(|l| l != expected) {
-            let len = source.content_length().unwrap_or(0);
+        if let Some(len) = source.content_length().filter(|&l| l != expected) {
             let from_byte = if ranged { format!(" from byte {from}") } else { String::new() };
-            return Err(protocol(format!(
-                "blob {}{from_byte} is {len} bytes long, its descriptor says {} in all",
-                d.digest, d.size
-            )));
+            let what = format!("{len} bytes long, its descriptor says {} in all", d.size);
+            // Longer is what the source holds: refused for good. Shorter may
+            // be a proxy's cut: tried again.
+            if len > expected {
+                return Err(RegistryError::TooLarge {
+                    registry: self.source.name().to_owned(),
+                    reference: format!("blob {}{from_byte} ({what})", d.digest),
+                    limit: usize::try_from(d.size).unwrap_or(usize::MAX),
+                });
+            }
+            return Err(protocol(format!("blob {}{from_byte} is {what}", d.digest)));
         }
         let counters = counters.clone();
         let silence = pace::Silence::new(source.bytes_stream(), self.min_throughput.window);
@@ -341,7 +345,41 @@ impl Copier<'_> {
             let _held = &permit;
             counters.read.fetch_add(c.len() as u64, Ordering::Relaxed);
         });
-        Ok(without_first(read.boxed(), skip))
+        Ok(Verified::new(without_first(read.boxed(), skip), &d.digest, d.size, hashed))
+    }
+}
+
+/// The source blob an upload streams, to name it in the upload's error.
+struct SourceBlob {
+    registry: String,
+    path: String,
+    descriptor: Descriptor,
+}
+
+impl SourceBlob {
+    /// The error of the source's stream, as the worker reads it: a blob that
+    /// is not its descriptor's fails for good, a broken read is tried again.
+    fn error(&self, e: &super::chunks::BoxError) -> RegistryError {
+        let d = &self.descriptor;
+        match e.downcast_ref::<ReadFault>() {
+            Some(ReadFault::Refused(Refusal::Mismatch { actual })) => RegistryError::DigestMismatch {
+                registry: self.registry.clone(),
+                what: "blob",
+                digest: d.digest.clone(),
+                actual: actual.clone(),
+            },
+            Some(ReadFault::Refused(Refusal::Longer)) => RegistryError::TooLarge {
+                registry: self.registry.clone(),
+                reference: format!("blob {} (the source sent more bytes than the descriptor)", d.digest),
+                limit: usize::try_from(d.size).unwrap_or(usize::MAX),
+            },
+            _ => RegistryError::Transport {
+                registry: self.registry.clone(),
+                method: reqwest::Method::GET,
+                path: self.path.clone(),
+                reason: e.to_string(),
+            },
+        }
     }
 }
 

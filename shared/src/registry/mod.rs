@@ -14,6 +14,7 @@ pub mod referrers;
 pub mod retry;
 pub mod tee;
 pub mod throttle;
+pub mod verify;
 
 pub use auth::Credentials;
 pub use client::{ClientOptions, Pushed, RegistryClient, RegistryError, Role, UploadStart};

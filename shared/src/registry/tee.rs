@@ -14,6 +14,11 @@
 //! copy nor the bytes it took. One whose registry stopped taking bytes is
 //! given up by its request's watch ([`super::pace::watched`]) and the
 //! blob's retry starts over alone.
+//!
+//! The read is hashed once for all the uploads it feeds
+//! ([`super::verify`]): a blob that is not its digest fails every one of
+//! them before its last bytes, and a detached upload's own read takes the
+//! hash up at the byte where it left the shared one.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -27,6 +32,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::client::RegistryError;
+use super::verify::{Hashed, Refusal, Verified};
 use crate::digest::Digest;
 
 /// How long a leader waits for the other members to reach a blob. They
@@ -59,24 +65,30 @@ pub enum ReadFault {
     /// of the read fails, and each retries alone.
     #[error("{0}")]
     Source(Arc<str>),
-    /// The upload goes on with a read of its own ([`go_on_alone`]).
+    /// The source's bytes are not the blob (digest or length): every
+    /// upload of the read fails for good.
+    #[error("the source's blob is not the one its descriptor names: {0}")]
+    Refused(Refusal),
+    /// The upload goes on with a read of its own ([`go_on_alone`]), from
+    /// the byte it had reached, whose hash this is.
     #[error("this destination fell behind the shared read of the source")]
-    Detached,
+    Detached(Box<Hashed>),
 }
 
 /// A blob's bytes as an upload consumes them.
 pub type BlobStream = BoxStream<'static, Result<Bytes, ReadFault>>;
 
 /// The bytes of a shared read and, once it detaches this upload, the rest
-/// of the blob from `reopen(offset)`: a read of its own from the byte the
-/// upload had reached, so the upload goes on where it was instead of
-/// starting over (and the source is not read twice up to there). The
-/// stream is fed by the returned future, which must run beside the upload
-/// that reads the stream (the reopen borrows the task's source client).
+/// of the blob from `reopen(hashed)`: a read of its own from the byte the
+/// upload had reached (`hashed.offset()`, the hash of the bytes before it),
+/// so the upload goes on where it was instead of starting over (and the
+/// source is not read twice up to there). The stream is fed by the
+/// returned future, which must run beside the upload that reads the stream
+/// (the reopen borrows the task's source client).
 pub fn go_on_alone<'a, F, Fut>(shared: BlobStream, reopen: F) -> (BlobStream, impl Future<Output = ()> + Send + 'a)
 where
-    F: FnOnce(u64) -> Fut + Send + 'a,
-    Fut: Future<Output = Result<BlobStream, RegistryError>> + Send + 'a,
+    F: FnOnce(Hashed) -> Fut + Send + 'a,
+    Fut: Future<Output = Result<Verified, RegistryError>> + Send + 'a,
 {
     let (tx, rx) = mpsc::channel::<Result<Bytes, ReadFault>>(1);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
@@ -89,11 +101,16 @@ where
             };
             match item {
                 None => return,
-                Some(Err(ReadFault::Detached)) => {
+                Some(Err(ReadFault::Detached(hashed))) => {
                     let Some(reopen) = reopen.take() else { return };
+                    if hashed.offset() != taken {
+                        let reason = format!("detached at byte {}, having taken {taken}", hashed.offset());
+                        let _ = tx.send(Err(ReadFault::Source(reason.into()))).await;
+                        return;
+                    }
                     tracing::info!(from = taken, "reading the rest of the blob alone");
-                    match reopen(taken).await {
-                        Ok(alone) => bytes = alone,
+                    match reopen(*hashed).await {
+                        Ok(alone) => bytes = alone.boxed(),
                         Err(e) => {
                             let _ = tx.send(Err(ReadFault::Source(e.to_string().into()))).await;
                             return;
@@ -231,7 +248,7 @@ impl Member {
     pub async fn read<F, Fut>(&self, digest: &Digest, open: F) -> Result<Option<BlobStream>, RegistryError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<BlobStream, RegistryError>>,
+        Fut: Future<Output = Result<Verified, RegistryError>>,
     {
         {
             let mut state = self.fanout.state.lock().expect("fanout lock");
@@ -277,7 +294,7 @@ impl Member {
             }
         };
         if joined.is_empty() {
-            return Ok(Some(source));
+            return Ok(Some(source.boxed()));
         }
         let (own, read) = subscriber(self.fanout.clone(), self.id);
         tokio::spawn(feed(source, std::iter::once(own).chain(joined).collect()));
@@ -342,7 +359,8 @@ fn subscriber(fanout: Arc<Fanout>, member: usize) -> (Subscriber, BlobStream) {
 }
 
 impl Subscriber {
-    fn detach(&self) {
+    /// `hashed`: the hash of the bytes the upload was sent.
+    fn detach(&self, hashed: Hashed) {
         tracing::warn!(
             held_ms = self.held.as_millis() as u64,
             "a destination fell behind the shared read: detached, it reads alone"
@@ -352,7 +370,7 @@ impl Subscriber {
                 *in_step = false;
             }
         });
-        let _ = self.tx.send(Item::Bytes(Err(ReadFault::Detached), None));
+        let _ = self.tx.send(Item::Bytes(Err(ReadFault::Detached(Box::new(hashed))), None));
     }
 }
 
@@ -362,9 +380,13 @@ impl Subscriber {
 /// every other one had room, counts against that upload: uploads of equal
 /// speed that take turns being last are never detached, one that holds
 /// the others at its pace is.
-async fn feed(mut source: BlobStream, mut subscribers: Vec<Subscriber>) {
+async fn feed(mut source: Verified, mut subscribers: Vec<Subscriber>) {
     let started = Instant::now();
-    while let Some(item) = source.next().await {
+    loop {
+        // Where a subscriber detached at this item goes on from (a copy of
+        // the hash state: a hundred bytes per piece).
+        let before = source.position();
+        let Some(item) = source.next().await else { break };
         let want = item.as_ref().map_or(0, |b| b.len().min(LAG_BYTES)) as u32;
         let mut permits: Vec<Option<OwnedSemaphorePermit>> = subscribers.iter().map(|_| None).collect();
         let mut waits = FuturesUnordered::new();
@@ -405,7 +427,7 @@ async fn feed(mut source: BlobStream, mut subscribers: Vec<Subscriber>) {
         let mut kept = Vec::with_capacity(subscribers.len());
         for (i, (s, permit)) in subscribers.into_iter().zip(permits).enumerate() {
             if detached == Some(i) {
-                s.detach();
+                s.detach(before.clone());
             } else if s.tx.send(Item::Bytes(item.clone(), permit)).is_ok() {
                 kept.push(s);
             }
@@ -432,10 +454,29 @@ mod tests {
         format!("sha256:{}", "ab".repeat(32)).parse().unwrap()
     }
 
-    /// `n` chunks of 64 KiB, counting the times the source was opened.
-    fn source(opened: &AtomicUsize, n: usize) -> Result<BlobStream, RegistryError> {
+    const PIECE: usize = 64 * 1024;
+
+    /// Pieces `from..n` of the blob of `n` pieces of 64 KiB, the piece `i`
+    /// all bytes `i`.
+    fn pieces(from: usize, n: usize) -> BlobStream {
+        futures_util::stream::iter((from..n).map(|i| Ok(Bytes::from(vec![i as u8; PIECE])))).boxed()
+    }
+
+    /// The digest and size of the blob of `n` pieces.
+    fn described(n: usize) -> (Digest, u64) {
+        let mut h = sha2::Sha256::default();
+        for i in 0..n {
+            sha2::Digest::update(&mut h, vec![i as u8; PIECE]);
+        }
+        let d = format!("sha256:{}", hex::encode(sha2::Digest::finalize(h))).parse().unwrap();
+        (d, (n * PIECE) as u64)
+    }
+
+    /// The blob of `n` pieces, counting the times the source was opened.
+    fn source(opened: &AtomicUsize, n: usize) -> Result<Verified, RegistryError> {
         opened.fetch_add(1, Ordering::Relaxed);
-        Ok(futures_util::stream::iter((0..n).map(|i| Ok(Bytes::from(vec![i as u8; 64 * 1024])))).boxed())
+        let (d, size) = described(n);
+        Ok(Verified::new(pieces(0, n), &d, size, Hashed::start(&d)))
     }
 
     async fn drain(s: BlobStream, pause: Duration) -> Result<usize, ReadFault> {
@@ -504,7 +545,7 @@ mod tests {
             // passes HOLD_BASE plus half the read's time.
             assert!(*took < HOLD_BASE * 2 + Duration::from_secs(1), "the fast uploads were held {took:?}");
         }
-        assert!(matches!(got[2].0, Err(ReadFault::Detached)), "{:?}", got[2].0);
+        assert!(matches!(got[2].0, Err(ReadFault::Detached(_))), "{:?}", got[2].0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -514,15 +555,12 @@ mod tests {
         let (reopened_at, d) = (Mutex::new(None), digest());
         let (f, s) =
             tokio::join!(fast.read(&d, || async { source(&opened, 512) }), slow.read(&d, || async { never_opened() }));
-        // The rest, from byte `from`: chunk `i` holds the byte `i`.
-        let rest = |from: u64| {
-            *reopened_at.lock().unwrap() = Some(from);
-            async move {
-                let chunk = 64 * 1024;
-                let first = (from / chunk) as usize;
-                let pieces = (first..512).map(move |i| Ok(Bytes::from(vec![i as u8; 64 * 1024])));
-                Ok(futures_util::stream::iter(pieces).boxed())
-            }
+        // The rest, from the byte reached, verified with the hash of the
+        // bytes before it: a wrong hash state would fail the blob.
+        let rest = |from: Hashed| {
+            *reopened_at.lock().unwrap() = Some(from.offset());
+            let (d, size) = described(512);
+            async move { Ok(Verified::new(pieces(from.offset() as usize / PIECE, 512), &d, size, from)) }
         };
         let (bytes, feed) = go_on_alone(s.unwrap().expect("joined"), rest);
         let slow_upload = bytes
@@ -581,7 +619,29 @@ mod tests {
         assert!(matches!(got, Ok(Err(ReadFault::Source(_)))), "{got:?}");
     }
 
-    fn never_opened() -> Result<BlobStream, RegistryError> {
+    #[tokio::test(start_paused = true)]
+    async fn a_blob_that_is_not_its_digest_fails_every_upload_of_the_read() {
+        let (fanout, opened) = (Fanout::new(3), AtomicUsize::new(0));
+        let members: Vec<_> = (0..3).map(|_| fanout.join()).collect();
+        // Four pieces under the digest of five: the right length, not the
+        // right bytes.
+        let (other, _) = described(5);
+        let corrupt = || async {
+            opened.fetch_add(1, Ordering::Relaxed);
+            Ok(Verified::new(pieces(0, 4), &other, 4 * PIECE as u64, Hashed::start(&other)))
+        };
+        let reads = members.iter().map(|m| async {
+            let s = m.read(&digest(), corrupt).await.unwrap().expect("shared");
+            drain(s, Duration::ZERO).await
+        });
+        let got = futures_util::future::join_all(reads).await;
+        assert_eq!(opened.load(Ordering::Relaxed), 1, "one read, hashed once");
+        for g in &got {
+            assert!(matches!(g, Err(ReadFault::Refused(Refusal::Mismatch { .. }))), "{g:?}");
+        }
+    }
+
+    fn never_opened() -> Result<Verified, RegistryError> {
         unreachable!("a member that joins never opens the source")
     }
 

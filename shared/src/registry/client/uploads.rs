@@ -79,8 +79,11 @@ impl RegistryClient {
     }
 
     /// Completes an upload session with the whole blob in one `PUT`
-    /// (`Content-Length` from the descriptor). The registry verifies the
-    /// digest; a body that does not match is refused there.
+    /// (`Content-Length` from the descriptor). The copy hands a verified
+    /// read ([`crate::registry::verify`]): its last bytes come only once
+    /// they hash to `digest`, so even a registry that does not check the
+    /// digest cannot commit other bytes (a body that fails is never
+    /// complete).
     pub async fn finish_upload(
         &self,
         repo: &RepositoryPath,
@@ -118,7 +121,8 @@ impl RegistryClient {
         self.location(&resp)
     }
 
-    /// Abandons an upload session (best effort).
+    /// Abandons an upload session (best effort): `session` is its latest
+    /// URL (after chunks, the last `Location`).
     pub async fn cancel_upload(&self, repo: &RepositoryPath, session: Url) {
         let _ = self.execute(Method::DELETE, session, &self.scope(repo), HeaderMap::new(), None).await;
     }
