@@ -97,6 +97,14 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
 
     // One correlation id from the webhook's enqueue to the worker's result.
     let lines: Vec<serde_json::Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    // The search above read lines that hold the account with its password
+    // (the registry's challenge, answered as whom): their `Debug` redacts
+    // it, and a `Debug` that did not would leak it there.
+    let shown = |l: &&serde_json::Value| l["credentials"].as_str().is_some_and(|c| c.contains(&stack.target_user));
+    assert!(
+        lines.iter().filter(|l| l["message"] == "registry asks for authentication").any(|l| shown(&l)),
+        "no log line shows the credentials (redacted): the secret search did not cover them"
+    );
     let with_id = |msg: &str| lines.iter().any(|l| l["message"] == msg && l["task_id"] == task_id.as_str());
     assert!(with_id("task enqueued"), "webhook logs the task id");
     assert!(with_id("task done"), "worker logs the same task id");
