@@ -205,6 +205,134 @@ async fn an_over_long_source_blob_is_refused_for_good() {
     }
 }
 
+/// An index at the fake source, tagged `tag`, listing `children` (digest,
+/// media type, size); its digest and size.
+fn index_of(src: &FakeRegistry, repo: &str, tag: &str, children: &[(String, &str, usize)]) -> (String, usize) {
+    let manifests: Vec<_> = children
+        .iter()
+        .map(
+            |(digest, media_type, size)| serde_json::json!({ "mediaType": media_type, "digest": digest, "size": size }),
+        )
+        .collect();
+    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": image::OCI_INDEX, "manifests": manifests });
+    let bytes = index.to_string();
+    (src.insert_manifest(repo, tag, image::OCI_INDEX, bytes.clone().into()), bytes.len())
+}
+
+/// The copy of the source's `tag` (pointing at `digest`) into a fresh fake
+/// destination, and that destination.
+async fn copy_tag(
+    src: &FakeRegistry,
+    img: &GeneratedImage,
+    tag: &str,
+    digest: &str,
+) -> (Result<Outcome, TaskFailure>, FakeRegistry) {
+    let dst = FakeRegistry::start(false).await;
+    let w = worker(&src.url, &dst.url, false).await;
+    let mut t = task(img, &img.repository, &[tag]);
+    t.source.digest = digest.parse().unwrap();
+    let copied = w.run(&t).await.map(|r| r.outcome.expect("an outcome"));
+    (copied, dst)
+}
+
+/// Nothing of `img` (its blobs, its manifest) nor the index `root` reached `dst`.
+fn nothing_pushed(dst: &FakeRegistry, img: &GeneratedImage, root: &str) {
+    let repo = &img.repository;
+    assert!(!dst.has_manifest(repo, root) && !dst.has_manifest(repo, &img.digest), "no manifest pushed");
+    assert!(img.blobs.iter().all(|b| !dst.has_blob(repo, b)), "no blob pushed");
+}
+
+/// A chain of indexes over an image is walked as deep as the bound
+/// (`MAX_INDEX_DEPTH` levels below the artifact), and one level deeper is
+/// refused for good before anything is pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_nested_past_the_bound_is_refused_and_nothing_is_pushed() {
+    use relay::registry::manifest::{ManifestError, MAX_INDEX_DEPTH};
+    let src = FakeRegistry::start(false).await;
+    let img = push_to(&plain(&src), &unique_repo("deep"), ImageKind::OciImage, 1, 1024).await;
+    let (media_type, bytes) = plain(&src).get_manifest(&img.repository, "v1").await.unwrap().unwrap();
+    // The image under `levels` indexes: at depth `levels` below the root.
+    let nest = |levels: usize, tag: &str| {
+        let mut below = (img.digest.clone(), media_type.clone(), bytes.len());
+        for level in 0..levels {
+            let tag = if level + 1 == levels { tag.to_owned() } else { format!("{tag}-{level}") };
+            let (digest, size) = index_of(&src, &img.repository, &tag, &[(below.0.clone(), &below.1, below.2)]);
+            below = (digest, image::OCI_INDEX.to_owned(), size);
+        }
+        below.0
+    };
+    let at_bound = nest(MAX_INDEX_DEPTH, "at-bound");
+    let (copied, dst) = copy_tag(&src, &img, "at-bound", &at_bound).await;
+    assert_eq!(copied.unwrap(), Outcome::Copied, "{MAX_INDEX_DEPTH} levels are copied");
+    assert!(dst.has_manifest(&img.repository, &img.digest));
+
+    let too_deep = nest(MAX_INDEX_DEPTH + 1, "too-deep");
+    let (copied, dst) = copy_tag(&src, &img, "too-deep", &too_deep).await;
+    let err = copied.unwrap_err();
+    assert!(matches!(err, TaskFailure::Copy(CopyError::Manifest(ManifestError::TooDeep { .. }))), "{err}");
+    assert_eq!(err.disposition(), Disposition::Permanent, "{err}");
+    nothing_pushed(&dst, &img, &too_deep);
+}
+
+/// An index may list `MAX_INDEX_CHILDREN` manifests; one more is refused
+/// for good, before a child is asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_with_too_many_children_is_refused_and_nothing_is_pushed() {
+    use relay::registry::manifest::{ManifestError, MAX_INDEX_CHILDREN};
+    let src = FakeRegistry::start(false).await;
+    let img = push_to(&plain(&src), &unique_repo("wide"), ImageKind::OciImage, 1, 1024).await;
+    let (_, bytes) = plain(&src).get_manifest(&img.repository, "v1").await.unwrap().unwrap();
+    // The same image listed again and again: walked once, so the bound is
+    // the only thing that can refuse the wider index.
+    let child = (img.digest.clone(), image::OCI_MANIFEST, bytes.len());
+    let (at_bound, _) = index_of(&src, &img.repository, "at-bound", &vec![child.clone(); MAX_INDEX_CHILDREN]);
+    let (copied, dst) = copy_tag(&src, &img, "at-bound", &at_bound).await;
+    assert_eq!(copied.unwrap(), Outcome::Copied, "{MAX_INDEX_CHILDREN} children are copied");
+    assert!(dst.has_manifest(&img.repository, &at_bound));
+
+    let (wide, _) = index_of(&src, &img.repository, "wide", &vec![child; MAX_INDEX_CHILDREN + 1]);
+    src.reset_counts();
+    let (copied, dst) = copy_tag(&src, &img, "wide", &wide).await;
+    let err = copied.unwrap_err();
+    assert!(matches!(err, TaskFailure::Copy(CopyError::Manifest(ManifestError::TooManyChildren { .. }))), "{err}");
+    assert_eq!(err.disposition(), Disposition::Permanent, "{err}");
+    assert_eq!(src.count(Op::GetManifest), 1, "the index only: no child asked for");
+    nothing_pushed(&dst, &img, &wide);
+}
+
+/// The manifests one task reads add up to `MAX_TASK_MANIFEST_BYTES` at
+/// most: an index of large manifests past it is refused for good, before
+/// the one that would pass it is read and before anything is pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_past_the_task_budget_are_refused_and_nothing_is_pushed() {
+    use relay::registry::manifest::{ManifestError, MAX_MANIFEST_BYTES, MAX_TASK_MANIFEST_BYTES};
+    let src = FakeRegistry::start(false).await;
+    let img = push_to(&plain(&src), &unique_repo("heavy"), ImageKind::OciImage, 1, 1024).await;
+    let (_, bytes) = plain(&src).get_manifest(&img.repository, "v1").await.unwrap().unwrap();
+    // Copies of the image's manifest, each made large (and distinct) by an
+    // annotation: just under the per-manifest limit.
+    let large = |i: usize| {
+        let mut m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        m["annotations"] = serde_json::json!({ "padding": format!("{i}{}", "x".repeat(MAX_MANIFEST_BYTES - 4096)) });
+        let bytes = bytes::Bytes::from(m.to_string());
+        let size = bytes.len();
+        (src.insert_manifest(&img.repository, &format!("large-{i}"), image::OCI_MANIFEST, bytes), size)
+    };
+    let fit = (MAX_TASK_MANIFEST_BYTES as usize) / MAX_MANIFEST_BYTES;
+    let children: Vec<_> = (0..=fit).map(large).map(|(d, size)| (d, image::OCI_MANIFEST, size)).collect();
+    let (heavy, _) = index_of(&src, &img.repository, "heavy", &children);
+    src.reset_counts();
+    let (copied, dst) = copy_tag(&src, &img, "heavy", &heavy).await;
+    let err = copied.unwrap_err();
+    assert!(matches!(err, TaskFailure::Copy(CopyError::Manifest(ManifestError::TooManyBytes { .. }))), "{err}");
+    assert_eq!(err.disposition(), Disposition::Permanent, "{err}");
+    assert_eq!(src.count(Op::GetManifest), 1 + fit, "the index and the children that fit, not the one past");
+    nothing_pushed(&dst, &img, &heavy);
+    for (child, _, _) in &children {
+        assert!(!dst.has_manifest(&img.repository, child));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_mid_copy_is_renewed() {
     let src = FakeRegistry::start(false).await;

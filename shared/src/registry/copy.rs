@@ -2,7 +2,7 @@
 //! destination has, stream the rest), push manifests children-first with
 //! their original bytes, then tags.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::future::join_all;
@@ -10,7 +10,10 @@ use futures_util::future::join_all;
 use super::blobs::Counters;
 use super::client::{RegistryClient, RegistryError};
 use super::ledger::BlobLedger;
-use super::manifest::{is_foreign, Contents, Descriptor, Manifest, ManifestError};
+use super::manifest::{
+    is_foreign, Contents, Descriptor, Manifest, ManifestError, MAX_INDEX_CHILDREN, MAX_INDEX_DEPTH,
+    MAX_TASK_MANIFEST_BYTES,
+};
 use super::pace::MinThroughput;
 use super::retry::RetryPolicy;
 use super::tee::Member;
@@ -83,6 +86,9 @@ pub struct CopyReport {
     pub tags_skipped: Vec<Tag>,
     /// Signatures, SBOMs, attestations copied along (manifests).
     pub referrers_copied: u64,
+    /// Manifest bytes read from the source, bounded per task
+    /// ([`MAX_TASK_MANIFEST_BYTES`]).
+    pub manifest_bytes: u64,
     /// Delete refused: this source repository still holds the digest.
     pub held_by: Option<RepositoryPath>,
     /// Delete refused: these destination tags point at the digest and the
@@ -91,6 +97,22 @@ pub struct CopyReport {
 }
 
 impl CopyReport {
+    /// Counts the manifest `digest` of `bytes` bytes, read from the source,
+    /// against the task's budget.
+    pub(super) fn read_manifest(&mut self, digest: &Digest, bytes: u64) -> Result<(), ManifestError> {
+        self.manifest_bytes = self.within_budget(digest, bytes)?;
+        Ok(())
+    }
+
+    /// The task's manifest bytes with `bytes` more, if they fit its budget.
+    pub(super) fn within_budget(&self, digest: &Digest, bytes: u64) -> Result<u64, ManifestError> {
+        let total = self.manifest_bytes.saturating_add(bytes);
+        if total > MAX_TASK_MANIFEST_BYTES {
+            return Err(ManifestError::TooManyBytes { digest: digest.clone(), limit: MAX_TASK_MANIFEST_BYTES });
+        }
+        Ok(total)
+    }
+
     /// Adds what copying one manifest tree moved.
     fn add(&mut self, c: &Counters) {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
@@ -148,6 +170,8 @@ pub struct Copier<'a> {
 struct Tree {
     /// Child manifests in push order (children before parents).
     children: Vec<Manifest>,
+    /// Their digests: a child that several indexes list is walked once.
+    walked: HashSet<Digest>,
     /// Blobs to copy, once per digest even when several children share them.
     blobs: BTreeMap<Digest, Descriptor>,
 }
@@ -270,6 +294,7 @@ impl Copier<'_> {
             Some(root) => root,
             None => self.source.get_manifest(src_repo, &by_digest, Some(digest)).await?,
         };
+        report.read_manifest(digest, root.bytes.len() as u64)?;
         if !present {
             self.copy_below(src_repo, dst_repo, &root, &mut report).await?;
         }
@@ -352,7 +377,7 @@ impl Copier<'_> {
         report: &mut CopyReport,
     ) -> Result<(), CopyError> {
         let mut tree = Tree::default();
-        self.gather(src_repo, dst_repo, root, &mut tree).await?;
+        self.gather(src_repo, dst_repo, root, 0, &mut tree, report).await?;
         report.add(&*self.copy_blobs(src_repo, dst_repo, tree.blobs.into_values()).await?);
         for child in &tree.children {
             self.destination.put_manifest(dst_repo, &child.digest.to_string(), child).await?;
@@ -361,14 +386,19 @@ impl Copier<'_> {
         Ok(())
     }
 
-    /// Walks `manifest`, collecting the children the destination lacks
-    /// (post-order) and the blobs they need.
+    /// Walks `manifest`, `depth` levels below the walk's root, collecting
+    /// the children the destination lacks (post-order) and the blobs they
+    /// need. An index past the bounds (children, depth, the task's manifest
+    /// bytes) fails the task for good before anything is pushed: the source
+    /// would serve the same tree again.
     async fn gather(
         &self,
         src_repo: &RepositoryPath,
         dst_repo: &RepositoryPath,
         manifest: &Manifest,
+        depth: usize,
         tree: &mut Tree,
+        report: &mut CopyReport,
     ) -> Result<(), CopyError> {
         match manifest.contents()? {
             Contents::Image { config, layers } => {
@@ -381,8 +411,12 @@ impl Copier<'_> {
                 }
             }
             Contents::Index(children) => {
+                if children.len() > MAX_INDEX_CHILDREN {
+                    let (digest, limit) = (manifest.digest.clone(), MAX_INDEX_CHILDREN);
+                    return Err(ManifestError::TooManyChildren { digest, children: children.len(), limit }.into());
+                }
                 for child in children {
-                    if tree.children.iter().any(|m| m.digest == child.digest) {
+                    if tree.walked.contains(&child.digest) {
                         continue;
                     }
                     if self.destination.head_manifest(dst_repo, &child.digest.to_string()).await?.as_ref()
@@ -390,8 +424,16 @@ impl Copier<'_> {
                     {
                         continue;
                     }
+                    if depth >= MAX_INDEX_DEPTH {
+                        let (digest, limit) = (manifest.digest.clone(), MAX_INDEX_DEPTH);
+                        return Err(ManifestError::TooDeep { digest, limit }.into());
+                    }
+                    // By its descriptor first: no GET for what would not fit.
+                    report.within_budget(&child.digest, child.size)?;
                     let m = self.source.get_manifest(src_repo, &child.digest.to_string(), Some(&child.digest)).await?;
-                    Box::pin(self.gather(src_repo, dst_repo, &m, tree)).await?;
+                    report.read_manifest(&child.digest, m.bytes.len() as u64)?;
+                    Box::pin(self.gather(src_repo, dst_repo, &m, depth + 1, tree, report)).await?;
+                    tree.walked.insert(child.digest.clone());
                     tree.children.push(m);
                 }
             }

@@ -22,6 +22,29 @@ pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 /// Pages of one referrers listing we follow before calling it hostile.
 pub const MAX_REFERRER_PAGES: usize = 100;
 
+/// Children of one index we walk. A multi-platform image lists a few dozen
+/// (each platform, and as many attestation manifests); a thousand is far
+/// past any real index, and each child costs a HEAD at the destination and
+/// a GET at the source, so a source that lists more is refused rather than
+/// walked request by request.
+pub const MAX_INDEX_CHILDREN: usize = 1000;
+
+/// Levels of manifests below the one a walk starts from (the task's
+/// artifact, or each referrer). An image index uses 1; an index of indexes
+/// (nested platforms, a referrers index listing an index) 2 or 3; 4 leaves
+/// room for that. Without a bound a chain of indexes would be walked
+/// recursively as deep as the source makes it. (The chain of referrers of
+/// referrers has its own bound, `referrers::MAX_DEPTH`.)
+pub const MAX_INDEX_DEPTH: usize = 4;
+
+/// Manifest bytes one task reads from the source, in all: the root, its
+/// children (held in memory until they are pushed, children first) and
+/// its referrers. Each manifest is at most [`MAX_MANIFEST_BYTES`]; the
+/// largest real trees are a few MiB, and a worker runs ten tasks at once
+/// (`task_concurrency`) in a 512 MB function by default, so 16 MiB each
+/// keeps the worst case well inside it.
+pub const MAX_TASK_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+
 /// A content descriptor (`mediaType`, `digest`, `size`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -59,6 +82,12 @@ pub enum ManifestError {
     UnsupportedType { digest: Digest, media_type: String },
     #[error("manifest {digest} is not valid JSON for {media_type}: {reason}")]
     Invalid { digest: Digest, media_type: String, reason: String },
+    #[error("index {digest} lists {children} manifests, more than the {limit} copied per index")]
+    TooManyChildren { digest: Digest, children: usize, limit: usize },
+    #[error("index {digest} nests manifests more than {limit} levels below the artifact copied; not copied")]
+    TooDeep { digest: Digest, limit: usize },
+    #[error("manifest {digest} takes the task's manifests past {limit} bytes in all; not copied")]
+    TooManyBytes { digest: Digest, limit: u64 },
 }
 
 #[derive(Deserialize)]

@@ -13,6 +13,9 @@
 //! so we maintain the fallback index tag `sha256-<hex>` there (OCI 1.1's
 //! client duty). A referrer found by tag is copied under the same tag.
 //! Referrers of referrers (a signed SBOM) follow, a few levels deep.
+//! Each referrer's own tree is walked within the index bounds of
+//! [`super::manifest`], and its manifests count in the task's manifest
+//! bytes ([`super::manifest::MAX_TASK_MANIFEST_BYTES`]).
 
 use std::collections::{HashSet, VecDeque};
 
@@ -103,7 +106,9 @@ impl Copier<'_> {
         if self.destination.head_manifest(dst_repo, &reference).await?.as_ref() == Some(&d.digest) {
             return Ok(());
         }
+        report.within_budget(&d.digest, d.size)?;
         let m = self.source.get_manifest(src_repo, &reference, Some(&d.digest)).await?;
+        report.read_manifest(&d.digest, m.bytes.len() as u64)?;
         self.copy_below(src_repo, dst_repo, &m, report).await?;
         let pushed = self.destination.put_manifest(dst_repo, &reference, &m).await?;
         report.manifests_pushed += 1;
@@ -143,6 +148,7 @@ impl Copier<'_> {
             return Ok(next);
         }
         let m = self.source.get_manifest(src_repo, &digest.to_string(), Some(&digest)).await?;
+        report.read_manifest(&digest, m.bytes.len() as u64)?;
         if let Ok(Contents::Index(listed)) = m.contents() {
             next.extend(listed.into_iter().map(|d| d.digest));
         }
