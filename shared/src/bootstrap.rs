@@ -75,6 +75,12 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
         stats: Default::default(),
         harbor,
         rules: config.rules.clone(),
+        source_health: Health::new(
+            config.worker.breaker_failures,
+            Duration::from_secs(config.worker.park_base_seconds),
+            Duration::from_secs(config.worker.park_max_seconds),
+        ),
+        parking: None,
     })
 }
 

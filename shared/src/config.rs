@@ -245,6 +245,15 @@ pub struct WorkerSettings {
     /// period between probes follows the same steps.
     pub park_base_seconds: u64,
     pub park_max_seconds: u64,
+    /// With a parking queue (`RELAY_PARKING_QUEUE_URL`): an unavailable
+    /// registry is asked again every this many seconds, and its parked
+    /// tasks are back on the copy queue as soon as it answers.
+    pub probe_seconds: u64,
+    /// With a parking queue: a task parked longer than this is
+    /// dead-lettered with that reason instead of waiting on (a day by
+    /// default; at most 13 days, inside the parking queue's 14-day
+    /// retention).
+    pub park_limit_seconds: u64,
     /// Connection failures or 5xx in a row that mark a destination
     /// unavailable (its breaker opens).
     pub breaker_failures: u32,
@@ -288,6 +297,8 @@ impl Default for WorkerSettings {
             retry_max_seconds: 900,
             park_base_seconds: 30,
             park_max_seconds: 900,
+            probe_seconds: 20,
+            park_limit_seconds: 86_400,
             breaker_failures: 3,
             max_continuations: 100,
             min_throughput_bytes_per_second: MinThroughput::DEFAULT.bytes_per_second,
@@ -545,6 +556,15 @@ impl RawConfig {
                     format!("needs 1 <= base ({base}) <= max ({max}) <= {limit} (SQS's limit)"),
                 ));
             }
+        }
+        if !(1..=900).contains(&w.probe_seconds) {
+            return Err(ConfigError::invalid("worker.probe_seconds", "must be 1..=900 (SQS's longest delay)"));
+        }
+        if !(60..=13 * 86_400).contains(&w.park_limit_seconds) {
+            return Err(ConfigError::invalid(
+                "worker.park_limit_seconds",
+                "must be 60..=1123200 (13 days: the parking queue keeps a message 14 days)",
+            ));
         }
         if w.breaker_failures == 0 {
             return Err(ConfigError::invalid("worker.breaker_failures", "must be at least 1"));

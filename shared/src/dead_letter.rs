@@ -71,6 +71,7 @@ pub async fn redrive_policy(
 
 /// Sends failed messages to the DLQ with their error: on their last
 /// attempt, or at once when no retry can fix them ([`crate::settle`]).
+#[derive(Clone)]
 pub struct DeadLetters {
     sqs: aws_sdk_sqs::Client,
     policy: RedrivePolicy,

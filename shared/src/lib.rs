@@ -29,6 +29,7 @@ pub mod repository;
 pub mod rules;
 pub mod secrets;
 pub mod server;
+pub mod parking;
 pub mod settle;
 pub mod task;
 pub mod telemetry;

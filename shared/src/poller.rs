@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::queue::TaskQueue;
-use crate::settle::{Settler, CONTINUATIONS, PARKED};
+use crate::settle::Settler;
 use crate::worker::{Message, Worker};
 
 /// How the standalone worker runs its batches.
@@ -154,8 +154,7 @@ pub async fn receive(
         .queue_url(queue.url())
         .max_number_of_messages(wanted)
         .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-        .message_attribute_names(PARKED)
-        .message_attribute_names(CONTINUATIONS)
+        .set_message_attribute_names(Some(Message::ATTRIBUTES.map(str::to_owned).to_vec()))
         .wait_time_seconds(5)
         .send()
         .await?;
@@ -168,21 +167,14 @@ pub async fn receive(
                 .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0);
-            let counter = |name: &str| {
-                m.message_attributes()
-                    .and_then(|a| a.get(name))
-                    .and_then(|v| v.string_value())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
-            Some(Message {
+            let message = Message {
                 id: m.message_id()?.to_owned(),
                 body: m.body().unwrap_or_default().to_owned(),
                 receive_count,
                 receipt: Some(m.receipt_handle()?.to_owned()),
-                parked: counter(PARKED),
-                continuations: counter(CONTINUATIONS),
-            })
+                ..Default::default()
+            };
+            Some(message.with_attributes(|name| m.message_attributes()?.get(name)?.string_value()))
         })
         .collect())
 }

@@ -9,6 +9,7 @@
 //! merely long. So each failure carries a [`Disposition`] and is settled
 //! by it, for the Lambda handler and the standalone poller alike.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageAttributeValue;
@@ -17,6 +18,7 @@ use rand::Rng;
 use crate::config::WorkerSettings;
 use crate::dead_letter::DeadLetters;
 use crate::metrics::{self, Unit};
+use crate::parking::{Parked, ParkingLot};
 use crate::worker::{Failure, Message};
 
 /// Message attribute: how many times the task was parked because its
@@ -44,9 +46,11 @@ pub enum Disposition {
     /// message carries it on (the next run skips what was copied) and this
     /// one is deleted, so a long copy never runs out of receives.
     Continue,
-    /// The destination is unavailable: the task waits in a fresh message,
-    /// delayed by a time that grows with each parking; no attempt counted.
-    Park,
+    /// A registry is unavailable (a destination, or the `source`): the
+    /// task waits in the parking lot until a probe finds it answering
+    /// ([`crate::parking`]), or without one in a fresh message delayed by a
+    /// time that grows with each parking; no attempt counted.
+    Park { source: bool },
 }
 
 /// The settling delays, from the worker settings.
@@ -104,6 +108,7 @@ pub struct Settler {
     queue_url: Option<String>,
     dead_letters: Option<DeadLetters>,
     timing: Timing,
+    parking: Option<Arc<ParkingLot>>,
 }
 
 impl Settler {
@@ -113,7 +118,13 @@ impl Settler {
         dead_letters: Option<DeadLetters>,
         timing: Timing,
     ) -> Settler {
-        Settler { sqs, queue_url, dead_letters, timing }
+        Settler { sqs, queue_url, dead_letters, timing, parking: None }
+    }
+
+    /// Parks in `parking` instead of the copy queue.
+    pub fn with_parking(mut self, parking: Option<Arc<ParkingLot>>) -> Settler {
+        self.parking = parking;
+        self
     }
 
     /// Settles `failures`; returns the ids to report failed (those SQS must
@@ -132,10 +143,27 @@ impl Settler {
                         redeliver.push(f.message.id);
                     }
                 }
-                Disposition::Park => {
-                    let delay = self.timing.park_delay(f.message.parked);
-                    if !self.requeue(&f.message, delay, PARKED).await {
-                        redeliver.push(f.message.id);
+                Disposition::Park { source } => {
+                    let Some(parking) = &self.parking else {
+                        let delay = self.timing.park_delay(f.message.parked);
+                        if !self.requeue(&f.message, delay, PARKED).await {
+                            redeliver.push(f.message.id);
+                        }
+                        continue;
+                    };
+                    let registry = if source { "source" } else { f.slices.registry.as_str() };
+                    match parking.park(&f.message, registry).await {
+                        Parked::Waiting => {}
+                        Parked::Refused => redeliver.push(f.message.id),
+                        Parked::TooLong => dead.push(Failure {
+                            error: format!(
+                                "parked for more than {} s waiting for registry {registry:?}; last: {}",
+                                parking.limit.as_secs(),
+                                f.error
+                            ),
+                            disposition: Disposition::Permanent,
+                            ..f
+                        }),
                     }
                 }
                 Disposition::Retry { .. } | Disposition::Continue if last => dead.push(f),

@@ -14,8 +14,9 @@ use tracing::Instrument;
 use crate::config::WorkerSettings;
 use crate::feeders::{feeders, ListingError, SourceListing};
 use crate::harbor_api::HarborApi;
-use crate::health::Gate;
+use crate::health::{Gate, Health};
 use crate::metrics::{self, Slices, Unit, UNKNOWN};
+use crate::parking::{ParkingLot, Probe};
 use crate::registry::pace;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::tee::{Fanout, Member};
@@ -28,6 +29,10 @@ use crate::task::{Action, Task, TaskError};
 
 /// Catalog entries per request when a delete lists the source.
 const LISTING_PAGE: usize = 1000;
+
+/// The name errors, logs and parking give the source (no destination may
+/// take it, see the configuration's check).
+const SOURCE: &str = "source";
 
 /// Requests in flight are cut when a third of the deadline margin is left
 /// (5 s of the default 15 s): no blob starts in the first two thirds, and
@@ -49,6 +54,42 @@ pub struct Message {
     pub parked: u32,
     /// Continuations its task had before ([`crate::settle::CONTINUATIONS`]).
     pub continuations: u32,
+    /// When its task was first parked ([`crate::parking::PARKED_SINCE`]).
+    pub parked_since: Option<u64>,
+    /// The registry it was parked for, when a probe's success released it
+    /// ([`crate::parking::PARKED_ON`]).
+    pub parked_on: Option<String>,
+    /// Set on a probe message instead of a task ([`crate::parking::PROBE`]).
+    pub probe: Option<Probe>,
+}
+
+impl Message {
+    /// Reads the relay's own message attributes (the counters, the parking
+    /// lot's) through `get`, which gives an attribute's string value: one
+    /// reading for the Lambda event's records and the poller's receives.
+    pub fn with_attributes<'a>(mut self, get: impl Fn(&str) -> Option<&'a str>) -> Message {
+        let number = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+        let count = |name: &str| number(name).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+        self.parked = count(crate::settle::PARKED);
+        self.continuations = count(crate::settle::CONTINUATIONS);
+        self.parked_since = number(crate::parking::PARKED_SINCE);
+        self.parked_on = get(crate::parking::PARKED_ON).map(str::to_owned);
+        self.probe = get(crate::parking::PROBE).map(|registry| Probe {
+            registry: registry.to_owned(),
+            down_since: number(crate::parking::DOWN_SINCE).unwrap_or_else(crate::parking::unix_now),
+        });
+        self
+    }
+
+    /// The names of the attributes [`Message::with_attributes`] reads.
+    pub const ATTRIBUTES: [&'static str; 6] = [
+        crate::settle::PARKED,
+        crate::settle::CONTINUATIONS,
+        crate::parking::PARKED_SINCE,
+        crate::parking::PARKED_ON,
+        crate::parking::PROBE,
+        crate::parking::DOWN_SINCE,
+    ];
 }
 
 /// A message whose task failed, with the reason (no secrets in it) and
@@ -89,6 +130,13 @@ pub struct Worker {
     /// `worker.stream_concurrency` permits: blobs read from the source at
     /// once by every task of this process.
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// The source's breaker: a Harbor down for maintenance parks its tasks
+    /// as an unavailable destination does.
+    pub source_health: Health,
+    /// Where tasks of an unavailable registry wait, and what brings them
+    /// back (`RELAY_PARKING_QUEUE_URL`); without it they are parked in the
+    /// copy queue with growing delays.
+    pub parking: Option<Arc<ParkingLot>>,
 }
 
 /// Running totals of what the worker did.
@@ -258,7 +306,7 @@ pub enum TaskFailure {
     /// listed, so a delete cannot know it is safe: retried.
     #[error("cannot list the source repositories mapped onto the destination: {0}")]
     Listing(#[from] ListingError),
-    #[error("destination {0} is unavailable; the task is parked until it answers")]
+    #[error("registry {0} is unavailable; the task is parked until it answers")]
     Parked(String),
     /// The invocation's end came with requests still in flight: they were
     /// cut before Lambda's hard kill, which would have taken the whole
@@ -287,7 +335,7 @@ impl TaskFailure {
             TaskFailure::Decode(_) | TaskFailure::UnknownRegistry(_) | TaskFailure::Refused(_) => {
                 Disposition::Permanent
             }
-            TaskFailure::Parked(_) => Disposition::Park,
+            TaskFailure::Parked(registry) => Disposition::Park { source: registry == SOURCE },
             TaskFailure::Listing(_) | TaskFailure::Credentials(_) => retry(None),
             TaskFailure::Prepare(e) if e.is_denied() => Disposition::Permanent,
             TaskFailure::Prepare(_) => retry(None),
@@ -300,6 +348,8 @@ impl TaskFailure {
             TaskFailure::Copy(CopyError::Registry(e)) => match e {
                 // What the source serves is wrong: another try reads the same.
                 RegistryError::DigestMismatch { .. } | RegistryError::TooLarge { .. } => Disposition::Permanent,
+                // A redirect the registry may not make: it answers the same next time.
+                RegistryError::Redirect { .. } => Disposition::Permanent,
                 // Denied after the credentials were read again (run_until
                 // does that first): waiting changes nothing.
                 RegistryError::Denied { .. } => Disposition::Permanent,
@@ -338,7 +388,12 @@ impl Worker {
         let fanouts = fanouts(&mut batch);
         let run = |m: Message, task| {
             let fanout = fanouts.get(&m.id).cloned();
-            async move { self.handle_message(&m, task, deadline, fanout).await }
+            async move {
+                match &m.probe {
+                    Some(probe) => self.handle_probe(probe, deadline).await,
+                    None => self.handle_message(&m, task, deadline, fanout).await,
+                }
+            }
         };
         each_isolated(batch, self.settings.task_concurrency, run, ended).await
     }
@@ -377,7 +432,7 @@ impl Worker {
         let started = Instant::now();
         let run = async {
             self.allowed(&task)?;
-            self.run_cut(&task, deadline, member.as_ref()).await
+            self.run_cut(&task, deadline, member.as_ref(), m.parked_on.as_deref()).await
         };
         match run.instrument(span.clone()).await {
             Ok(r) => {
@@ -422,7 +477,7 @@ impl Worker {
                 let _e = span.enter();
                 let duration_ms = started.elapsed().as_millis() as u64;
                 let (outcome, settled) = match disposition {
-                    Disposition::Park => ("parked", None),
+                    Disposition::Park { .. } => ("parked", None),
                     Disposition::Continue => ("continued", None),
                     Disposition::Permanent => ("failed", Some("dead_letter")),
                     Disposition::Retry { .. } => ("failed", Some("retry")),
@@ -507,7 +562,7 @@ impl Worker {
     /// Runs a decoded task, starting no blob after `deadline` minus the
     /// configured margin.
     pub async fn run_until(&self, task: &Task, deadline: Option<Instant>) -> Result<CopyReport, TaskFailure> {
-        self.run_cut(task, deadline, None).await
+        self.run_cut(task, deadline, None, None).await
     }
 
     /// [`Worker::run_in`], cut at the invocation's hard stop: Lambda kills
@@ -520,11 +575,12 @@ impl Worker {
         task: &Task,
         deadline: Option<Instant>,
         member: Option<&Member>,
+        released_for: Option<&str>,
     ) -> Result<CopyReport, TaskFailure> {
-        let Some(deadline) = deadline else { return self.run_in(task, None, member).await };
+        let Some(deadline) = deadline else { return self.run_in(task, None, member, released_for).await };
         let hard_stop = deadline - self.settings.margin_before(deadline) / CUT_SHARE_OF_MARGIN;
         let progress = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let run = pace::tracking(progress.clone(), self.run_in(task, Some(deadline), member));
+        let run = pace::tracking(progress.clone(), self.run_in(task, Some(deadline), member, released_for));
         match tokio::time::timeout_at(hard_stop.into(), run).await {
             Ok(result) => result,
             Err(_) => Err(TaskFailure::Cut { progressed: progress.load(Ordering::Relaxed) }),
@@ -532,12 +588,14 @@ impl Worker {
     }
 
     /// [`Worker::run_until`], sharing source reads with the other tasks of
-    /// `member`'s group.
+    /// `member`'s group. `released_for`: the registry a probe found
+    /// answering again, when that released the task from the parking lot.
     async fn run_in(
         &self,
         task: &Task,
         deadline: Option<Instant>,
         member: Option<&Member>,
+        released_for: Option<&str>,
     ) -> Result<CopyReport, TaskFailure> {
         let with_all_tags = self.all_tags(task).await;
         let task = with_all_tags.as_ref().unwrap_or(task);
@@ -545,19 +603,21 @@ impl Worker {
             .destinations
             .get(&task.destination.registry)
             .ok_or_else(|| TaskFailure::UnknownRegistry(task.destination.registry.clone()))?;
-        let parked = || TaskFailure::Parked(task.destination.registry.clone());
         self.credentials.refresh_if_due(&self.source).await;
         self.credentials.refresh_if_due(&destination.client).await;
-        match destination.health.gate() {
-            Gate::Closed => {}
-            Gate::Open => return Err(parked()),
-            Gate::Probe => match destination.client.ping().await {
-                Err(e) if e.is_unavailable() => {
-                    destination.health.record_unavailable();
-                    return Err(parked());
-                }
-                _ => destination.health.record_success(),
-            },
+        // Health per registry, the source's included: either side down
+        // parks the task.
+        let sides = [(&*self.source, &self.source_health), (&destination.client, &destination.health)];
+        for (client, health) in sides {
+            let released = released_for == Some(client.name());
+            match health.gate() {
+                Gate::Closed => {}
+                // A probe elsewhere found it answering: ask it, rather than
+                // park again on a breaker this process has not seen close.
+                Gate::Open if released => Self::still_answers(client, health).await?,
+                Gate::Open => return Err(TaskFailure::Parked(client.name().to_owned())),
+                Gate::Probe => Self::still_answers(client, health).await?,
+            }
         }
         let mut result = self.copy_to(task, destination, deadline, member).await;
         if let Err(TaskFailure::Copy(CopyError::Registry(RegistryError::Denied { registry, .. }))) = &result {
@@ -569,16 +629,78 @@ impl Worker {
             }
         }
         match &result {
-            Err(TaskFailure::Copy(CopyError::Registry(e)))
-                if e.is_unavailable() && e.registry() == destination.client.name() =>
-            {
-                destination.health.record_unavailable();
-                return Err(parked());
+            Err(TaskFailure::Copy(CopyError::Registry(e))) if e.is_unavailable() => {
+                // The registry's failure, or this artifact's? The registry
+                // itself says: one that answers `GET /v2/` is up, and the
+                // task is retried (then dead-lettered) like any failure, so
+                // one bad artifact never parks, nor opens the breaker.
+                if let Some((client, health)) = sides.into_iter().find(|(c, _)| c.name() == e.registry()) {
+                    Self::still_answers(client, health).await?;
+                }
             }
             Err(_) => {}
-            Ok(_) => destination.health.record_success(),
+            Ok(_) => {
+                self.source_health.record_success();
+                destination.health.record_success();
+            }
         }
         result
+    }
+
+    /// Asks `client`'s registry whether it answers (`GET /v2/`); one that
+    /// does not is recorded unavailable and the task parked.
+    async fn still_answers(client: &RegistryClient, health: &Health) -> Result<(), TaskFailure> {
+        match client.ping().await {
+            Err(e) if e.is_unavailable() => {
+                health.record_unavailable();
+                Err(TaskFailure::Parked(client.name().to_owned()))
+            }
+            _ => {
+                health.record_success();
+                Ok(())
+            }
+        }
+    }
+
+    /// A probe of the parking lot: asks its registry; when it answers, its
+    /// parked tasks go back to the copy queue, otherwise the probe goes
+    /// round again. Consumed either way (a probe that could not be sent
+    /// again is redelivered instead).
+    async fn handle_probe(&self, probe: &Probe, deadline: Option<Instant>) -> Result<(), Failed> {
+        let failed = |error: String| Failed {
+            error,
+            disposition: Disposition::Retry { retry_after: None },
+            slices: Slices { registry: probe.registry.clone(), rule: UNKNOWN.into() },
+        };
+        let Some(parking) = &self.parking else {
+            return Err(failed("a probe, but this worker has no parking queue (RELAY_PARKING_QUEUE_URL)".into()));
+        };
+        let side = match probe.registry.as_str() {
+            SOURCE => Some((&*self.source, &self.source_health)),
+            name => self.destinations.get(name).map(|d| (&d.client, &d.health)),
+        };
+        let Some((client, health)) = side else {
+            // A registry the configuration no longer names: release its
+            // tasks, which then fail as unknown (dead-lettered with that reason).
+            parking.release(probe, deadline.map(|d| d - self.settings.margin_before(d))).await;
+            return Ok(());
+        };
+        match client.ping().await {
+            Err(e) if e.is_unavailable() => {
+                health.record_unavailable();
+                tracing::info!(registry = %probe.registry, error = %e, "probe: registry still unavailable");
+                if parking.still_down(probe).await {
+                    Ok(())
+                } else {
+                    Err(failed("cannot send the probe again".into()))
+                }
+            }
+            _ => {
+                health.record_success();
+                parking.release(probe, deadline.map(|d| d - self.settings.margin_before(d))).await;
+                Ok(())
+            }
+        }
     }
 
     async fn copy_to(

@@ -727,26 +727,35 @@ async fn a_short_function_timeout_still_copies() {
 /// by how fast the machine is: only the first blob and the start of the
 /// second must fit in 3 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn near_the_deadline_no_new_blob_starts_and_progress_is_kept() {
+async fn near_the_deadline_no_new_blob_starts_the_one_in_flight_is_cut_and_progress_is_kept() {
     let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
     let repo = unique_repo("deadline");
     let img = push_to(&plain(&src), &repo, ImageKind::OciImage, 4, 64 * 1024).await;
     assert_eq!(img.blobs.len(), 5, "config and four layers");
+    // One blob at once: the first at once, the second after 1.5 s, the
+    // third held 3 s — in flight when the cut comes.
     src.inject(Op::GetBlob, Fault::Slow(Duration::ZERO), 1);
-    src.inject(Op::GetBlob, Fault::Hold(Duration::from_secs(4)), 1);
+    src.inject(Op::GetBlob, Fault::Hold(Duration::from_millis(1500)), 1);
+    src.inject(Op::GetBlob, Fault::Hold(Duration::from_secs(3)), 1);
     let mut w = worker(&src.url, &dst.url, false).await;
     w.settings.blob_concurrency = 1;
-    w.settings.deadline_margin_seconds = 0;
+    // Of a 4 s invocation: no blob starts in the last second, and the
+    // requests in flight are cut a third of that before the end.
+    w.settings.deadline_margin_seconds = 1;
     let t = task(&img, &repo, &["v1"]);
-    let err = w.run_until(&t, Some(Instant::now() + Duration::from_secs(3))).await.unwrap_err();
-    assert!(matches!(err, TaskFailure::Copy(CopyError::Deadline { remaining: 3, progressed: true })), "{err}");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(4);
+    let err = w.run_until(&t, Some(deadline)).await.unwrap_err();
+    assert!(Instant::now() < deadline, "cut before the deadline, not at Lambda's kill");
+    assert!(matches!(err, TaskFailure::Cut { progressed: true }), "{err}");
+    assert_eq!(err.disposition(), relay::settle::Disposition::Continue, "progress: a continuation");
     assert!(!dst.has_manifest(&repo, "v1"), "no manifest without all its blobs");
     let copied_before = img.blobs.iter().filter(|b| dst.has_blob(&repo, b)).count();
-    assert_eq!(copied_before, 2, "the first blob, and the one in flight at the deadline");
+    assert_eq!(copied_before, 2, "the two blobs done before the cut; the one in flight is not there");
 
     let done = w.run(&t).await.unwrap();
     assert_eq!(done.outcome, Some(Outcome::Copied));
-    assert_eq!(done.blobs_skipped as usize, copied_before, "the redelivery keeps the progress");
+    assert_eq!(done.blobs_skipped as usize, copied_before, "the next run keeps the progress");
     assert!(dst.has_manifest(&repo, "v1"));
 }
 

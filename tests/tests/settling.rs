@@ -318,3 +318,214 @@ async fn rotated_registry_passwords_need_no_restart() {
     assert_eq!(dest.digest_at(&repo, "v2").await.unwrap(), Some(v2));
     assert_eq!(dest.digest_at(&repo, "v3").await.unwrap(), Some(v3));
 }
+
+/// A worker with the parking lot (`RELAY_PARKING_QUEUE_URL`), as the binary
+/// builds it: (worker, parking queue URL).
+async fn with_parking(config: &Config, sqs: &aws_sdk_sqs::Client, url: &str) -> (Arc<Worker>, String) {
+    let parking_url = relay_tests::stack::create_queue(sqs, "parking").await.unwrap();
+    let dead_letters = relay::dead_letter::DeadLetters::discover(sqs, url, None).await;
+    let mut worker = bootstrap::worker(config, &SecretSource::from_process(None), fast_retry()).await.unwrap();
+    worker.parking = Some(Arc::new(relay::parking::ParkingLot::new(
+        sqs.clone(),
+        parking_url.clone(),
+        url.to_owned(),
+        dead_letters,
+        &config.worker,
+    )));
+    (Arc::new(worker), parking_url)
+}
+
+/// [`poll`] with the worker's parking lot in its settler.
+async fn poll_parking(worker: Arc<Worker>, sqs: &aws_sdk_sqs::Client, url: &str) -> oneshot::Sender<()> {
+    let dead_letters = relay::dead_letter::DeadLetters::discover(sqs, url, None).await.expect("redrive policy");
+    let settler =
+        Settler::new(sqs.clone(), Some(url.to_owned()), Some(dead_letters), Timing::from_settings(&worker.settings))
+            .with_parking(worker.parking.clone());
+    let queue = TaskQueue::new(sqs.clone(), url.to_owned());
+    let (stop, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        relay::poller::poll(&queue, &worker, Some(&settler), &PollOptions::default(), async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    stop
+}
+
+/// One side of the copy down for longer than a probe period, with the
+/// default settings (a probe every 20 s): the tasks that need it wait in
+/// the parking queue, parked once each (not delivered again and again
+/// while it is down), nothing is dead-lettered, and everything arrives
+/// within 30 s of its return. `side` is the proxy's place: the destination
+/// (cluster2) or the source (a Harbor maintenance window).
+async fn an_outage_heals_within_a_probe_of_its_end(source_down: bool) {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let (url, dlq) = create_queue_with_dlq(&sqs, "parking-lot", 2, 30).await.unwrap();
+    let proxy = Proxy::to(if source_down { &stack.source_url } else { &stack.target_url }).await.unwrap();
+    let repo = unique_repo(if source_down { "harbor-down" } else { "cluster-down" });
+    let (source_url, target_url) = match source_down {
+        true => (proxy.url(), stack.target_url.clone()),
+        false => (stack.source_url.clone(), proxy.url()),
+    };
+    let yaml = format!(
+        "source:\n  url: {source_url}\nwebhook:\n  auth_values_env: RELAY_WEBHOOK_AUTH\nregistries:\n  - name: cluster2-registry\n    url: {target_url}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\nrules:\n  - {{ name: two, destination: {{ registry: cluster2-registry }} }}\n",
+        stack.target_user,
+    );
+    let config = Config::parse(&yaml).unwrap();
+    assert_eq!(config.worker.probe_seconds, 20, "the default settings");
+    let (worker, parking) = with_parking(&config, &sqs, &url).await;
+    let source_host = source_url.trim_start_matches("http://").to_owned();
+
+    let source = stack.source();
+    let (mut tags, mut tasks) = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        let tag = format!("v{i}");
+        let img = image::push(&source, &repo, &tag, ImageKind::OciImage, 1, 512).await.unwrap();
+        tasks.extend(relay_tests::planned_tasks_on(&config, &source_host, "PUSH_ARTIFACT", &repo, &tag, &img.digest));
+        tags.push(tag);
+    }
+    assert_eq!(tasks.len(), 20);
+    proxy.cut();
+    send(&sqs, &url, &tasks).await;
+    let _stop = poll_parking(worker.clone(), &sqs, &url).await;
+
+    wait_for(Duration::from_secs(30), "the tasks parked", || async {
+        queue_depth(&sqs, &parking).await.unwrap().0 == 20
+    })
+    .await;
+    // Down for longer than a probe period: the tasks stay parked, once each.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let deferred = worker.stats.tasks_deferred.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(deferred, 20, "each task parked once while it was down, not delivered again");
+    assert_eq!(queue_depth(&sqs, &parking).await.unwrap().0, 20);
+    assert_eq!(queue_depth(&sqs, &dlq).await.unwrap().0, 0, "no dead letters while it is down");
+
+    proxy.restore();
+    let back = Instant::now();
+    let target = stack.target();
+    wait_for(Duration::from_secs(30), "every image within 30 s of the return", || has_all(&target, &repo, &tags)).await;
+    eprintln!("caught up {:?} after the return (source down: {source_down})", back.elapsed());
+    assert_eq!(queue_depth(&sqs, &parking).await.unwrap(), (0, 0, 0), "the parking queue is empty");
+    assert_eq!(queue_depth(&sqs, &dlq).await.unwrap().0, 0, "the DLQ stays empty");
+    assert_eq!(worker.stats.tasks_failed.load(std::sync::atomic::Ordering::Relaxed), 0, "no failed attempt counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_outage_heals_within_a_probe_of_its_end() {
+    an_outage_heals_within_a_probe_of_its_end(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_harbor_maintenance_window_dead_letters_nothing_and_heals_within_a_probe() {
+    an_outage_heals_within_a_probe_of_its_end(true).await;
+}
+
+/// One artifact whose blob the source answers 500 for, while the source
+/// answers everything else: a failure of that artifact, not an outage. The
+/// registry's own `GET /v2/` decides: the task is retried (and in the end
+/// dead-lettered with its reason) and never parked, and the source's
+/// breaker stays closed for the other tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_artifact_is_no_outage() {
+    let stack = Stack::load().unwrap();
+    let src = FakeRegistry::start(false).await;
+    let repo = unique_repo("bad-artifact");
+    let img =
+        image::push(&PlainRegistry::new(&src.url, None), &repo, "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
+    src.inject(Op::GetBlob, Fault::Status(500, None), 10_000);
+    let yaml = format!(
+        "source:\n  url: {}\nwebhook:\n  auth_values_env: RELAY_WEBHOOK_AUTH\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\nrules:\n  - {{ name: one, destination: {{ registry: cluster1-registry }} }}\n",
+        src.url, stack.target_url, stack.target_user
+    );
+    let config = Config::parse(&yaml).unwrap();
+    let worker = bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap();
+    let host = src.url.trim_start_matches("http://").to_owned();
+    let task = relay_tests::planned_tasks_on(&config, &host, "PUSH_ARTIFACT", &repo, "v1", &img.digest).remove(0);
+    let message =
+        relay::worker::Message { id: "m".into(), body: task.encode(), receive_count: 1, ..Default::default() };
+    for _ in 0..config.worker.breaker_failures + 1 {
+        let failures = worker.handle_batch(vec![message.clone()], None).await;
+        assert_eq!(failures.len(), 1);
+        assert!(
+            matches!(failures[0].disposition, relay::settle::Disposition::Retry { .. }),
+            "{:?}: {}",
+            failures[0].disposition,
+            failures[0].error
+        );
+    }
+    assert!(!worker.source_health.is_open(), "the source's breaker stays closed");
+}
+
+/// Parking has a cap (`worker.park_limit_seconds`, a day by default): a
+/// task parked longer is dead-lettered with that reason instead of waiting
+/// on — when it would be parked again, and, while its registry stays down,
+/// by the probe once the outage is older than the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_parked_past_the_limit_is_dead_lettered_with_its_reason() {
+    use relay::parking::{ParkingLot, Probe, PARKED_ON, PARKED_SINCE};
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let (url, dlq) = create_queue_with_dlq(&sqs, "park-cap", 3, 30).await.unwrap();
+    let parking_url = relay_tests::stack::create_queue(&sqs, "park-cap-lot").await.unwrap();
+    let config =
+        Config::parse(&stack.config_yaml("  - { name: one, destination: { registry: cluster1-registry } }\n")).unwrap();
+    assert_eq!(config.worker.park_limit_seconds, 86_400, "a day by default");
+    let dead_letters = relay::dead_letter::DeadLetters::discover(&sqs, &url, None).await;
+    let lot =
+        Arc::new(ParkingLot::new(sqs.clone(), parking_url.clone(), url.clone(), dead_letters.clone(), &config.worker));
+    let settler = Settler::new(sqs.clone(), Some(url.clone()), dead_letters, Timing::from_settings(&config.worker))
+        .with_parking(Some(lot.clone()));
+    let two_days_ago = relay::parking::unix_now() - 2 * 86_400;
+
+    // Parked again after two days: dead-lettered, with the reason.
+    let old = relay::worker::Message {
+        id: "old".into(),
+        body: "{\"a\":\"task parked two days ago\"}".into(),
+        receive_count: 1,
+        parked: 40,
+        parked_since: Some(two_days_ago),
+        ..Default::default()
+    };
+    let failure = relay::worker::Failure {
+        message: old,
+        error: "registry cluster1-registry is unavailable".into(),
+        disposition: relay::settle::Disposition::Park { source: false },
+        slices: Default::default(),
+    };
+    assert!(settler.settle(vec![failure]).await.is_empty(), "settled, not redelivered");
+    // Still waiting in the lot after two days of an outage: the probe sends it on.
+    sqs.send_message()
+        .queue_url(&parking_url)
+        .message_body("{\"a\":\"task waiting two days\"}")
+        .message_attributes(PARKED_ON, attr("String", "cluster1-registry"))
+        .message_attributes(PARKED_SINCE, attr("Number", &two_days_ago.to_string()))
+        .send()
+        .await
+        .unwrap();
+    let probe = Probe { registry: "cluster1-registry".into(), down_since: two_days_ago };
+    assert!(lot.still_down(&probe).await);
+
+    let mut reasons: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reasons.len() < 2 && Instant::now() < deadline {
+        let got = sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .send()
+            .await;
+        for m in got.unwrap().messages() {
+            let reason = m.message_attributes().and_then(|a| a.get(relay::dead_letter::LAST_ERROR));
+            reasons.push(reason.and_then(|r| r.string_value()).unwrap_or_default().to_owned());
+        }
+    }
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().all(|r| r.contains("parked for more than 86400 s")), "{reasons:?}");
+    assert_eq!(queue_depth(&sqs, &parking_url).await.unwrap(), (0, 0, 0), "nothing left parked");
+}
+
+fn attr(data_type: &str, value: &str) -> aws_sdk_sqs::types::MessageAttributeValue {
+    aws_sdk_sqs::types::MessageAttributeValue::builder().data_type(data_type).string_value(value).build().unwrap()
+}

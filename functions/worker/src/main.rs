@@ -9,10 +9,11 @@ use anyhow::Context;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
 use relay::dead_letter::DeadLetters;
+use relay::parking::ParkingLot;
 use relay::poller::PollOptions;
 use relay::registry::retry::RetryPolicy;
 use relay::reload::{Reloading, CHECK_EVERY};
-use relay::settle::{Settler, Timing, CONTINUATIONS, PARKED};
+use relay::settle::{Settler, Timing};
 use relay::worker::{Message, Worker};
 use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource};
 
@@ -70,18 +71,34 @@ async fn setup(
     // Failures on their last attempt are dead-lettered with their error
     // (the queue's redrive policy says when; RELAY_DLQ_URL spares a lookup).
     let dlq_url = std::env::var("RELAY_DLQ_URL").ok();
+    // Tasks of an unavailable registry wait here until a probe finds it
+    // answering again (the template's parking queue).
+    let parking_url = std::env::var("RELAY_PARKING_QUEUE_URL").ok().filter(|u| !u.is_empty());
     // The worker and how its failures are settled (backoff, dead letter at
     // once, parked or continued in a fresh message), from one configuration.
     let build = move |config: Arc<relay::Config>| {
-        let (sqs, secrets, queue_url, dlq_url) = (sqs.clone(), secrets.clone(), queue_url.clone(), dlq_url.clone());
+        let (sqs, secrets, queue_url, dlq_url, parking_url) =
+            (sqs.clone(), secrets.clone(), queue_url.clone(), dlq_url.clone(), parking_url.clone());
         Box::pin(async move {
-            let worker = Arc::new(bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?);
+            let mut worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
             let dead_letters = match &queue_url {
                 Some(q) => DeadLetters::discover(&sqs, q, dlq_url.as_deref()).await,
                 None => None,
             };
+            let parking = match (&parking_url, &queue_url) {
+                (Some(p), Some(q)) => Some(Arc::new(ParkingLot::new(
+                    sqs.clone(),
+                    p.clone(),
+                    q.clone(),
+                    dead_letters.clone(),
+                    &config.worker,
+                ))),
+                _ => None,
+            };
+            worker.parking = parking.clone();
+            let worker = Arc::new(worker);
             let timing = Timing::from_settings(&config.worker);
-            let settler = Arc::new(Settler::new(sqs.clone(), queue_url, dead_letters, timing));
+            let settler = Arc::new(Settler::new(sqs.clone(), queue_url, dead_letters, timing).with_parking(parking));
             Ok(Pipeline { worker, settler, sqs })
         }) as relay::reload::Built<Pipeline>
     };
@@ -107,17 +124,14 @@ async fn batch(
         .records
         .into_iter()
         .map(|r| {
-            let counter = |name: &str| {
-                r.message_attributes.get(name).and_then(|a| a.string_value.as_deref()).and_then(|v| v.parse().ok())
-            };
-            Message {
+            let message = Message {
                 receive_count: r.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(0),
-                parked: counter(PARKED).unwrap_or(0),
-                continuations: counter(CONTINUATIONS).unwrap_or(0),
                 receipt: r.receipt_handle.clone(),
-                id: r.message_id.unwrap_or_default(),
-                body: r.body.unwrap_or_default(),
-            }
+                id: r.message_id.clone().unwrap_or_default(),
+                body: r.body.clone().unwrap_or_default(),
+                ..Default::default()
+            };
+            message.with_attributes(|name| r.message_attributes.get(name)?.string_value.as_deref())
         })
         .collect();
     let messages: Vec<Message> = messages;

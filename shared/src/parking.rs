@@ -1,0 +1,412 @@
+//! The parking lot: where the tasks of an unavailable registry wait, and
+//! the probe that brings them back as soon as it answers again.
+//!
+//! Parking a task in the copy queue itself with a delay can only guess when
+//! the registry returns: short delays redeliver every parked task every few
+//! seconds for the whole outage, doubling ones (up to SQS's 15 minutes)
+//! bring the work back minutes after the registry did. So a parked task
+//! leaves the copy queue for a parking queue nothing consumes, and one
+//! *probe* message per unavailable registry circulates on the copy queue
+//! every [`ParkingLot::probe_every`]: the worker that receives it asks the
+//! registry (`GET /v2/`); while it fails, the probe goes round again; when
+//! it answers, the registry's parked tasks are moved back to the copy queue
+//! at once. Parked work reaches a registry within one probe period of its
+//! return, whatever the outage's length, at the cost of one probe message
+//! per registry per period while it is down.
+//!
+//! Nothing parks forever: a task parked longer than [`ParkingLot::limit`]
+//! is dead-lettered with that reason, when its registry returns or, while
+//! it stays down, by the probe once the outage is older than the limit.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
+    SendMessageBatchRequestEntry,
+};
+
+use crate::dead_letter::DeadLetters;
+use crate::metrics::{self, Slices, Unit};
+use crate::settle::{CONTINUATIONS, PARKED};
+use crate::worker::{Failure, Message};
+
+/// Message attribute of a parked task: the registry it waits for (a
+/// destination's name, or `source`).
+pub const PARKED_ON: &str = "RelayParkedOn";
+/// Message attribute of a parked task: when it was first parked (Unix
+/// seconds), kept across parkings so the limit counts the whole wait.
+pub const PARKED_SINCE: &str = "RelayParkedSince";
+/// Message attribute of a probe: the registry it asks.
+pub const PROBE: &str = "RelayProbe";
+/// Message attribute of a probe: since when its registry has been
+/// unavailable (Unix seconds).
+pub const DOWN_SINCE: &str = "RelayDownSince";
+
+/// What a probe message says: which registry, unavailable since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub registry: String,
+    pub down_since: u64,
+}
+
+/// What became of a task handed to [`ParkingLot::park`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    /// In the parking queue; its message can be deleted.
+    Waiting,
+    /// Parked longer than the limit already: to be dead-lettered.
+    TooLong,
+    /// The parking queue did not take it: the message must be redelivered.
+    Refused,
+}
+
+/// How a release went.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    /// Tasks moved back to the copy queue.
+    pub moved: usize,
+    /// Tasks parked longer than the limit, dead-lettered.
+    pub expired: usize,
+    /// The deadline came before the parking queue was empty.
+    pub unfinished: bool,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The parking queue and the probes of one worker.
+pub struct ParkingLot {
+    sqs: aws_sdk_sqs::Client,
+    parking_url: String,
+    queue_url: String,
+    /// The probe's period: parked work waits at most this long after its
+    /// registry's return (plus a receive).
+    pub probe_every: Duration,
+    /// How long a task may stay parked before it is dead-lettered.
+    pub limit: Duration,
+    /// Registries this process has a probe going round for, and when it
+    /// last saw it: a registry's parked tasks start a new probe only when
+    /// none was seen for a while (several workers may still start one
+    /// each; every probe ends when the registry answers).
+    probing: Mutex<HashMap<String, Instant>>,
+    /// Where tasks parked past the limit go, with their reason.
+    dead_letters: Option<DeadLetters>,
+}
+
+fn string(value: impl Into<String>) -> MessageAttributeValue {
+    MessageAttributeValue::builder().data_type("String").string_value(value).build().expect("type and value set")
+}
+
+fn number(value: u64) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("Number")
+        .string_value(value.to_string())
+        .build()
+        .expect("type and value set")
+}
+
+fn sdk_error(e: impl std::error::Error) -> String {
+    aws_sdk_sqs::error::DisplayErrorContext(e).to_string()
+}
+
+impl ParkingLot {
+    pub fn new(
+        sqs: aws_sdk_sqs::Client,
+        parking_url: String,
+        queue_url: String,
+        dead_letters: Option<DeadLetters>,
+        settings: &crate::config::WorkerSettings,
+    ) -> ParkingLot {
+        ParkingLot {
+            sqs,
+            parking_url,
+            queue_url,
+            probe_every: Duration::from_secs(settings.probe_seconds),
+            limit: Duration::from_secs(settings.park_limit_seconds),
+            probing: Mutex::new(HashMap::new()),
+            dead_letters,
+        }
+    }
+
+    /// Moves `m`'s task to the parking queue to wait for `registry`, and
+    /// makes sure a probe asks that registry.
+    pub async fn park(&self, m: &Message, registry: &str) -> Parked {
+        let now = unix_now();
+        let since = m.parked_since.unwrap_or(now);
+        if Duration::from_secs(now.saturating_sub(since)) > self.limit {
+            return Parked::TooLong;
+        }
+        let sent = self
+            .sqs
+            .send_message()
+            .queue_url(&self.parking_url)
+            .message_body(&m.body)
+            .message_attributes(PARKED, number(u64::from(m.parked) + 1))
+            .message_attributes(CONTINUATIONS, number(u64::from(m.continuations)))
+            .message_attributes(PARKED_ON, string(registry))
+            .message_attributes(PARKED_SINCE, number(since))
+            .send()
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(message_id = %m.id, error = %sdk_error(e), "cannot park the task; the message is redelivered instead");
+            return Parked::Refused;
+        }
+        tracing::info!(message_id = %m.id, registry, parked_since = since, "task parked until its registry answers");
+        let due = {
+            let mut probing = self.probing.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = probing.get(registry).is_some_and(|t| t.elapsed() < self.probe_every * 3);
+            if !seen {
+                probing.insert(registry.to_owned(), Instant::now());
+            }
+            !seen
+        };
+        if due {
+            self.send_probe(&Probe { registry: registry.to_owned(), down_since: since }, self.probe_every).await;
+        }
+        Parked::Waiting
+    }
+
+    /// Puts `probe` on the copy queue, due after `delay`.
+    async fn send_probe(&self, probe: &Probe, delay: Duration) -> bool {
+        let body = serde_json::json!({ "probe": probe.registry }).to_string();
+        let sent = self
+            .sqs
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .delay_seconds(delay.as_secs().min(900) as i32)
+            .message_attributes(PROBE, string(&probe.registry))
+            .message_attributes(DOWN_SINCE, number(probe.down_since))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(registry = %probe.registry, error = %sdk_error(e), "cannot send the registry's probe");
+                false
+            }
+        }
+    }
+
+    /// The probe's registry did not answer: it goes round again, and the
+    /// tasks parked longer than the limit are dead-lettered once the
+    /// outage itself is that old. False when the probe could not be sent
+    /// (then its message must be redelivered, so the round goes on).
+    pub async fn still_down(&self, probe: &Probe) -> bool {
+        self.probing.lock().unwrap_or_else(|p| p.into_inner()).insert(probe.registry.clone(), Instant::now());
+        if Duration::from_secs(unix_now().saturating_sub(probe.down_since)) > self.limit {
+            // Only the expired ones leave; the rest is made visible again.
+            let _ = self.sweep(None, None).await;
+        }
+        self.send_probe(probe, self.probe_every).await
+    }
+
+    /// `registry` answers again: its parked tasks go back to the copy
+    /// queue (those parked longer than the limit to the DLQ), before
+    /// `stop_at` when given. An unfinished release sends the probe again at
+    /// once, so another run carries on.
+    pub async fn release(&self, probe: &Probe, stop_at: Option<Instant>) -> Released {
+        self.probing.lock().unwrap_or_else(|p| p.into_inner()).remove(&probe.registry);
+        let released = self.sweep(Some(&probe.registry), stop_at).await;
+        if released.unfinished {
+            self.send_probe(probe, Duration::ZERO).await;
+        }
+        tracing::info!(
+            registry = %probe.registry,
+            moved = released.moved,
+            expired = released.expired,
+            unfinished = released.unfinished,
+            "registry answers again: its parked tasks are back on the copy queue"
+        );
+        metrics::emit(
+            &[("Function", "worker"), ("Registry", probe.registry.as_str())],
+            &[("TasksReleased", released.moved as f64, Unit::Count)],
+        );
+        released
+    }
+
+    /// One walk through the parking queue: tasks waiting for `registry`
+    /// (none: no task) are moved back to the copy queue, those parked
+    /// longer than the limit are dead-lettered, and every other one is made
+    /// visible again at the end (so a release of another registry running
+    /// at the same time still finds it).
+    async fn sweep(&self, registry: Option<&str>, stop_at: Option<Instant>) -> Released {
+        let mut released = Released::default();
+        let started = unix_now();
+        let mut left: Vec<String> = Vec::new();
+        loop {
+            if stop_at.is_some_and(|t| Instant::now() >= t) {
+                released.unfinished = true;
+                break;
+            }
+            let got = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.parking_url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .visibility_timeout(60)
+                // Short polls may miss messages that are there.
+                .wait_time_seconds(1)
+                .send()
+                .await;
+            let messages = match got {
+                Ok(out) => out.messages.unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(error = %sdk_error(e), "cannot read the parking queue");
+                    released.unfinished = true;
+                    break;
+                }
+            };
+            if messages.is_empty() {
+                break;
+            }
+            let (mut moving, mut expired) = (Vec::new(), Vec::new());
+            for m in messages {
+                let Some(receipt) = m.receipt_handle().map(str::to_owned) else { continue };
+                let attribute = |name: &str| {
+                    m.message_attributes().and_then(|a| a.get(name)).and_then(|v| v.string_value()).map(str::to_owned)
+                };
+                let since = attribute(PARKED_SINCE).and_then(|v| v.parse::<u64>().ok()).unwrap_or(started);
+                let on = attribute(PARKED_ON).unwrap_or_default();
+                if Duration::from_secs(started.saturating_sub(since)) > self.limit {
+                    expired.push((m, receipt, on, since));
+                } else if registry.is_some_and(|r| r == on) {
+                    moving.push((m, receipt));
+                } else {
+                    left.push(receipt);
+                }
+            }
+            released.moved += self.move_back(&moving).await;
+            released.expired += self.expire(&expired).await;
+        }
+        self.show_again(&left).await;
+        released
+    }
+
+    /// Sends `messages` back to the copy queue with their attributes and
+    /// deletes them from the parking queue; how many moved.
+    async fn move_back(&self, messages: &[(aws_sdk_sqs::types::Message, String)]) -> usize {
+        if messages.is_empty() {
+            return 0;
+        }
+        let entries: Vec<_> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, (m, _))| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(m.body().unwrap_or_default())
+                    .set_message_attributes(m.message_attributes().cloned())
+                    .build()
+                    .expect("id and body set")
+            })
+            .collect();
+        let sent = self.sqs.send_message_batch().queue_url(&self.queue_url).set_entries(Some(entries)).send().await;
+        let failed: Vec<String> = match sent {
+            Ok(out) => out.failed().iter().map(|f| f.id().to_owned()).collect(),
+            Err(e) => {
+                tracing::warn!(error = %sdk_error(e), "cannot move parked tasks back; they stay parked");
+                return 0;
+            }
+        };
+        let done: Vec<&String> = messages
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !failed.contains(&i.to_string()))
+            .map(|(_, (_, receipt))| receipt)
+            .collect();
+        self.delete(&done).await;
+        done.len()
+    }
+
+    /// Dead-letters tasks parked longer than the limit, with that reason;
+    /// how many went.
+    async fn expire(&self, messages: &[(aws_sdk_sqs::types::Message, String, String, u64)]) -> usize {
+        let Some(dead_letters) = &self.dead_letters else {
+            if !messages.is_empty() {
+                tracing::warn!(
+                    count = messages.len(),
+                    "tasks parked past the limit, but no DLQ is known: they stay parked"
+                );
+            }
+            return 0;
+        };
+        let failures: Vec<Failure> = messages
+            .iter()
+            .map(|(m, receipt, on, since)| Failure {
+                message: Message {
+                    id: m.message_id().unwrap_or_default().to_owned(),
+                    body: m.body().unwrap_or_default().to_owned(),
+                    receipt: Some(receipt.clone()),
+                    ..Default::default()
+                },
+                error: format!(
+                    "parked for more than {} s waiting for registry {on:?} (since {since}, Unix time)",
+                    self.limit.as_secs()
+                ),
+                disposition: crate::settle::Disposition::Permanent,
+                slices: Slices { registry: on.clone(), rule: metrics::UNKNOWN.into() },
+            })
+            .collect();
+        let unsent = dead_letters.send_all(&failures).await;
+        let sent: Vec<&String> = messages
+            .iter()
+            .filter(|(m, ..)| !unsent.iter().any(|u| Some(u.as_str()) == m.message_id()))
+            .map(|(_, receipt, ..)| receipt)
+            .collect();
+        for f in failures.iter().filter(|f| !unsent.contains(&f.message.id)) {
+            metrics::emit_sliced(&[("Function", "worker")], &f.slices, &[("FinalFailures", 1.0, Unit::Count)]);
+        }
+        self.delete(&sent).await;
+        sent.len()
+    }
+
+    async fn delete(&self, receipts: &[&String]) {
+        for chunk in receipts.chunks(10) {
+            let entries: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(*r).build().expect("set")
+                })
+                .collect();
+            if let Err(e) =
+                self.sqs.delete_message_batch().queue_url(&self.parking_url).set_entries(Some(entries)).send().await
+            {
+                tracing::warn!(error = %sdk_error(e), "cannot delete moved tasks from the parking queue; they may run twice");
+            }
+        }
+    }
+
+    async fn show_again(&self, receipts: &[String]) {
+        for chunk in receipts.chunks(10) {
+            let entries: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .visibility_timeout(0)
+                        .build()
+                        .expect("set")
+                })
+                .collect();
+            let sent = self
+                .sqs
+                .change_message_visibility_batch()
+                .queue_url(&self.parking_url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %sdk_error(e), "cannot show parked tasks again; they are back within a minute");
+            }
+        }
+    }
+}
