@@ -139,9 +139,19 @@ fn transformed_template_wires_queue_worker_and_webhook() {
     assert_eq!(dlq_statement["Action"], "sqs:SendMessage", "the worker dead-letters with the error");
     assert_eq!(dlq_statement["Resource"], get_att("DeadLetterQueue", "Arn"), "only to the DLQ");
     let requeue = &r["WorkerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][2];
-    assert_eq!(requeue["Action"], "sqs:SendMessage", "parked and continued tasks are re-enqueued");
+    assert_eq!(requeue["Action"], "sqs:SendMessage", "continued tasks, probes and released tasks are re-enqueued");
     assert_eq!(requeue["Resource"], get_att("CopyQueue", "Arn"), "only to the copy queue");
+    // The parking lot: the worker parks, sweeps and releases there, and
+    // the queue keeps a message longer than the longest parking allowed.
+    let parking = &r["WorkerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][3];
+    assert_eq!(parking["Resource"], get_att("ParkingQueue", "Arn"));
+    assert_eq!(
+        parking["Action"],
+        json!(["sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"])
+    );
+    assert_eq!(r["ParkingQueue"]["Properties"]["MessageRetentionPeriod"], 1209600, "14 days");
     let env = &r["WorkerFunction"]["Properties"]["Environment"]["Variables"];
+    assert_eq!(env["RELAY_PARKING_QUEUE_URL"], json!({"Ref": "ParkingQueue"}));
     assert_eq!(env["RELAY_DLQ_URL"], json!({"Ref": "DeadLetterQueue"}));
     assert_eq!(env["RELAY_QUEUE_URL"], json!({"Ref": "CopyQueue"}), "Globals merged");
     assert_eq!(r["WorkerFunction"]["Properties"]["Role"], get_att("WorkerRole", "Arn"));
@@ -229,7 +239,7 @@ fn transformed_template_wires_queue_worker_and_webhook() {
         assert!(widgets.contains(needed), "{needed} not on the dashboard: {widgets}");
     }
     assert_eq!(r["FailedTasksQuery"]["Type"], "AWS::Logs::QueryDefinition");
-    for o in ["WebhookUrl", "CopyQueueUrl", "DeadLetterQueueUrl"] {
+    for o in ["WebhookUrl", "CopyQueueUrl", "DeadLetterQueueUrl", "ParkingQueueUrl"] {
         assert!(t["Outputs"][o].is_object(), "output {o}");
     }
 }
