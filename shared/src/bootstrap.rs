@@ -201,6 +201,11 @@ pub async fn harbor_api(config: &Config, secrets: &SecretSource) -> Result<Optio
         HARBOR_API_TIMEOUT,
     )
     .map_err(|e| StartupError::Client { registry: "source (Harbor API)".into(), reason: e.to_string() })?;
+    // A rotated robot secret is read again, as the registry clients do.
+    let api = match &config.source.credentials {
+        Some(reference) => api.with_reread(secrets.clone(), reference.clone(), config.secrets.ttl()),
+        None => api,
+    };
     if config.source.harbor_api == HarborApiUse::On {
         return Ok(Some(api));
     }

@@ -20,13 +20,17 @@ use crate::registry::{Credentials, RegistryError};
 use crate::repository::{RepositoryPath, Tag};
 use crate::rules::{ArtifactFacts, ArtifactType};
 
+mod reread;
 mod send;
 
 pub struct HarborApi {
     base: Url,
     http: reqwest::Client,
-    /// Replaced when a rotated secret is read again.
-    credentials: std::sync::RwLock<Option<Credentials>>,
+    /// Replaced when a rotated secret is read again (shared with the
+    /// background read, [`reread`]).
+    credentials: std::sync::Arc<std::sync::RwLock<Option<Credentials>>>,
+    /// Where to read them again, when they come from a reference.
+    reread: Option<std::sync::Arc<reread::Reread>>,
     /// How each call is sent. Boxed: a `HarborApi` sits inline in the
     /// destination kinds' enum, beside variants of one pointer.
     calls: Box<Calls>,
@@ -129,9 +133,9 @@ impl HarborApi {
     ) -> Result<Self, reqwest::Error> {
         let builder = reqwest::Client::builder().user_agent(concat!("harbor-relay/", env!("CARGO_PKG_VERSION")));
         let http = crate::tls::configure(builder, insecure, ca_pem)?.build()?;
-        let credentials = std::sync::RwLock::new(credentials);
+        let credentials = std::sync::Arc::new(std::sync::RwLock::new(credentials));
         let calls = Box::new(Calls { timeout, retry: RetryPolicy::default() });
-        Ok(HarborApi { base, http, credentials, calls })
+        Ok(HarborApi { base, http, credentials, reread: None, calls })
     }
 
     /// Retries transient failures with `retry` (the registry clients' own,

@@ -141,6 +141,9 @@ pub struct Reconciler<'a> {
     pub page_size: usize,
     /// Moved as repositories are walked, when someone shows it.
     pub progress: Option<&'a Progress>,
+    /// Reads a registry's credentials again (the TTL passed, or it
+    /// refused them: a rotated secret), as the worker does.
+    pub credentials: Option<&'a crate::secrets::CredentialReloader>,
 }
 
 impl<'a> Reconciler<'a> {
@@ -153,6 +156,35 @@ impl<'a> Reconciler<'a> {
             destinations: &worker.destinations,
             page_size,
             progress: None,
+            credentials: Some(&worker.credentials),
+        }
+    }
+
+    /// [`Reconciler::pass_once`], with the credentials read again first
+    /// when their TTL has passed, and once more when a registry refuses
+    /// them during the pass (a secret rotated since; then the pass runs
+    /// again, once). Harbor's API reads its own again ([`HarborApi`]).
+    pub async fn pass(&self, cursor: Option<&str>, stop_at: Option<Instant>) -> Result<Pass, ReconcileError> {
+        let clients = || std::iter::once(self.source).chain(self.destinations.values().map(|d| &d.client));
+        if let Some(reloader) = self.credentials {
+            for client in clients() {
+                reloader.refresh_if_due(client).await;
+            }
+        }
+        let result = self.pass_once(cursor, stop_at).await;
+        let (Some(reloader), Err(ReconcileError::Registry(RegistryError::Denied { registry, .. }))) =
+            (self.credentials, &result)
+        else {
+            return result;
+        };
+        let Some(client) = clients().find(|c| c.name() == registry) else { return result };
+        match reloader.reread(client).await {
+            Ok(true) => self.pass_once(cursor, stop_at).await,
+            Ok(false) => result,
+            Err(e) => {
+                tracing::warn!(registry = client.name(), error = %e, "cannot read the credentials again after a denial");
+                result
+            }
         }
     }
 
@@ -160,7 +192,7 @@ impl<'a> Reconciler<'a> {
     /// (sorted by name; see [`Pass::cursor`]). Past `stop_at` it stops,
     /// but only after its first stretch of entries: every run progresses,
     /// however little time it was given.
-    pub async fn pass(&self, cursor: Option<&str>, stop_at: Option<Instant>) -> Result<Pass, ReconcileError> {
+    pub async fn pass_once(&self, cursor: Option<&str>, stop_at: Option<Instant>) -> Result<Pass, ReconcileError> {
         let mut pass = Pass::default();
         let (after, inside) = parse_cursor(cursor);
         let prefixes = literal_prefixes(self.config.rules.iter().filter(|r| r.enabled));

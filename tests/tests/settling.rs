@@ -279,13 +279,13 @@ async fn rotated_registry_passwords_need_no_restart() {
     let secret = format!("relay-test/rotation-{:08x}", rand::random::<u32>());
     let value = |user: &str, password: &str| serde_json::json!({ "username": user, "password": password }).to_string();
     sm.create_secret().name(&secret).secret_string(value("relay-a", &p1)).send().await.unwrap();
+    let repo = unique_repo("rotation");
     let yaml = format!(
-        "source: {{ url: {} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: rotating, url: {}, credentials: {{ secret_id: {secret} }} }}\nrules:\n  - {{ name: all, destination: {{ registry: rotating }} }}\nsecrets: {{ ttl_seconds: 1, fail_closed_after_seconds: 60 }}\n",
+        "source: {{ url: {} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: rotating, url: {}, credentials: {{ secret_id: {secret} }} }}\nrules:\n  - {{ name: all, filters: {{ name: '{repo}' }}, destination: {{ registry: rotating }} }}\nsecrets: {{ ttl_seconds: 1, fail_closed_after_seconds: 60 }}\n",
         stack.source_url, registry.url
     );
     let config = Config::parse(&yaml).unwrap();
     let worker = bootstrap::worker(&config, &SecretSource::from_process(Some(sm.clone())), fast_retry()).await.unwrap();
-    let repo = unique_repo("rotation");
     let copy = |tag: &'static str| {
         let (stack, config, repo, worker) = (&stack, &config, repo.clone(), &worker);
         async move {
@@ -317,6 +317,21 @@ async fn rotated_registry_passwords_need_no_restart() {
     let dest = registry.client("relay-b", &p3);
     assert_eq!(dest.digest_at(&repo, "v2").await.unwrap(), Some(v2));
     assert_eq!(dest.digest_at(&repo, "v3").await.unwrap(), Some(v3));
+
+    // A reconcile pass, by a worker whose TTL is far off, after another
+    // rotation in place: refused during the pass, it reads the secret
+    // again, runs once more and finds everything in sync.
+    let long_ttl =
+        Config::parse(&yaml.replace("ttl_seconds: 1, fail_closed_after_seconds: 60", "ttl_seconds: 3600")).unwrap();
+    let reconciling =
+        bootstrap::worker(&long_ttl, &SecretSource::from_process(Some(sm.clone())), fast_retry()).await.unwrap();
+    let p4 = pw(4);
+    registry.set_users(&[("relay-b", &p4)]).unwrap();
+    sm.put_secret_value().secret_id(&secret).secret_string(value("relay-b", &p4)).send().await.unwrap();
+    let pass = relay::reconcile::Reconciler::new(&long_ttl, &reconciling, 1000).pass(None, None).await.unwrap();
+    assert!(pass.tasks.is_empty(), "in sync: {:?}", pass.tasks);
+    assert_eq!(pass.in_sync, 3, "{pass:?}");
+    assert_eq!(reconciling.credentials.reads_on_denial.load(Relaxed), 1, "denied during the pass, read again");
 }
 
 /// A worker with the parking lot (`RELAY_PARKING_QUEUE_URL`), as the binary

@@ -40,7 +40,9 @@ impl HarborApi {
         let Calls { timeout, retry } = *self.calls;
         let until = Instant::now() + timeout;
         let repeatable = method != Method::POST;
+        self.refresh_if_due();
         let mut attempt = 0;
+        let mut reread = false;
         loop {
             attempt += 1;
             let left = until.saturating_duration_since(Instant::now());
@@ -66,7 +68,16 @@ impl HarborApi {
                     tracing::warn!(%method, path, %failure, attempt, wait_ms = wait.as_millis() as u64, "Harbor API: retrying");
                     tokio::time::sleep(wait).await;
                 }
-                _ => return outcome.map_err(|e| HarborApiError::Request(kind_of(&e))),
+                _ => {
+                    // Refused: the robot's secret may have been rotated
+                    // since it was read. Read it again, and ask once more.
+                    let denied = matches!(&outcome, Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED);
+                    if denied && !reread && self.reread_after_denial().await {
+                        reread = true;
+                        continue;
+                    }
+                    return outcome.map_err(|e| HarborApiError::Request(kind_of(&e)));
+                }
             }
         }
     }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
-use reqwest::{Method, Response};
+use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
 use super::super::auth::{unpoisoned, Challenge, Credentials, TokenCache, TokenResponse};
@@ -165,6 +165,13 @@ impl RegistryClient {
             Exchange::Failed(e) => return Err(fail(redact(&e))),
             Exchange::NoAnswer => return Err(fail(format!("timed out: no answer within {:?}", self.request_timeout))),
         };
+        // The token service refused the account: a credential failure, so
+        // the worker reads the secret again (it may have been rotated) and
+        // tries once more, like a registry's own 401.
+        if matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            let path = format!("token service {}", url.path());
+            return Err(RegistryError::Denied { registry: self.name.clone(), path, status: resp.status() });
+        }
         if !resp.status().is_success() {
             return Err(fail(format!("HTTP {}", resp.status())));
         }
@@ -228,6 +235,30 @@ mod tests {
 
     fn bearer_client(base: Url) -> RegistryClient {
         RegistryClient::new("r", base, Role::Source, None, ClientOptions::default()).unwrap()
+    }
+
+    /// A token service that refuses the account (401) is a denial, not a
+    /// transient failure: the worker reads the secret again (a rotation)
+    /// and tries once more, and a denial after that is final.
+    #[tokio::test]
+    async fn a_token_service_refusing_the_account_is_a_denial() {
+        let handler = |req: Request| async move {
+            let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
+            match req.uri().path() {
+                "/token" => StatusCode::UNAUTHORIZED.into_response(),
+                _ => {
+                    let challenge = format!("Bearer realm=\"http://{host}/token\",service=\"test\"");
+                    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, challenge)]).into_response()
+                }
+            }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(handler)).await });
+        let credentials = Credentials { username: "robot".into(), password: "rotated-away".into() };
+        let c = RegistryClient::new("r", base, Role::Source, Some(credentials), ClientOptions::default()).unwrap();
+        let err = c.ping().await.unwrap_err();
+        assert!(matches!(err, RegistryError::Denied { status: StatusCode::UNAUTHORIZED, .. }), "{err}");
     }
 
     /// (`expires_in` as sent, tokens issued for two requests): whatever the
