@@ -129,11 +129,11 @@ impl Source {
         match (&self.ssm, self.location.strip_prefix("ssm:")) {
             (Some(ssm), Some(name)) => {
                 let p = bootstrap::config_parameter(ssm, name, true).await?;
-                Ok((Config::parse(p.value().unwrap_or_default())?, Some(p.version().to_string())))
+                Ok((Config::parse(p.value().unwrap_or_default())?.logging_warnings(), Some(p.version().to_string())))
             }
             _ => {
                 let version = self.version().await?;
-                Ok((Config::load(self.location.as_ref())?, version))
+                Ok((Config::load(self.location.as_ref())?.logging_warnings(), version))
             }
         }
     }
