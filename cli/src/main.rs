@@ -80,14 +80,20 @@ enum Command {
         dlq_url: Option<String>,
     },
     /// Validate a configuration file and store it in the SSM parameter the
-    /// functions read (`ConfigParameterName`): SecureString, Advanced tier
-    /// when over 4 KB. An invalid file is refused and the parameter left.
+    /// functions read (`ConfigParameterName`), as a SecureString. An invalid
+    /// file, or one larger than the tier holds, is refused before AWS is
+    /// called and the parameter keeps what it had. Comments are kept when
+    /// they fit: a file too large only with them is stored without them.
     ConfigPush {
         /// The YAML file.
         file: std::path::PathBuf,
         /// The SSM parameter the functions read (the template's `ConfigParameterName`).
         #[arg(long, default_value = "/harbor-relay/config")]
         parameter: String,
+        /// The largest SSM parameter tier to use: `standard` holds 4096 bytes (no charge),
+        /// `advanced` 8192 (charged per parameter and month; used only past 4096 bytes).
+        #[arg(long, value_enum, default_value = "standard")]
+        tier: Tier,
     },
     /// Copy queue depth, in-flight tasks, dead-letter queue depth.
     Status {
@@ -162,6 +168,33 @@ enum HarborCommand {
         dry_run: bool,
     },
 }
+
+/// The SSM parameter tiers `relay config-push` may store into.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Tier {
+    Standard,
+    Advanced,
+}
+
+impl Tier {
+    /// The most a parameter's value holds in this tier, in bytes.
+    fn limit(self) -> usize {
+        match self {
+            Tier::Standard => bootstrap::SSM_STANDARD_MAX_BYTES,
+            Tier::Advanced => SSM_ADVANCED_MAX_BYTES,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Tier::Standard => "Standard",
+            Tier::Advanced => "Advanced",
+        }
+    }
+}
+
+/// An Advanced SSM parameter's value holds 8 KB, the most SSM stores.
+const SSM_ADVANCED_MAX_BYTES: usize = 8192;
 
 /// How a command prints its result.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -305,17 +338,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output.print(text, json);
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::ConfigPush { file, parameter } => {
-            let p = bootstrap::push_config(&file, &parameter).await?;
+        Command::ConfigPush { file, parameter, tier } => {
+            let content = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            // An invalid file is refused by push_config, with the field
+            // named, before it calls AWS; the size of a valid one is
+            // checked here, before AWS too.
+            let stripped = match fit_config(&content, tier) {
+                Fit::AsIs => None,
+                Fit::Stripped(s) => Some(TempConfig::write(&s)?),
+                Fit::TooLarge(reason) => anyhow::bail!("{}: {reason}; nothing was stored", file.display()),
+            };
+            let pushed =
+                bootstrap::push_config(stripped.as_ref().map_or(file.as_path(), |t| t.0.as_path()), &parameter).await;
+            drop(stripped);
+            let p = pushed?;
+            let removed = p.bytes != content.len();
             let text = || {
-                format!(
+                let mut out = String::new();
+                if removed {
+                    out += &format!(
+                        "comments removed: {} is {} bytes, over the {} bytes of the {} tier; stored without its comments ({} bytes)\n",
+                        file.display(),
+                        content.len(),
+                        tier.limit(),
+                        tier.name(),
+                        p.bytes
+                    );
+                }
+                out += &format!(
                     "configuration ok: {} registries, {} rules; stored in {parameter} ({} bytes, {} tier, version {})\n",
                     p.registries, p.rules, p.bytes, p.tier, p.version
-                )
+                );
+                out
             };
             let json = serde_json::json!({
                 "parameter": parameter, "registries": p.registries, "rules": p.rules,
                 "bytes": p.bytes, "tier": p.tier, "version": p.version,
+                "file_bytes": content.len(), "comments_removed": removed,
             });
             output.print(text, json);
             Ok(ExitCode::SUCCESS)
@@ -549,6 +608,148 @@ async fn showing<T>(progress: &relay::progress::Progress, work: impl std::future
     out
 }
 
+/// What `relay config-push` stores, given the tier's limit.
+#[derive(Debug, PartialEq)]
+enum Fit {
+    /// The file as it is.
+    AsIs,
+    /// The file without its comments (only they made it too large).
+    Stripped(String),
+    /// Too large even without comments: why, with the sizes and the limit.
+    TooLarge(String),
+}
+
+/// Whether `text` fits an SSM parameter of `tier`, keeping its comments
+/// when they fit. A file that does not parse is left to `push_config`
+/// (it names the field); one without its comments is used only when it
+/// reads as exactly the same configuration.
+fn fit_config(text: &str, tier: Tier) -> Fit {
+    let limit = tier.limit();
+    if text.len() <= limit {
+        return Fit::AsIs;
+    }
+    let Ok(config) = relay::Config::parse(text) else { return Fit::AsIs };
+    let stripped = strip_yaml_comments(text);
+    let same = relay::Config::parse(&stripped).is_ok_and(|c| format!("{c:?}") == format!("{config:?}"));
+    if same && stripped.len() <= limit {
+        return Fit::Stripped(stripped);
+    }
+    let without = if same { format!(" ({} without comments)", stripped.len()) } else { String::new() };
+    let what_next = match tier {
+        Tier::Standard => format!(
+            "use --tier advanced (up to {SSM_ADVANCED_MAX_BYTES} bytes, charged per parameter and month), or fewer rules"
+        ),
+        Tier::Advanced => "that is the most SSM stores: use fewer rules (one rule's name filter can cover several \
+             projects or repositories with a glob)"
+            .to_owned(),
+    };
+    Fit::TooLarge(format!(
+        "{} bytes{without}, over the {limit} bytes an SSM parameter of the {} tier holds: {what_next} \
+         (README, \"The configuration's size\")",
+        text.len(),
+        tier.name()
+    ))
+}
+
+/// `text` without its YAML comments, blank lines and trailing spaces; block
+/// scalars (`|`, `>`) are kept as they are. A `#` starts a comment at the
+/// start of a line or after a space, outside quotes (YAML's rule).
+fn strip_yaml_comments(text: &str) -> String {
+    let mut out = String::new();
+    // The indentation of a block scalar's parent line, while in one.
+    let mut block: Option<usize> = None;
+    // Inside a quoted scalar that continues on the next line.
+    let mut quote: Option<char> = None;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(parent) = block {
+            if line.trim().is_empty() || indent > parent {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            block = None;
+        }
+        let mut kept = String::new();
+        let mut previous: Option<char> = None;
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match quote {
+                Some('"') if c == '\\' => {
+                    kept.push(c);
+                    if let Some(n) = chars.next() {
+                        kept.push(n);
+                    }
+                    previous = Some('a');
+                    continue;
+                }
+                Some('\'') if c == '\'' && chars.peek() == Some(&'\'') => {
+                    kept.push(c);
+                    kept.push(chars.next().unwrap_or('\''));
+                    previous = Some('a');
+                    continue;
+                }
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == '#' && previous.is_none_or(char::is_whitespace) => break,
+                None if (c == '"' || c == '\'')
+                    && kept
+                        .trim_end()
+                        .chars()
+                        .last()
+                        .is_none_or(|p| matches!(p, ':' | '-' | '[' | '{' | ',' | '?')) =>
+                {
+                    quote = Some(c)
+                }
+                None => {}
+            }
+            kept.push(c);
+            previous = Some(c);
+        }
+        let kept = if quote.is_some() { kept } else { kept.trim_end().to_owned() };
+        if kept.trim().is_empty() && quote.is_none() {
+            continue;
+        }
+        if quote.is_none() && is_block_scalar_header(&kept) {
+            block = Some(indent);
+        }
+        out.push_str(&kept);
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether a line (comments removed) ends in a block scalar's indicator:
+/// `key: |`, `- >-`, `key: |2+`.
+fn is_block_scalar_header(line: &str) -> bool {
+    let last = line.trim_end().rsplit(char::is_whitespace).next().unwrap_or("");
+    let mut chars = last.chars();
+    matches!(chars.next(), Some('|' | '>')) && chars.all(|c| c == '+' || c == '-' || c.is_ascii_digit())
+}
+
+/// The configuration without its comments, in a file `push_config` reads;
+/// removed when dropped.
+struct TempConfig(std::path::PathBuf);
+
+impl TempConfig {
+    fn write(text: &str) -> anyhow::Result<TempConfig> {
+        let path = std::env::temp_dir().join(format!("relay-config-{}-{:x}.yaml", std::process::id(), rand_suffix()));
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(TempConfig(path))
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A suffix that differs between calls of one process.
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -559,5 +760,51 @@ mod tests {
     #[test]
     fn every_command_and_flag_has_help() {
         Cli::command().debug_assert();
+    }
+
+    /// Comments go; what is not a comment stays: a `#` inside a scalar,
+    /// quotes, block scalars.
+    #[test]
+    fn yaml_comments_are_stripped_and_nothing_else() {
+        let text = "# header\n\nsource:   # the Harbor\n  url: https://h.example.com/#frag # trailing\n  \
+                    name: \"a # b\"   \n  other: 'it''s # here' # gone\n  plain: robot#1\n  pem: |\n    line # kept\n\n    \
+                    more\n  after: x # gone\n  list: [a, \"b # c\"] # gone\n";
+        assert_eq!(
+            super::strip_yaml_comments(text),
+            "source:\n  url: https://h.example.com/#frag\n  name: \"a # b\"\n  other: 'it''s # here'\n  \
+             plain: robot#1\n  pem: |\n    line # kept\n\n    more\n  after: x\n  list: [a, \"b # c\"]\n"
+        );
+    }
+
+    fn config(rules: usize, comment: usize) -> String {
+        let mut text = String::from(
+            "source: { url: https://harbor.example.com }\nwebhook: { auth_secret_id: a }\nregistries:\n  - name: r\n    url: https://r.example.com\nrules:\n",
+        );
+        for i in 0..rules {
+            text +=
+                &format!("  # {}\n  - name: rule-{i:03}\n    destination: {{ registry: r }}\n", "c".repeat(comment));
+        }
+        text
+    }
+
+    #[test]
+    fn a_configuration_fits_its_tier_with_its_comments_when_it_can() {
+        use super::{fit_config, Fit, Tier};
+        let small = config(3, 10);
+        assert_eq!(fit_config(&small, Tier::Standard), Fit::AsIs);
+        // Over 4096 bytes with its comments, under without them.
+        let commented = config(40, 80);
+        assert!(commented.len() > 4096, "{}", commented.len());
+        relay::Config::parse(&commented).expect("valid");
+        let Fit::Stripped(stripped) = fit_config(&commented, Tier::Standard) else { panic!("not stripped") };
+        assert!(stripped.len() <= 4096 && !stripped.contains('#'), "{}", stripped.len());
+        assert_eq!(fit_config(&commented, Tier::Advanced), Fit::AsIs);
+        // Too large either way: the sizes and the limit are named.
+        let large = config(120, 0);
+        let Fit::TooLarge(why) = fit_config(&large, Tier::Standard) else { panic!("not refused") };
+        assert!(why.contains(&format!("{} bytes", large.len())) && why.contains("4096 bytes"), "{why}");
+        assert!(why.contains("--tier advanced"), "{why}");
+        let Fit::TooLarge(why) = fit_config(&config(200, 0), Tier::Advanced) else { panic!("not refused") };
+        assert!(why.contains("8192 bytes") && why.contains("fewer rules"), "{why}");
     }
 }

@@ -228,8 +228,9 @@ async fn dlq_list_redrive_and_status() {
 }
 
 /// `relay config-push` validates, then stores the file in SSM where the
-/// functions read it; a file over 4 KB goes to the Advanced tier; an invalid
-/// file is refused and the parameter keeps what it had.
+/// functions read it; a file over 4 KB goes to the Advanced tier when
+/// `--tier advanced` allows it; an invalid file is refused and the
+/// parameter keeps what it had.
 #[tokio::test]
 async fn config_push_validates_and_stores_where_the_functions_read() {
     let stack = Stack::load().unwrap();
@@ -259,7 +260,7 @@ async fn config_push_validates_and_stores_where_the_functions_read() {
         .collect();
     let large = config_file(&stack, &rules);
     assert!(std::fs::metadata(&large.0).unwrap().len() > 4096);
-    let out = relay(&["config-push", large.as_str(), "--parameter", &name], &[]);
+    let out = relay(&["config-push", large.as_str(), "--parameter", &name, "--tier", "advanced"], &[]);
     assert!(out.status.success() && text(&out).contains("Advanced tier"), "{}", text(&out));
     let described = ssm
         .describe_parameters()
@@ -277,6 +278,75 @@ async fn config_push_validates_and_stores_where_the_functions_read() {
     assert!(text(&out).contains("rules[0].destination.registry"), "{}", text(&out));
     let kept = ssm.get_parameter().name(&name).with_decryption(true).send().await.unwrap();
     assert_eq!(kept.parameter().unwrap().value().unwrap(), std::fs::read_to_string(&large.0).unwrap());
+}
+
+/// A configuration larger than its SSM tier holds (4096 bytes Standard,
+/// 8192 Advanced) is refused before AWS is called, naming the limit and
+/// its size, and nothing is stored; one too large only with its comments
+/// is stored without them, and says so.
+#[tokio::test]
+async fn config_push_refuses_what_the_tier_cannot_hold() {
+    let stack = Stack::load().unwrap();
+    let ssm = aws_sdk_ssm::Client::new(&relay::bootstrap::aws_config().await);
+    let name = format!("/harbor-relay/test/size-{:x}", rand::random::<u32>());
+    let rules = |n: usize, comment: usize| -> String {
+        (0..n)
+            .map(|i| {
+                let c = if comment > 0 { format!("  # {}\n", "c".repeat(comment)) } else { String::new() };
+                format!("{c}  - name: rule-{i:03}\n    destination: {{ registry: cluster1-registry }}\n")
+            })
+            .collect()
+    };
+    let not_stored = |name: String| {
+        let ssm = ssm.clone();
+        async move {
+            let err = ssm.get_parameter().name(&name).send().await.expect_err("nothing stored");
+            assert!(err.into_service_error().is_parameter_not_found(), "{name} was written");
+        }
+    };
+
+    // Over Standard's 4096 bytes, without comments to drop.
+    let over_standard = config_file(&stack, &rules(60, 0));
+    let size = std::fs::metadata(&over_standard.0).unwrap().len();
+    assert!(size > 4096 && size <= 8192, "{size}");
+    let out = relay(&["config-push", over_standard.as_str(), "--parameter", &name], &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("{size} bytes")), "the size is named: {}", text(&out));
+    assert!(text(&out).contains("over the 4096 bytes"), "the limit is named: {}", text(&out));
+    assert!(text(&out).contains("--tier advanced") && text(&out).contains("nothing was stored"), "{}", text(&out));
+    not_stored(name.clone()).await;
+    // Refused before any AWS call: the same answer with AWS unreachable.
+    let out = relay(
+        &["config-push", over_standard.as_str(), "--parameter", &name],
+        &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9"), ("AWS_MAX_ATTEMPTS", "1")],
+    );
+    assert!(!out.status.success() && text(&out).contains("over the 4096 bytes"), "{}", text(&out));
+
+    // Over Advanced's 8192 bytes: nothing SSM can hold.
+    let over_advanced = config_file(&stack, &rules(120, 0));
+    let size = std::fs::metadata(&over_advanced.0).unwrap().len();
+    assert!(size > 8192, "{size}");
+    let out = relay(&["config-push", over_advanced.as_str(), "--parameter", &name, "--tier", "advanced"], &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{size} bytes")) && text(&out).contains("over the 8192 bytes"),
+        "{}",
+        text(&out)
+    );
+    not_stored(name.clone()).await;
+
+    // Too large only with its comments: stored without them, in Standard.
+    let commented = config_file(&stack, &rules(20, 150));
+    let content = std::fs::read_to_string(&commented.0).unwrap();
+    assert!(content.len() > 4096, "{}", content.len());
+    let out = relay(&["config-push", commented.as_str(), "--parameter", &name], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("comments removed") && text(&out).contains("Standard tier"), "{}", text(&out));
+    let stored = ssm.get_parameter().name(&name).with_decryption(true).send().await.unwrap();
+    let stored = stored.parameter().unwrap().value().unwrap().to_owned();
+    assert!(stored.len() <= 4096 && !stored.contains('#'), "{stored}");
+    let original = relay::Config::parse(&content).unwrap();
+    assert_eq!(format!("{:?}", relay::Config::parse(&stored).unwrap()), format!("{original:?}"));
 }
 
 #[tokio::test]
