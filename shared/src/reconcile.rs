@@ -298,6 +298,22 @@ impl<'a> Reconciler<'a> {
         Ok(Some((in_sync, tasks)))
     }
 
+    /// Whether `repo` or another of `feeding` holds `digest` at the source
+    /// (HEAD by digest, under whatever tag).
+    async fn source_holds(
+        &self,
+        repo: &RepositoryPath,
+        feeding: &[RepositoryPath],
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        for source in std::iter::once(repo).chain(feeding.iter().filter(|f| *f != repo)) {
+            if self.source.head_manifest(source, &digest.to_string()).await?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Whether the destination holds every accessory (HEAD by digest);
     /// always true when the worker does not copy referrers.
     async fn accessories_present(
@@ -368,15 +384,16 @@ impl<'a> Reconciler<'a> {
             let Ok(dst_repo) = rule.map_repository(repo) else { continue };
             let Some(dst) = self.destinations.get(&rule.destination.registry) else { continue };
             let mut held = tags.clone();
-            for other in feeders_among(&self.config.rules, &rule.destination.registry, &dst_repo, source_repositories) {
-                if &other == repo {
+            let feeding = feeders_among(&self.config.rules, &rule.destination.registry, &dst_repo, source_repositories);
+            for other in &feeding {
+                if other == repo {
                     continue;
                 }
-                if !feeder_tags.contains_key(&other) {
-                    let listed = self.list(&other).await?.into_iter().filter_map(|l| l.tag).collect();
+                if !feeder_tags.contains_key(other) {
+                    let listed = self.list(other).await?.into_iter().filter_map(|l| l.tag).collect();
                     feeder_tags.insert(other.clone(), listed);
                 }
-                held.extend(feeder_tags[&other].iter().cloned());
+                held.extend(feeder_tags[other].iter().cloned());
             }
             for dst_tag in dst.client.tags_paged(&dst_repo, self.page_size).await? {
                 if held.contains(&dst_tag) || !rule.tag_filter.as_ref().is_none_or(|f| f.accepts(Some(&dst_tag))) {
@@ -393,6 +410,13 @@ impl<'a> Reconciler<'a> {
                     }
                 }
                 let Some(digest) = dst.client.head_manifest(&dst_repo, dst_tag.as_str()).await? else { continue };
+                // The worker deletes by digest, and only a digest no feeding
+                // source holds under any tag (`registry/delete.rs`): one a
+                // source still holds would be planned every pass and kept
+                // every time. Reach its verdict here instead.
+                if self.source_holds(repo, &feeding, &digest).await? {
+                    continue;
+                }
                 let event = synthetic(EventKind::Delete, repo, digest, Some(dst_tag.clone()));
                 pass.tasks.extend(plan(self.config, &event, None, &mut new_id).tasks.into_iter().filter(|t| {
                     t.action == Action::Delete

@@ -241,6 +241,35 @@ async fn a_pass_resumes_after_its_cursor() {
     assert_eq!(store.load().await.unwrap(), None, "a finished listing starts over next time");
 }
 
+/// A tag gone from the source while its digest stays there under another
+/// tag: the worker deletes by digest and keeps one a source still holds, so
+/// reconcile must not plan that delete either — planned every pass and
+/// refused every time otherwise. Three passes, zero tasks after the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_whose_digest_the_source_still_holds_is_not_planned_for_deletion() {
+    let stack = Stack::load().unwrap();
+    let p = project();
+    let (config, worker) = setup(&stack, &rules(&p, true, true)).await;
+    let (source, target) = (stack.source(), stack.target());
+    let app = format!("{p}/app");
+    let img = image::push(&source, &app, "v2", ImageKind::OciImage, 1, 1024).await.unwrap();
+    let first = pass(&config, &worker, 1000).await;
+    assert_eq!(summary(&first), vec![(Action::Copy, app.clone(), "v2".into())]);
+    apply(&worker, &first).await;
+    // `v1` was the same digest's tag at the source, removed there (as
+    // Harbor's UI removes a tag) after it was replicated.
+    let (media_type, bytes) = target.get_manifest(&app, "v2").await.unwrap().unwrap();
+    target.put_manifest(&app, "v1", &media_type, &bytes).await.unwrap();
+    for n in 2..=4 {
+        let again = pass(&config, &worker, 1000).await;
+        assert!(again.tasks.is_empty(), "pass {n}: {:?}", summary(&again));
+        apply(&worker, &again).await;
+    }
+    for tag in ["v1", "v2"] {
+        assert_eq!(target.digest_at(&app, tag).await.unwrap().as_deref(), Some(img.digest.as_str()), "{tag} kept");
+    }
+}
+
 /// A repository with more tags than one run can check: each run stops
 /// inside it after a stretch and the next resumes after the last entry it
 /// checked (`repo:tag`), so the walk ends, every tag planned exactly once,
