@@ -279,6 +279,8 @@ impl WebhookAuth {
         settings: &SecretSettings,
     ) -> Result<Self, SecretError> {
         let values = secrets.webhook_auth(&source).await?;
+        // Their `Debug` says how many, never which.
+        tracing::debug!(values = ?values, "webhook auth values read");
         let ttl = settings.ttl();
         let state =
             AuthState { values, next_read: tokio::time::Instant::now() + ttl, reading: false, failing_since: None };
@@ -320,6 +322,7 @@ impl WebhookAuth {
         state.reading = false;
         match result {
             Ok(values) => {
+                tracing::debug!(values = ?values, "webhook auth values read");
                 state.values = values;
                 state.failing_since = None;
                 state.next_read = now + inner.ttl;

@@ -172,6 +172,9 @@ impl Webhook {
 
     /// Handles one request end to end, with one EMF line per request.
     pub async fn handle(&self, req: Incoming) -> Reply {
+        // Its `Debug` redacts the Authorization header (the logs test reads
+        // this line at debug level).
+        tracing::debug!(request = ?req, "webhook request");
         let reply = self.respond(req).await;
         let tasks = reply.body["tasks"].as_array().map_or(0, Vec::len);
         let class = match reply.status.as_u16() {

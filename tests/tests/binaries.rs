@@ -105,6 +105,13 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
         lines.iter().filter(|l| l["message"] == "registry asks for authentication").any(|l| shown(&l)),
         "no log line shows the credentials (redacted): the secret search did not cover them"
     );
+    // The webhook's request and its accepted values reach the logs too,
+    // through their redacting `Debug` (the search above found no value).
+    let logged = |msg: &str, field: &str| {
+        lines.iter().any(|l| l["message"] == msg && l[field].as_str().is_some_and(|v| v.contains("redacted")))
+    };
+    assert!(logged("webhook request", "request"), "the request line, its Authorization redacted");
+    assert!(logged("webhook auth values read", "values"), "the accepted values line, redacted");
     let with_id = |msg: &str| lines.iter().any(|l| l["message"] == msg && l["task_id"] == task_id.as_str());
     assert!(with_id("task enqueued"), "webhook logs the task id");
     assert!(with_id("task done"), "worker logs the same task id");
