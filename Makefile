@@ -3,8 +3,16 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 INFRA_BIN := $(CURDIR)/.local/venv-infra/bin
+# Overridable (the tests put stand-ins here).
+SAM ?= $(INFRA_BIN)/sam
+RELAY ?= cargo run -q --locked -p relay-cli --
+PACKAGE_DIR ?= .local/package
+# `make deploy GUIDED=1` saves its answers here, never in the tracked
+# infra/samconfig.toml; later deploys read them when the file exists.
+SAMCONFIG_LOCAL := $(CURDIR)/.local/samconfig.toml
+SAMCONFIG = $(if $(or $(GUIDED),$(wildcard $(SAMCONFIG_LOCAL))),$(SAMCONFIG_LOCAL),$(CURDIR)/infra/samconfig.toml)
 
-.PHONY: help demo test soak bench fuzz build build-local deploy stack-up stack-down stack-status install fmt lint clean
+.PHONY: help demo test soak bench fuzz build build-local package deploy stack-up stack-down stack-status install fmt lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -25,17 +33,25 @@ fuzz: ## Long fuzz run of the webhook parser, rules and task decoder (RELAY_FUZZ
 	RELAY_FUZZ_CASES=$${RELAY_FUZZ_CASES:-2000000} RELAY_FUZZ_SEED=$${RELAY_FUZZ_SEED:-$$RANDOM$$RANDOM} \
 		cargo test --release --locked -p relay-shared --test fuzz -- --nocapture
 
-build: ## Build both functions for Lambda (arm64, cargo-lambda via sam build); installs what is missing
-	scripts/stack.sh install
-	rustup target add aarch64-unknown-linux-gnu
-	cd infra && PATH="$(INFRA_BIN):$$PATH" SAM_CLI_TELEMETRY=0 sam build
+build: ## Build the three functions for Lambda (arm64, cargo-lambda via sam build); needs Rust only, installs cargo-lambda and the SAM CLI into .local/
+	scripts/build.sh tools sam
+	cd infra && PATH="$(INFRA_BIN):$$PATH" SAM_CLI_TELEMETRY=0 $(SAM) build
 
 build-local: ## Build the binaries (debug) for standalone use: webhook, worker, relay
 	cargo build --locked -p webhook -p worker -p relay-cli
 
-deploy: build ## sam deploy (first time: make deploy GUIDED=1); CONFIG=file validates it and stores it in SSM first
-	$(if $(CONFIG),cargo run -q --locked -p relay-cli -- config-push $(CONFIG) --parameter $(or $(CONFIG_PARAMETER),/harbor-relay/config),)
-	cd infra && PATH="$(INFRA_BIN):$$PATH" SAM_CLI_TELEMETRY=0 sam deploy $(if $(GUIDED),--guided,)
+package: ## The three arm64 Lambda zips and their SHA256SUMS in PACKAGE_DIR (.local/package); needs Rust and cargo-lambda only
+	scripts/build.sh package $(PACKAGE_DIR)
+
+# PARAMS=file: template parameters, one KEY=VALUE a line. CONFIG=file: pushed
+# to SSM first (CONFIG_TIER=advanced for 8 KB). GUIDED=1: sam's questions.
+deploy: build ## sam build + sam deploy, no prompt: make deploy PARAMS=params.env CONFIG=config.yaml (first time by questions: GUIDED=1)
+	$(INFRA_BIN)/python scripts/deploy-check.py check $(if $(PARAMS),--params $(PARAMS),--samconfig $(SAMCONFIG))
+	$(if $(CONFIG),$(RELAY) config-push $(CONFIG) --parameter $(or $(CONFIG_PARAMETER),$(if $(PARAMS),$(shell $(INFRA_BIN)/python scripts/deploy-check.py value $(PARAMS) ConfigParameterName)),/harbor-relay/config)$(if $(CONFIG_TIER), --tier $(CONFIG_TIER)),)
+	$(if $(GUIDED),mkdir -p $(dir $(SAMCONFIG_LOCAL)) && { test -f $(SAMCONFIG_LOCAL) || cp infra/samconfig.toml $(SAMCONFIG_LOCAL); },)
+	cd infra && PATH="$(INFRA_BIN):$$PATH" SAM_CLI_TELEMETRY=0 $(SAM) deploy --config-file $(SAMCONFIG) \
+		$(if $(GUIDED),--guided,--no-confirm-changeset --no-fail-on-empty-changeset) \
+		$(if $(PARAMS),--parameter-overrides $(shell $(INFRA_BIN)/python scripts/deploy-check.py overrides $(PARAMS)),)
 
 install: ## Install what the local stack needs (apt packages, uv, LocalStack venv)
 	scripts/stack.sh install

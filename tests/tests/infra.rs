@@ -82,7 +82,7 @@ fn transformed_template_wires_queue_worker_and_webhook() {
 
     // IAM: SQS only on the copy queue, secrets only the named ones, nothing
     // on "*" but ECR's GetAuthorizationToken (it has no resource).
-    for role in ["WebhookFunctionRole", "WorkerRole"] {
+    for role in ["WebhookFunctionRole", "WorkerRole", "ReconcileFunctionRole"] {
         let policies = serde_json::to_string(&r[role]["Properties"]["Policies"]).unwrap();
         let on_star = serde_json::to_string(&r[role]["Properties"]["Policies"])
             .unwrap()
@@ -95,16 +95,19 @@ fn transformed_template_wires_queue_worker_and_webhook() {
             "{role}: no all-queues managed policy"
         );
     }
-    // Secrets per function: the public webhook reads only its auth secret,
-    // the worker and reconcile only registry credentials.
+    // Secrets per function: the public webhook reads its auth secret and
+    // the source's (Harbor's API), never a destination's; the worker and
+    // reconcile read the registries' (README's example, checked below in
+    // `each_function_may_read_the_secrets_it_reads`).
     let secrets_of = |role: &str| serde_json::to_string(&r[role]["Properties"]["Policies"]).unwrap();
     assert!(secrets_of("WebhookFunctionRole").contains("{\"Ref\":\"WebhookSecretArns\"}"));
     assert!(
         !secrets_of("WebhookFunctionRole").contains("{\"Ref\":\"SecretArns\"}"),
-        "the webhook reads no registry secret"
+        "the webhook reads no destination's secret"
     );
     for role in ["WorkerRole", "ReconcileFunctionRole"] {
         assert!(secrets_of(role).contains("{\"Ref\":\"SecretArns\"}"), "{role}");
+        assert!(secrets_of(role).contains("{\"Ref\":\"SourceSecretArns\"}"), "{role}");
     }
     assert!(!secrets_of("WorkerRole").contains("WebhookSecretArns"), "the worker reads no webhook secret");
     // Reconcile reads it only when it keeps Harbor's webhook policies.
@@ -182,7 +185,10 @@ fn transformed_template_wires_queue_worker_and_webhook() {
     let sweep = &r["ReconcileFunctionSweep"]["Properties"];
     assert_eq!(sweep["ScheduleExpression"], json!({"Ref": "ReconcileSchedule"}));
     assert_eq!(sweep["Targets"][0]["Arn"], get_att("ReconcileFunction", "Arn"));
-    assert_eq!(r["ReconcileFunction"]["Properties"]["ReservedConcurrentExecutions"], 1);
+    assert_eq!(
+        r["ReconcileFunction"]["Properties"]["ReservedConcurrentExecutions"],
+        json!({"Fn::If": ["ReconcileReserved", {"Ref": "ReconcileReservedConcurrency"}, {"Ref": "AWS::NoValue"}]})
+    );
     let rec = serde_json::to_string(&r["ReconcileFunctionRole"]["Properties"]["Policies"]).unwrap();
     assert!(
         rec.contains("ssm:PutParameter") && rec.contains("ReconcileCursor") && rec.contains("sqs:SendMessage"),
@@ -343,4 +349,841 @@ echo "$bin release=$release arm64=$arm64" >>"$RELAY_STAND_IN_RECORD"
         );
     }
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+// ---------------------------------------------------------------------------
+// The template as CloudFormation evaluates it for given parameters: the
+// conditions worked out, each `Fn::If` replaced by its branch, `AWS::NoValue`
+// dropped, resources and outputs whose condition is false removed. Enough of
+// CloudFormation for this template's conditions (Equals, Not, And, Or,
+// Condition, Join over a list parameter, Ref); it says so when it meets more.
+
+/// Parameter values: the template's defaults, overridden by `given`.
+fn parameter_values(t: &Value, given: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    let mut values: std::collections::BTreeMap<String, String> = t["Parameters"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, p)| {
+            let default = match &p["Default"] {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            (name.clone(), default)
+        })
+        .collect();
+    for (name, value) in given {
+        assert!(values.contains_key(*name), "{name}: no such template parameter");
+        values.insert((*name).to_owned(), (*value).to_owned());
+    }
+    values
+}
+
+/// A condition operand's value: a string, or a list for a list parameter.
+fn operand(t: &Value, params: &std::collections::BTreeMap<String, String>, v: &Value) -> Value {
+    match v {
+        Value::String(_) => v.clone(),
+        Value::Number(n) => Value::String(n.to_string()),
+        Value::Object(o) if o.contains_key("Ref") => {
+            let name = o["Ref"].as_str().unwrap();
+            let value = params.get(name).unwrap_or_else(|| panic!("Ref {name} in a condition"));
+            if t["Parameters"][name]["Type"] == "CommaDelimitedList" {
+                json!(value.split(',').collect::<Vec<_>>())
+            } else {
+                json!(value)
+            }
+        }
+        Value::Object(o) if o.contains_key("Fn::Join") => {
+            let (sep, list) = (o["Fn::Join"][0].as_str().unwrap(), operand(t, params, &o["Fn::Join"][1]));
+            let items: Vec<String> = match list {
+                Value::Array(a) => a.iter().map(|i| operand(t, params, i).as_str().unwrap().to_owned()).collect(),
+                other => panic!("Fn::Join over {other}"),
+            };
+            json!(items.join(sep))
+        }
+        other => panic!("condition operand not evaluated here: {other}"),
+    }
+}
+
+fn condition(t: &Value, params: &std::collections::BTreeMap<String, String>, name: &str) -> bool {
+    let c = &t["Conditions"][name];
+    assert!(!c.is_null(), "no condition {name}");
+    condition_expr(t, params, c)
+}
+
+fn condition_expr(t: &Value, params: &std::collections::BTreeMap<String, String>, e: &Value) -> bool {
+    let (f, args) = e.as_object().and_then(|o| o.iter().next()).unwrap_or_else(|| panic!("condition {e}"));
+    match f.as_str() {
+        "Fn::Equals" => operand(t, params, &args[0]) == operand(t, params, &args[1]),
+        "Fn::Not" => !condition_expr(t, params, &args[0]),
+        "Fn::And" => args.as_array().unwrap().iter().all(|a| condition_expr(t, params, a)),
+        "Fn::Or" => args.as_array().unwrap().iter().any(|a| condition_expr(t, params, a)),
+        "Condition" => condition(t, params, args.as_str().unwrap()),
+        other => panic!("condition function not evaluated here: {other}"),
+    }
+}
+
+/// `v` with each `Fn::If` replaced by its branch; `None`: `AWS::NoValue`.
+fn resolve(t: &Value, params: &std::collections::BTreeMap<String, String>, v: &Value) -> Option<Value> {
+    match v {
+        Value::Object(o) if o.len() == 1 && o.contains_key("Fn::If") => {
+            let branch = if condition(t, params, o["Fn::If"][0].as_str().unwrap()) { 1 } else { 2 };
+            resolve(t, params, &o["Fn::If"][branch])
+        }
+        Value::Object(o) if o.len() == 1 && o.get("Ref") == Some(&json!("AWS::NoValue")) => None,
+        Value::Object(o) => {
+            Some(Value::Object(o.iter().filter_map(|(k, v)| Some((k.clone(), resolve(t, params, v)?))).collect()))
+        }
+        Value::Array(a) => Some(Value::Array(a.iter().filter_map(|v| resolve(t, params, v)).collect())),
+        other => Some(other.clone()),
+    }
+}
+
+/// The transformed template with these parameters (the rest at their defaults).
+fn resolved(t: &Value, given: &[(&str, &str)]) -> Value {
+    let params = parameter_values(t, given);
+    let mut out = resolve(t, &params, t).unwrap();
+    for section in ["Resources", "Outputs"] {
+        let kept = t[section]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| t[section][k.as_str()]["Condition"].as_str().is_none_or(|c| condition(t, &params, c)))
+            .map(|k| (k.clone(), out[section][k.as_str()].clone()))
+            .collect();
+        out[section] = Value::Object(kept);
+    }
+    out
+}
+
+/// Every statement of a role's inline policies.
+fn statements(r: &Value, role: &str) -> Vec<Value> {
+    let policies = r[role]["Properties"]["Policies"].as_array().unwrap_or_else(|| panic!("{role} has no policies"));
+    let mut out = Vec::new();
+    for p in policies {
+        match &p["PolicyDocument"]["Statement"] {
+            Value::Array(a) => out.extend(a.iter().cloned()),
+            s => out.push(s.clone()),
+        }
+    }
+    out
+}
+
+fn as_list(v: &Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a.clone(),
+        other => vec![other.clone()],
+    }
+}
+
+/// Whether an IAM action pattern (`*` anywhere) matches `action`.
+fn action_matches(pattern: &str, action: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern.eq_ignore_ascii_case(action),
+        Some((head, tail)) => {
+            action.len() >= head.len()
+                && action[..head.len()].eq_ignore_ascii_case(head)
+                && (0..=action.len() - head.len()).any(|i| action_matches(tail, &action[head.len() + i..]))
+        }
+    }
+}
+
+/// Whether some statement allows `action` on `resource` (a resource as the
+/// template writes it: "*", a Ref, a Sub); `"*"` in the statement covers all.
+fn allows(statements: &[Value], action: &str, resource: &Value) -> bool {
+    statements.iter().any(|s| {
+        s["Effect"] == "Allow"
+            && as_list(&s["Action"]).iter().any(|a| action_matches(a.as_str().unwrap(), action))
+            && as_list(&s["Resource"]).iter().any(|r| r == resource || r == "*")
+    })
+}
+
+/// The list parameters whose ARNs a role may read with GetSecretValue.
+fn secret_parameters(statements: &[Value]) -> Vec<String> {
+    statements
+        .iter()
+        .filter(|s| {
+            s["Effect"] == "Allow"
+                && as_list(&s["Action"])
+                    .iter()
+                    .any(|a| action_matches(a.as_str().unwrap(), "secretsmanager:GetSecretValue"))
+        })
+        .flat_map(|s| as_list(&s["Resource"]))
+        .map(|r| {
+            r["Ref"].as_str().unwrap_or_else(|| panic!("a secret resource that is not a parameter: {r}")).to_owned()
+        })
+        .collect()
+}
+
+/// The fenced block of README.md that contains `needle` (its lines
+/// unindented).
+fn readme_block(needle: &str) -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        if line.trim_start().starts_with("```") {
+            let block: Vec<&str> = lines.by_ref().take_while(|l| !l.trim_start().starts_with("```")).collect();
+            let block = block.iter().map(|l| l.trim_start()).collect::<Vec<_>>().join("\n") + "\n";
+            if block.contains(needle) {
+                return block;
+            }
+        }
+    }
+    panic!("README.md has no fenced block with {needle:?}")
+}
+
+/// The parameters file README's walk-through gives (KEY=VALUE lines).
+fn readme_params() -> Vec<(String, String)> {
+    readme_block("# params.env")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or_else(|| panic!("not KEY=VALUE: {l}"));
+            (k.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect()
+}
+
+fn as_refs(params: &[(String, String)]) -> Vec<(&str, &str)> {
+    params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// The name in a secret's ARN (`…:secret:<name>-<6 random characters>`).
+fn secret_name(arn: &str) -> &str {
+    let name = arn.split(":secret:").nth(1).unwrap_or_else(|| panic!("not a secret ARN: {arn}"));
+    assert!(name.len() > 7 && name.as_bytes()[name.len() - 7] == b'-', "{arn}: no random suffix");
+    &name[..name.len() - 7]
+}
+
+/// With the parameters README's walk-through gives and the example
+/// configuration it starts from, each function's role may read every
+/// secret the function reads (the webhook: its auth values, and the
+/// source's credentials and CA when it uses Harbor's API; the worker and
+/// reconcile: every registry's), and the webhook no destination's.
+#[test]
+fn each_function_may_read_the_secrets_it_reads() {
+    let t = transformed();
+    let given = readme_params();
+    let r = resolved(&t, &as_refs(&given))["Resources"].clone();
+    let config = relay::Config::parse(&std::fs::read_to_string(root().join("examples/config.lambda.yaml")).unwrap())
+        .expect("the example configuration is valid");
+    let secret = |c: &Option<relay::config::CredentialsRef>| match c {
+        Some(relay::config::CredentialsRef::Secret { secret_id }) => Some(secret_id.clone()),
+        _ => None,
+    };
+    let ca = |c: &Option<relay::registry_kind::CaSource>| match c {
+        Some(relay::registry_kind::CaSource::Secret(id)) => Some(id.clone()),
+        _ => None,
+    };
+    let source: Vec<String> =
+        [secret(&config.source.credentials), ca(&config.source.ca)].into_iter().flatten().collect();
+    let destinations: Vec<String> =
+        config.registries.iter().flat_map(|reg| [secret(&reg.credentials), ca(&reg.ca)]).flatten().collect();
+    let webhook_auth = match &config.webhook {
+        relay::config::WebhookAuthSource::Secret(id) => vec![id.clone()],
+        _ => vec![],
+    };
+    assert!(!source.is_empty() && !destinations.is_empty() && !webhook_auth.is_empty());
+    assert!(
+        config.source.harbor_api.may_be_on(),
+        "the example reads Harbor's API: the webhook reads the source's secret"
+    );
+
+    // The secret names each role may read, through the ARNs README gives.
+    let readable = |role: &str| -> Vec<String> {
+        secret_parameters(&statements(&r, role))
+            .iter()
+            .flat_map(|p| {
+                let value = &given.iter().find(|(k, _)| k == p).unwrap_or_else(|| panic!("README gives no {p}")).1;
+                value.split(',').map(|arn| secret_name(arn).to_owned()).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (webhook, worker, reconcile) =
+        (readable("WebhookFunctionRole"), readable("WorkerRole"), readable("ReconcileFunctionRole"));
+    for s in source.iter().chain(&webhook_auth) {
+        assert!(webhook.contains(s), "the webhook may not read {s} (it may read {webhook:?})");
+    }
+    for s in &destinations {
+        assert!(!webhook.contains(s), "the public webhook may read the destination secret {s}");
+    }
+    for s in source.iter().chain(&destinations) {
+        assert!(worker.contains(s), "the worker may not read {s} (it may read {worker:?})");
+        assert!(reconcile.contains(s), "reconcile may not read {s} (it may read {reconcile:?})");
+    }
+    for s in &webhook_auth {
+        assert!(!worker.contains(s), "the worker may read the webhook's secret {s}");
+    }
+
+    // A parameter left empty grants nothing (no statement on an empty ARN).
+    let bare = resolved(&t, &[])["Resources"].clone();
+    for role in ["WebhookFunctionRole", "WorkerRole", "ReconcileFunctionRole"] {
+        assert_eq!(secret_parameters(&statements(&bare, role)), Vec::<String>::new(), "{role}");
+    }
+}
+
+/// Reconcile HEADs every destination tag (and lists them for rules with
+/// deletion): with ECR enabled its role may fetch the token and read the
+/// worker's repositories, and assume the roles the worker may.
+#[test]
+fn reconcile_may_read_ecr_as_the_worker_does() {
+    let t = transformed();
+    let roles = "arn:aws:iam::210987654321:role/harbor-relay-ecr";
+    let r = resolved(&t, &[("EnableEcr", "true"), ("EcrAssumeRoleArns", roles)])["Resources"].clone();
+    let (worker, reconcile) = (statements(&r, "WorkerRole"), statements(&r, "ReconcileFunctionRole"));
+    let repositories = json!({"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/${EcrRepositoryPrefix}*"});
+    for s in [&worker, &reconcile] {
+        assert!(allows(s, "ecr:GetAuthorizationToken", &json!("*")));
+    }
+    for action in ["ecr:BatchGetImage", "ecr:DescribeImages", "ecr:ListImages", "ecr:BatchCheckLayerAvailability"] {
+        assert!(allows(&reconcile, action, &repositories), "reconcile may not {action} on the repositories");
+    }
+    for action in ["ecr:BatchGetImage", "ecr:ListImages", "ecr:BatchCheckLayerAvailability"] {
+        assert!(allows(&worker, action, &repositories), "the worker may not {action}");
+    }
+    for action in ["ecr:PutImage", "ecr:CreateRepository", "ecr:BatchDeleteImage", "ecr:InitiateLayerUpload"] {
+        assert!(!allows(&reconcile, action, &repositories), "reconcile only reads, yet may {action}");
+    }
+    let assumable = json!({"Ref": "EcrAssumeRoleArns"});
+    assert!(allows(&worker, "sts:AssumeRole", &assumable));
+    assert!(allows(&reconcile, "sts:AssumeRole", &assumable), "reconcile may not assume the ECR roles");
+    // Off by default: no ECR action and no role to assume.
+    let bare = resolved(&t, &[])["Resources"].clone();
+    for role in ["WorkerRole", "ReconcileFunctionRole"] {
+        let s = statements(&bare, role);
+        assert!(!allows(&s, "ecr:GetAuthorizationToken", &json!("*")), "{role}");
+        assert!(!allows(&s, "sts:AssumeRole", &assumable), "{role}");
+    }
+    // The roles a cross-account ECR role must trust are outputs.
+    let outputs = &t["Outputs"];
+    assert_eq!(outputs["WorkerRoleArn"]["Value"], json!({"Fn::GetAtt": ["WorkerRole", "Arn"]}));
+    assert_eq!(outputs["ReconcileRoleArn"]["Value"], json!({"Fn::GetAtt": ["ReconcileFunctionRole", "Arn"]}));
+    assert_eq!(r["ReconcileFunction"]["Properties"]["Role"], json!({"Fn::GetAtt": ["ReconcileFunctionRole", "Arn"]}));
+}
+
+/// README's cross-account ECR policies: the trust policy lets both roles
+/// the stack outputs assume the role, and the permission policy allows
+/// every ECR action the worker's own role has for ECR.
+#[test]
+fn readme_cross_account_ecr_policies_match_the_template() {
+    let t = transformed();
+    let policy = |sid: &str| -> Value {
+        let block = readme_block(&format!("\"Sid\": \"{sid}\""));
+        serde_json::from_str(&block).unwrap_or_else(|e| panic!("README's policy {sid} is not JSON: {e}\n{block}"))
+    };
+    let trust = policy("TrustHarborRelay");
+    let trusted = serde_json::to_string(&trust["Statement"]).unwrap();
+    assert!(
+        trusted.contains("sts:AssumeRole")
+            && trusted.contains("<WorkerRoleArn>")
+            && trusted.contains("<ReconcileRoleArn>"),
+        "the trust policy names both outputs: {trusted}"
+    );
+    let permissions = policy("HarborRelayEcr");
+    let granted: Vec<Value> = permissions["Statement"].as_array().unwrap().clone();
+    let worker = resolved(&t, &[("EnableEcr", "true")])["Resources"]["WorkerRole"]["Properties"]["Policies"].clone();
+    let ecr =
+        worker.as_array().unwrap().iter().find(|p| p["PolicyName"] == "ecr").expect("the worker's ecr policy").clone();
+    let reconcile = statements(&resolved(&t, &[("EnableEcr", "true")])["Resources"], "ReconcileFunctionRole");
+    let needed = ecr["PolicyDocument"]["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(&reconcile)
+        .flat_map(|s| as_list(&s["Action"]));
+    for action in needed {
+        let action = action.as_str().unwrap();
+        if !action.starts_with("ecr:") {
+            continue;
+        }
+        assert!(
+            granted.iter().any(|p| p["Effect"] == "Allow"
+                && as_list(&p["Action"]).iter().any(|a| action_matches(a.as_str().unwrap(), action))),
+            "README's permission policy lacks {action}"
+        );
+    }
+}
+
+/// A new account's concurrency quota can be 10, where any reservation
+/// fails the deploy: with the defaults no function reserves any, and each
+/// reservation is a parameter.
+#[test]
+fn a_fresh_account_reserves_no_concurrency() {
+    let t = transformed();
+    let bare = resolved(&t, &[])["Resources"].clone();
+    for (name, resource) in bare.as_object().unwrap() {
+        assert!(
+            resource["Properties"].get("ReservedConcurrentExecutions").is_none(),
+            "{name} reserves concurrency by default: {}",
+            resource["Properties"]["ReservedConcurrentExecutions"]
+        );
+    }
+    let reserving = resolved(&t, &[("WebhookReservedConcurrency", "10"), ("ReconcileReservedConcurrency", "1")])
+        ["Resources"]
+        .clone();
+    assert_eq!(
+        reserving["WebhookFunction"]["Properties"]["ReservedConcurrentExecutions"],
+        json!({"Ref": "WebhookReservedConcurrency"})
+    );
+    assert_eq!(
+        reserving["ReconcileFunction"]["Properties"]["ReservedConcurrentExecutions"],
+        json!({"Ref": "ReconcileReservedConcurrency"})
+    );
+}
+
+/// Writes `lines` to a fresh parameters file.
+fn params_file(name: &str, lines: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("relay-infra-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("params.env");
+    std::fs::write(&file, lines).unwrap();
+    file
+}
+
+fn deploy_check(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(tool("python"));
+    c.arg(root().join("scripts/deploy-check.py")).args(args).current_dir(root());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn both(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// CloudFormation's Rules cannot compare numbers (their functions test
+/// string equality and membership), so `make deploy` refuses a visibility
+/// timeout shorter than 6 x the worker's timeout before `sam deploy`: the
+/// parameters file's values, else the template's defaults.
+#[test]
+fn deploy_refuses_a_visibility_timeout_under_six_worker_timeouts() {
+    let short = params_file("short", "WorkerTimeoutSeconds=400\n");
+    let out = deploy_check(&["check", "--params", short.to_str().unwrap()], &[]);
+    assert!(!out.status.success(), "{}", both(&out));
+    assert!(
+        both(&out).contains("QueueVisibilityTimeoutSeconds is 1800, shorter than 6 x WorkerTimeoutSeconds (400)")
+            && both(&out).contains("at least 2400"),
+        "{}",
+        both(&out)
+    );
+    let explicit = params_file("explicit", "QueueVisibilityTimeoutSeconds=1000\nWorkerTimeoutSeconds=200\n");
+    assert!(!deploy_check(&["check", "--params", explicit.to_str().unwrap()], &[]).status.success());
+    let fine = params_file("fine", "QueueVisibilityTimeoutSeconds=2400\nWorkerTimeoutSeconds=400\n");
+    let out = deploy_check(&["check", "--params", fine.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", both(&out));
+    let out = deploy_check(&["check"], &[]);
+    assert!(out.status.success(), "the defaults pass: {}", both(&out));
+    // A misspelt parameter is refused, not silently left at its default.
+    let typo = params_file("typo", "WorkerTimeoutSecond=400\n");
+    let out = deploy_check(&["check", "--params", typo.to_str().unwrap()], &[]);
+    assert!(
+        !out.status.success() && both(&out).contains("WorkerTimeoutSecond: no such template parameter"),
+        "{}",
+        both(&out)
+    );
+    // A guided deploy's saved answers are checked the same way.
+    let samconfig = short.with_file_name("samconfig.toml");
+    std::fs::write(
+        &samconfig,
+        "version = 0.1\n[default.deploy.parameters]\nparameter_overrides = \"WorkerTimeoutSeconds=\\\"400\\\" ReconcileSchedule=\\\"rate(6 hours)\\\"\"\n",
+    )
+    .unwrap();
+    let out = deploy_check(&["check", "--samconfig", samconfig.to_str().unwrap()], &[]);
+    assert!(!out.status.success() && both(&out).contains("at least 2400"), "{}", both(&out));
+
+    // `make deploy` runs the check before anything is deployed.
+    let dry = make_dry(&["deploy", &format!("PARAMS={}", short.display())]);
+    let check = dry.find("deploy-check.py check --params").expect("make deploy runs the check");
+    let deploy = dry.find("sam deploy").expect("make deploy runs sam deploy");
+    assert!(check < deploy, "{dry}");
+    let _ = std::fs::remove_dir_all(short.parent().unwrap());
+    for f in [explicit, fine, typo] {
+        let _ = std::fs::remove_dir_all(f.parent().unwrap());
+    }
+}
+
+/// Reserving concurrency that would leave the account fewer than 100
+/// unreserved executions is warned about before the deploy fails on it
+/// (the account's figures from Lambda's GetAccountSettings; here a stub).
+#[test]
+fn deploy_warns_when_reserved_concurrency_leaves_too_little() {
+    let stub = |limit: u32, unreserved: u32| -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(4) {
+                use std::io::{BufRead, Write};
+                let mut stream = stream.unwrap();
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    request += &line;
+                    line.clear();
+                }
+                let body = if request.starts_with("GET /2016-08-19/account-settings") {
+                    format!("{{\"AccountLimit\": {{\"ConcurrentExecutions\": {limit}, \"UnreservedConcurrentExecutions\": {unreserved}, \"CodeSizeUnzipped\": 1, \"CodeSizeZipped\": 1, \"TotalCodeSize\": 1}}, \"AccountUsage\": {{\"FunctionCount\": 0, \"TotalCodeSize\": 0}}}}")
+                } else {
+                    format!("unexpected request: {request}")
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        format!("http://{addr}")
+    };
+    let reserving = params_file("reserving", "WebhookReservedConcurrency=10\nReconcileReservedConcurrency=1\n");
+    let env = |endpoint: &str| {
+        let owned: Vec<(&str, String)> = vec![
+            ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+            ("AWS_MAX_ATTEMPTS", "1".into()),
+        ];
+        owned
+    };
+    let run_with = |endpoint: String| {
+        let e = env(&endpoint);
+        let refs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        deploy_check(&["check", "--params", reserving.to_str().unwrap()], &refs)
+    };
+    // A new account: a quota of 10, nothing can be reserved.
+    let out = run_with(stub(10, 10));
+    assert!(out.status.success(), "a warning, not a refusal: {}", both(&out));
+    assert!(
+        both(&out).contains("warning: the account's concurrency quota is 10")
+            && both(&out).contains("leaves -1, below the 100 AWS keeps unreserved"),
+        "{}",
+        both(&out)
+    );
+    let out = run_with(stub(1000, 1000));
+    assert!(out.status.success() && !both(&out).contains("warning"), "{}", both(&out));
+    assert!(
+        both(&out).contains("reserving WebhookReservedConcurrency=10, ReconcileReservedConcurrency=1"),
+        "{}",
+        both(&out)
+    );
+    let _ = std::fs::remove_dir_all(reserving.parent().unwrap());
+}
+
+/// `make -n` with these arguments: what `make` would run.
+fn make_dry(args: &[&str]) -> String {
+    run(Command::new("make").arg("-n").arg("-C").arg(root()).args(args))
+}
+
+/// A stand-in executable that records its arguments (NUL-separated, one
+/// record per call, in `log`) and exits 0.
+fn stand_in(dir: &std::path::Path, name: &str, log: &std::path::Path) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "#!/usr/bin/env bash\n{{ printf '%s\\0' {name} \"$PWD\" \"$@\"; printf '\\n'; }} >> '{}'\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The calls a stand-in recorded: (program, working directory, arguments).
+fn recorded(log: &std::path::Path) -> Vec<(String, String, Vec<String>)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .split("\0\n")
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            let mut f = r.split('\0').map(str::to_owned);
+            (f.next().unwrap(), f.next().unwrap(), f.collect())
+        })
+        .collect()
+}
+
+/// `make deploy PARAMS=… CONFIG=…` from a parameters file of KEY=VALUE
+/// lines: `sam build`, the check, `relay config-push` into the parameter
+/// the file names, then `sam deploy` with no prompt and exactly the file's
+/// parameters (as SAM's own parser reads them: a value with spaces, a list
+/// of ARNs). `sam` and `relay` are stand-ins that record their arguments;
+/// nothing in the tracked tree changes. The guided mode saves its answers
+/// in .local/samconfig.toml, which git ignores.
+#[test]
+fn make_deploy_runs_without_a_prompt_from_a_parameters_file() {
+    let scratch = std::env::temp_dir().join(format!("relay-make-deploy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let log = scratch.join("calls");
+    let sam = stand_in(&scratch, "sam", &log);
+    let relay = stand_in(&scratch, "relay", &log);
+    let arns = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:harbor-relay/cluster1-AbCdEf,arn:aws:secretsmanager:eu-west-1:123456789012:secret:harbor-relay/cluster2-GhIjKl";
+    let params = scratch.join("params.env");
+    std::fs::write(
+        &params,
+        format!("# the walk-through's file\nConfigParameterName=/relay/test/config\nSecretArns={arns}\n\nReconcileSchedule=\"rate(6 hours)\"\nAlarmEmail=ops@example.com\n"),
+    )
+    .unwrap();
+    let config = scratch.join("config.yaml");
+    std::fs::write(&config, "not read by the stand-in\n").unwrap();
+    let tracked = || {
+        run(Command::new("git")
+            .args(["status", "--porcelain", "--", "infra", "Makefile", "scripts"])
+            .current_dir(root()))
+    };
+    let before = tracked();
+
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(root())
+        .arg("deploy")
+        .arg(format!("SAM={}", sam.display()))
+        .arg(format!("RELAY={}", relay.display()))
+        .arg(format!("PARAMS={}", params.display()))
+        .arg(format!("CONFIG={}", config.display()))
+        // No rustup here: `scripts/build.sh tools` would add the arm64 target.
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", both(&out));
+    let calls = recorded(&log);
+    let programs: Vec<String> =
+        calls.iter().map(|(p, _, a)| format!("{p} {}", a.first().map_or("", |s| s.as_str()))).collect();
+    assert_eq!(programs, ["sam build", "relay config-push", "sam deploy"], "{calls:?}");
+    assert_eq!(calls[1].2, ["config-push", config.to_str().unwrap(), "--parameter", "/relay/test/config"]);
+    let (_, dir, deploy) = &calls[2];
+    assert_eq!(std::path::Path::new(dir), root().join("infra").canonicalize().unwrap());
+    for flag in ["--no-confirm-changeset", "--no-fail-on-empty-changeset", "--config-file"] {
+        assert!(deploy.iter().any(|a| a == flag), "{flag} missing: {deploy:?}");
+    }
+    assert!(!deploy.iter().any(|a| a == "--guided"), "{deploy:?}");
+    let config_file = &deploy[deploy.iter().position(|a| a == "--config-file").unwrap() + 1];
+    let local = root().join(".local/samconfig.toml");
+    let expected = if local.exists() { local } else { root().join("infra/samconfig.toml") };
+    assert_eq!(std::path::Path::new(config_file), expected.canonicalize().unwrap());
+    let overrides = &deploy[deploy.iter().position(|a| a == "--parameter-overrides").expect("overrides") + 1..];
+    let parsed = run(Command::new(tool("python"))
+        .args([
+            "-c",
+            "import json, sys\nfrom samcli.cli.types import CfnParameterOverridesType\nprint(json.dumps(CfnParameterOverridesType().convert(tuple(sys.argv[1:]), None, None)))",
+        ])
+        .args(overrides));
+    let parsed: Value = serde_json::from_str(&parsed).unwrap();
+    assert_eq!(
+        parsed,
+        json!({"ConfigParameterName": "/relay/test/config", "SecretArns": arns, "ReconcileSchedule": "rate(6 hours)", "AlarmEmail": "ops@example.com"})
+    );
+    assert_eq!(tracked(), before, "make deploy changed tracked files");
+
+    // A parameters file the check refuses stops it before anything is deployed.
+    std::fs::remove_file(&log).unwrap();
+    std::fs::write(&params, "WorkerTimeoutSeconds=900\n").unwrap();
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(root())
+        .args(["deploy", &format!("SAM={}", sam.display()), &format!("RELAY={}", relay.display())])
+        .arg(format!("PARAMS={}", params.display()))
+        .arg(format!("CONFIG={}", config.display()))
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && both(&out).contains("at least 5400"), "{}", both(&out));
+    let calls: Vec<String> = recorded(&log).iter().map(|(p, _, a)| format!("{p} {}", a[0])).collect();
+    assert_eq!(calls, ["sam build"], "nothing pushed or deployed");
+
+    // Guided: SAM's questions, answers saved outside the tracked tree.
+    let guided = make_dry(&["deploy", "GUIDED=1"]);
+    let local = root().canonicalize().unwrap().join(".local/samconfig.toml");
+    assert!(guided.contains(&format!("--config-file {}", local.display())) && guided.contains("--guided"), "{guided}");
+    assert!(!guided.contains("--no-confirm-changeset"), "{guided}");
+    run(Command::new("git").args(["check-ignore", "-q"]).arg(&local).current_dir(root()));
+    let samconfig = std::fs::read_to_string(root().join("infra/samconfig.toml")).unwrap();
+    assert!(samconfig.contains("confirm_changeset = false"), "{samconfig}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// Building for Lambda needs Rust and cargo-lambda, not the test stack:
+/// `make build`, `make package` and `make deploy` run no `scripts/stack.sh`,
+/// apt or LocalStack; `make package` leaves the three zips and their
+/// SHA-256 list (cargo-lambda a stand-in: the real arm64 build takes about
+/// half an hour here), with nothing installed.
+#[test]
+fn build_and_package_need_no_test_tooling() {
+    let dry = make_dry(&["build", "package", "deploy"]);
+    let script = std::fs::read_to_string(root().join("scripts/build.sh")).unwrap();
+    for banned in ["stack.sh", "apt-get", "apt ", "localstack", "moto", "skopeo", "docker", "sudo"] {
+        assert!(!dry.to_lowercase().contains(banned), "make build/package/deploy runs {banned}: {dry}");
+        let code: String = script.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+        assert!(!code.to_lowercase().contains(banned), "scripts/build.sh runs {banned}");
+    }
+
+    let scratch = std::env::temp_dir().join(format!("relay-package-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let bin = scratch.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = scratch.join("forbidden");
+    for name in ["apt-get", "apt", "sudo", "uv", "pip", "pip3", "brew", "docker"] {
+        stand_in(&bin, name, &log);
+    }
+    // rustup may add the arm64 target (a Rust component); recorded apart.
+    stand_in(&bin, "rustup", &scratch.join("rustup"));
+    let cargo_lambda = bin.join("cargo-lambda");
+    std::fs::write(
+        &cargo_lambda,
+        r#"#!/usr/bin/env bash
+set -euo pipefail
+[ "$1 $2" = "lambda build" ] || { echo "stand-in: unexpected $*" >&2; exit 2; }
+shift 2
+dir= bins=() release=0 arm64=0 zip=0
+while (($#)); do
+  case "$1" in
+    --release) release=1 ;;
+    --arm64) arm64=1 ;;
+    --output-format) [ "$2" = zip ] && zip=1; shift ;;
+    --lambda-dir) dir=$2; shift ;;
+    --bin) bins+=("$2"); shift ;;
+    *) echo "stand-in: unexpected argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$release$arm64$zip" = 111 ] || { echo "stand-in: not an arm64 release zip build" >&2; exit 2; }
+[ -f Cargo.toml ] || { echo "stand-in: not run in the workspace" >&2; exit 2; }
+for b in "${bins[@]}"; do mkdir -p "$dir/$b"; printf 'zip of %s\n' "$b" > "$dir/$b/bootstrap.zip"; done
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cargo_lambda, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out_dir = scratch.join("package");
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(root())
+        .arg("package")
+        .arg(format!("PACKAGE_DIR={}", out_dir.display()))
+        .env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", both(&out));
+    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), "", "make package ran what it must not");
+    let sums = std::fs::read_to_string(out_dir.join("SHA256SUMS")).unwrap();
+    let mut listed = Vec::new();
+    for line in sums.lines() {
+        let (hash, file) = line.split_once("  ").unwrap_or_else(|| panic!("not `sha256sum` output: {line}"));
+        use sha2::Digest as _;
+        let content = std::fs::read(out_dir.join(file)).unwrap();
+        assert_eq!(hash, hex::encode(sha2::Sha256::digest(&content)), "{file}");
+        assert_eq!(content, format!("zip of {}\n", file.trim_end_matches(".zip")).into_bytes());
+        listed.push(file.to_owned());
+    }
+    assert_eq!(listed, ["webhook.zip", "worker.zip", "reconcile.zip"]);
+    let mut left: Vec<String> =
+        std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["SHA256SUMS", "reconcile.zip", "webhook.zip", "worker.zip"]);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// `sam package && sam publish` (the Serverless Application Repository)
+/// reads the template's application metadata: SAM's own reader accepts it,
+/// the files it names exist, and its version is the workspace's.
+#[test]
+fn template_carries_serverless_repo_metadata() {
+    let out = run(Command::new(tool("python"))
+        .args([
+            "-c",
+            "import json, sys\n\
+             from samcli.vendor.serverlessrepo.parser import parse_template, get_app_metadata\n\
+             m = get_app_metadata(parse_template(open(sys.argv[1]).read()))\n\
+             m.validate(['author', 'description', 'name', 'semantic_version'])\n\
+             print(json.dumps(m.template_dict))",
+        ])
+        .arg(root().join("infra/template.yaml")));
+    let m: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(m["Name"], "harbor-relay");
+    assert_eq!(m["SpdxLicenseId"], "Apache-2.0");
+    assert_eq!(m["SemanticVersion"], env!("CARGO_PKG_VERSION"));
+    assert!(m["Description"].as_str().unwrap().len() <= 256, "SAR takes 256 characters");
+    assert!(m["SourceCodeUrl"].as_str().unwrap().starts_with("https://"));
+    for (field, expected) in [("ReadmeUrl", "README.md"), ("LicenseUrl", "LICENSE")] {
+        let path = root().join("infra").join(m[field].as_str().unwrap());
+        assert_eq!(path.canonicalize().unwrap(), root().join(expected).canonicalize().unwrap(), "{field}");
+    }
+    assert!(std::fs::read_to_string(root().join("LICENSE")).unwrap().contains("Apache License"));
+}
+
+/// `AlarmEmail` makes a topic with an email subscription, and every alarm
+/// notifies it (and `AlarmTopicArn`, when given too); without either, no
+/// topic and no action. README says what to do when each alarm fires.
+#[test]
+fn alarms_reach_the_alarm_email() {
+    let t = transformed();
+    let alarms: Vec<String> = t["Resources"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["Type"] == "AWS::CloudWatch::Alarm")
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(alarms.len() >= 8, "{alarms:?}");
+
+    let r = resolved(&t, &[("AlarmEmail", "ops@example.com")])["Resources"].clone();
+    assert_eq!(r["AlarmTopic"]["Type"], "AWS::SNS::Topic");
+    let sub = &r["AlarmEmailSubscription"];
+    assert_eq!(sub["Type"], "AWS::SNS::Subscription");
+    assert_eq!(sub["Properties"]["Protocol"], "email");
+    assert_eq!(sub["Properties"]["Endpoint"], json!({"Ref": "AlarmEmail"}));
+    assert_eq!(sub["Properties"]["TopicArn"], json!({"Ref": "AlarmTopic"}));
+    for a in &alarms {
+        assert_eq!(r[a]["Properties"]["AlarmActions"], json!([{"Ref": "AlarmTopic"}]), "{a}");
+    }
+    let both_given =
+        resolved(&t, &[("AlarmEmail", "ops@example.com"), ("AlarmTopicArn", "arn:aws:sns:us-east-1:1:ops")]);
+    for a in &alarms {
+        assert_eq!(
+            both_given["Resources"][a]["Properties"]["AlarmActions"],
+            json!([{"Ref": "AlarmTopicArn"}, {"Ref": "AlarmTopic"}]),
+            "{a}"
+        );
+    }
+    assert!(both_given["Outputs"]["AlarmEmailTopicArn"].is_object());
+    let bare = resolved(&t, &[]);
+    assert!(bare["Resources"].get("AlarmTopic").is_none() && bare["Resources"].get("AlarmEmailSubscription").is_none());
+    assert!(bare["Outputs"].get("AlarmEmailTopicArn").is_none());
+    for a in &alarms {
+        assert_eq!(bare["Resources"][a]["Properties"]["AlarmActions"], json!([]), "{a}");
+    }
+
+    // README's alarm list: each alarm by name, with what to do.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for a in &alarms {
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{a}` |")))
+            .unwrap_or_else(|| panic!("README's alarm table has no row for {a}"));
+        assert!(row.split('|').filter(|c| !c.trim().is_empty()).count() >= 3, "{row}");
+    }
+}
+
+/// README's parameter table lists every template parameter.
+#[test]
+fn readme_lists_every_template_parameter() {
+    let t = transformed();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let table: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
+    for name in t["Parameters"].as_object().unwrap().keys() {
+        assert!(
+            table.iter().any(|row| row.split('|').nth(1).is_some_and(|c| c.contains(&format!("`{name}`")))),
+            "README's parameter table lacks {name}"
+        );
+    }
 }
