@@ -33,7 +33,7 @@ fuzz: ## Long fuzz run of the webhook parser, rules and task decoder (RELAY_FUZZ
 	RELAY_FUZZ_CASES=$${RELAY_FUZZ_CASES:-2000000} RELAY_FUZZ_SEED=$${RELAY_FUZZ_SEED:-$$RANDOM$$RANDOM} \
 		cargo test --release --locked -p relay-shared --test fuzz -- --nocapture
 
-build: ## Build the three functions for Lambda (arm64, cargo-lambda via sam build); needs Rust only, installs cargo-lambda and the SAM CLI into .local/
+build: ## Build the three functions for Lambda (arm64, cargo-lambda via sam build); needs Rust and python3, installs cargo-lambda and the SAM CLI into .local/ (no test stack)
 	scripts/build.sh tools sam
 	cd infra && PATH="$(INFRA_BIN):$$PATH" SAM_CLI_TELEMETRY=0 $(SAM) build
 

@@ -133,7 +133,8 @@ def warn_concurrency(reserving):
     try:
         import boto3
 
-        settings = boto3.client("lambda").get_account_settings()
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        settings = boto3.client("lambda", region_name=region).get_account_settings()
     except Exception as e:  # no credentials, no network: say it, go on
         print(f"[deploy-check] warning: cannot read the account's Lambda concurrency ({e}); reserving {total}", file=sys.stderr)
         return
