@@ -19,6 +19,7 @@ use crate::config::WorkerSettings;
 use crate::dead_letter::DeadLetters;
 use crate::metrics::{self, Unit};
 use crate::parking::{Parked, ParkingLot};
+use crate::registry::resume::UPLOADS;
 use crate::worker::{Failure, Message};
 
 /// Message attribute: how many times the task was parked because its
@@ -231,16 +232,21 @@ impl Settler {
             _ => (m.parked, m.continuations + 1),
         };
         let delay = delay.as_secs().min(MAX_DELAY_SECONDS);
-        let sent = self
+        let mut send = self
             .sqs
             .send_message()
             .queue_url(queue)
             .message_body(&m.body)
             .delay_seconds(delay as i32)
             .message_attributes(PARKED, number(parked))
-            .message_attributes(CONTINUATIONS, number(continuations))
-            .send()
-            .await;
+            .message_attributes(CONTINUATIONS, number(continuations));
+        // A continuation goes on with the uploads its run left open.
+        if counter == CONTINUATIONS && !m.uploads.is_empty() {
+            let json = serde_json::to_string(&m.uploads).expect("uploads serialize");
+            let value = MessageAttributeValue::builder().data_type("String").string_value(json).build();
+            send = send.message_attributes(UPLOADS, value.expect("type and value set"));
+        }
+        let sent = send.send().await;
         match sent {
             Ok(_) => {
                 tracing::info!(message_id = %m.id, delay_s = delay, parked, continuations, "task re-enqueued; not a failed attempt");

@@ -18,6 +18,7 @@ use crate::health::{Gate, Health};
 use crate::metrics::{self, Slices, Unit, UNKNOWN};
 use crate::parking::{ParkingLot, Probe};
 use crate::registry::pace;
+use crate::registry::resume::{self, OpenUpload, RunRecord};
 use crate::registry::retry::RetryPolicy;
 use crate::registry::tee::{Fanout, Member};
 use crate::registry::throttle::Throttle;
@@ -61,6 +62,10 @@ pub struct Message {
     pub parked_on: Option<String>,
     /// Set on a probe message instead of a task ([`crate::parking::PROBE`]).
     pub probe: Option<Probe>,
+    /// Uploads an earlier run of its task left open
+    /// ([`crate::registry::resume::UPLOADS`]); on a failure, those its
+    /// continuation carries on.
+    pub uploads: Vec<OpenUpload>,
 }
 
 impl Message {
@@ -74,6 +79,8 @@ impl Message {
         self.continuations = count(crate::settle::CONTINUATIONS);
         self.parked_since = number(crate::parking::PARKED_SINCE);
         self.parked_on = get(crate::parking::PARKED_ON).map(str::to_owned);
+        self.uploads =
+            get(crate::registry::resume::UPLOADS).and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
         self.probe = get(crate::parking::PROBE).map(|registry| Probe {
             registry: registry.to_owned(),
             down_since: number(crate::parking::DOWN_SINCE).unwrap_or_else(crate::parking::unix_now),
@@ -82,7 +89,8 @@ impl Message {
     }
 
     /// The names of the attributes [`Message::with_attributes`] reads.
-    pub const ATTRIBUTES: [&'static str; 6] = [
+    pub const ATTRIBUTES: [&'static str; 7] = [
+        crate::registry::resume::UPLOADS,
         crate::settle::PARKED,
         crate::settle::CONTINUATIONS,
         crate::parking::PARKED_SINCE,
@@ -110,6 +118,8 @@ pub struct Failed {
     pub error: String,
     pub disposition: Disposition,
     pub slices: Slices,
+    /// Uploads a cut run leaves open, for its continuation.
+    pub uploads: Vec<OpenUpload>,
 }
 
 /// Clients built from the configuration; a task can only name these.
@@ -225,7 +235,7 @@ where
             async move {
                 let result = running.await;
                 ended(&m, matches!(result, Ok(Ok(()))));
-                let Failed { error, disposition, slices } = match result {
+                let Failed { error, disposition, slices, uploads } = match result {
                     Ok(Ok(())) => return None,
                     Ok(Err(failed)) => failed,
                     Err(panic) => {
@@ -237,10 +247,11 @@ where
                         tracing::error!(message_id = %m.id, outcome = "failed", panic = %what, "task panicked; its batch neighbours go on");
                         metrics::emit(&[("Function", "worker"), ("Outcome", "failed")], &[("Tasks", 1.0, Unit::Count)]);
                         let error = format!("task panicked: {what}");
-                        Failed { error, disposition: Disposition::Retry { retry_after: None }, slices: Slices::default() }
+                        let disposition = Disposition::Retry { retry_after: None };
+                        Failed { error, disposition, slices: Slices::default(), uploads: Vec::new() }
                     }
                 };
-                Some(Failure { message: m, error, disposition, slices })
+                Some(Failure { message: Message { uploads, ..m }, error, disposition, slices })
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -317,7 +328,7 @@ pub enum TaskFailure {
     #[error("refused by the rules in force: {0}")]
     Refused(String),
     #[error("cut at the invocation deadline's margin with requests in flight ({})", if *progressed { "blobs placed before the cut are kept" } else { "nothing placed yet" })]
-    Cut { progressed: bool },
+    Cut { progressed: bool, uploads: Vec<OpenUpload> },
     /// Denied, and the credentials could not be read again.
     #[error("cannot read the credentials again after a denial: {0}")]
     Credentials(#[from] SecretError),
@@ -340,11 +351,10 @@ impl TaskFailure {
             TaskFailure::Prepare(e) if e.is_denied() => Disposition::Permanent,
             TaskFailure::Prepare(_) => retry(None),
             TaskFailure::Copy(CopyError::Manifest(_)) => Disposition::Permanent,
-            TaskFailure::Copy(CopyError::Deadline { progressed: true, .. }) | TaskFailure::Cut { progressed: true } => {
-                Disposition::Continue
-            }
+            TaskFailure::Copy(CopyError::Deadline { progressed: true, .. })
+            | TaskFailure::Cut { progressed: true, .. } => Disposition::Continue,
             TaskFailure::Copy(CopyError::Deadline { progressed: false, .. })
-            | TaskFailure::Cut { progressed: false } => retry(None),
+            | TaskFailure::Cut { progressed: false, .. } => retry(None),
             TaskFailure::Copy(CopyError::Registry(e)) => match e {
                 // What the source serves is wrong: another try reads the same.
                 RegistryError::DigestMismatch { .. } | RegistryError::TooLarge { .. } => Disposition::Permanent,
@@ -415,7 +425,8 @@ impl Worker {
                 metrics::emit(&[("Function", "worker"), ("Outcome", "rejected")], &[("Tasks", 1.0, Unit::Count)]);
                 let failure = TaskFailure::Decode(e);
                 let slices = Slices::default();
-                return Err(Failed { error: failure.to_string(), disposition: failure.disposition(), slices });
+                let (error, disposition) = (failure.to_string(), failure.disposition());
+                return Err(Failed { error, disposition, slices, uploads: Vec::new() });
             }
         };
         let span = tracing::info_span!(
@@ -432,7 +443,7 @@ impl Worker {
         let started = Instant::now();
         let run = async {
             self.allowed(&task)?;
-            self.run_cut(&task, deadline, member.as_ref(), m.parked_on.as_deref()).await
+            self.run_cut(&task, deadline, member.as_ref(), m.parked_on.as_deref(), m.uploads.clone()).await
         };
         match run.instrument(span.clone()).await {
             Ok(r) => {
@@ -497,7 +508,11 @@ impl Worker {
                     &slices,
                     &[("Tasks", 1.0, Unit::Count)],
                 );
-                Err(Failed { error: e.to_string(), disposition, slices })
+                let uploads = match e {
+                    TaskFailure::Cut { ref uploads, .. } => uploads.clone(),
+                    _ => Vec::new(),
+                };
+                Err(Failed { error: e.to_string(), disposition, slices, uploads })
             }
         }
     }
@@ -562,7 +577,7 @@ impl Worker {
     /// Runs a decoded task, starting no blob after `deadline` minus the
     /// configured margin.
     pub async fn run_until(&self, task: &Task, deadline: Option<Instant>) -> Result<CopyReport, TaskFailure> {
-        self.run_cut(task, deadline, None, None).await
+        self.run_cut(task, deadline, None, None, Vec::new()).await
     }
 
     /// [`Worker::run_in`], cut at the invocation's hard stop: Lambda kills
@@ -576,14 +591,20 @@ impl Worker {
         deadline: Option<Instant>,
         member: Option<&Member>,
         released_for: Option<&str>,
+        given: Vec<OpenUpload>,
     ) -> Result<CopyReport, TaskFailure> {
         let Some(deadline) = deadline else { return self.run_in(task, None, member, released_for).await };
         let hard_stop = deadline - self.settings.margin_before(deadline) / CUT_SHARE_OF_MARGIN;
-        let progress = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let run = pace::tracking(progress.clone(), self.run_in(task, Some(deadline), member, released_for));
+        let record = Arc::new(RunRecord::resuming(given));
+        let run = resume::recording(record.clone(), self.run_in(task, Some(deadline), member, released_for));
         match tokio::time::timeout_at(hard_stop.into(), run).await {
             Ok(result) => result,
-            Err(_) => Err(TaskFailure::Cut { progressed: progress.load(Ordering::Relaxed) }),
+            Err(_) => {
+                // An upload that took bytes is progress too: the next run
+                // goes on with it.
+                let uploads = record.open_uploads();
+                Err(TaskFailure::Cut { progressed: record.placed_any() || !uploads.is_empty(), uploads })
+            }
         }
     }
 
@@ -668,6 +689,7 @@ impl Worker {
     /// again is redelivered instead).
     async fn handle_probe(&self, probe: &Probe, deadline: Option<Instant>) -> Result<(), Failed> {
         let failed = |error: String| Failed {
+            uploads: Vec::new(),
             error,
             disposition: Disposition::Retry { retry_after: None },
             slices: Slices { registry: probe.registry.clone(), rule: UNKNOWN.into() },
@@ -770,6 +792,7 @@ mod tests {
                     match m.id.as_str() {
                         "boom" => panic!("index out of bounds in task {}", m.id),
                         "bad" => Err(Failed {
+                            uploads: Vec::new(),
                             error: "an ordinary failure".to_owned(),
                             disposition: Disposition::Permanent,
                             slices: Slices::default(),

@@ -747,7 +747,7 @@ async fn near_the_deadline_no_new_blob_starts_the_one_in_flight_is_cut_and_progr
     let deadline = started + Duration::from_secs(4);
     let err = w.run_until(&t, Some(deadline)).await.unwrap_err();
     assert!(Instant::now() < deadline, "cut before the deadline, not at Lambda's kill");
-    assert!(matches!(err, TaskFailure::Cut { progressed: true }), "{err}");
+    assert!(matches!(err, TaskFailure::Cut { progressed: true, .. }), "{err}");
     assert_eq!(err.disposition(), relay::settle::Disposition::Continue, "progress: a continuation");
     assert!(!dst.has_manifest(&repo, "v1"), "no manifest without all its blobs");
     let copied_before = img.blobs.iter().filter(|b| dst.has_blob(&repo, b)).count();

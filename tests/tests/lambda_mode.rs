@@ -345,7 +345,7 @@ async fn a_failed_sweep_is_the_invocations_error() {
 /// delivered twice, nothing is dead-lettered, every image arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_under_lambdas_hard_kill_loses_no_finished_message() {
-    use relay_tests::runtime_api::{deliver, receive_batch, Ended, KillingRuntime};
+    use relay_tests::runtime_api::{receive_batch, Ended, KillingRuntime};
     let stack = Stack::load().unwrap();
     let sqs = stack.sqs().await;
     // A short visibility: a batch lost to a kill comes back within the test.
@@ -380,28 +380,7 @@ async fn a_worker_under_lambdas_hard_kill_loses_no_finished_message() {
     }
     let envs = [("RELAY_CONFIG", config.arg()), ("RELAY_QUEUE_URL", queue.clone()), ("RELAY_DLQ_URL", dlq.clone())];
     let mut function = KillingRuntime::start("worker", &envs, Duration::from_secs(4)).await;
-    let mut deliveries = vec![deliver(&sqs, &queue, &mut function, &first).await];
-    let started = std::time::Instant::now();
-    loop {
-        let mut arrived = 0;
-        for (repo, digest) in &images {
-            arrived += usize::from(stack.target().digest_at(repo, "v1").await.unwrap().as_deref() == Some(digest));
-        }
-        let depth = relay_tests::stack::queue_depth(&sqs, &queue).await.unwrap();
-        if arrived == images.len() && depth == (0, 0, 0) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "{arrived} of {} images arrived, queue {depth:?}; deliveries {deliveries:?}\n{}",
-            images.len(),
-            function.output()
-        );
-        let batch = receive_batch(&sqs, &queue, Duration::from_secs(1)).await;
-        if !batch.is_empty() {
-            deliveries.push(deliver(&sqs, &queue, &mut function, &batch).await);
-        }
-    }
+    let deliveries = until_all_arrived(&stack, &sqs, &queue, &mut function, first, &images).await;
     let logs = function.output();
     assert_eq!(function.kills, 0, "an invocation ran into Lambda's kill: {deliveries:?}\n{logs}");
     assert!(deliveries.iter().all(|d| matches!(d.ended, Ended::Answered(_))), "{deliveries:?}\n{logs}");
@@ -414,5 +393,77 @@ async fn a_worker_under_lambdas_hard_kill_loses_no_finished_message() {
     // The long task was cut and continued, not finished in one run.
     assert!(deliveries.len() >= 2, "{deliveries:?}\n{logs}");
     assert!(logs.contains("cut at the invocation deadline"), "{logs}");
+    assert!(receive_batch(&sqs, &dlq, Duration::from_secs(1)).await.is_empty(), "dead-lettered: {logs}");
+}
+
+/// Lambda's event source mapping over `queue` until every image of
+/// `images` (repository, digest) is at the target under `v1` and the queue
+/// is empty, starting with the batch `first`; fails after 90 s.
+async fn until_all_arrived(
+    stack: &Stack,
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    function: &mut relay_tests::runtime_api::KillingRuntime,
+    first: Vec<aws_sdk_sqs::types::Message>,
+    images: &[(String, String)],
+) -> Vec<relay_tests::runtime_api::Delivery> {
+    use relay_tests::runtime_api::{deliver, receive_batch};
+    let mut deliveries = vec![deliver(sqs, queue, function, &first).await];
+    let started = std::time::Instant::now();
+    loop {
+        let mut arrived = 0;
+        for (repo, digest) in images {
+            arrived += usize::from(stack.target().digest_at(repo, "v1").await.unwrap().as_deref() == Some(digest));
+        }
+        let depth = relay_tests::stack::queue_depth(sqs, queue).await.unwrap();
+        if arrived == images.len() && depth == (0, 0, 0) {
+            return deliveries;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{arrived} of {} images arrived, queue {depth:?}; deliveries {deliveries:?}\n{}",
+            images.len(),
+            function.output()
+        );
+        let batch = receive_batch(sqs, queue, Duration::from_secs(1)).await;
+        if !batch.is_empty() {
+            deliveries.push(deliver(sqs, queue, function, &batch).await);
+        }
+    }
+}
+
+/// A layer longer than one invocation: its rule's bandwidth limit makes
+/// one 1 MiB layer take about 10.5 s, and every invocation lasts 6 s and is
+/// killed at its end. The worker sends it in chunks a next run can go on
+/// with; each run is cut before the kill with its upload's session, offset
+/// and hash in the continuation, and the next asks the registry for the
+/// session's range and goes on from there. It arrives digest-identical,
+/// nothing killed or dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_longer_than_an_invocation_arrives_over_several() {
+    use relay_tests::runtime_api::{receive_batch, KillingRuntime};
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let (queue, dlq) = create_queue_with_dlq(&sqs, "lam-resume", 3, 5).await.unwrap();
+    let rules = "  - name: slow\n    destination: { registry: cluster1-registry }\n    bandwidth_kbps: 800\n";
+    let yaml = format!("{}worker: {{ blob_concurrency: 1 }}\n", stack.config_yaml(rules));
+    let config = config_file(&yaml);
+    let parsed = relay::Config::parse(&yaml).unwrap();
+    let repo = unique_repo("long-layer");
+    let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 1024 * 1024).await.unwrap();
+    let task = planned_tasks(&parsed, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest).remove(0);
+    sqs.send_message().queue_url(&queue).message_body(task.encode()).send().await.unwrap();
+    let first = receive_batch(&sqs, &queue, Duration::from_secs(5)).await;
+    assert_eq!(first.len(), 1);
+    let envs = [("RELAY_CONFIG", config.arg()), ("RELAY_QUEUE_URL", queue.clone()), ("RELAY_DLQ_URL", dlq.clone())];
+    let mut function = KillingRuntime::start("worker", &envs, Duration::from_secs(6)).await;
+    let images = [(repo.clone(), img.digest.clone())];
+    let deliveries = until_all_arrived(&stack, &sqs, &queue, &mut function, first, &images).await;
+    let logs = function.output();
+    assert_eq!(function.kills, 0, "{deliveries:?}\n{logs}");
+    assert!(deliveries.len() >= 2, "more than one invocation: {deliveries:?}");
+    assert!(logs.contains("going on with the upload an earlier run left"), "{logs}");
+    assert!(!logs.contains("starting over"), "no run started the layer over: {logs}");
+    assert_eq!(stack.target().tree(&repo, "v1").await.unwrap(), stack.source().tree(&repo, "v1").await.unwrap());
     assert!(receive_batch(&sqs, &dlq, Duration::from_secs(1)).await.is_empty(), "dead-lettered: {logs}");
 }

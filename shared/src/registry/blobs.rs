@@ -19,6 +19,7 @@ use super::copy::{Copier, CopyError};
 use super::ledger::Claim;
 use super::manifest::Descriptor;
 use super::pace::{self, Paced};
+use super::resume::{self, OpenUpload};
 use super::tee::{self, BlobStream, ReadFault};
 use super::verify::{Hashed, Refusal, Verified};
 use crate::repository::RepositoryPath;
@@ -126,7 +127,7 @@ impl Copier<'_> {
                         UploadKind::Streamed => &counters.copied,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
-                    pace::progressed();
+                    resume::placed();
                     guard.done(dst_repo);
                     return Ok(());
                 }
@@ -172,6 +173,19 @@ impl Copier<'_> {
         mount_from: Option<RepositoryPath>,
         counters: &Arc<Counters>,
     ) -> Result<UploadKind, RegistryError> {
+        // A blob this run cannot finish (its rule's bandwidth limit says so),
+        // or one an earlier run left half sent, goes up in chunks a next run
+        // can go on with (a whole-blob PUT cut at the deadline leaves
+        // nothing). Not when mounting or sharing a read: those take no time.
+        let given = resume::given(self.destination.name(), dst_repo.as_str(), &d.digest);
+        if mount_from.is_none()
+            && self.fanout.is_none()
+            && self.destination.takes_chunks()
+            && resume::recorded()
+            && (given.is_some() || self.outlasts_the_run(d.size))
+        {
+            return self.upload_resumable(src_repo, dst_repo, d, given, counters).await;
+        }
         let mount = mount_from.as_ref().map(|from| (&d.digest, from));
         let start = self.destination.start_upload(dst_repo, mount);
         let open = || self.open_source(src_repo, d, counters, Hashed::start(&d.digest));
@@ -299,7 +313,158 @@ impl Copier<'_> {
     }
 }
 
+/// Chunks of a resumable upload: about a quarter of a second of the rule's
+/// bandwidth, within these bounds. A chunk started before the deadline's
+/// margin must end before the cut: a `PATCH` cut in the middle leaves the
+/// session with bytes its state does not count, and distribution then
+/// drops the whole session.
+const RESUMABLE_CHUNK_MIN: u64 = 16 * 1024;
+const RESUMABLE_CHUNK_MAX: u64 = 8 * 1024 * 1024;
+
 impl Copier<'_> {
+    /// Whether `size` bytes at the task's bandwidth limit take longer than
+    /// this run has before its deadline's margin.
+    fn outlasts_the_run(&self, size: u64) -> bool {
+        let (Some(stop_at), Some(throttle)) = (self.stop_at, &self.throttle) else { return false };
+        let left = stop_at.saturating_duration_since(std::time::Instant::now()).as_secs_f64();
+        size as f64 / throttle.bytes_per_second().max(1) as f64 > left
+    }
+
+    /// An upload in chunks that a next run can go on with: after each chunk
+    /// the registry accepted, the session, the offset and the hash of the
+    /// bytes so far are recorded ([`resume::took`]); a run cut at its
+    /// deadline hands them to its continuation. Given such an upload, the
+    /// session is asked for its range and the copy goes on from there (the
+    /// source read from the same byte, the hash from its state); a session
+    /// the registry lost starts over.
+    async fn upload_resumable(
+        &self,
+        src_repo: &RepositoryPath,
+        dst_repo: &RepositoryPath,
+        d: &Descriptor,
+        given: Option<OpenUpload>,
+        counters: &Arc<Counters>,
+    ) -> Result<UploadKind, RegistryError> {
+        let mut from = None;
+        if let Some(u) = given {
+            let state = Hashed::from_state(&d.digest, &u.hash, u.offset);
+            if let (Ok(url), Some(hashed)) = (url::Url::parse(&u.session), state) {
+                match self.destination.upload_status(dst_repo, url).await {
+                    Ok(Some((url, taken))) if taken == u.offset && taken < d.size => {
+                        tracing::info!(offset = taken, "going on with the upload an earlier run left");
+                        from = Some((url, hashed));
+                    }
+                    other => {
+                        let (held, error) = match other {
+                            Ok(status) => (status.map(|(_, taken)| taken), None),
+                            Err(e) => (None, Some(e.to_string())),
+                        };
+                        tracing::info!(
+                            ?held,
+                            offset = u.offset,
+                            ?error,
+                            "the registry no longer holds the upload an earlier run left as it left it; starting over"
+                        );
+                    }
+                }
+            }
+        }
+        let (session, hashed, chunk_min) = match from {
+            Some((url, hashed)) => (url, hashed, None),
+            None => match self.destination.start_upload(dst_repo, None).await? {
+                UploadStart::Session { url, chunk_min } => (url, Hashed::start(&d.digest), chunk_min),
+                UploadStart::Mounted => {
+                    self.pass(&d.digest);
+                    return Ok(UploadKind::Mounted);
+                }
+            },
+        };
+        let source = match self.open_source(src_repo, d, counters, hashed.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.destination.cancel_upload(dst_repo, session).await;
+                resume::closed(&d.digest);
+                return Err(e);
+            }
+        };
+        let limit = self.throttle.as_ref().map(|t| t.bytes_per_second());
+        let chunk = limit
+            .map_or(RESUMABLE_CHUNK_MAX, |l| l / 4)
+            .clamp(RESUMABLE_CHUNK_MIN, RESUMABLE_CHUNK_MAX)
+            .max(chunk_min.unwrap_or(0));
+        let (counters, throttle) = (counters.clone(), self.throttle.clone());
+        let body = Paced::new(source, self.min_throughput.under_limit(limit)).then(move |piece| {
+            let (counters, throttle) = (counters.clone(), throttle.clone());
+            async move {
+                let piece = piece?;
+                counters.bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
+                if let Some(t) = &throttle {
+                    t.take(piece.len()).await;
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(piece)
+            }
+        });
+        let pieces = Pieces::new(body.boxed());
+        let what = SourceBlob {
+            registry: self.source.name().to_owned(),
+            path: format!("/v2/{src_repo}/blobs/{}", d.digest),
+            descriptor: d.clone(),
+        };
+        let (mut url, mut committed) = (session, hashed);
+        while committed.offset() < d.size {
+            // Past the deadline's margin no chunk starts: the run waits for
+            // its cut with the session consistent, and the next goes on.
+            if self.stop_at.is_some_and(|t| std::time::Instant::now() >= t) {
+                std::future::pending::<()>().await;
+            }
+            let (offset, len) = (committed.offset(), chunk.min(d.size - committed.offset()));
+            // The chunk is read (at the rule's pace) before its `PATCH` goes
+            // out from memory: a cut then finds no `PATCH` half sent, which
+            // would leave the session with bytes its state does not count
+            // (distribution drops such a session). One chunk is held at
+            // most: a quarter of a second of the limit, ≤ 8 MiB.
+            let read: Vec<bytes::Bytes> = match pieces.take(len).try_collect().await {
+                Ok(read) => read,
+                Err(e) => {
+                    self.destination.cancel_upload(dst_repo, url).await;
+                    resume::closed(&d.digest);
+                    return Err(what.error(&e));
+                }
+            };
+            // The hash moves on only with a chunk the registry accepted.
+            let mut pending = committed.clone();
+            read.iter().for_each(|piece| pending.update(piece));
+            let body = futures_util::stream::iter(read.into_iter().map(Ok)).boxed();
+            match self.destination.upload_chunk(dst_repo, url.clone(), offset, len, body).await {
+                Ok(next) => {
+                    url = next;
+                    committed = pending;
+                    resume::took(OpenUpload {
+                        registry: self.destination.name().to_owned(),
+                        repository: dst_repo.to_string(),
+                        digest: d.digest.clone(),
+                        session: url.to_string(),
+                        offset: committed.offset(),
+                        hash: committed.to_state(),
+                    });
+                }
+                Err(e) => {
+                    self.destination.cancel_upload(dst_repo, url).await;
+                    resume::closed(&d.digest);
+                    return Err(e);
+                }
+            }
+        }
+        let empty = futures_util::stream::empty().boxed();
+        let finished = self.destination.finish_upload(dst_repo, url.clone(), &d.digest, 0, empty).await;
+        resume::closed(&d.digest);
+        if let Err(e) = finished {
+            self.destination.cancel_upload(dst_repo, url).await;
+            return Err(e);
+        }
+        Ok(UploadKind::Streamed)
+    }
+
     /// Opens the blob at the source from byte `hashed.offset()` on (`hashed`:
     /// the hash of the bytes before it), refusing one whose announced length is
     /// not the descriptor's, and verifying the bytes as they come: the

@@ -11,6 +11,7 @@ pub mod ledger;
 pub mod manifest;
 pub mod pace;
 pub mod referrers;
+pub mod resume;
 pub mod retry;
 pub mod tee;
 pub mod throttle;

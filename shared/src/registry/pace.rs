@@ -23,29 +23,9 @@ tokio::task_local! {
     static STOP_AT: Option<Instant>;
 }
 
-tokio::task_local! {
-    /// Set once the running task has put a blob where it belongs (copied
-    /// or mounted): a run cut short at the deadline after that is worth a
-    /// continuation, since the next run skips what this one placed.
-    static PROGRESS: Arc<AtomicBool>;
-}
-
 /// Runs `f` with `stop_at` as the limit for the registry client's waits.
 pub async fn within<F: Future>(stop_at: Option<Instant>, f: F) -> F::Output {
     STOP_AT.scope(stop_at, f).await
-}
-
-/// Runs `f`, recording in `progress` whether it placed any blob
-/// ([`progressed`]). The flag outlives `f`: a run cancelled at the
-/// deadline is judged by it after its future is gone.
-pub async fn tracking<F: Future>(progress: Arc<AtomicBool>, f: F) -> F::Output {
-    PROGRESS.scope(progress, f).await
-}
-
-/// Records that the running task placed a blob (outside [`tracking`]:
-/// nothing to record).
-pub fn progressed() {
-    let _ = PROGRESS.try_with(|p| p.store(true, Ordering::Relaxed));
 }
 
 /// Whether waiting `wait` before trying again still ends before the task's
@@ -431,16 +411,6 @@ mod tests {
         let (_body, watch) = watched(drip(0, 0, Duration::ZERO), 0, WATCH, ANSWER);
         assert_eq!(watch.await, Stopped::NoAnswer(ANSWER));
         assert_eq!(started.elapsed(), ANSWER);
-    }
-
-    #[tokio::test]
-    async fn progress_is_recorded_inside_tracking_only() {
-        progressed();
-        let progress = Arc::new(AtomicBool::new(false));
-        tracking(progress.clone(), async { tokio::task::yield_now().await }).await;
-        assert!(!progress.load(Ordering::Relaxed), "nothing placed, nothing recorded");
-        tracking(progress.clone(), async { progressed() }).await;
-        assert!(progress.load(Ordering::Relaxed));
     }
 
     #[tokio::test]

@@ -58,12 +58,38 @@ impl Hashed {
         self.len
     }
 
-    fn update(&mut self, bytes: &[u8]) {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
         match &mut self.hasher {
             Hasher::Sha256(h) => h.update(bytes),
             Hasher::Sha512(h) => h.update(bytes),
         }
         self.len += bytes.len() as u64;
+    }
+
+    /// The hash state as text (base64), to carry in a message to the run
+    /// that goes on with the upload ([`super::resume`]).
+    pub fn to_state(&self) -> String {
+        use base64::Engine;
+        use sha2::digest::common::hazmat::SerializableState;
+        let bytes = match &self.hasher {
+            Hasher::Sha256(h) => h.serialize().to_vec(),
+            Hasher::Sha512(h) => h.serialize().to_vec(),
+        };
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    /// The hash of a blob `digest`'s first `len` bytes from
+    /// [`Hashed::to_state`]; `None` when the state is not one (then the
+    /// upload starts over).
+    pub fn from_state(digest: &Digest, state: &str, len: u64) -> Option<Hashed> {
+        use base64::Engine;
+        use sha2::digest::common::hazmat::SerializableState;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(state).ok()?;
+        let hasher = match digest.algorithm() {
+            Algorithm::Sha256 => Hasher::Sha256(Sha256::deserialize(bytes.as_slice().try_into().ok()?).ok()?),
+            Algorithm::Sha512 => Hasher::Sha512(Sha512::deserialize(bytes.as_slice().try_into().ok()?).ok()?),
+        };
+        Some(Hashed { hasher, len })
     }
 
     /// The digest of the bytes hashed so far (the state is kept).
@@ -190,6 +216,22 @@ mod tests {
         let v = Verified::new(stream::iter(items).boxed(), &d, blob.len() as u64, Hashed::start(&d));
         let got: Vec<Bytes> = v.try_collect().await?;
         Ok(got.concat())
+    }
+
+    /// A hash carried to another run as text goes on where it stopped: the
+    /// state of the first half, restored, hashes the second half to the
+    /// whole blob's digest.
+    #[test]
+    fn a_hash_state_survives_the_trip_to_the_next_run() {
+        let blob: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let d = Digest::sha256_of(&blob);
+        let mut first = Hashed::start(&d);
+        first.update(&blob[..40_001]);
+        let mut then = Hashed::from_state(&d, &first.to_state(), first.offset()).expect("a state");
+        assert_eq!(then.offset(), 40_001);
+        then.update(&blob[40_001..]);
+        assert_eq!(then.digest(), d);
+        assert!(Hashed::from_state(&d, "bm90IGEgc3RhdGU=", 1).is_none(), "not a state: start over");
     }
 
     #[tokio::test]

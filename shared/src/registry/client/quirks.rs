@@ -56,6 +56,12 @@ impl RegistryError {
 }
 
 impl RegistryClient {
+    /// Whether this registry takes chunked uploads (`PATCH`): ECR, by its
+    /// documentation, does not through the distribution API.
+    pub fn takes_chunks(&self) -> bool {
+        self.quirks.chunks_allowed
+    }
+
     /// The chunk size for uploads to this registry; `None`: whole blobs.
     pub fn chunk_size(&self) -> Option<u64> {
         Some(self.quirks.chunk_size.load(std::sync::atomic::Ordering::Relaxed)).filter(|&c| c > 0)

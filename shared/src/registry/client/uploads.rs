@@ -121,6 +121,32 @@ impl RegistryClient {
         self.location(&resp)
     }
 
+    /// Where an upload session stands: its latest URL and how many bytes
+    /// it holds (`GET` on the session: 204 with `Range: 0-<last byte>`);
+    /// `None` when the registry no longer knows it (expired, or restarted
+    /// without its state). The session URL must be on the registry's origin.
+    pub async fn upload_status(
+        &self,
+        repo: &RepositoryPath,
+        session: Url,
+    ) -> Result<Option<(Url, u64)>, RegistryError> {
+        if session.origin() != self.base.origin() {
+            return Ok(None);
+        }
+        let resp = self.execute(Method::GET, session, &self.scope(repo), HeaderMap::new(), None).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self.expect(resp, &[StatusCode::NO_CONTENT]).await?;
+        // Distribution writes `0-0` for an empty session as for one byte:
+        // only sessions that took whole chunks are resumed.
+        let taken = header_str(resp.headers(), "range")
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(_, last)| last.parse::<u64>().ok())
+            .map_or(0, |last| last + 1);
+        Ok(Some((self.location(&resp)?, taken)))
+    }
+
     /// Abandons an upload session (best effort): `session` is its latest
     /// URL (after chunks, the last `Location`).
     pub async fn cancel_upload(&self, repo: &RepositoryPath, session: Url) {
