@@ -291,7 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = match bootstrap::load_config(&config_location).await {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("relay: configuration: {e}");
+                    eprintln!("relay: {e}");
                     return Ok(ExitCode::from(2));
                 }
             };
