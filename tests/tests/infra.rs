@@ -940,19 +940,22 @@ fn make_deploy_runs_without_a_prompt_from_a_parameters_file() {
     };
     let before = tracked();
 
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(root())
-        .arg("deploy")
-        .arg(format!("SAM={}", sam.display()))
-        .arg(format!("RELAY={}", relay.display()))
-        .arg(format!("PARAMS={}", params.display()))
-        .arg(format!("CONFIG={}", config.display()))
-        // No rustup here: `scripts/build.sh tools` would add the arm64 target.
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let make_deploy = || {
+        Command::new("make")
+            .arg("-C")
+            .arg(root())
+            .arg("deploy")
+            .arg(format!("SAM={}", sam.display()))
+            .arg(format!("RELAY={}", relay.display()))
+            .arg(format!("PARAMS={}", params.display()))
+            .arg(format!("CONFIG={}", config.display()))
+            // No rustup here: `scripts/build.sh tools` would add the arm64 target.
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = make_deploy();
     assert!(out.status.success(), "{}", both(&out));
     let calls = recorded(&log);
     let programs: Vec<String> =
@@ -986,16 +989,7 @@ fn make_deploy_runs_without_a_prompt_from_a_parameters_file() {
     // A parameters file the check refuses stops it before anything is deployed.
     std::fs::remove_file(&log).unwrap();
     std::fs::write(&params, "WorkerTimeoutSeconds=900\n").unwrap();
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(root())
-        .args(["deploy", &format!("SAM={}", sam.display()), &format!("RELAY={}", relay.display())])
-        .arg(format!("PARAMS={}", params.display()))
-        .arg(format!("CONFIG={}", config.display()))
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let out = make_deploy();
     assert!(!out.status.success() && both(&out).contains("at least 5400"), "{}", both(&out));
     let calls: Vec<String> = recorded(&log).iter().map(|(p, _, a)| format!("{p} {}", a[0])).collect();
     assert_eq!(calls, ["sam build"], "nothing pushed or deployed");

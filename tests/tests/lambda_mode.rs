@@ -28,19 +28,10 @@ fn config_file(yaml: &str) -> TempFile {
     TempFile::new("lambda", "yaml", yaml)
 }
 
-/// Receives up to `n` messages (waiting up to 10 s for the first).
-async fn receive(sqs: &aws_sdk_sqs::Client, queue: &str, n: i32) -> Vec<aws_sdk_sqs::types::Message> {
-    sqs.receive_message()
-        .queue_url(queue)
-        .max_number_of_messages(n)
-        .wait_time_seconds(10)
-        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
-        .message_attribute_names("All")
-        .send()
-        .await
-        .unwrap()
-        .messages
-        .unwrap_or_default()
+/// Receives up to 10 messages, with every attribute (waiting up to 10 s
+/// for the first).
+async fn receive(sqs: &aws_sdk_sqs::Client, queue: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    relay_tests::runtime_api::receive_batch(sqs, queue, Duration::from_secs(10)).await
 }
 
 /// An HTTP request event (payload format 2.0) as a Function URL sends it
@@ -122,7 +113,7 @@ async fn webhook_lambda_mode_answers_function_url_and_http_api_events() {
     // Each accepted request enqueued its task, for the pushed digest.
     let mut seen = Vec::new();
     while seen.len() < expected.len() {
-        let got = receive(&sqs, &queue, 10).await;
+        let got = receive(&sqs, &queue).await;
         assert!(!got.is_empty(), "tasks missing: {seen:?} of {expected:?}");
         for m in got {
             let task = relay::Task::decode(m.body().unwrap()).unwrap();
@@ -172,7 +163,7 @@ async fn worker_lambda_mode_reports_each_failed_message_of_its_batch() {
     }
     let mut messages = Vec::new();
     while messages.len() < 3 {
-        let got = receive(&sqs, &queue, 10).await;
+        let got = receive(&sqs, &queue).await;
         assert!(!got.is_empty(), "messages missing");
         messages.extend(got);
     }
@@ -205,7 +196,7 @@ async fn worker_lambda_mode_reports_each_failed_message_of_its_batch() {
     // The copy is complete at the destination, digest for digest.
     assert_eq!(stack.target().digest_at(&repo, "v1").await.unwrap().as_deref(), Some(img.digest.as_str()));
     // The unknown registry's task is in the DLQ.
-    let dead = receive(&sqs, &dlq, 10).await;
+    let dead = receive(&sqs, &dlq).await;
     assert_eq!(dead.len(), 1, "{logs}");
     assert_eq!(relay::Task::decode(dead[0].body().unwrap()).unwrap().destination.registry, "nowhere");
     // Metrics per destination and rule; the dead-lettered task counts once
@@ -270,7 +261,7 @@ async fn reconcile_lambda_mode_runs_a_pass_on_a_scheduled_event() {
         emf.iter().find(|d| d["Function"] == "reconcile").unwrap_or_else(|| panic!("no reconcile metrics: {emf:?}"));
     assert_eq!((pass["DriftFound"].as_f64(), pass["TasksEnqueued"].as_f64()), (Some(1.0), Some(1.0)), "{pass}");
     assert_eq!(pass["RepositoriesScanned"].as_f64(), Some(1.0), "{pass}");
-    let got = receive(&sqs, &queue, 10).await;
+    let got = receive(&sqs, &queue).await;
     assert_eq!(got.len(), 1);
     let task = relay::Task::decode(got[0].body().unwrap()).unwrap();
     assert_eq!(task.source.digest.to_string(), img.digest);
