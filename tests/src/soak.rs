@@ -5,10 +5,13 @@
 //! answer 503 bursts and 429 with Retry-After) — while faults are injected:
 //! connections from the worker to the source reset mid-response, SQS
 //! unreachable for a while through a proxy that is cut (the webhook must
-//! answer 503 and the event be delivered again, as Harbor does), the worker
-//! killed with SIGKILL mid-run and restarted, and poison messages on the
-//! queue. At the end every destination must equal the source for every
-//! image, digest by digest, and the DLQ must hold exactly the poison.
+//! answer 503 and the event be delivered again, as Harbor does), the source
+//! (a Harbor maintenance window) and then the real destination unreachable
+//! for a while (their tasks wait in the parking queue until a probe finds
+//! them answering), the worker killed with SIGKILL mid-run and restarted,
+//! and poison messages on the queue. At the end every destination must
+//! equal the source for every image, digest by digest, nothing may be left
+//! parked, and the DLQ must hold exactly the poison.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -36,6 +39,10 @@ pub struct SoakParams {
     pub large_mib: usize,
     /// How long SQS is unreachable.
     pub sqs_cut: Duration,
+    /// How long the source (a Harbor maintenance window), then the real
+    /// destination, is unreachable: their tasks park and come back when a
+    /// probe finds them answering.
+    pub outage: Duration,
     /// Poison messages put on the queue, which must end in the DLQ.
     pub poison: usize,
     /// The run fails if it has not converged by then.
@@ -50,6 +57,7 @@ impl SoakParams {
             large: 4,
             large_mib: 32,
             sqs_cut: Duration::from_secs(20),
+            outage: Duration::from_secs(30),
             poison: 3,
             deadline: Duration::from_secs(900),
         }
@@ -62,6 +70,7 @@ impl SoakParams {
             large: 1,
             large_mib: 4,
             sqs_cut: Duration::from_secs(5),
+            outage: Duration::from_secs(10),
             poison: 2,
             deadline: Duration::from_secs(240),
         }
@@ -297,6 +306,8 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
     let endpoint = std::env::var("AWS_ENDPOINT_URL").context("AWS_ENDPOINT_URL (LocalStack)")?;
     let sqs_proxy = Proxy::to(&endpoint).await?;
     let source_proxy = Proxy::to(&stack.source_url).await?;
+    let target_proxy = Proxy::to(&stack.target_url).await?;
+    let parking = crate::stack::create_queue(&sqs, "soak-parking").await?;
     let (fake_503, fake_429) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
     let project = format!("soak-{:08x}", rand::random::<u32>());
 
@@ -318,7 +329,7 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
         format!(
             "source:\n  url: {}\nwebhook:\n  auth_values_env: RELAY_WEBHOOK_AUTH\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\n  - {{ name: fake-503, url: {} }}\n  - {{ name: fake-429, url: {} }}\nrules:\n{}{}{}{}{}{}",
             source_proxy.url(),
-            stack.target_url,
+            target_proxy.url(),
             stack.target_user,
             fake_503.url,
             fake_429.url,
@@ -327,8 +338,9 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
             rule("fake-429"),
             merging(&project, &project),
             merging(&project, &format!("{project}-twin")),
-            // Settling delays scaled down like the queue's visibility.
-            "worker: { retry_base_seconds: 1, retry_max_seconds: 4, park_base_seconds: 1, park_max_seconds: 4 }\n",
+            // Settling delays and the parking lot's probe scaled down like
+            // the queue's visibility (a probe every 2 s, not 20).
+            "worker: { retry_base_seconds: 1, retry_max_seconds: 4, park_base_seconds: 1, park_max_seconds: 4, probe_seconds: 2 }\n",
         ),
     )?;
     let port = 20_000 + (rand::random::<u16>() % 20_000);
@@ -339,7 +351,9 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
         ("AWS_ENDPOINT_URL".to_owned(), sqs_proxy.url()),
     ];
     let mut webhook = Process::start("webhook", envs.clone(), &dir)?;
-    let worker = Arc::new(std::sync::Mutex::new(Process::start("worker", envs, &dir)?));
+    let mut worker_envs = envs;
+    worker_envs.push(("RELAY_PARKING_QUEUE_URL".to_owned(), parking.clone()));
+    let worker = Arc::new(std::sync::Mutex::new(Process::start("worker", worker_envs, &dir)?));
     let http = reqwest::Client::new();
     while !http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
         if started.elapsed() > Duration::from_secs(20) {
@@ -428,8 +442,23 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
         .buffer_unordered(6)
         .collect()
         .await;
-    let pushed: Vec<Pushed> = results.into_iter().collect::<anyhow::Result<_>>()?;
+    let mut pushed: Vec<Pushed> = results.into_iter().collect::<anyhow::Result<_>>()?;
     faults.await?;
+
+    // A Harbor maintenance window, then the real destination down: pushes
+    // announced while it lasts park their tasks until a probe finds the
+    // registry answering again.
+    for (k, proxy) in [&source_proxy, &target_proxy].into_iter().enumerate() {
+        proxy.cut();
+        for i in 0..3 {
+            let img = push_one(&source, &project, 2000 + 10 * k + i, &p, &base).await?;
+            let body = harbor_push_event("PUSH_ARTIFACT", &host, &img.repo, Some("v1"), &img.digest, now());
+            refused.fetch_add(deliver(&http, &url, &stack.webhook_auth, &body, until).await?, Ordering::Relaxed);
+            pushed.push(img);
+        }
+        tokio::time::sleep(p.outage).await;
+        proxy.restore();
+    }
 
     // The colliding mapping: every 8th image also in `<p>-twin/`, then
     // deleted there (the merged copy must stay: `<p>/` still holds it); and
@@ -454,15 +483,16 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
         refused.fetch_add(deliver(&http, &url, &stack.webhook_auth, &body, until).await?, Ordering::Relaxed);
     }
 
-    // Converged: nothing left on the queue, the poison in the DLQ.
+    // Converged: nothing left on the queue or parked, the poison in the DLQ.
     loop {
         let q = queue_depth(&sqs, &queue).await?;
         let d = queue_depth(&sqs, &dlq).await?;
-        if q == (0, 0, 0) && d.0 + d.1 >= p.poison as u64 {
+        let parked = queue_depth(&sqs, &parking).await?;
+        if q == (0, 0, 0) && parked == (0, 0, 0) && d.0 + d.1 >= p.poison as u64 {
             break;
         }
         if Instant::now() > until {
-            bail!("not converged in time: queue {q:?}, DLQ {d:?}");
+            bail!("not converged in time: queue {q:?}, parked {parked:?}, DLQ {d:?}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -560,6 +590,15 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
     // What the worker's logs say.
     let worker_logs = worker.lock().unwrap().all_logs();
     let logs = format!("{worker_logs}\n{}", webhook.all_logs());
+    // Both outages parked tasks, and the probes released them.
+    for (what, line) in [
+        ("no task was parked during the outages", "task parked until its registry answers"),
+        ("no probe released parked tasks", "registry answers again: its parked tasks are back on the copy queue"),
+    ] {
+        if !worker_logs.contains(line) {
+            bail!("{what}");
+        }
+    }
     let leaks = crate::leaked_secrets(&logs, &stack, &[]);
     if !leaks.is_empty() {
         bail!("in the logs: {leaks:?}");
