@@ -266,6 +266,22 @@ async fn reconcile_lambda_mode_runs_a_pass_on_a_scheduled_event() {
     let task = relay::Task::decode(got[0].body().unwrap()).unwrap();
     assert_eq!(task.source.digest.to_string(), img.digest);
     assert_eq!(task.destination.repository.to_string(), format!("{project}/app"));
+
+    // A rule added to the configuration is used by the next run, without
+    // a restart: the version is checked at every run.
+    let second = format!("{project}-more");
+    image::push(&stack.source(), &format!("{second}/tool"), "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
+    std::fs::write(
+        config.path(),
+        stack.config_yaml(&format!(
+            "  - name: mirror\n    filters: {{ name: \"{project}/**\" }}\n    destination: {{ registry: cluster1-registry }}\n  - name: more\n    filters: {{ name: \"{second}/**\" }}\n    destination: {{ registry: cluster1-registry }}\n"
+        )),
+    )
+    .unwrap();
+    let (status, summary) = emulator.invoke(&scheduled).await;
+    assert_eq!(status, 200, "{summary}\n{}", function.output());
+    assert_eq!(summary["repositories"], 2, "the new rule's repository too: {summary}");
+    assert!(function.output().contains("configuration changed: read again"), "{}", function.output());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

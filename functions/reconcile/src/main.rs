@@ -3,7 +3,9 @@
 //! target stale. Under Lambda (EventBridge schedule) when
 //! `AWS_LAMBDA_RUNTIME_API` is set; otherwise one pass and exit (cron, or
 //! `relay reconcile`). The cursor of an unfinished pass is kept in the SSM
-//! parameter `RELAY_RECONCILE_CURSOR_PARAMETER` when set.
+//! parameter `RELAY_RECONCILE_CURSOR_PARAMETER` when set. Under Lambda the
+//! configuration's version is checked at every run (runs are hours apart)
+//! and a changed one is read again, as the worker and webhook do.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,12 +17,13 @@ use relay::metrics::{self, Unit};
 use relay::queue::{Outgoing, TaskQueue};
 use relay::reconcile::{CursorStore, Reconciler};
 use relay::registry::retry::RetryPolicy;
+use relay::reload::{Built, Reloading};
 use relay::secrets::SecretSource;
 use relay::worker::Worker;
 use relay::{bootstrap, Config};
 
 struct App {
-    config: Config,
+    config: Arc<Config>,
     worker: Worker,
     queue: TaskQueue,
     cursor: Option<CursorStore>,
@@ -33,11 +36,20 @@ struct App {
 async fn main() -> anyhow::Result<()> {
     relay::telemetry::init_from_env();
     if bootstrap::under_lambda() {
-        let app = Arc::new(bootstrap::initialised(setup()).await?);
+        let reloading = Arc::new(
+            bootstrap::initialised(async {
+                let (location, build) = setup().await?;
+                // Checked at every run: a run every few hours costs one
+                // version read, and a new rule or registry is used at once.
+                anyhow::Ok(Reloading::start(&location, Duration::ZERO, build).await?)
+            })
+            .await?,
+        );
         let timeout = bootstrap::function_timeout(Duration::from_secs(300));
         lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
-            let app = app.clone();
+            let reloading = reloading.clone();
             async move {
+                let app = reloading.current().await;
                 let remaining = bootstrap::invocation_deadline(event.context.deadline, timeout)
                     .saturating_duration_since(Instant::now());
                 // Keep a fifth of the time (at least 10 s) to enqueue and save the cursor.
@@ -50,41 +62,58 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!(e))
     } else {
-        let summary = run(&setup().await?, None).await?;
+        let (location, build) = setup().await?;
+        let config = Arc::new(bootstrap::load_config(&location).await?);
+        let app = build(config).await.map_err(|e| anyhow::anyhow!(e))?;
+        let summary = run(&app, None).await?;
         println!("{summary}");
         Ok(())
     }
 }
 
-/// The configuration, clients and cursor store, from the environment.
-async fn setup() -> anyhow::Result<App> {
+/// The configuration's location, and how the clients, the cursor store and
+/// Harbor's webhook policy are built from a configuration, from the
+/// environment.
+async fn setup() -> anyhow::Result<(String, impl Fn(Arc<Config>) -> Built<App> + Send + Sync + 'static)> {
     let config_location = std::env::var("RELAY_CONFIG")
         .context("RELAY_CONFIG must name the configuration (a path, or ssm:<parameter>)")?;
-    let config = bootstrap::load_config(&config_location).await?;
     let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
     let (sqs, secrets_manager) = bootstrap::aws_clients().await;
     let secrets = SecretSource::from_process(Some(secrets_manager));
-    let worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
-    let cursor = match std::env::var("RELAY_RECONCILE_CURSOR_PARAMETER") {
-        Ok(parameter) if !parameter.is_empty() => {
-            Some(CursorStore { ssm: aws_sdk_ssm::Client::new(&bootstrap::aws_config().await), parameter })
-        }
-        _ => None,
+    let cursor_parameter = std::env::var("RELAY_RECONCILE_CURSOR_PARAMETER").ok().filter(|p| !p.is_empty());
+    let ssm = match cursor_parameter {
+        Some(_) => Some(aws_sdk_ssm::Client::new(&bootstrap::aws_config().await)),
+        None => None,
     };
-    let webhooks = match std::env::var("RELAY_HARBOR_WEBHOOKS_ENDPOINT") {
+    let endpoint = match std::env::var("RELAY_HARBOR_WEBHOOKS_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => {
-            let endpoint: url::Url =
-                endpoint.parse().context("RELAY_HARBOR_WEBHOOKS_ENDPOINT must be the webhook's URL")?;
-            anyhow::ensure!(
-                worker.harbor.is_some(),
-                "RELAY_HARBOR_WEBHOOKS_ENDPOINT is set, but the source is not read through Harbor's API (source.harbor_api is false, or the source did not answer as a Harbor)"
-            );
-            let auth = secrets.webhook_auth(&config.webhook).await?;
-            Some(WebhookPolicy::wanted(DEFAULT_POLICY_NAME, &endpoint, auth.newest(), PayloadFormat::Default))
+            Some(endpoint.parse::<url::Url>().context("RELAY_HARBOR_WEBHOOKS_ENDPOINT must be the webhook's URL")?)
         }
         _ => None,
     };
-    Ok(App { config, worker, queue: TaskQueue::new(sqs, queue_url), cursor, webhooks })
+    let build = move |config: Arc<Config>| {
+        let (sqs, secrets, queue_url, ssm, cursor_parameter, endpoint) =
+            (sqs.clone(), secrets.clone(), queue_url.clone(), ssm.clone(), cursor_parameter.clone(), endpoint.clone());
+        Box::pin(async move {
+            let worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
+            let cursor = match (ssm, cursor_parameter) {
+                (Some(ssm), Some(parameter)) => Some(CursorStore { ssm, parameter }),
+                _ => None,
+            };
+            let webhooks = match endpoint {
+                Some(endpoint) => {
+                    if worker.harbor.is_none() {
+                        return Err("RELAY_HARBOR_WEBHOOKS_ENDPOINT is set, but the source is not read through Harbor's API (source.harbor_api is false, or the source did not answer as a Harbor)".into());
+                    }
+                    let auth = secrets.webhook_auth(&config.webhook).await?;
+                    Some(WebhookPolicy::wanted(DEFAULT_POLICY_NAME, &endpoint, auth.newest(), PayloadFormat::Default))
+                }
+                None => None,
+            };
+            Ok(App { config, worker, queue: TaskQueue::new(sqs, queue_url), cursor, webhooks })
+        }) as Built<App>
+    };
+    Ok((config_location, build))
 }
 
 async fn run(app: &App, stop_at: Option<Instant>) -> anyhow::Result<serde_json::Value> {
