@@ -164,7 +164,7 @@ pub async fn source_client(
         ca_pem: ca_bundle("source", config.source.ca.as_ref(), secrets).await?,
         ..Default::default()
     };
-    RegistryClient::new("source", config.source.url.clone(), Role::Source, credentials, options)
+    RegistryClient::new("source", config.source.api_url.clone(), Role::Source, credentials, options)
         .map_err(|e| StartupError::Client { registry: "source".into(), reason: e.to_string() })
 }
 
@@ -194,7 +194,7 @@ pub async fn harbor_api(config: &Config, secrets: &SecretSource) -> Result<Optio
     let credentials = credentials("source", config.source.credentials.as_ref(), secrets).await?;
     let ca = ca_bundle("source", config.source.ca.as_ref(), secrets).await?;
     let api = HarborApi::new(
-        config.source.url.clone(),
+        config.source.api_url.clone(),
         credentials,
         config.source.insecure,
         ca.as_deref(),
@@ -216,7 +216,7 @@ pub async fn harbor_api(config: &Config, secrets: &SecretSource) -> Result<Optio
         ),
     })?;
     if harbor {
-        tracing::info!(source = %config.source.url, "the source answers as a Harbor: listings, labels and types through its API");
+        tracing::info!(source = %config.source.api_url, "the source answers as a Harbor: listings, labels and types through its API");
         return Ok(Some(api));
     }
     let needing: Vec<&str> =

@@ -82,6 +82,11 @@ impl HarborApiUse {
 #[derive(Debug, Clone)]
 pub struct Source {
     pub url: Url,
+    /// Where the functions reach the source — its registry API and
+    /// Harbor's REST API (`source.api_url`): an internal address of a
+    /// private Harbor, when Harbor's events name its external one
+    /// (`url`). `url` when not set.
+    pub api_url: Url,
     /// `host[:port]` as it appears in Harbor's `resource_url` (no scheme).
     pub host: String,
     pub credentials: Option<CredentialsRef>,
@@ -349,7 +354,7 @@ impl Config {
         let mut warnings = Vec::new();
         if self.source.credentials.is_some() {
             let s = &self.source;
-            warnings.extend(credential_warnings("source", "the source", &s.url, s.insecure, &s.token_realms));
+            warnings.extend(credential_warnings("source", "the source", &s.api_url, s.insecure, &s.token_realms));
         }
         for (i, r) in self.registries.iter().enumerate().filter(|(_, r)| r.sends_credentials()) {
             let field = format!("registries[{i}]");
@@ -394,6 +399,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawSource {
     url: String,
+    api_url: Option<String>,
     credentials: Option<RawCredentials>,
     #[serde(default)]
     harbor_api: Option<bool>,
@@ -440,6 +446,10 @@ impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         let source_url = registry_url("source.url", &self.source.url)?;
         let host = host_port(&source_url);
+        let api_url = match &self.source.api_url {
+            Some(u) => registry_url("source.api_url", u)?,
+            None => source_url.clone(),
+        };
         let source_credentials = credentials("source.credentials", self.source.credentials)?;
 
         let webhook = match self.webhook {
@@ -589,6 +599,7 @@ impl RawConfig {
         Ok(Config {
             source: Source {
                 url: source_url,
+                api_url,
                 host,
                 credentials: source_credentials,
                 harbor_api,
@@ -779,6 +790,23 @@ mod tests {
             let err = error_of(&yaml);
             assert!(err.contains(field), "{err:?} should name {field:?}");
         }
+    }
+
+    /// A private Harbor: events name its external address (`url`, whose
+    /// host they must carry), the functions reach it at `api_url`.
+    #[test]
+    fn the_source_is_reached_at_api_url_and_named_by_url() {
+        let c = Config::parse(&BASE.replace(
+            "url: 'http://h:1'",
+            "url: 'https://harbor.example.com', api_url: 'https://harbor.internal:8443'",
+        ))
+        .unwrap();
+        assert_eq!(c.source.host, "harbor.example.com");
+        assert_eq!(c.source.api_url.as_str(), "https://harbor.internal:8443/");
+        let plain = Config::parse(BASE).unwrap();
+        assert_eq!(plain.source.api_url, plain.source.url, "url when not set");
+        let err = error_of(&BASE.replace("url: 'http://h:1'", "url: 'http://h:1', api_url: 'harbor.internal'"));
+        assert!(err.contains("source.api_url"), "{err}");
     }
 
     #[test]

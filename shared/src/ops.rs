@@ -61,7 +61,7 @@ pub async fn check(config: &Config, secrets: &SecretSource) -> Vec<CheckLine> {
         lines.extend(secret_lines(name, credentials.as_ref(), ca.as_ref(), secrets).await);
     }
     let source = crate::bootstrap::source_client(config, secrets, retry).await.map_err(|e| e.to_string());
-    lines.push(connect("source", &config.source.url, &source).await);
+    lines.push(connect("source", &config.source.api_url, &source).await);
     if config.source.harbor_api != crate::config::HarborApiUse::Off {
         let result = match crate::bootstrap::harbor_api(config, secrets).await {
             Ok(Some(api)) => match api.project_list().await {

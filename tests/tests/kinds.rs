@@ -189,3 +189,27 @@ async fn an_immutable_tag_that_points_elsewhere_is_skipped_not_failed() {
     assert_eq!(report.tags_skipped.iter().map(|t| t.as_str()).collect::<Vec<_>>(), ["v1"]);
     assert!(!dst.has_manifest(&repo, "v1"));
 }
+
+/// A private Harbor: its events name the external address (`source.url`,
+/// here one that does not even resolve), and the functions reach it at the
+/// internal one (`source.api_url`). The event is accepted for its host and
+/// the copy reads the source where it can be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_harbor_is_reached_at_its_internal_address() {
+    let stack = Stack::load().unwrap();
+    let external = "harbor.relay-test.invalid:5001";
+    let yaml = format!(
+        "source: {{ url: 'http://{external}', api_url: {} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dst, url: {}, credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }} }}\nrules:\n  - {{ name: all, destination: {{ registry: dst }} }}\n",
+        stack.source_url, stack.target_url, stack.target_user
+    );
+    let config = Config::parse(&yaml).unwrap();
+    let w = relay::bootstrap::worker(&config, &relay::secrets::SecretSource::from_process(None), fast_retry())
+        .await
+        .unwrap();
+    let repo = unique_repo("private-harbor");
+    let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
+    let tasks = relay_tests::planned_tasks_on(&config, external, "PUSH_ARTIFACT", &repo, "v1", &img.digest);
+    assert_eq!(tasks.len(), 1, "the event names the external host: accepted");
+    assert_eq!(w.run(&tasks[0]).await.unwrap().outcome, Some(relay::registry::Outcome::Copied));
+    assert_eq!(stack.target().digest_at(&repo, "v1").await.unwrap().as_deref(), Some(img.digest.as_str()));
+}
