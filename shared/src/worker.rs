@@ -322,7 +322,8 @@ pub enum TaskFailure {
     /// The invocation's end came with requests still in flight: they were
     /// cut before Lambda's hard kill, which would have taken the whole
     /// batch with it (succeeded neighbours included). `progressed`: a blob
-    /// was placed before the cut, so a continuation is worth it.
+    /// was placed, or a resumable upload took bytes, before the cut, so a
+    /// continuation is worth it; `uploads` are those it goes on with.
     /// Today's rules do not allow the task (a stale redrive, a task
     /// written by someone who can send to the queue): never carried out.
     #[error("refused by the rules in force: {0}")]
@@ -582,8 +583,9 @@ impl Worker {
 
     /// [`Worker::run_in`], cut at the invocation's hard stop: Lambda kills
     /// the process at its deadline without a signal, so every request still
-    /// in flight is dropped (its upload left for the registry to expire)
-    /// while there is time to report the batch. The cut keeps what was
+    /// in flight is dropped (a whole-blob upload left for the registry to
+    /// expire; a resumable one handed on, see [`resume`]) while there is
+    /// time to report the batch. The cut keeps what was
     /// placed: blobs copied before it are skipped by the next run.
     async fn run_cut(
         &self,
