@@ -509,6 +509,8 @@ async fn a_task_parked_past_the_limit_is_dead_lettered_with_its_reason() {
         slices: Default::default(),
     };
     assert!(settler.settle(vec![failure]).await.is_empty(), "settled, not redelivered");
+    assert_eq!(queue_depth(&sqs, &parking_url).await.unwrap(), (0, 0, 0), "not parked again");
+    let mut reasons = dead_letter_reasons(&sqs, &dlq, 1).await;
     // Still waiting in the lot after two days of an outage: the probe sends it on.
     sqs.send_message()
         .queue_url(&parking_url)
@@ -521,24 +523,25 @@ async fn a_task_parked_past_the_limit_is_dead_lettered_with_its_reason() {
     let probe = Probe { registry: "cluster1-registry".into(), down_since: two_days_ago };
     assert!(lot.still_down(&probe).await);
 
+    reasons.extend(dead_letter_reasons(&sqs, &dlq, 1).await);
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().all(|r| r.contains("parked for more than 86400 s")), "{reasons:?}");
+    assert_eq!(queue_depth(&sqs, &parking_url).await.unwrap(), (0, 0, 0), "nothing left parked");
+}
+
+/// The `RelayLastError` of `n` dead letters (waiting up to 10 s for them).
+async fn dead_letter_reasons(sqs: &aws_sdk_sqs::Client, dlq: &str, n: usize) -> Vec<String> {
     let mut reasons: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while reasons.len() < 2 && Instant::now() < deadline {
-        let got = sqs
-            .receive_message()
-            .queue_url(&dlq)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .send()
-            .await;
+    while reasons.len() < n && Instant::now() < deadline {
+        let got =
+            sqs.receive_message().queue_url(dlq).max_number_of_messages(10).message_attribute_names("All").send().await;
         for m in got.unwrap().messages() {
             let reason = m.message_attributes().and_then(|a| a.get(relay::dead_letter::LAST_ERROR));
             reasons.push(reason.and_then(|r| r.string_value()).unwrap_or_default().to_owned());
         }
     }
-    assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons.iter().all(|r| r.contains("parked for more than 86400 s")), "{reasons:?}");
-    assert_eq!(queue_depth(&sqs, &parking_url).await.unwrap(), (0, 0, 0), "nothing left parked");
+    reasons
 }
 
 fn attr(data_type: &str, value: &str) -> aws_sdk_sqs::types::MessageAttributeValue {
