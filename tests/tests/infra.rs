@@ -56,10 +56,11 @@ fn transformed_template_wires_queue_worker_and_webhook() {
     assert_eq!(esm["Properties"]["FunctionResponseTypes"], json!(["ReportBatchItemFailures"]));
     assert!(esm["Properties"]["ScalingConfig"]["MaximumConcurrency"].is_object());
 
-    // Copy queue → DLQ, encrypted; DLQ keeps messages longer.
+    // Copy queue → DLQ, encrypted (SQS-managed SSE by default; KmsKeyArn:
+    // kms_key_arn_encrypts_what_aws_allows); DLQ keeps messages longer.
     let q = &r["CopyQueue"]["Properties"];
     assert_eq!(q["RedrivePolicy"]["deadLetterTargetArn"], get_att("DeadLetterQueue", "Arn"));
-    assert_eq!(q["SqsManagedSseEnabled"], true);
+    assert_eq!(resolved(&t, &[])["Resources"]["CopyQueue"]["Properties"]["SqsManagedSseEnabled"], true);
     assert_eq!(r["DeadLetterQueue"]["Properties"]["MessageRetentionPeriod"], 1209600);
     let params = &t["Parameters"];
     assert!(
@@ -1180,4 +1181,53 @@ fn readme_lists_every_template_parameter() {
             "README's parameter table lacks {name}"
         );
     }
+}
+
+/// Issue 27 point 8: without KmsKeyArn every queue has SQS-managed SSE;
+/// with it the queues, log groups, the functions' environment and the alarm
+/// topic use that key, every role may use it, and reconcile's asynchronous
+/// failures have a queue of their own (not the task DLQ `relay dlq` reads).
+#[test]
+fn kms_key_arn_encrypts_what_aws_allows() {
+    let t = transformed();
+    let key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let queues = ["CopyQueue", "DeadLetterQueue", "ParkingQueue", "ReconcileFailureQueue"];
+
+    let plain = resolved(&t, &[("AlarmEmail", "ops@example.com")]);
+    let r = &plain["Resources"];
+    for q in queues {
+        assert_eq!(r[q]["Properties"]["SqsManagedSseEnabled"], true, "{q}");
+        assert!(r[q]["Properties"]["KmsMasterKeyId"].is_null(), "{q}");
+    }
+    for f in ["WebhookFunction", "WorkerFunction", "ReconcileFunction"] {
+        assert!(r[f]["Properties"]["KmsKeyArn"].is_null(), "{f}");
+    }
+    assert!(!serde_json::to_string(r).unwrap().contains("kms:"), "a KMS grant without KmsKeyArn");
+
+    let with_key = resolved(&t, &[("AlarmEmail", "ops@example.com"), ("KmsKeyArn", key)]);
+    let r = &with_key["Resources"];
+    let key_ref = json!({"Ref": "KmsKeyArn"});
+    for q in queues {
+        assert_eq!(r[q]["Properties"]["KmsMasterKeyId"], key_ref, "{q}");
+        assert!(r[q]["Properties"]["SqsManagedSseEnabled"].is_null(), "{q}: both SSE kinds");
+    }
+    for g in ["WebhookLogGroup", "WorkerLogGroup", "ReconcileLogGroup"] {
+        assert_eq!(r[g]["Properties"]["KmsKeyId"], key_ref, "{g}");
+    }
+    for f in ["WebhookFunction", "WorkerFunction", "ReconcileFunction"] {
+        assert_eq!(r[f]["Properties"]["KmsKeyArn"], key_ref, "{f}");
+    }
+    assert_eq!(r["AlarmTopic"]["Properties"]["KmsMasterKeyId"], key_ref);
+    for role in ["WebhookFunctionRole", "WorkerRole", "ReconcileFunctionRole"] {
+        let policies = serde_json::to_string(&r[role]["Properties"]["Policies"]).unwrap();
+        assert!(
+            policies.contains(r#"["kms:Decrypt","kms:GenerateDataKey"]"#)
+                && policies.contains(r#"{"Ref":"KmsKeyArn"}"#),
+            "{role} may not use the key: {policies}"
+        );
+    }
+
+    // Reconcile's asynchronous invocations: failures kept in a queue of their own.
+    let dlq = &r["ReconcileFunction"]["Properties"]["DeadLetterConfig"]["TargetArn"];
+    assert_eq!(*dlq, json!({"Fn::GetAtt": ["ReconcileFailureQueue", "Arn"]}));
 }
