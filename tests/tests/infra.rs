@@ -733,6 +733,24 @@ fn a_fresh_account_reserves_no_concurrency() {
     );
 }
 
+/// A private Harbor: `WebhookInVpc=true` puts the webhook in the VPC's
+/// subnets (with the managed policy its network interfaces need); by
+/// default, and without subnets, it stays outside.
+#[test]
+fn the_webhook_runs_in_the_vpc_when_asked() {
+    let t = transformed();
+    let webhook = |given: &[(&str, &str)]| resolved(&t, given)["Resources"]["WebhookFunction"]["Properties"].clone();
+    let subnets = ("VpcSubnetIds", "subnet-0a1b2c3d,subnet-4e5f6a7b");
+    for outside in [webhook(&[]), webhook(&[subnets]), webhook(&[("WebhookInVpc", "true")])] {
+        assert!(outside.get("VpcConfig").is_none(), "{}", outside["VpcConfig"]);
+    }
+    let inside = webhook(&[subnets, ("WebhookInVpc", "true")]);
+    assert_eq!(inside["VpcConfig"]["SubnetIds"], json!({"Ref": "VpcSubnetIds"}));
+    let role = resolved(&t, &[subnets, ("WebhookInVpc", "true")])["Resources"]["WebhookFunctionRole"].clone();
+    let managed = serde_json::to_string(&role["Properties"]["ManagedPolicyArns"]).unwrap();
+    assert!(managed.contains("AWSLambdaVPCAccessExecutionRole"), "{managed}");
+}
+
 /// Writes `lines` to a fresh parameters file.
 fn params_file(name: &str, lines: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("relay-infra-{}-{name}", std::process::id()));
