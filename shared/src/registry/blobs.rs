@@ -77,8 +77,9 @@ impl Copier<'_> {
         d: &Descriptor,
         counters: &Arc<Counters>,
     ) -> Result<(), CopyError> {
-        // Past the deadline no blob starts; those in flight finish (a
-        // cancelled upload would be sent again in full by the next run).
+        // Past the deadline's margin no blob starts; those in flight go on
+        // until the worker's cut (a resumable one is handed on, see
+        // [`resume`]; another is sent again in full by the next run).
         if self.stop_at.is_some_and(|t| std::time::Instant::now() >= t) {
             self.pass(&d.digest);
             counters.deferred.fetch_add(1, Ordering::Relaxed);
@@ -233,33 +234,14 @@ impl Copier<'_> {
                 return Err(e);
             }
         };
-        let counters = counters.clone();
-        let throttle = self.throttle.clone();
         // A failure of the source's stream reaches us as the destination's
         // request failing; it is kept here so the error names the source
         // (a trickling source must not open the destination's breaker).
         let source_fault = Arc::new(std::sync::Mutex::new(None::<RegistryError>));
-        let fault = source_fault.clone();
-        let what = Arc::new(SourceBlob {
-            registry: self.source.name().to_owned(),
-            path: format!("/v2/{src_repo}/blobs/{}", d.digest),
-            descriptor: d.clone(),
-        });
-        // Both ends are timed together: a trickling source and a destination
-        // that accepts a trickle hold a worker alike.
-        let limit = self.throttle.as_ref().map(|t| t.bytes_per_second());
-        let paced = Paced::new(source, self.min_throughput.under_limit(limit));
-        let body = paced.then(move |chunk| {
-            let (counters, throttle, fault, what) = (counters.clone(), throttle.clone(), fault.clone(), what.clone());
-            async move {
-                let c = chunk.inspect_err(|e| *fault.lock().expect("fault lock") = Some(what.error(e)))?;
-                counters.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
-                if let Some(t) = &throttle {
-                    t.take(c.len()).await;
-                }
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(c)
-            }
-        });
+        let (fault, what) = (source_fault.clone(), self.source_blob(src_repo, d));
+        let body = self
+            .metered(source, counters)
+            .inspect_err(move |e| *fault.lock().expect("fault lock") = Some(what.error(e)));
         // The destination's client watches each request's body: a registry
         // that stops reading leaves it unpolled, and so unpaced. Whichever
         // way the bytes go, the commit (`PUT ?digest=`) is complete only
@@ -322,6 +304,39 @@ const RESUMABLE_CHUNK_MIN: u64 = 16 * 1024;
 const RESUMABLE_CHUNK_MAX: u64 = 8 * 1024 * 1024;
 
 impl Copier<'_> {
+    /// The source's read, paced and counted: both ends are timed together
+    /// (a trickling source and a destination that accepts a trickle hold a
+    /// worker alike), the bytes are counted, and the task's bandwidth limit
+    /// is kept.
+    fn metered(
+        &self,
+        source: impl futures_util::Stream<Item = Result<bytes::Bytes, ReadFault>> + Send + Unpin + 'static,
+        counters: &Arc<Counters>,
+    ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, super::chunks::BoxError>> + Send + 'static {
+        let limit = self.throttle.as_ref().map(|t| t.bytes_per_second());
+        let (counters, throttle) = (counters.clone(), self.throttle.clone());
+        Paced::new(source, self.min_throughput.under_limit(limit)).then(move |piece| {
+            let (counters, throttle) = (counters.clone(), throttle.clone());
+            async move {
+                let piece = piece?;
+                counters.bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
+                if let Some(t) = &throttle {
+                    t.take(piece.len()).await;
+                }
+                Ok(piece)
+            }
+        })
+    }
+
+    /// What the errors of a read of `d` from `src_repo` name.
+    fn source_blob(&self, src_repo: &RepositoryPath, d: &Descriptor) -> SourceBlob {
+        SourceBlob {
+            registry: self.source.name().to_owned(),
+            path: format!("/v2/{src_repo}/blobs/{}", d.digest),
+            descriptor: d.clone(),
+        }
+    }
+
     /// Whether `size` bytes at the task's bandwidth limit take longer than
     /// this run has before its deadline's margin.
     fn outlasts_the_run(&self, size: u64) -> bool {
@@ -392,23 +407,12 @@ impl Copier<'_> {
             .map_or(RESUMABLE_CHUNK_MAX, |l| l / 4)
             .clamp(RESUMABLE_CHUNK_MIN, RESUMABLE_CHUNK_MAX)
             .max(chunk_min.unwrap_or(0));
-        let (counters, throttle) = (counters.clone(), self.throttle.clone());
-        let body = Paced::new(source, self.min_throughput.under_limit(limit)).then(move |piece| {
-            let (counters, throttle) = (counters.clone(), throttle.clone());
-            async move {
-                let piece = piece?;
-                counters.bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
-                if let Some(t) = &throttle {
-                    t.take(piece.len()).await;
-                }
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(piece)
-            }
-        });
-        let pieces = Pieces::new(body.boxed());
-        let what = SourceBlob {
-            registry: self.source.name().to_owned(),
-            path: format!("/v2/{src_repo}/blobs/{}", d.digest),
-            descriptor: d.clone(),
+        let pieces = Pieces::new(self.metered(source, counters).boxed());
+        let what = self.source_blob(src_repo, d);
+        // A failed upload is abandoned: nothing is left for a next run.
+        let abandon = |url| async move {
+            self.destination.cancel_upload(dst_repo, url).await;
+            resume::closed(&d.digest);
         };
         let (mut url, mut committed) = (session, hashed);
         while committed.offset() < d.size {
@@ -426,8 +430,7 @@ impl Copier<'_> {
             let read: Vec<bytes::Bytes> = match pieces.take(len).try_collect().await {
                 Ok(read) => read,
                 Err(e) => {
-                    self.destination.cancel_upload(dst_repo, url).await;
-                    resume::closed(&d.digest);
+                    abandon(url).await;
                     return Err(what.error(&e));
                 }
             };
@@ -449,20 +452,22 @@ impl Copier<'_> {
                     });
                 }
                 Err(e) => {
-                    self.destination.cancel_upload(dst_repo, url).await;
-                    resume::closed(&d.digest);
+                    abandon(url).await;
                     return Err(e);
                 }
             }
         }
         let empty = futures_util::stream::empty().boxed();
-        let finished = self.destination.finish_upload(dst_repo, url.clone(), &d.digest, 0, empty).await;
-        resume::closed(&d.digest);
-        if let Err(e) = finished {
-            self.destination.cancel_upload(dst_repo, url).await;
-            return Err(e);
+        match self.destination.finish_upload(dst_repo, url.clone(), &d.digest, 0, empty).await {
+            Ok(()) => {
+                resume::closed(&d.digest);
+                Ok(UploadKind::Streamed)
+            }
+            Err(e) => {
+                abandon(url).await;
+                Err(e)
+            }
         }
-        Ok(UploadKind::Streamed)
     }
 
     /// Opens the blob at the source from byte `hashed.offset()` on (`hashed`:
