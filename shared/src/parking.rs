@@ -93,6 +93,11 @@ pub struct ParkingLot {
     /// none was seen for a while (several workers may still start one
     /// each; every probe ends when the registry answers).
     probing: Mutex<HashMap<String, Instant>>,
+    /// When this process last swept the lot for tasks past the limit: once
+    /// an outage is older than the limit every failed probe would, reading
+    /// every parked task each probe period; a twenty-fourth of the limit
+    /// apart is soon enough.
+    swept: Mutex<Option<Instant>>,
     /// Where tasks parked past the limit go, with their reason.
     dead_letters: Option<DeadLetters>,
 }
@@ -128,6 +133,7 @@ impl ParkingLot {
             probe_every: Duration::from_secs(settings.probe_seconds),
             limit: Duration::from_secs(settings.park_limit_seconds),
             probing: Mutex::new(HashMap::new()),
+            swept: Mutex::new(None),
             dead_letters,
         }
     }
@@ -198,7 +204,16 @@ impl ParkingLot {
     /// (then its message must be redelivered, so the round goes on).
     pub async fn still_down(&self, probe: &Probe) -> bool {
         self.probing.lock().unwrap_or_else(|p| p.into_inner()).insert(probe.registry.clone(), Instant::now());
-        if Duration::from_secs(unix_now().saturating_sub(probe.down_since)) > self.limit {
+        let due = {
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            let old = Duration::from_secs(unix_now().saturating_sub(probe.down_since)) > self.limit;
+            let due = old && swept.is_none_or(|t| t.elapsed() >= (self.limit / 24).max(self.probe_every));
+            if due {
+                *swept = Some(Instant::now());
+            }
+            due
+        };
+        if due {
             // Only the expired ones leave; the rest is made visible again.
             let _ = self.sweep(None, None).await;
         }

@@ -152,7 +152,7 @@ impl Settler {
                         }
                         continue;
                     };
-                    let registry = if source { "source" } else { f.slices.registry.as_str() };
+                    let registry = if source { crate::worker::SOURCE } else { f.slices.registry.as_str() };
                     match parking.park(&f.message, registry).await {
                         Parked::Waiting => {}
                         Parked::Refused => redeliver.push(f.message.id),

@@ -33,7 +33,7 @@ const LISTING_PAGE: usize = 1000;
 
 /// The name errors, logs and parking give the source (no destination may
 /// take it, see the configuration's check).
-const SOURCE: &str = "source";
+pub const SOURCE: &str = "source";
 
 /// Requests in flight are cut when a third of the deadline margin is left
 /// (5 s of the default 15 s): no blob starts in the first two thirds, and
@@ -675,6 +675,7 @@ impl Worker {
     async fn still_answers(client: &RegistryClient, health: &Health) -> Result<(), TaskFailure> {
         match client.ping().await {
             Err(e) if e.is_unavailable() => {
+                tracing::info!(registry = client.name(), error = %e, "registry unavailable: GET /v2/ fails too");
                 health.record_unavailable();
                 Err(TaskFailure::Parked(client.name().to_owned()))
             }
@@ -703,28 +704,25 @@ impl Worker {
             SOURCE => Some((&*self.source, &self.source_health)),
             name => self.destinations.get(name).map(|d| (&d.client, &d.health)),
         };
-        let Some((client, health)) = side else {
-            // A registry the configuration no longer names: release its
-            // tasks, which then fail as unknown (dead-lettered with that reason).
-            parking.release(probe, deadline.map(|d| d - self.settings.margin_before(d))).await;
-            return Ok(());
+        // A registry the configuration no longer names: its tasks are
+        // released, and then fail as unknown (dead-lettered with that reason).
+        let answers = match side {
+            Some((client, health)) => Self::still_answers(client, health).await.is_ok(),
+            None => true,
         };
-        match client.ping().await {
-            Err(e) if e.is_unavailable() => {
-                health.record_unavailable();
-                tracing::info!(registry = %probe.registry, error = %e, "probe: registry still unavailable");
-                if parking.still_down(probe).await {
-                    Ok(())
-                } else {
-                    Err(failed("cannot send the probe again".into()))
-                }
-            }
-            _ => {
-                health.record_success();
-                parking.release(probe, deadline.map(|d| d - self.settings.margin_before(d))).await;
-                Ok(())
-            }
+        if answers {
+            parking.release(probe, self.stop_at(deadline)).await;
+            Ok(())
+        } else if parking.still_down(probe).await {
+            Ok(())
+        } else {
+            Err(failed("cannot send the probe again".into()))
         }
+    }
+
+    /// When no new blob (or release) starts: `deadline` minus the margin.
+    fn stop_at(&self, deadline: Option<Instant>) -> Option<Instant> {
+        deadline.map(|d| d - self.settings.margin_before(d))
     }
 
     async fn copy_to(
@@ -734,7 +732,7 @@ impl Worker {
         deadline: Option<Instant>,
         member: Option<&Member>,
     ) -> Result<CopyReport, TaskFailure> {
-        let stop_at = deadline.map(|d| d - self.settings.margin_before(d));
+        let stop_at = self.stop_at(deadline);
         let copier = Copier {
             source: &self.source,
             destination: &destination.client,
