@@ -73,6 +73,10 @@ pub struct Released {
     pub unfinished: bool,
 }
 
+/// A probe due less than this after now may be taken before a task being
+/// parked reaches the lot: that task sends its own.
+const PROBE_SEND_MARGIN: Duration = Duration::from_secs(2);
+
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -88,10 +92,12 @@ pub struct ParkingLot {
     pub probe_every: Duration,
     /// How long a task may stay parked before it is dead-lettered.
     pub limit: Duration,
-    /// Registries this process has a probe going round for, and when it
-    /// last saw it: a registry's parked tasks start a new probe only when
-    /// none was seen for a while (several workers may still start one
-    /// each; every probe ends when the registry answers).
+    /// Registries this process sent a probe for, and when that probe is
+    /// due. A task is parked only with a probe still to come after it is
+    /// in the lot: otherwise a probe releasing the registry just before
+    /// the task arrives would leave it parked with none to come (several
+    /// workers may each send one; every probe ends when the registry
+    /// answers).
     probing: Mutex<HashMap<String, Instant>>,
     /// When this process last swept the lot for tasks past the limit: once
     /// an outage is older than the limit every failed probe would, reading
@@ -146,6 +152,18 @@ impl ParkingLot {
         if Duration::from_secs(now.saturating_sub(since)) > self.limit {
             return Parked::TooLong;
         }
+        // The probe first: a worker stopped between the two leaves the task
+        // on the copy queue (redelivered), never parked without a probe.
+        let pending = {
+            let probing = self.probing.lock().unwrap_or_else(|p| p.into_inner());
+            probing.get(registry).is_some_and(|due| *due > Instant::now() + PROBE_SEND_MARGIN)
+        };
+        if !pending {
+            let probe = Probe { registry: registry.to_owned(), down_since: since };
+            if !self.send_probe(&probe, self.probe_every).await {
+                return Parked::Refused;
+            }
+        }
         let sent = self
             .sqs
             .send_message()
@@ -162,17 +180,6 @@ impl ParkingLot {
             return Parked::Refused;
         }
         tracing::info!(message_id = %m.id, registry, parked_since = since, "task parked until its registry answers");
-        let due = {
-            let mut probing = self.probing.lock().unwrap_or_else(|p| p.into_inner());
-            let seen = probing.get(registry).is_some_and(|t| t.elapsed() < self.probe_every * 3);
-            if !seen {
-                probing.insert(registry.to_owned(), Instant::now());
-            }
-            !seen
-        };
-        if due {
-            self.send_probe(&Probe { registry: registry.to_owned(), down_since: since }, self.probe_every).await;
-        }
         Parked::Waiting
     }
 
@@ -190,7 +197,13 @@ impl ParkingLot {
             .send()
             .await;
         match sent {
-            Ok(_) => true,
+            Ok(_) => {
+                let due = Instant::now() + delay;
+                let mut probing = self.probing.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = probing.entry(probe.registry.clone()).or_insert(due);
+                *entry = (*entry).max(due);
+                true
+            }
             Err(e) => {
                 tracing::warn!(registry = %probe.registry, error = %sdk_error(e), "cannot send the registry's probe");
                 false
@@ -203,7 +216,6 @@ impl ParkingLot {
     /// outage itself is that old. False when the probe could not be sent
     /// (then its message must be redelivered, so the round goes on).
     pub async fn still_down(&self, probe: &Probe) -> bool {
-        self.probing.lock().unwrap_or_else(|p| p.into_inner()).insert(probe.registry.clone(), Instant::now());
         let due = {
             let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
             let old = Duration::from_secs(unix_now().saturating_sub(probe.down_since)) > self.limit;
@@ -225,7 +237,11 @@ impl ParkingLot {
     /// `stop_at` when given. An unfinished release sends the probe again at
     /// once, so another run carries on.
     pub async fn release(&self, probe: &Probe, stop_at: Option<Instant>) -> Released {
-        self.probing.lock().unwrap_or_else(|p| p.into_inner()).remove(&probe.registry);
+        // This probe's entry goes; one sent later, still to come, stays.
+        self.probing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|r, due| r != &probe.registry || *due > Instant::now());
         let released = self.sweep(Some(&probe.registry), stop_at).await;
         if released.unfinished {
             self.send_probe(probe, Duration::ZERO).await;
@@ -244,8 +260,9 @@ impl ParkingLot {
         released
     }
 
-    /// One walk through the parking queue: tasks waiting for `registry`
-    /// (none: no task) are moved back to the copy queue, those parked
+    /// One walk through the parking queue: with a `registry` that answers
+    /// again, every waiting task is moved back to the copy queue (none: no
+    /// task), those parked
     /// longer than the limit are dead-lettered, and every other one is made
     /// visible again at the end (so a release of another registry running
     /// at the same time still finds it).
@@ -290,7 +307,13 @@ impl ParkingLot {
                 let on = attribute(PARKED_ON).unwrap_or_default();
                 if Duration::from_secs(started.saturating_sub(since)) > self.limit {
                     expired.push((m, receipt, on, since));
-                } else if registry.is_some_and(|r| r == on) {
+                } else if registry.is_some() {
+                    // Every waiting task goes back, not only `registry`'s:
+                    // sweeps running at once hide each other's messages,
+                    // and a task left hidden by another registry's sweep
+                    // could miss its own release. One still down parks
+                    // again at once (its breaker is open), keeping its
+                    // `PARKED_SINCE`.
                     moving.push((m, receipt));
                 } else {
                     left.push(receipt);
