@@ -5,7 +5,11 @@
 //! resets mid-body, slow bodies, corrupt blobs, expiring tokens, mounts
 //! answered with 202, a destination that does not check blob digests —
 //! and counts the requests it served. A request whose body breaks off (the
-//! client gave it up) changes nothing, as in a real registry.
+//! client gave it up) changes nothing, as in a real registry. As a source
+//! it stands in for a Harbor: its REST API (artifacts with labels, the
+//! listings, webhook policies) and, once it has a robot account, a token
+//! service and an API that take only the robot's current secret (rotated
+//! in place by a test).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -172,6 +176,11 @@ struct Store {
     webhook_policies: Vec<(i64, serde_json::Value)>,
     /// Answer Harbor's `GET /api/v2.0/ping` with `Pong`, as a Harbor does.
     pings_as_harbor: bool,
+    /// Harbor's robot account (username, password) when one is required:
+    /// see [`FakeRegistry::set_robot`].
+    robot: Option<(String, String)>,
+    /// Requests refused for their credentials, per kind.
+    refused: HashMap<Op, usize>,
 }
 
 /// The type Harbor's artifact processors give a manifest: `IMAGE` for an
@@ -340,6 +349,36 @@ impl FakeRegistry {
         self.store.lock().unwrap().pings_as_harbor = true;
     }
 
+    /// Requires Harbor's robot account `username`/`password` from now on,
+    /// as a Harbor does: the token service (`/token`) issues tokens only
+    /// for its Basic credentials, Harbor's API answers only them, and
+    /// `/v2/` takes a token or them (Harbor's core accepts Basic too, which
+    /// lets a fixture push; the relay's client follows the Bearer
+    /// challenge). Anything else is 401, counted in [`FakeRegistry::refused`].
+    /// Called again, it rotates the robot's secret in place: the old
+    /// password is refused at once. Tokens issued before stay valid, as
+    /// Harbor's do until they expire ([`FakeRegistry::expire_tokens`]).
+    pub fn set_robot(&self, username: &str, password: &str) {
+        let mut s = self.store.lock().unwrap();
+        s.robot = Some((username.to_owned(), password.to_owned()));
+        s.tokens.get_or_insert_with(Vec::new);
+    }
+
+    /// Requests of kind `op` refused for their credentials (a robot set).
+    pub fn refused(&self, op: Op) -> usize {
+        self.store.lock().unwrap().refused.get(&op).copied().unwrap_or(0)
+    }
+
+    /// Deletes `repo@digest` as Harbor deletes an artifact: the manifest,
+    /// every tag on it and its labels.
+    pub fn delete_artifact(&self, repo: &str, digest: &str) {
+        let mut s = self.store.lock().unwrap();
+        if let Some(m) = s.manifests.get_mut(repo) {
+            m.retain(|reference, (_, bytes)| reference != digest && sha256(bytes) != digest);
+        }
+        s.labels.remove(&(repo.to_owned(), digest.to_owned()));
+    }
+
     /// Harbor labels of `repo@digest` (what the Harbor API answers).
     pub fn set_labels(&self, repo: &str, digest: &str, labels: &[&str]) {
         let labels = labels.iter().map(|l| (*l).to_owned()).collect();
@@ -442,6 +481,19 @@ async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Respons
         if headers.contains_key("authorization") {
             s.authorized += 1;
         }
+        // With a robot account: whether the request carries its Basic credentials.
+        let robot = s.robot.as_ref().map(|(user, password)| {
+            use base64::Engine as _;
+            let expected =
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+            headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str())
+        });
+        let harbor_api = matches!(op, Op::HarborArtifact | Op::HarborList | Op::HarborWebhook);
+        if robot == Some(false) && (op == Op::Token || harbor_api) {
+            *s.refused.entry(op).or_default() += 1;
+            let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"unauthorized"}]}"#;
+            return (StatusCode::UNAUTHORIZED, [("content-type", "application/json")], body).into_response();
+        }
         if op == Op::Token {
             let token = format!("t{}", s.next);
             s.next += 1;
@@ -451,7 +503,7 @@ async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Respons
             let json = format!("{{\"token\":\"{token}\",\"expires_in\":300}}");
             return ([("content-type", "application/json")], json).into_response();
         }
-        if let Some(valid) = &s.tokens {
+        if let Some(valid) = s.tokens.as_ref().filter(|_| robot != Some(true)) {
             let presented = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
             if !valid.iter().any(|t| presented == format!("Bearer {t}")) {
                 return challenge(&s, &base);
