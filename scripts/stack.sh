@@ -174,6 +174,11 @@ ENV
     )
     wait_for localstack "http://127.0.0.1:$LS_PORT/_localstack/health" 200 60
   fi
+  # The bucket of the relay's record of the tags it wrote (reconcile deletes
+  # only those); LocalStack keeps nothing across restarts, and a PUT of a
+  # bucket it has answers 200 again.
+  curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$LS_PORT/relay-written"
+  grep -q RELAY_RECORD_BUCKET "$STACK/env" || echo "export RELAY_RECORD_BUCKET=relay-written" >> "$STACK/env"
   if ! alive moto; then
     if port_busy "$MOTO_PORT"; then log "port $MOTO_PORT is taken by another process; set RELAY_MOTO_PORT"; return 1; fi
     setsid "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" > "$STACK/moto.log" 2>&1 < /dev/null &

@@ -19,6 +19,7 @@ use crate::registry_kind::{CaSource, RegistryKind};
 use crate::secrets::{CredentialReloader, CredentialSource, SecretError, SecretSource, WebhookAuth};
 use crate::webhook::{Webhook, WebhookOptions};
 use crate::worker::Worker;
+use crate::written::Written;
 
 /// Bound on one Harbor API call from the webhook: Harbor waits 3 s at most.
 pub const HARBOR_API_TIMEOUT: Duration = Duration::from_secs(2);
@@ -81,7 +82,15 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
             Duration::from_secs(config.worker.park_max_seconds),
         ),
         parking: None,
+        written: written_record().await,
     })
+}
+
+/// The record of the tags the relay wrote ([`Written`]), when
+/// `RELAY_RECORD_BUCKET` names its bucket.
+pub async fn written_record() -> Option<Arc<Written>> {
+    std::env::var(crate::written::BUCKET_ENV).ok().filter(|b| !b.is_empty())?;
+    Written::from_env(&aws_config().await).map(Arc::new)
 }
 
 /// A destination's client, what its kind needs at run time, and where its

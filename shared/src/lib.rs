@@ -36,6 +36,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod webhook;
 pub mod worker;
+pub mod written;
 
 pub use config::Config;
 pub use digest::Digest;

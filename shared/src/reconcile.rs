@@ -8,8 +8,11 @@
 //! `/tags/list` with `Link` pagination, resolving each tag with HEAD (never
 //! GET: Harbor counts GETs as pulls) — then HEADs the mapped destination
 //! reference and plans copy tasks only for what is missing or different. Rules with `deletion: true` also get delete
-//! tasks for destination tags the source no longer has (only tags the rule
-//! maps). The tasks go through the same queue and worker as webhook events,
+//! tasks for destination tags the source no longer has: only tags the rule
+//! maps, and only those the relay's record says it wrote ([`Written`]), so
+//! a tag pushed straight to the destination stays; `prune: true` deletes
+//! those too. Never a referrers fallback or signature tag whose subject
+//! the destination holds. The tasks go through the same queue and worker as webhook events,
 //! so a reconcile racing the webhook moves no duplicate bytes: the worker's
 //! HEAD checks and blob ledger absorb it.
 //!
@@ -39,6 +42,7 @@ use crate::repository::{RepositoryPath, Tag};
 use crate::rules::ArtifactFacts;
 use crate::task::{Action, Task};
 use crate::worker::Destination;
+use crate::written::Written;
 
 /// A pass fails only when a listing does: nothing is planned from half a list.
 pub use crate::feeders::ListingError as ReconcileError;
@@ -144,6 +148,9 @@ pub struct Reconciler<'a> {
     /// Reads a registry's credentials again (the TTL passed, or it
     /// refused them: a rotated secret), as the worker does.
     pub credentials: Option<&'a crate::secrets::CredentialReloader>,
+    /// What the relay wrote: a tag it never wrote is not Harbor's to delete
+    /// (see [`Written`]). Without it, only `prune` rules delete.
+    pub written: Option<&'a Written>,
 }
 
 impl<'a> Reconciler<'a> {
@@ -157,6 +164,7 @@ impl<'a> Reconciler<'a> {
             page_size,
             progress: None,
             credentials: Some(&worker.credentials),
+            written: worker.written.as_deref(),
         }
     }
 
@@ -195,6 +203,12 @@ impl<'a> Reconciler<'a> {
     pub async fn pass_once(&self, cursor: Option<&str>, stop_at: Option<Instant>) -> Result<Pass, ReconcileError> {
         let mut pass = Pass::default();
         let (after, inside) = parse_cursor(cursor);
+        if self.written.is_none() && self.config.rules.iter().any(|r| r.enabled && r.deletion && !r.prune) {
+            tracing::warn!(
+                "rules with `deletion` delete only tags the relay recorded writing, and there is no record ({} unset): this pass deletes none",
+                crate::written::BUCKET_ENV
+            );
+        }
         let prefixes = literal_prefixes(self.config.rules.iter().filter(|r| r.enabled));
         let listed = self.listing().repositories(prefixes.as_deref()).await?;
         // Sorted and without duplicates already (the listing's promise).
@@ -314,6 +328,19 @@ impl<'a> Reconciler<'a> {
         Ok(false)
     }
 
+    /// Whether the relay's record says it pointed `tag` at `digest`; no
+    /// record, or one it cannot read, keeps the tag.
+    async fn relay_wrote(&self, registry: &str, repo: &RepositoryPath, tag: &Tag, digest: &Digest) -> bool {
+        let Some(written) = self.written else { return false };
+        match written.wrote(registry, repo, tag).await {
+            Ok(recorded) => recorded.as_ref() == Some(digest),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the record of written tags: the tag is kept");
+                false
+            }
+        }
+    }
+
     /// Whether the destination holds every accessory (HEAD by digest);
     /// always true when the worker does not copy referrers.
     async fn accessories_present(
@@ -378,7 +405,8 @@ impl<'a> Reconciler<'a> {
         // place has (another rule, or the same rule's flattening, may map a
         // second source there: its tags are not this repository's to delete).
         for rule in self.config.rules.iter().filter(|r| r.enabled && r.deletion) {
-            if !rule.selects(repo) {
+            // Without the record it would delete nothing: spare the listing.
+            if !rule.selects(repo) || (self.written.is_none() && !rule.prune) {
                 continue;
             }
             let Ok(dst_repo) = rule.map_repository(repo) else { continue };
@@ -410,6 +438,12 @@ impl<'a> Reconciler<'a> {
                     }
                 }
                 let Some(digest) = dst.client.head_manifest(&dst_repo, dst_tag.as_str()).await? else { continue };
+                // Harbor's deletes only: a tag the relay did not write (a
+                // person pushed it, or it was re-pushed over the relay's) is
+                // not drift, unless the rule prunes.
+                if !rule.prune && !self.relay_wrote(&rule.destination.registry, &dst_repo, &dst_tag, &digest).await {
+                    continue;
+                }
                 // The worker deletes by digest, and only a digest no feeding
                 // source holds under any tag (`registry/delete.rs`): one a
                 // source still holds would be planned every pass and kept

@@ -22,6 +22,10 @@ pub struct Rule {
     pub override_existing: bool,
     /// Delete on the destination when Harbor deletes the artifact [deletion].
     pub deletion: bool,
+    /// Reconcile also deletes destination tags of the rule's mapping that no
+    /// source repository holds although the relay never wrote them (pushed
+    /// straight to the destination). Off by default; needs `deletion`.
+    pub prune: bool,
     /// Harbor's "speed" in kilobits per second; `None` = unlimited (-1).
     pub bandwidth_kbps: Option<u64>,
     /// Events whose `operator` is listed are ignored (replication loops).
@@ -259,6 +263,8 @@ pub(crate) struct RawRule {
     override_existing: bool,
     #[serde(default)]
     deletion: bool,
+    #[serde(default)]
+    prune: bool,
     #[serde(default = "unlimited")]
     bandwidth_kbps: i64,
     #[serde(default)]
@@ -360,6 +366,12 @@ impl Rule {
         if raw.name.trim().is_empty() {
             return Err(field_err("name", "must not be empty"));
         }
+        if raw.prune && !raw.deletion {
+            return Err(field_err(
+                "prune",
+                "removes destination tags, which needs `deletion: true` on the same rule (or drop `prune`)",
+            ));
+        }
         let name_filter = match raw.filters.name.as_str() {
             "" => None,
             p => Some(Pattern::new(p).map_err(|e| field_err("filters.name", e.to_string()))?),
@@ -442,6 +454,7 @@ impl Rule {
             destination: Destination { registry: raw.destination.registry, namespace, flatten },
             override_existing: raw.override_existing,
             deletion: raw.deletion,
+            prune: raw.prune,
             bandwidth_kbps,
             exclude_operators: raw.exclude_operators,
         })
@@ -551,6 +564,20 @@ mod tests {
         let err = raw("{ values: [x], decoration: exclude }").unwrap_err();
         assert!(err.contains("unknown variant `exclude`"), "{err}");
         assert!(raw("[x]").is_ok() && raw("{ values: [x] }").is_ok());
+    }
+
+    /// `prune` widens what `deletion` deletes; alone it would ask reconcile
+    /// for deletes the worker refuses (no `deletion` on the rule).
+    #[test]
+    fn prune_needs_deletion_and_is_off_by_default() {
+        let parse = |extra: &str| {
+            let yaml = format!("{{ name: t, destination: {{ registry: r }}{extra} }}");
+            Rule::from_raw(serde_yaml_ng::from_str(&yaml).unwrap(), false)
+        };
+        let err = parse(", prune: true").unwrap_err().to_string();
+        assert!(err.contains("prune") && err.contains("deletion: true"), "{err}");
+        assert!(parse(", deletion: true, prune: true").unwrap().prune);
+        assert!(!parse(", deletion: true").unwrap().prune);
     }
 
     #[test]

@@ -22,11 +22,13 @@ use crate::registry::resume::{self, OpenUpload, RunRecord};
 use crate::registry::retry::RetryPolicy;
 use crate::registry::tee::{Fanout, Member};
 use crate::registry::throttle::Throttle;
-use crate::registry::{Copier, CopyError, CopyReport, RegistryClient, RegistryError};
+use crate::registry::{Copier, CopyError, CopyReport, Outcome, RegistryClient, RegistryError};
+use crate::repository::Tag;
 use crate::rules::Rule;
 use crate::secrets::{CredentialReloader, SecretError};
 use crate::settle::Disposition;
 use crate::task::{Action, Task, TaskError};
+use crate::written::Written;
 
 /// Catalog entries per request when a delete lists the source.
 const LISTING_PAGE: usize = 1000;
@@ -147,6 +149,9 @@ pub struct Worker {
     /// back (`RELAY_PARKING_QUEUE_URL`); without it they are parked in the
     /// copy queue with growing delays.
     pub parking: Option<Arc<ParkingLot>>,
+    /// The record of the destination tags this relay wrote, which tells
+    /// reconcile what a missed delete left behind (`RELAY_RECORD_BUCKET`).
+    pub written: Option<Arc<Written>>,
 }
 
 /// Running totals of what the worker did.
@@ -662,12 +667,38 @@ impl Worker {
                 }
             }
             Err(_) => {}
-            Ok(_) => {
+            Ok(report) => {
                 self.source_health.record_success();
                 destination.health.record_success();
+                self.keep_record(task, report).await;
             }
         }
         result
+    }
+
+    /// Keeps the record of written tags ([`Written`]) in step with what
+    /// `task` did: the tags it points at the digest (pushed now or already
+    /// there: the rules map them, so they are the relay's), none it left
+    /// pointing elsewhere, and forgets the tags it deleted. A failure only
+    /// keeps tags: reconcile deletes no tag the record lacks.
+    async fn keep_record(&self, task: &Task, report: &CopyReport) {
+        let Some(written) = &self.written else { return };
+        let (registry, repository) = (&task.destination.registry, &task.destination.repository);
+        let kept = match report.outcome {
+            Some(Outcome::Copied | Outcome::AlreadyPresent) => {
+                let tags: Vec<Tag> =
+                    task.destination.tags.iter().filter(|t| !report.tags_skipped.contains(t)).cloned().collect();
+                written.note(registry, repository, &tags, &task.source.digest).await
+            }
+            Some(Outcome::Deleted | Outcome::NotPresent) => {
+                written.forget(registry, repository, &task.destination.tags).await
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "cannot keep the record of written tags: reconcile keeps these tags");
+            metrics::emit(&[("Function", "worker")], &[("RecordFailures", 1.0, Unit::Count)]);
+        }
     }
 
     /// Asks `client`'s registry whether it answers (`GET /v2/`); one that

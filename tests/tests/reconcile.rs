@@ -20,6 +20,11 @@ fn rules(project: &str, deletion: bool, override_existing: bool) -> String {
     format!("  - name: mirror\n    filters: {{ name: \"{project}/**\" }}\n    destination: {{ registry: cluster1-registry }}\n    deletion: {deletion}\n    override: {override_existing}\n")
 }
 
+/// [`rules`] with deletion on and `prune: true`.
+fn pruning(project: &str) -> String {
+    rules(project, true, true) + "    prune: true\n"
+}
+
 async fn setup(stack: &Stack, rules: &str) -> (Config, Worker) {
     let config = Config::parse(&stack.config_yaml(rules)).unwrap();
     let worker = bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap();
@@ -124,12 +129,11 @@ async fn deletion_off_and_override_off_leave_the_destination_alone() {
     assert_eq!(keep.in_sync, 1, "override off: the hand-made v1 counts as settled");
     assert_eq!(target.digest_at(&app, "v1").await.unwrap().as_deref(), Some(hand.digest.as_str()));
 
+    // Deletion on propagates Harbor's deletes only: `only-there` was never
+    // Harbor's (nor the relay's), so it stays; override restores v1.
     let (config, worker) = setup(&stack, &rules(&p, true, true)).await;
     let fix = pass(&config, &worker, 1000).await;
-    assert_eq!(
-        summary(&fix),
-        vec![(Action::Delete, app.clone(), "only-there".into()), (Action::Copy, app.clone(), "v1".into())]
-    );
+    assert_eq!(summary(&fix), vec![(Action::Copy, app.clone(), "v1".into())]);
     assert_ne!(hand.digest, a.digest);
 }
 
@@ -183,14 +187,14 @@ async fn listings_are_paginated_and_a_synced_pass_is_head_only() {
 
 /// On a registry without the referrers API the worker keeps the OCI 1.1
 /// fallback index tagged `sha256-<hex>` beside the subject. No source
-/// repository holds that tag, but it is not drift: with `deletion` on, a
-/// pass never plans its delete while its subject is there (signatures
-/// would become unfindable). Once the subject is gone, it may go.
+/// repository holds that tag, but it is not drift: even a rule that prunes
+/// never plans its delete while its subject is there (signatures would
+/// become unfindable). Once the subject is gone, a pruning rule removes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_keeps_the_fallback_index_of_a_subject_that_is_there() {
     let stack = Stack::load().unwrap();
     let p = project();
-    let (config, worker) = setup(&stack, &rules(&p, true, true)).await;
+    let (config, worker) = setup(&stack, &pruning(&p)).await;
     let (source, target) = (stack.source(), stack.target());
     let app = format!("{p}/app");
     let img = image::push(&source, &app, "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
@@ -257,9 +261,12 @@ async fn a_tag_whose_digest_the_source_still_holds_is_not_planned_for_deletion()
     assert_eq!(summary(&first), vec![(Action::Copy, app.clone(), "v2".into())]);
     apply(&worker, &first).await;
     // `v1` was the same digest's tag at the source, removed there (as
-    // Harbor's UI removes a tag) after it was replicated.
+    // Harbor's UI removes a tag) after the relay replicated it.
     let (media_type, bytes) = target.get_manifest(&app, "v2").await.unwrap().unwrap();
     target.put_manifest(&app, "v1", &media_type, &bytes).await.unwrap();
+    let written = worker.written.as_ref().expect("the stack names the record's bucket (RELAY_RECORD_BUCKET)");
+    let digest: relay::Digest = img.digest.parse().unwrap();
+    written.note("cluster1-registry", &app.parse().unwrap(), &["v1".parse().unwrap()], &digest).await.unwrap();
     for n in 2..=4 {
         let again = pass(&config, &worker, 1000).await;
         assert!(again.tasks.is_empty(), "pass {n}: {:?}", summary(&again));
@@ -436,4 +443,66 @@ async fn a_reconcile_racing_the_webhook_moves_no_duplicate_bytes() {
     assert_eq!(a.manifests_pushed + b.manifests_pushed, 3, "two children and the index, once");
     assert_eq!(target.tree(&app, "v1").await.unwrap(), source.tree(&app, "v1").await.unwrap());
     assert!(pass(&config, &worker, 1000).await.tasks.is_empty(), "converged");
+}
+
+/// Reconcile propagates Harbor's deletes and nothing else: it deletes a
+/// destination tag only when the relay's record says the relay pointed it
+/// at that digest — a tag Harbor deleted while its webhook was lost — and
+/// keeps one a person pushed straight to the destination, or pushed over
+/// the relay's. The record outlives the process (a fresh worker reads it),
+/// and the relay forgets a tag it deleted. A rule with `prune: true` also
+/// removes the tags the relay never wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_deletes_only_tags_the_relay_wrote_unless_the_rule_prunes() {
+    let stack = Stack::load().unwrap();
+    let p = project();
+    let (config, worker) = setup(&stack, &rules(&p, true, true)).await;
+    let (source, target) = (stack.source(), stack.target());
+    let app = format!("{p}/app");
+    let v1 = image::push(&source, &app, "v1", ImageKind::OciImage, 1, 1024).await.unwrap();
+    let v2 = image::push(&source, &app, "v2", ImageKind::OciImage, 1, 1024).await.unwrap();
+    image::push(&source, &app, "v3", ImageKind::OciImage, 1, 1024).await.unwrap();
+    apply(&worker, &pass(&config, &worker, 1000).await).await;
+    assert_eq!(target.digest_at(&app, "v2").await.unwrap().as_deref(), Some(v2.digest.as_str()));
+
+    // A tag pushed straight to the destination; `v3` pushed over by hand
+    // there and then removed at the source; `v2` removed at the source
+    // with no event reaching the relay.
+    let hand = image::push(&target, &app, "hand", ImageKind::OciImage, 1, 512).await.unwrap();
+    let over = image::push(&target, &app, "v3", ImageKind::OciImage, 1, 512).await.unwrap();
+    for tag in ["v2", "v3"] {
+        let digest = source.digest_at(&app, tag).await.unwrap().unwrap();
+        assert_eq!(source.delete_manifest(&app, &digest).await.unwrap().as_u16(), 202);
+    }
+
+    // A cold start: another worker, the same record.
+    let (config, worker) = setup(&stack, &rules(&p, true, true)).await;
+    let missed = pass(&config, &worker, 1000).await;
+    assert_eq!(summary(&missed), vec![(Action::Delete, app.clone(), "v2".into())]);
+    apply(&worker, &missed).await;
+    assert!(target.digest_at(&app, "v2").await.unwrap().is_none(), "Harbor's missed delete propagated");
+    let written = worker.written.as_ref().expect("the stack names the record's bucket (RELAY_RECORD_BUCKET)");
+    let repo = app.parse().unwrap();
+    assert_eq!(written.wrote("cluster1-registry", &repo, &"v2".parse().unwrap()).await.unwrap(), None, "forgotten");
+    assert_eq!(
+        written.wrote("cluster1-registry", &repo, &"v1".parse().unwrap()).await.unwrap(),
+        Some(v1.digest.parse().unwrap())
+    );
+    for (tag, digest) in [("v1", &v1.digest), ("hand", &hand.digest), ("v3", &over.digest)] {
+        assert_eq!(target.digest_at(&app, tag).await.unwrap().as_deref(), Some(digest.as_str()), "{tag} kept");
+    }
+    assert!(pass(&config, &worker, 1000).await.tasks.is_empty(), "nothing else is Harbor's delete");
+
+    // Pruning, asked for, removes what the source never held.
+    let (config, worker) = setup(&stack, &pruning(&p)).await;
+    let pruned = pass(&config, &worker, 1000).await;
+    assert_eq!(
+        summary(&pruned),
+        vec![(Action::Delete, app.clone(), "hand".into()), (Action::Delete, app.clone(), "v3".into())]
+    );
+    apply(&worker, &pruned).await;
+    for tag in ["hand", "v3"] {
+        assert!(target.digest_at(&app, tag).await.unwrap().is_none(), "{tag} pruned");
+    }
+    assert_eq!(target.digest_at(&app, "v1").await.unwrap().as_deref(), Some(v1.digest.as_str()));
 }
