@@ -5,8 +5,10 @@
 //! not check the relay with the relay.
 
 pub mod app;
+pub mod aws_calls;
 pub mod fake;
 pub mod harbor;
+pub mod iam;
 pub mod image;
 pub mod lambda;
 pub mod plain;

@@ -560,7 +560,7 @@ fn secret_name(arn: &str) -> &str {
 /// With the parameters README's walk-through gives and the example
 /// configuration it starts from, each function's role may read every
 /// secret the function reads (the webhook: its auth values, and the
-/// source's credentials and CA when it uses Harbor's API; the worker and
+/// source's credentials and CA for label and resource rules; the worker and
 /// reconcile: every registry's), and the webhook no destination's.
 #[test]
 fn each_function_may_read_the_secrets_it_reads() {
@@ -588,7 +588,7 @@ fn each_function_may_read_the_secrets_it_reads() {
     assert!(!source.is_empty() && !destinations.is_empty() && !webhook_auth.is_empty());
     assert!(
         config.source.harbor_api.may_be_on(),
-        "the example reads Harbor's API: the webhook reads the source's secret"
+        "the example reads Harbor's API: a label rule added makes the webhook read the source's secret"
     );
 
     // The secret names each role may read, through the ARNs README gives.
@@ -1248,4 +1248,446 @@ fn kms_key_arn_encrypts_what_aws_allows() {
     // Reconcile's asynchronous invocations: failures kept in a queue of their own.
     let dlq = &r["ReconcileFunction"]["Properties"]["DeadLetterConfig"]["TargetArn"];
     assert_eq!(*dlq, json!({"Fn::GetAtt": ["ReconcileFailureQueue", "Arn"]}));
+}
+
+// ---------------------------------------------------------------------------
+// Issue 27, point 1: every AWS call the functions make is allowed by their
+// roles. The functions run as deployed (Lambda mode, configuration in SSM,
+// every credential in Secrets Manager) with their AWS calls through a
+// recording endpoint; each recorded call is then judged by
+// relay_tests::iam against the role the transformed template gives that
+// function, with the parameters README tells an operator to give.
+
+/// The account LocalStack's default credentials act in.
+const LOCAL_ACCOUNT: &str = "000000000000";
+/// moto's account: the "other account" of the cross-account ECR registry.
+const OTHER_ACCOUNT: &str = "123456789012";
+
+/// A Function URL request event (payload 2.0) carrying `body`.
+fn function_url_event(auth: &str, body: &str) -> Value {
+    use base64::Engine as _;
+    json!({
+        "version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "",
+        "headers": { "content-type": "application/json", "authorization": auth, "host": "x.lambda-url.us-east-1.on.aws" },
+        "requestContext": {
+            "accountId": "anonymous", "apiId": "x", "domainName": "x.lambda-url.us-east-1.on.aws", "domainPrefix": "x",
+            "http": { "method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "203.0.113.9", "userAgent": "Harbor" },
+            "requestId": format!("req-{:08x}", rand::random::<u32>()), "routeKey": "$default", "stage": "$default",
+            "time": "01/Dec/2026:12:00:00 +0000", "timeEpoch": relay_tests::now() * 1000
+        },
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+        "isBase64Encoded": true
+    })
+}
+
+/// What the test's stack looks like to IAM: the parameters an operator
+/// gives (README's walk-through, with this run's ARNs) and the concrete
+/// value of every resource a role's statements name.
+struct Deployed {
+    params: Vec<(String, String)>,
+    copy_queue: String,
+    dlq: String,
+    parking: String,
+    cursor: String,
+}
+
+impl Deployed {
+    fn bindings(&self, t: &Value, given: &[(&str, &str)]) -> relay_tests::iam::Bindings {
+        let mut b = relay_tests::iam::Bindings::default();
+        for (name, value) in parameter_values(t, given) {
+            if t["Parameters"][&name]["Type"] == "CommaDelimitedList" {
+                b.lists.push(name.clone());
+            }
+            b.set(&name, &value);
+        }
+        b.set("AWS::Region", "us-east-1").set("AWS::AccountId", LOCAL_ACCOUNT).set("AWS::Partition", "aws");
+        b.set("AWS::StackName", "harbor-relay").set("ReconcileCursor", &self.cursor);
+        let queues = [
+            ("CopyQueue", self.copy_queue.as_str()),
+            ("DeadLetterQueue", &self.dlq),
+            ("ParkingQueue", &self.parking),
+            ("ReconcileFailureQueue", "http://127.0.0.1:4566/000000000000/reconcile-failures"),
+        ];
+        for (logical, url) in queues {
+            let name = url.rsplit('/').next().unwrap_or_default();
+            b.set(logical, url).att(logical, "QueueName", name);
+            b.att(logical, "Arn", &format!("arn:aws:sqs:us-east-1:{LOCAL_ACCOUNT}:{name}"));
+        }
+        for (logical, function) in
+            [("WebhookLogGroup", "webhook"), ("WorkerLogGroup", "worker"), ("ReconcileLogGroup", "reconcile")]
+        {
+            let group = format!("/aws/lambda/harbor-relay-{function}");
+            b.set(logical, &group).att(
+                logical,
+                "Arn",
+                &format!("arn:aws:logs:us-east-1:{LOCAL_ACCOUNT}:log-group:{group}:*"),
+            );
+        }
+        // The record's bucket: the one the functions were given (bucket
+        // ARNs carry no account).
+        for (logical, resource) in t["Resources"].as_object().unwrap() {
+            if resource["Type"] == "AWS::S3::Bucket" {
+                let name = std::env::var("RELAY_RECORD_BUCKET").unwrap_or_else(|_| logical.to_lowercase());
+                b.set(logical, &name).att(logical, "Arn", &format!("arn:aws:s3:::{name}"));
+            }
+        }
+        b
+    }
+}
+
+/// README's permission policy for a cross-account ECR role, for that
+/// account and region (README writes 210987654321 and eu-west-1).
+fn readme_ecr_role_policy(account: &str, region: &str) -> Vec<relay_tests::iam::Statement> {
+    let block =
+        readme_block("\"Sid\": \"HarborRelayEcr\"").replace("210987654321", account).replace("eu-west-1", region);
+    let doc: Value = serde_json::from_str(&block).expect("README's ECR permission policy is JSON");
+    relay_tests::iam::document(&doc, "README's cross-account ECR policy", &relay_tests::iam::Bindings::default())
+}
+
+/// The webhook and the worker, as Lambda runs them, for one push.
+struct Round<'a> {
+    recorder: &'a relay_tests::aws_calls::AwsRecorder,
+    /// The worker's SQS client as its event source mapping (the worker's role).
+    esm: &'a aws_sdk_sqs::Client,
+    copy_queue: &'a str,
+}
+
+impl Round<'_> {
+    /// The webhook takes `event` (202), and the worker copies the
+    /// `expected` tasks it enqueued in one batch, none failing.
+    async fn event_then_copies(
+        &self,
+        webhook: &mut relay_tests::runtime_api::KillingRuntime,
+        worker: &mut relay_tests::runtime_api::KillingRuntime,
+        event: Value,
+        expected: usize,
+    ) {
+        use relay_tests::runtime_api::{deliver, receive_batch, Ended};
+        self.recorder.set_phase("webhook");
+        let answer = webhook.invoke(event).await;
+        let Ended::Answered(reply) = &answer else { panic!("webhook: {answer:?}\n{}", webhook.output()) };
+        assert_eq!(reply["statusCode"], 202, "{reply}\n{}", webhook.output());
+        self.recorder.set_phase("worker");
+        let mut batch = Vec::new();
+        while batch.len() < expected {
+            let got = receive_batch(self.esm, self.copy_queue, std::time::Duration::from_secs(5)).await;
+            assert!(!got.is_empty(), "{} of {expected} tasks enqueued", batch.len());
+            batch.extend(got);
+        }
+        let delivery = deliver(self.esm, self.copy_queue, worker, &batch).await;
+        let Ended::Answered(answer) = &delivery.ended else { panic!("worker: {delivery:?}\n{}", worker.output()) };
+        assert_eq!(answer["batchItemFailures"], json!([]), "{answer}\n{}", worker.output());
+    }
+}
+
+/// Every AWS call each function makes, judged against its role in the
+/// SAM-transformed template (relay_tests::iam, whose doc comment says what
+/// it ignores: conditions, permission boundaries, SCPs, resource policies),
+/// with README's parameters for this run's resources — the secrets' ARNs as
+/// Secrets Manager printed them (random suffix), `EnableEcr`,
+/// `EcrRepositoryPrefix`, `EcrAssumeRoleArns` — outside a VPC and in one
+/// (the webhook too). The functions run in Lambda mode under the killing
+/// Runtime API, the configuration in SSM, every credential in Secrets
+/// Manager: cold starts; a webhook event whose label rule needs Harbor's
+/// API; the worker's batch with one task per destination kind (registry,
+/// harbor, ECR in the stack's account, ECR in another account through an
+/// assumed role), received and settled as the SQS event source mapping
+/// does with the worker's role; a destination password rotated (401, the
+/// secret read again); a configuration reload (a new registry); two
+/// reconcile passes. Calls made with the assumed role are judged against
+/// README's cross-account policy; the ECR stand-in's registry API calls as
+/// the IAM actions ECR authorises them by. A call no statement allows fails
+/// the test, naming function, action and resource; the list of calls and
+/// verdicts is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_aws_call_is_allowed_by_its_functions_role() {
+    use relay_tests::aws_calls::{AwsRecorder, Principal};
+    use relay_tests::fake::FakeRegistry;
+    use relay_tests::harbor::FakeHarbor;
+    use relay_tests::runtime_api::{deliver, receive_batch, Ended, KillingRuntime};
+    use relay_tests::spawned::SpawnedRegistry;
+    use relay_tests::{image, ImageKind, Stack};
+    use std::time::Duration;
+
+    let stack = Stack::load().unwrap();
+    let sdk = relay::bootstrap::aws_config().await;
+    let (sqs, sm) = relay::bootstrap::aws_clients().await;
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+    let run = format!("relay-iam-{:08x}", rand::random::<u32>());
+    let recorder = AwsRecorder::new(LOCAL_ACCOUNT);
+
+    // Secrets as an operator makes them: their ARNs end in a random suffix.
+    let secret = |name: &str, value: String| {
+        let (sm, name) = (sm.clone(), format!("{run}/{name}"));
+        async move {
+            let out = sm.create_secret().name(&name).secret_string(value).send().await.expect("create secret");
+            out.arn().expect("secret ARN").to_owned()
+        }
+    };
+    let creds = |user: &str, password: &str| json!({"username": user, "password": password}).to_string();
+    let webhook_auth = format!("Bearer {:032x}", rand::random::<u128>());
+    let source_arn = secret("source-robot", creds("robot$relay", "robot-password-0123")).await;
+    let spawned_arn = secret("spawned", creds("relay", "first-password-0123")).await;
+    let harbor_arn = secret("dr-harbor", creds(&stack.target_user, &stack.target_password)).await;
+    let webhook_arn = secret("webhook-auth", webhook_auth.clone()).await;
+    assert!(source_arn.rsplit('-').next().is_some_and(|s| s.len() == 6), "no random suffix: {source_arn}");
+
+    // The source: a Harbor (its API answers), the artifact labelled prod.
+    let source = FakeRegistry::start(false).await;
+    source.ping_as_harbor();
+    let source_host = source.url.trim_start_matches("http://").to_owned();
+    let project = run.clone();
+    let repo = format!("{project}/app");
+    let push = |tag: &'static str| {
+        let (source, repo) = (source.clone(), repo.clone());
+        async move {
+            let plain = relay_tests::PlainRegistry::new(&source.url, None);
+            let img = image::push(&plain, &repo, tag, ImageKind::OciImage, 1, 2048).await.unwrap();
+            source.set_labels(&repo, &img.digest, &["prod"]);
+            img
+        }
+    };
+    // Destinations, one per kind; ECR's data plane is a registry whose
+    // password is the token moto hands out, behind recording proxies.
+    let spawned = SpawnedRegistry::start(&[("relay", "first-password-0123")]).await.unwrap();
+    let harbor = FakeHarbor::start(&stack.target_url, true).await;
+    let ecr = aws_sdk_ecr::Client::new(&sdk);
+    let mut ecr_users = Vec::new();
+    for registry in [None, Some(OTHER_ACCOUNT)] {
+        #[allow(deprecated)]
+        let token = ecr.get_authorization_token().set_registry_ids(registry.map(|r| vec![r.to_owned()])).send();
+        let token = token.await.expect("moto on AWS_ENDPOINT_URL_ECR").authorization_data()[0]
+            .authorization_token()
+            .unwrap()
+            .to_owned();
+        use base64::Engine as _;
+        let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(token).unwrap()).unwrap();
+        let (user, password) = decoded.split_once(':').unwrap();
+        ecr_users.push((user.to_owned(), password.to_owned()));
+    }
+    ecr_users.dedup();
+    let users: Vec<(&str, &str)> = ecr_users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+    let ecr_backend = SpawnedRegistry::start(&users).await.unwrap();
+    let role_arn = format!("arn:aws:iam::{OTHER_ACCOUNT}:role/{run}-ecr");
+    let own_ecr = recorder.ecr_data_plane(&ecr_backend.url, "us-east-1", LOCAL_ACCOUNT, Principal::Role).await;
+    let other_ecr = recorder
+        .ecr_data_plane(&ecr_backend.url, "us-east-1", OTHER_ACCOUNT, Principal::Assumed(role_arn.clone()))
+        .await;
+
+    // The configuration, in SSM as `make deploy` stores it.
+    let config = |late: bool| {
+        let mut yaml = format!(
+            "source: {{ url: {}, harbor_api: true, credentials: {{ secret_id: {run}/source-robot }} }}\n\
+             webhook: {{ auth_secret_id: {run}/webhook-auth }}\n\
+             registries:\n\
+             \x20 - {{ name: spawned, url: {}, credentials: {{ secret_id: {run}/spawned }} }}\n\
+             \x20 - {{ name: dr-harbor, kind: harbor, url: {}, create_projects: true, credentials: {{ secret_id: {run}/dr-harbor }} }}\n\
+             \x20 - {{ name: prod-ecr, kind: ecr, url: {own_ecr}, region: us-east-1 }}\n\
+             \x20 - {{ name: other-ecr, kind: ecr, url: {other_ecr}, region: us-east-1, registry_id: '{OTHER_ACCOUNT}', role_arn: '{role_arn}' }}\n",
+            source.url, spawned.url, harbor.url
+        );
+        if late {
+            yaml.push_str(&format!(
+                "\x20 - {{ name: late, url: {}, credentials: {{ secret_id: {run}/dr-harbor }} }}\n",
+                stack.target_url
+            ));
+        }
+        yaml.push_str(&format!(
+            "rules:\n\
+             \x20 - {{ name: labelled, filters: {{ name: \"{project}/**\", label: [prod] }}, destination: {{ registry: spawned }} }}\n\
+             \x20 - {{ name: to-harbor, filters: {{ name: \"{project}/**\" }}, destination: {{ registry: dr-harbor }} }}\n\
+             \x20 - {{ name: to-ecr, filters: {{ name: \"{project}/**\" }}, destination: {{ registry: prod-ecr, namespace: mirror, flatten: 1 }} }}\n\
+             \x20 - {{ name: to-other-ecr, filters: {{ name: \"{project}/**\" }}, destination: {{ registry: other-ecr, namespace: mirror, flatten: 1 }} }}\n"
+        ));
+        if late {
+            yaml.push_str(&format!(
+                "\x20 - {{ name: late, filters: {{ name: \"{project}/**\" }}, destination: {{ registry: late, namespace: late, flatten: 0 }} }}\n"
+            ));
+        }
+        yaml
+    };
+    let config_name = format!("/{run}/config");
+    let put_config = |yaml: String| {
+        let (ssm, name) = (ssm.clone(), config_name.clone());
+        async move {
+            ssm.put_parameter()
+                .name(name)
+                .value(yaml)
+                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+                .overwrite(true)
+                .send()
+                .await
+                .expect("put the configuration");
+        }
+    };
+    put_config(config(false)).await;
+    let cursor = format!("/harbor-relay/{run}/reconcile-cursor");
+    ssm.put_parameter()
+        .name(&cursor)
+        .value("-")
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    let (copy_queue, dlq) = relay_tests::stack::create_queue_with_dlq(&sqs, "iam", 5, 120).await.unwrap();
+    let parking = relay_tests::stack::create_queue(&sqs, "iam-parking").await.unwrap();
+
+    // The three functions with the template's environment.
+    let common = |extra: Vec<(&'static str, String)>| {
+        let mut env = vec![("RELAY_CONFIG", format!("ssm:{config_name}")), ("RELAY_QUEUE_URL", copy_queue.clone())];
+        env.extend(extra);
+        env
+    };
+    let mut webhook_env = common(recorder.env("webhook").await);
+    webhook_env.push(("RELAY_UNTAGGED_DELAY_SECONDS", "0".into()));
+    let mut worker_env = common(recorder.env("worker").await);
+    worker_env.extend([("RELAY_DLQ_URL", dlq.clone()), ("RELAY_PARKING_QUEUE_URL", parking.clone())]);
+    let mut reconcile_env = common(recorder.env("reconcile").await);
+    reconcile_env.push(("RELAY_RECONCILE_CURSOR_PARAMETER", cursor.clone()));
+    let timeout = Duration::from_secs(60);
+    let mut webhook = KillingRuntime::start("webhook", &webhook_env, timeout).await;
+    let mut worker = KillingRuntime::start("worker", &worker_env, timeout).await;
+    let mut reconcile = KillingRuntime::start("reconcile", &reconcile_env, timeout).await;
+    // The event source mapping polls and deletes with the worker's role.
+    let esm_conf = aws_sdk_sqs::config::Builder::from(&sdk).endpoint_url(recorder.endpoint("worker").await).build();
+    let esm = aws_sdk_sqs::Client::from_conf(esm_conf);
+
+    // A push: the webhook (cold start, the label read from Harbor's API)
+    // enqueues one task per destination; the worker copies them all.
+    let event = |tag: &str, digest: &str| {
+        let body =
+            relay_tests::harbor_push_event("PUSH_ARTIFACT", &source_host, &repo, Some(tag), digest, relay_tests::now());
+        function_url_event(&webhook_auth, &body)
+    };
+    let v1 = push("v1").await;
+    let round = Round { recorder: &recorder, esm: &esm, copy_queue: &copy_queue };
+    round.event_then_copies(&mut webhook, &mut worker, event("v1", &v1.digest), 4).await;
+    let spawned_client = |password: &str| spawned.client("relay", password);
+    assert_eq!(spawned_client("first-password-0123").digest_at(&repo, "v1").await.unwrap(), Some(v1.digest.clone()));
+    assert_eq!(stack.target().digest_at(&repo, "v1").await.unwrap(), Some(v1.digest.clone()));
+    assert_eq!(
+        ecr_backend.client(users[0].0, users[0].1).digest_at("mirror/app", "v1").await.unwrap(),
+        Some(v1.digest.clone())
+    );
+
+    // A rotated password: the registry answers 401, the worker reads the
+    // secret again and the copy goes on.
+    spawned.set_users(&[("relay", "second-password-0123")]).unwrap();
+    sm.put_secret_value()
+        .secret_id(&spawned_arn)
+        .secret_string(creds("relay", "second-password-0123"))
+        .send()
+        .await
+        .unwrap();
+    let v2 = push("v2").await;
+    round.event_then_copies(&mut webhook, &mut worker, event("v2", &v2.digest), 4).await;
+    assert_eq!(spawned_client("second-password-0123").digest_at(&repo, "v2").await.unwrap(), Some(v2.digest.clone()));
+
+    // A reconcile pass (cold start): every destination in sync.
+    let scheduled = json!({"version": "0", "id": "1", "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": LOCAL_ACCOUNT, "time": "2026-12-01T12:00:00Z", "region": "us-east-1", "resources": [], "detail": {}});
+    recorder.set_phase("reconcile");
+    let pass = reconcile.invoke(scheduled.clone()).await;
+    let Ended::Answered(summary) = &pass else { panic!("reconcile: {pass:?}\n{}", reconcile.output()) };
+    assert_eq!(summary["tasks_enqueued"], 0, "{summary}\n{}", reconcile.output());
+
+    // A configuration reload: a new registry; a task for it makes the
+    // worker read the parameter again at once, and the next pass too.
+    put_config(config(true)).await;
+    let late_config = relay::Config::parse(&config(true)).unwrap();
+    let late_task = relay_tests::planned_tasks_on(&late_config, &source_host, "PUSH_ARTIFACT", &repo, "v2", &v2.digest)
+        .into_iter()
+        .find(|t| t.destination.registry == "late")
+        .expect("a task for the new registry");
+    sqs.send_message().queue_url(&copy_queue).message_body(late_task.encode()).send().await.unwrap();
+    recorder.set_phase("worker");
+    let batch = receive_batch(&esm, &copy_queue, Duration::from_secs(5)).await;
+    let delivery = deliver(&esm, &copy_queue, &mut worker, &batch).await;
+    let Ended::Answered(answer) = &delivery.ended else { panic!("worker: {delivery:?}\n{}", worker.output()) };
+    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}\n{}", worker.output());
+    assert!(worker.output().contains("configuration changed: read again"), "{}", worker.output());
+    recorder.set_phase("reconcile");
+    let pass = reconcile.invoke(scheduled).await;
+    let Ended::Answered(summary) = &pass else { panic!("reconcile: {pass:?}\n{}", reconcile.output()) };
+    assert_eq!(summary["tasks_enqueued"], 1, "the new registry lacks v1: {summary}\n{}", reconcile.output());
+    assert!(reconcile.output().contains("configuration changed: read again"), "{}", reconcile.output());
+
+    // The run did what it claims to cover.
+    let calls = recorder.calls();
+    let deployed_queue = copy_queue.rsplit('/').next().unwrap_or_default().to_owned();
+    let made = |function: &str, action: &str, resource: &str| {
+        calls.iter().filter(|c| c.function == function && c.action == action && c.resource.contains(resource)).count()
+    };
+    assert!(made("webhook", "secretsmanager:GetSecretValue", &source_arn) >= 1, "the label rule reads Harbor's API");
+    assert!(made("worker", "secretsmanager:GetSecretValue", &spawned_arn) >= 2, "read again after the 401");
+    for function in ["webhook", "worker", "reconcile"] {
+        assert!(made(function, "ssm:GetParameter", &config_name) >= 1, "{function} read no configuration");
+    }
+    for function in ["worker", "reconcile"] {
+        assert!(made(function, "sts:AssumeRole", &role_arn) >= 1, "{function} assumed no role");
+        assert!(made(function, "ecr:GetAuthorizationToken", "*") >= 1, "{function} fetched no ECR token");
+        assert!(made(function, "ecr:BatchGetImage", "repository/mirror/app") >= 1, "{function} read no ECR image");
+    }
+    assert!(made("worker", "ecr:CreateRepository", "repository/mirror/app") >= 1);
+    assert!(made("worker", "ecr:PutImage", "repository/mirror/app") >= 1);
+    assert!(made("reconcile", "ssm:PutParameter", &cursor) >= 1, "no cursor written");
+    assert!(made("reconcile", "sqs:SendMessage", &deployed_queue) >= 1, "reconcile enqueued nothing");
+    assert!(calls.iter().all(|c| !c.action.contains("Unknown") && !c.action.starts_with("unsigned")), "{calls:#?}");
+
+    // Each call judged against its function's role, for README's
+    // parameters with this run's ARNs, outside a VPC and in one.
+    let t = transformed();
+    let deployed = Deployed {
+        params: vec![
+            ("ConfigParameterName".into(), config_name.clone()),
+            ("SourceSecretArns".into(), source_arn.clone()),
+            ("SecretArns".into(), format!("{spawned_arn},{harbor_arn}")),
+            ("WebhookSecretArns".into(), webhook_arn.clone()),
+            ("EnableEcr".into(), "true".into()),
+            ("EcrRepositoryPrefix".into(), "mirror/".into()),
+            ("EcrAssumeRoleArns".into(), role_arn.clone()),
+        ],
+        copy_queue,
+        dlq,
+        parking,
+        cursor,
+    };
+    let readme_names: Vec<String> = readme_params().into_iter().map(|(k, _)| k).collect();
+    for name in ["SourceSecretArns", "SecretArns", "WebhookSecretArns", "EnableEcr", "EcrRepositoryPrefix"] {
+        assert!(readme_names.iter().any(|n| n == name), "README's parameters file gives no {name}");
+    }
+    let vpc = [("VpcSubnetIds", "subnet-0a1b2c3d"), ("VpcSecurityGroupIds", "sg-0a1b2c3d"), ("WebhookInVpc", "true")];
+    let assumed = readme_ecr_role_policy(OTHER_ACCOUNT, "us-east-1");
+    let mut refused = Vec::new();
+    let mut table = std::collections::BTreeSet::new();
+    for (variant, extra) in [("outside a VPC", &vpc[..0]), ("in a VPC", &vpc[..])] {
+        let mut given = as_refs(&deployed.params);
+        given.extend_from_slice(extra);
+        let r = resolved(&t, &given)["Resources"].clone();
+        let b = deployed.bindings(&t, &given);
+        for c in &calls {
+            let logical = format!("{}{}Function", c.function[..1].to_uppercase(), &c.function[1..]);
+            let role = relay_tests::iam::function_role(&r, &logical);
+            let statements = match &c.principal {
+                Principal::Role => relay_tests::iam::role_statements(&r, &role, &b),
+                Principal::Assumed(_) => assumed.clone(),
+            };
+            let verdict = relay_tests::iam::evaluate(&statements, &c.action, &c.resource);
+            table.insert(format!("{variant}: {c} → {verdict:?}"));
+            if verdict != relay_tests::iam::Verdict::Allowed {
+                let by = match &c.principal {
+                    Principal::Role => role,
+                    Principal::Assumed(_) => "README's cross-account ECR policy".into(),
+                };
+                refused.push(format!(
+                    "{variant}: {} {} on {} ({}): {verdict:?} by {by}",
+                    c.function, c.action, c.resource, c.operation
+                ));
+            }
+        }
+    }
+    println!("{}", table.into_iter().collect::<Vec<_>>().join("\n"));
+    refused.sort();
+    refused.dedup();
+    assert!(refused.is_empty(), "calls the deployed roles would refuse:\n{}", refused.join("\n"));
 }
