@@ -177,8 +177,11 @@ pub async fn source_client(
         .map_err(|e| StartupError::Client { registry: "source".into(), reason: e.to_string() })
 }
 
-/// Builds the webhook with its accepted auth values (and Harbor's API when
-/// `source.harbor_api` is on, for label filters).
+/// Builds the webhook with its accepted auth values, and Harbor's API when
+/// an enabled rule has a label or resource filter (nothing else in the
+/// webhook asks Harbor). Without such a rule the source's credentials are
+/// not read: the public webhook's role then needs no source secret
+/// (README, "Secrets per function").
 pub async fn webhook(
     config: Arc<Config>,
     secrets: &SecretSource,
@@ -188,7 +191,10 @@ pub async fn webhook(
     let auth = WebhookAuth::load(config.webhook.clone(), secrets.clone(), &config.secrets)
         .await
         .map_err(StartupError::WebhookAuth)?;
-    let harbor = harbor_api(&config, secrets).await?;
+    let harbor = match config.rules.iter().any(|r| r.enabled && r.needs_facts()) {
+        true => harbor_api(&config, secrets).await?,
+        false => None,
+    };
     Ok(Webhook::new(config, auth, queue, options, harbor))
 }
 

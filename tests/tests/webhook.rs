@@ -321,3 +321,33 @@ async fn resource_filters_ask_harbor_for_the_type() {
     assert_eq!(rules_of(&reply).len(), 2, "{reply}");
     assert_eq!(app.depth().await.0, 4);
 }
+
+/// The webhook reads the source's credentials only when a rule needs
+/// Harbor's API (a label or resource filter): otherwise its role needs no
+/// source secret (issue 27). The credentials here name a variable that is
+/// not set, so reading them fails the start, naming the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_reads_the_source_credentials_only_for_rules_that_need_harbors_api() {
+    let stack = Stack::load().unwrap();
+    let config = |filters: &str| {
+        format!(
+            "source: {{ url: {}, harbor_api: true, credentials: {{ username: robot, password_env: RELAY_TEST_NEVER_SET }} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: cluster1, url: {} }}\nrules:\n  - {{ name: r, filters: {{ {filters} }}, destination: {{ registry: cluster1 }} }}\n",
+            stack.source_url, stack.target_url
+        )
+    };
+    let start = |yaml: String| async move {
+        let config = std::sync::Arc::new(relay::Config::parse(&yaml).unwrap());
+        let (sqs, _) = relay::bootstrap::aws_clients().await;
+        let queue = relay::queue::TaskQueue::new(sqs, "http://127.0.0.1:1/000000000000/unused");
+        let secrets = relay::secrets::SecretSource::from_process(None);
+        relay::bootstrap::webhook(config, &secrets, queue, Default::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(start(config("name: \"**\"")).await, Ok(()), "no rule reads Harbor's API: no credentials read");
+    for filters in ["label: [prod]", "resource: image"] {
+        let err = start(config(filters)).await.expect_err(filters);
+        assert!(err.contains("source") && err.contains("RELAY_TEST_NEVER_SET"), "{filters}: {err}");
+    }
+}
