@@ -16,8 +16,11 @@ started=1
 source .local/stack/env
 
 # `cargo test` builds a package's binaries only for its own integration
-# tests; the end-to-end tests also run webhook, worker and reconcile.
-cargo build --workspace --bins --locked
+# tests; the end-to-end tests also run webhook, worker and reconcile. Built
+# with every target, so with the dev-dependencies' features: the binaries
+# and the tests then share one build of each dependency (`--bins` alone
+# resolves other features and `cargo test` built them all a second time).
+cargo build --workspace --all-targets --locked
 if (($#)); then
   cargo test --locked "$@"
 else
