@@ -322,6 +322,12 @@ pub enum ConfigError {
     Invalid { field: String, reason: String },
 }
 
+impl From<crate::registry_kind::KindError> for ConfigError {
+    fn from(e: crate::registry_kind::KindError) -> Self {
+        ConfigError::Invalid { field: e.field, reason: e.reason }
+    }
+}
+
 impl ConfigError {
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError::Invalid { field: field.into(), reason: reason.into() }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName as Attr, SendMessageBatchRequestEntry};
 
-use crate::worker::Failure;
+use crate::message::Failure;
 
 /// Message attribute holding the last error (text, no secrets: errors name
 /// registries, paths and statuses only).

@@ -13,7 +13,6 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::digest::Digest;
-use crate::harbor_webhooks::WebhookPolicy;
 use crate::registry::auth::unpoisoned;
 use crate::registry::retry::RetryPolicy;
 use crate::registry::{Credentials, RegistryError};
@@ -183,16 +182,23 @@ impl HarborApi {
         self.paged("/api/v2.0/projects", &[]).await
     }
 
-    /// The webhook policies of `project` (paginated).
-    pub async fn webhook_policies(&self, project: &Project) -> Result<Vec<WebhookPolicy>, HarborApiError> {
+    /// The webhook policies of `project` (paginated), as the caller reads
+    /// them ([`crate::harbor_webhooks::WebhookPolicy`]).
+    pub async fn webhook_policies<P: DeserializeOwned>(&self, project: &Project) -> Result<Vec<P>, HarborApiError> {
         self.paged(&format!("/api/v2.0/projects/{}/webhook/policies", project.project_id), &[]).await
     }
 
-    /// Creates `policy` in `project` (no `id`) or replaces the one with its `id`.
-    pub async fn save_webhook_policy(&self, project: &Project, policy: &WebhookPolicy) -> Result<(), HarborApiError> {
+    /// Creates `policy` in `project` (no `id`) or replaces the one with
+    /// that `id`.
+    pub async fn save_webhook_policy<P: serde::Serialize>(
+        &self,
+        project: &Project,
+        id: Option<i64>,
+        policy: &P,
+    ) -> Result<(), HarborApiError> {
         let mut url = self.base.clone();
         let base = format!("/api/v2.0/projects/{}/webhook/policies", project.project_id);
-        let (method, ok) = match policy.id {
+        let (method, ok) = match id {
             None => {
                 url.set_path(&base);
                 (Method::POST, 201)

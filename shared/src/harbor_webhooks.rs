@@ -197,21 +197,21 @@ pub async fn keep(
     projects.sort_by(|a, b| a.name.cmp(&b.name));
     let mut done = Vec::new();
     for project in projects.into_iter().filter(|p| covers(rules, &p.name)) {
-        let policies = api.webhook_policies(&project).await?;
+        let policies: Vec<WebhookPolicy> = api.webhook_policies(&project).await?;
         let change = match policies.iter().find(|p| p.name == wanted.name) {
             Some(found) if found.fulfils(wanted) => Change::Unchanged,
             Some(found) => {
                 if !dry_run {
                     let updated =
                         WebhookPolicy { id: found.id, project_id: Some(project.project_id), ..wanted.clone() };
-                    api.save_webhook_policy(&project, &updated).await?;
+                    api.save_webhook_policy(&project, updated.id, &updated).await?;
                 }
                 Change::Updated
             }
             None => {
                 if !dry_run {
                     let created = WebhookPolicy { project_id: Some(project.project_id), ..wanted.clone() };
-                    api.save_webhook_policy(&project, &created).await?;
+                    api.save_webhook_policy(&project, created.id, &created).await?;
                 }
                 Change::Created
             }

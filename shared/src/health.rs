@@ -6,7 +6,7 @@
 //! into dead letters), each one waiting on connections first. After
 //! `threshold` unavailable answers in a row the breaker opens: tasks for
 //! that destination are parked at once (no request, no failed attempt,
-//! see [`crate::settle::Disposition::Park`]). When the open period ends,
+//! see [`crate::message::Disposition::Park`]). When the open period ends,
 //! one task probes the registry (`GET /v2/`); an answer closes the breaker
 //! and the parked tasks run as they come back, a failure opens it again
 //! for a longer period. Other destinations never wait on this one.

@@ -15,6 +15,7 @@ pub mod harbor_api;
 pub mod harbor_webhooks;
 pub mod health;
 pub mod history;
+pub mod message;
 pub mod metrics;
 pub mod ops;
 pub mod parking;

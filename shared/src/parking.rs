@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
@@ -29,27 +29,9 @@ use aws_sdk_sqs::types::{
 
 use crate::dead_letter::DeadLetters;
 use crate::metrics::{self, Slices, Unit};
-use crate::settle::{CONTINUATIONS, PARKED};
-use crate::worker::{Failure, Message};
-
-/// Message attribute of a parked task: the registry it waits for (a
-/// destination's name, or `source`).
-pub const PARKED_ON: &str = "RelayParkedOn";
-/// Message attribute of a parked task: when it was first parked (Unix
-/// seconds), kept across parkings so the limit counts the whole wait.
-pub const PARKED_SINCE: &str = "RelayParkedSince";
-/// Message attribute of a probe: the registry it asks.
-pub const PROBE: &str = "RelayProbe";
-/// Message attribute of a probe: since when its registry has been
-/// unavailable (Unix seconds).
-pub const DOWN_SINCE: &str = "RelayDownSince";
-
-/// What a probe message says: which registry, unavailable since when.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
-    pub registry: String,
-    pub down_since: u64,
-}
+// Where the crates' users have always found them.
+pub use crate::message::{unix_now, Probe, PARKED_ON, PARKED_SINCE};
+use crate::message::{Disposition, Failure, Message, CONTINUATIONS, DOWN_SINCE, PARKED, PROBE};
 
 /// What became of a task handed to [`ParkingLot::park`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,11 +58,6 @@ pub struct Released {
 /// A probe due less than this after now may be taken before a task being
 /// parked reaches the lot: that task sends its own.
 const PROBE_SEND_MARGIN: Duration = Duration::from_secs(2);
-
-/// Unix seconds now.
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
 
 /// The parking queue and the probes of one worker.
 pub struct ParkingLot {
@@ -387,7 +364,7 @@ impl ParkingLot {
                     "parked for more than {} s waiting for registry {on:?} (since {since}, Unix time)",
                     self.limit.as_secs()
                 ),
-                disposition: crate::settle::Disposition::Permanent,
+                disposition: Disposition::Permanent,
                 slices: Slices { registry: on.clone(), rule: metrics::UNKNOWN.into() },
             })
             .collect();

@@ -72,11 +72,9 @@ impl Listed {
     }
 }
 
-/// The operator of the events a pass synthesizes, carried by its tasks
-/// (rules can exclude it, logs show it). Its copy tasks ask the worker to
-/// refresh referrers (`options.refresh_referrers`): a pass plans a task for
-/// a tag in sync only when an accessory is missing at the destination.
-pub const OPERATOR: &str = "relay-reconcile";
+/// The operator of the events a pass synthesizes (defined with the task,
+/// whose version 1 reads it; see [`crate::task::RECONCILE_OPERATOR`]).
+pub use crate::task::RECONCILE_OPERATOR as OPERATOR;
 
 /// Tags checked at the same time within a repository.
 const TAGS_IN_FLIGHT: usize = 16;

@@ -8,7 +8,20 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+/// A registry's kind settings that do not hold together: the field and
+/// why. The configuration reports it as its own error ([`crate::config`]).
+#[derive(Debug, thiserror::Error)]
+#[error("configuration field `{field}`: {reason}")]
+pub struct KindError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl KindError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        KindError { field: field.into(), reason: reason.into() }
+    }
+}
 
 /// A registry's kind with its settings, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -117,7 +130,7 @@ pub(crate) enum EncryptionName {
 impl RawKindFields {
     /// Validates the fields against the kind: a field of another kind is an
     /// error naming it, so a typo'd kind never silently drops a setting.
-    pub(crate) fn resolve(self, field: &str, host: &str, has_credentials: bool) -> Result<RegistryKind, ConfigError> {
+    pub(crate) fn resolve(self, field: &str, host: &str, has_credentials: bool) -> Result<RegistryKind, KindError> {
         let kind = self.kind.unwrap_or(KindName::Registry);
         let ecr_fields = [
             ("region", self.region.is_some()),
@@ -130,9 +143,9 @@ impl RawKindFields {
         ];
         let harbor_fields =
             [("create_projects", self.create_projects.is_some()), ("storage_limit", self.storage_limit.is_some())];
-        let foreign = |fields: &[(&str, bool)], of: &str| -> Result<(), ConfigError> {
+        let foreign = |fields: &[(&str, bool)], of: &str| -> Result<(), KindError> {
             match fields.iter().find(|(_, set)| *set) {
-                Some((name, _)) => Err(ConfigError::invalid(
+                Some((name, _)) => Err(KindError::invalid(
                     format!("{field}.{name}"),
                     format!("only for kind: {of} (this registry's kind is {})", kind_str(kind)),
                 )),
@@ -148,7 +161,7 @@ impl RawKindFields {
             KindName::Harbor => {
                 foreign(&ecr_fields, "ecr")?;
                 if self.storage_limit.is_some_and(|l| l < -1 || l == 0) {
-                    return Err(ConfigError::invalid(
+                    return Err(KindError::invalid(
                         format!("{field}.storage_limit"),
                         "bytes, at least 1 (or -1 for unlimited)",
                     ));
@@ -161,28 +174,28 @@ impl RawKindFields {
             KindName::Ecr => {
                 foreign(&harbor_fields, "harbor")?;
                 if has_credentials {
-                    return Err(ConfigError::invalid(
+                    return Err(KindError::invalid(
                         format!("{field}.credentials"),
                         "kind: ecr takes no static credentials: they come from the function's IAM role (role_arn for another account)",
                     ));
                 }
                 let (host_account, host_region) = ecr_host(host);
                 let region = self.region.or(host_region).ok_or_else(|| {
-                    ConfigError::invalid(
+                    KindError::invalid(
                         format!("{field}.region"),
                         "needed when the url is not <account>.dkr.ecr.<region>.amazonaws.com",
                     )
                 })?;
                 if let Some(arn) = &self.role_arn {
                     if !arn.starts_with("arn:") || !arn.contains(":role/") {
-                        return Err(ConfigError::invalid(format!("{field}.role_arn"), "must be an IAM role ARN"));
+                        return Err(KindError::invalid(format!("{field}.role_arn"), "must be an IAM role ARN"));
                     }
                 }
                 let encryption = match (self.encryption, self.kms_key) {
                     (None | Some(EncryptionName::Aes256), None) => EcrEncryption::Aes256,
                     (Some(EncryptionName::Kms), key) => EcrEncryption::Kms(key),
                     (_, Some(_)) => {
-                        return Err(ConfigError::invalid(format!("{field}.kms_key"), "only with encryption: KMS"))
+                        return Err(KindError::invalid(format!("{field}.kms_key"), "only with encryption: KMS"))
                     }
                 };
                 Ok(RegistryKind::Ecr(EcrSettings {
@@ -222,12 +235,12 @@ pub(crate) fn ca_source(
     field: &str,
     ca_file: Option<String>,
     ca_secret_id: Option<String>,
-) -> Result<Option<CaSource>, ConfigError> {
+) -> Result<Option<CaSource>, KindError> {
     match (ca_file, ca_secret_id) {
         (None, None) => Ok(None),
         (Some(f), None) if !f.is_empty() => Ok(Some(CaSource::File(f.into()))),
         (None, Some(s)) if !s.is_empty() => Ok(Some(CaSource::Secret(s))),
-        _ => Err(ConfigError::invalid(format!("{field}.ca_file"), "set one of ca_file or ca_secret_id, not empty")),
+        _ => Err(KindError::invalid(format!("{field}.ca_file"), "set one of ca_file or ca_secret_id, not empty")),
     }
 }
 

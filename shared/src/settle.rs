@@ -20,39 +20,13 @@ use crate::dead_letter::DeadLetters;
 use crate::metrics::{self, Unit};
 use crate::parking::{Parked, ParkingLot};
 use crate::registry::resume::UPLOADS;
-use crate::worker::{Failure, Message};
-
-/// Message attribute: how many times the task was parked because its
-/// destination was unavailable (the next park waits longer).
-pub const PARKED: &str = "RelayParked";
-/// Message attribute: how many continuations the task has had.
-pub const CONTINUATIONS: &str = "RelayContinuations";
+// Where the crates' users have always found it.
+pub use crate::message::Disposition;
+use crate::message::{Failure, Message, CONTINUATIONS, PARKED, SOURCE};
 
 /// SQS's limits: `DelaySeconds` ≤ 15 minutes, visibility ≤ 12 hours.
 const MAX_DELAY_SECONDS: u64 = 900;
 const MAX_VISIBILITY_SECONDS: u64 = 43_200;
-
-/// How a failed message is settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// Worth another attempt later: the message becomes visible again after
-    /// a backoff that grows with its receive count (with jitter, never
-    /// shorter than the registry's `Retry-After`, capped), and the attempt
-    /// counts towards `maxReceiveCount`. On the last attempt: dead-lettered.
-    Retry { retry_after: Option<Duration> },
-    /// No retry can fix it (undecodable, unknown registry, a manifest or
-    /// blob the source serves wrong): dead-lettered at once with the reason.
-    Permanent,
-    /// The invocation deadline stopped a task that made progress: a fresh
-    /// message carries it on (the next run skips what was copied) and this
-    /// one is deleted, so a long copy never runs out of receives.
-    Continue,
-    /// A registry is unavailable (a destination, or the `source`): the
-    /// task waits in the parking lot until a probe finds it answering
-    /// ([`crate::parking`]), or without one in a fresh message delayed by a
-    /// time that grows with each parking; no attempt counted.
-    Park { source: bool },
-}
 
 /// The settling delays, from the worker settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +126,7 @@ impl Settler {
                         }
                         continue;
                     };
-                    let registry = if source { crate::worker::SOURCE } else { f.slices.registry.as_str() };
+                    let registry = if source { SOURCE } else { f.slices.registry.as_str() };
                     match parking.park(&f.message, registry).await {
                         Parked::Waiting => {}
                         Parked::Refused => redeliver.push(f.message.id),

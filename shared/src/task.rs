@@ -22,6 +22,13 @@ pub const OLDEST_TASK_VERSION: u32 = 1;
 /// is a typo or a hostile task, refused before it can reach the throttle.
 pub const MAX_BANDWIDTH_KBPS: u64 = 100_000_000;
 
+/// The operator of the events a reconcile pass synthesizes, carried by its
+/// tasks (rules can exclude it, logs show it). Its copy tasks ask the
+/// worker to refresh referrers (`options.refresh_referrers`): a pass plans
+/// a task for a tag in sync only when an accessory is missing at the
+/// destination. A version 1 task said so by this operator alone.
+pub const RECONCILE_OPERATOR: &str = "relay-reconcile";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Task {
@@ -118,7 +125,7 @@ impl Task {
         }
         let mut task: Task = serde_json::from_value(value).map_err(|e| TaskError::Schema(e.to_string()))?;
         if version == 1 {
-            task.options.refresh_referrers = task.event.operator == crate::reconcile::OPERATOR;
+            task.options.refresh_referrers = task.event.operator == RECONCILE_OPERATOR;
         }
         match task.options.bandwidth_kbps {
             Some(k) if k == 0 || k > MAX_BANDWIDTH_KBPS => Err(TaskError::Bandwidth(k)),
@@ -196,7 +203,7 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(&sample().encode()).unwrap();
         v["version"] = 1.into();
         assert!(!Task::decode(&v.to_string()).unwrap().options.refresh_referrers);
-        v["event"]["operator"] = crate::reconcile::OPERATOR.into();
+        v["event"]["operator"] = RECONCILE_OPERATOR.into();
         assert!(Task::decode(&v.to_string()).unwrap().options.refresh_referrers);
         v["options"]["refresh_referrers"] = true.into();
         assert!(matches!(Task::decode(&v.to_string()), Err(TaskError::Schema(_))), "not a v1 field");

@@ -16,7 +16,7 @@ use crate::feeders::{feeders, ListingError, SourceListing};
 use crate::harbor_api::HarborApi;
 use crate::health::{Gate, Health};
 use crate::metrics::{self, Slices, Unit, UNKNOWN};
-use crate::parking::{ParkingLot, Probe};
+use crate::parking::ParkingLot;
 use crate::registry::pace;
 use crate::registry::resume::{self, OpenUpload, RunRecord};
 use crate::registry::retry::RetryPolicy;
@@ -26,16 +26,14 @@ use crate::registry::{Copier, CopyError, CopyReport, Outcome, RegistryClient, Re
 use crate::repository::Tag;
 use crate::rules::Rule;
 use crate::secrets::{CredentialReloader, SecretError};
-use crate::settle::Disposition;
+// Where the crates' users have always found them.
+use crate::message::{Disposition, Probe, SOURCE};
+pub use crate::message::{Failure, Message};
 use crate::task::{Action, Task, TaskError};
 use crate::written::Written;
 
 /// Catalog entries per request when a delete lists the source.
 const LISTING_PAGE: usize = 1000;
-
-/// The name errors, logs and parking give the source (no destination may
-/// take it, see the configuration's check).
-pub const SOURCE: &str = "source";
 
 /// Requests in flight are cut when a third of the deadline margin is left
 /// (5 s of the default 15 s): no blob starts in the first two thirds, and
@@ -43,75 +41,6 @@ pub const SOURCE: &str = "source";
 /// (a `SendMessage` or a visibility change each) and answering the Runtime
 /// API — before Lambda's kill.
 const CUT_SHARE_OF_MARGIN: u32 = 3;
-
-/// One queue message.
-#[derive(Debug, Clone, Default)]
-pub struct Message {
-    pub id: String,
-    pub body: String,
-    /// SQS's `ApproximateReceiveCount` (this delivery included); 0 unknown.
-    pub receive_count: u32,
-    /// To change its visibility (the backoff); `None` where unknown.
-    pub receipt: Option<String>,
-    /// Times its task was parked before ([`crate::settle::PARKED`]).
-    pub parked: u32,
-    /// Continuations its task had before ([`crate::settle::CONTINUATIONS`]).
-    pub continuations: u32,
-    /// When its task was first parked ([`crate::parking::PARKED_SINCE`]).
-    pub parked_since: Option<u64>,
-    /// The registry it was parked for, when a probe's success released it
-    /// ([`crate::parking::PARKED_ON`]).
-    pub parked_on: Option<String>,
-    /// Set on a probe message instead of a task ([`crate::parking::PROBE`]).
-    pub probe: Option<Probe>,
-    /// Uploads an earlier run of its task left open
-    /// ([`crate::registry::resume::UPLOADS`]); on a failure, those its
-    /// continuation carries on.
-    pub uploads: Vec<OpenUpload>,
-}
-
-impl Message {
-    /// Reads the relay's own message attributes (the counters, the parking
-    /// lot's) through `get`, which gives an attribute's string value: one
-    /// reading for the Lambda event's records and the poller's receives.
-    pub fn with_attributes<'a>(mut self, get: impl Fn(&str) -> Option<&'a str>) -> Message {
-        let number = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
-        let count = |name: &str| number(name).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
-        self.parked = count(crate::settle::PARKED);
-        self.continuations = count(crate::settle::CONTINUATIONS);
-        self.parked_since = number(crate::parking::PARKED_SINCE);
-        self.parked_on = get(crate::parking::PARKED_ON).map(str::to_owned);
-        self.uploads =
-            get(crate::registry::resume::UPLOADS).and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
-        self.probe = get(crate::parking::PROBE).map(|registry| Probe {
-            registry: registry.to_owned(),
-            down_since: number(crate::parking::DOWN_SINCE).unwrap_or_else(crate::parking::unix_now),
-        });
-        self
-    }
-
-    /// The names of the attributes [`Message::with_attributes`] reads.
-    pub const ATTRIBUTES: [&'static str; 7] = [
-        crate::registry::resume::UPLOADS,
-        crate::settle::PARKED,
-        crate::settle::CONTINUATIONS,
-        crate::parking::PARKED_SINCE,
-        crate::parking::PARKED_ON,
-        crate::parking::PROBE,
-        crate::parking::DOWN_SINCE,
-    ];
-}
-
-/// A message whose task failed, with the reason (no secrets in it) and
-/// how it is to be settled.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub message: Message,
-    pub error: String,
-    pub disposition: Disposition,
-    /// What its metrics count under, final failures included.
-    pub slices: Slices,
-}
 
 /// How one message's task failed: the reason, how to settle it, and what
 /// its metrics count under.

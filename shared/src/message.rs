@@ -1,0 +1,129 @@
+//! A copy-queue message as the worker holds it: its task's body, its
+//! delivery count and the relay's own message attributes (the counters,
+//! the parking lot's, a continuation's uploads), and — when its task fails
+//! — the failure and how it is to be settled. The worker produces these;
+//! settling, the parking lot and the dead-letter queue consume them, so
+//! they live below all four.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::metrics::Slices;
+use crate::registry::resume::OpenUpload;
+
+/// The name errors, logs and parking give the source (no destination may
+/// take it, see the configuration's check).
+pub const SOURCE: &str = "source";
+
+/// Message attribute: how many times the task was parked because its
+/// destination was unavailable (the next park waits longer).
+pub const PARKED: &str = "RelayParked";
+/// Message attribute: how many continuations the task has had.
+pub const CONTINUATIONS: &str = "RelayContinuations";
+
+/// Message attribute of a parked task: the registry it waits for (a
+/// destination's name, or `source`).
+pub const PARKED_ON: &str = "RelayParkedOn";
+/// Message attribute of a parked task: when it was first parked (Unix
+/// seconds), kept across parkings so the limit counts the whole wait.
+pub const PARKED_SINCE: &str = "RelayParkedSince";
+/// Message attribute of a probe: the registry it asks.
+pub const PROBE: &str = "RelayProbe";
+/// Message attribute of a probe: since when its registry has been
+/// unavailable (Unix seconds).
+pub const DOWN_SINCE: &str = "RelayDownSince";
+
+/// What a probe message says: which registry, unavailable since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub registry: String,
+    pub down_since: u64,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// How a failed message is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Worth another attempt later: the message becomes visible again after
+    /// a backoff that grows with its receive count (with jitter, never
+    /// shorter than the registry's `Retry-After`, capped), and the attempt
+    /// counts towards `maxReceiveCount`. On the last attempt: dead-lettered.
+    Retry { retry_after: Option<Duration> },
+    /// No retry can fix it (undecodable, unknown registry, a manifest or
+    /// blob the source serves wrong): dead-lettered at once with the reason.
+    Permanent,
+    /// The invocation deadline stopped a task that made progress: a fresh
+    /// message carries it on (the next run skips what was copied) and this
+    /// one is deleted, so a long copy never runs out of receives.
+    Continue,
+    /// A registry is unavailable (a destination, or the `source`): the
+    /// task waits in the parking lot until a probe finds it answering
+    /// ([`crate::parking`]), or without one in a fresh message delayed by a
+    /// time that grows with each parking; no attempt counted.
+    Park { source: bool },
+}
+
+/// One queue message.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    pub id: String,
+    pub body: String,
+    /// SQS's `ApproximateReceiveCount` (this delivery included); 0 unknown.
+    pub receive_count: u32,
+    /// To change its visibility (the backoff); `None` where unknown.
+    pub receipt: Option<String>,
+    /// Times its task was parked before ([`PARKED`]).
+    pub parked: u32,
+    /// Continuations its task had before ([`CONTINUATIONS`]).
+    pub continuations: u32,
+    /// When its task was first parked ([`PARKED_SINCE`]).
+    pub parked_since: Option<u64>,
+    /// The registry it was parked for, when a probe's success released it
+    /// ([`PARKED_ON`]).
+    pub parked_on: Option<String>,
+    /// Set on a probe message instead of a task ([`PROBE`]).
+    pub probe: Option<Probe>,
+    /// Uploads an earlier run of its task left open
+    /// ([`crate::registry::resume::UPLOADS`]); on a failure, those its
+    /// continuation carries on.
+    pub uploads: Vec<OpenUpload>,
+}
+
+impl Message {
+    /// Reads the relay's own message attributes (the counters, the parking
+    /// lot's) through `get`, which gives an attribute's string value: one
+    /// reading for the Lambda event's records and the poller's receives.
+    pub fn with_attributes<'a>(mut self, get: impl Fn(&str) -> Option<&'a str>) -> Message {
+        let number = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+        let count = |name: &str| number(name).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+        self.parked = count(PARKED);
+        self.continuations = count(CONTINUATIONS);
+        self.parked_since = number(PARKED_SINCE);
+        self.parked_on = get(PARKED_ON).map(str::to_owned);
+        self.uploads =
+            get(crate::registry::resume::UPLOADS).and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+        self.probe = get(PROBE).map(|registry| Probe {
+            registry: registry.to_owned(),
+            down_since: number(DOWN_SINCE).unwrap_or_else(unix_now),
+        });
+        self
+    }
+
+    /// The names of the attributes [`Message::with_attributes`] reads.
+    pub const ATTRIBUTES: [&'static str; 7] =
+        [crate::registry::resume::UPLOADS, PARKED, CONTINUATIONS, PARKED_SINCE, PARKED_ON, PROBE, DOWN_SINCE];
+}
+
+/// A message whose task failed, with the reason (no secrets in it) and
+/// how it is to be settled.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub message: Message,
+    pub error: String,
+    pub disposition: Disposition,
+    /// What its metrics count under, final failures included.
+    pub slices: Slices,
+}
