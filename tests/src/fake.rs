@@ -249,6 +249,12 @@ impl FakeRegistry {
         q.extend(std::iter::repeat_n(fault, times));
     }
 
+    /// Every fault not served yet is dropped: the registry answers normally
+    /// again (a maintenance window ends).
+    pub fn clear_faults(&self) {
+        self.store.lock().unwrap().faults.clear();
+    }
+
     pub fn count(&self, op: Op) -> usize {
         self.store.lock().unwrap().counts.get(&op).copied().unwrap_or(0)
     }

@@ -1289,6 +1289,8 @@ struct Deployed {
     dlq: String,
     parking: String,
     cursor: String,
+    /// The record's bucket (RELAY_RECORD_BUCKET).
+    bucket: String,
 }
 
 impl Deployed {
@@ -1327,11 +1329,56 @@ impl Deployed {
         // ARNs carry no account).
         for (logical, resource) in t["Resources"].as_object().unwrap() {
             if resource["Type"] == "AWS::S3::Bucket" {
-                let name = std::env::var("RELAY_RECORD_BUCKET").unwrap_or_else(|_| logical.to_lowercase());
-                b.set(logical, &name).att(logical, "Arn", &format!("arn:aws:s3:::{name}"));
+                let name = &self.bucket;
+                b.set(logical, name).att(logical, "Arn", &format!("arn:aws:s3:::{name}"));
             }
         }
         b
+    }
+
+    /// Judges each of `calls` (made by this deployment's functions)
+    /// against its function's role, outside a VPC and in one: every
+    /// verdict goes to `table`, each refusal to `refused`. `calls` by a
+    /// role assumed are judged against `assumed` (README's policy).
+    fn judge(
+        &self,
+        t: &Value,
+        calls: &[relay_tests::aws_calls::Call],
+        assumed: &[relay_tests::iam::Statement],
+        table: &mut std::collections::BTreeSet<String>,
+        refused: &mut Vec<String>,
+    ) {
+        use relay_tests::aws_calls::Principal;
+        let vpc =
+            [("VpcSubnetIds", "subnet-0a1b2c3d"), ("VpcSecurityGroupIds", "sg-0a1b2c3d"), ("WebhookInVpc", "true")];
+        for (variant, extra) in [("outside a VPC", &vpc[..0]), ("in a VPC", &vpc[..])] {
+            let mut given = as_refs(&self.params);
+            given.extend_from_slice(extra);
+            let r = resolved(t, &given)["Resources"].clone();
+            let b = self.bindings(t, &given);
+            for c in calls {
+                // "worker" and "worker (standalone)" run as the worker's role.
+                let function = c.function.split_whitespace().next().unwrap_or_default();
+                let logical = format!("{}{}Function", function[..1].to_uppercase(), &function[1..]);
+                let role = relay_tests::iam::function_role(&r, &logical);
+                let statements = match &c.principal {
+                    Principal::Role => relay_tests::iam::role_statements(&r, &role, &b),
+                    Principal::Assumed(_) => assumed.to_vec(),
+                };
+                let verdict = relay_tests::iam::evaluate(&statements, &c.action, &c.resource);
+                table.insert(format!("{variant}: {c} → {verdict:?}"));
+                if verdict != relay_tests::iam::Verdict::Allowed {
+                    let by = match &c.principal {
+                        Principal::Role => role,
+                        Principal::Assumed(_) => "README's cross-account ECR policy".into(),
+                    };
+                    refused.push(format!(
+                        "{variant}: {} {} on {} ({}): {verdict:?} by {by}",
+                        c.function, c.action, c.resource, c.operation
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -1362,11 +1409,25 @@ impl Round<'_> {
         event: Value,
         expected: usize,
     ) {
-        use relay_tests::runtime_api::{deliver, receive_batch, Ended};
+        use relay_tests::runtime_api::Ended;
         self.recorder.set_phase("webhook");
         let answer = webhook.invoke(event).await;
         let Ended::Answered(reply) = &answer else { panic!("webhook: {answer:?}\n{}", webhook.output()) };
         assert_eq!(reply["statusCode"], 202, "{reply}\n{}", webhook.output());
+        self.copies(worker, expected).await;
+    }
+
+    /// The worker takes the `expected` tasks on the copy queue in one batch,
+    /// none failing.
+    async fn copies(&self, worker: &mut relay_tests::runtime_api::KillingRuntime, expected: usize) {
+        let failed = self.batch(worker, expected).await;
+        assert_eq!(failed, json!([]), "{}", worker.output());
+    }
+
+    /// The worker takes the `expected` messages on the copy queue in one
+    /// batch; the answer's `batchItemFailures`.
+    async fn batch(&self, worker: &mut relay_tests::runtime_api::KillingRuntime, expected: usize) -> Value {
+        use relay_tests::runtime_api::{deliver, receive_batch, Ended};
         self.recorder.set_phase("worker");
         let mut batch = Vec::new();
         while batch.len() < expected {
@@ -1376,7 +1437,7 @@ impl Round<'_> {
         }
         let delivery = deliver(self.esm, self.copy_queue, worker, &batch).await;
         let Ended::Answered(answer) = &delivery.ended else { panic!("worker: {delivery:?}\n{}", worker.output()) };
-        assert_eq!(answer["batchItemFailures"], json!([]), "{answer}\n{}", worker.output());
+        answer["batchItemFailures"].clone()
     }
 }
 
@@ -1393,8 +1454,15 @@ impl Round<'_> {
 /// harbor, ECR in the stack's account, ECR in another account through an
 /// assumed role), received and settled as the SQS event source mapping
 /// does with the worker's role; a destination password rotated (401, the
-/// secret read again); a configuration reload (a new registry); two
-/// reconcile passes. Calls made with the assumed role are judged against
+/// secret read again); a configuration reload (a new registry); reconcile
+/// passes; the record of written tags (RELAY_RECORD_BUCKET: the worker's
+/// PutObject after a copy and DeleteObject after a delete, reconcile's
+/// GetObject for a tag it would delete); the worker's settling (a task
+/// dead-lettered at once, one parked for a registry in maintenance with
+/// its probe and release, one backed off by its visibility). Then the
+/// standalone webhook (RELAY_LISTEN) and polling worker, for one event and
+/// its task and one backed-off task, against queues and a configuration
+/// of their own. Calls made with the assumed role are judged against
 /// README's cross-account policy; the ECR stand-in's registry API calls as
 /// the IAM actions ECR authorises them by. A call no statement allows fails
 /// the test, naming function, action and resource; the list of calls and
@@ -1407,7 +1475,7 @@ async fn every_aws_call_is_allowed_by_its_functions_role() {
     use relay_tests::runtime_api::{deliver, receive_batch, Ended, KillingRuntime};
     use relay_tests::spawned::SpawnedRegistry;
     use relay_tests::{image, ImageKind, Stack};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     let stack = Stack::load().unwrap();
     let sdk = relay::bootstrap::aws_config().await;
@@ -1469,6 +1537,18 @@ async fn every_aws_call_is_allowed_by_its_functions_role() {
     let users: Vec<(&str, &str)> = ecr_users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
     let ecr_backend = SpawnedRegistry::start(&users).await.unwrap();
     let role_arn = format!("arn:aws:iam::{OTHER_ACCOUNT}:role/{run}-ecr");
+    // For the worker's settling: a registry that refuses a manifest (400:
+    // retried after a backoff) and one in a maintenance window (503 to
+    // everything, `GET /v2/` too: unavailable, so parked). Its
+    // `Retry-After: 0` spares the test the client's backoff between its
+    // attempts; a closed port would cost two rounds of it (seconds).
+    use relay_tests::fake::{Fault, Op};
+    let flaky = FakeRegistry::start(false).await;
+    flaky.inject(Op::PutManifest, Fault::Status(400, None), 1000);
+    let down = FakeRegistry::start(false).await;
+    for op in [Op::Ping, Op::HeadManifest, Op::HeadBlob, Op::StartUpload, Op::PutManifest, Op::Other] {
+        down.inject(op, Fault::Status(503, Some("0".into())), 1000);
+    }
     let own_ecr = recorder.ecr_data_plane(&ecr_backend.url, "us-east-1", LOCAL_ACCOUNT, Principal::Role).await;
     let other_ecr = recorder
         .ecr_data_plane(&ecr_backend.url, "us-east-1", OTHER_ACCOUNT, Principal::Assumed(role_arn.clone()))
@@ -1488,8 +1568,10 @@ async fn every_aws_call_is_allowed_by_its_functions_role() {
         );
         if late {
             yaml.push_str(&format!(
-                "\x20 - {{ name: late, url: {}, credentials: {{ secret_id: {run}/dr-harbor }} }}\n",
-                stack.target_url
+                "\x20 - {{ name: late, url: {}, credentials: {{ secret_id: {run}/dr-harbor }} }}\n\
+                 \x20 - {{ name: flaky, url: {} }}\n\
+                 \x20 - {{ name: down, url: {} }}\n",
+                stack.target_url, flaky.url, down.url
             ));
         }
         yaml.push_str(&format!(
@@ -1501,8 +1583,12 @@ async fn every_aws_call_is_allowed_by_its_functions_role() {
         ));
         if late {
             yaml.push_str(&format!(
-                "\x20 - {{ name: late, filters: {{ name: \"{project}/**\" }}, destination: {{ registry: late, namespace: late, flatten: 0 }} }}\n"
+                "\x20 - {{ name: late, filters: {{ name: \"{project}/**\" }}, destination: {{ registry: late, namespace: late, flatten: 0 }}, deletion: true }}\n\
+                 \x20 - {{ name: to-flaky, filters: {{ name: \"{project}-settle/**\" }}, destination: {{ registry: flaky }} }}\n\
+                 \x20 - {{ name: to-down, filters: {{ name: \"{project}-settle/**\" }}, destination: {{ registry: down }} }}\n"
             ));
+            // A probe of a registry in maintenance comes round every second.
+            yaml.push_str("worker: { probe_seconds: 1 }\n");
         }
         yaml
     };
@@ -1531,6 +1617,8 @@ async fn every_aws_call_is_allowed_by_its_functions_role() {
         .unwrap();
     let (copy_queue, dlq) = relay_tests::stack::create_queue_with_dlq(&sqs, "iam", 5, 120).await.unwrap();
     let parking = relay_tests::stack::create_queue(&sqs, "iam-parking").await.unwrap();
+    // The record's bucket, the stack's (the template's RecordBucket).
+    let bucket = std::env::var(relay::written::BUCKET_ENV).expect("RELAY_RECORD_BUCKET: load the stack first");
 
     // The three functions with the template's environment.
     let common = |extra: Vec<(&'static str, String)>| {
@@ -1541,9 +1629,14 @@ async fn every_aws_call_is_allowed_by_its_functions_role() {
     let mut webhook_env = common(recorder.env("webhook").await);
     webhook_env.push(("RELAY_UNTAGGED_DELAY_SECONDS", "0".into()));
     let mut worker_env = common(recorder.env("worker").await);
-    worker_env.extend([("RELAY_DLQ_URL", dlq.clone()), ("RELAY_PARKING_QUEUE_URL", parking.clone())]);
+    worker_env.extend([
+        ("RELAY_DLQ_URL", dlq.clone()),
+        ("RELAY_PARKING_QUEUE_URL", parking.clone()),
+        ("RELAY_RECORD_BUCKET", bucket.clone()),
+    ]);
     let mut reconcile_env = common(recorder.env("reconcile").await);
-    reconcile_env.push(("RELAY_RECONCILE_CURSOR_PARAMETER", cursor.clone()));
+    reconcile_env
+        .extend([("RELAY_RECONCILE_CURSOR_PARAMETER", cursor.clone()), ("RELAY_RECORD_BUCKET", bucket.clone())]);
     let timeout = Duration::from_secs(60);
     let mut webhook = KillingRuntime::start("webhook", &webhook_env, timeout).await;
     let mut worker = KillingRuntime::start("worker", &worker_env, timeout).await;
@@ -1607,14 +1700,164 @@ async fn every_aws_call_is_allowed_by_its_functions_role() {
     assert_eq!(answer["batchItemFailures"], json!([]), "{answer}\n{}", worker.output());
     assert!(worker.output().contains("configuration changed: read again"), "{}", worker.output());
     recorder.set_phase("reconcile");
-    let pass = reconcile.invoke(scheduled).await;
+    let pass = reconcile.invoke(scheduled.clone()).await;
     let Ended::Answered(summary) = &pass else { panic!("reconcile: {pass:?}\n{}", reconcile.output()) };
     assert_eq!(summary["tasks_enqueued"], 1, "the new registry lacks v1: {summary}\n{}", reconcile.output());
     assert!(reconcile.output().contains("configuration changed: read again"), "{}", reconcile.output());
 
+    // The record of written tags (RELAY_RECORD_BUCKET): the worker notes
+    // the tag it copies to the new registry; Harbor deletes v1; the next
+    // pass reads the record for the new registry's v1 (its rule deletes),
+    // finds the relay wrote it and enqueues its delete; the worker deletes
+    // the tag and forgets it.
+    round.copies(&mut worker, 1).await;
+    let late_repo = format!("late/{repo}");
+    assert_eq!(stack.target().digest_at(&late_repo, "v1").await.unwrap(), Some(v1.digest.clone()));
+    source.delete_artifact(&repo, &v1.digest);
+    recorder.set_phase("reconcile");
+    let pass = reconcile.invoke(scheduled.clone()).await;
+    let Ended::Answered(summary) = &pass else { panic!("reconcile: {pass:?}\n{}", reconcile.output()) };
+    assert_eq!(summary["tasks_enqueued"], 1, "the delete of late v1: {summary}\n{}", reconcile.output());
+    round.copies(&mut worker, 1).await;
+    assert_eq!(stack.target().digest_at(&late_repo, "v1").await.unwrap(), None, "{}", worker.output());
+
+    // The worker's settling, in one batch: a task for a registry the
+    // configuration does not name is dead-lettered at once (RELAY_DLQ_URL);
+    // one for a registry in maintenance is parked (the parking queue, a
+    // probe on the copy queue); one whose manifest the registry refuses
+    // (400) comes back after a backoff (its visibility). Their rules select
+    // a repository of its own, pushed now: no webhook event or reconcile
+    // pass plans for it.
+    let settle_repo = format!("{project}-settle/app");
+    let plain = relay_tests::PlainRegistry::new(&source.url, None);
+    let s1 = image::push(&plain, &settle_repo, "v1", ImageKind::OciImage, 1, 2048).await.unwrap();
+    let planned =
+        relay_tests::planned_tasks_on(&late_config, &source_host, "PUSH_ARTIFACT", &settle_repo, "v1", &s1.digest);
+    let settled = |registry: &str| {
+        let to = if registry == "nowhere" { "flaky" } else { registry };
+        let mut t = planned.iter().find(|t| t.destination.registry == to).expect("a task per settling rule").clone();
+        t.destination.registry = registry.to_owned();
+        t.encode()
+    };
+    for registry in ["nowhere", "down", "flaky"] {
+        sqs.send_message().queue_url(&copy_queue).message_body(settled(registry)).send().await.unwrap();
+    }
+    let failed = round.batch(&mut worker, 3).await;
+    assert_eq!(failed.as_array().map(Vec::len), Some(1), "only the refused manifest's: {failed}\n{}", worker.output());
+
+    // The maintenance ends; the probe (due a second after the parking)
+    // finds the registry answering and moves its parked task back to the
+    // copy queue (the parking queue read and emptied).
+    down.clear_faults();
+    let probe = loop {
+        let got = receive_batch(&esm, &copy_queue, Duration::from_secs(5)).await;
+        assert!(!got.is_empty(), "no probe on the copy queue\n{}", worker.output());
+        // A probe's body: `{"probe": "<registry>"}`.
+        let is_probe = |m: &aws_sdk_sqs::types::Message| m.body().is_some_and(|b| b.contains(r#""probe""#));
+        if got.iter().any(is_probe) {
+            break got;
+        }
+    };
+    recorder.set_phase("worker");
+    let delivery = deliver(&esm, &copy_queue, &mut worker, &probe).await;
+    let Ended::Answered(answer) = &delivery.ended else { panic!("worker: {delivery:?}\n{}", worker.output()) };
+    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}\n{}", worker.output());
+    assert!(worker.output().contains("its parked tasks are back on the copy queue"), "{}", worker.output());
+
+    // Standalone, as an operator may run them: the webhook on RELAY_LISTEN
+    // and the worker polling the queue itself, each through its own
+    // recording endpoint, for one event and its task, and a task whose
+    // manifest the registry refuses (the poller's own settling). A
+    // deployment of their own (queues, configuration parameter), judged
+    // below against the same roles.
+    let solo_config_name = format!("/{run}/standalone-config");
+    let solo_yaml = format!(
+        "source: {{ url: {}, credentials: {{ secret_id: {run}/source-robot }} }}\n\
+         webhook: {{ auth_secret_id: {run}/webhook-auth }}\n\
+         registries:\n\
+         \x20 - {{ name: spawned, url: {}, credentials: {{ secret_id: {run}/spawned }} }}\n\
+         \x20 - {{ name: flaky, url: {} }}\n\
+         rules:\n\
+         \x20 - {{ name: to-spawned, filters: {{ name: \"{project}/**\" }}, destination: {{ registry: spawned }} }}\n\
+         \x20 - {{ name: to-flaky, filters: {{ name: \"{project}-settle/**\" }}, destination: {{ registry: flaky }} }}\n",
+        source.url, spawned.url, flaky.url
+    );
+    ssm.put_parameter()
+        .name(&solo_config_name)
+        .value(solo_yaml)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .expect("put the standalone configuration");
+    let (solo_queue, solo_dlq) = relay_tests::stack::create_queue_with_dlq(&sqs, "iam-solo", 5, 120).await.unwrap();
+    let solo_parking = relay_tests::stack::create_queue(&sqs, "iam-solo-parking").await.unwrap();
+    let listen = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        free.local_addr().expect("address")
+    };
+    let solo_common =
+        vec![("RELAY_CONFIG", format!("ssm:{solo_config_name}")), ("RELAY_QUEUE_URL", solo_queue.clone())];
+    let mut solo_webhook_env = solo_common.clone();
+    solo_webhook_env.extend(recorder.env("webhook (standalone)").await);
+    solo_webhook_env.extend([("RELAY_LISTEN", listen.to_string()), ("RELAY_UNTAGGED_DELAY_SECONDS", "0".into())]);
+    let mut solo_worker_env = solo_common.clone();
+    solo_worker_env.extend(recorder.env("worker (standalone)").await);
+    solo_worker_env.extend([
+        ("RELAY_DLQ_URL", solo_dlq.clone()),
+        ("RELAY_PARKING_QUEUE_URL", solo_parking.clone()),
+        ("RELAY_RECORD_BUCKET", bucket.clone()),
+    ]);
+    recorder.set_phase("worker (standalone)");
+    let solo_webhook = Standalone::start("webhook", &run, &solo_webhook_env);
+    let solo_worker = Standalone::start("worker", &run, &solo_worker_env);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !http.get(format!("http://{listen}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < until, "the standalone webhook did not start:\n{}", solo_webhook.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let v3 = push("v3").await;
+    let body = relay_tests::harbor_push_event(
+        "PUSH_ARTIFACT",
+        &source_host,
+        &repo,
+        Some("v3"),
+        &v3.digest,
+        relay_tests::now(),
+    );
+    let reply = http
+        .post(format!("http://{listen}/"))
+        .header("content-type", "application/json")
+        .header("authorization", &webhook_auth)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202, "{}", solo_webhook.output());
+    sqs.send_message().queue_url(&solo_queue).message_body(settled("flaky")).send().await.unwrap();
+    let solo_queue_name = solo_queue.rsplit('/').next().unwrap_or_default().to_owned();
+    let until = Instant::now() + Duration::from_secs(15);
+    let polled = |action: &str| {
+        recorder.calls().iter().any(|c| {
+            c.function == "worker (standalone)" && c.action == action && c.resource.ends_with(&solo_queue_name)
+        })
+    };
+    while !(polled("sqs:DeleteMessage") && polled("sqs:ChangeMessageVisibility")) {
+        assert!(Instant::now() < until, "the standalone worker did not settle both:\n{}", solo_worker.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        spawned_client("second-password-0123").digest_at(&repo, "v3").await.unwrap(),
+        Some(v3.digest.clone()),
+        "{}",
+        solo_worker.output()
+    );
+    drop((solo_webhook, solo_worker));
+
     // The run did what it claims to cover.
     let calls = recorder.calls();
-    let deployed_queue = copy_queue.rsplit('/').next().unwrap_or_default().to_owned();
+    let queue_name = |url: &str| url.rsplit('/').next().unwrap_or_default().to_owned();
+    let deployed_queue = queue_name(&copy_queue);
     let made = |function: &str, action: &str, resource: &str| {
         calls.iter().filter(|c| c.function == function && c.action == action && c.resource.contains(resource)).count()
     };
@@ -1632,62 +1875,111 @@ async fn every_aws_call_is_allowed_by_its_functions_role() {
     assert!(made("worker", "ecr:PutImage", "repository/mirror/app") >= 1);
     assert!(made("reconcile", "ssm:PutParameter", &cursor) >= 1, "no cursor written");
     assert!(made("reconcile", "sqs:SendMessage", &deployed_queue) >= 1, "reconcile enqueued nothing");
+    let late_record = format!("arn:aws:s3:::{bucket}/late/{late_repo}:v1");
+    let covered = [
+        ("worker", "sqs:SendMessage", queue_name(&dlq), "dead-lettered nothing"),
+        ("worker", "sqs:SendMessage", queue_name(&parking), "parked nothing"),
+        ("worker", "sqs:SendMessage", deployed_queue.clone(), "sent no probe"),
+        ("worker", "sqs:ReceiveMessage", queue_name(&parking), "released nothing"),
+        ("worker", "sqs:DeleteMessage", queue_name(&parking), "released nothing"),
+        ("worker", "sqs:ChangeMessageVisibility", deployed_queue.clone(), "backed nothing off"),
+        ("worker", "s3:PutObject", late_record.clone(), "noted no tag written"),
+        ("worker", "s3:DeleteObject", late_record.clone(), "forgot no tag deleted"),
+        ("reconcile", "s3:GetObject", late_record.clone(), "read no record"),
+        ("webhook (standalone)", "ssm:GetParameter", solo_config_name.clone(), "read no configuration"),
+        ("webhook (standalone)", "secretsmanager:GetSecretValue", webhook_arn.clone(), "read no auth value"),
+        ("webhook (standalone)", "sqs:SendMessage", solo_queue_name.clone(), "enqueued nothing"),
+        ("worker (standalone)", "ssm:GetParameter", solo_config_name.clone(), "read no configuration"),
+        ("worker (standalone)", "sqs:GetQueueAttributes", solo_queue_name.clone(), "read no queue attribute"),
+        ("worker (standalone)", "sqs:ReceiveMessage", solo_queue_name.clone(), "received nothing"),
+        ("worker (standalone)", "sqs:DeleteMessage", solo_queue_name.clone(), "deleted nothing"),
+        ("worker (standalone)", "sqs:ChangeMessageVisibility", solo_queue_name.clone(), "backed nothing off"),
+        ("worker (standalone)", "secretsmanager:GetSecretValue", spawned_arn.clone(), "read no credentials"),
+        ("worker (standalone)", "s3:PutObject", format!("{bucket}/spawned/{repo}:v3"), "noted no tag written"),
+    ];
+    for (function, action, resource, what) in covered {
+        assert!(made(function, action, &resource) >= 1, "{function} {what}: no {action} on {resource}");
+    }
     assert!(calls.iter().all(|c| !c.action.contains("Unknown") && !c.action.starts_with("unsigned")), "{calls:#?}");
 
     // Each call judged against its function's role, for README's
-    // parameters with this run's ARNs, outside a VPC and in one.
+    // parameters with this run's ARNs, outside a VPC and in one; the
+    // standalone functions' with their own queues and configuration.
     let t = transformed();
-    let deployed = Deployed {
-        params: vec![
-            ("ConfigParameterName".into(), config_name.clone()),
+    let params = |config: &str| {
+        vec![
+            ("ConfigParameterName".into(), config.to_owned()),
             ("SourceSecretArns".into(), source_arn.clone()),
             ("SecretArns".into(), format!("{spawned_arn},{harbor_arn}")),
             ("WebhookSecretArns".into(), webhook_arn.clone()),
             ("EnableEcr".into(), "true".into()),
             ("EcrRepositoryPrefix".into(), "mirror/".into()),
             ("EcrAssumeRoleArns".into(), role_arn.clone()),
-        ],
+        ]
+    };
+    let deployed = Deployed {
+        params: params(&config_name),
         copy_queue,
         dlq,
         parking,
+        cursor: cursor.clone(),
+        bucket: bucket.clone(),
+    };
+    let standalone = Deployed {
+        params: params(&solo_config_name),
+        copy_queue: solo_queue,
+        dlq: solo_dlq,
+        parking: solo_parking,
         cursor,
+        bucket,
     };
     let readme_names: Vec<String> = readme_params().into_iter().map(|(k, _)| k).collect();
     for name in ["SourceSecretArns", "SecretArns", "WebhookSecretArns", "EnableEcr", "EcrRepositoryPrefix"] {
         assert!(readme_names.iter().any(|n| n == name), "README's parameters file gives no {name}");
     }
-    let vpc = [("VpcSubnetIds", "subnet-0a1b2c3d"), ("VpcSecurityGroupIds", "sg-0a1b2c3d"), ("WebhookInVpc", "true")];
     let assumed = readme_ecr_role_policy(OTHER_ACCOUNT, "us-east-1");
     let mut refused = Vec::new();
     let mut table = std::collections::BTreeSet::new();
-    for (variant, extra) in [("outside a VPC", &vpc[..0]), ("in a VPC", &vpc[..])] {
-        let mut given = as_refs(&deployed.params);
-        given.extend_from_slice(extra);
-        let r = resolved(&t, &given)["Resources"].clone();
-        let b = deployed.bindings(&t, &given);
-        for c in &calls {
-            let logical = format!("{}{}Function", c.function[..1].to_uppercase(), &c.function[1..]);
-            let role = relay_tests::iam::function_role(&r, &logical);
-            let statements = match &c.principal {
-                Principal::Role => relay_tests::iam::role_statements(&r, &role, &b),
-                Principal::Assumed(_) => assumed.clone(),
-            };
-            let verdict = relay_tests::iam::evaluate(&statements, &c.action, &c.resource);
-            table.insert(format!("{variant}: {c} → {verdict:?}"));
-            if verdict != relay_tests::iam::Verdict::Allowed {
-                let by = match &c.principal {
-                    Principal::Role => role,
-                    Principal::Assumed(_) => "README's cross-account ECR policy".into(),
-                };
-                refused.push(format!(
-                    "{variant}: {} {} on {} ({}): {verdict:?} by {by}",
-                    c.function, c.action, c.resource, c.operation
-                ));
-            }
-        }
-    }
+    let (solo_calls, lambda_calls): (Vec<_>, Vec<_>) =
+        calls.into_iter().partition(|c| c.function.contains("standalone"));
+    deployed.judge(&t, &lambda_calls, &assumed, &mut table, &mut refused);
+    standalone.judge(&t, &solo_calls, &assumed, &mut table, &mut refused);
     println!("{}", table.into_iter().collect::<Vec<_>>().join("\n"));
     refused.sort();
     refused.dedup();
     assert!(refused.is_empty(), "calls the deployed roles would refuse:\n{}", refused.join("\n"));
+}
+
+/// A function's binary run standalone (no Runtime API), its output in a
+/// file; killed (its own process) when dropped.
+struct Standalone {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Standalone {
+    fn start(name: &str, run: &str, envs: &[(&str, String)]) -> Standalone {
+        let log = std::env::temp_dir().join(format!("{run}-standalone-{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(relay_tests::workspace_binary(name))
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .expect("start the standalone binary");
+        Standalone { child, log }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
 }
