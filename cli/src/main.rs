@@ -332,7 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "name": l.name,
                     "what": l.what,
                     "ok": l.result.is_ok(),
-                    "detail": match &l.result { Ok(r) => r, Err(e) => e },
+                    "detail": match &l.result { Ok(r) => r.clone(), Err(e) => e.to_string() },
                 })).collect::<Vec<_>>(),
             });
             output.print(text, json);
@@ -381,7 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replicate { target, selection } => {
             let config = bootstrap::load_config(&target.config).await?;
-            let selection = Selection::parse(&selection).map_err(anyhow::Error::msg)?;
+            let selection = Selection::parse(&selection)?;
             let source = bootstrap::source_client(&config, &secrets, RetryPolicy::default()).await?;
             let harbor = bootstrap::harbor_api(&config, &secrets).await?;
             let progress = relay::progress::Progress::default();
@@ -503,12 +503,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let dlq = match dlq_url {
                 Some(u) => u,
                 None => ops::dead_letter_queue(&sqs, &queue_url)
-                    .await
-                    .map_err(anyhow::Error::msg)?
+                    .await?
                     .context("the queue has no redrive policy: pass --dlq-url")?,
             };
             if list {
-                let letters = ops::list_dead_letters(&sqs, &dlq, 100).await.map_err(anyhow::Error::msg)?;
+                let letters = ops::list_dead_letters(&sqs, &dlq, 100).await?;
                 let text = || {
                     let mut t = String::new();
                     for l in &letters {
@@ -546,7 +545,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .collect::<Vec<_>>());
                 output.print(text, json);
             } else {
-                let moved = ops::redrive(&sqs, &dlq, &queue_url).await.map_err(anyhow::Error::msg)?;
+                let moved = ops::redrive(&sqs, &dlq, &queue_url).await?;
                 output.print(
                     || format!("{moved} messages moved back to the copy queue\n"),
                     serde_json::json!({ "moved": moved }),
@@ -555,13 +554,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { queue_url, dlq_url } => {
-            let q = ops::depth(&sqs, &queue_url).await.map_err(anyhow::Error::msg)?;
+            let q = ops::depth(&sqs, &queue_url).await?;
             let dlq = match dlq_url {
                 Some(u) => Some(u),
-                None => ops::dead_letter_queue(&sqs, &queue_url).await.map_err(anyhow::Error::msg)?,
+                None => ops::dead_letter_queue(&sqs, &queue_url).await?,
             };
             let dead = match &dlq {
-                Some(d) => Some(ops::depth(&sqs, d).await.map_err(anyhow::Error::msg)?),
+                Some(d) => Some(ops::depth(&sqs, d).await?),
                 None => None,
             };
             let text = || {

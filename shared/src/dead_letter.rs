@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName as Attr, SendMessageBatchRequestEntry};
 
+use crate::aws_error::AwsError;
 use crate::message::Failure;
 
 /// Message attribute holding the last error (text, no secrets: errors name
@@ -38,17 +39,18 @@ pub async fn redrive_policy(
     sqs: &aws_sdk_sqs::Client,
     queue_url: &str,
     dlq_url: Option<&str>,
-) -> Result<Option<RedrivePolicy>, String> {
-    let sdk = |e: &dyn std::error::Error| aws_sdk_sqs::error::DisplayErrorContext(e).to_string();
+) -> Result<Option<RedrivePolicy>, AwsError> {
+    const CALL: &str = "GetQueueAttributes";
     let out = sqs
         .get_queue_attributes()
         .queue_url(queue_url)
         .attribute_names(Attr::RedrivePolicy)
         .send()
         .await
-        .map_err(|e| sdk(&e))?;
+        .map_err(|e| AwsError::sdk(CALL, queue_url, &e))?;
     let Some(policy) = out.attributes().and_then(|a| a.get(&Attr::RedrivePolicy)).cloned() else { return Ok(None) };
-    let v: serde_json::Value = serde_json::from_str(&policy).map_err(|e| format!("redrive policy: {e}"))?;
+    let bad = |reason: String| AwsError::answer(CALL, queue_url, reason);
+    let v: serde_json::Value = serde_json::from_str(&policy).map_err(|e| bad(format!("redrive policy: {e}")))?;
     // SQS answers the count as a number; CloudFormation-made policies as a string.
     let max_receive_count = match &v["maxReceiveCount"] {
         serde_json::Value::Number(n) => n.as_u64(),
@@ -56,14 +58,21 @@ pub async fn redrive_policy(
         _ => None,
     }
     .and_then(|n| u32::try_from(n).ok())
-    .ok_or("redrive policy without a valid maxReceiveCount")?;
+    .ok_or_else(|| bad("redrive policy without a valid maxReceiveCount".into()))?;
     let dlq_url = match dlq_url {
         Some(u) => u.to_owned(),
         None => {
-            let arn = v["deadLetterTargetArn"].as_str().ok_or("redrive policy without deadLetterTargetArn")?;
+            let arn = v["deadLetterTargetArn"]
+                .as_str()
+                .ok_or_else(|| bad("redrive policy without deadLetterTargetArn".into()))?;
             let name = arn.rsplit(':').next().unwrap_or_default();
-            let out = sqs.get_queue_url().queue_name(name).send().await.map_err(|e| sdk(&e))?;
-            out.queue_url().ok_or("GetQueueUrl answered no URL")?.to_owned()
+            let out = sqs
+                .get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .map_err(|e| AwsError::sdk("GetQueueUrl", name, &e))?;
+            out.queue_url().ok_or_else(|| AwsError::answer("GetQueueUrl", name, "no URL"))?.to_owned()
         }
     };
     Ok(Some(RedrivePolicy { dlq_url, max_receive_count }))

@@ -64,6 +64,10 @@ pub enum HarborApiError {
     /// The account lacks a right no retry will give it.
     #[error("Harbor API: {0}")]
     Forbidden(String),
+    /// Asked for, but the relay does not read Harbor's API
+    /// (`source.harbor_api` is off or the source is no Harbor).
+    #[error("Harbor API: not in use (source.harbor_api is off)")]
+    Off,
 }
 
 /// One artifact of a repository listing: top-level artifacts only (Harbor

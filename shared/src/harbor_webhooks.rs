@@ -52,13 +52,18 @@ pub enum PayloadFormat {
     CloudEvents,
 }
 
+/// A payload format Harbor does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("payload format {0:?}: Harbor knows Default and CloudEvents")]
+pub struct UnknownFormat(pub String);
+
 impl std::str::FromStr for PayloadFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownFormat;
+    fn from_str(s: &str) -> Result<Self, UnknownFormat> {
         match s {
             "Default" => Ok(PayloadFormat::Default),
             "CloudEvents" => Ok(PayloadFormat::CloudEvents),
-            other => Err(format!("payload format {other:?}: Harbor knows Default and CloudEvents")),
+            other => Err(UnknownFormat(other.to_owned())),
         }
     }
 }

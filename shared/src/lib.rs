@@ -2,6 +2,7 @@
 //! queue → registry copies. The function binaries are thin edges over this
 //! crate; see ARCHITECTURE.md for the map.
 
+pub mod aws_error;
 pub mod bootstrap;
 pub mod config;
 pub mod dead_letter;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName as Attr;
 
+use crate::aws_error::AwsError;
 use crate::config::{Config, CredentialsRef};
 use crate::event::{Artifact, EventKind, Format, HarborEvent};
 use crate::feeders::{ListingError, SourceListing};
@@ -19,7 +20,7 @@ use crate::registry_kind::CaSource;
 use crate::repository::{RepositoryPath, Tag};
 use crate::rules::Pattern;
 use crate::secrets::SecretSource;
-use crate::task::Task;
+use crate::task::{Task, TaskError};
 
 /// One line of `relay check`: what was checked, and how it went (`Ok`
 /// may carry a remark).
@@ -27,13 +28,28 @@ use crate::task::Task;
 pub struct CheckLine {
     pub name: String,
     pub what: String,
-    pub result: Result<String, String>,
+    pub result: Result<String, CheckFailed>,
 }
 
 impl CheckLine {
-    fn new(name: &str, what: impl Into<String>, result: Result<String, String>) -> CheckLine {
+    fn new(name: &str, what: impl Into<String>, result: Result<String, CheckFailed>) -> CheckLine {
         CheckLine { name: name.to_owned(), what: what.into(), result }
     }
+}
+
+/// Why a check of `relay check` failed: the error of the part it tried.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFailed {
+    #[error(transparent)]
+    Startup(#[from] crate::bootstrap::StartupError),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Harbor(#[from] crate::harbor_api::HarborApiError),
+    #[error("the account sees no project: give it access to the projects to replicate")]
+    NoProject,
 }
 
 /// Everything the functions will need, checked with the configured
@@ -53,27 +69,25 @@ pub async fn check(config: &Config, secrets: &SecretSource) -> Vec<CheckLine> {
     lines.push(CheckLine::new(
         "webhook",
         "accepted Authorization values",
-        auth.map(|a| format!("{} readable", a.len())).map_err(|e| e.to_string()),
+        auth.map(|a| format!("{} readable", a.len())).map_err(CheckFailed::from),
     ));
     let sources = std::iter::once(("source", &config.source.credentials, &config.source.ca))
         .chain(config.registries.iter().map(|r| (r.name.as_str(), &r.credentials, &r.ca)));
     for (name, credentials, ca) in sources {
         lines.extend(secret_lines(name, credentials.as_ref(), ca.as_ref(), secrets).await);
     }
-    let source = crate::bootstrap::source_client(config, secrets, retry).await.map_err(|e| e.to_string());
-    lines.push(connect("source", &config.source.api_url, &source).await);
+    let source = crate::bootstrap::source_client(config, secrets, retry).await;
+    lines.push(connect("source", &config.source.api_url, source).await.0);
     if config.source.harbor_api != crate::config::HarborApiUse::Off {
         let result = match crate::bootstrap::harbor_api(config, secrets).await {
             Ok(Some(api)) => match api.project_list().await {
-                Ok(p) if p.is_empty() => {
-                    Err("the account sees no project: give it access to the projects to replicate".into())
-                }
+                Ok(p) if p.is_empty() => Err(CheckFailed::NoProject),
                 Ok(p) => Ok(format!("{} projects visible", p.len())),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e.into()),
             },
             // Detected: not a Harbor, and no rule needs its API.
             Ok(None) => Ok("not a Harbor (no /api/v2.0/ping): listed through the registry API".into()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         };
         lines.push(CheckLine::new("source", "Harbor API", result));
     }
@@ -81,13 +95,11 @@ pub async fn check(config: &Config, secrets: &SecretSource) -> Vec<CheckLine> {
         // Built as the worker builds it: an ECR destination gets its token.
         let client = crate::bootstrap::destination_client(r, secrets, retry, config.worker.min_throughput(), None)
             .await
-            .map(|(c, _, _)| c)
-            .map_err(|e| e.to_string());
-        let line = connect(&r.name, &r.url, &client).await;
-        let connected = line.result.is_ok();
+            .map(|(c, _, _)| c);
+        let (line, connected) = connect(&r.name, &r.url, client).await;
         lines.push(line);
-        if let (true, Ok(client), Some(repo)) = (connected, &client, probe_repository(config, &r.name)) {
-            lines.push(CheckLine::new(&r.name, format!("push to {repo}"), push_right(client, &repo).await));
+        if let (Some(client), Some(repo)) = (connected, probe_repository(config, &r.name)) {
+            lines.push(CheckLine::new(&r.name, format!("push to {repo}"), push_right(&client, &repo).await));
         }
     }
     lines
@@ -107,7 +119,7 @@ async fn secret_lines(
             CredentialsRef::Env { password_env, .. } => format!("read credentials from ${password_env}"),
             CredentialsRef::Secret { secret_id } => format!("read credentials from secret {secret_id}"),
         };
-        let read = secrets.credentials(c).await.map(|_| String::new()).map_err(|e| e.to_string());
+        let read = secrets.credentials(c).await.map(|_| String::new()).map_err(CheckFailed::from);
         lines.push(CheckLine::new(name, what, read));
     }
     if let Some(ca) = ca {
@@ -115,18 +127,26 @@ async fn secret_lines(
             CaSource::File(path) => format!("read CA bundle {}", path.display()),
             CaSource::Secret(id) => format!("read CA bundle from secret {id}"),
         };
-        let read = secrets.ca_bundle(ca).await.map(|_| String::new()).map_err(|e| e.to_string());
+        let read = secrets.ca_bundle(ca).await.map(|_| String::new()).map_err(CheckFailed::from);
         lines.push(CheckLine::new(name, what, read));
     }
     lines
 }
 
-async fn connect(name: &str, url: &url::Url, client: &Result<RegistryClient, String>) -> CheckLine {
-    let result = match client {
-        Ok(c) => c.ping().await.map(|()| String::new()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.clone()),
-    };
-    CheckLine::new(name, format!("connect {url}"), result)
+/// `GET /v2/` with the client as built; the client back when it answered.
+async fn connect(
+    name: &str,
+    url: &url::Url,
+    client: Result<RegistryClient, crate::bootstrap::StartupError>,
+) -> (CheckLine, Option<RegistryClient>) {
+    let what = format!("connect {url}");
+    match client {
+        Ok(c) => match c.ping().await {
+            Ok(()) => (CheckLine::new(name, what, Ok(String::new())), Some(c)),
+            Err(e) => (CheckLine::new(name, what, Err(e.into())), None),
+        },
+        Err(e) => (CheckLine::new(name, what, Err(e.into())), None),
+    }
 }
 
 /// Where the push right is probed at `registry`: under the first rule
@@ -146,7 +166,7 @@ fn probe_repository(config: &Config, registry: &str) -> Option<RepositoryPath> {
 const PROBE: &str = "harbor-relay-check";
 
 /// Starts an upload in `repo` and cancels it at once.
-async fn push_right(client: &RegistryClient, repo: &RepositoryPath) -> Result<String, String> {
+async fn push_right(client: &RegistryClient, repo: &RepositoryPath) -> Result<String, CheckFailed> {
     match client.start_upload(repo, None).await {
         Ok(crate::registry::UploadStart::Session { url, .. }) => {
             client.cancel_upload(repo, url).await;
@@ -158,7 +178,7 @@ async fn push_right(client: &RegistryClient, repo: &RepositoryPath) -> Result<St
         Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
             Ok("cannot tell: the repository does not exist yet (prepared on the first copy)".into())
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -191,21 +211,33 @@ fn is_glob(s: &str) -> bool {
     s.contains(['*', '?', '[', '{', '\\'])
 }
 
+/// A selection that does not parse: the part, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{part}: {reason}")]
+pub struct SelectionError {
+    pub part: String,
+    pub reason: String,
+}
+
 impl Selection {
-    pub fn parse(s: &str) -> Result<Selection, String> {
+    pub fn parse(s: &str) -> Result<Selection, SelectionError> {
+        let bad = |part: &str, reason: &dyn std::fmt::Display| SelectionError {
+            part: part.to_owned(),
+            reason: reason.to_string(),
+        };
         // Repository paths hold no `:`, so the last one starts the tag.
         let (repo, tag) = match s.rsplit_once(':') {
             Some((r, t)) => (r, Some(t)),
             None => (s, None),
         };
         let repositories = match is_glob(repo) {
-            true => Select::Glob(Pattern::new(repo).map_err(|e| format!("{repo}: {e}"))?),
-            false => Select::One(repo.parse().map_err(|e: crate::repository::NameError| e.to_string())?),
+            true => Select::Glob(Pattern::new(repo).map_err(|e| bad(repo, &e))?),
+            false => Select::One(repo.parse().map_err(|e: crate::repository::NameError| bad(repo, &e))?),
         };
         let tags = match tag {
             None => None,
-            Some(t) if is_glob(t) => Some(Select::Glob(Pattern::new(t).map_err(|e| format!("{t}: {e}"))?)),
-            Some(t) => Some(Select::One(t.parse::<Tag>().map_err(|e| e.to_string())?)),
+            Some(t) if is_glob(t) => Some(Select::Glob(Pattern::new(t).map_err(|e| bad(t, &e))?)),
+            Some(t) => Some(Select::One(t.parse::<Tag>().map_err(|e| bad(t, &e))?)),
         };
         Ok(Selection { repositories, tags })
     }
@@ -336,7 +368,7 @@ pub struct Depth {
     pub delayed: u64,
 }
 
-pub async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<Depth, String> {
+pub async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<Depth, AwsError> {
     let out = sqs
         .get_queue_attributes()
         .queue_url(url)
@@ -345,7 +377,7 @@ pub async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<Depth, String
         .attribute_names(Attr::ApproximateNumberOfMessagesDelayed)
         .send()
         .await
-        .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+        .map_err(|e| AwsError::sdk("GetQueueAttributes", url, &e))?;
     let attrs: HashMap<Attr, String> = out.attributes().cloned().unwrap_or_default();
     let get = |a: Attr| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
     Ok(Depth {
@@ -356,7 +388,7 @@ pub async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<Depth, String
 }
 
 /// The DLQ of `queue_url`, from its redrive policy.
-pub async fn dead_letter_queue(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<Option<String>, String> {
+pub async fn dead_letter_queue(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<Option<String>, AwsError> {
     Ok(crate::dead_letter::redrive_policy(sqs, queue_url, None).await?.map(|p| p.dlq_url))
 }
 
@@ -366,7 +398,7 @@ pub struct DeadLetter {
     pub message_id: String,
     pub receive_count: u64,
     /// The decoded task, or why it does not decode.
-    pub task: Result<Task, String>,
+    pub task: Result<Task, TaskError>,
     /// The error of the last attempt, when the worker dead-lettered it
     /// (SQS's own redrive carries none).
     pub last_error: Option<String>,
@@ -374,7 +406,7 @@ pub struct DeadLetter {
 
 /// Lists up to `max` DLQ messages without consuming them (they are made
 /// visible again right away).
-pub async fn list_dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &str, max: usize) -> Result<Vec<DeadLetter>, String> {
+pub async fn list_dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &str, max: usize) -> Result<Vec<DeadLetter>, AwsError> {
     let mut out = Vec::new();
     let mut receipts = Vec::new();
     while out.len() < max {
@@ -388,7 +420,7 @@ pub async fn list_dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &str, max: usize)
             .message_attribute_names(crate::dead_letter::ATTEMPTS)
             .send()
             .await
-            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+            .map_err(|e| AwsError::sdk("ReceiveMessage", dlq, &e))?;
         if batch.messages().is_empty() {
             break;
         }
@@ -407,7 +439,7 @@ pub async fn list_dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &str, max: usize)
             out.push(DeadLetter {
                 message_id: m.message_id().unwrap_or_default().to_owned(),
                 receive_count: count,
-                task: Task::decode(m.body().unwrap_or_default()).map_err(|e| e.to_string()),
+                task: Task::decode(m.body().unwrap_or_default()),
                 last_error: attribute(crate::dead_letter::LAST_ERROR),
             });
             receipts.extend(m.receipt_handle().map(str::to_owned));
@@ -420,7 +452,7 @@ pub async fn list_dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &str, max: usize)
 }
 
 /// Moves every DLQ message back to the copy queue. Returns how many.
-pub async fn redrive(sqs: &aws_sdk_sqs::Client, dlq: &str, queue: &str) -> Result<usize, String> {
+pub async fn redrive(sqs: &aws_sdk_sqs::Client, dlq: &str, queue: &str) -> Result<usize, AwsError> {
     let mut moved = 0;
     loop {
         let batch = sqs
@@ -431,7 +463,7 @@ pub async fn redrive(sqs: &aws_sdk_sqs::Client, dlq: &str, queue: &str) -> Resul
             .wait_time_seconds(0)
             .send()
             .await
-            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+            .map_err(|e| AwsError::sdk("ReceiveMessage", dlq, &e))?;
         if batch.messages().is_empty() {
             return Ok(moved);
         }
@@ -442,7 +474,7 @@ pub async fn redrive(sqs: &aws_sdk_sqs::Client, dlq: &str, queue: &str) -> Resul
                 .message_body(body)
                 .send()
                 .await
-                .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+                .map_err(|e| AwsError::sdk("SendMessage", queue, &e))?;
             // Deleted only once re-sent: at worst a message is in both queues.
             if let Some(r) = m.receipt_handle() {
                 let _ = sqs.delete_message().queue_url(dlq).receipt_handle(r).send().await;

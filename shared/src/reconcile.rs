@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 
+use crate::aws_error::AwsError;
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::event::{Artifact, EventKind, Format, HarborEvent};
@@ -518,18 +519,18 @@ pub struct CursorStore {
 }
 
 impl CursorStore {
-    pub async fn load(&self) -> Result<Option<String>, String> {
+    pub async fn load(&self) -> Result<Option<String>, AwsError> {
         match self.ssm.get_parameter().name(&self.parameter).send().await {
             Ok(out) => {
                 Ok(out.parameter().and_then(|p| p.value()).filter(|v| !v.is_empty() && *v != "-").map(str::to_owned))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => Ok(None),
-            Err(e) => Err(aws_sdk_ssm::error::DisplayErrorContext(&e).to_string()),
+            Err(e) => Err(AwsError::sdk("GetParameter", &self.parameter, &e)),
         }
     }
 
     /// Stores the cursor; `None` (the listing is complete) stores `-`.
-    pub async fn save(&self, cursor: Option<&str>) -> Result<(), String> {
+    pub async fn save(&self, cursor: Option<&str>) -> Result<(), AwsError> {
         self.ssm
             .put_parameter()
             .name(&self.parameter)
@@ -539,7 +540,7 @@ impl CursorStore {
             .send()
             .await
             .map(drop)
-            .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(&e).to_string())
+            .map_err(|e| AwsError::sdk("PutParameter", &self.parameter, &e))
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::event::{EventError, EventKind, Format, HarborEvent};
-use crate::harbor_api::HarborApi;
+use crate::harbor_api::{HarborApi, HarborApiError};
 use crate::metrics::{self, Unit};
 use crate::plan::{needs_facts, plan, Plan};
 use crate::queue::{Outgoing, TaskQueue};
@@ -262,16 +262,16 @@ impl Webhook {
 
     /// The artifact's labels and type, read from Harbor only when a label
     /// or resource filter could decide the outcome.
-    async fn facts(&self, event: &HarborEvent) -> Result<Option<ArtifactFacts>, String> {
+    async fn facts(&self, event: &HarborEvent) -> Result<Option<ArtifactFacts>, HarborApiError> {
         let (Some(artifact), true) = (&event.artifact, needs_facts(&self.config, event)) else {
             return Ok(None);
         };
-        let api = self.harbor.as_ref().ok_or("source.harbor_api is off")?;
+        let api = self.harbor.as_ref().ok_or(HarborApiError::Off)?;
         match api.artifact(&artifact.repository, &artifact.digest).await {
             Ok(info) => Ok(Some(info.facts)),
             // A deleted artifact is gone from the API: no labels, type unknown.
-            Err(crate::harbor_api::HarborApiError::NotFound(_)) => Ok(Some(ArtifactFacts::default())),
-            Err(e) => Err(e.to_string()),
+            Err(HarborApiError::NotFound(_)) => Ok(Some(ArtifactFacts::default())),
+            Err(e) => Err(e),
         }
     }
 

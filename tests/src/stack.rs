@@ -89,7 +89,7 @@ pub async fn create_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> anyhow::Re
 
 /// Messages on a queue: (visible, in flight, delayed).
 pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> anyhow::Result<(u64, u64, u64)> {
-    let d = relay::ops::depth(sqs, url).await.map_err(anyhow::Error::msg)?;
+    let d = relay::ops::depth(sqs, url).await?;
     Ok((d.visible, d.in_flight, d.delayed))
 }
 

@@ -120,7 +120,7 @@ async fn run(app: &App, stop_at: Option<Instant>) -> anyhow::Result<serde_json::
     let started = Instant::now();
     let webhooks = keep_webhooks(app).await;
     let after = match &app.cursor {
-        Some(c) => c.load().await.map_err(anyhow::Error::msg)?,
+        Some(c) => c.load().await?,
         None => None,
     };
     let reconciler = Reconciler::new(&app.config, &app.worker, 1000);
@@ -129,7 +129,7 @@ async fn run(app: &App, stop_at: Option<Instant>) -> anyhow::Result<serde_json::
     app.queue.send(&outgoing).await?;
     pass.emit_metrics(outgoing.len(), started.elapsed());
     if let Some(c) = &app.cursor {
-        c.save(pass.cursor.as_deref()).await.map_err(anyhow::Error::msg)?;
+        c.save(pass.cursor.as_deref()).await?;
     }
     let summary = serde_json::json!({
         "repositories": pass.repositories,

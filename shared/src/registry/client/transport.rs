@@ -203,7 +203,7 @@ impl RegistryClient {
             hops += 1;
             let mut next = url.join(location).map_err(|e| refused(format!("to a bad Location ({e})")))?;
             next.set_fragment(None);
-            redirects::check(&url, &next, &named).await.map_err(refused)?;
+            redirects::check(&url, &next, &named).await.map_err(|e| refused(e.to_string()))?;
             let keeps_body;
             (method, keeps_body) = redirects::next_request(status, &method, &mut headers);
             if !keeps_body {

@@ -43,21 +43,34 @@ pub(super) fn next_request(status: StatusCode, method: &Method, headers: &mut He
     (Method::GET, false)
 }
 
+/// Why a redirect is not followed (the target as `scheme://host`).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refused {
+    #[error("to {0}: not http(s)")]
+    Scheme(String),
+    #[error("to {0}: from https to plain http")]
+    Downgrade(String),
+    #[error("to {0}: no host")]
+    NoHost(String),
+    #[error("to {shown}: {ip} is a loopback or link-local address, and the host is not one the configuration names")]
+    Internal { shown: String, ip: IpAddr },
+}
+
 /// Whether a redirect from `from` may lead to `to`. `named` are the hosts
 /// the configuration names (the registry's, its listed token realms') and
 /// the one the request started at: those may be anything, the lab's
 /// 127.0.0.1 included. Any other host must not be, or resolve to, a
-/// loopback, link-local or unspecified address. The reason is for the error.
-pub(super) async fn check(from: &Url, to: &Url, named: &[Host<&str>]) -> Result<(), String> {
+/// loopback, link-local or unspecified address.
+pub(super) async fn check(from: &Url, to: &Url, named: &[Host<&str>]) -> Result<(), Refused> {
     let shown = format!("{}://{}", to.scheme(), to.host_str().unwrap_or_default());
     if !matches!(to.scheme(), "http" | "https") {
-        return Err(format!("to {shown}: not http(s)"));
+        return Err(Refused::Scheme(shown));
     }
     if from.scheme() == "https" && to.scheme() == "http" {
-        return Err(format!("to {shown}: from https to plain http"));
+        return Err(Refused::Downgrade(shown));
     }
     let Some(host) = to.host() else {
-        return Err(format!("to {shown}: no host"));
+        return Err(Refused::NoHost(shown));
     };
     if named.contains(&host) {
         return Ok(());
@@ -77,9 +90,7 @@ pub(super) async fn check(from: &Url, to: &Url, named: &[Host<&str>]) -> Result<
         }
     };
     match addresses.into_iter().find(|ip| is_internal(*ip)) {
-        Some(ip) => Err(format!(
-            "to {shown}: {ip} is a loopback or link-local address, and the host is not one the configuration names"
-        )),
+        Some(ip) => Err(Refused::Internal { shown, ip }),
         None => Ok(()),
     }
 }
