@@ -472,6 +472,15 @@ impl Worker {
             .all(|t| self.destinations.contains_key(&t.destination.registry))
     }
 
+    /// Whether the rules in force produce every task among `messages` (see
+    /// `allowed`). One they do not may come from a rule added since this
+    /// configuration was read — the webhook notices a change on its own
+    /// clock, up to a check period before the worker — so the caller asks
+    /// for the configuration at once before the task is refused for good.
+    pub fn rules_produce_all_of(&self, messages: &[Message]) -> bool {
+        messages.iter().filter_map(|m| Task::decode(&m.body).ok()).all(|t| self.allowed(&t).is_ok())
+    }
+
     /// Whether the rules in force still produce a task from the queue: an enabled rule
     /// that selects its source repository and maps it onto its destination
     /// repository of the same registry — with `deletion` on, for a delete.

@@ -1,6 +1,7 @@
 //! The configuration as the Lambda functions hold it, against LocalStack
 //! SSM: read again when the parameter's version changes, at once when a
-//! task names a registry the worker does not know, and an invalid change
+//! task names a registry the worker does not know or comes from a rule it
+//! does not have, and an invalid change
 //! never replaces a working configuration; a typo never reaches them.
 
 use std::sync::Arc;
@@ -76,6 +77,53 @@ async fn a_registry_added_to_the_parameter_is_used_without_a_restart() {
     put(format!("{one}bogus_field: 1\n")).await;
     let kept = reloading.current_unless(|_| true).await;
     assert!(Arc::ptr_eq(&second, &kept), "an invalid configuration never replaces a working one");
+}
+
+/// A rule added to the parameter: the webhook may read it first (each
+/// function checks the version on its own clock) and send its tasks to a
+/// worker that still holds the old rules, which refuse the mapping. The
+/// worker asks for the configuration at once instead of dead-lettering a
+/// task of the new rule; a mapping no version produces is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_added_to_the_parameter_is_read_at_once_for_its_first_task() {
+    let stack = Stack::load().unwrap();
+    let ssm = aws_sdk_ssm::Client::new(&bootstrap::aws_config().await);
+    let name = format!("/harbor-relay/test/rule-{:x}", rand::random::<u32>());
+    let put = |text: String| {
+        let (ssm, name) = (ssm.clone(), name.clone());
+        async move {
+            let p = aws_sdk_ssm::types::ParameterType::SecureString;
+            ssm.put_parameter().name(name).value(text).r#type(p).overwrite(true).send().await.unwrap();
+        }
+    };
+    let (old, new) = (unique_repo("before"), unique_repo("after"));
+    let rule = |repo: &str| {
+        let project = repo.split('/').next().unwrap().to_owned();
+        format!("  - {{ name: {project}, filters: {{ name: \"{project}/**\" }}, destination: {{ registry: cluster1-registry }} }}\n")
+    };
+    put(stack.config_yaml(&rule(&old))).await;
+    let reloading = Reloading::start(&format!("ssm:{name}"), Duration::from_secs(3600), build).await.unwrap();
+    let first = reloading.current().await;
+    let with_new = stack.config_yaml(&format!("{}{}", rule(&old), rule(&new)));
+    let img = image::push(&stack.source(), &new, "v1", ImageKind::OciImage, 1, 2048).await.unwrap();
+    let task =
+        planned_tasks(&Config::parse(&with_new).unwrap(), &stack, "PUSH_ARTIFACT", &new, "v1", &img.digest).remove(0);
+    let messages = [Message { id: "m".into(), body: task.encode(), ..Default::default() }];
+    let stale = |w: &Worker| !w.knows_registries_of(&messages) || !w.rules_produce_all_of(&messages);
+    assert!(first.knows_registries_of(&messages), "a registry the worker knows");
+    assert!(!first.rules_produce_all_of(&messages), "from a rule the worker does not have yet");
+
+    put(with_new).await;
+    let second = reloading.current_unless(stale).await;
+    assert!(!Arc::ptr_eq(&first, &second), "read again at once, not at the next check");
+    assert!(second.rules_produce_all_of(&messages));
+    assert_eq!(second.run(&task).await.unwrap().outcome, Some(relay::registry::Outcome::Copied));
+
+    // A forged mapping stays refused by the configuration read again.
+    let mut forged = task.clone();
+    forged.source.repository = unique_repo("forged").parse().unwrap();
+    let forged = [Message { id: "f".into(), body: forged.encode(), ..Default::default() }];
+    assert!(!reloading.current_unless(|w| !w.rules_produce_all_of(&forged)).await.rules_produce_all_of(&forged));
 }
 
 /// A typo never changes what a rule does: `decoraton` once loaded as a

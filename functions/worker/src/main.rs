@@ -135,9 +135,12 @@ async fn batch(
         })
         .collect();
     let messages: Vec<Message> = messages;
-    // A task for a registry the current worker does not know: the
-    // configuration is asked for at once (a registry just added).
-    let pipeline = reloading.current_unless(|p| !p.worker.knows_registries_of(&messages)).await;
+    // A task for a registry the current worker does not know, or from a
+    // rule it does not have: the configuration is asked for at once (a
+    // registry or rule just added, which the webhook may have read first).
+    let pipeline = reloading
+        .current_unless(|p| !p.worker.knows_registries_of(&messages) || !p.worker.rules_produce_all_of(&messages))
+        .await;
     let failures = pipeline.worker.handle_batch(messages, deadline).await;
     let failed = pipeline.settler.settle(failures).await;
     let mut response = SqsBatchResponse::default();
