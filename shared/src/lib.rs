@@ -2,15 +2,15 @@
 //! queue → registry copies. The function binaries are thin edges over this
 //! crate; see ARCHITECTURE.md for the map.
 
+// The domain crate's modules, where the rest of the relay has always
+// found them (`crate::config`, `relay::task`).
+pub use relay_domain::{config, digest, doublestar, event, plan, registry_kind, repository, rules, task};
+
 pub mod aws_error;
 pub mod bootstrap;
-pub mod config;
 pub mod dead_letter;
 pub mod destination;
-pub mod digest;
-pub mod doublestar;
 pub mod ecr;
-pub mod event;
 pub mod feeders;
 pub mod harbor_api;
 pub mod harbor_webhooks;
@@ -20,20 +20,15 @@ pub mod message;
 pub mod metrics;
 pub mod ops;
 pub mod parking;
-pub mod plan;
 pub mod poller;
 pub mod progress;
 pub mod queue;
 pub mod reconcile;
 pub mod registry;
-pub mod registry_kind;
 pub mod reload;
-pub mod repository;
-pub mod rules;
 pub mod secrets;
 pub mod server;
 pub mod settle;
-pub mod task;
 pub mod telemetry;
 pub mod tls;
 pub mod webhook;

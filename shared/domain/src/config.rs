@@ -10,9 +10,9 @@ use std::path::Path;
 use serde::Deserialize;
 use url::Url;
 
-use crate::registry::pace::MinThroughput;
 use crate::registry_kind::{ca_source, CaSource, RawKindFields, RegistryKind};
 use crate::rules::{Rule, RuleError};
+use crate::throughput::MinThroughput;
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
@@ -714,7 +714,7 @@ pub fn host_port(url: &Url) -> String {
 mod tests {
     use super::*;
 
-    pub(crate) const EXAMPLE: &str = include_str!("../../examples/config.yaml");
+    pub(crate) const EXAMPLE: &str = include_str!("../../../examples/config.yaml");
 
     #[test]
     fn example_config_is_valid() {
@@ -732,7 +732,7 @@ mod tests {
     /// forms read.
     #[test]
     fn the_lambda_example_is_valid_and_uses_secrets_manager_only() {
-        let text = include_str!("../../examples/config.lambda.yaml");
+        let text = include_str!("../../../examples/config.lambda.yaml");
         let c = Config::parse(text).unwrap();
         assert!(matches!(c.webhook, WebhookAuthSource::Secret(_)));
         let refs = c.registries.iter().filter_map(|r| r.credentials.as_ref()).chain(c.source.credentials.as_ref());

@@ -116,7 +116,7 @@ rules:
 "#;
 
     fn event(file: &str) -> HarborEvent {
-        let body = std::fs::read(format!("{}/../tests/fixtures/harbor/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let body = std::fs::read(format!("{}/../../tests/fixtures/harbor/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         let format = if file.contains("cloudevents") { Format::CloudEvents } else { Format::Default };
         HarborEvent::parse(format, &body, "localhost").unwrap()
     }
@@ -166,7 +166,7 @@ rules:
     fn other_events_plan_nothing() {
         let config = Config::parse(CONFIG).unwrap();
         let body = std::fs::read(format!(
-            "{}/../tests/fixtures/harbor/pull_artifact.default.wire.json",
+            "{}/../../tests/fixtures/harbor/pull_artifact.default.wire.json",
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap();

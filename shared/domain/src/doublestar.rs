@@ -94,7 +94,7 @@ fn split_path(path: &str) -> Vec<&str> {
 }
 
 /// The first `r` in `s` not preceded by `\`.
-pub(crate) fn index_with_escaping(s: &str, r: char) -> Option<usize> {
+pub fn index_with_escaping(s: &str, r: char) -> Option<usize> {
     let end = s.find(r)?;
     if end > 0 && s.as_bytes()[end - 1] == b'\\' {
         let start = end + r.len_utf8();
@@ -105,7 +105,7 @@ pub(crate) fn index_with_escaping(s: &str, r: char) -> Option<usize> {
 
 /// The alternatives of `{a,b,…}` (`s` starts after the `{`), nested braces
 /// and escapes respected, and the index after the closing `}`.
-pub(crate) fn split_alternatives(s: &str) -> Option<(Vec<&str>, usize)> {
+pub fn split_alternatives(s: &str) -> Option<(Vec<&str>, usize)> {
     let mut options = Vec::new();
     let (mut idx, mut depth, mut escaped, mut start) = (0, 1, false, 0);
     while depth > 0 {
