@@ -5,6 +5,7 @@
 // The domain crate's modules, where the rest of the relay has always
 // found them (`crate::config`, `relay::task`).
 pub use relay_domain::{config, digest, doublestar, event, plan, registry_kind, repository, rules, task};
+pub use relay_oci::tls;
 
 pub mod aws_error;
 pub mod bootstrap;
@@ -30,7 +31,6 @@ pub mod secrets;
 pub mod server;
 pub mod settle;
 pub mod telemetry;
-pub mod tls;
 pub mod webhook;
 pub mod worker;
 pub mod written;

@@ -1,21 +1,12 @@
-//! The OCI distribution side: a thin client per registry and the copy engine
-//! built on it.
+//! The copy engine, on the registry client of the crate `relay-oci` (whose
+//! modules are re-exported here, where they have always been).
 
-pub mod auth;
+pub use relay_oci::{auth, chunks, client, ledger, manifest, pace, resume, retry, tee, throttle, verify};
+
 mod blobs;
-pub mod chunks;
-pub mod client;
 pub mod copy;
 pub mod delete;
-pub mod ledger;
-pub mod manifest;
-pub mod pace;
 pub mod referrers;
-pub mod resume;
-pub mod retry;
-pub mod tee;
-pub mod throttle;
-pub mod verify;
 
 pub use auth::Credentials;
 pub use client::{ClientOptions, Pushed, RegistryClient, RegistryError, Role, UploadStart};

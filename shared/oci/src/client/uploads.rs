@@ -80,7 +80,7 @@ impl RegistryClient {
 
     /// Completes an upload session with the whole blob in one `PUT`
     /// (`Content-Length` from the descriptor). The copy hands a verified
-    /// read ([`crate::registry::verify`]): its last bytes come only once
+    /// read ([`crate::verify`]): its last bytes come only once
     /// they hash to `digest`, so even a registry that does not check the
     /// digest cannot commit other bytes (a body that fails is never
     /// complete).

@@ -295,11 +295,11 @@ impl RegistryClient {
 
     /// The cap every whole body the relay reads is read within — a
     /// registry's manifests, listing pages and token answers, and Harbor's
-    /// API's answers ([`crate::harbor_api`]): refused past `limit` bytes,
+    /// API's answers (the crate `relay`'s `harbor_api`): refused past `limit` bytes,
     /// announced by `Content-Length` or counted as they come, so a broken
     /// or hostile server's endless body holds no more memory than that.
     /// `registry` names the server in the error, `what` the body.
-    pub(crate) async fn read_body_capped(
+    pub async fn read_body_capped(
         registry: &str,
         resp: Response,
         limit: usize,

@@ -199,7 +199,7 @@ mod tests {
     use axum::response::IntoResponse;
 
     use super::*;
-    use crate::registry::client::{ClientOptions, Role};
+    use crate::client::{ClientOptions, Role};
 
     /// A registry on 127.0.0.1 whose `/v2/` wants a token from its own
     /// `/token`, which gives `expires_in` as this raw JSON (absent when

@@ -135,7 +135,7 @@ impl TokenCache {
 /// registry unusable until the process restarts. What these locks guard
 /// (credentials, a challenge, cached tokens) is whole after any panic: at
 /// worst a token is asked for again.
-pub(crate) fn unpoisoned<G>(result: LockResult<G>) -> G {
+pub fn unpoisoned<G>(result: LockResult<G>) -> G {
     result.unwrap_or_else(PoisonError::into_inner)
 }
 
