@@ -115,6 +115,17 @@ impl KillingRuntime {
         }
     }
 
+    /// The function's timeout: each invocation is killed when it has not
+    /// answered by then.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The file the function's processes write to (removed when dropped).
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
     /// Everything the function's processes wrote so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -9,14 +9,21 @@
 //! (a Harbor maintenance window) and then the real destination unreachable
 //! for a while (their tasks wait in the parking queue until a probe finds
 //! them answering), the worker killed with SIGKILL mid-run and restarted,
-//! and poison messages on the queue. At the end every destination must
-//! equal the source for every image, digest by digest, nothing may be left
-//! parked, and the DLQ must hold exactly the poison.
+//! and poison messages on the queue. Beside the standalone worker, a second
+//! one consumes the same copy queue in its Lambda mode, under a Runtime API
+//! that SIGKILLs it at each invocation's (short) deadline as Lambda does,
+//! fed by a stand-in for Lambda's SQS event source mapping. Mid-run the
+//! configuration gains a rule: the standalone binaries are restarted on it,
+//! the Lambda-mode worker must read it again by itself. At the end every
+//! destination must equal what the rules say for every image, digest by
+//! digest, nothing may be left parked, and the DLQ must hold exactly the
+//! poison. A failed run leaves every process's log in
+//! `$TMPDIR/soak-<id>/`, the Lambda-mode worker's in `worker-lambda.log`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +34,7 @@ use crate::fake::{FakeRegistry, Fault, Op};
 use crate::image::{self, ImageKind};
 use crate::plain::PlainRegistry;
 use crate::proxy::Proxy;
+use crate::runtime_api::KillingRuntime;
 use crate::stack::{create_queue_with_dlq, queue_depth};
 use crate::{harbor_push_event, now, workspace_binary, Stack};
 
@@ -45,6 +53,11 @@ pub struct SoakParams {
     pub outage: Duration,
     /// Poison messages put on the queue, which must end in the DLQ.
     pub poison: usize,
+    /// The Lambda-mode worker's function timeout: each invocation is
+    /// killed (SIGKILL) when it has not answered by then.
+    pub lambda_timeout: Duration,
+    /// Images pushed under the rule the configuration gains mid-run.
+    pub late: usize,
     /// The run fails if it has not converged by then.
     pub deadline: Duration,
 }
@@ -59,6 +72,8 @@ impl SoakParams {
             sqs_cut: Duration::from_secs(20),
             outage: Duration::from_secs(30),
             poison: 3,
+            lambda_timeout: Duration::from_secs(10),
+            late: 6,
             deadline: Duration::from_secs(900),
         }
     }
@@ -72,6 +87,8 @@ impl SoakParams {
             sqs_cut: Duration::from_secs(5),
             outage: Duration::from_secs(10),
             poison: 2,
+            lambda_timeout: Duration::from_secs(10),
+            late: 3,
             deadline: Duration::from_secs(240),
         }
     }
@@ -98,6 +115,15 @@ pub struct SoakReport {
     /// deleted from their only source (their merged copy must go).
     pub collisions_kept: usize,
     pub collisions_deleted: usize,
+    /// The Lambda-mode worker: invocations, those killed at their deadline,
+    /// and task runs it cut before the deadline (continued in a fresh
+    /// message), and the distinct tasks it finished.
+    pub lambda_invocations: usize,
+    pub lambda_kills: u32,
+    pub lambda_cuts: usize,
+    pub lambda_tasks_done: usize,
+    /// Images pushed under the rule added mid-run (all at the target).
+    pub late: usize,
     pub latency_p50_ms: u64,
     pub latency_p99_ms: u64,
     pub elapsed: Duration,
@@ -106,14 +132,15 @@ pub struct SoakReport {
 impl SoakReport {
     pub fn markdown(&self, p: &SoakParams) -> String {
         format!(
-            "| pushes | destinations | tasks done | failed runs (poison included) | duplicate runs | bytes copied | blob retries | webhook 503 during the SQS cut | source resets | worker SIGKILLs | DLQ (= poison) | colliding deletes kept / done, wrongful | push→replicated p50 / p99 | wall time |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n\
-             | {} ({} large × {} MiB) | {} | {} | {} | {} | {:.1} MiB | {} | {} | {} | {} | {} | {} / {}, 0 | {:.1} s / {:.1} s | {:.0} s |\n",
+            "| pushes | destinations | tasks done (by the Lambda-mode worker) | failed runs (poison included) | duplicate runs | bytes copied | blob retries | webhook 503 during the SQS cut | source resets | worker SIGKILLs | Lambda-mode invocations / killed at the deadline / task runs cut before it | pushes under the reloaded rule | DLQ (= poison) | colliding deletes kept / done, wrongful | push→replicated p50 / p99 | wall time |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n\
+             | {} ({} large × {} MiB) | {} | {} ({}) | {} | {} | {:.1} MiB | {} | {} | {} | {} | {} / {} / {} | {} | {} | {} / {}, 0 | {:.1} s / {:.1} s | {:.0} s |\n",
             self.pushes,
             p.large,
             p.large_mib,
             self.destinations,
             self.tasks_done,
+            self.lambda_tasks_done,
             self.deliveries_failed,
             self.duplicates,
             self.bytes as f64 / (1024.0 * 1024.0),
@@ -121,6 +148,10 @@ impl SoakReport {
             self.webhook_503,
             self.source_resets,
             self.worker_kills,
+            self.lambda_invocations,
+            self.lambda_kills,
+            self.lambda_cuts,
+            self.late,
             self.dead_letters,
             self.collisions_kept,
             self.collisions_deleted,
@@ -287,6 +318,137 @@ async fn deliver(http: &reqwest::Client, url: &str, auth: &str, body: &str, unti
     }
 }
 
+/// What the Lambda-mode worker did, once its event source stopped.
+struct LambdaRun {
+    invocations: usize,
+    kills: u32,
+    /// Invocations that ended in an error (a failed start): their batch
+    /// comes back, as after a kill.
+    errors: usize,
+    output: String,
+}
+
+/// Lambda's SQS event source mapping over the copy queue, beside the
+/// standalone worker: receives a batch, invokes the worker (killed at its
+/// deadline by [`KillingRuntime`]), deletes what the answer does not report
+/// failed, and after a kill or an error deletes nothing, so the whole batch
+/// comes back after the queue's visibility timeout. It talks to LocalStack
+/// directly (AWS's own side is not cut with the function's SQS access);
+/// its own call failures are waited out, as AWS retries them. Runs until
+/// `stop`, finishing the invocation under way.
+async fn event_source(
+    sqs: aws_sdk_sqs::Client,
+    queue: String,
+    mut function: KillingRuntime,
+    stop: Arc<AtomicBool>,
+    keep_log: PathBuf,
+) -> LambdaRun {
+    use crate::runtime_api::{queue_arn, sqs_record, Ended};
+    let _kept = KeepLog { from: function.log_path().to_owned(), to: keep_log };
+    // AWS wants a queue's visibility timeout at least the function's: the
+    // copy queue's suits the standalone worker (which extends it), so the
+    // batches taken here hide their messages for the function's timeout
+    // and a cold start's worth more, as a queue made for Lambda would.
+    let visibility = function.timeout().as_secs() as i32 + 5;
+    let arn = queue_arn(&queue);
+    let (mut invocations, mut errors) = (0, 0);
+    while !stop.load(Ordering::SeqCst) {
+        let received = sqs
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .visibility_timeout(visibility)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await;
+        let batch = match received {
+            Ok(out) => out.messages.unwrap_or_default(),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        let event = serde_json::json!({ "Records": batch.iter().map(|m| sqs_record(m, &arn)).collect::<Vec<_>>() });
+        invocations += 1;
+        let answer = match function.invoke(event).await {
+            Ended::Answered(answer) => answer,
+            Ended::Killed => continue,
+            Ended::Error(_) => {
+                errors += 1;
+                continue;
+            }
+        };
+        let failed: HashSet<&str> = answer["batchItemFailures"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|f| f["itemIdentifier"].as_str()).collect())
+            .unwrap_or_default();
+        for m in batch.iter().filter(|m| !failed.contains(m.message_id().unwrap_or_default())) {
+            let receipt = m.receipt_handle().unwrap_or_default();
+            for _ in 0..10 {
+                if sqs.delete_message().queue_url(&queue).receipt_handle(receipt).send().await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    LambdaRun { invocations, kills: function.kills, errors, output: function.output() }
+}
+
+/// The last errors of the messages on the DLQ (a glance: they stay).
+async fn dead_letter_errors(sqs: &aws_sdk_sqs::Client, dlq: &str) -> Vec<String> {
+    let out = sqs
+        .receive_message()
+        .queue_url(dlq)
+        .max_number_of_messages(10)
+        .visibility_timeout(0)
+        .message_attribute_names("All")
+        .send()
+        .await;
+    let messages = out.map(|o| o.messages.unwrap_or_default()).unwrap_or_default();
+    messages
+        .iter()
+        .map(|m| {
+            m.message_attributes()
+                .and_then(|a| a.get(relay::dead_letter::LAST_ERROR))
+                .and_then(|v| v.string_value())
+                .unwrap_or("(no error: moved by the redrive policy)")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Copies the Lambda-mode worker's output beside the other logs when the
+/// event source ends, also when a failed run drops it (the function's own
+/// log goes with it).
+struct KeepLog {
+    from: PathBuf,
+    to: PathBuf,
+}
+
+impl Drop for KeepLog {
+    fn drop(&mut self) {
+        let _ = std::fs::copy(&self.from, &self.to);
+    }
+}
+
+/// Waits until the webhook on `port` answers its health check.
+async fn healthy(http: &reqwest::Client, port: u16, webhook: &Process) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("webhook did not start: {}", webhook.all_logs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -302,7 +464,8 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
     let sqs = stack.sqs().await;
     // Short visibility: a killed worker's messages and the poison come back
     // quickly; tasks are idempotent, so an early redelivery costs HEADs.
-    let (queue, dlq) = create_queue_with_dlq(&sqs, "soak", 4, 8).await?;
+    // Five deliveries before SQS dead-letters, as the template's default.
+    let (queue, dlq) = create_queue_with_dlq(&sqs, "soak", 5, 8).await?;
     let endpoint = std::env::var("AWS_ENDPOINT_URL").context("AWS_ENDPOINT_URL (LocalStack)")?;
     let sqs_proxy = Proxy::to(&endpoint).await?;
     let source_proxy = Proxy::to(&stack.source_url).await?;
@@ -324,10 +487,10 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
             "  - name: to-{name}\n    filters: {{ name: \"{project}/**\" }}\n    destination: {{ registry: {name} }}\n"
         )
     };
-    std::fs::write(
-        &config,
+    // `extra`: the rules the configuration gains mid-run.
+    let config_yaml = |extra: &str| {
         format!(
-            "source:\n  url: {}\nwebhook:\n  auth_values_env: RELAY_WEBHOOK_AUTH\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\n  - {{ name: fake-503, url: {} }}\n  - {{ name: fake-429, url: {} }}\nrules:\n{}{}{}{}{}{}",
+            "source:\n  url: {}\nwebhook:\n  auth_values_env: RELAY_WEBHOOK_AUTH\nregistries:\n  - name: cluster1-registry\n    url: {}\n    credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }}\n  - {{ name: fake-503, url: {} }}\n  - {{ name: fake-429, url: {} }}\nrules:\n{}{}{}{}{}{}{}",
             source_proxy.url(),
             target_proxy.url(),
             stack.target_user,
@@ -338,11 +501,13 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
             rule("fake-429"),
             merging(&project, &project),
             merging(&project, &format!("{project}-twin")),
+            extra,
             // Settling delays and the parking lot's probe scaled down like
             // the queue's visibility (a probe every 2 s, not 20).
             "worker: { retry_base_seconds: 1, retry_max_seconds: 4, park_base_seconds: 1, park_max_seconds: 4, probe_seconds: 2 }\n",
-        ),
-    )?;
+        )
+    };
+    std::fs::write(&config, config_yaml(""))?;
     let port = 20_000 + (rand::random::<u16>() % 20_000);
     let envs = vec![
         ("RELAY_CONFIG".to_owned(), config.display().to_string()),
@@ -353,14 +518,26 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
     let mut webhook = Process::start("webhook", envs.clone(), &dir)?;
     let mut worker_envs = envs;
     worker_envs.push(("RELAY_PARKING_QUEUE_URL".to_owned(), parking.clone()));
-    let worker = Arc::new(std::sync::Mutex::new(Process::start("worker", worker_envs, &dir)?));
+    let worker = Arc::new(std::sync::Mutex::new(Process::start("worker", worker_envs.clone(), &dir)?));
+    // The same worker in its Lambda mode on the same queues and
+    // configuration, killed at every deadline it does not answer by.
+    let lambda_envs: Vec<(&str, String)> = worker_envs
+        .iter()
+        .filter(|(k, _)| k != "RELAY_LISTEN")
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .chain(std::iter::once(("RUST_LOG", "info".to_owned())))
+        .collect();
+    let function = KillingRuntime::start("worker", &lambda_envs, p.lambda_timeout).await;
+    let stop_lambda = Arc::new(AtomicBool::new(false));
+    let lambda = tokio::spawn(event_source(
+        stack.sqs().await,
+        queue.clone(),
+        function,
+        stop_lambda.clone(),
+        dir.join("worker-lambda.log"),
+    ));
     let http = reqwest::Client::new();
-    while !http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
-        if started.elapsed() > Duration::from_secs(20) {
-            bail!("webhook did not start: {}", webhook.all_logs());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    healthy(&http, port, &webhook).await?;
 
     // Poison: an unknown task version, and a task for a registry the worker
     // does not know. Both fail on every delivery.
@@ -410,8 +587,14 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
             while delivered.load(Ordering::SeqCst) < n / 3 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            // Refused for the first half, then silent (connections taken
+            // and never answered, as when packets are dropped): a worker
+            // whose settling waits on SQS past its deadline is killed.
             sqs_proxy.cut();
-            tokio::time::sleep(cut).await;
+            tokio::time::sleep(cut / 2).await;
+            sqs_proxy.restore();
+            sqs_proxy.silence();
+            tokio::time::sleep(cut / 2).await;
             sqs_proxy.restore();
             fake_503.inject(Op::PutUpload, Fault::Status(503, None), 3);
             while delivered.load(Ordering::SeqCst) < 2 * n / 3 {
@@ -460,6 +643,52 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
         proxy.restore();
     }
 
+    // A configuration reload: the configuration gains a rule for
+    // `<p>-late/**` to the real target. The standalone binaries read their
+    // configuration at start, so the webhook is restarted on it (and the
+    // standalone worker after the late pushes arrived); the Lambda-mode
+    // worker, alone on the queue meanwhile, must read it again by itself —
+    // had it kept the old rules, it would refuse the new tasks as a mapping
+    // no rule produces and dead-letter them.
+    let late_project = format!("{project}-late");
+    worker.lock().unwrap().stop();
+    std::fs::write(
+        &config,
+        config_yaml(&format!(
+            "  - name: late\n    filters: {{ name: \"{late_project}/**\" }}\n    destination: {{ registry: cluster1-registry }}\n"
+        )),
+    )?;
+    webhook.stop();
+    webhook.spawn()?;
+    healthy(&http, port, &webhook).await?;
+    let mut late = Vec::new();
+    for k in 0..p.late {
+        let img = push_one(&source, &late_project, 3000 + k, &p, &base).await?;
+        let body = harbor_push_event("PUSH_ARTIFACT", &host, &img.repo, Some("v1"), &img.digest, now());
+        refused.fetch_add(deliver(&http, &url, &stack.webhook_auth, &body, until).await?, Ordering::Relaxed);
+        late.push(img);
+    }
+    let target = stack.target();
+    loop {
+        let mut arrived = 0;
+        for img in &late {
+            arrived += usize::from(target.digest_at(&img.repo, "v1").await?.as_deref() == Some(img.digest.as_str()));
+        }
+        if arrived == late.len() {
+            break;
+        }
+        let d = queue_depth(&sqs, &dlq).await?;
+        if d.0 + d.1 > p.poison as u64 || Instant::now() > until {
+            bail!(
+                "{arrived} of {} images under the reloaded rule arrived; the DLQ holds {:?}",
+                late.len(),
+                dead_letter_errors(&sqs, &dlq).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    worker.lock().unwrap().spawn()?;
+
     // The colliding mapping: every 8th image also in `<p>-twin/`, then
     // deleted there (the merged copy must stay: `<p>/` still holds it); and
     // images only ever in `<p>-twin/`, pushed then deleted (they must go).
@@ -499,6 +728,8 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     worker.lock().unwrap().stop();
     webhook.stop();
+    stop_lambda.store(true, Ordering::SeqCst);
+    let lambda = lambda.await?;
     let elapsed = started.elapsed();
 
     // Every destination equals the source, digest by digest.
@@ -520,9 +751,22 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
         }
     }
 
+    // The rule added mid-run: its images at the target, as at the source,
+    // and nowhere else.
+    for img in &late {
+        let want = source.tree(&img.repo, "v1").await?;
+        if target.tree(&img.repo, "v1").await.with_context(|| format!("{}:v1 at cluster1", img.repo))? != want {
+            bail!("{}:v1 (the reloaded rule's) at cluster1 differs from the source", img.repo);
+        }
+        for (name, reg) in &destinations[1..] {
+            if reg.get_manifest(&img.repo, "v1").await?.is_some() {
+                bail!("{}:v1 is at {name}, which no rule maps it to", img.repo);
+            }
+        }
+    }
+
     // The merged destination holds exactly what its feeding sources hold:
     // every `<p>/` image (deleted from `<p>-twin/` or not), no twin-only one.
-    let target = stack.target();
     let merged = |repo: &str| format!("{project}-merged/{}", repo.split_once('/').map_or(repo, |r| r.1));
     let mut wrongful_deletes = 0;
     for img in &pushed {
@@ -587,8 +831,9 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
         bail!("a dead letter carries an unexpected error: {e}");
     }
 
-    // What the worker's logs say.
-    let worker_logs = worker.lock().unwrap().all_logs();
+    // What the workers' logs say (the standalone one's and the Lambda-mode
+    // one's together: they share the queues).
+    let worker_logs = format!("{}\n{}", worker.lock().unwrap().all_logs(), lambda.output);
     let logs = format!("{worker_logs}\n{}", webhook.all_logs());
     // Both outages parked tasks, and the probes released them.
     for (what, line) in [
@@ -603,15 +848,33 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
     if !leaks.is_empty() {
         bail!("in the logs: {leaks:?}");
     }
-    let lines: Vec<serde_json::Value> = worker_logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    // The Lambda-mode worker read the changed configuration by itself.
+    if !lambda.output.contains("configuration changed: read again") {
+        bail!("the Lambda-mode worker never read the changed configuration again");
+    }
+    if lambda.errors > 0 {
+        bail!("{} invocations of the Lambda-mode worker ended in an error", lambda.errors);
+    }
+    let parse =
+        |text: &str| -> Vec<serde_json::Value> { text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect() };
+    let lines = parse(&worker_logs);
+    let lambda_lines = parse(&lambda.output);
     let task_id = |l: &serde_json::Value| l["task_id"].as_str().unwrap_or_default().to_owned();
-    let done: Vec<&serde_json::Value> = lines.iter().filter(|l| l["message"] == "task done").collect();
+    let is_done = |l: &&serde_json::Value| l["message"] == "task done";
+    let done: Vec<&serde_json::Value> = lines.iter().filter(is_done).collect();
     let unique: HashSet<String> = done.iter().map(|l| task_id(l)).collect();
-    let mut first_seen = HashSet::new();
+    // Bytes copied by a task's runs past its largest one: the two workers'
+    // logs carry no common order, so which run came first is not known,
+    // only that all but one should have found everything present.
+    let mut per_task: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    for l in &done {
+        per_task.entry(task_id(l)).or_default().push(l["bytes"].as_u64().unwrap_or(0));
+    }
     let duplicate_bytes: u64 =
-        done.iter().filter(|l| !first_seen.insert(task_id(l))).filter_map(|l| l["bytes"].as_u64()).sum();
-    if unique.len() < pushed.len() * destinations.len() {
-        bail!("{} tasks done, expected {}", unique.len(), pushed.len() * destinations.len());
+        per_task.values().map(|b| b.iter().sum::<u64>() - b.iter().max().copied().unwrap_or(0)).sum();
+    let expected = pushed.len() * destinations.len() + late.len();
+    if unique.len() < expected {
+        bail!("{} tasks done, expected {expected}", unique.len());
     }
     let mut latencies: Vec<u64> =
         done.iter().filter(|l| l["outcome"] == "copied").filter_map(|l| l["push_to_replicated_ms"].as_u64()).collect();
@@ -637,6 +900,17 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
         dead_letters: dead.len(),
         collisions_kept: kept.len(),
         collisions_deleted: solo.len(),
+        lambda_invocations: lambda.invocations,
+        lambda_kills: lambda.kills,
+        lambda_cuts: lambda_lines
+            .iter()
+            .filter(|l| {
+                l["message"] == "task failed"
+                    && l["error"].as_str().is_some_and(|e| e.contains("cut at the invocation deadline"))
+            })
+            .count(),
+        lambda_tasks_done: lambda_lines.iter().filter(is_done).map(task_id).collect::<HashSet<_>>().len(),
+        late: late.len(),
         latency_p50_ms: percentile(&latencies, 0.5),
         latency_p99_ms: percentile(&latencies, 0.99),
         elapsed,

@@ -31,6 +31,10 @@ async fn soak_short() {
     assert!(r.tasks_done >= p.pushes * 3, "{r:?}");
     assert_eq!(r.dead_letters, p.poison);
     assert!(r.source_resets >= 1 && r.worker_kills == 1 && r.webhook_503 >= 1, "{r:?}");
+    // The Lambda-mode worker took part, and the reloaded rule's pushes
+    // arrived (through it alone: see the run).
+    assert!(r.lambda_invocations >= 1 && r.lambda_tasks_done >= p.late, "{r:?}");
+    assert_eq!(r.late, p.late);
 }
 
 /// `make soak`.
@@ -45,4 +49,8 @@ async fn soak_full() {
     std::fs::write(format!("{dir}/latest.md"), text).unwrap();
     assert!(r.tasks_done >= p.pushes * 3, "{r:?}");
     assert_eq!(r.dead_letters, p.poison);
+    assert!(r.lambda_tasks_done >= p.late && r.late == p.late, "{r:?}");
+    // Lambda's hard kill happened: invocations that had not answered by
+    // their deadline were killed, and still nothing was lost.
+    assert!(r.lambda_kills >= 1, "no invocation was killed at its deadline: {r:?}");
 }
