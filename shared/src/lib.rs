@@ -1,20 +1,20 @@
-//! harbor-relay's domain: Harbor events → replication rules → tasks on a
-//! queue → registry copies. The function binaries are thin edges over this
-//! crate; see ARCHITECTURE.md for the map.
+//! harbor-relay's application: Harbor events → replication rules → tasks on
+//! a queue → registry copies, wired from the crates below it (domain, OCI,
+//! AWS, copy engine, Harbor). The function binaries are thin edges over
+//! this crate; see ARCHITECTURE.md for the map.
 
-// The domain crate's modules, where the rest of the relay has always
-// found them (`crate::config`, `relay::task`).
+// The lower crates' modules, where the relay has always found them
+// (`crate::config`, `relay::settle`, `relay::registry::client`).
 pub use relay_aws::{
     aws_error, dead_letter, ecr, message, metrics, parking, queue, secrets, settle, telemetry, written,
 };
 pub use relay_domain::{config, digest, doublestar, event, plan, registry_kind, repository, rules, task};
+pub use relay_harbor::{harbor_api, harbor_webhooks};
 pub use relay_oci::tls;
 
 pub mod bootstrap;
 pub mod destination;
 pub mod feeders;
-pub mod harbor_api;
-pub mod harbor_webhooks;
 pub mod health;
 pub mod history;
 pub mod ops;

@@ -1,12 +1,8 @@
-//! The copy engine, on the registry client of the crate `relay-oci` (whose
-//! modules are re-exported here, where they have always been).
+//! The copy engine (the crate `relay-copy`) on the registry client of the
+//! crate `relay-oci`, both re-exported here, where they have always been.
 
+pub use relay_copy::{copy, delete, referrers};
 pub use relay_oci::{auth, chunks, client, ledger, manifest, pace, resume, retry, tee, throttle, verify};
-
-mod blobs;
-pub mod copy;
-pub mod delete;
-pub mod referrers;
 
 pub use auth::Credentials;
 pub use client::{ClientOptions, Pushed, RegistryClient, RegistryError, Role, UploadStart};

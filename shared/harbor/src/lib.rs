@@ -1,0 +1,16 @@
+//! Harbor's REST API v2.0, as the relay uses it: projects, repositories and
+//! artifacts with their tags, labels, type and accessories (`harbor_api`),
+//! with bounded bodies, retries and a robot secret read again after a
+//! rotation; and the webhook policies the relay keeps in Harbor's projects
+//! (`harbor_webhooks`). Over the domain, the registry client's transport
+//! and the AWS side's secrets; nothing here runs a copy.
+
+// The lower crates' modules, where this crate's modules have always found
+// them.
+pub(crate) use relay_aws::secrets;
+pub(crate) use relay_domain::{config, digest, doublestar, repository, rules};
+pub(crate) use relay_oci as registry;
+pub(crate) use relay_oci::tls;
+
+pub mod harbor_api;
+pub mod harbor_webhooks;
