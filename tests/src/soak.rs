@@ -872,6 +872,21 @@ pub async fn run(p: SoakParams) -> anyhow::Result<SoakReport> {
     }
     let duplicate_bytes: u64 =
         per_task.values().map(|b| b.iter().sum::<u64>() - b.iter().max().copied().unwrap_or(0)).sum();
+    // Nothing lost on the way: every task a worker took up (any line of
+    // its naming the task) was finished by one of them, the poison aside.
+    // A message lost with its task unfinished — a killed batch dropped, a
+    // continuation or a parked task never sent — leaves its task here.
+    let poison_ids: HashSet<String> = poison.iter().filter_map(|b| relay::Task::decode(b).ok()).map(|t| t.id).collect();
+    let unfinished: Vec<String> = lines
+        .iter()
+        .map(task_id)
+        .filter(|id| !id.is_empty() && !unique.contains(id) && !poison_ids.contains(id))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if !unfinished.is_empty() {
+        bail!("{} tasks were taken up and never finished: {unfinished:?}", unfinished.len());
+    }
     let expected = pushed.len() * destinations.len() + late.len();
     if unique.len() < expected {
         bail!("{} tasks done, expected {expected}", unique.len());
