@@ -1,4 +1,5 @@
-//! `relay`: the operator's CLI. Thin over `relay::ops`.
+//! `relay`: the operator's CLI. Thin over `relay::ops`; one module per
+//! command under `commands/`.
 //!
 //!   relay check --config F                      test the source and every destination
 //!   relay replicate --config F [--dry-run] SEL  enqueue copy tasks for what the rules match
@@ -23,6 +24,7 @@ use relay::queue::{Outgoing, TaskQueue};
 use relay::registry::retry::RetryPolicy;
 use relay::secrets::SecretSource;
 
+mod commands;
 mod logs;
 
 #[derive(Parser)]
@@ -106,39 +108,7 @@ enum Command {
     },
     /// Harbor's execution list: per event, when it arrived, the artifact and tags, and each
     /// destination's outcome, duration, bytes and error, read from the functions' log lines.
-    History {
-        /// Log lines: the functions' JSON lines, or CloudWatch Logs' FilterLogEvents answers
-        /// (`aws logs filter-log-events --log-group-name /aws/lambda/<stack>-worker ...`); `-` or
-        /// nothing: stdin.
-        #[arg(conflicts_with_all = ["stack", "log_group"])]
-        file: Option<std::path::PathBuf>,
-        /// Read CloudWatch Logs: the log groups of this stack's webhook and worker
-        /// (`/aws/lambda/<stack>-webhook`, `/aws/lambda/<stack>-worker`).
-        #[arg(long)]
-        stack: Option<String>,
-        /// Read CloudWatch Logs: this log group (repeatable; with --stack, in addition).
-        #[arg(long)]
-        log_group: Vec<String>,
-        /// Only tasks of this rule.
-        #[arg(long)]
-        rule: Option<String>,
-        /// Only this destination registry (a `registries[].name`).
-        #[arg(long)]
-        destination: Option<String>,
-        /// Only this source repository, or a glob over them (`library/**`).
-        #[arg(long)]
-        repository: Option<String>,
-        /// Only events carrying this tag.
-        #[arg(long)]
-        tag: Option<String>,
-        /// Only events that arrived in this last while (`30m`, `2h`, `1d`); reading CloudWatch
-        /// Logs, also where the reading starts (default there: 1d).
-        #[arg(long)]
-        since: Option<humantime::Duration>,
-        /// Only destinations whose task failed, for good or for now.
-        #[arg(long)]
-        failed: bool,
-    },
+    History(commands::history::HistoryArgs),
     /// Harbor itself, through its API (the source's credentials).
     Harbor {
         #[command(subcommand)]
@@ -286,299 +256,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let secrets = SecretSource::from_process(Some(secrets_manager));
     let output = cli.output;
     match cli.command {
-        Command::Check { config } => {
-            let config_location = config;
-            let config = match bootstrap::load_config(&config_location).await {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("relay: {e}");
-                    return Ok(ExitCode::from(2));
-                }
-            };
-            let mut lines = ops::check(&config, &secrets).await;
-            if let Some(parameter) = config_location.strip_prefix("ssm:") {
-                // Read to get here: the credentials in use may read it.
-                let read = ops::CheckLine {
-                    name: "configuration".into(),
-                    what: format!("read SSM parameter {parameter}"),
-                    result: Ok(String::new()),
-                };
-                lines.insert(0, read);
-            }
-            let ok = lines.iter().all(|l| l.result.is_ok());
-            // Accepted, so the exit code stays 0, but printed: credentials in the clear.
-            let warnings = config.warnings();
-            let text = || {
-                let mut t =
-                    format!("configuration ok: {} registries, {} rules\n", config.registries.len(), config.rules.len());
-                for w in &warnings {
-                    t += &format!("WARNING {:<24} {}\n", w.field, w.reason);
-                }
-                for line in &lines {
-                    t += &match &line.result {
-                        Ok(remark) if remark.is_empty() => format!("ok      {:<24} {}\n", line.name, line.what),
-                        Ok(remark) => format!("ok      {:<24} {}: {remark}\n", line.name, line.what),
-                        Err(e) => format!("FAILED  {:<24} {}: {e}\n", line.name, line.what),
-                    };
-                }
-                t
-            };
-            let json = serde_json::json!({
-                "ok": ok,
-                "registries": config.registries.len(),
-                "rules": config.rules.len(),
-                "warnings": warnings.iter().map(|w| serde_json::json!({ "field": w.field, "reason": w.reason })).collect::<Vec<_>>(),
-                "checks": lines.iter().map(|l| serde_json::json!({
-                    "name": l.name,
-                    "what": l.what,
-                    "ok": l.result.is_ok(),
-                    "detail": match &l.result { Ok(r) => r.clone(), Err(e) => e.to_string() },
-                })).collect::<Vec<_>>(),
-            });
-            output.print(text, json);
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-        }
+        Command::Check { config } => commands::check::run(&secrets, output, config).await,
         Command::ConfigPush { file, parameter, tier } => {
-            let content = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            // An invalid file is refused by push_config, with the field
-            // named, before it calls AWS; the size of a valid one is
-            // checked here, before AWS too.
-            let stripped = match fit_config(&content, tier) {
-                Fit::AsIs => None,
-                Fit::Stripped(s) => Some(TempConfig::write(&s)?),
-                Fit::TooLarge(reason) => anyhow::bail!("{}: {reason}; nothing was stored", file.display()),
-            };
-            let pushed =
-                bootstrap::push_config(stripped.as_ref().map_or(file.as_path(), |t| t.0.as_path()), &parameter).await;
-            drop(stripped);
-            let p = pushed?;
-            let removed = p.bytes != content.len();
-            let text = || {
-                let mut out = String::new();
-                if removed {
-                    out += &format!(
-                        "comments removed: {} is {} bytes, over the {} bytes of the {} tier; stored without its comments ({} bytes)\n",
-                        file.display(),
-                        content.len(),
-                        tier.limit(),
-                        tier.name(),
-                        p.bytes
-                    );
-                }
-                out += &format!(
-                    "configuration ok: {} registries, {} rules; stored in {parameter} ({} bytes, {} tier, version {})\n",
-                    p.registries, p.rules, p.bytes, p.tier, p.version
-                );
-                out
-            };
-            let json = serde_json::json!({
-                "parameter": parameter, "registries": p.registries, "rules": p.rules,
-                "bytes": p.bytes, "tier": p.tier, "version": p.version,
-                "file_bytes": content.len(), "comments_removed": removed,
-            });
-            output.print(text, json);
-            Ok(ExitCode::SUCCESS)
+            commands::config_push::run(output, file, parameter, tier).await
         }
         Command::Replicate { target, selection } => {
-            let config = bootstrap::load_config(&target.config).await?;
-            let selection = Selection::parse(&selection)?;
-            let source = bootstrap::source_client(&config, &secrets, RetryPolicy::default()).await?;
-            let harbor = bootstrap::harbor_api(&config, &secrets).await?;
-            let progress = relay::progress::Progress::default();
-            let planning = ops::plan_backfill(&config, &source, harbor.as_ref(), &selection, Some(&progress));
-            let backfill = match showing(&progress, planning).await {
-                Ok(b) => b,
-                Err(e @ (ops::BackfillError::NothingSelected { .. } | ops::BackfillError::NoRuleMatches { .. })) => {
-                    eprintln!("nothing to replicate: {e}");
-                    return Ok(ExitCode::FAILURE);
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let tasks = target.deliver(sqs, &backfill.tasks, output).await?;
-            let text = || {
-                format!(
-                    "{} repositories, {} artifacts selected; {} tasks {}\n",
-                    backfill.repositories,
-                    backfill.artifacts,
-                    backfill.tasks.len(),
-                    target.verb()
-                )
-            };
-            let json = serde_json::json!({
-                "repositories": backfill.repositories, "artifacts": backfill.artifacts,
-                "enqueued": !target.dry_run, "tasks": tasks,
-            });
-            output.print(text, json);
-            Ok(ExitCode::SUCCESS)
+            commands::replicate::run(sqs, &secrets, output, target, selection).await
         }
         Command::Harbor { command: HarborCommand::Webhooks { config, endpoint, name, payload_format, dry_run } } => {
-            let config = bootstrap::load_config(&config).await?;
-            let api = bootstrap::harbor_api(&config, &secrets)
-                .await?
-                .context("the source is not read through Harbor's API (source.harbor_api is false, or the source did not answer as a Harbor)")?;
-            let auth = secrets.webhook_auth(&config.webhook).await?;
-            let wanted = relay::harbor_webhooks::WebhookPolicy::wanted(&name, &endpoint, auth.newest(), payload_format);
-            let kept = relay::harbor_webhooks::keep(&api, &config.rules, &wanted, dry_run).await?;
-            use relay::harbor_webhooks::{Change, Tally};
-            let tally = Tally::of(&kept);
-            let text = || {
-                let mut t = String::new();
-                for (project, change) in &kept {
-                    let said = if dry_run && *change != Change::Unchanged { "would be " } else { "" };
-                    t += &format!("{:<32} {said}{}\n", project.name, change.as_str());
-                }
-                t + &format!(
-                    "{} projects covered: {} created, {} updated, {} unchanged{}\n",
-                    kept.len(),
-                    tally.created,
-                    tally.updated,
-                    tally.unchanged,
-                    if dry_run { " (dry run: nothing written)" } else { "" }
-                )
-            };
-            let json = serde_json::json!({
-                "dry_run": dry_run,
-                "projects": kept.iter().map(|(p, c)| serde_json::json!({"project": p.name, "change": c.as_str()})).collect::<Vec<_>>(),
-            });
-            output.print(text, json);
-            Ok(ExitCode::SUCCESS)
+            commands::harbor::run(&secrets, output, config, endpoint, name, payload_format, dry_run).await
         }
-        Command::History { file, stack, log_group, rule, destination, repository, tag, since, failed } => {
-            let mut groups = log_group;
-            groups.extend(stack.as_deref().map(logs::stack_log_groups).into_iter().flatten());
-            let lines = if !groups.is_empty() {
-                let since = since.map_or(Duration::from_secs(86_400), Into::into);
-                let start = time::OffsetDateTime::now_utc() - since;
-                let client = aws_sdk_cloudwatchlogs::Client::new(&bootstrap::aws_config().await);
-                logs::read(&client, &groups, (start.unix_timestamp_nanos() / 1_000_000) as i64).await?
-            } else {
-                let text = match file.as_deref() {
-                    Some(f) if f != std::path::Path::new("-") => {
-                        std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
-                    }
-                    _ => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
-                };
-                relay::history::parse_lines(&text)
-            };
-            let filter = relay::history::Filter {
-                rule,
-                destination,
-                repository: repository
-                    .map(|r| relay::rules::Pattern::new(&r).map_err(|e| anyhow::anyhow!("--repository {r}: {e}")))
-                    .transpose()?,
-                tag,
-                since: since.map(|d| time::OffsetDateTime::now_utc() - *d),
-                failed,
-            };
-            let shown: Vec<_> = relay::history::executions(lines).into_iter().filter_map(|e| filter.apply(e)).collect();
-            output.print(|| relay::history::table(&shown), serde_json::to_value(&shown)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Reconcile { target } => {
-            let config = bootstrap::load_config(&target.config).await?;
-            let worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
-            let progress = relay::progress::Progress::default();
-            let mut reconciler = relay::reconcile::Reconciler::new(&config, &worker, 1000);
-            reconciler.progress = Some(&progress);
-            let pass = showing(&progress, reconciler.pass(None, None)).await?;
-            let tasks = target.deliver(sqs, &pass.tasks, output).await?;
-            let text = || {
-                format!(
-                    "{} repositories, {} tags checked, {} in sync, {} tasks {}\n",
-                    pass.repositories,
-                    pass.tags_checked,
-                    pass.in_sync,
-                    pass.tasks.len(),
-                    target.verb()
-                )
-            };
-            let json = serde_json::json!({
-                "repositories": pass.repositories, "tags_checked": pass.tags_checked, "in_sync": pass.in_sync,
-                "enqueued": !target.dry_run, "tasks": tasks,
-            });
-            output.print(text, json);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::History(args) => commands::history::run(output, args).await,
+        Command::Reconcile { target } => commands::reconcile::run(sqs, &secrets, output, target).await,
         Command::Dlq { list, redrive: _, queue_url, dlq_url } => {
-            let dlq = match dlq_url {
-                Some(u) => u,
-                None => ops::dead_letter_queue(&sqs, &queue_url)
-                    .await?
-                    .context("the queue has no redrive policy: pass --dlq-url")?,
-            };
-            if list {
-                let letters = ops::list_dead_letters(&sqs, &dlq, 100).await?;
-                let text = || {
-                    let mut t = String::new();
-                    for l in &letters {
-                        t += &match &l.task {
-                            Ok(t) => format!(
-                                "{}  received {}×  task {} {:?} {}@{} -> {}/{}\n",
-                                l.message_id,
-                                l.receive_count,
-                                t.id,
-                                t.action,
-                                t.source.repository,
-                                t.source.digest,
-                                t.destination.registry,
-                                t.destination.repository
-                            ),
-                            Err(e) => format!("{}  received {}×  undecodable: {e}\n", l.message_id, l.receive_count),
-                        };
-                        t += &match (&l.last_error, &l.task) {
-                            (Some(e), _) => format!("    last error: {e}\n"),
-                            (None, Ok(t)) => format!("    last error: not recorded (moved by SQS's redrive); search the worker logs for task_id {}\n", t.id),
-                            (None, Err(_)) => String::new(),
-                        };
-                    }
-                    t + &format!("{} messages in the dead-letter queue\n", letters.len())
-                };
-                let json = serde_json::json!(letters
-                    .iter()
-                    .map(|l| serde_json::json!({
-                        "message_id": l.message_id,
-                        "receive_count": l.receive_count,
-                        "task": l.task.as_ref().ok(),
-                        "undecodable": l.task.as_ref().err().map(|e| e.to_string()),
-                        "last_error": l.last_error,
-                    }))
-                    .collect::<Vec<_>>());
-                output.print(text, json);
-            } else {
-                let moved = ops::redrive(&sqs, &dlq, &queue_url).await?;
-                output.print(
-                    || format!("{moved} messages moved back to the copy queue\n"),
-                    serde_json::json!({ "moved": moved }),
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+            commands::dlq::run(sqs, output, list, queue_url, dlq_url).await
         }
-        Command::Status { queue_url, dlq_url } => {
-            let q = ops::depth(&sqs, &queue_url).await?;
-            let dlq = match dlq_url {
-                Some(u) => Some(u),
-                None => ops::dead_letter_queue(&sqs, &queue_url).await?,
-            };
-            let dead = match &dlq {
-                Some(d) => Some(ops::depth(&sqs, d).await?),
-                None => None,
-            };
-            let text = || {
-                let mut t =
-                    format!("copy queue: {} waiting, {} in flight, {} delayed\n", q.visible, q.in_flight, q.delayed);
-                t += &match dead {
-                    Some(d) => format!("dead-letter queue: {} messages\n", d.visible + d.in_flight),
-                    None => "dead-letter queue: none configured\n".to_owned(),
-                };
-                t
-            };
-            let json = serde_json::json!({
-                "copy_queue": { "waiting": q.visible, "in_flight": q.in_flight, "delayed": q.delayed },
-                "dead_letter_queue": dead.map(|d| d.visible + d.in_flight),
-            });
-            output.print(text, json);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Status { queue_url, dlq_url } => commands::status::run(sqs, output, queue_url, dlq_url).await,
     }
 }
 

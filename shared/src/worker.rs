@@ -15,6 +15,7 @@ use crate::config::WorkerSettings;
 use crate::feeders::{feeders, ListingError, SourceListing};
 use crate::harbor_api::HarborApi;
 use crate::health::{Gate, Health};
+use crate::message::{Disposition, Probe, SOURCE};
 use crate::metrics::{self, Slices, Unit, UNKNOWN};
 use crate::parking::ParkingLot;
 use crate::registry::pace;
@@ -27,7 +28,6 @@ use crate::repository::Tag;
 use crate::rules::Rule;
 use crate::secrets::{CredentialReloader, SecretError};
 // Where the crates' users have always found them.
-use crate::message::{Disposition, Probe, SOURCE};
 pub use crate::message::{Failure, Message};
 use crate::task::{Action, Task, TaskError};
 use crate::written::Written;

@@ -1,0 +1,64 @@
+//! `relay dlq`: the dead-lettered tasks listed with their last error, or sent back to the copy queue.
+
+use super::*;
+
+pub(crate) async fn run(
+    sqs: aws_sdk_sqs::Client,
+    output: Output,
+    list: bool,
+    queue_url: String,
+    dlq_url: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let dlq = match dlq_url {
+        Some(u) => u,
+        None => ops::dead_letter_queue(&sqs, &queue_url)
+            .await?
+            .context("the queue has no redrive policy: pass --dlq-url")?,
+    };
+    if list {
+        let letters = ops::list_dead_letters(&sqs, &dlq, 100).await?;
+        let text = || {
+            let mut t = String::new();
+            for l in &letters {
+                t += &match &l.task {
+                    Ok(t) => format!(
+                        "{}  received {}×  task {} {:?} {}@{} -> {}/{}\n",
+                        l.message_id,
+                        l.receive_count,
+                        t.id,
+                        t.action,
+                        t.source.repository,
+                        t.source.digest,
+                        t.destination.registry,
+                        t.destination.repository
+                    ),
+                    Err(e) => format!("{}  received {}×  undecodable: {e}\n", l.message_id, l.receive_count),
+                };
+                t += &match (&l.last_error, &l.task) {
+                    (Some(e), _) => format!("    last error: {e}\n"),
+                    (None, Ok(t)) => format!("    last error: not recorded (moved by SQS's redrive); search the worker logs for task_id {}\n", t.id),
+                    (None, Err(_)) => String::new(),
+                };
+            }
+            t + &format!("{} messages in the dead-letter queue\n", letters.len())
+        };
+        let json = serde_json::json!(letters
+            .iter()
+            .map(|l| serde_json::json!({
+                "message_id": l.message_id,
+                "receive_count": l.receive_count,
+                "task": l.task.as_ref().ok(),
+                "undecodable": l.task.as_ref().err().map(|e| e.to_string()),
+                "last_error": l.last_error,
+            }))
+            .collect::<Vec<_>>());
+        output.print(text, json);
+    } else {
+        let moved = ops::redrive(&sqs, &dlq, &queue_url).await?;
+        output.print(
+            || format!("{moved} messages moved back to the copy queue\n"),
+            serde_json::json!({ "moved": moved }),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

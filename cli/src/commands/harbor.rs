@@ -1,0 +1,44 @@
+//! `relay harbor webhooks`: Harbor's webhook policies kept pointed at the relay, in every project a rule covers.
+
+use super::*;
+
+pub(crate) async fn run(
+    secrets: &SecretSource,
+    output: Output,
+    config: String,
+    endpoint: url::Url,
+    name: String,
+    payload_format: relay::harbor_webhooks::PayloadFormat,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = bootstrap::load_config(&config).await?;
+    let api = bootstrap::harbor_api(&config, secrets)
+        .await?
+        .context("the source is not read through Harbor's API (source.harbor_api is false, or the source did not answer as a Harbor)")?;
+    let auth = secrets.webhook_auth(&config.webhook).await?;
+    let wanted = relay::harbor_webhooks::WebhookPolicy::wanted(&name, &endpoint, auth.newest(), payload_format);
+    let kept = relay::harbor_webhooks::keep(&api, &config.rules, &wanted, dry_run).await?;
+    use relay::harbor_webhooks::{Change, Tally};
+    let tally = Tally::of(&kept);
+    let text = || {
+        let mut t = String::new();
+        for (project, change) in &kept {
+            let said = if dry_run && *change != Change::Unchanged { "would be " } else { "" };
+            t += &format!("{:<32} {said}{}\n", project.name, change.as_str());
+        }
+        t + &format!(
+            "{} projects covered: {} created, {} updated, {} unchanged{}\n",
+            kept.len(),
+            tally.created,
+            tally.updated,
+            tally.unchanged,
+            if dry_run { " (dry run: nothing written)" } else { "" }
+        )
+    };
+    let json = serde_json::json!({
+        "dry_run": dry_run,
+        "projects": kept.iter().map(|(p, c)| serde_json::json!({"project": p.name, "change": c.as_str()})).collect::<Vec<_>>(),
+    });
+    output.print(text, json);
+    Ok(ExitCode::SUCCESS)
+}
