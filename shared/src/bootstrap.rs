@@ -87,10 +87,18 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
 }
 
 /// The record of the tags the relay wrote ([`Written`]), when
-/// `RELAY_RECORD_BUCKET` names its bucket.
+/// `RELAY_RECORD_BUCKET` names its bucket: built once per process and
+/// shared by every worker built after it (one per configuration reload),
+/// as the environment it comes from does not change.
 pub async fn written_record() -> Option<Arc<Written>> {
-    std::env::var(crate::written::BUCKET_ENV).ok().filter(|b| !b.is_empty())?;
-    Written::from_env(&aws_config().await).map(Arc::new)
+    static RECORD: tokio::sync::OnceCell<Option<Arc<Written>>> = tokio::sync::OnceCell::const_new();
+    RECORD
+        .get_or_init(|| async {
+            std::env::var(crate::written::BUCKET_ENV).ok().filter(|b| !b.is_empty())?;
+            Written::from_env(&aws_config().await).map(Arc::new)
+        })
+        .await
+        .clone()
 }
 
 /// A destination's client, what its kind needs at run time, and where its
