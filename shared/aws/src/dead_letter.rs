@@ -11,10 +11,10 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName as Attr, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{QueueAttributeName as Attr, SendMessageBatchRequestEntry};
 
 use crate::aws_error::AwsError;
-use crate::message::Failure;
+use crate::message::{number_attribute, string_attribute, Failure};
 
 /// Message attribute holding the last error (text, no secrets: errors name
 /// registries, paths and statuses only).
@@ -125,13 +125,6 @@ impl DeadLetters {
 
     /// One `SendMessageBatch`; returns the ids that did not reach the DLQ.
     async fn send(&self, failures: &[Failure]) -> Vec<String> {
-        let attr = |data_type: &str, value: String| {
-            MessageAttributeValue::builder()
-                .data_type(data_type)
-                .string_value(value)
-                .build()
-                .expect("type and value set")
-        };
         let entries: Vec<_> = failures
             .iter()
             .enumerate()
@@ -140,8 +133,8 @@ impl DeadLetters {
                 SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
                     .message_body(&f.message.body)
-                    .message_attributes(LAST_ERROR, attr("String", error))
-                    .message_attributes(ATTEMPTS, attr("Number", f.message.receive_count.to_string()))
+                    .message_attributes(LAST_ERROR, string_attribute(error))
+                    .message_attributes(ATTEMPTS, number_attribute(f.message.receive_count.into()))
                     .build()
                     .expect("id and body set")
             })

@@ -127,3 +127,21 @@ pub struct Failure {
     /// What its metrics count under, final failures included.
     pub slices: Slices,
 }
+
+/// A `String` message attribute.
+pub fn string_attribute(value: impl Into<String>) -> aws_sdk_sqs::types::MessageAttributeValue {
+    aws_sdk_sqs::types::MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("type and value set")
+}
+
+/// A `Number` message attribute.
+pub fn number_attribute(value: u64) -> aws_sdk_sqs::types::MessageAttributeValue {
+    aws_sdk_sqs::types::MessageAttributeValue::builder()
+        .data_type("Number")
+        .string_value(value.to_string())
+        .build()
+        .expect("type and value set")
+}

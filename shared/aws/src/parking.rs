@@ -23,15 +23,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
-    SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry,
 };
 
 use crate::dead_letter::DeadLetters;
 use crate::metrics::{self, Slices, Unit};
 // Where the crates' users have always found them.
+use crate::message::{
+    number_attribute, string_attribute, Disposition, Failure, Message, CONTINUATIONS, DOWN_SINCE, PARKED, PROBE,
+};
 pub use crate::message::{unix_now, Probe, PARKED_ON, PARKED_SINCE};
-use crate::message::{Disposition, Failure, Message, CONTINUATIONS, DOWN_SINCE, PARKED, PROBE};
 
 /// What became of a task handed to [`ParkingLot::park`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,18 +86,6 @@ pub struct ParkingLot {
     dead_letters: Option<DeadLetters>,
 }
 
-fn string(value: impl Into<String>) -> MessageAttributeValue {
-    MessageAttributeValue::builder().data_type("String").string_value(value).build().expect("type and value set")
-}
-
-fn number(value: u64) -> MessageAttributeValue {
-    MessageAttributeValue::builder()
-        .data_type("Number")
-        .string_value(value.to_string())
-        .build()
-        .expect("type and value set")
-}
-
 fn sdk_error(e: impl std::error::Error) -> String {
     aws_sdk_sqs::error::DisplayErrorContext(e).to_string()
 }
@@ -146,10 +135,10 @@ impl ParkingLot {
             .send_message()
             .queue_url(&self.parking_url)
             .message_body(&m.body)
-            .message_attributes(PARKED, number(u64::from(m.parked) + 1))
-            .message_attributes(CONTINUATIONS, number(u64::from(m.continuations)))
-            .message_attributes(PARKED_ON, string(registry))
-            .message_attributes(PARKED_SINCE, number(since))
+            .message_attributes(PARKED, number_attribute(u64::from(m.parked) + 1))
+            .message_attributes(CONTINUATIONS, number_attribute(u64::from(m.continuations)))
+            .message_attributes(PARKED_ON, string_attribute(registry))
+            .message_attributes(PARKED_SINCE, number_attribute(since))
             .send()
             .await;
         if let Err(e) = sent {
@@ -169,8 +158,8 @@ impl ParkingLot {
             .queue_url(&self.queue_url)
             .message_body(body)
             .delay_seconds(delay.as_secs().min(900) as i32)
-            .message_attributes(PROBE, string(&probe.registry))
-            .message_attributes(DOWN_SINCE, number(probe.down_since))
+            .message_attributes(PROBE, string_attribute(&probe.registry))
+            .message_attributes(DOWN_SINCE, number_attribute(probe.down_since))
             .send()
             .await;
         match sent {

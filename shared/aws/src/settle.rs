@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::MessageAttributeValue;
 use rand::Rng;
 
 use crate::config::WorkerSettings;
@@ -22,7 +21,7 @@ use crate::parking::{Parked, ParkingLot};
 use crate::registry::resume::UPLOADS;
 // Where the crates' users have always found it.
 pub use crate::message::Disposition;
-use crate::message::{Failure, Message, CONTINUATIONS, PARKED, SOURCE};
+use crate::message::{number_attribute, string_attribute, Failure, Message, CONTINUATIONS, PARKED, SOURCE};
 
 /// SQS's limits: `DelaySeconds` ≤ 15 minutes, visibility ≤ 12 hours.
 const MAX_DELAY_SECONDS: u64 = 900;
@@ -194,13 +193,6 @@ impl Settler {
     /// not: the original must then be redelivered.
     async fn requeue(&self, m: &Message, delay: Duration, counter: &str) -> bool {
         let Some(queue) = &self.queue_url else { return false };
-        let number = |n: u32| {
-            MessageAttributeValue::builder()
-                .data_type("Number")
-                .string_value(n.to_string())
-                .build()
-                .expect("type and value set")
-        };
         let (parked, continuations) = match counter {
             PARKED => (m.parked + 1, m.continuations),
             _ => (m.parked, m.continuations + 1),
@@ -212,13 +204,12 @@ impl Settler {
             .queue_url(queue)
             .message_body(&m.body)
             .delay_seconds(delay as i32)
-            .message_attributes(PARKED, number(parked))
-            .message_attributes(CONTINUATIONS, number(continuations));
+            .message_attributes(PARKED, number_attribute(parked.into()))
+            .message_attributes(CONTINUATIONS, number_attribute(continuations.into()));
         // A continuation goes on with the uploads its run left open.
         if counter == CONTINUATIONS && !m.uploads.is_empty() {
             let json = serde_json::to_string(&m.uploads).expect("uploads serialize");
-            let value = MessageAttributeValue::builder().data_type("String").string_value(json).build();
-            send = send.message_attributes(UPLOADS, value.expect("type and value set"));
+            send = send.message_attributes(UPLOADS, string_attribute(json));
         }
         let sent = send.send().await;
         match sent {
