@@ -26,13 +26,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{BoxStream, FuturesUnordered};
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::client::RegistryError;
-use super::verify::{Hashed, Refusal, Verified};
+pub use super::verify::{BlobStream, ReadFault};
+use super::verify::{Hashed, Verified};
 use crate::digest::Digest;
 
 /// How long a leader waits for the other members to reach a blob. They
@@ -57,26 +58,6 @@ const LAG_BYTES: usize = 256 * 1024;
 /// (2.2 s seen while it wrote 3 GiB here); detaching for that costs a
 /// second read of the blob for no time won, so one second was too short.
 const HOLD_BASE: Duration = Duration::from_secs(3);
-
-/// What an upload fed by a shared read sees instead of bytes.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ReadFault {
-    /// The source's stream failed (or could not be opened): every upload
-    /// of the read fails, and each retries alone.
-    #[error("{0}")]
-    Source(Arc<str>),
-    /// The source's bytes are not the blob (digest or length): every
-    /// upload of the read fails for good.
-    #[error("the source's blob is not the one its descriptor names: {0}")]
-    Refused(Refusal),
-    /// The upload goes on with a read of its own ([`go_on_alone`]), from
-    /// the byte it had reached, whose hash this is.
-    #[error("this destination fell behind the shared read of the source")]
-    Detached(Box<Hashed>),
-}
-
-/// A blob's bytes as an upload consumes them.
-pub type BlobStream = BoxStream<'static, Result<Bytes, ReadFault>>;
 
 /// The bytes of a shared read and, once it detaches this upload, the rest
 /// of the blob from `reopen(hashed)`: a read of its own from the byte the
@@ -448,6 +429,7 @@ mod tests {
 
     use futures_util::TryStreamExt;
 
+    use super::super::verify::Refusal;
     use super::*;
 
     fn digest() -> Digest {

@@ -1,6 +1,6 @@
 //! Every streamed blob is hashed as it is read, and its last bytes are let
-//! through only once the digest and the length are the descriptor's (issue
-//! 28): a destination commits an upload when it has every byte, so the
+//! through only once the digest and the length are the descriptor's:
+//! a destination commits an upload when it has every byte, so the
 //! bytes it does not get cannot be committed, whether or not it checks the
 //! digest itself. One hash per source read, shared by every upload it feeds
 //! ([`super::tee`]); constant memory (the hash state and at most one held
@@ -9,12 +9,34 @@
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256, Sha512};
 
-use super::tee::{BlobStream, ReadFault};
 use crate::digest::{Algorithm, Digest};
+
+/// What an upload fed by a shared read sees instead of bytes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadFault {
+    /// The source's stream failed (or could not be opened): every upload
+    /// of the read fails, and each retries alone.
+    #[error("{0}")]
+    Source(Arc<str>),
+    /// The source's bytes are not the blob (digest or length): every
+    /// upload of the read fails for good.
+    #[error("the source's blob is not the one its descriptor names: {0}")]
+    Refused(Refusal),
+    /// The upload goes on with a read of its own ([`super::tee::go_on_alone`]), from
+    /// the byte it had reached, whose hash this is.
+    #[error("this destination fell behind the shared read of the source")]
+    Detached(Box<Hashed>),
+}
+
+/// A blob's bytes as an upload consumes them.
+pub type BlobStream = BoxStream<'static, Result<Bytes, ReadFault>>;
 
 /// Why a source read's bytes are not the blob its descriptor names. What
 /// the source serves is wrong, so reading it again would not help.
