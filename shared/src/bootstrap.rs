@@ -118,8 +118,8 @@ pub async fn destination_client(
         retry,
         token_realms: r.token_realms.clone(),
         ca_pem: ca_pem.clone(),
-        // ECR mishandles chunked uploads: whole blobs only, whatever it answers.
-        chunked_uploads: !matches!(r.kind, RegistryKind::Ecr(_)),
+        // What the kind does not do the standard way (ECR: whole blobs only).
+        quirks: r.kind.quirks(),
         min_throughput,
         ..Default::default()
     };

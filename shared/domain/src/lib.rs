@@ -8,6 +8,7 @@ pub mod config;
 pub mod digest;
 pub mod doublestar;
 pub mod event;
+pub mod host;
 pub mod plan;
 pub mod registry_kind;
 pub mod repository;

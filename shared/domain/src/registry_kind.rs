@@ -1,12 +1,24 @@
 //! What kind of registry a destination is, as the configuration says it
 //! (`registries[].kind`), and what that changes: how its credentials are
-//! obtained and how a repository is made ready before the first push. The
-//! copy engine is the same for every kind; `registry/prepare.rs` acts on
-//! these settings. A new kind adds a variant here and its arm there.
+//! obtained, how a repository is made ready before the first push, and
+//! what it does not do the standard way ([`Quirks`]). Each kind is a file
+//! of its own under `registry_kind/` with its settings, how its fields are
+//! read and its quirks; this file holds the enum and one arm per kind. The
+//! copy engine is the same for every kind. The recipe for a new kind or a
+//! new quirk is in [`crate::host`].
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+use crate::host::Quirks;
+
+mod ecr;
+mod harbor;
+mod registry;
+
+pub use ecr::{EcrEncryption, EcrSettings, TagMutability};
+pub use harbor::HarborSettings;
 
 /// A registry's kind settings that do not hold together: the field and
 /// why. The configuration reports it as its own error ([`crate::config`]).
@@ -39,53 +51,25 @@ pub enum RegistryKind {
 
 impl RegistryKind {
     pub fn name(&self) -> &'static str {
+        self.kind_name().as_str()
+    }
+
+    /// What a registry of this kind does not do the standard way.
+    pub fn quirks(&self) -> Quirks {
         match self {
-            RegistryKind::Registry => "registry",
-            RegistryKind::Ecr(_) => "ecr",
-            RegistryKind::Harbor(_) => "harbor",
+            RegistryKind::Registry => registry::QUIRKS,
+            RegistryKind::Ecr(_) => ecr::QUIRKS,
+            RegistryKind::Harbor(_) => harbor::QUIRKS,
         }
     }
-}
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EcrSettings {
-    /// The registry's region (from `<account>.dkr.ecr.<region>.amazonaws.com`,
-    /// or the `region` field).
-    pub region: String,
-    /// The account that owns the registry (from the host, or
-    /// `registry_id`); `None`: the caller's own.
-    pub registry_id: Option<String>,
-    /// A role to assume for a registry in another account.
-    pub role_arn: Option<String>,
-    /// Settings of the repositories the relay creates.
-    pub tag_mutability: TagMutability,
-    pub scan_on_push: bool,
-    pub encryption: EcrEncryption,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum TagMutability {
-    #[default]
-    Mutable,
-    Immutable,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum EcrEncryption {
-    #[default]
-    Aes256,
-    /// A KMS key (ARN or id); `None`: the AWS managed key.
-    Kms(Option<String>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HarborSettings {
-    /// Create a missing project (private) through Harbor's API before the
-    /// first push into it.
-    pub create_projects: bool,
-    /// Storage quota of created projects, bytes; `None`: Harbor's default.
-    pub storage_limit: Option<i64>,
+    fn kind_name(&self) -> KindName {
+        match self {
+            RegistryKind::Registry => KindName::Registry,
+            RegistryKind::Ecr(_) => KindName::Ecr,
+            RegistryKind::Harbor(_) => KindName::Harbor,
+        }
+    }
 }
 
 /// Where a private CA bundle (PEM) comes from.
@@ -119,6 +103,16 @@ pub(crate) enum KindName {
     Harbor,
 }
 
+impl KindName {
+    fn as_str(self) -> &'static str {
+        match self {
+            KindName::Registry => "registry",
+            KindName::Ecr => "ecr",
+            KindName::Harbor => "harbor",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub(crate) enum EncryptionName {
     #[serde(rename = "AES256")]
@@ -132,101 +126,28 @@ impl RawKindFields {
     /// error naming it, so a typo'd kind never silently drops a setting.
     pub(crate) fn resolve(self, field: &str, host: &str, has_credentials: bool) -> Result<RegistryKind, KindError> {
         let kind = self.kind.unwrap_or(KindName::Registry);
-        let ecr_fields = [
-            ("region", self.region.is_some()),
-            ("registry_id", self.registry_id.is_some()),
-            ("role_arn", self.role_arn.is_some()),
-            ("tag_mutability", self.tag_mutability.is_some()),
-            ("scan_on_push", self.scan_on_push.is_some()),
-            ("encryption", self.encryption.is_some()),
-            ("kms_key", self.kms_key.is_some()),
+        let fields = [
+            ("region", KindName::Ecr, self.region.is_some()),
+            ("registry_id", KindName::Ecr, self.registry_id.is_some()),
+            ("role_arn", KindName::Ecr, self.role_arn.is_some()),
+            ("tag_mutability", KindName::Ecr, self.tag_mutability.is_some()),
+            ("scan_on_push", KindName::Ecr, self.scan_on_push.is_some()),
+            ("encryption", KindName::Ecr, self.encryption.is_some()),
+            ("kms_key", KindName::Ecr, self.kms_key.is_some()),
+            ("create_projects", KindName::Harbor, self.create_projects.is_some()),
+            ("storage_limit", KindName::Harbor, self.storage_limit.is_some()),
         ];
-        let harbor_fields =
-            [("create_projects", self.create_projects.is_some()), ("storage_limit", self.storage_limit.is_some())];
-        let foreign = |fields: &[(&str, bool)], of: &str| -> Result<(), KindError> {
-            match fields.iter().find(|(_, set)| *set) {
-                Some((name, _)) => Err(KindError::invalid(
-                    format!("{field}.{name}"),
-                    format!("only for kind: {of} (this registry's kind is {})", kind_str(kind)),
-                )),
-                None => Ok(()),
-            }
-        };
-        match kind {
-            KindName::Registry => {
-                foreign(&ecr_fields, "ecr")?;
-                foreign(&harbor_fields, "harbor")?;
-                Ok(RegistryKind::Registry)
-            }
-            KindName::Harbor => {
-                foreign(&ecr_fields, "ecr")?;
-                if self.storage_limit.is_some_and(|l| l < -1 || l == 0) {
-                    return Err(KindError::invalid(
-                        format!("{field}.storage_limit"),
-                        "bytes, at least 1 (or -1 for unlimited)",
-                    ));
-                }
-                Ok(RegistryKind::Harbor(HarborSettings {
-                    create_projects: self.create_projects.unwrap_or(false),
-                    storage_limit: self.storage_limit,
-                }))
-            }
-            KindName::Ecr => {
-                foreign(&harbor_fields, "harbor")?;
-                if has_credentials {
-                    return Err(KindError::invalid(
-                        format!("{field}.credentials"),
-                        "kind: ecr takes no static credentials: they come from the function's IAM role (role_arn for another account)",
-                    ));
-                }
-                let (host_account, host_region) = ecr_host(host);
-                let region = self.region.or(host_region).ok_or_else(|| {
-                    KindError::invalid(
-                        format!("{field}.region"),
-                        "needed when the url is not <account>.dkr.ecr.<region>.amazonaws.com",
-                    )
-                })?;
-                if let Some(arn) = &self.role_arn {
-                    if !arn.starts_with("arn:") || !arn.contains(":role/") {
-                        return Err(KindError::invalid(format!("{field}.role_arn"), "must be an IAM role ARN"));
-                    }
-                }
-                let encryption = match (self.encryption, self.kms_key) {
-                    (None | Some(EncryptionName::Aes256), None) => EcrEncryption::Aes256,
-                    (Some(EncryptionName::Kms), key) => EcrEncryption::Kms(key),
-                    (_, Some(_)) => {
-                        return Err(KindError::invalid(format!("{field}.kms_key"), "only with encryption: KMS"))
-                    }
-                };
-                Ok(RegistryKind::Ecr(EcrSettings {
-                    region,
-                    registry_id: self.registry_id.or(host_account),
-                    role_arn: self.role_arn,
-                    tag_mutability: self.tag_mutability.unwrap_or_default(),
-                    scan_on_push: self.scan_on_push.unwrap_or(false),
-                    encryption,
-                }))
-            }
+        if let Some((name, of, _)) = fields.iter().find(|(_, of, set)| *set && *of != kind) {
+            return Err(KindError::invalid(
+                format!("{field}.{name}"),
+                format!("only for kind: {} (this registry's kind is {})", of.as_str(), kind.as_str()),
+            ));
         }
-    }
-}
-
-fn kind_str(k: KindName) -> &'static str {
-    match k {
-        KindName::Registry => "registry",
-        KindName::Ecr => "ecr",
-        KindName::Harbor => "harbor",
-    }
-}
-
-/// Account and region of `<account>.dkr.ecr.<region>.amazonaws.com[.cn]`.
-fn ecr_host(host: &str) -> (Option<String>, Option<String>) {
-    let parts: Vec<&str> = host.split('.').collect();
-    match parts.as_slice() {
-        [account, "dkr", "ecr", region, "amazonaws", "com", ..] if account.chars().all(|c| c.is_ascii_digit()) => {
-            (Some((*account).to_owned()), Some((*region).to_owned()))
-        }
-        _ => (None, None),
+        Ok(match kind {
+            KindName::Registry => registry::resolve(self).map(|()| RegistryKind::Registry)?,
+            KindName::Ecr => RegistryKind::Ecr(ecr::resolve(self, field, host, has_credentials)?),
+            KindName::Harbor => RegistryKind::Harbor(harbor::resolve(self, field)?),
+        })
     }
 }
 
@@ -285,5 +206,17 @@ mod tests {
             .unwrap();
         assert_eq!(k, RegistryKind::Harbor(HarborSettings { create_projects: true, storage_limit: Some(1 << 30) }));
         assert_eq!(raw("{}").resolve("r", "h", true).unwrap(), RegistryKind::Registry);
+    }
+
+    /// The kinds' quirks as data: ECR takes whole blobs only; the others
+    /// follow the spec. Every kind asks for mounts (a refusal is learnt).
+    #[test]
+    fn each_kind_has_its_quirks() {
+        let ecr = raw("{ kind: ecr, region: r }").resolve("r", "h", false).unwrap();
+        let harbor = raw("{ kind: harbor }").resolve("r", "h", true).unwrap();
+        for (kind, chunked_uploads) in [(RegistryKind::Registry, true), (ecr, false), (harbor, true)] {
+            let quirks = kind.quirks();
+            assert_eq!(quirks, Quirks { chunked_uploads, cross_repo_mounts: true }, "{}", kind.name());
+        }
     }
 }

@@ -25,6 +25,9 @@ pub enum RegistryError {
         detail: String,
         /// The registry's `Retry-After`, for the task's backoff.
         retry_after: Option<Duration>,
+        /// The errors its body named (the distribution spec's error body),
+        /// read once: the worker classifies on these, not on `detail`.
+        errors: Vec<OciError>,
     },
     #[error("{registry}: authentication failed ({status}) for {path}")]
     Denied { registry: String, path: String, status: StatusCode },
@@ -91,6 +94,24 @@ impl RegistryError {
         }
     }
 
+    /// The errors the registry's answer named (empty when it named none).
+    pub fn oci_errors(&self) -> &[OciError] {
+        match self {
+            RegistryError::Status { errors, .. } => errors,
+            _ => &[],
+        }
+    }
+
+    /// The registry refused to move an immutable tag: ECR answers a
+    /// manifest `PUT` onto a tag of an `IMMUTABLE` repository that points
+    /// elsewhere with 400 `TAG_INVALID` "… cannot be overwritten because
+    /// the repository is immutable" (`TAG_INVALID` alone also names a
+    /// malformed tag).
+    pub fn is_immutable_tag(&self) -> bool {
+        self.status() == Some(StatusCode::BAD_REQUEST)
+            && self.oci_errors().iter().any(|e| e.code == OciErrorCode::TagInvalid && e.message.contains("immutable"))
+    }
+
     /// Worth trying the whole operation again later.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -101,6 +122,77 @@ impl RegistryError {
             _ => false,
         }
     }
+}
+
+/// One error of a registry's error body (`{"errors":[{"code":…,"message":…}]}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciError {
+    pub code: OciErrorCode,
+    pub message: String,
+}
+
+/// The error codes of the distribution spec the relay tells apart; the
+/// others are kept as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OciErrorCode {
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    SizeInvalid,
+    /// Docker's code for a tag refused (ECR: an immutable tag).
+    TagInvalid,
+    Unauthorized,
+    Denied,
+    /// The registry does not do what was asked (a mount, a chunk).
+    Unsupported,
+    TooManyRequests,
+    Other(String),
+}
+
+impl OciErrorCode {
+    fn parse(code: &str) -> OciErrorCode {
+        match code {
+            "BLOB_UNKNOWN" => OciErrorCode::BlobUnknown,
+            "BLOB_UPLOAD_INVALID" => OciErrorCode::BlobUploadInvalid,
+            "BLOB_UPLOAD_UNKNOWN" => OciErrorCode::BlobUploadUnknown,
+            "DIGEST_INVALID" => OciErrorCode::DigestInvalid,
+            "MANIFEST_BLOB_UNKNOWN" => OciErrorCode::ManifestBlobUnknown,
+            "MANIFEST_INVALID" => OciErrorCode::ManifestInvalid,
+            "MANIFEST_UNKNOWN" => OciErrorCode::ManifestUnknown,
+            "NAME_INVALID" => OciErrorCode::NameInvalid,
+            "NAME_UNKNOWN" => OciErrorCode::NameUnknown,
+            "SIZE_INVALID" => OciErrorCode::SizeInvalid,
+            "TAG_INVALID" => OciErrorCode::TagInvalid,
+            "UNAUTHORIZED" => OciErrorCode::Unauthorized,
+            "DENIED" => OciErrorCode::Denied,
+            "UNSUPPORTED" => OciErrorCode::Unsupported,
+            "TOOMANYREQUESTS" => OciErrorCode::TooManyRequests,
+            other => OciErrorCode::Other(other.to_owned()),
+        }
+    }
+}
+
+/// The errors of a registry's error body; none when it is not one (empty,
+/// HTML from a proxy, cut short).
+pub(super) fn oci_errors(body: &str) -> Vec<OciError> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    let Ok(body) = serde_json::from_str::<Body>(body) else { return Vec::new() };
+    body.errors.into_iter().map(|e| OciError { code: OciErrorCode::parse(&e.code), message: e.message }).collect()
 }
 
 /// Whether a transport failure is a certificate that did not verify
@@ -132,4 +224,45 @@ pub(super) fn redact(e: &reqwest::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16, body: &str) -> RegistryError {
+        RegistryError::Status {
+            registry: "r".into(),
+            path: "/v2/x/manifests/v1".into(),
+            status: StatusCode::from_u16(status).unwrap(),
+            detail: format!(": {body}"),
+            retry_after: None,
+            errors: oci_errors(body),
+        }
+    }
+
+    /// (status, body, an immutable tag): the code is read from the body,
+    /// not found in its text; a malformed tag is `TAG_INVALID` too.
+    #[test]
+    fn an_immutable_tag_is_told_by_its_code() {
+        let ecr = r#"{"errors":[{"code":"TAG_INVALID","message":"The image tag 'v1' already exists in the 'x' repository and cannot be overwritten because the repository is immutable."}]}"#;
+        for (code, body, immutable) in [
+            (400, ecr, true),
+            (409, ecr, false),
+            (400, r#"{"errors":[{"code":"TAG_INVALID","message":"invalid tag"}]}"#, false),
+            (400, r#"{"errors":[{"code":"MANIFEST_INVALID","message":"TAG_INVALID: immutable"}]}"#, false),
+            (400, "TAG_INVALID immutable (not JSON)", false),
+            (400, "", false),
+        ] {
+            assert_eq!(status(code, body).is_immutable_tag(), immutable, "{code} {body}");
+        }
+    }
+
+    #[test]
+    fn error_bodies_are_read_into_codes() {
+        let e = status(405, r#"{"errors":[{"code":"UNSUPPORTED","message":"mount"},{"code":"X_OWN","detail":{}}]}"#);
+        let codes: Vec<_> = e.oci_errors().iter().map(|e| e.code.clone()).collect();
+        assert_eq!(codes, [OciErrorCode::Unsupported, OciErrorCode::Other("X_OWN".into())]);
+        assert!(status(502, "<html>bad gateway</html>").oci_errors().is_empty());
+    }
 }

@@ -98,7 +98,7 @@ impl RegistryClient {
         repo: &RepositoryPath,
         digest: &Digest,
     ) -> Result<Option<Vec<manifest::Descriptor>>, RegistryError> {
-        if self.quirks.referrers_api_absent() {
+        if self.learnt.referrers_api_absent() {
             return Ok(None);
         }
         let mut out = Vec::new();
@@ -111,7 +111,7 @@ impl RegistryClient {
             headers.insert(ACCEPT, header_value(manifest::OCI_INDEX));
             let resp = self.execute(Method::GET, url.clone(), &self.scope(repo), headers, None).await?;
             if resp.status() == StatusCode::NOT_FOUND && pages == 0 {
-                self.quirks.mark_referrers_api_absent();
+                self.learnt.mark_referrers_api_absent();
                 return Ok(None);
             }
             let resp = self.expect(resp, &[StatusCode::OK]).await?;

@@ -6,13 +6,17 @@
 //! bounded reads, errors), `authorize` holds the credentials, the learnt
 //! challenge and the token flow, `listing` the paginated catalog and tag
 //! lists, `manifests` manifests and referrers, `uploads` blob reads and
-//! upload sessions, `quirks` what a registry turned out to need at run time
-//! (whole blobs refused → chunks; no referrers API → tag schema). A new
-//! registry quirk goes in `quirks`, with the answer that reveals it.
+//! upload sessions, `learnt` what a registry's answers taught at run time
+//! (whole blobs refused → chunks; no referrers API → tag schema; mounts
+//! refused → plain uploads), kept beside the client so a rebuilt client
+//! keeps it. What a registry's kind says it does not do is data of its
+//! host description (relay-domain's `host::Quirks`), read here in the one
+//! place each quirk changes; the recipe for a new one is in that module.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use relay_domain::host::Quirks;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use url::Url;
@@ -24,13 +28,14 @@ use crate::repository::RepositoryPath;
 
 mod authorize;
 mod error;
+mod learnt;
 mod listing;
 mod manifests;
-mod quirks;
 mod transport;
 mod uploads;
 
-pub use error::RegistryError;
+pub use error::{OciError, OciErrorCode, RegistryError};
+pub use learnt::Learnt;
 pub use manifests::Pushed;
 pub use uploads::UploadStart;
 
@@ -65,8 +70,11 @@ pub struct RegistryClient {
     /// Requests sent to this registry (token requests excluded): for
     /// metrics and the request budgets of the benchmarks.
     requests: std::sync::atomic::AtomicU64,
-    /// What this registry turned out to need ([`quirks`]).
-    quirks: quirks::Quirks,
+    /// What this registry does not do the standard way, as its kind says.
+    quirks: Quirks,
+    /// What its answers taught, shared with every client built for the
+    /// same registry ([`Learnt::of`]).
+    learnt: Arc<Learnt>,
 }
 
 /// Settings for building a client.
@@ -88,9 +96,9 @@ pub struct ClientOptions {
     /// A private CA bundle (PEM) to verify the certificate against instead
     /// of the platform's roots.
     pub ca_pem: Option<Vec<u8>>,
-    /// Whether a 413 to a whole blob may switch uploads to chunks (not for a
-    /// registry that mishandles chunked uploads, such as ECR).
-    pub chunked_uploads: bool,
+    /// What the registry does not do the standard way (its kind's
+    /// [`Quirks`]).
+    pub quirks: Quirks,
 }
 
 impl Default for ClientOptions {
@@ -102,7 +110,7 @@ impl Default for ClientOptions {
             request_timeout: REQUEST_TIMEOUT,
             min_throughput: MinThroughput::DEFAULT,
             ca_pem: None,
-            chunked_uploads: true,
+            quirks: Quirks::STANDARD,
         }
     }
 }
@@ -125,8 +133,10 @@ impl RegistryClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("harbor-relay/", env!("CARGO_PKG_VERSION")));
         let http = crate::tls::configure(builder, options.insecure, options.ca_pem.as_deref())?.build()?;
+        let name = name.into();
+        let learnt = Learnt::of(&name, &base);
         Ok(RegistryClient {
-            name: name.into(),
+            name,
             base,
             role,
             http,
@@ -137,7 +147,8 @@ impl RegistryClient {
             auth: Mutex::new(authorize::AuthState::default()),
             retry: options.retry,
             requests: Default::default(),
-            quirks: quirks::Quirks::new(options.chunked_uploads),
+            quirks: options.quirks,
+            learnt,
         })
     }
 

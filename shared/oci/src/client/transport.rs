@@ -19,7 +19,7 @@ use super::super::chunks::BoxError;
 use super::super::pace;
 use super::super::retry::{is_retryable, parse_retry_after};
 use super::authorize::same_origin;
-use super::error::{is_certificate, redact};
+use super::error::{is_certificate, oci_errors, redact};
 use super::{header_str, RegistryClient, RegistryError};
 
 mod redirects;
@@ -285,7 +285,8 @@ impl RegistryClient {
         } else {
             format!(": {}", text.chars().take(300).collect::<String>().trim())
         };
-        Err(RegistryError::Status { registry: self.name.clone(), path, status, detail, retry_after })
+        let errors = oci_errors(&text);
+        Err(RegistryError::Status { registry: self.name.clone(), path, status, detail, retry_after, errors })
     }
 
     /// The whole body, refused past `limit` bytes (announced or sent).

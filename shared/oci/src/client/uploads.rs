@@ -9,9 +9,18 @@ use url::Url;
 
 use super::super::chunks::BoxError;
 use super::transport::Bound;
-use super::{header_str, RegistryClient, RegistryError};
+use super::{header_str, OciErrorCode, RegistryClient, RegistryError};
 use crate::digest::Digest;
 use crate::repository::RepositoryPath;
+
+/// Whether an answer to a mount request says the registry does not mount
+/// at all: 400 or 405 (the method with that query refused), or an
+/// `UNSUPPORTED` error code whatever the status (a 501 is a server error,
+/// retried as one).
+fn is_mount_refusal(e: &RegistryError) -> bool {
+    let refused = matches!(e.status().map(|s| s.as_u16()), Some(400 | 405));
+    refused || e.oci_errors().iter().any(|e| e.code == OciErrorCode::Unsupported)
+}
 
 /// Result of opening a blob upload.
 pub enum UploadStart {
@@ -54,8 +63,34 @@ impl RegistryClient {
     }
 
     /// `POST /blobs/uploads/`, optionally asking to mount `digest` from
-    /// another repository of the same registry.
+    /// another repository of the same registry. A registry that refuses
+    /// mounts ([`is_mount_refusal`]) gets the plain `POST` instead, and is
+    /// not asked to mount again ([`Learnt`](super::Learnt)); one that
+    /// denies the mount (401, 403: perhaps only the other repository's
+    /// scope) or does not find it (404) gets the plain `POST` for this blob.
     pub async fn start_upload(
+        &self,
+        repo: &RepositoryPath,
+        mount: Option<(&Digest, &RepositoryPath)>,
+    ) -> Result<UploadStart, RegistryError> {
+        if let Some((digest, from)) = mount.filter(|_| self.asks_mounts()) {
+            match self.post_upload(repo, Some((digest, from))).await {
+                Err(e) if is_mount_refusal(&e) => {
+                    if self.learnt.mark_mounts_refused() {
+                        tracing::warn!(registry = %self.name, error = %e, "the registry refuses cross-repository mounts: uploading blobs instead");
+                    }
+                }
+                Err(e) if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403 | 404)) => {
+                    tracing::debug!(registry = %self.name, %digest, error = %e, "mount not allowed: uploading the blob instead");
+                }
+                started => return started,
+            }
+        }
+        self.post_upload(repo, None).await
+    }
+
+    /// One `POST /blobs/uploads/`, with the mount query when given.
+    async fn post_upload(
         &self,
         repo: &RepositoryPath,
         mount: Option<(&Digest, &RepositoryPath)>,

@@ -1,0 +1,52 @@
+//! A registry's host description: everything that differs from one
+//! registry to the next is data here, not an `if` in the client.
+//!
+//! The description is [`crate::config::Registry`] (name, endpoint, TLS
+//! settings, where the credentials come from, the kind with its settings)
+//! and, read from its kind, the [`Quirks`]: what the registry does not do
+//! the standard way. What a registry's answers teach at run time (a 413
+//! that asks for chunks, a referrers API that is absent, mounts refused)
+//! is not configuration: the registry client keeps it beside the client
+//! (relay-oci's `learnt`), keyed by the registry's name and endpoint, so a
+//! configuration reload that rebuilds the clients does not forget it.
+//!
+//! Recipes:
+//! - a new kind is its own file under `registry_kind/` (settings, how the
+//!   fields are read, its [`Quirks`] defaults) and one arm in each match of
+//!   `registry_kind.rs` (`RegistryKind`, `KindName`, `resolve`, `name`,
+//!   `quirks`); what it does before a push is one arm of the application's
+//!   `destination::KindRuntime`, and how its client is built one arm of
+//!   `bootstrap::destination_client`.
+//! - a new quirk is one field of [`Quirks`] (documented with the answer
+//!   that reveals it), its value in each kind's defaults, and the one place
+//!   in the registry client that reads it. When the quirk can also be
+//!   learnt from an answer, the learnt flag goes in relay-oci's `learnt`,
+//!   beside the others, and is read in that same place.
+
+/// What a registry does not do the standard way, as its kind says. Every
+/// field is `true` for a registry that follows the distribution spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quirks {
+    /// A 413 to a whole blob may switch its uploads to chunks (`PATCH`).
+    /// ECR mishandles chunked uploads through the distribution API: whole
+    /// blobs only, whatever it answers. Read by the client's
+    /// `shrink_chunks`.
+    pub chunked_uploads: bool,
+    /// A blob another repository of the registry holds is asked to be
+    /// mounted (`POST …/blobs/uploads/?mount=…&from=…`) instead of sent.
+    /// A registry that refuses mounts answers 400 or 405 (or a 202
+    /// session, which is used); the first refusal is learnt as well. Read
+    /// by the client's `start_upload`.
+    pub cross_repo_mounts: bool,
+}
+
+impl Quirks {
+    /// A registry that follows the distribution spec.
+    pub const STANDARD: Quirks = Quirks { chunked_uploads: true, cross_repo_mounts: true };
+}
+
+impl Default for Quirks {
+    fn default() -> Self {
+        Quirks::STANDARD
+    }
+}
