@@ -16,10 +16,11 @@ use tracing::Instrument;
 use super::chunks::Pieces;
 use super::client::{RegistryError, UploadStart};
 use super::copy::{Copier, CopyError};
-use super::ledger::Claim;
+use super::ledger::BlobDecision;
 use super::manifest::Descriptor;
 use super::pace::{self, Paced};
 use super::resume::{self, OpenUpload};
+use super::retry::RetryBudget;
 use super::tee::{self, BlobStream, ReadFault};
 use super::verify::{Hashed, Refusal, Verified};
 use crate::repository::RepositoryPath;
@@ -70,6 +71,8 @@ impl Copier<'_> {
         }
     }
 
+    /// One blob, within its budget of failed sends ([`RetryBudget`]),
+    /// which the client's request retries and the re-opens here share.
     async fn copy_blob(
         &self,
         src_repo: &RepositoryPath,
@@ -85,53 +88,77 @@ impl Copier<'_> {
             counters.deferred.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        // Known in another repository of the destination: straight to the
-        // mount (it answers 201 as well when this one has it too).
-        let known_elsewhere = self.ledger.holder(&d.digest).is_some_and(|r| &r != dst_repo);
-        // Being uploaded by another task of this worker: no HEAD (it would
-        // answer 404 now); wait for that upload below and mount from it (a
-        // mount answers 201 as well where the blob already is).
-        let uploading = self.ledger.uploading(&d.digest);
-        if !known_elsewhere && !uploading && self.destination.blob_exists(dst_repo, &d.digest).await? {
-            self.pass(&d.digest);
-            self.ledger.record(&d.digest, dst_repo);
-            counters.skipped.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        // One upload per digest per destination at a time: a concurrent
-        // task uploading the same blob is waited for, then mounted from.
-        let mut waited = false;
-        let guard = loop {
-            match self.ledger.claim(&d.digest) {
-                Claim::Owner(g) => break g,
-                Claim::Wait(mut rx) => {
-                    waited = true;
-                    let _ = rx.wait_for(|done| *done).await;
+        let budget = self.retry.blob_budget();
+        budget.scope(self.place_blob(src_repo, dst_repo, d, counters, &budget)).await
+    }
+
+    /// Does what the ledger decides for `d`: nothing where it is, a mount
+    /// from where it is known, an upload otherwise — one upload per digest
+    /// per destination at a time, a concurrent task's being waited for and
+    /// then mounted from.
+    async fn place_blob(
+        &self,
+        src_repo: &RepositoryPath,
+        dst_repo: &RepositoryPath,
+        d: &Descriptor,
+        counters: &Arc<Counters>,
+        budget: &RetryBudget,
+    ) -> Result<(), CopyError> {
+        let mut decision = self.ledger.decide(&d.digest, dst_repo);
+        let (owner, mount_from) = loop {
+            match decision {
+                BlobDecision::Wait(waiting) => decision = waiting.finished().await,
+                BlobDecision::Present => {
+                    self.skipped(&d.digest, counters);
+                    return Ok(());
                 }
+                BlobDecision::Check(owner) => {
+                    if self.destination.blob_exists(dst_repo, &d.digest).await? {
+                        owner.done(dst_repo);
+                        self.skipped(&d.digest, counters);
+                        return Ok(());
+                    }
+                    break (owner, None);
+                }
+                BlobDecision::MountFrom(from, owner) => break (owner, Some(from)),
+                BlobDecision::Upload(owner) => break (owner, None),
             }
         };
-        let holder = self.ledger.holder(&d.digest);
-        if waited && holder.as_ref() == Some(dst_repo) {
-            self.pass(&d.digest);
-            counters.skipped.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        let mut mount_from = holder.filter(|r| r != dst_repo);
+        let kind = self.send_blob(src_repo, dst_repo, d, mount_from, counters, budget).await?;
+        let counter = match kind {
+            UploadKind::Mounted => &counters.mounted,
+            UploadKind::Streamed => &counters.copied,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        resume::placed();
+        owner.done(dst_repo);
+        Ok(())
+    }
+
+    /// A blob the destination has: counted, and the fan-out told.
+    fn skipped(&self, digest: &crate::digest::Digest, counters: &Counters) {
+        self.pass(digest);
+        counters.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Uploads (or mounts) `d`, starting over with the source re-opened
+    /// after a transient failure while the policy's attempts and the blob's
+    /// budget last, and the wait fits before the deadline.
+    async fn send_blob(
+        &self,
+        src_repo: &RepositoryPath,
+        dst_repo: &RepositoryPath,
+        d: &Descriptor,
+        mut mount_from: Option<RepositoryPath>,
+        counters: &Arc<Counters>,
+        budget: &RetryBudget,
+    ) -> Result<UploadKind, CopyError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let chunks_used = self.destination.chunk_size();
             match self.upload_blob(src_repo, dst_repo, d, mount_from.take(), counters).await {
-                Ok(kind) => {
-                    let counter = match kind {
-                        UploadKind::Mounted => &counters.mounted,
-                        UploadKind::Streamed => &counters.copied,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    resume::placed();
-                    guard.done(dst_repo);
-                    return Ok(());
-                }
+                Ok(kind) => return Ok(kind),
                 // Too large for one request (a proxy's body limit): chunks,
                 // or smaller chunks, then the same blob again at once.
                 Err(e)
@@ -143,11 +170,12 @@ impl Copier<'_> {
                 Err(e)
                     if e.is_transient()
                         && attempt < self.retry.attempts
-                        && pace::wait_fits(self.retry.delay(attempt, None)) =>
+                        && pace::wait_fits(self.retry.delay(attempt, None))
+                        && budget.spend() =>
                 {
                     counters.retries.fetch_add(1, Ordering::Relaxed);
                     let wait = self.retry.delay(attempt, None);
-                    tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "blob copy failed, re-opening the source");
+                    tracing::warn!(error = %e, attempt, failed_sends = budget.failed(), wait_ms = wait.as_millis() as u64, "blob copy failed, re-opening the source");
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => return Err(e.into()),

@@ -37,12 +37,37 @@ struct Entry {
     in_flight: Option<watch::Receiver<bool>>,
 }
 
-/// The caller's part in a blob's upload.
-pub enum Claim<'a> {
-    /// Upload it; tell the ledger how it went through the guard.
-    Owner(OwnerGuard<'a>),
-    /// Another task is uploading it: wait, then mount from where it landed.
-    Wait(watch::Receiver<bool>),
+/// What a task does with one blob at one destination repository, as far
+/// as this worker knows: one answer instead of a lookup, a claim and a
+/// record in turn. Every variant but [`BlobDecision::Present`] and
+/// [`BlobDecision::Wait`] makes the caller the blob's one uploader in this
+/// worker until its guard is done or dropped.
+pub enum BlobDecision<'a> {
+    /// Another task of this worker just put it in this repository: nothing
+    /// to send.
+    Present,
+    /// Nothing known, or only that this repository held it once (a hint
+    /// from an earlier task, not trusted alone): ask the destination
+    /// (`HEAD`), then upload if it lacks it.
+    Check(OwnerGuard<'a>),
+    /// Another repository of the destination holds it: mount from there
+    /// (a mount answers 201 where the blob already is, too; a declined one
+    /// is an upload session).
+    MountFrom(RepositoryPath, OwnerGuard<'a>),
+    /// An upload of this worker failed meanwhile, the destination was not
+    /// found holding it before: upload it, no question asked.
+    Upload(OwnerGuard<'a>),
+    /// Another task of this worker is uploading it: wait for that upload
+    /// ([`Waiting::finished`]), which decides again.
+    Wait(Waiting<'a>),
+}
+
+/// A task waiting for another's upload of a blob.
+pub struct Waiting<'a> {
+    ledger: &'a BlobLedger,
+    digest: Digest,
+    repo: RepositoryPath,
+    rx: watch::Receiver<bool>,
 }
 
 /// Held by the uploading task. Dropping it without [`OwnerGuard::done`]
@@ -71,39 +96,56 @@ impl BlobLedger {
         }
     }
 
-    /// A repository known to hold `digest`, to mount from.
-    pub fn holder(&self, digest: &Digest) -> Option<RepositoryPath> {
-        self.entries.lock().expect("ledger lock").get(digest).and_then(|e| e.holder.clone())
+    /// What to do with `digest` for `repo`: see [`BlobDecision`].
+    pub fn decide(&self, digest: &Digest, repo: &RepositoryPath) -> BlobDecision<'_> {
+        self.decision(digest, repo, false)
+    }
+
+    /// Decides for `digest` and `repo`; `waited` when the caller has just
+    /// waited for another task's upload of it (then what that upload
+    /// recorded is fresh enough to trust).
+    fn decision(&self, digest: &Digest, repo: &RepositoryPath, waited: bool) -> BlobDecision<'_> {
+        let mut entries = self.entries.lock().expect("ledger lock");
+        if entries.len() >= MAX_ENTRIES && !entries.contains_key(digest) {
+            entries.retain(|_, e| e.in_flight.is_some());
+        }
+        let entry = entries.entry(digest.clone()).or_default();
+        // has_changed() errs once the owner is gone: then take over.
+        if let Some(rx) = entry.in_flight.as_ref().filter(|rx| rx.has_changed().is_ok()) {
+            let (digest, repo, rx) = (digest.clone(), repo.clone(), rx.clone());
+            return BlobDecision::Wait(Waiting { ledger: self, digest, repo, rx });
+        }
+        let holder = entry.holder.clone();
+        if waited && holder.as_ref() == Some(repo) {
+            return BlobDecision::Present;
+        }
+        let (tx, rx) = watch::channel(false);
+        entry.in_flight = Some(rx);
+        let owner = OwnerGuard { ledger: self, digest: digest.clone(), tx };
+        match holder {
+            Some(from) if &from != repo => BlobDecision::MountFrom(from, owner),
+            _ if waited => BlobDecision::Upload(owner),
+            _ => BlobDecision::Check(owner),
+        }
     }
 
     /// Records that `repo` holds `digest` (seen by HEAD, mount or upload).
-    pub fn record(&self, digest: &Digest, repo: &RepositoryPath) {
+    fn record(&self, digest: &Digest, repo: &RepositoryPath) {
         let mut entries = self.entries.lock().expect("ledger lock");
         if entries.len() >= MAX_ENTRIES {
             entries.retain(|_, e| e.in_flight.is_some());
         }
         entries.entry(digest.clone()).or_default().holder = Some(repo.clone());
     }
+}
 
-    /// Whether another task of this worker is uploading `digest` right now.
-    pub fn uploading(&self, digest: &Digest) -> bool {
-        let entries = self.entries.lock().expect("ledger lock");
-        entries.get(digest).and_then(|e| e.in_flight.as_ref()).is_some_and(|rx| rx.has_changed().is_ok())
-    }
-
-    /// Claims the upload of `digest`, unless another task has it in flight.
-    pub fn claim(&self, digest: &Digest) -> Claim<'_> {
-        let mut entries = self.entries.lock().expect("ledger lock");
-        let entry = entries.entry(digest.clone()).or_default();
-        if let Some(rx) = &entry.in_flight {
-            // has_changed() errs once the owner is gone: then take over.
-            if rx.has_changed().is_ok() {
-                return Claim::Wait(rx.clone());
-            }
-        }
-        let (tx, rx) = watch::channel(false);
-        entry.in_flight = Some(rx);
-        Claim::Owner(OwnerGuard { ledger: self, digest: digest.clone(), tx })
+impl<'a> Waiting<'a> {
+    /// Waits for the other task's upload to end (done or failed), then
+    /// decides again: present if it landed in this repository, mounted if
+    /// elsewhere, uploaded by this task if it failed.
+    pub async fn finished(mut self) -> BlobDecision<'a> {
+        let _ = self.rx.wait_for(|done| *done).await;
+        self.ledger.decision(&self.digest, &self.repo, true)
     }
 }
 
@@ -136,35 +178,72 @@ mod tests {
         s.parse().unwrap()
     }
 
-    #[tokio::test]
-    async fn second_claim_waits_for_the_first() {
-        let ledger = BlobLedger::default();
-        let Claim::Owner(owner) = ledger.claim(&d("a")) else { panic!("first claim owns") };
-        assert!(ledger.uploading(&d("a")));
-        let Claim::Wait(mut rx) = ledger.claim(&d("a")) else { panic!("second claim waits") };
-        owner.done(&r("p/one"));
-        assert!(!ledger.uploading(&d("a")), "done");
-        assert!(rx.wait_for(|v| *v).await.is_ok());
-        assert_eq!(ledger.holder(&d("a")), Some(r("p/one")));
+    /// The decision's name, the repository it mounts from, and whether it
+    /// made the caller the uploader.
+    fn shape(decision: &BlobDecision<'_>) -> (&'static str, Option<String>) {
+        match decision {
+            BlobDecision::Present => ("present", None),
+            BlobDecision::Check(_) => ("check", None),
+            BlobDecision::MountFrom(from, _) => ("mount", Some(from.to_string())),
+            BlobDecision::Upload(_) => ("upload", None),
+            BlobDecision::Wait(_) => ("wait", None),
+        }
     }
 
-    #[tokio::test]
-    async fn a_failed_owner_releases_waiters() {
-        let ledger = BlobLedger::default();
-        let Claim::Owner(owner) = ledger.claim(&d("a")) else { panic!() };
-        let Claim::Wait(mut rx) = ledger.claim(&d("a")) else { panic!() };
-        drop(owner);
-        assert!(rx.wait_for(|v| *v).await.is_err(), "closed, not done");
-        assert!(!ledger.uploading(&d("a")), "a failed upload is no longer in flight");
-        assert!(matches!(ledger.claim(&d("a")), Claim::Owner(_)), "the next task may try");
+    fn owner(decision: BlobDecision<'_>) -> OwnerGuard<'_> {
+        match decision {
+            BlobDecision::Check(g) | BlobDecision::MountFrom(_, g) | BlobDecision::Upload(g) => g,
+            other => panic!("not an owner: {:?}", shape(&other)),
+        }
     }
 
     #[test]
-    fn holder_survives_a_new_claim() {
+    fn one_decision_per_blob_from_what_the_worker_knows() {
+        let ledger = BlobLedger::default();
+        assert_eq!(shape(&ledger.decide(&d("new"), &r("p/a"))), ("check", None), "nothing known: HEAD first");
+
+        ledger.record(&d("held"), &r("p/b"));
+        assert_eq!(shape(&ledger.decide(&d("held"), &r("p/a"))), ("mount", Some("p/b".into())), "repo B holds it");
+
+        ledger.record(&d("here"), &r("p/a"));
+        assert_eq!(
+            shape(&ledger.decide(&d("here"), &r("p/a"))),
+            ("check", None),
+            "a hint from an earlier task is checked, not trusted"
+        );
+
+        let _uploading = owner(ledger.decide(&d("busy"), &r("p/b")));
+        assert_eq!(shape(&ledger.decide(&d("busy"), &r("p/a"))), ("wait", None), "in flight elsewhere: wait");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_mounts_from_where_the_upload_landed() {
+        let ledger = BlobLedger::default();
+        let uploader = owner(ledger.decide(&d("a"), &r("p/one")));
+        let BlobDecision::Wait(elsewhere) = ledger.decide(&d("a"), &r("p/two")) else { panic!("second waits") };
+        let BlobDecision::Wait(same) = ledger.decide(&d("a"), &r("p/one")) else { panic!("third waits") };
+        uploader.done(&r("p/one"));
+        assert_eq!(shape(&elsewhere.finished().await), ("mount", Some("p/one".into())));
+        assert_eq!(shape(&same.finished().await), ("present", None), "just put there: no HEAD");
+    }
+
+    #[tokio::test]
+    async fn a_failed_upload_lets_a_waiter_upload_without_asking_again() {
+        let ledger = BlobLedger::default();
+        let uploader = owner(ledger.decide(&d("a"), &r("p/one")));
+        let BlobDecision::Wait(waiting) = ledger.decide(&d("a"), &r("p/one")) else { panic!() };
+        drop(uploader);
+        let next = waiting.finished().await;
+        assert_eq!(shape(&next), ("upload", None));
+        assert_eq!(shape(&ledger.decide(&d("a"), &r("p/two"))), ("wait", None), "still one upload at a time");
+    }
+
+    #[test]
+    fn a_holder_survives_a_new_upload() {
         let ledger = BlobLedger::default();
         ledger.record(&d("a"), &r("p/one"));
-        let Claim::Owner(_g) = ledger.claim(&d("a")) else { panic!() };
-        assert_eq!(ledger.holder(&d("a")), Some(r("p/one")));
-        assert!(matches!(ledger.claim(&d("a")), Claim::Wait(_)), "still one upload at a time");
+        let g = owner(ledger.decide(&d("a"), &r("p/one")));
+        drop(g);
+        assert_eq!(shape(&ledger.decide(&d("a"), &r("p/two"))), ("mount", Some("p/one".into())));
     }
 }

@@ -1,5 +1,9 @@
-//! When and how long to wait before trying a registry request again.
+//! When and how long to wait before trying a registry request again, and
+//! how many failed sends one blob may cost in all ([`RetryBudget`]).
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
@@ -44,6 +48,76 @@ impl RetryPolicy {
     }
 }
 
+/// A blob's failed sends may number this many times a request's
+/// attempts, all layers together: a blob is a few requests (HEAD, POST,
+/// the source's GET, PUT) and each may fail once or twice, but one that
+/// keeps failing stops the blob at this bound, not at attempts × re-opens.
+const BLOB_ATTEMPTS_FACTOR: u32 = 2;
+
+impl RetryPolicy {
+    /// The budget of one blob: with the default policy, 10 sends of
+    /// failing requests at most (where the client's retries inside the
+    /// copy's re-opens once allowed 5 × 5), whichever layer tries again.
+    pub fn blob_budget(&self) -> Arc<RetryBudget> {
+        Arc::new(RetryBudget::new(self.attempts.saturating_mul(BLOB_ATTEMPTS_FACTOR)))
+    }
+}
+
+tokio::task_local! {
+    /// The budget the running blob spends, when there is one.
+    static BUDGET: Arc<RetryBudget>;
+}
+
+/// Failed sends one unit of work (a blob) may cost in all. Two layers try
+/// again — the client resends a request that failed
+/// ([`RetryPolicy::attempts`] times at most), the copy re-opens the source
+/// and starts the blob over — and both spend from this one count, so a
+/// request that keeps failing is sent at most [`RetryBudget::sends`] times
+/// for the blob whichever layer retries. Each failed send is counted once,
+/// by the layer that decides whether to try again: the client while its
+/// own attempts last, the copy for what the client gave back.
+#[derive(Debug)]
+pub struct RetryBudget {
+    sends: u32,
+    failed: AtomicU32,
+}
+
+impl RetryBudget {
+    pub fn new(sends: u32) -> Self {
+        RetryBudget { sends, failed: AtomicU32::new(0) }
+    }
+
+    /// Failed sends allowed in all.
+    pub fn sends(&self) -> u32 {
+        self.sends
+    }
+
+    /// Failed sends counted so far.
+    pub fn failed(&self) -> u32 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Counts one failed send; whether another send may follow it.
+    pub fn spend(&self) -> bool {
+        self.failed.fetch_add(1, Ordering::Relaxed).saturating_add(1) < self.sends
+    }
+
+    /// Runs `f` with this budget as the one the registry client's retries
+    /// spend from.
+    pub async fn scope<F: Future>(self: &Arc<Self>, f: F) -> F::Output {
+        BUDGET.scope(self.clone(), f).await
+    }
+}
+
+/// Whether a request that failed on its try number `tried` may be sent
+/// again: within the policy's attempts and, inside a blob, its budget's
+/// (which this failed send is counted in). Past the policy's attempts the
+/// failure is not counted here: the caller that gets it back decides, and
+/// counts it.
+pub fn may_send_again(policy: &RetryPolicy, tried: u32) -> bool {
+    tried < policy.attempts && BUDGET.try_with(|b| b.spend()).unwrap_or(true)
+}
+
 /// Statuses worth another try: timeouts, throttling, server errors.
 pub fn is_retryable(status: StatusCode) -> bool {
     status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
@@ -83,6 +157,35 @@ mod tests {
             assert!(d >= step / 2 && d <= step, "retry {retry}: {d:?}");
         }
         assert_eq!(p.delay(1, Some(Duration::from_secs(3600))), p.max_retry_after);
+    }
+
+    #[test]
+    fn a_budget_allows_its_sends_and_no_more() {
+        let b = RetryBudget::new(3);
+        assert!(b.spend(), "1st failed send: a 2nd may follow");
+        assert!(b.spend(), "2nd: a 3rd may follow");
+        assert!(!b.spend(), "3rd: the budget is spent");
+        assert!(!b.spend());
+        assert_eq!(b.failed(), 4);
+    }
+
+    #[tokio::test]
+    async fn request_retries_spend_the_running_blobs_budget() {
+        let p = RetryPolicy { attempts: 5, ..RetryPolicy::default() };
+        assert!(may_send_again(&p, 4) && !may_send_again(&p, 5), "outside a blob: the policy's attempts");
+        let budget = Arc::new(RetryBudget::new(3));
+        budget
+            .scope(async {
+                assert!(may_send_again(&p, 1));
+                assert!(may_send_again(&p, 2));
+                assert!(!may_send_again(&p, 3), "the blob's budget ends first");
+                assert!(!may_send_again(&p, 1), "and stays spent for its other requests");
+            })
+            .await;
+        assert_eq!(budget.failed(), 4);
+        let past_attempts = Arc::new(RetryBudget::new(10));
+        past_attempts.scope(async { assert!(!may_send_again(&p, 5)) }).await;
+        assert_eq!(past_attempts.failed(), 0, "past its attempts the client leaves the count to its caller");
     }
 
     #[test]

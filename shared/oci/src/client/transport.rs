@@ -17,7 +17,7 @@ use url::{Host, Url};
 use super::super::auth::Challenge;
 use super::super::chunks::BoxError;
 use super::super::pace;
-use super::super::retry::{is_retryable, parse_retry_after};
+use super::super::retry::{is_retryable, may_send_again, parse_retry_after};
 use super::authorize::same_origin;
 use super::error::{is_certificate, oci_errors, redact};
 use super::{header_str, RegistryClient, RegistryError};
@@ -116,7 +116,7 @@ impl RegistryClient {
             retry += 1;
             let (resp, sent) = match outcome {
                 Ok(answered) => answered,
-                Err(e) if retry < self.retry.attempts && pace::wait_fits(self.retry.delay(retry, None)) => {
+                Err(e) if pace::wait_fits(self.retry.delay(retry, None)) && may_send_again(&self.retry, retry) => {
                     tracing::warn!(registry = %self.name, %method, path = url.path(), error = %e, retry, "request failed, retrying");
                     tokio::time::sleep(self.retry.delay(retry, None)).await;
                     continue;
@@ -138,7 +138,8 @@ impl RegistryClient {
                 let wait = self.retry.delay(retry, after);
                 // A wait past the task's deadline is not taken: the answer
                 // goes back, and its Retry-After to the message's backoff.
-                if !pace::wait_fits(wait) {
+                // Nor is a send past the blob's budget.
+                if !pace::wait_fits(wait) || !may_send_again(&self.retry, retry) {
                     return Ok(resp);
                 }
                 tracing::warn!(registry = %self.name, %method, path = url.path(), status = status.as_u16(), wait_ms = wait.as_millis() as u64, retry, "registry asked to retry");
