@@ -1,12 +1,13 @@
 //! `relay`: the operator's CLI. Thin over `relay::ops`; one module per
 //! command under `commands/`.
 //!
-//!   relay check --config F                      test the source and every destination
+//!   relay check --config F [--offline]          test the source and every destination
 //!   relay replicate --config F [--dry-run] SEL  enqueue copy tasks for what the rules match
 //!   relay reconcile --config F [--dry-run]      one reconcile pass (drift repair)
 //!   relay dlq --list | --redrive                show / re-queue dead-lettered tasks
 //!   relay status                                copy queue and DLQ depth
 //!   relay harbor webhooks --endpoint URL        keep Harbor's webhook policies pointed at the relay
+//!   relay harbor import --harbor URL            a configuration from Harbor's replication policies
 //!   relay history [filters] [FILE | --stack S]  per event: each destination's outcome, from the logs
 //!
 //! Queue URLs come from --queue-url / RELAY_QUEUE_URL (the DLQ from the
@@ -52,6 +53,9 @@ enum Command {
         /// The configuration: a file path, or `ssm:<parameter>` as the functions read it.
         #[arg(long, env = "RELAY_CONFIG")]
         config: String,
+        /// The configuration alone: read and validated, no secret read, no registry asked.
+        #[arg(long)]
+        offline: bool,
     },
     /// Harbor's manual trigger: list the source and enqueue copy tasks for what the rules match.
     Replicate {
@@ -137,6 +141,11 @@ enum HarborCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write a relay configuration from Harbor's own replication set-up: each push-based
+    /// replication policy becomes a rule, each registry endpoint it uses a destination; what
+    /// cannot be carried over (pull-based policies, other endpoint types, filters the relay has
+    /// not) is reported, never dropped silently. `--output json` prints the whole report.
+    Import(commands::harbor_import::ImportArgs),
 }
 
 /// The SSM parameter tiers `relay config-push` may store into.
@@ -256,7 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let secrets = SecretSource::from_process(Some(secrets_manager));
     let output = cli.output;
     match cli.command {
-        Command::Check { config } => commands::check::run(&secrets, output, config).await,
+        Command::Check { config, offline } => commands::check::run(&secrets, output, config, offline).await,
         Command::ConfigPush { file, parameter, tier } => {
             commands::config_push::run(output, file, parameter, tier).await
         }
@@ -266,6 +275,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Harbor { command: HarborCommand::Webhooks { config, endpoint, name, payload_format, dry_run } } => {
             commands::harbor::run(&secrets, output, config, endpoint, name, payload_format, dry_run).await
         }
+        Command::Harbor { command: HarborCommand::Import(args) } => commands::harbor_import::run(output, args).await,
         Command::History(args) => commands::history::run(output, args).await,
         Command::Reconcile { target } => commands::reconcile::run(sqs, &secrets, output, target).await,
         Command::Dlq { list, redrive: _, queue_url, dlq_url } => {

@@ -8,6 +8,7 @@ pub mod app;
 pub mod aws_calls;
 pub mod fake;
 pub mod harbor;
+pub mod harbor_replication;
 pub mod iam;
 pub mod image;
 pub mod lambda;

@@ -8,6 +8,7 @@ pub(crate) mod check;
 pub(crate) mod config_push;
 pub(crate) mod dlq;
 pub(crate) mod harbor;
+pub(crate) mod harbor_import;
 pub(crate) mod history;
 pub(crate) mod reconcile;
 pub(crate) mod replicate;

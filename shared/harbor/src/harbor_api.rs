@@ -192,6 +192,20 @@ impl HarborApi {
         self.paged(&format!("/api/v2.0/projects/{}/webhook/policies", project.project_id), &[]).await
     }
 
+    /// Harbor's registry endpoints (`GET /registries`, paginated): a system
+    /// administrator's, or a robot's with the system right to list
+    /// registries. Harbor answers without the stored secrets.
+    pub async fn registries(&self) -> Result<Vec<crate::replication::HarborRegistry>, HarborApiError> {
+        self.paged("/api/v2.0/registries", &[]).await
+    }
+
+    /// Harbor's replication policies (`GET /replication/policies`,
+    /// paginated): the same account as [`HarborApi::registries`], with the
+    /// right to list replication policies.
+    pub async fn replication_policies(&self) -> Result<Vec<crate::replication::ReplicationPolicy>, HarborApiError> {
+        self.paged("/api/v2.0/replication/policies", &[]).await
+    }
+
     /// Creates `policy` in `project` (no `id`) or replaces the one with
     /// that `id`.
     pub async fn save_webhook_policy<P: serde::Serialize>(

@@ -2,7 +2,8 @@
 //! artifacts with their tags, labels, type and accessories (`harbor_api`),
 //! with bounded bodies, retries and a robot secret read again after a
 //! rotation; and the webhook policies the relay keeps in Harbor's projects
-//! (`harbor_webhooks`). Over the domain, the registry client's transport
+//! (`harbor_webhooks`); Harbor's own replication set-up (`replication`) and
+//! its import as a relay configuration (`import`). Over the domain, the registry client's transport
 //! and the AWS side's secrets; nothing here runs a copy.
 
 // The lower crates' modules, where this crate's modules have always found
@@ -14,3 +15,5 @@ pub(crate) use relay_oci::tls;
 
 pub mod harbor_api;
 pub mod harbor_webhooks;
+pub mod import;
+pub mod replication;

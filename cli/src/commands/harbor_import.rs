@@ -1,0 +1,103 @@
+//! `relay harbor import`: Harbor's registry endpoints and replication policies, read through its
+//! API, written as a relay configuration with a report of what was and was not imported.
+
+use super::*;
+
+/// Where Harbor is and who reads it.
+#[derive(clap::Args)]
+pub(crate) struct ImportArgs {
+    /// The Harbor whose replication set-up is imported (its URL, as `source.url` will hold it).
+    #[arg(long, env = "RELAY_HARBOR_URL")]
+    harbor: url::Url,
+    /// A Harbor system administrator, or a robot account with the system rights to list
+    /// registries and replication policies.
+    #[arg(long)]
+    username: String,
+    /// The environment variable holding that account's password (never a flag: flags show in
+    /// process listings and shell history).
+    #[arg(long, default_value = "HARBOR_PASSWORD")]
+    password_env: String,
+    /// The AWS account of ECR endpoints that Harbor names by their API host
+    /// (`api.ecr.<region>.amazonaws.com`); without it such endpoints are reported, not imported.
+    #[arg(long)]
+    ecr_account: Option<String>,
+    /// Prefix of the Secrets Manager secret names the configuration refers to.
+    #[arg(long, default_value = "harbor-relay")]
+    secret_prefix: String,
+    /// Write the configuration to this file instead of standard output (with `--output json`,
+    /// standard output carries the report).
+    #[arg(long)]
+    file: Option<std::path::PathBuf>,
+    /// Do not verify Harbor's TLS certificate (a lab Harbor).
+    #[arg(long)]
+    insecure: bool,
+}
+
+pub(crate) async fn run(output: Output, args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let password = std::env::var(&args.password_env)
+        .with_context(|| format!("{} must hold the password of {}", args.password_env, args.username))?;
+    let credentials = relay::registry::Credentials { username: args.username.clone(), password };
+    let api = relay::harbor_api::HarborApi::new(
+        args.harbor.clone(),
+        Some(credentials),
+        args.insecure,
+        None,
+        Duration::from_secs(30),
+    )?;
+    let refused = |what: &str, e: relay::harbor_api::HarborApiError| {
+        match e {
+        relay::harbor_api::HarborApiError::Status(401) => {
+            anyhow::anyhow!("Harbor refused the credentials of {} (401)", args.username)
+        }
+        relay::harbor_api::HarborApiError::Status(403) => anyhow::anyhow!(
+            "{} may not list {what} (403): use a system administrator, or a robot account with the system rights to list registries and replication policies",
+            args.username
+        ),
+        e => anyhow::anyhow!("reading Harbor's {what}: {e}"),
+    }
+    };
+    let registries = api.registries().await.map_err(|e| refused("registries", e))?;
+    let policies = api.replication_policies().await.map_err(|e| refused("replication policies", e))?;
+    let options = relay::harbor_import::ImportOptions {
+        ecr_account: args.ecr_account,
+        secret_prefix: args.secret_prefix,
+        ..relay::harbor_import::ImportOptions::new(args.harbor)
+    };
+    let imported = relay::harbor_import::import(&registries, &policies, &options);
+    // What is written must load: a failure here is the import's, not the user's.
+    relay::Config::parse(&imported.configuration)
+        .context("the imported configuration does not load (please report this with the policies' shapes)")?;
+    if let Some(file) = &args.file {
+        std::fs::write(file, &imported.configuration).with_context(|| format!("cannot write {}", file.display()))?;
+    }
+    let text = || {
+        if args.file.is_none() {
+            return imported.configuration.clone();
+        }
+        let mut t = String::new();
+        for p in &imported.policies {
+            let verdict = p.rule.as_ref().map_or("not imported".to_owned(), |r| format!("rule {r}"));
+            t += &format!("policy {:<4} {:<32} {:<12} {verdict}\n", p.id, p.name, p.trigger);
+            for n in &p.notes {
+                t += &format!("    {n}\n");
+            }
+        }
+        for r in &imported.registries {
+            let verdict = r.registry.as_ref().map_or("not imported".to_owned(), |n| format!("registry {n}"));
+            t += &format!("registry {:<4} {:<30} {:<16} {verdict}\n", r.id, r.name, r.harbor_type);
+            for n in &r.notes {
+                t += &format!("    {n}\n");
+            }
+        }
+        t += "secrets to create:\n";
+        for s in &imported.secrets {
+            t += &format!("    {}: {}\n", s.secret_id, s.value);
+        }
+        if let Some(s) = &imported.reconcile_schedule {
+            t += &format!("deploy with ReconcileSchedule={s:?}\n");
+        }
+        t + &format!("written: {}\n", args.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default())
+    };
+    output.print(text, serde_json::to_value(&imported)?);
+    Ok(ExitCode::SUCCESS)
+}
