@@ -3,7 +3,7 @@
 //! uploads, mounts, manifests by tag and digest, optional Bearer tokens)
 //! where a test scripts failures — statuses with `Retry-After`, connection
 //! resets mid-body, slow bodies, corrupt blobs, expiring tokens, mounts
-//! answered with 202, a destination that does not check blob digests —
+//! answered with 202 or refused, a destination that does not check blob digests —
 //! and counts the requests it served. A request whose body breaks off (the
 //! client gave it up) changes nothing, as in a real registry. As a source
 //! it stands in for a Harbor: its REST API (artifacts with labels, the
@@ -150,6 +150,11 @@ struct Store {
     /// Some(valid tokens) when Bearer auth is on.
     tokens: Option<Vec<String>>,
     mount_202: bool,
+    /// Mount requests are refused with this status and body (a registry
+    /// that does not mount across repositories).
+    mount_refusal: Option<(u16, &'static str)>,
+    /// Upload `POST`s that asked to mount a blob.
+    mount_requests: usize,
     /// Commit an upload under whatever digest the client names, without
     /// hashing it (a registry that leaves the check to its clients).
     any_digest: bool,
@@ -273,6 +278,17 @@ impl FakeRegistry {
     /// Mount requests are declined with an upload session (202).
     pub fn decline_mounts(&self) {
         self.store.lock().unwrap().mount_202 = true;
+    }
+
+    /// Mount requests are refused with `status` and `body` (a registry
+    /// that does not mount across repositories: 405 with `UNSUPPORTED`).
+    pub fn refuse_mounts(&self, status: u16, body: &'static str) {
+        self.store.lock().unwrap().mount_refusal = Some((status, body));
+    }
+
+    /// Upload `POST`s that asked to mount a blob, refused or not.
+    pub fn mount_requests(&self) -> usize {
+        self.store.lock().unwrap().mount_requests
     }
 
     /// Uploads are committed under the digest the final `PUT` names,
@@ -677,6 +693,11 @@ async fn answer(store: Arc<Mutex<Store>>, base: String, req: Request) -> Respons
         }
         Op::StartUpload => {
             if let (Some(d), Some(from)) = (q.get("mount"), q.get("from")) {
+                s.mount_requests += 1;
+                if let Some((code, body)) = s.mount_refusal {
+                    let json = [("content-type", "application/json")];
+                    return (StatusCode::from_u16(code).unwrap(), json, body).into_response();
+                }
                 let known = s.links.get(from).is_some_and(|l| l.contains(d));
                 if known && !s.mount_202 {
                     s.links.entry(repo.clone()).or_default().insert(d.clone());
