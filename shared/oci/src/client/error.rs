@@ -37,6 +37,11 @@ pub enum RegistryError {
     Reauthenticate { registry: String, path: String },
     #[error("{registry}: token request failed: {reason}")]
     Token { registry: String, reason: String },
+    /// The registry's challenge names a token service the credentials may
+    /// not go to (plain http elsewhere than the registry, not listed in
+    /// `token_realms`): no retry changes that.
+    #[error("{registry}: token realm {realm} refused: a realm must be https or this registry's own origin (list it in token_realms to trust it)")]
+    UntrustedRealm { registry: String, realm: String },
     #[error("{registry}: {what} {digest} has digest {actual} (refusing to copy it)")]
     DigestMismatch { registry: String, what: &'static str, digest: Digest, actual: Digest },
     #[error("{registry}: {reference} is larger than {limit} bytes")]
@@ -68,6 +73,7 @@ impl RegistryError {
             | RegistryError::Denied { registry, .. }
             | RegistryError::Reauthenticate { registry, .. }
             | RegistryError::Token { registry, .. }
+            | RegistryError::UntrustedRealm { registry, .. }
             | RegistryError::DigestMismatch { registry, .. }
             | RegistryError::TooLarge { registry, .. }
             | RegistryError::Protocol { registry, .. }

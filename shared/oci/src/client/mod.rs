@@ -3,8 +3,9 @@
 //! blob bodies. Speaks only to the registry it was built for.
 //!
 //! Where things are: `transport` sends requests (authentication, retries,
-//! bounded reads, errors), `authorize` holds the credentials, the learnt
-//! challenge and the token flow, `listing` the paginated catalog and tag
+//! bounded reads, errors), `authorize` the layer it asks once per request
+//! for the `Authorization` (credentials, the learnt challenge, tokens, the
+//! realm checks), `listing` the paginated catalog and tag
 //! lists, `manifests` manifests and referrers, `uploads` blob reads and
 //! upload sessions, `learnt` what a registry's answers taught at run time
 //! (whole blobs refused → chunks; no referrers API → tag schema; mounts
@@ -13,7 +14,7 @@
 //! host description (relay-domain's `host::Quirks`), read here in the one
 //! place each quirk changes; the recipe for a new one is in that module.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use relay_domain::host::Quirks;
@@ -34,6 +35,7 @@ mod manifests;
 mod transport;
 mod uploads;
 
+pub use authorize::{Authorization, Authorizer, TokenRequest};
 pub use error::{OciError, OciErrorCode, RegistryError};
 pub use learnt::Learnt;
 pub use manifests::Pushed;
@@ -59,13 +61,12 @@ pub struct RegistryClient {
     base: Url,
     role: Role,
     http: reqwest::Client,
-    /// Replaced when the worker re-reads a rotated secret.
-    credentials: std::sync::RwLock<Option<Credentials>>,
-    /// See [`ClientOptions::token_realms`].
+    /// See [`ClientOptions::token_realms`]: hosts a redirect may lead to.
     token_realms: Vec<Url>,
     request_timeout: Duration,
     min_throughput: MinThroughput,
-    auth: Mutex<authorize::AuthState>,
+    /// Whose credentials go where: asked once per request.
+    auth: Authorizer,
     retry: RetryPolicy,
     /// Requests sent to this registry (token requests excluded): for
     /// metrics and the request budgets of the benchmarks.
@@ -135,16 +136,16 @@ impl RegistryClient {
         let http = crate::tls::configure(builder, options.insecure, options.ca_pem.as_deref())?.build()?;
         let name = name.into();
         let learnt = Learnt::of(&name, &base);
+        let auth = Authorizer::new(name.clone(), base.clone(), options.token_realms.clone(), credentials);
         Ok(RegistryClient {
             name,
             base,
             role,
             http,
-            credentials: std::sync::RwLock::new(credentials),
+            auth,
             token_realms: options.token_realms,
             request_timeout: options.request_timeout,
             min_throughput: options.min_throughput,
-            auth: Mutex::new(authorize::AuthState::default()),
             retry: options.retry,
             requests: Default::default(),
             quirks: options.quirks,
