@@ -46,6 +46,12 @@ pub enum RegistryError {
     DigestMismatch { registry: String, what: &'static str, digest: Digest, actual: Digest },
     #[error("{registry}: {reference} is larger than {limit} bytes")]
     TooLarge { registry: String, reference: String, limit: usize },
+    /// An answer of the registry the client cannot use, by what it was
+    /// ([`Answer`]): the registry answers the same next time.
+    #[error("{registry}: {reason}")]
+    Malformed { registry: String, answer: Answer, reason: String },
+    /// Another answer that breaks the protocol, found by the copy engine
+    /// (a blob's range, a tag that should hold an index).
     #[error("{registry}: {reason}")]
     Protocol { registry: String, reason: String },
     /// A redirect the client will not follow (from https to http, to a
@@ -76,6 +82,7 @@ impl RegistryError {
             | RegistryError::UntrustedRealm { registry, .. }
             | RegistryError::DigestMismatch { registry, .. }
             | RegistryError::TooLarge { registry, .. }
+            | RegistryError::Malformed { registry, .. }
             | RegistryError::Protocol { registry, .. }
             | RegistryError::Redirect { registry, .. } => registry,
         }
@@ -128,6 +135,21 @@ impl RegistryError {
             _ => false,
         }
     }
+}
+
+/// What a malformed answer was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// An upload session's `Location`: none, unreadable, or on another host.
+    UploadLocation,
+    /// A manifest's `Docker-Content-Digest`: unreadable, or not the digest
+    /// pushed.
+    ManifestDigest,
+    /// A catalog or tag listing: not JSON, a `Link` elsewhere or in a loop,
+    /// too many pages.
+    Listing,
+    /// The referrers API's answer: not an image index, too many pages.
+    Referrers,
 }
 
 /// One error of a registry's error body (`{"errors":[{"code":…,"message":…}]}`).

@@ -5,7 +5,7 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
-use super::{header_str, RegistryClient, RegistryError};
+use super::{header_str, Answer, RegistryClient, RegistryError};
 use crate::repository::RepositoryPath;
 
 /// A listing page larger than this is refused: a hostile or broken
@@ -38,7 +38,7 @@ impl RegistryClient {
     /// stretch of the (lexically ordered) catalog: it starts just before
     /// the prefix (`last=`) and stops at the first name past it.
     pub async fn catalog_with_prefix(&self, prefix: &str, page: usize) -> Result<Vec<RepositoryPath>, RegistryError> {
-        let mut url = self.base.join("/v2/_catalog").map_err(|e| self.protocol(e.to_string()))?;
+        let mut url = self.base.join("/v2/_catalog").map_err(|e| self.malformed(Answer::Listing, e.to_string()))?;
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("n", &page.to_string());
@@ -93,7 +93,7 @@ impl RegistryClient {
         field: &str,
         mut each: impl FnMut(&str) -> bool,
     ) -> Result<(), RegistryError> {
-        let mut next = Some(self.base.join(first).map_err(|e| self.protocol(e.to_string()))?);
+        let mut next = Some(self.base.join(first).map_err(|e| self.malformed(Answer::Listing, e.to_string()))?);
         let mut seen = std::collections::HashSet::new();
         while let Some(url) = next.take() {
             self.visit(&mut seen, &url)?;
@@ -105,7 +105,7 @@ impl RegistryClient {
             next = self.next_page(&url, &resp)?;
             let body = self.read_capped(resp, MAX_PAGE_BYTES, url.path()).await?;
             let body: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|e| self.protocol(format!("{}: listing is not JSON: {e}", url.path())))?;
+                .map_err(|e| self.malformed(Answer::Listing, format!("{}: listing is not JSON: {e}", url.path())))?;
             for name in body[field].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
                 if !each(name) {
                     return Ok(());
@@ -119,10 +119,10 @@ impl RegistryClient {
     /// already read, and listings longer than [`MAX_PAGES`].
     pub(super) fn visit(&self, seen: &mut std::collections::HashSet<Url>, url: &Url) -> Result<(), RegistryError> {
         if !seen.insert(url.clone()) {
-            return Err(self.protocol(format!("listing loops: Link points back at {}", url.path())));
+            return Err(self.malformed(Answer::Listing, format!("listing loops: Link points back at {}", url.path())));
         }
         if seen.len() > MAX_PAGES {
-            return Err(self.protocol(format!("listing longer than {MAX_PAGES} pages")));
+            return Err(self.malformed(Answer::Listing, format!("listing longer than {MAX_PAGES} pages")));
         }
         Ok(())
     }
@@ -132,9 +132,9 @@ impl RegistryClient {
     pub(super) fn next_page(&self, url: &Url, resp: &Response) -> Result<Option<Url>, RegistryError> {
         let Some(link) = header_str(resp.headers(), "link") else { return Ok(None) };
         let target = link.split(';').next().unwrap_or("").trim().trim_start_matches('<').trim_end_matches('>');
-        let joined = url.join(target).map_err(|e| self.protocol(format!("bad Link header: {e}")))?;
+        let joined = url.join(target).map_err(|e| self.malformed(Answer::Listing, format!("bad Link header: {e}")))?;
         if !self.same_origin(&joined) {
-            return Err(self.protocol("Link header points at another host".into()));
+            return Err(self.malformed(Answer::Listing, "Link header points at another host".into()));
         }
         Ok(Some(joined))
     }

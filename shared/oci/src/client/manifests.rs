@@ -5,7 +5,7 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 
 use super::super::manifest::{self, Manifest};
-use super::{header_str, header_value, RegistryClient, RegistryError};
+use super::{header_str, header_value, Answer, RegistryClient, RegistryError};
 use crate::digest::Digest;
 use crate::repository::RepositoryPath;
 
@@ -33,7 +33,10 @@ impl RegistryClient {
         }
         let resp = self.expect(resp, &[StatusCode::OK]).await?;
         match resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
-            Some(d) => d.parse().map(Some).map_err(|e| self.protocol(format!("bad Docker-Content-Digest: {e}"))),
+            Some(d) => d
+                .parse()
+                .map(Some)
+                .map_err(|e| self.malformed(Answer::ManifestDigest, format!("bad Docker-Content-Digest: {e}"))),
             // Without the header only the bytes can tell.
             None => Ok(Some(self.get_manifest(repo, reference, None).await?.digest)),
         }
@@ -84,7 +87,10 @@ impl RegistryClient {
         let resp = self.expect(resp, &[StatusCode::CREATED, StatusCode::OK]).await?;
         if let Some(d) = header_str(resp.headers(), "docker-content-digest") {
             if d != m.digest.to_string() {
-                return Err(self.protocol(format!("pushed manifest {} but the registry stored {d}", m.digest)));
+                return Err(self.malformed(
+                    Answer::ManifestDigest,
+                    format!("pushed manifest {} but the registry stored {d}", m.digest),
+                ));
             }
         }
         Ok(Pushed { subject_indexed: resp.headers().contains_key("oci-subject") })
@@ -125,12 +131,15 @@ impl RegistryClient {
                 #[serde(default)]
                 manifests: Vec<manifest::Descriptor>,
             }
-            let index: Index = serde_json::from_slice(&body)
-                .map_err(|e| self.protocol(format!("referrers of {digest}: not an image index: {e}")))?;
+            let index: Index = serde_json::from_slice(&body).map_err(|e| {
+                self.malformed(Answer::Referrers, format!("referrers of {digest}: not an image index: {e}"))
+            })?;
             out.extend(index.manifests);
             pages += 1;
             if pages >= manifest::MAX_REFERRER_PAGES {
-                return Err(self.protocol(format!("referrers of {digest}: more than {pages} pages")));
+                return Err(
+                    self.malformed(Answer::Referrers, format!("referrers of {digest}: more than {pages} pages"))
+                );
             }
         }
         Ok(Some(out))

@@ -36,7 +36,7 @@ mod transport;
 mod uploads;
 
 pub use authorize::{Authorization, Authorizer, TokenRequest};
-pub use error::{OciError, OciErrorCode, RegistryError};
+pub use error::{Answer, OciError, OciErrorCode, RegistryError};
 pub use learnt::Learnt;
 pub use manifests::Pushed;
 pub use uploads::UploadStart;
@@ -174,6 +174,11 @@ impl RegistryClient {
             Role::Source => format!("repository:{repo}:pull"),
             Role::Destination => format!("repository:{repo}:pull,push"),
         }
+    }
+
+    /// An answer of this registry the client cannot use.
+    pub(super) fn malformed(&self, answer: Answer, reason: String) -> RegistryError {
+        RegistryError::Malformed { registry: self.name.clone(), answer, reason }
     }
 
     pub(super) fn url(&self, path: &str) -> Url {

@@ -341,18 +341,6 @@ impl RegistryClient {
         String::from_utf8_lossy(&body).into_owned()
     }
 
-    pub(super) fn location(&self, resp: &Response) -> Result<Url, RegistryError> {
-        let loc = header_str(resp.headers(), LOCATION)
-            .ok_or_else(|| self.protocol("upload response has no Location".into()))?;
-        let url = resp.url().join(loc).map_err(|e| self.protocol(format!("bad upload Location: {e}")))?;
-        if !self.same_origin(&url) {
-            return Err(
-                self.protocol(format!("upload Location points at another host ({})", url.host_str().unwrap_or("?")))
-            );
-        }
-        Ok(url)
-    }
-
     fn transport(&self, method: &Method, path: &str, e: &reqwest::Error) -> RegistryError {
         transport_error(&self.name, method, path, e)
     }
@@ -367,10 +355,6 @@ impl RegistryClient {
     fn stopped(&self, method: &Method, path: &str, stopped: pace::Stopped) -> RegistryError {
         let reason = stopped.to_string();
         RegistryError::Transport { registry: self.name.clone(), method: method.clone(), path: path.to_owned(), reason }
-    }
-
-    pub(super) fn protocol(&self, reason: String) -> RegistryError {
-        RegistryError::Protocol { registry: self.name.clone(), reason }
     }
 }
 

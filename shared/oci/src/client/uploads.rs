@@ -3,11 +3,12 @@
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
 use super::super::chunks::BoxError;
+use super::error::Answer;
 use super::transport::Bound;
 use super::{header_str, OciErrorCode, RegistryClient, RegistryError};
 use crate::digest::Digest;
@@ -186,5 +187,50 @@ impl RegistryClient {
     /// URL (after chunks, the last `Location`).
     pub async fn cancel_upload(&self, repo: &RepositoryPath, session: Url) {
         let _ = self.execute(Method::DELETE, session, &self.scope(repo), HeaderMap::new(), None).await;
+    }
+
+    /// The upload session an answer points at: its `Location`, which must
+    /// be on the registry's origin (the session's requests carry the
+    /// credentials).
+    pub(super) fn location(&self, resp: &Response) -> Result<Url, RegistryError> {
+        let bad = |reason: String| self.malformed(Answer::UploadLocation, reason);
+        let loc = header_str(resp.headers(), LOCATION).ok_or_else(|| bad("upload response has no Location".into()))?;
+        let url = resp.url().join(loc).map_err(|e| bad(format!("bad upload Location: {e}")))?;
+        if !self.same_origin(&url) {
+            return Err(bad(format!("upload Location points at another host ({})", url.host_str().unwrap_or("?"))));
+        }
+        Ok(url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+
+    use super::*;
+    use crate::client::{ClientOptions, Role};
+
+    /// (upload answer's Location, error): a session the client cannot use
+    /// is told by its kind, not its text.
+    #[tokio::test]
+    async fn an_unusable_upload_location_is_typed() {
+        for location in [None, Some("http://elsewhere.example/v2/a/blobs/uploads/1")] {
+            let handler = move || async move {
+                match location {
+                    Some(l) => (StatusCode::ACCEPTED, [("location", l)]).into_response(),
+                    None => StatusCode::ACCEPTED.into_response(),
+                }
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+            tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(handler)).await });
+            let c = RegistryClient::new("r", base, Role::Destination, None, ClientOptions::default()).unwrap();
+            let err = c.start_upload(&"a".parse().unwrap(), None).await.err().expect("refused");
+            assert!(
+                matches!(err, RegistryError::Malformed { answer: Answer::UploadLocation, .. }),
+                "{location:?}: {err}"
+            );
+        }
     }
 }
