@@ -105,3 +105,76 @@ async fn import_says_which_account_harbor_refused() {
     assert!(text(&o).contains("may not list registries (403)"), "{}", text(&o));
     assert!(o.stdout.is_empty(), "nothing written on a refusal");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compare_names_what_is_covered_what_differs_and_what_harbor_would_replicate_twice() {
+    let harbor = HarborReplication::start("2.15", 0).await;
+    let base = [
+        "harbor",
+        "import",
+        "--harbor",
+        harbor.url.as_str(),
+        "--username",
+        ADMIN.0,
+        "--password-env",
+        "IMPORT_PASSWORD",
+    ];
+    let run = |extra: &[&str]| {
+        let mut a: Vec<&str> = vec!["--output", "json"];
+        a.extend_from_slice(&base);
+        a.extend_from_slice(extra);
+        tokio::task::block_in_place(|| relay(&a, ADMIN.1))
+    };
+    let verdicts = |o: &Output| -> Vec<(i64, String, bool)> {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)));
+        v["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["id"].as_i64().unwrap(),
+                    p["verdict"].as_str().unwrap().to_owned(),
+                    p["replicates_twice"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+
+    // The import itself covers every policy it could carry over; Harbor's
+    // enabled automatic ones would replicate a second time: exit 1.
+    let imported = TempFile::new("imported", "yaml", "");
+    let o = run(&["--file", &imported.arg()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["--compare", &imported.arg()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v = verdicts(&o);
+    let of = |id: i64| v.iter().find(|p| p.0 == id).unwrap().clone();
+    for id in [1, 2, 3] {
+        assert_eq!(of(id), (id, "covered".into(), true));
+    }
+    assert_eq!(of(4), (4, "covered".into(), false), "a manual policy does not run by itself");
+    for id in [5, 6, 7] {
+        assert_eq!(of(id), (id, "not_importable".into(), false));
+    }
+
+    // A hand-made configuration: the cluster's rule under another name with
+    // another tag filter, nothing for the others.
+    let mine = TempFile::new(
+        "mine",
+        "yaml",
+        "source: { url: https://harbor.example.com }\nwebhook: { auth_values_env: A }\nregistries:\n  - { name: cluster, url: https://cluster1.example.com }\nrules:\n  - { name: ours, enabled: false, filters: { name: library/**, tag: { pattern: \"v*\", decoration: excludes } }, destination: { registry: cluster } }\n",
+    );
+    let o = run(&["--compare", &mine.arg()]);
+    assert!(o.status.success(), "our rule is disabled: nothing runs twice: {}", text(&o));
+    let v = verdicts(&o);
+    assert_eq!(v.iter().find(|p| p.0 == 1).unwrap().1, "differs");
+    assert_eq!(v.iter().find(|p| p.0 == 2).unwrap().1, "missing");
+    let table = tokio::task::block_in_place(|| {
+        let mut a = base.to_vec();
+        let mine = mine.arg();
+        a.extend_from_slice(&["--compare", &mine]);
+        relay(&a, ADMIN.1)
+    });
+    assert!(text(&table).contains("filters.tag: v* (Matches) → v* (Excludes)"), "{}", text(&table));
+}

@@ -9,7 +9,9 @@ pub use relay_aws::{
     aws_error, dead_letter, ecr, message, metrics, parking, queue, secrets, settle, telemetry, written,
 };
 pub use relay_domain::{config, digest, doublestar, event, plan, registry_kind, repository, rules, task};
-pub use relay_harbor::{harbor_api, harbor_webhooks, import as harbor_import, replication as harbor_replication};
+pub use relay_harbor::{
+    compare as harbor_compare, harbor_api, harbor_webhooks, import as harbor_import, replication as harbor_replication,
+};
 pub use relay_oci::tls;
 
 pub mod bootstrap;

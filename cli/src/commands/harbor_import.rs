@@ -31,6 +31,11 @@ pub(crate) struct ImportArgs {
     /// Do not verify Harbor's TLS certificate (a lab Harbor).
     #[arg(long)]
     insecure: bool,
+    /// Write nothing: hold this configuration (a file path, or `ssm:<parameter>`) against
+    /// Harbor's policies and say which it covers, which differ and how, which it lacks, and which
+    /// Harbor would replicate a second time if left enabled.
+    #[arg(long, conflicts_with = "file")]
+    compare: Option<String>,
 }
 
 pub(crate) async fn run(output: Output, args: ImportArgs) -> anyhow::Result<ExitCode> {
@@ -67,6 +72,11 @@ pub(crate) async fn run(output: Output, args: ImportArgs) -> anyhow::Result<Exit
     // What is written must load: a failure here is the import's, not the user's.
     relay::Config::parse(&imported.configuration)
         .context("the imported configuration does not load (please report this with the policies' shapes)")?;
+    if let Some(location) = &args.compare {
+        let existing = bootstrap::load_config(location).await?;
+        let harbor = relay::Config::parse(&imported.configuration)?;
+        return Ok(compared(output, relay::harbor_compare::compare(&imported, &harbor, &existing)));
+    }
     if let Some(file) = &args.file {
         std::fs::write(file, &imported.configuration).with_context(|| format!("cannot write {}", file.display()))?;
     }
@@ -100,4 +110,33 @@ pub(crate) async fn run(output: Output, args: ImportArgs) -> anyhow::Result<Exit
     };
     output.print(text, serde_json::to_value(&imported)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the comparison; exit 1 while Harbor would replicate something a second time, so a
+/// migration script can wait for Harbor's policies to be disabled.
+fn compared(output: Output, comparison: relay::harbor_compare::Comparison) -> ExitCode {
+    let twice: Vec<_> = comparison.policies.iter().filter(|p| p.replicates_twice).collect();
+    let text = || {
+        let mut t = String::new();
+        for p in &comparison.policies {
+            let rule = p.rule.as_ref().map(|r| format!(" by rule {r}")).unwrap_or_default();
+            t += &format!("policy {:<4} {:<32} {}{rule}\n", p.id, p.name, p.verdict.replace('_', " "));
+            for d in &p.differences {
+                t += &format!("    {d}\n");
+            }
+        }
+        for p in &twice {
+            t += &format!(
+                "REPLICATED TWICE: Harbor's policy {} {:?} is enabled beside the relay's rules into the same registry: disable it in Harbor (Administration > Replications > {} > Edit > untick Enable)\n",
+                p.id, p.name, p.name
+            );
+        }
+        t
+    };
+    output.print(text, serde_json::to_value(&comparison).unwrap_or_default());
+    if twice.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

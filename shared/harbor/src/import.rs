@@ -55,6 +55,8 @@ pub struct PolicyOutcome {
     pub name: String,
     /// `manual`, `scheduled` or `event_based`.
     pub trigger: String,
+    /// Whether Harbor runs it (its own `enabled`).
+    pub harbor_enabled: bool,
     /// The rule written, `None` when the policy was not imported.
     pub rule: Option<String>,
     /// Why it was not imported, or what differs in the relay.
@@ -249,6 +251,7 @@ fn policy(
         id: p.id.unwrap_or(0),
         name: name.clone(),
         trigger: trigger.clone(),
+        harbor_enabled: p.enabled.unwrap_or(true),
         rule: None,
         notes: vec![],
     };

@@ -3,7 +3,8 @@
 //! with bounded bodies, retries and a robot secret read again after a
 //! rotation; and the webhook policies the relay keeps in Harbor's projects
 //! (`harbor_webhooks`); Harbor's own replication set-up (`replication`) and
-//! its import as a relay configuration (`import`). Over the domain, the registry client's transport
+//! its import as a relay configuration (`import`), held against an existing one
+//! (`compare`). Over the domain, the registry client's transport
 //! and the AWS side's secrets; nothing here runs a copy.
 
 // The lower crates' modules, where this crate's modules have always found
@@ -13,6 +14,7 @@ pub(crate) use relay_domain::{config, digest, doublestar, repository, rules};
 pub(crate) use relay_oci as registry;
 pub(crate) use relay_oci::tls;
 
+pub mod compare;
 pub mod harbor_api;
 pub mod harbor_webhooks;
 pub mod import;
