@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use crate::ecr::{EcrControl, EcrError};
 use crate::harbor_api::{HarborApi, HarborApiError};
 use crate::health::Health;
+use crate::registry::auth::unpoisoned;
 use crate::registry::ledger::BlobLedger;
 use crate::registry::RegistryClient;
 use crate::registry_kind::HarborSettings;
@@ -24,7 +25,8 @@ pub struct Destination {
     ready: Mutex<HashSet<String>>,
 }
 
-/// What a kind needs at run time.
+/// What a kind needs at run time: the one place a kind's actions before a
+/// push are reached from ([`Destination::prepare`], one arm each).
 pub enum KindRuntime {
     /// Any distribution registry: the first push creates the repository.
     Registry,
@@ -61,32 +63,45 @@ impl Destination {
     /// Makes `repo` ready to be pushed into, once per repository (or
     /// project) and process: ECR creates the repository, Harbor (with
     /// `create_projects`) the project. Called before any blob moves, so a
-    /// missing permission fails the task once, naming it.
+    /// missing permission fails the task once, naming it. One arm per kind.
     pub async fn prepare(&self, repo: &RepositoryPath) -> Result<(), PrepareError> {
-        let key = match &self.kind {
-            KindRuntime::Registry => return Ok(()),
-            KindRuntime::Harbor { settings, .. } if !settings.create_projects => return Ok(()),
-            KindRuntime::Ecr(_) => repo.as_str(),
-            KindRuntime::Harbor { .. } => repo.project(),
-        };
-        if self.ready.lock().expect("ready lock").contains(key) {
+        let registry = || self.client.name().to_owned();
+        match &self.kind {
+            KindRuntime::Registry => Ok(()),
+            KindRuntime::Ecr(ecr) => {
+                self.once(repo.as_str(), async {
+                    ecr.ensure_repository(repo)
+                        .await
+                        .map_err(|source| PrepareError::Ecr { registry: registry(), source })
+                })
+                .await
+            }
+            KindRuntime::Harbor { api, settings } if settings.create_projects => {
+                self.once(repo.project(), async {
+                    api.set_credentials(self.client.credentials());
+                    api.ensure_project(repo.project(), settings.storage_limit)
+                        .await
+                        .map(drop)
+                        .map_err(|source| PrepareError::Harbor { registry: registry(), source })
+                })
+                .await
+            }
+            KindRuntime::Harbor { .. } => Ok(()),
+        }
+    }
+
+    /// Runs `prepare` unless `key` (a repository, a project) is known ready,
+    /// and remembers it once it is.
+    async fn once(
+        &self,
+        key: &str,
+        prepare: impl std::future::Future<Output = Result<(), PrepareError>>,
+    ) -> Result<(), PrepareError> {
+        if unpoisoned(self.ready.lock()).contains(key) {
             return Ok(());
         }
-        let registry = self.client.name().to_owned();
-        match &self.kind {
-            KindRuntime::Registry => {}
-            KindRuntime::Ecr(ecr) => {
-                ecr.ensure_repository(repo).await.map_err(|source| PrepareError::Ecr { registry, source })?
-            }
-            KindRuntime::Harbor { api, settings } => {
-                api.set_credentials(self.client.credentials());
-                api.ensure_project(key, settings.storage_limit)
-                    .await
-                    .map_err(|source| PrepareError::Harbor { registry, source })
-                    .map(drop)?
-            }
-        }
-        self.ready.lock().expect("ready lock").insert(key.to_owned());
+        prepare.await?;
+        unpoisoned(self.ready.lock()).insert(key.to_owned());
         Ok(())
     }
 }
