@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::config::Config;
 use crate::event::{EventKind, HarborEvent};
 use crate::repository::RepositoryPath;
-use crate::rules::{ArtifactFacts, MappingError};
+use crate::rules::{ArtifactFacts, MappingError, Refusal, Rule};
 use crate::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
 
 /// What an event turns into.
@@ -15,6 +15,26 @@ pub struct Plan {
     pub tasks: Vec<Task>,
     /// Rules that matched but could not map the repository, with why.
     pub skipped: Vec<(String, MappingError)>,
+    /// Every rule's answer to the event, in the configuration's order: so
+    /// a push that yields no task says why, rule by rule.
+    pub verdicts: Vec<RuleVerdict>,
+}
+
+/// What one rule made of an event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RuleVerdict {
+    pub rule: String,
+    /// `replicates`, or `skipped` with the setting that decided.
+    pub verdict: &'static str,
+    #[serde(flatten)]
+    pub refusal: Option<Refusal>,
+}
+
+impl RuleVerdict {
+    fn new(rule: &Rule, refusal: Option<Refusal>) -> RuleVerdict {
+        let verdict = if refusal.is_none() { "replicates" } else { "skipped" };
+        RuleVerdict { rule: rule.name.clone(), verdict, refusal }
+    }
 }
 
 /// True when a rule that would otherwise match has a label or resource
@@ -51,19 +71,24 @@ pub fn plan(
 
     let mut merged: BTreeMap<(String, RepositoryPath), Task> = BTreeMap::new();
     for rule in &config.rules {
-        if action == Action::Delete && !rule.deletion {
-            continue;
-        }
-        if !rule.matches(&artifact.repository, artifact.tag.as_ref(), &event.operator) || !rule.accepts_facts(facts) {
+        let refusal = if action == Action::Delete && !rule.deletion {
+            Some(Refusal::new("deletion", "the rule does not replicate deletions"))
+        } else {
+            rule.refusal(&artifact.repository, artifact.tag.as_ref(), &event.operator, facts)
+        };
+        if refusal.is_some() {
+            plan.verdicts.push(RuleVerdict::new(rule, refusal));
             continue;
         }
         let repository = match rule.map_repository(&artifact.repository) {
             Ok(r) => r,
             Err(e) => {
+                plan.verdicts.push(RuleVerdict::new(rule, Some(Refusal::new("destination.flatten", e.to_string()))));
                 plan.skipped.push((rule.name.clone(), e));
                 continue;
             }
         };
+        plan.verdicts.push(RuleVerdict::new(rule, None));
         let key = (rule.destination.registry.clone(), repository.clone());
         let tags: Vec<_> = artifact.tag.iter().cloned().collect();
         let task = merged.entry(key).or_insert_with(|| Task {
@@ -127,6 +152,32 @@ rules:
             n += 1;
             format!("t{n}")
         }
+    }
+
+    #[test]
+    fn every_rule_says_why_it_does_or_does_not_replicate() {
+        let config = Config::parse(CONFIG).unwrap();
+        let plan = plan(&config, &event("push_artifact.default.json"), None, &mut ids());
+        let got: Vec<_> =
+            plan.verdicts.iter().map(|v| (v.rule.as_str(), v.refusal.as_ref().map(|r| r.filter))).collect();
+        assert_eq!(
+            got,
+            [
+                ("all-r1", None),
+                ("harbor-r1-again", None),
+                ("to-r2-flat", None),
+                ("other-project", Some("filters.name")),
+                ("too-deep", Some("destination.flatten")),
+                ("off", Some("enabled")),
+            ]
+        );
+        let why = plan.verdicts[3].refusal.as_ref().unwrap().reason.clone();
+        assert_eq!(why, r#"harbor/alpine does not match "other/**""#);
+        let deleted = super::plan(&config, &event("delete_artifact.default.json"), None, &mut ids());
+        assert_eq!(deleted.verdicts[0].refusal.as_ref().map(|r| r.filter), Some("deletion"));
+        let json = serde_json::to_value(&plan.verdicts[3]).unwrap();
+        assert_eq!(json["filter"], "filters.name");
+        assert_eq!(json["verdict"], "skipped");
     }
 
     #[test]

@@ -142,6 +142,21 @@ pub enum RuleError {
     Field { field: String, reason: String },
 }
 
+/// Why a rule does not replicate an artifact: the setting that decided
+/// (`filters.tag`, `enabled`, …, as the configuration names it) and what
+/// it saw.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    pub filter: &'static str,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(filter: &'static str, reason: impl Into<String>) -> Refusal {
+        Refusal { filter, reason: reason.into() }
+    }
+}
+
 /// Why a rule that matched could not map a repository.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("flattening {levels} levels is deeper than repository {repository} ({depth} components)")]
@@ -196,6 +211,55 @@ impl Rule {
             && !self.exclude_operators.iter().any(|o| o == operator)
             && self.selects(repository)
             && self.tag_filter.as_ref().is_none_or(|f| f.accepts(tag))
+    }
+
+    /// Why this rule does or does not replicate `repository` (with `tag`)
+    /// for an event by `operator`: the first of its checks that refuses,
+    /// in Harbor's order (enabled, name, tag, labels, resource), or
+    /// `None` when it replicates. Label and resource filters are judged on
+    /// `facts`; without them a rule that has either does not replicate, as
+    /// [`Rule::accepts_facts`] decides.
+    pub fn refusal(
+        &self,
+        repository: &RepositoryPath,
+        tag: Option<&Tag>,
+        operator: &str,
+        facts: Option<&ArtifactFacts>,
+    ) -> Option<Refusal> {
+        if !self.enabled {
+            return Some(Refusal::new("enabled", "the rule is disabled"));
+        }
+        if self.exclude_operators.iter().any(|o| o == operator) {
+            return Some(Refusal::new("exclude_operators", format!("events by {operator:?} are ignored")));
+        }
+        if !self.selects(repository) {
+            let pattern = self.name_filter.as_ref().map(Pattern::as_str).unwrap_or_default();
+            return Some(Refusal::new("filters.name", format!("{repository} does not match {pattern:?}")));
+        }
+        if let Some(f) = self.tag_filter.as_ref().filter(|f| !f.accepts(tag)) {
+            let tag = tag.map_or_else(|| "no tag".to_owned(), |t| format!("tag {t}"));
+            let how = if f.decoration == Decoration::Matches { "does not match" } else { "is excluded by" };
+            return Some(Refusal::new("filters.tag", format!("{tag} {how} {:?}", f.pattern.as_str())));
+        }
+        let Some(facts) = facts else {
+            let filter = if self.label_filter.is_some() { "filters.label" } else { "filters.resource" };
+            return self
+                .needs_facts()
+                .then(|| Refusal::new(filter, "the artifact's labels and type were not read from Harbor's API"));
+        };
+        if let Some(f) = self.label_filter.as_ref().filter(|f| !f.accepts(&facts.labels)) {
+            let how = if f.decoration == Decoration::Matches { "lacks one of" } else { "carries all of" };
+            return Some(Refusal::new(
+                "filters.label",
+                format!("the artifact {how} the labels {:?} (it has {:?})", f.labels, facts.labels),
+            ));
+        }
+        match (self.resource_filter, &facts.artifact_type) {
+            (Some(f), Some(t)) if !f.accepts(t) => {
+                Some(Refusal::new("filters.resource", format!("the artifact is of type {} ({f:?} only)", t.as_str())))
+            }
+            _ => None,
+        }
     }
 
     /// The name filter alone (empty selects every repository).
@@ -476,6 +540,69 @@ mod tests {
 
     fn tag(s: &str) -> Option<Tag> {
         (!s.is_empty()).then(|| s.parse().unwrap())
+    }
+
+    #[test]
+    fn a_refusal_names_the_filter_that_decided() {
+        let facts = |labels: &[&str], kind: &str| ArtifactFacts {
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            artifact_type: Some(ArtifactType::new(kind)),
+        };
+        let image = facts(&["prod"], "IMAGE");
+        let cases: [(&str, &str, Option<&ArtifactFacts>, Option<&str>); 9] = [
+            ("{ name: a, destination: { registry: r } }", "v1", Some(&image), None),
+            ("{ name: a, enabled: false, destination: { registry: r } }", "v1", None, Some("enabled")),
+            (
+                "{ name: a, exclude_operators: [relay], destination: { registry: r } }",
+                "v1",
+                None,
+                Some("exclude_operators"),
+            ),
+            (
+                "{ name: a, filters: { name: other/** }, destination: { registry: r } }",
+                "v1",
+                None,
+                Some("filters.name"),
+            ),
+            (
+                "{ name: a, filters: { tag: { pattern: 'v*', decoration: excludes } }, destination: { registry: r } }",
+                "v1",
+                None,
+                Some("filters.tag"),
+            ),
+            (
+                "{ name: a, filters: { label: [qa] }, destination: { registry: r } }",
+                "v1",
+                Some(&image),
+                Some("filters.label"),
+            ),
+            (
+                "{ name: a, filters: { label: [prod] }, destination: { registry: r } }",
+                "v1",
+                None,
+                Some("filters.label"),
+            ),
+            (
+                "{ name: a, filters: { resource: artifact }, destination: { registry: r } }",
+                "v1",
+                Some(&image),
+                Some("filters.resource"),
+            ),
+            (
+                "{ name: a, filters: { label: [prod], resource: image }, destination: { registry: r } }",
+                "v1",
+                Some(&image),
+                None,
+            ),
+        ];
+        for (yaml, t, facts, filter) in cases {
+            let r = Rule::from_raw(serde_yaml_ng::from_str(yaml).unwrap(), true).unwrap();
+            let refusal = r.refusal(&repo("lib/app"), tag(t).as_ref(), "relay", facts);
+            assert_eq!(refusal.as_ref().map(|r| r.filter), filter, "{yaml}: {refusal:?}");
+            // The same answer as the checks the planner used before.
+            let before = r.matches(&repo("lib/app"), tag(t).as_ref(), "relay") && r.accepts_facts(facts);
+            assert_eq!(refusal.is_none(), before, "{yaml}");
+        }
     }
 
     /// (name filter, tag filter, decoration, repository, tag, expected)
