@@ -517,11 +517,11 @@ fn secret_parameters(statements: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// The fenced block of README.md that contains `needle` (its lines
-/// unindented).
-fn readme_block(needle: &str) -> String {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let mut lines = readme.lines();
+/// The fenced block of `page` (README.md, docs/…) that contains `needle`
+/// (its lines unindented): what an operator copies is what the tests run.
+fn doc_block(page: &str, needle: &str) -> String {
+    let text = std::fs::read_to_string(root().join(page)).unwrap();
+    let mut lines = text.lines();
     while let Some(line) = lines.next() {
         if line.trim_start().starts_with("```") {
             let block: Vec<&str> = lines.by_ref().take_while(|l| !l.trim_start().starts_with("```")).collect();
@@ -531,12 +531,28 @@ fn readme_block(needle: &str) -> String {
             }
         }
     }
-    panic!("README.md has no fenced block with {needle:?}")
+    panic!("{page} has no fenced block with {needle:?}")
+}
+
+/// The rows of the table that follows the heading `heading` of `page`
+/// (up to the next heading).
+fn doc_table_rows(page: &str, heading: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(root().join(page)).unwrap();
+    let section = text
+        .split('\n')
+        .skip_while(|l| l.trim_start_matches('#').trim() != heading || !l.starts_with('#'))
+        .skip(1)
+        .take_while(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with("| `"))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    assert!(!section.is_empty(), "{page} has no table under {heading:?}");
+    section
 }
 
 /// The parameters file README's walk-through gives (KEY=VALUE lines).
 fn readme_params() -> Vec<(String, String)> {
-    readme_block("# params.env")
+    doc_block("README.md", "# params.env")
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         .map(|l| {
@@ -663,15 +679,16 @@ fn reconcile_may_read_ecr_as_the_worker_does() {
     assert_eq!(r["ReconcileFunction"]["Properties"]["Role"], json!({"Fn::GetAtt": ["ReconcileFunctionRole", "Arn"]}));
 }
 
-/// README's cross-account ECR policies: the trust policy lets both roles
+/// The cross-account ECR policies of docs/deploy.md: the trust policy lets both roles
 /// the stack outputs assume the role, and the permission policy allows
 /// every ECR action the worker's own role has for ECR.
 #[test]
-fn readme_cross_account_ecr_policies_match_the_template() {
+fn documented_cross_account_ecr_policies_match_the_template() {
     let t = transformed();
     let policy = |sid: &str| -> Value {
-        let block = readme_block(&format!("\"Sid\": \"{sid}\""));
-        serde_json::from_str(&block).unwrap_or_else(|e| panic!("README's policy {sid} is not JSON: {e}\n{block}"))
+        let block = doc_block("docs/deploy.md", &format!("\"Sid\": \"{sid}\""));
+        serde_json::from_str(&block)
+            .unwrap_or_else(|e| panic!("docs/deploy.md's policy {sid} is not JSON: {e}\n{block}"))
     };
     let trust = policy("TrustHarborRelay");
     let trusted = serde_json::to_string(&trust["Statement"]).unwrap();
@@ -701,7 +718,7 @@ fn readme_cross_account_ecr_policies_match_the_template() {
         assert!(
             granted.iter().any(|p| p["Effect"] == "Allow"
                 && as_list(&p["Action"]).iter().any(|a| action_matches(a.as_str().unwrap(), action))),
-            "README's permission policy lacks {action}"
+            "docs/deploy.md's permission policy lacks {action}"
         );
     }
 }
@@ -1136,7 +1153,7 @@ fn template_carries_serverless_repo_metadata() {
 
 /// `AlarmEmail` makes a topic with an email subscription, and every alarm
 /// notifies it (and `AlarmTopicArn`, when given too); without either, no
-/// topic and no action. README says what to do when each alarm fires.
+/// topic and no action. docs/operations.md says what to do when each alarm fires.
 #[test]
 fn alarms_reach_the_alarm_email() {
     let t = transformed();
@@ -1176,28 +1193,38 @@ fn alarms_reach_the_alarm_email() {
         assert_eq!(bare["Resources"][a]["Properties"]["AlarmActions"], json!([]), "{a}");
     }
 
-    // README's alarm list: each alarm by name, with what to do.
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    // The alarm table of docs/operations.md: each alarm by name, with what to do.
+    let rows = doc_table_rows("docs/operations.md", "Alarms");
     for a in &alarms {
-        let row = readme
-            .lines()
+        let row = rows
+            .iter()
             .find(|l| l.starts_with(&format!("| `{a}` |")))
-            .unwrap_or_else(|| panic!("README's alarm table has no row for {a}"));
+            .unwrap_or_else(|| panic!("docs/operations.md's alarm table has no row for {a}"));
         assert!(row.split('|').filter(|c| !c.trim().is_empty()).count() >= 3, "{row}");
     }
 }
 
-/// README's parameter table lists every template parameter.
+/// The parameter table of docs/deploy.md lists every template parameter,
+/// and names none the template lacks.
 #[test]
-fn readme_lists_every_template_parameter() {
+fn docs_list_every_template_parameter() {
     let t = transformed();
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let table: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
-    for name in t["Parameters"].as_object().unwrap().keys() {
+    let table = doc_table_rows("docs/deploy.md", "Template parameters");
+    let parameters = t["Parameters"].as_object().unwrap();
+    for name in parameters.keys() {
         assert!(
             table.iter().any(|row| row.split('|').nth(1).is_some_and(|c| c.contains(&format!("`{name}`")))),
-            "README's parameter table lacks {name}"
+            "docs/deploy.md's parameter table lacks {name}"
         );
+    }
+    for row in &table {
+        let first = row.split('|').nth(1).unwrap_or_default();
+        for name in first.split('`').skip(1).step_by(2) {
+            assert!(
+                parameters.contains_key(name),
+                "docs/deploy.md's parameter table names {name}, which the template lacks"
+            );
+        }
     }
 }
 
@@ -1339,7 +1366,7 @@ impl Deployed {
     /// Judges each of `calls` (made by this deployment's functions)
     /// against its function's role, outside a VPC and in one: every
     /// verdict goes to `table`, each refusal to `refused`. `calls` by a
-    /// role assumed are judged against `assumed` (README's policy).
+    /// role assumed are judged against `assumed` (docs/deploy.md's policy).
     fn judge(
         &self,
         t: &Value,
@@ -1370,7 +1397,7 @@ impl Deployed {
                 if verdict != relay_tests::iam::Verdict::Allowed {
                     let by = match &c.principal {
                         Principal::Role => role,
-                        Principal::Assumed(_) => "README's cross-account ECR policy".into(),
+                        Principal::Assumed(_) => "docs/deploy.md's cross-account ECR policy".into(),
                     };
                     refused.push(format!(
                         "{variant}: {} {} on {} ({}): {verdict:?} by {by}",
@@ -1382,13 +1409,18 @@ impl Deployed {
     }
 }
 
-/// README's permission policy for a cross-account ECR role, for that
-/// account and region (README writes 210987654321 and eu-west-1).
-fn readme_ecr_role_policy(account: &str, region: &str) -> Vec<relay_tests::iam::Statement> {
-    let block =
-        readme_block("\"Sid\": \"HarborRelayEcr\"").replace("210987654321", account).replace("eu-west-1", region);
-    let doc: Value = serde_json::from_str(&block).expect("README's ECR permission policy is JSON");
-    relay_tests::iam::document(&doc, "README's cross-account ECR policy", &relay_tests::iam::Bindings::default())
+/// The permission policy docs/deploy.md gives a cross-account ECR role, for
+/// that account and region (the page writes 210987654321 and eu-west-1).
+fn documented_ecr_role_policy(account: &str, region: &str) -> Vec<relay_tests::iam::Statement> {
+    let block = doc_block("docs/deploy.md", "\"Sid\": \"HarborRelayEcr\"")
+        .replace("210987654321", account)
+        .replace("eu-west-1", region);
+    let doc: Value = serde_json::from_str(&block).expect("docs/deploy.md's ECR permission policy is JSON");
+    relay_tests::iam::document(
+        &doc,
+        "docs/deploy.md's cross-account ECR policy",
+        &relay_tests::iam::Bindings::default(),
+    )
 }
 
 /// The webhook and the worker, as Lambda runs them, for one push.
@@ -1463,7 +1495,7 @@ impl Round<'_> {
 /// standalone webhook (RELAY_LISTEN) and polling worker, for one event and
 /// its task and one backed-off task, against queues and a configuration
 /// of their own. Calls made with the assumed role are judged against
-/// README's cross-account policy; the ECR stand-in's registry API calls as
+/// docs/deploy.md's cross-account policy; the ECR stand-in's registry API calls as
 /// the IAM actions ECR authorises them by. A call no statement allows fails
 /// the test, naming function, action and resource; the list of calls and
 /// verdicts is printed.
@@ -1937,7 +1969,7 @@ async fn every_aws_call_is_allowed_by_its_functions_role() {
     for name in ["SourceSecretArns", "SecretArns", "WebhookSecretArns", "EnableEcr", "EcrRepositoryPrefix"] {
         assert!(readme_names.iter().any(|n| n == name), "README's parameters file gives no {name}");
     }
-    let assumed = readme_ecr_role_policy(OTHER_ACCOUNT, "us-east-1");
+    let assumed = documented_ecr_role_policy(OTHER_ACCOUNT, "us-east-1");
     let mut refused = Vec::new();
     let mut table = std::collections::BTreeSet::new();
     let (solo_calls, lambda_calls): (Vec<_>, Vec<_>) =
