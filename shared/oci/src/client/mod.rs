@@ -3,9 +3,9 @@
 //! blob bodies. Speaks only to the registry it was built for.
 //!
 //! Where things are: `transport` sends requests (authentication, retries,
-//! bounded reads, errors), `authorize` the layer it asks once per request
-//! for the `Authorization` (credentials, the learnt challenge, tokens, the
-//! realm checks), `listing` the paginated catalog and tag
+//! bounded reads, errors), `authorize` the client's side of the
+//! authentication layer (`crate::auth`) it asks once per request for the
+//! `Authorization`: the token requests, `listing` the paginated catalog and tag
 //! lists, `manifests` manifests and referrers, `uploads` blob reads and
 //! upload sessions, `learnt` what a registry's answers taught at run time
 //! (whole blobs refused → chunks; no referrers API → tag schema; mounts
@@ -22,7 +22,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
-use super::auth::Credentials;
+use super::auth::{Authorizer, Credentials};
 use super::pace::MinThroughput;
 use super::retry::RetryPolicy;
 use crate::repository::RepositoryPath;
@@ -35,7 +35,6 @@ mod manifests;
 mod transport;
 mod uploads;
 
-pub use authorize::{Authorization, Authorizer, TokenRequest};
 pub use error::{Answer, OciError, OciErrorCode, RegistryError};
 pub use learnt::Learnt;
 pub use manifests::Pushed;

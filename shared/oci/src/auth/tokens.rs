@@ -1,88 +1,7 @@
-//! Registry authentication: the `WWW-Authenticate` challenge, Basic, and the
-//! Bearer token flow (realm/service/scope) with tokens cached per scope until
-//! shortly before they expire.
+//! Bearer tokens: the token service's answer and the cache per scope.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::sync::{LockResult, PoisonError};
 use std::time::{Duration, Instant};
-
-use base64::Engine as _;
-
-/// A user name and password, resolved from the environment or Secrets
-/// Manager. `Debug` never prints the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials").field("username", &self.username).field("password", &"<redacted>").finish()
-    }
-}
-
-impl Credentials {
-    pub fn basic_header(&self) -> String {
-        let raw = format!("{}:{}", self.username, self.password);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
-    }
-}
-
-/// What the registry asked for on its last 401.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Challenge {
-    Basic,
-    Bearer { realm: String, service: Option<String> },
-}
-
-impl Challenge {
-    /// Parses a `WWW-Authenticate` value (RFC 7235 auth-params; quoted
-    /// strings may contain commas and escaped quotes).
-    pub fn parse(header: &str) -> Option<Challenge> {
-        let header = header.trim();
-        let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
-        if scheme.eq_ignore_ascii_case("basic") {
-            return Some(Challenge::Basic);
-        }
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        let params = auth_params(rest);
-        let realm = params.get("realm")?.clone();
-        Some(Challenge::Bearer { realm, service: params.get("service").cloned() })
-    }
-}
-
-fn auth_params(s: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while matches!(chars.peek(), Some(' ' | ',')) {
-            chars.next();
-        }
-        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
-        if key.is_empty() {
-            break;
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => value.extend(chars.next()),
-                    '"' => break,
-                    c => value.push(c),
-                }
-            }
-        } else {
-            value = chars.by_ref().take_while(|&c| c != ',').collect();
-        }
-        out.insert(key.trim().to_ascii_lowercase(), value.trim().to_owned());
-    }
-    out
-}
 
 /// Bearer tokens by scope string.
 #[derive(Default)]
@@ -130,15 +49,6 @@ impl TokenCache {
     }
 }
 
-/// The guard of a lock, whoever held it before: a panic elsewhere while it
-/// was held (a bug, isolated per message by the worker) must not make the
-/// registry unusable until the process restarts. What these locks guard
-/// (credentials, a challenge, cached tokens) is whole after any panic: at
-/// worst a token is asked for again.
-pub fn unpoisoned<G>(result: LockResult<G>) -> G {
-    result.unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The token endpoint's answer (distribution token spec).
 #[derive(serde::Deserialize)]
 pub struct TokenResponse {
@@ -173,40 +83,6 @@ impl TokenResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn credentials_never_show_their_password_in_debug() {
-        let c = Credentials { username: "robot$relay".into(), password: "do-not-print-0123".into() };
-        let shown = format!("{c:?} {:?}", Some(&c));
-        assert!(shown.contains("robot$relay") && shown.contains("<redacted>"), "{shown}");
-        assert!(!shown.contains("do-not-print"), "{shown}");
-    }
-
-    #[test]
-    fn parses_challenges() {
-        assert_eq!(Challenge::parse("Basic realm=\"Registry Realm\""), Some(Challenge::Basic));
-        assert_eq!(
-            Challenge::parse(
-                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#
-            ),
-            Some(Challenge::Bearer {
-                realm: "https://auth.example/token".into(),
-                service: Some("registry.example".into())
-            })
-        );
-        assert_eq!(
-            Challenge::parse(r#"bearer service="s", realm="http://127.0.0.1:9/t?x=\"y\"""#),
-            Some(Challenge::Bearer { realm: "http://127.0.0.1:9/t?x=\"y\"".into(), service: Some("s".into()) })
-        );
-        assert_eq!(Challenge::parse("Bearer service=\"s\""), None);
-        assert_eq!(Challenge::parse("Negotiate abc"), None);
-    }
-
-    #[test]
-    fn debug_hides_password() {
-        let c = Credentials { username: "u".into(), password: "hunter2".into() };
-        assert!(!format!("{c:?}").contains("hunter2"));
-    }
 
     #[test]
     fn tokens_expire_with_margin() {
@@ -268,18 +144,5 @@ mod tests {
         cache.put("s", "old".into(), Duration::from_secs(300));
         cache.put("s", "new".into(), Duration::ZERO);
         assert_eq!(cache.get("s"), None, "a token that expires now replaces the kept one, and is not kept");
-    }
-
-    /// A panic while a lock is held leaves it usable by the next holder.
-    #[test]
-    fn a_poisoned_lock_is_used_again() {
-        let lock = std::sync::Mutex::new(TokenCache::default());
-        let poisoned = std::panic::catch_unwind(|| {
-            let _held = lock.lock();
-            panic!("a bug while the lock is held");
-        });
-        assert!(poisoned.is_err() && lock.is_poisoned());
-        unpoisoned(lock.lock()).put("s", "t".into(), Duration::from_secs(300));
-        assert_eq!(unpoisoned(lock.lock()).get("s").as_deref(), Some("t"));
     }
 }
