@@ -17,6 +17,7 @@ use crate::registry::retry::RetryPolicy;
 use crate::registry::{ClientOptions, Credentials, RegistryClient, Role};
 use crate::registry_kind::{CaSource, RegistryKind};
 use crate::secrets::{CredentialReloader, CredentialSource, SecretError, SecretSource, WebhookAuth};
+use crate::settings::Settings;
 use crate::webhook::{Webhook, WebhookOptions};
 use crate::worker::Worker;
 use crate::written::Written;
@@ -39,21 +40,74 @@ pub enum StartupError {
     NotHarbor { rules: String },
 }
 
-/// Builds the worker: one client for the source and one per destination.
+/// What a function builds once from its [`Settings`] and hands down: the
+/// one AWS SDK configuration every client is made from, the SQS and
+/// Secrets Manager clients, and the record of written tags
+/// (`RELAY_RECORD_BUCKET`). A configuration reload builds a new worker on
+/// the same ones.
+#[derive(Clone, Debug)]
+pub struct Aws {
+    pub sdk: aws_config::SdkConfig,
+    pub sqs: aws_sdk_sqs::Client,
+    pub secrets_manager: aws_sdk_secretsmanager::Client,
+    pub written: Option<Arc<Written>>,
+}
+
+impl Aws {
+    /// The clients of `sdk`; the record when `settings` name its bucket.
+    pub fn new(sdk: aws_config::SdkConfig, settings: &Settings) -> Aws {
+        Aws {
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            secrets_manager: aws_sdk_secretsmanager::Client::new(&sdk),
+            written: settings.record_bucket.as_ref().map(|bucket| Arc::new(Written::in_bucket(&sdk, bucket))),
+            sdk,
+        }
+    }
+
+    /// An SSM client of the same configuration.
+    pub fn ssm(&self) -> aws_sdk_ssm::Client {
+        aws_sdk_ssm::Client::new(&self.sdk)
+    }
+}
+
+/// Builds the worker for the CLI and tests, from the process environment:
+/// its own SDK configuration when a destination is ECR, and the record of
+/// [`written_record`]. The functions build theirs with [`worker_with`].
 pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy) -> Result<Worker, StartupError> {
+    let sdk = match config.registries.iter().any(|r| matches!(r.kind, RegistryKind::Ecr(_))) {
+        true => Some(aws_config().await),
+        false => None,
+    };
+    build_worker(config, secrets, retry, sdk.as_ref(), written_record().await).await
+}
+
+/// Builds the worker on a function's [`Aws`]: one client for the source and
+/// one per destination.
+pub async fn worker_with(
+    config: &Config,
+    secrets: &SecretSource,
+    retry: RetryPolicy,
+    aws: &Aws,
+) -> Result<Worker, StartupError> {
+    build_worker(config, secrets, retry, Some(&aws.sdk), aws.written.clone()).await
+}
+
+async fn build_worker(
+    config: &Config,
+    secrets: &SecretSource,
+    retry: RetryPolicy,
+    sdk: Option<&aws_config::SdkConfig>,
+    written: Option<Arc<Written>>,
+) -> Result<Worker, StartupError> {
     let source = Arc::new(source_client(config, secrets, retry).await?);
     let mut refs = HashMap::new();
     if let Some(c) = &config.source.credentials {
         refs.insert("source".to_owned(), CredentialSource::Configured(c.clone()));
     }
-    let sdk = match config.registries.iter().any(|r| matches!(r.kind, RegistryKind::Ecr(_))) {
-        true => Some(aws_config().await),
-        false => None,
-    };
     let mut destinations = HashMap::new();
     let min_throughput = config.worker.min_throughput();
     for r in &config.registries {
-        let (client, kind, credentials) = destination_client(r, secrets, retry, min_throughput, sdk.as_ref()).await?;
+        let (client, kind, credentials) = destination_client(r, secrets, retry, min_throughput, sdk).await?;
         if let Some(c) = credentials {
             refs.insert(r.name.clone(), c);
         }
@@ -82,20 +136,19 @@ pub async fn worker(config: &Config, secrets: &SecretSource, retry: RetryPolicy)
             Duration::from_secs(config.worker.park_max_seconds),
         ),
         parking: None,
-        written: written_record().await,
+        written,
     })
 }
 
-/// The record of the tags the relay wrote ([`Written`]), when
-/// `RELAY_RECORD_BUCKET` names its bucket: built once per process and
-/// shared by every worker built after it (one per configuration reload),
-/// as the environment it comes from does not change.
+/// The record of the tags the relay wrote ([`Written`]) for the CLI and
+/// tests, when the process's `RELAY_RECORD_BUCKET` names its bucket: built
+/// once per process (the functions build theirs in [`Aws::new`]).
 pub async fn written_record() -> Option<Arc<Written>> {
     static RECORD: tokio::sync::OnceCell<Option<Arc<Written>>> = tokio::sync::OnceCell::const_new();
     RECORD
         .get_or_init(|| async {
-            std::env::var(crate::written::BUCKET_ENV).ok().filter(|b| !b.is_empty())?;
-            Written::from_env(&aws_config().await).map(Arc::new)
+            let bucket = std::env::var(crate::written::BUCKET_ENV).ok().filter(|b| !b.is_empty())?;
+            Some(Arc::new(Written::in_bucket(&aws_config().await, bucket)))
         })
         .await
         .clone()
@@ -304,7 +357,8 @@ pub async fn aws_clients() -> (aws_sdk_sqs::Client, aws_sdk_secretsmanager::Clie
 
 /// Loads the configuration named by `RELAY_CONFIG`: a file path, or
 /// `ssm:<parameter name>` for an SSM parameter (String or SecureString)
-/// holding the YAML.
+/// holding the YAML. For the CLI: the functions read theirs through
+/// [`Reloading`](crate::reload::Reloading).
 pub async fn load_config(location: &str) -> Result<Config, ConfigLoadError> {
     let Some(name) = location.strip_prefix("ssm:") else {
         return Ok(Config::load(location.as_ref())?.logging_warnings());
@@ -438,24 +492,20 @@ pub fn invocation_deadline(deadline_ms: u64, timeout: Duration) -> std::time::In
     }
 }
 
-/// Whether this process runs under a Lambda Runtime API (AWS, or a local
-/// emulator such as `cargo lambda watch`).
-pub fn under_lambda() -> bool {
-    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
-}
-
-/// Awaits a function's initialisation. Under Lambda a failure is also
-/// posted to the Runtime API's `init/error`, so the invocation that started
-/// the environment fails with the reason (a bad configuration, an
-/// unreadable secret) instead of an unexplained `Runtime.ExitError`.
+/// Awaits a function's initialisation. Under Lambda (`runtime_api`, the
+/// Runtime API's address) a failure is also posted to the Runtime API's
+/// `init/error`, so the invocation that started the environment fails with
+/// the reason (a bad configuration, an unreadable secret) instead of an
+/// unexplained `Runtime.ExitError`.
 pub async fn initialised<T, E: std::fmt::Display>(
+    runtime_api: Option<&str>,
     init: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
     let result = init.await;
-    if let (Err(e), Ok(api)) = (&result, std::env::var("AWS_LAMBDA_RUNTIME_API")) {
+    if let (Err(e), Some(api)) = (&result, runtime_api) {
         let message = format!("{e:#}");
         tracing::error!(error = %message, "initialisation failed");
-        report_init_error(&api, &message).await;
+        report_init_error(api, &message).await;
     }
     result
 }
@@ -486,17 +536,6 @@ async fn report_init_error(api: &str, message: &str) {
 /// How far past the configured timeout a deadline may lie and still be
 /// believed (clock skew between the runtime and this process).
 const DEADLINE_SLACK: Duration = Duration::from_secs(60);
-
-/// The function's configured timeout (`RELAY_FUNCTION_TIMEOUT_SECONDS`, set
-/// by the template from the function's `Timeout`; `default` when unset).
-pub fn function_timeout(default: Duration) -> Duration {
-    std::env::var("RELAY_FUNCTION_TIMEOUT_SECONDS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|s| (1..=900).contains(s))
-        .map(Duration::from_secs)
-        .unwrap_or(default)
-}
 
 /// Tunes glibc's malloc for a process that streams blobs for a long time.
 ///

@@ -26,6 +26,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod reload;
 pub mod server;
+pub mod settings;
 pub mod webhook;
 pub mod worker;
 

@@ -50,14 +50,16 @@ struct State<T> {
 }
 
 impl<T: Send + Sync + 'static> Reloading<T> {
-    /// Reads the configuration at `location` (a path or `ssm:<name>`) and
-    /// builds from it; start-up fails if either fails.
+    /// Reads the configuration at `location` (a path or `ssm:<name>`, read
+    /// with a client of `sdk`) and builds from it; start-up fails if either
+    /// fails.
     pub async fn start(
+        sdk: &aws_config::SdkConfig,
         location: &str,
         every: Duration,
         build: impl Fn(Arc<Config>) -> Built<T> + Send + Sync + 'static,
     ) -> Result<Reloading<T>, ReloadError> {
-        let source = Source::new(location).await;
+        let source = Source::new(sdk, location);
         let (config, version) = source.read().await?;
         let current = Arc::new(build(Arc::new(config)).await.map_err(ReloadError::Build)?);
         let state = State { current, version, checked: Instant::now() };
@@ -116,9 +118,9 @@ struct Source {
 }
 
 impl Source {
-    async fn new(location: &str) -> Source {
+    fn new(sdk: &aws_config::SdkConfig, location: &str) -> Source {
         let ssm = match location.starts_with("ssm:") {
-            true => Some(aws_sdk_ssm::Client::new(&bootstrap::aws_config().await)),
+            true => Some(aws_sdk_ssm::Client::new(sdk)),
             false => None,
         };
         Source { location: location.to_owned(), ssm }

@@ -122,12 +122,10 @@ pub struct OptionError {
 
 impl WebhookOptions {
     /// `RELAY_UNTAGGED_DELAY_SECONDS` (0–900, the SQS limit) and
-    /// `RELAY_ENQUEUE_TIMEOUT_MS` (100–30000); unset means the default.
-    pub fn from_env() -> Result<Self, OptionError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, OptionError> {
+    /// `RELAY_ENQUEUE_TIMEOUT_MS` (100–30000) as `get` gives them (the
+    /// function's [`Settings`](crate::settings::Settings)); unset means the
+    /// default.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, OptionError> {
         let number = |name: &'static str, range: std::ops::RangeInclusive<u64>, expected: &'static str| {
             get(name)
                 .map(|value| {

@@ -39,7 +39,10 @@ async fn a_registry_added_to_the_parameter_is_used_without_a_restart() {
     let one = stack.config_yaml("  - name: all\n    destination: { registry: cluster1-registry }\n");
     put(one.clone()).await;
     // Checked once an hour: only a task for an unknown registry asks sooner.
-    let reloading = Reloading::start(&format!("ssm:{name}"), Duration::from_secs(3600), build).await.unwrap();
+    let reloading =
+        Reloading::start(&bootstrap::aws_config().await, &format!("ssm:{name}"), Duration::from_secs(3600), build)
+            .await
+            .unwrap();
     let first = reloading.current().await;
     assert!(!first.destinations.contains_key("cluster2"));
 
@@ -102,7 +105,10 @@ async fn a_rule_added_to_the_parameter_is_read_at_once_for_its_first_task() {
         format!("  - {{ name: {project}, filters: {{ name: \"{project}/**\" }}, destination: {{ registry: cluster1-registry }} }}\n")
     };
     put(stack.config_yaml(&rule(&old))).await;
-    let reloading = Reloading::start(&format!("ssm:{name}"), Duration::from_secs(3600), build).await.unwrap();
+    let reloading =
+        Reloading::start(&bootstrap::aws_config().await, &format!("ssm:{name}"), Duration::from_secs(3600), build)
+            .await
+            .unwrap();
     let first = reloading.current().await;
     let with_new = stack.config_yaml(&format!("{}{}", rule(&old), rule(&new)));
     let img = image::push(&stack.source(), &new, "v1", ImageKind::OciImage, 1, 2048).await.unwrap();

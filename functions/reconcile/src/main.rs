@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use lambda_runtime::{service_fn, LambdaEvent};
 use relay::harbor_webhooks::{self, Change, PayloadFormat, Tally, WebhookPolicy, DEFAULT_POLICY_NAME};
 use relay::metrics::{self, Unit};
@@ -19,6 +18,7 @@ use relay::reconcile::{CursorStore, Reconciler};
 use relay::registry::retry::RetryPolicy;
 use relay::reload::{Built, Reloading};
 use relay::secrets::SecretSource;
+use relay::settings::{Environment, Settings};
 use relay::worker::Worker;
 use relay::{bootstrap, Config};
 
@@ -34,18 +34,18 @@ struct App {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    relay::telemetry::init_from_env();
-    if bootstrap::under_lambda() {
-        let reloading = Arc::new(
-            bootstrap::initialised(async {
-                let (location, build) = setup().await?;
-                // Checked at every run: a run every few hours costs one
-                // version read, and a new rule or registry is used at once.
-                anyhow::Ok(Reloading::start(&location, Duration::ZERO, build).await?)
-            })
-            .await?,
-        );
-        let timeout = bootstrap::function_timeout(Duration::from_secs(300));
+    let env = Environment::of_process();
+    relay::telemetry::init(env.log_filter().as_deref());
+    if let Some(api) = env.lambda_runtime_api() {
+        let (settings, reloading) = bootstrap::initialised(Some(api), async {
+            let (settings, aws, build) = setup(&env).await?;
+            // Checked at every run: a run every few hours costs one
+            // version read, and a new rule or registry is used at once.
+            let reloading = Arc::new(Reloading::start(&aws.sdk, &settings.config, Duration::ZERO, build).await?);
+            anyhow::Ok((settings, reloading))
+        })
+        .await?;
+        let timeout = settings.function_timeout_or(Duration::from_secs(300));
         lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
             let reloading = reloading.clone();
             async move {
@@ -62,40 +62,38 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!(e))
     } else {
-        let (location, build) = setup().await?;
-        let config = Arc::new(bootstrap::load_config(&location).await?);
-        let app = build(config).await.map_err(|e| anyhow::anyhow!(e))?;
+        let (settings, aws, build) = setup(&env).await?;
+        let app = Reloading::start(&aws.sdk, &settings.config, Duration::MAX, build).await?.current().await;
         let summary = run(&app, None).await?;
         println!("{summary}");
         Ok(())
     }
 }
 
-/// The configuration's location, and how the clients, the cursor store and
-/// Harbor's webhook policy are built from a configuration, from the
-/// environment.
-async fn setup() -> anyhow::Result<(String, impl Fn(Arc<Config>) -> Built<App> + Send + Sync + 'static)> {
-    let config_location = std::env::var("RELAY_CONFIG")
-        .context("RELAY_CONFIG must name the configuration (a path, or ssm:<parameter>)")?;
-    let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
-    let (sqs, secrets_manager) = bootstrap::aws_clients().await;
-    let secrets = SecretSource::from_process(Some(secrets_manager));
-    let cursor_parameter = std::env::var("RELAY_RECONCILE_CURSOR_PARAMETER").ok().filter(|p| !p.is_empty());
-    let ssm = match cursor_parameter {
-        Some(_) => Some(aws_sdk_ssm::Client::new(&bootstrap::aws_config().await)),
-        None => None,
-    };
-    let endpoint = match std::env::var("RELAY_HARBOR_WEBHOOKS_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => {
-            Some(endpoint.parse::<url::Url>().context("RELAY_HARBOR_WEBHOOKS_ENDPOINT must be the webhook's URL")?)
-        }
-        _ => None,
-    };
+/// The settings, the AWS clients, and how the clients, the cursor store
+/// and Harbor's webhook policy are built from a configuration.
+async fn setup(
+    env: &Environment,
+) -> anyhow::Result<(Settings, bootstrap::Aws, impl Fn(Arc<Config>) -> Built<App> + Send + Sync + 'static)> {
+    let settings = Settings::parse(env)?;
+    let queue_url = settings.queue_url()?.to_owned();
+    let aws = bootstrap::Aws::new(bootstrap::aws_config().await, &settings);
+    let secrets = SecretSource::new(Some(aws.secrets_manager.clone()), env.lookup());
+    let cursor_parameter = settings.reconcile_cursor_parameter.clone();
+    let ssm = cursor_parameter.as_ref().map(|_| aws.ssm());
+    let endpoint = settings.harbor_webhooks_endpoint.clone();
+    let shared = aws.clone();
     let build = move |config: Arc<Config>| {
-        let (sqs, secrets, queue_url, ssm, cursor_parameter, endpoint) =
-            (sqs.clone(), secrets.clone(), queue_url.clone(), ssm.clone(), cursor_parameter.clone(), endpoint.clone());
+        let (aws, secrets, queue_url, ssm, cursor_parameter, endpoint) = (
+            shared.clone(),
+            secrets.clone(),
+            queue_url.clone(),
+            ssm.clone(),
+            cursor_parameter.clone(),
+            endpoint.clone(),
+        );
         Box::pin(async move {
-            let worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
+            let worker = bootstrap::worker_with(&config, &secrets, RetryPolicy::default(), &aws).await?;
             let cursor = match (ssm, cursor_parameter) {
                 (Some(ssm), Some(parameter)) => Some(CursorStore { ssm, parameter }),
                 _ => None,
@@ -110,10 +108,10 @@ async fn setup() -> anyhow::Result<(String, impl Fn(Arc<Config>) -> Built<App> +
                 }
                 None => None,
             };
-            Ok(App { config, worker, queue: TaskQueue::new(sqs, queue_url), cursor, webhooks })
+            Ok(App { config, worker, queue: TaskQueue::new(aws.sqs.clone(), queue_url), cursor, webhooks })
         }) as Built<App>
     };
-    Ok((config_location, build))
+    Ok((settings, aws, build))
 }
 
 async fn run(app: &App, stop_at: Option<Instant>) -> anyhow::Result<serde_json::Value> {

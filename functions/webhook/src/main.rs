@@ -3,22 +3,25 @@
 //! server on `RELAY_LISTEN` (default 127.0.0.1:8080). Same handler either way.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use lambda_http::{service_fn, Body, Request, Response};
 use relay::reload::{Reloading, CHECK_EVERY};
-use relay::webhook::{Incoming, Webhook, WebhookOptions};
+use relay::settings::{Environment, Settings};
+use relay::webhook::{Incoming, Webhook};
 use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    relay::telemetry::init_from_env();
-    if bootstrap::under_lambda() {
+    let env = Environment::of_process();
+    relay::telemetry::init(env.log_filter().as_deref());
+    if let Some(api) = env.lambda_runtime_api() {
         // Under Lambda the configuration is read again when its parameter
         // changes: a new rule needs no redeploy.
-        let reloading = bootstrap::initialised(async {
-            let (location, build) = setup().await?;
-            anyhow::Ok(Arc::new(Reloading::start(&location, CHECK_EVERY, build).await?))
+        let reloading = bootstrap::initialised(Some(api), async {
+            let (settings, aws, build) = setup(&env).await?;
+            anyhow::Ok(Arc::new(Reloading::start(&aws.sdk, &settings.config, CHECK_EVERY, build).await?))
         })
         .await?;
         lambda_http::run(service_fn(move |req| {
@@ -28,10 +31,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!(e))
     } else {
-        let (location, build) = setup().await?;
-        let config = Arc::new(bootstrap::load_config(&location).await?);
-        let webhook = Arc::new(build(config).await.map_err(|e| anyhow::anyhow!(e))?);
-        let addr = std::env::var("RELAY_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
+        let (settings, aws, build) = setup(&env).await?;
+        let webhook = Reloading::start(&aws.sdk, &settings.config, Duration::MAX, build).await?.current().await;
+        let addr = &settings.listen;
         let listener =
             tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(listen = %listener.local_addr()?, "webhook listening");
@@ -40,22 +42,27 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The configuration's location and how a webhook is built from a
-/// configuration, from the environment.
+/// The settings, the AWS clients, and how a webhook is built from a
+/// configuration.
 async fn setup(
-) -> anyhow::Result<(String, impl Fn(Arc<relay::Config>) -> relay::reload::Built<Webhook> + Send + Sync + 'static)> {
-    let location = std::env::var("RELAY_CONFIG")
-        .context("RELAY_CONFIG must name the configuration file (a path, or ssm:<parameter>)")?;
-    let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
-    let options = WebhookOptions::from_env()?;
-    let (sqs, secrets_manager) = bootstrap::aws_clients().await;
-    let secrets = SecretSource::from_process(Some(secrets_manager));
+    env: &Environment,
+) -> anyhow::Result<(
+    Settings,
+    bootstrap::Aws,
+    impl Fn(Arc<relay::Config>) -> relay::reload::Built<Webhook> + Send + Sync + 'static,
+)> {
+    let settings = Settings::parse(env)?;
+    let queue_url = settings.queue_url()?.to_owned();
+    let options = settings.webhook;
+    let aws = bootstrap::Aws::new(bootstrap::aws_config().await, &settings);
+    let secrets = SecretSource::new(Some(aws.secrets_manager.clone()), env.lookup());
+    let sqs = aws.sqs.clone();
     let build = move |config: Arc<relay::Config>| {
         let (secrets, queue) = (secrets.clone(), TaskQueue::new(sqs.clone(), queue_url.clone()));
         Box::pin(async move { Ok(bootstrap::webhook(config, &secrets, queue, options).await?) })
             as relay::reload::Built<Webhook>
     };
-    Ok((location, build))
+    Ok((settings, aws, build))
 }
 
 async fn lambda(webhook: Arc<Webhook>, req: Request) -> Result<Response<Body>, lambda_http::Error> {

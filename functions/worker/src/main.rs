@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
 use relay::dead_letter::DeadLetters;
@@ -13,6 +12,7 @@ use relay::parking::ParkingLot;
 use relay::poller::PollOptions;
 use relay::registry::retry::RetryPolicy;
 use relay::reload::{Reloading, CHECK_EVERY};
+use relay::settings::{Environment, Settings};
 use relay::settle::{Settler, Timing};
 use relay::worker::{Message, Worker};
 use relay::{bootstrap, queue::TaskQueue, secrets::SecretSource};
@@ -22,65 +22,63 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    relay::telemetry::init_from_env();
-    if bootstrap::under_lambda() {
+    let env = Environment::of_process();
+    relay::telemetry::init(env.log_filter().as_deref());
+    if let Some(api) = env.lambda_runtime_api() {
         // Under Lambda the configuration is read again when its parameter
         // changes: a new registry or rule needs no redeploy.
-        let reloading = bootstrap::initialised(async {
-            let (location, build) = setup().await?;
-            anyhow::Ok(Arc::new(Reloading::start(&location, CHECK_EVERY, build).await?))
+        let (settings, reloading) = bootstrap::initialised(Some(api), async {
+            let (settings, aws, build) = setup(&env).await?;
+            let reloading = Arc::new(Reloading::start(&aws.sdk, &settings.config, CHECK_EVERY, build).await?);
+            anyhow::Ok((settings, reloading))
         })
         .await?;
-        let timeout = bootstrap::function_timeout(Duration::from_secs(300));
+        let timeout = settings.function_timeout_or(Duration::from_secs(300));
         lambda_runtime::run(service_fn(move |event| batch(reloading.clone(), timeout, event)))
             .await
             .map_err(|e| anyhow::anyhow!(e))
     } else {
-        let (location, build) = setup().await?;
-        let config = Arc::new(bootstrap::load_config(&location).await?);
-        let pipeline = build(config).await.map_err(|e| anyhow::anyhow!(e))?;
-        let queue_url = std::env::var("RELAY_QUEUE_URL").context("RELAY_QUEUE_URL must be the copy queue's URL")?;
-        // A deadline per batch, as under Lambda (optional).
-        let run_for = match std::env::var("RELAY_WORKER_RUN_SECONDS") {
-            Ok(v) => Some(Duration::from_secs(
-                v.parse()
-                    .ok()
-                    .filter(|s| (1..=86_400).contains(s))
-                    .context("RELAY_WORKER_RUN_SECONDS must be 1..=86400")?,
-            )),
-            Err(_) => None,
-        };
+        let (settings, aws, build) = setup(&env).await?;
+        let queue_url = settings.queue_url()?.to_owned();
+        let pipeline = Reloading::start(&aws.sdk, &settings.config, Duration::MAX, build).await?.current().await;
         tracing::info!(queue = %queue_url, "worker polling");
-        let queue = TaskQueue::new(pipeline.sqs.clone(), queue_url);
-        let options = PollOptions { run_for, ..Default::default() };
+        let queue = TaskQueue::new(aws.sqs.clone(), queue_url);
+        // A deadline per batch, as under Lambda (optional).
+        let options = PollOptions { run_for: settings.worker_run_for, ..Default::default() };
         relay::poller::poll(&queue, &pipeline.worker, Some(&pipeline.settler), &options, bootstrap::shutdown_signal())
             .await;
         Ok(())
     }
 }
 
-/// The configuration's location and how the worker and its settler are
-/// built from a configuration, from the environment.
+/// The settings, the AWS clients, and how the worker and its settler are
+/// built from a configuration.
 async fn setup(
-) -> anyhow::Result<(String, impl Fn(Arc<relay::Config>) -> relay::reload::Built<Pipeline> + Send + Sync + 'static)> {
-    let location = std::env::var("RELAY_CONFIG")
-        .context("RELAY_CONFIG must name the configuration file (a path, or ssm:<parameter>)")?;
-    let (sqs, secrets_manager) = bootstrap::aws_clients().await;
-    let secrets = SecretSource::from_process(Some(secrets_manager));
-    let queue_url = std::env::var("RELAY_QUEUE_URL").ok();
+    env: &Environment,
+) -> anyhow::Result<(
+    Settings,
+    bootstrap::Aws,
+    impl Fn(Arc<relay::Config>) -> relay::reload::Built<Pipeline> + Send + Sync + 'static,
+)> {
+    let settings = Settings::parse(env)?;
+    let aws = bootstrap::Aws::new(bootstrap::aws_config().await, &settings);
+    let secrets = SecretSource::new(Some(aws.secrets_manager.clone()), env.lookup());
+    let queue_url = settings.queue_url.clone();
     // Failures on their last attempt are dead-lettered with their error
     // (the queue's redrive policy says when; RELAY_DLQ_URL spares a lookup).
-    let dlq_url = std::env::var("RELAY_DLQ_URL").ok();
+    let dlq_url = settings.dlq_url.clone();
     // Tasks of an unavailable registry wait here until a probe finds it
     // answering again (the template's parking queue).
-    let parking_url = std::env::var("RELAY_PARKING_QUEUE_URL").ok().filter(|u| !u.is_empty());
+    let parking_url = settings.parking_queue_url.clone();
     // The worker and how its failures are settled (backoff, dead letter at
     // once, parked or continued in a fresh message), from one configuration.
+    let shared = aws.clone();
     let build = move |config: Arc<relay::Config>| {
-        let (sqs, secrets, queue_url, dlq_url, parking_url) =
-            (sqs.clone(), secrets.clone(), queue_url.clone(), dlq_url.clone(), parking_url.clone());
+        let (aws, secrets, queue_url, dlq_url, parking_url) =
+            (shared.clone(), secrets.clone(), queue_url.clone(), dlq_url.clone(), parking_url.clone());
         Box::pin(async move {
-            let mut worker = bootstrap::worker(&config, &secrets, RetryPolicy::default()).await?;
+            let sqs = aws.sqs.clone();
+            let mut worker = bootstrap::worker_with(&config, &secrets, RetryPolicy::default(), &aws).await?;
             let dead_letters = match &queue_url {
                 Some(q) => DeadLetters::discover(&sqs, q, dlq_url.as_deref()).await,
                 None => None,
@@ -98,18 +96,17 @@ async fn setup(
             worker.parking = parking.clone();
             let worker = Arc::new(worker);
             let timing = Timing::from_settings(&config.worker);
-            let settler = Arc::new(Settler::new(sqs.clone(), queue_url, dead_letters, timing).with_parking(parking));
-            Ok(Pipeline { worker, settler, sqs })
+            let settler = Arc::new(Settler::new(sqs, queue_url, dead_letters, timing).with_parking(parking));
+            Ok(Pipeline { worker, settler })
         }) as relay::reload::Built<Pipeline>
     };
-    Ok((location, build))
+    Ok((settings, aws, build))
 }
 
 /// What one configuration builds: the worker and its settler.
 struct Pipeline {
     worker: Arc<Worker>,
     settler: Arc<Settler>,
-    sqs: relay::queue::SqsClient,
 }
 
 /// One SQS batch; failed messages are reported so only they come back.

@@ -25,13 +25,13 @@ pub fn init(filter: Option<&str>) {
         .try_init();
 }
 
-/// The filter for a function: `RUST_LOG` when set, else Lambda's
-/// `AWS_LAMBDA_LOG_LEVEL` (the function's log-level setting), else `info`.
-/// Metrics (EMF lines) are written whatever the level.
-pub fn init_from_env() {
-    let rust_log = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
-    let lambda = std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().map(|l| lambda_level(&l).to_owned());
-    init(rust_log.or(lambda).as_deref());
+/// The filter for a function: `rust_log` (`RUST_LOG`) when set, else
+/// Lambda's `lambda_log_level` (`AWS_LAMBDA_LOG_LEVEL`, the function's
+/// log-level setting) as a filter, else none ([`init`]'s `info`). Metrics
+/// (EMF lines) are written whatever the level.
+pub fn filter(rust_log: Option<&str>, lambda_log_level: Option<&str>) -> Option<String> {
+    let rust_log = rust_log.filter(|v| !v.is_empty()).map(str::to_owned);
+    rust_log.or_else(|| lambda_log_level.map(|l| lambda_level(l).to_owned()))
 }
 
 /// Lambda's levels (TRACE, DEBUG, INFO, WARN, ERROR, FATAL) as filters.

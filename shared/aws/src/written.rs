@@ -59,13 +59,12 @@ impl Written {
         Written { s3, bucket: bucket.into() }
     }
 
-    /// The record of the bucket in `RELAY_RECORD_BUCKET`, when it is set.
-    /// Path-style addressing: the same requests reach S3 and a local
-    /// stand-in at `AWS_ENDPOINT_URL`.
-    pub fn from_env(shared: &aws_config::SdkConfig) -> Option<Self> {
-        let bucket = std::env::var(BUCKET_ENV).ok().filter(|b| !b.is_empty())?;
+    /// The record in `bucket` (`RELAY_RECORD_BUCKET`), on the one SDK
+    /// configuration. Path-style addressing: the same requests reach S3 and
+    /// a local stand-in at `AWS_ENDPOINT_URL`.
+    pub fn in_bucket(shared: &aws_config::SdkConfig, bucket: impl Into<String>) -> Self {
         let config = aws_sdk_s3::config::Builder::from(shared).force_path_style(true).build();
-        Some(Written::new(aws_sdk_s3::Client::from_conf(config), bucket))
+        Written::new(aws_sdk_s3::Client::from_conf(config), bucket)
     }
 
     fn error(&self, key: &str, reason: impl std::fmt::Display) -> RecordError {
