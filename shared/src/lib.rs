@@ -6,7 +6,7 @@
 // The lower crates' modules, where the relay has always found them
 // (`crate::config`, `relay::settle`, `relay::registry::client`).
 pub use relay_aws::{
-    aws_error, dead_letter, ecr, message, metrics, parking, queue, secrets, settle, telemetry, written,
+    aws_error, dead_letter, ecr, message, metrics, parking, queue, secrets, settle, sqs, telemetry, written,
 };
 pub use relay_domain::{config, digest, doublestar, event, plan, registry_kind, repository, rules, task};
 pub use relay_harbor::{
@@ -26,6 +26,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod reload;
 pub mod server;
+pub mod settings;
 pub mod settings;
 pub mod webhook;
 pub mod worker;

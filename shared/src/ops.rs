@@ -2,7 +2,6 @@
 //! "Test connection"), plan a manual replication (Harbor's manual trigger),
 //! inspect and redrive the dead-letter queue, queue status.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName as Attr;
@@ -20,6 +19,7 @@ use crate::registry_kind::CaSource;
 use crate::repository::{RepositoryPath, Tag};
 use crate::rules::Pattern;
 use crate::secrets::SecretSource;
+use crate::sqs::{self, Outgoing, Receive, Sqs};
 use crate::task::{Task, TaskError};
 
 /// One line of `relay check`: what was checked, and how it went (`Ok`
@@ -369,16 +369,12 @@ pub struct Depth {
 }
 
 pub async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<Depth, AwsError> {
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(Attr::ApproximateNumberOfMessages)
-        .attribute_names(Attr::ApproximateNumberOfMessagesNotVisible)
-        .attribute_names(Attr::ApproximateNumberOfMessagesDelayed)
-        .send()
-        .await
-        .map_err(|e| AwsError::sdk("GetQueueAttributes", url, &e))?;
-    let attrs: HashMap<Attr, String> = out.attributes().cloned().unwrap_or_default();
+    let names = [
+        Attr::ApproximateNumberOfMessages,
+        Attr::ApproximateNumberOfMessagesNotVisible,
+        Attr::ApproximateNumberOfMessagesDelayed,
+    ];
+    let attrs = Sqs::new(sqs.clone()).attributes(url, &names).await?;
     let get = |a: Attr| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
     Ok(Depth {
         visible: get(Attr::ApproximateNumberOfMessages),
@@ -407,33 +403,27 @@ pub struct DeadLetter {
 /// Lists up to `max` DLQ messages without consuming them (they are made
 /// visible again right away).
 pub async fn list_dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &str, max: usize) -> Result<Vec<DeadLetter>, AwsError> {
+    let sqs = Sqs::new(sqs.clone());
     let mut out = Vec::new();
     let mut receipts = Vec::new();
     while out.len() < max {
-        let batch = sqs
-            .receive_message()
-            .queue_url(dlq)
-            .max_number_of_messages(10)
-            .visibility_timeout(30)
-            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
-            .message_attribute_names(crate::dead_letter::LAST_ERROR)
-            .message_attribute_names(crate::dead_letter::ATTEMPTS)
-            .send()
-            .await
-            .map_err(|e| AwsError::sdk("ReceiveMessage", dlq, &e))?;
-        if batch.messages().is_empty() {
+        let how = Receive {
+            max: 10,
+            visibility_seconds: Some(30),
+            receive_count: true,
+            attributes: &[crate::dead_letter::LAST_ERROR, crate::dead_letter::ATTEMPTS],
+            wait_seconds: None,
+        };
+        let batch = sqs.receive(dlq, how).await?;
+        if batch.is_empty() {
             break;
         }
-        for m in batch.messages() {
-            let attribute = |name: &str| m.message_attributes()?.get(name)?.string_value().map(str::to_owned);
+        for m in &batch {
+            let attribute = |name: &str| sqs::attribute(m, name).map(str::to_owned);
             // Attempts at the copy queue when the worker dead-lettered it,
             // else SQS's count (which includes this listing's receives).
             let count = attribute(crate::dead_letter::ATTEMPTS)
-                .or_else(|| {
-                    m.attributes()?
-                        .get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
-                        .cloned()
-                })
+                .or_else(|| sqs::receive_count(m).map(str::to_owned))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             out.push(DeadLetter {
@@ -446,38 +436,26 @@ pub async fn list_dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &str, max: usize)
         }
     }
     for r in receipts {
-        let _ = sqs.change_message_visibility().queue_url(dlq).receipt_handle(r).visibility_timeout(0).send().await;
+        let _ = sqs.change_visibility(dlq, &r, 0).await;
     }
     Ok(out)
 }
 
 /// Moves every DLQ message back to the copy queue. Returns how many.
 pub async fn redrive(sqs: &aws_sdk_sqs::Client, dlq: &str, queue: &str) -> Result<usize, AwsError> {
+    let sqs = Sqs::new(sqs.clone());
     let mut moved = 0;
     loop {
-        let batch = sqs
-            .receive_message()
-            .queue_url(dlq)
-            .max_number_of_messages(10)
-            .visibility_timeout(60)
-            .wait_time_seconds(0)
-            .send()
-            .await
-            .map_err(|e| AwsError::sdk("ReceiveMessage", dlq, &e))?;
-        if batch.messages().is_empty() {
+        let how = Receive { max: 10, visibility_seconds: Some(60), wait_seconds: Some(0), ..Default::default() };
+        let batch = sqs.receive(dlq, how).await?;
+        if batch.is_empty() {
             return Ok(moved);
         }
-        for m in batch.messages() {
-            let body = m.body().unwrap_or_default();
-            sqs.send_message()
-                .queue_url(queue)
-                .message_body(body)
-                .send()
-                .await
-                .map_err(|e| AwsError::sdk("SendMessage", queue, &e))?;
+        for m in &batch {
+            sqs.send(queue, Outgoing::new(m.body().unwrap_or_default())).await?;
             // Deleted only once re-sent: at worst a message is in both queues.
             if let Some(r) = m.receipt_handle() {
-                let _ = sqs.delete_message().queue_url(dlq).receipt_handle(r).send().await;
+                let _ = sqs.delete(dlq, r).await;
             }
             moved += 1;
         }

@@ -9,17 +9,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::operation::receive_message::ReceiveMessageError;
-use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
-    QueueAttributeName,
-};
+use aws_sdk_sqs::types::QueueAttributeName;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::aws_error::AwsError;
 use crate::queue::TaskQueue;
 use crate::settle::Settler;
+use crate::sqs::{self, Receive};
 use crate::worker::{Message, Worker};
 
 /// How the standalone worker runs its batches.
@@ -86,7 +84,7 @@ pub async fn poll(
                     }
                     Err(e) => {
                         failures += 1;
-                        tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "receive failed; backing off");
+                        tracing::warn!(error = %e, "receive failed; backing off");
                     }
                 }
             }
@@ -103,7 +101,7 @@ async fn receive_into(
     slots: Arc<Semaphore>,
     queue: &TaskQueue,
     backoff: Option<Duration>,
-) -> (Vec<OwnedSemaphorePermit>, Result<Vec<Message>, aws_sdk_sqs::error::SdkError<ReceiveMessageError>>) {
+) -> (Vec<OwnedSemaphorePermit>, Result<Vec<Message>, AwsError>) {
     let mut held = vec![slots.clone().acquire_owned().await.expect("the slots are never closed")];
     while held.len() < 10 {
         match slots.clone().try_acquire_owned() {
@@ -119,19 +117,11 @@ async fn receive_into(
 /// (renewing more often than needed costs a request, too seldom a
 /// redelivery).
 async fn queue_visibility(queue: &TaskQueue) -> Duration {
-    let read = queue
-        .client()
-        .get_queue_attributes()
-        .queue_url(queue.url())
-        .attribute_names(QueueAttributeName::VisibilityTimeout)
-        .send()
-        .await;
+    let read = queue.sqs().attributes(queue.url(), &[QueueAttributeName::VisibilityTimeout]).await;
     let seconds = match read {
-        Ok(out) => {
-            out.attributes().and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout)).and_then(|v| v.parse().ok())
-        }
+        Ok(attributes) => attributes.get(&QueueAttributeName::VisibilityTimeout).and_then(|v| v.parse().ok()),
         Err(e) => {
-            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot read the queue's visibility timeout");
+            tracing::warn!(error = %e, "cannot read the queue's visibility timeout");
             None
         }
     };
@@ -140,41 +130,29 @@ async fn queue_visibility(queue: &TaskQueue) -> Duration {
 
 /// One long poll for up to `wanted` messages, after `backoff` if the last
 /// receive failed.
-pub async fn receive(
-    queue: &TaskQueue,
-    wanted: i32,
-    backoff: Option<Duration>,
-) -> Result<Vec<Message>, aws_sdk_sqs::error::SdkError<ReceiveMessageError>> {
+pub async fn receive(queue: &TaskQueue, wanted: i32, backoff: Option<Duration>) -> Result<Vec<Message>, AwsError> {
     if let Some(wait) = backoff {
         tokio::time::sleep(wait).await;
     }
-    let out = queue
-        .client()
-        .receive_message()
-        .queue_url(queue.url())
-        .max_number_of_messages(wanted)
-        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-        .set_message_attribute_names(Some(Message::ATTRIBUTES.map(str::to_owned).to_vec()))
-        .wait_time_seconds(5)
-        .send()
-        .await?;
-    Ok(out
-        .messages()
+    let how = Receive {
+        max: wanted,
+        wait_seconds: Some(5),
+        visibility_seconds: None,
+        attributes: &Message::ATTRIBUTES,
+        receive_count: true,
+    };
+    let received = queue.sqs().receive(queue.url(), how).await?;
+    Ok(received
         .iter()
         .filter_map(|m| {
-            let receive_count = m
-                .attributes()
-                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
             let message = Message {
                 id: m.message_id()?.to_owned(),
                 body: m.body().unwrap_or_default().to_owned(),
-                receive_count,
+                receive_count: sqs::receive_count(m).and_then(|c| c.parse().ok()).unwrap_or(0),
                 receipt: Some(m.receipt_handle()?.to_owned()),
                 ..Default::default()
             };
-            Some(message.with_attributes(|name| m.message_attributes()?.get(name)?.string_value()))
+            Some(message.with_attributes(|name| sqs::attribute(m, name)))
         })
         .collect())
 }
@@ -238,26 +216,17 @@ async fn delete(queue: &TaskQueue, done: &[&(String, String)]) -> HashSet<String
     if done.is_empty() {
         return HashSet::new();
     }
-    let entries = done.iter().enumerate().map(|(i, (_, receipt))| {
-        DeleteMessageBatchRequestEntry::builder()
-            .id(i.to_string())
-            .receipt_handle(receipt)
-            .build()
-            .expect("id and receipt are set")
-    });
-    let sent =
-        queue.client().delete_message_batch().queue_url(queue.url()).set_entries(Some(entries.collect())).send().await;
-    match sent {
-        Ok(out) => {
-            if !out.failed().is_empty() {
-                let reasons: Vec<_> = out.failed().iter().map(|f| f.code()).collect();
+    let receipts: Vec<&str> = done.iter().map(|(_, receipt)| receipt.as_str()).collect();
+    match queue.sqs().delete_batch(queue.url(), &receipts).await {
+        Ok((deleted, refused)) => {
+            if !refused.is_empty() {
+                let reasons: Vec<_> = refused.iter().map(|(_, code, _)| code.as_str()).collect();
                 tracing::warn!(?reasons, "delete of some finished messages failed");
             }
-            let index = |id: &str| id.parse::<usize>().ok().and_then(|i| done.get(i));
-            out.successful().iter().filter_map(|e| index(e.id())).map(|(id, _)| id.clone()).collect()
+            deleted.into_iter().filter_map(|i| done.get(i)).map(|(id, _)| id.clone()).collect()
         }
         Err(e) => {
-            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "delete of finished messages failed");
+            tracing::warn!(error = %e, "delete of finished messages failed");
             HashSet::new()
         }
     }
@@ -293,31 +262,18 @@ async fn kept_invisible<F: Future>(queue: &TaskQueue, held: Held<'_>, visibility
             if running.is_empty() {
                 continue;
             }
-            let entries = running.iter().enumerate().map(|(i, (_, receipt))| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(receipt)
-                    .visibility_timeout(visibility.as_secs() as i32)
-                    .build()
-                    .expect("id and receipt are set")
-            });
-            let sent = queue
-                .client()
-                .change_message_visibility_batch()
-                .queue_url(queue.url())
-                .set_entries(Some(entries.collect()))
-                .send()
-                .await;
+            let receipts: Vec<&str> = running.iter().map(|(_, receipt)| receipt.as_str()).collect();
+            let sent = queue.sqs().change_visibility_batch(queue.url(), &receipts, visibility.as_secs() as i32).await;
             match sent {
-                Ok(out) if out.failed().is_empty() => {
+                Ok(refused) if refused.is_empty() => {
                     tracing::debug!(messages = running.len(), "visibility renewed while the batch runs")
                 }
-                Ok(out) => {
-                    let reasons: Vec<_> = out.failed().iter().map(|f| f.code()).collect();
+                Ok(refused) => {
+                    let reasons: Vec<_> = refused.iter().map(|(_, code, _)| code.as_str()).collect();
                     tracing::warn!(?reasons, "cannot renew the visibility of some of the batch's messages; they may be delivered again while they run")
                 }
                 Err(e) => {
-                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot renew the batch's visibility; its messages may be delivered again while they run")
+                    tracing::warn!(error = %e, "cannot renew the batch's visibility; its messages may be delivered again while they run")
                 }
             }
         }

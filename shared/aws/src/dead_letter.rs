@@ -11,10 +11,11 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_sqs::types::{QueueAttributeName as Attr, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::QueueAttributeName as Attr;
 
 use crate::aws_error::AwsError;
 use crate::message::{number_attribute, string_attribute, Failure};
+use crate::sqs::{Outgoing, Sqs};
 
 /// Message attribute holding the last error (text, no secrets: errors name
 /// registries, paths and statuses only).
@@ -41,14 +42,9 @@ pub async fn redrive_policy(
     dlq_url: Option<&str>,
 ) -> Result<Option<RedrivePolicy>, AwsError> {
     const CALL: &str = "GetQueueAttributes";
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(Attr::RedrivePolicy)
-        .send()
-        .await
-        .map_err(|e| AwsError::sdk(CALL, queue_url, &e))?;
-    let Some(policy) = out.attributes().and_then(|a| a.get(&Attr::RedrivePolicy)).cloned() else { return Ok(None) };
+    let sqs = Sqs::new(sqs.clone());
+    let attributes = sqs.attributes(queue_url, &[Attr::RedrivePolicy]).await?;
+    let Some(policy) = attributes.get(&Attr::RedrivePolicy).cloned() else { return Ok(None) };
     let bad = |reason: String| AwsError::answer(CALL, queue_url, reason);
     let v: serde_json::Value = serde_json::from_str(&policy).map_err(|e| bad(format!("redrive policy: {e}")))?;
     // SQS answers the count as a number; CloudFormation-made policies as a string.
@@ -66,13 +62,7 @@ pub async fn redrive_policy(
                 .as_str()
                 .ok_or_else(|| bad("redrive policy without deadLetterTargetArn".into()))?;
             let name = arn.rsplit(':').next().unwrap_or_default();
-            let out = sqs
-                .get_queue_url()
-                .queue_name(name)
-                .send()
-                .await
-                .map_err(|e| AwsError::sdk("GetQueueUrl", name, &e))?;
-            out.queue_url().ok_or_else(|| AwsError::answer("GetQueueUrl", name, "no URL"))?.to_owned()
+            sqs.queue_url(name).await?
         }
     };
     Ok(Some(RedrivePolicy { dlq_url, max_receive_count }))
@@ -82,13 +72,13 @@ pub async fn redrive_policy(
 /// attempt, or at once when no retry can fix them ([`crate::settle`]).
 #[derive(Clone)]
 pub struct DeadLetters {
-    sqs: aws_sdk_sqs::Client,
+    sqs: Sqs,
     policy: RedrivePolicy,
 }
 
 impl DeadLetters {
     pub fn new(sqs: aws_sdk_sqs::Client, policy: RedrivePolicy) -> Self {
-        DeadLetters { sqs, policy }
+        DeadLetters { sqs: Sqs::new(sqs), policy }
     }
 
     /// Looks up `queue_url`'s redrive policy. Without one (or when it
@@ -125,40 +115,28 @@ impl DeadLetters {
 
     /// One `SendMessageBatch`; returns the ids that did not reach the DLQ.
     async fn send(&self, failures: &[Failure]) -> Vec<String> {
-        let entries: Vec<_> = failures
+        let entries = failures
             .iter()
-            .enumerate()
-            .map(|(i, f)| {
+            .map(|f| {
                 let error: String = f.error.chars().take(MAX_ERROR_CHARS).collect();
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(&f.message.body)
-                    .message_attributes(LAST_ERROR, string_attribute(error))
-                    .message_attributes(ATTEMPTS, number_attribute(f.message.receive_count.into()))
-                    .build()
-                    .expect("id and body set")
+                Outgoing::new(&f.message.body)
+                    .attribute(LAST_ERROR, string_attribute(error))
+                    .attribute(ATTEMPTS, number_attribute(f.message.receive_count.into()))
             })
             .collect();
         let all_ids = || failures.iter().map(|f| f.message.id.clone()).collect();
-        let out = match self
-            .sqs
-            .send_message_batch()
-            .queue_url(&self.policy.dlq_url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-        {
-            Ok(out) => out,
+        let refused = match self.sqs.send_batch(&self.policy.dlq_url, entries).await {
+            Ok(refused) => refused,
             Err(e) => {
-                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot dead-letter; SQS's redrive will move the messages");
+                tracing::warn!(error = %e, "cannot dead-letter; SQS's redrive will move the messages");
                 return all_ids();
             }
         };
-        let failed: HashMap<&str, &str> = out.failed().iter().map(|f| (f.id(), f.code())).collect();
+        let failed: HashMap<usize, &str> = refused.iter().map(|(i, code, _)| (*i, code.as_str())).collect();
         failures
             .iter()
             .enumerate()
-            .filter_map(|(i, f)| match failed.get(i.to_string().as_str()) {
+            .filter_map(|(i, f)| match failed.get(&i) {
                 Some(code) => {
                     tracing::warn!(message_id = %f.message.id, code, "cannot dead-letter this message; SQS's redrive will move it");
                     Some(f.message.id.clone())

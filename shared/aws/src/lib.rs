@@ -20,5 +20,6 @@ pub mod parking;
 pub mod queue;
 pub mod secrets;
 pub mod settle;
+pub mod sqs;
 pub mod telemetry;
 pub mod written;

@@ -22,10 +22,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry,
-};
-
 use crate::dead_letter::DeadLetters;
 use crate::metrics::{self, Slices, Unit};
 // Where the crates' users have always found them.
@@ -33,6 +29,7 @@ use crate::message::{
     number_attribute, string_attribute, Disposition, Failure, Message, CONTINUATIONS, DOWN_SINCE, PARKED, PROBE,
 };
 pub use crate::message::{unix_now, Probe, PARKED_ON, PARKED_SINCE};
+use crate::sqs::{self, Outgoing, Receive, Received, Sqs};
 
 /// What became of a task handed to [`ParkingLot::park`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +59,7 @@ const PROBE_SEND_MARGIN: Duration = Duration::from_secs(2);
 
 /// The parking queue and the probes of one worker.
 pub struct ParkingLot {
-    sqs: aws_sdk_sqs::Client,
+    sqs: Sqs,
     parking_url: String,
     queue_url: String,
     /// The probe's period: parked work waits at most this long after its
@@ -86,10 +83,6 @@ pub struct ParkingLot {
     dead_letters: Option<DeadLetters>,
 }
 
-fn sdk_error(e: impl std::error::Error) -> String {
-    aws_sdk_sqs::error::DisplayErrorContext(e).to_string()
-}
-
 impl ParkingLot {
     pub fn new(
         sqs: aws_sdk_sqs::Client,
@@ -99,7 +92,7 @@ impl ParkingLot {
         settings: &crate::config::WorkerSettings,
     ) -> ParkingLot {
         ParkingLot {
-            sqs,
+            sqs: Sqs::new(sqs),
             parking_url,
             queue_url,
             probe_every: Duration::from_secs(settings.probe_seconds),
@@ -130,19 +123,14 @@ impl ParkingLot {
                 return Parked::Refused;
             }
         }
-        let sent = self
-            .sqs
-            .send_message()
-            .queue_url(&self.parking_url)
-            .message_body(&m.body)
-            .message_attributes(PARKED, number_attribute(u64::from(m.parked) + 1))
-            .message_attributes(CONTINUATIONS, number_attribute(u64::from(m.continuations)))
-            .message_attributes(PARKED_ON, string_attribute(registry))
-            .message_attributes(PARKED_SINCE, number_attribute(since))
-            .send()
-            .await;
+        let message = Outgoing::new(&m.body)
+            .attribute(PARKED, number_attribute(u64::from(m.parked) + 1))
+            .attribute(CONTINUATIONS, number_attribute(u64::from(m.continuations)))
+            .attribute(PARKED_ON, string_attribute(registry))
+            .attribute(PARKED_SINCE, number_attribute(since));
+        let sent = self.sqs.send(&self.parking_url, message).await;
         if let Err(e) = sent {
-            tracing::warn!(message_id = %m.id, error = %sdk_error(e), "cannot park the task; the message is redelivered instead");
+            tracing::warn!(message_id = %m.id, error = %e, "cannot park the task; the message is redelivered instead");
             return Parked::Refused;
         }
         tracing::info!(message_id = %m.id, registry, parked_since = since, "task parked until its registry answers");
@@ -152,16 +140,11 @@ impl ParkingLot {
     /// Puts `probe` on the copy queue, due after `delay`.
     async fn send_probe(&self, probe: &Probe, delay: Duration) -> bool {
         let body = serde_json::json!({ "probe": probe.registry }).to_string();
-        let sent = self
-            .sqs
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body)
+        let message = Outgoing::new(body)
             .delay_seconds(delay.as_secs().min(900) as i32)
-            .message_attributes(PROBE, string_attribute(&probe.registry))
-            .message_attributes(DOWN_SINCE, number_attribute(probe.down_since))
-            .send()
-            .await;
+            .attribute(PROBE, string_attribute(&probe.registry))
+            .attribute(DOWN_SINCE, number_attribute(probe.down_since));
+        let sent = self.sqs.send(&self.queue_url, message).await;
         match sent {
             Ok(_) => {
                 let due = Instant::now() + delay;
@@ -171,7 +154,7 @@ impl ParkingLot {
                 true
             }
             Err(e) => {
-                tracing::warn!(registry = %probe.registry, error = %sdk_error(e), "cannot send the registry's probe");
+                tracing::warn!(registry = %probe.registry, error = %e, "cannot send the registry's probe");
                 false
             }
         }
@@ -241,21 +224,18 @@ impl ParkingLot {
                 released.unfinished = true;
                 break;
             }
-            let got = self
-                .sqs
-                .receive_message()
-                .queue_url(&self.parking_url)
-                .max_number_of_messages(10)
-                .message_attribute_names("All")
-                .visibility_timeout(60)
+            let receive = Receive {
+                max: 10,
+                attributes: &["All"],
+                visibility_seconds: Some(60),
                 // Short polls may miss messages that are there.
-                .wait_time_seconds(1)
-                .send()
-                .await;
-            let messages = match got {
-                Ok(out) => out.messages.unwrap_or_default(),
+                wait_seconds: Some(1),
+                receive_count: false,
+            };
+            let messages = match self.sqs.receive(&self.parking_url, receive).await {
+                Ok(messages) => messages,
                 Err(e) => {
-                    tracing::warn!(error = %sdk_error(e), "cannot read the parking queue");
+                    tracing::warn!(error = %e, "cannot read the parking queue");
                     released.unfinished = true;
                     break;
                 }
@@ -266,9 +246,7 @@ impl ParkingLot {
             let (mut moving, mut expired) = (Vec::new(), Vec::new());
             for m in messages {
                 let Some(receipt) = m.receipt_handle().map(str::to_owned) else { continue };
-                let attribute = |name: &str| {
-                    m.message_attributes().and_then(|a| a.get(name)).and_then(|v| v.string_value()).map(str::to_owned)
-                };
+                let attribute = |name: &str| sqs::attribute(&m, name).map(str::to_owned);
                 let since = attribute(PARKED_SINCE).and_then(|v| v.parse::<u64>().ok()).unwrap_or(started);
                 let on = attribute(PARKED_ON).unwrap_or_default();
                 if Duration::from_secs(started.saturating_sub(since)) > self.limit {
@@ -294,43 +272,34 @@ impl ParkingLot {
 
     /// Sends `messages` back to the copy queue with their attributes and
     /// deletes them from the parking queue; how many moved.
-    async fn move_back(&self, messages: &[(aws_sdk_sqs::types::Message, String)]) -> usize {
+    async fn move_back(&self, messages: &[(Received, String)]) -> usize {
         if messages.is_empty() {
             return 0;
         }
-        let entries: Vec<_> = messages
+        let entries = messages
             .iter()
-            .enumerate()
-            .map(|(i, (m, _))| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(m.body().unwrap_or_default())
-                    .set_message_attributes(m.message_attributes().cloned())
-                    .build()
-                    .expect("id and body set")
+            .map(|(m, _)| Outgoing {
+                body: m.body().unwrap_or_default().to_owned(),
+                attributes: m.message_attributes().cloned().unwrap_or_default(),
+                ..Default::default()
             })
             .collect();
-        let sent = self.sqs.send_message_batch().queue_url(&self.queue_url).set_entries(Some(entries)).send().await;
-        let failed: Vec<String> = match sent {
-            Ok(out) => out.failed().iter().map(|f| f.id().to_owned()).collect(),
+        let failed: Vec<usize> = match self.sqs.send_batch(&self.queue_url, entries).await {
+            Ok(refused) => refused.into_iter().map(|(i, ..)| i).collect(),
             Err(e) => {
-                tracing::warn!(error = %sdk_error(e), "cannot move parked tasks back; they stay parked");
+                tracing::warn!(error = %e, "cannot move parked tasks back; they stay parked");
                 return 0;
             }
         };
-        let done: Vec<&String> = messages
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !failed.contains(&i.to_string()))
-            .map(|(_, (_, receipt))| receipt)
-            .collect();
+        let done: Vec<&String> =
+            messages.iter().enumerate().filter(|(i, _)| !failed.contains(i)).map(|(_, (_, receipt))| receipt).collect();
         self.delete(&done).await;
         done.len()
     }
 
     /// Dead-letters tasks parked longer than the limit, with that reason;
     /// how many went.
-    async fn expire(&self, messages: &[(aws_sdk_sqs::types::Message, String, String, u64)]) -> usize {
+    async fn expire(&self, messages: &[(Received, String, String, u64)]) -> usize {
         let Some(dead_letters) = &self.dead_letters else {
             if !messages.is_empty() {
                 tracing::warn!(
@@ -372,44 +341,18 @@ impl ParkingLot {
 
     async fn delete(&self, receipts: &[&String]) {
         for chunk in receipts.chunks(10) {
-            let entries: Vec<_> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(*r).build().expect("set")
-                })
-                .collect();
-            if let Err(e) =
-                self.sqs.delete_message_batch().queue_url(&self.parking_url).set_entries(Some(entries)).send().await
-            {
-                tracing::warn!(error = %sdk_error(e), "cannot delete moved tasks from the parking queue; they may run twice");
+            let chunk: Vec<&str> = chunk.iter().map(|r| r.as_str()).collect();
+            if let Err(e) = self.sqs.delete_batch(&self.parking_url, &chunk).await {
+                tracing::warn!(error = %e, "cannot delete moved tasks from the parking queue; they may run twice");
             }
         }
     }
 
     async fn show_again(&self, receipts: &[String]) {
         for chunk in receipts.chunks(10) {
-            let entries: Vec<_> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(r)
-                        .visibility_timeout(0)
-                        .build()
-                        .expect("set")
-                })
-                .collect();
-            let sent = self
-                .sqs
-                .change_message_visibility_batch()
-                .queue_url(&self.parking_url)
-                .set_entries(Some(entries))
-                .send()
-                .await;
-            if let Err(e) = sent {
-                tracing::warn!(error = %sdk_error(e), "cannot show parked tasks again; they are back within a minute");
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            if let Err(e) = self.sqs.change_visibility_batch(&self.parking_url, &chunk, 0).await {
+                tracing::warn!(error = %e, "cannot show parked tasks again; they are back within a minute");
             }
         }
     }

@@ -4,8 +4,7 @@
 pub use aws_sdk_sqs::Client as SqsClient;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-
+use crate::sqs::{self, Sqs};
 use crate::task::Task;
 
 /// A task and how long SQS should hold it before delivery.
@@ -16,7 +15,7 @@ pub struct Outgoing<'a> {
 
 #[derive(Clone)]
 pub struct TaskQueue {
-    client: aws_sdk_sqs::Client,
+    sqs: Sqs,
     url: String,
 }
 
@@ -35,15 +34,15 @@ const ATTEMPTS: u32 = 3;
 
 impl TaskQueue {
     pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> Self {
-        TaskQueue { client, url: url.into() }
+        TaskQueue { sqs: Sqs::new(client), url: url.into() }
     }
 
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    pub fn client(&self) -> &aws_sdk_sqs::Client {
-        &self.client
+    pub fn sqs(&self) -> &Sqs {
+        &self.sqs
     }
 
     /// Enqueues every task or returns an error naming how many were not.
@@ -64,22 +63,19 @@ impl TaskQueue {
                 let entries = pending
                     .iter()
                     .map(|&i| {
-                        SendMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .message_body(group[i].task.encode())
+                        sqs::Outgoing::new(group[i].task.encode())
                             .delay_seconds(group[i].delay.as_secs().min(900) as i32)
-                            .build()
-                            .expect("id and body are set")
                     })
-                    .collect::<Vec<_>>();
-                match self.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
-                    Ok(out) => {
-                        pending = out.failed().iter().filter_map(|f| f.id().parse().ok()).collect();
-                        if let Some(f) = out.failed().first() {
-                            reason = format!("{}: {}", f.code(), f.message().unwrap_or_default());
+                    .collect();
+                match self.sqs.send_batch(&self.url, entries).await {
+                    Ok(refused) => {
+                        // Ids are indexes into `pending`.
+                        if let Some((_, code, message)) = refused.first() {
+                            reason = format!("{code}: {message}");
                         }
+                        pending = refused.iter().filter_map(|(i, ..)| pending.get(*i).copied()).collect();
                     }
-                    Err(e) => reason = aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+                    Err(e) => reason = e.reason,
                 }
             }
             if !pending.is_empty() {

@@ -19,6 +19,7 @@ use crate::dead_letter::DeadLetters;
 use crate::metrics::{self, Unit};
 use crate::parking::{Parked, ParkingLot};
 use crate::registry::resume::UPLOADS;
+use crate::sqs::{Outgoing, Sqs};
 // Where the crates' users have always found it.
 pub use crate::message::Disposition;
 use crate::message::{number_attribute, string_attribute, Failure, Message, CONTINUATIONS, PARKED, SOURCE};
@@ -76,7 +77,7 @@ fn jitter(d: Duration) -> Duration {
 
 /// Settles failures against the copy queue (and its dead-letter queue).
 pub struct Settler {
-    sqs: aws_sdk_sqs::Client,
+    sqs: Sqs,
     /// The copy queue; without it (a worker not told its queue) messages
     /// can only be reported failed.
     queue_url: Option<String>,
@@ -92,7 +93,7 @@ impl Settler {
         dead_letters: Option<DeadLetters>,
         timing: Timing,
     ) -> Settler {
-        Settler { sqs, queue_url, dead_letters, timing, parking: None }
+        Settler { sqs: Sqs::new(sqs), queue_url, dead_letters, timing, parking: None }
     }
 
     /// Parks in `parking` instead of the copy queue.
@@ -170,20 +171,13 @@ impl Settler {
     async fn back_off(&self, m: &Message, retry_after: Option<Duration>) {
         let (Some(queue), Some(receipt)) = (&self.queue_url, &m.receipt) else { return };
         let wait = self.timing.retry_delay(m.receive_count, retry_after).as_secs().clamp(1, MAX_VISIBILITY_SECONDS);
-        let sent = self
-            .sqs
-            .change_message_visibility()
-            .queue_url(queue)
-            .receipt_handle(receipt)
-            .visibility_timeout(wait as i32)
-            .send()
-            .await;
+        let sent = self.sqs.change_visibility(queue, receipt, wait as i32).await;
         match sent {
             Ok(_) => {
                 tracing::info!(message_id = %m.id, wait_s = wait, attempts = m.receive_count, "task backs off before its next attempt")
             }
             Err(e) => {
-                tracing::warn!(message_id = %m.id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot set the backoff; the queue's visibility timeout applies")
+                tracing::warn!(message_id = %m.id, error = %e, "cannot set the backoff; the queue's visibility timeout applies")
             }
         }
     }
@@ -198,27 +192,23 @@ impl Settler {
             _ => (m.parked, m.continuations + 1),
         };
         let delay = delay.as_secs().min(MAX_DELAY_SECONDS);
-        let mut send = self
-            .sqs
-            .send_message()
-            .queue_url(queue)
-            .message_body(&m.body)
+        let mut message = Outgoing::new(&m.body)
             .delay_seconds(delay as i32)
-            .message_attributes(PARKED, number_attribute(parked.into()))
-            .message_attributes(CONTINUATIONS, number_attribute(continuations.into()));
+            .attribute(PARKED, number_attribute(parked.into()))
+            .attribute(CONTINUATIONS, number_attribute(continuations.into()));
         // A continuation goes on with the uploads its run left open.
         if counter == CONTINUATIONS && !m.uploads.is_empty() {
             let json = serde_json::to_string(&m.uploads).expect("uploads serialize");
-            send = send.message_attributes(UPLOADS, string_attribute(json));
+            message = message.attribute(UPLOADS, string_attribute(json));
         }
-        let sent = send.send().await;
+        let sent = self.sqs.send(queue, message).await;
         match sent {
             Ok(_) => {
                 tracing::info!(message_id = %m.id, delay_s = delay, parked, continuations, "task re-enqueued; not a failed attempt");
                 true
             }
             Err(e) => {
-                tracing::warn!(message_id = %m.id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot re-enqueue; the message is redelivered instead");
+                tracing::warn!(message_id = %m.id, error = %e, "cannot re-enqueue; the message is redelivered instead");
                 false
             }
         }
