@@ -27,7 +27,6 @@ pub mod registry;
 pub mod reload;
 pub mod server;
 pub mod settings;
-pub mod settings;
 pub mod webhook;
 pub mod worker;
 
