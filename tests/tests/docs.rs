@@ -375,4 +375,14 @@ fn the_readme_stays_short_and_links_every_page() {
     for page in pages().iter().filter(|p| p.starts_with("docs/")) {
         assert!(readme.contains(&format!("]({page}")), "README.md does not link {page}");
     }
+    // The deploy: numbered steps 1, 2, … of at most ten, each with its command.
+    let deploy = readme.split("\n## Deploy to AWS").nth(1).expect("README.md has a Deploy to AWS section");
+    let deploy = deploy.split("\n## ").next().unwrap();
+    let steps: Vec<&str> =
+        deploy.split('\n').filter(|l| l.split_once(". **").is_some_and(|(n, _)| n.parse::<u32>().is_ok())).collect();
+    assert!((1..=10).contains(&steps.len()), "{} deploy steps: {steps:?}", steps.len());
+    for (i, step) in steps.iter().enumerate() {
+        assert!(step.starts_with(&format!("{}. **", i + 1)), "step {} reads {step:?}", i + 1);
+    }
+    assert_eq!(deploy.matches("```sh").count(), steps.len(), "one block of commands per step");
 }
