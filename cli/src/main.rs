@@ -8,6 +8,7 @@
 //!   relay status                                copy queue and DLQ depth
 //!   relay harbor webhooks --endpoint URL        keep Harbor's webhook policies pointed at the relay
 //!   relay harbor import --harbor URL            a configuration from Harbor's replication policies
+//!   relay explain --config F REPO:TAG           did a push arrive: each rule's verdict, each destination
 //!   relay history [filters] [FILE | --stack S]  per event: each destination's outcome, from the logs
 //!
 //! Queue URLs come from --queue-url / RELAY_QUEUE_URL (the DLQ from the
@@ -113,6 +114,17 @@ enum Command {
     /// Harbor's execution list: per event, when it arrived, the artifact and tags, and each
     /// destination's outcome, duration, bytes and error, read from the functions' log lines.
     History(commands::history::HistoryArgs),
+    /// Did my push arrive? Every rule's verdict on the artifact (the filter that decided, with
+    /// its labels and type from Harbor's API) and, where the rules replicate it, whether each
+    /// destination holds the same digest, another, or nothing. Exit 0 when every destination
+    /// holds the source's digest.
+    Explain {
+        /// The configuration: a file path, or `ssm:<parameter>` as the functions read it.
+        #[arg(long, env = "RELAY_CONFIG")]
+        config: String,
+        /// `<repository>:<tag>` or `<repository>@<digest>`, as in the source.
+        artifact: String,
+    },
     /// Harbor itself, through its API (the source's credentials).
     Harbor {
         #[command(subcommand)]
@@ -276,6 +288,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::harbor::run(&secrets, output, config, endpoint, name, payload_format, dry_run).await
         }
         Command::Harbor { command: HarborCommand::Import(args) } => commands::harbor_import::run(output, args).await,
+        Command::Explain { config, artifact } => commands::explain::run(&secrets, output, config, artifact).await,
         Command::History(args) => commands::history::run(output, args).await,
         Command::Reconcile { target } => commands::reconcile::run(sqs, &secrets, output, target).await,
         Command::Dlq { list, redrive: _, queue_url, dlq_url } => {

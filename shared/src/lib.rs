@@ -16,6 +16,7 @@ pub use relay_oci::tls;
 
 pub mod bootstrap;
 pub mod destination;
+pub mod explain;
 pub mod feeders;
 pub mod health;
 pub mod history;

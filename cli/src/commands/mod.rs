@@ -7,6 +7,7 @@ use super::*;
 pub(crate) mod check;
 pub(crate) mod config_push;
 pub(crate) mod dlq;
+pub(crate) mod explain;
 pub(crate) mod harbor;
 pub(crate) mod harbor_import;
 pub(crate) mod history;
