@@ -152,6 +152,11 @@ enum HarborCommand {
         /// Say what would be created or updated, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Take the relay out instead: in every project, delete the webhook policies whose only
+        /// target is --endpoint, and take --endpoint out of those that also send elsewhere.
+        /// Policies sending elsewhere only are left alone.
+        #[arg(long)]
+        remove: bool,
     },
     /// Write a relay configuration from Harbor's own replication set-up: each push-based
     /// replication policy becomes a rule, each registry endpoint it uses a destination; what
@@ -284,9 +289,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replicate { target, selection } => {
             commands::replicate::run(sqs, &secrets, output, target, selection).await
         }
-        Command::Harbor { command: HarborCommand::Webhooks { config, endpoint, name, payload_format, dry_run } } => {
-            commands::harbor::run(&secrets, output, config, endpoint, name, payload_format, dry_run).await
+        Command::Harbor { command: HarborCommand::Webhooks { config, endpoint, remove: true, dry_run, .. } } => {
+            commands::harbor::remove(&secrets, output, config, endpoint, dry_run).await
         }
+        Command::Harbor {
+            command: HarborCommand::Webhooks { config, endpoint, name, payload_format, dry_run, .. },
+        } => commands::harbor::run(&secrets, output, config, endpoint, name, payload_format, dry_run).await,
         Command::Harbor { command: HarborCommand::Import(args) } => commands::harbor_import::run(output, args).await,
         Command::Explain { config, artifact } => commands::explain::run(&secrets, output, config, artifact).await,
         Command::History(args) => commands::history::run(output, args).await,

@@ -798,7 +798,8 @@ fn projects(s: &Store) -> Vec<String> {
 }
 
 /// `/api/v2.0/projects/{id}/webhook/policies[/{policy id}]`: GET lists,
-/// POST creates (201), PUT replaces (200); a body that does not fit
+/// POST creates (201), PUT replaces (200), DELETE removes (200; 404 when
+/// absent); a body that does not fit
 /// Harbor's `WebhookPolicy` schema (API v2.0) gets 400 with the reasons.
 fn harbor_webhook(s: &mut Store, method: &Method, path: &str, body: &[u8], q: &HashMap<String, String>) -> Response {
     let rest = path.trim_start_matches("/api/v2.0/projects/");
@@ -850,6 +851,12 @@ fn harbor_webhook(s: &mut Store, method: &Method, path: &str, body: &[u8], q: &H
             v["project_id"] = pid.into();
             slot.1 = v;
             status(200)
+        }
+        ("DELETE", ["webhook", "policies", id]) => {
+            let before = s.webhook_policies.len();
+            s.webhook_policies
+                .retain(|(p, old)| !(*p == pid && old["id"].as_u64().map(|i| i.to_string()).as_deref() == Some(*id)));
+            status(if s.webhook_policies.len() < before { 200 } else { 404 })
         }
         _ => status(405),
     }

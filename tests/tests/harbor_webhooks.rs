@@ -177,3 +177,65 @@ async fn a_reconcile_pass_keeps_the_policies_when_asked() {
     let again = pass(true);
     assert_eq!(again["webhook_policies"], json!({ "created": 0, "updated": 0, "unchanged": 1 }));
 }
+
+/// `--remove`: the relay's policies go from every project (one no rule
+/// covers included), a policy that also sends elsewhere keeps its other
+/// target, and policies sending elsewhere only stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_takes_the_relay_out_of_every_project_and_nothing_else() {
+    let stack = Stack::load().unwrap();
+    let harbor = FakeRegistry::start(false).await;
+    let p = format!("rm{:08x}", rand::random::<u32>());
+    let (covered, uncovered) = (format!("{p}-lib"), format!("{p}-old"));
+    harbor.add_project(&covered);
+    harbor.add_project(&uncovered);
+    let target = |address: &str| json!({ "type": "http", "address": address, "skip_cert_verify": false });
+    let relay_only = json!({ "name": "harbor-relay", "targets": [target("https://relay.example/")], "event_types": ["PUSH_ARTIFACT"], "enabled": true });
+    let shared = json!({ "name": "shared", "targets": [target("https://relay.example"), target("https://audit.example/hook")], "event_types": ["PUSH_ARTIFACT"], "enabled": true });
+    let elsewhere = json!({ "name": "alerts", "targets": [target("https://hooks.chat.example/alerts")], "event_types": ["SCANNING_FAILED"], "enabled": true });
+    harbor.insert_webhook_policy(&covered, relay_only.clone());
+    harbor.insert_webhook_policy(&covered, elsewhere.clone());
+    harbor.insert_webhook_policy(&uncovered, relay_only);
+    harbor.insert_webhook_policy(&uncovered, shared);
+    let config = TempFile::new(
+        "hooks-rm",
+        "yaml",
+        format!(
+            "source: {{ url: {}, harbor_api: true }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: r, url: {} }}\nrules:\n  - {{ name: lib, filters: {{ name: \"{covered}/**\" }}, destination: {{ registry: r }} }}\n",
+            harbor.url, stack.target_url
+        ),
+    );
+    let remove = |extra: &[&str]| {
+        let config = config.arg();
+        let mut args =
+            vec!["harbor", "webhooks", "--remove", "--config", config.as_str(), "--endpoint", "https://relay.example/"];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let names = |project: &str| -> Vec<String> {
+        harbor.webhook_policies(project).iter().map(|v| v["name"].as_str().unwrap().to_owned()).collect()
+    };
+
+    let (code, said) = remove(&["--dry-run"]);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("3 policies sent to https://relay.example/ (dry run"), "{said}");
+    assert_eq!((names(&covered).len(), names(&uncovered).len()), (2, 2), "a dry run writes nothing");
+
+    let (code, said) = remove(&[]);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains(&format!("{uncovered}")) && said.contains("target removed"), "{said}");
+    assert_eq!(names(&covered), ["alerts"]);
+    assert_eq!(harbor.webhook_policies(&covered)[0]["targets"], elsewhere["targets"], "untouched");
+    assert_eq!(names(&uncovered), ["shared"]);
+    let left: Vec<Value> = harbor.webhook_policies(&uncovered)[0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["address"].clone())
+        .collect();
+    assert_eq!(left, [json!("https://audit.example/hook")], "only the relay's target went");
+
+    let (code, said) = remove(&[]);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("0 policies sent to"), "nothing left to remove: {said}");
+}

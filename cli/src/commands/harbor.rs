@@ -1,4 +1,5 @@
-//! `relay harbor webhooks`: Harbor's webhook policies kept pointed at the relay, in every project a rule covers.
+//! `relay harbor webhooks`: Harbor's webhook policies kept pointed at the relay, in every project a rule covers;
+//! with `--remove`, the relay taken out of them again.
 
 use super::*;
 
@@ -38,6 +39,39 @@ pub(crate) async fn run(
     let json = serde_json::json!({
         "dry_run": dry_run,
         "projects": kept.iter().map(|(p, c)| serde_json::json!({"project": p.name, "change": c.as_str()})).collect::<Vec<_>>(),
+    });
+    output.print(text, json);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--remove`: the relay's targets taken out of every project's webhook policies.
+pub(crate) async fn remove(
+    secrets: &SecretSource,
+    output: Output,
+    config: String,
+    endpoint: url::Url,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = bootstrap::load_config(&config).await?;
+    let api = bootstrap::harbor_api(&config, secrets)
+        .await?
+        .context("the source is not read through Harbor's API (source.harbor_api is false, or the source did not answer as a Harbor)")?;
+    let removed = relay::harbor_webhooks::remove(&api, &endpoint, dry_run).await?;
+    let text = || {
+        let mut t = String::new();
+        for (project, policy, removal) in &removed {
+            let said = if dry_run { "would be " } else { "" };
+            t += &format!("{:<32} {policy:<24} {said}{}\n", project.name, removal.as_str());
+        }
+        t + &format!(
+            "{} policies sent to {endpoint}{}\n",
+            removed.len(),
+            if dry_run { " (dry run: nothing written)" } else { "" }
+        )
+    };
+    let json = serde_json::json!({
+        "dry_run": dry_run,
+        "policies": removed.iter().map(|(p, name, r)| serde_json::json!({"project": p.name, "policy": name, "removal": r.as_str()})).collect::<Vec<_>>(),
     });
     output.print(text, json);
     Ok(ExitCode::SUCCESS)

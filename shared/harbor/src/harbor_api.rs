@@ -244,6 +244,21 @@ impl HarborApi {
         }
     }
 
+    /// Deletes the webhook policy `id` of `project`.
+    pub async fn delete_webhook_policy(&self, project: &Project, id: i64) -> Result<(), HarborApiError> {
+        let mut url = self.base.clone();
+        url.set_path(&format!("/api/v2.0/projects/{}/webhook/policies/{id}", project.project_id));
+        let resp = self.send(Method::DELETE, url.path(), || self.authorized(self.http.delete(url.clone()))).await?;
+        match resp.status().as_u16() {
+            200 | 404 => Ok(()),
+            401 | 403 => Err(HarborApiError::Forbidden(format!(
+                "may not delete the webhook policies of project {:?}: the account needs the project's webhook rights (a project admin, or a robot with \"Webhook\" delete)",
+                project.name
+            ))),
+            s => Err(HarborApiError::Status(s)),
+        }
+    }
+
     /// The repositories of `project` (names include the project).
     pub async fn repositories(&self, project: &str) -> Result<Vec<RepositoryPath>, HarborApiError> {
         let path = format!("/api/v2.0/projects/{}/repositories", segment(project));

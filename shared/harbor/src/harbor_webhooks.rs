@@ -113,6 +113,25 @@ impl WebhookPolicy {
     }
 }
 
+/// What `relay harbor webhooks --remove` did (or, in a dry run, would
+/// do) to one policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Its only target was the relay: the policy is gone.
+    Deleted,
+    /// It also sends elsewhere: only the relay's target was taken out.
+    TargetRemoved,
+}
+
+impl Removal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Removal::Deleted => "deleted",
+            Removal::TargetRemoved => "target removed",
+        }
+    }
+}
+
 /// What was done (or, in a dry run, would be done) in one project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -224,6 +243,51 @@ pub async fn keep(
         done.push((project, change));
     }
     Ok(done)
+}
+
+/// Takes the relay out of every project's webhook policies: a policy whose
+/// only target is `endpoint` is deleted, one that also sends elsewhere
+/// keeps its other targets. Policies not sending to `endpoint` are left
+/// alone, whatever their name, and every project is looked at (one no rule
+/// covers any more may still send to the relay). Nothing is written when
+/// `dry_run`. In project-name order: (project, policy name, removal).
+pub async fn remove(
+    api: &HarborApi,
+    endpoint: &url::Url,
+    dry_run: bool,
+) -> Result<Vec<(Project, String, Removal)>, HarborApiError> {
+    let mut projects = api.project_list().await?;
+    projects.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut done = Vec::new();
+    for project in projects {
+        let policies: Vec<WebhookPolicy> = api.webhook_policies(&project).await?;
+        for policy in policies {
+            let ours = |t: &WebhookTarget| same_endpoint(&t.address, endpoint);
+            if !policy.targets.iter().any(ours) {
+                continue;
+            }
+            let Some(id) = policy.id else { continue };
+            let others: Vec<WebhookTarget> = policy.targets.iter().filter(|t| !ours(t)).cloned().collect();
+            let removal = if others.is_empty() { Removal::Deleted } else { Removal::TargetRemoved };
+            if !dry_run {
+                match removal {
+                    Removal::Deleted => api.delete_webhook_policy(&project, id).await?,
+                    Removal::TargetRemoved => {
+                        let kept =
+                            WebhookPolicy { targets: others, project_id: Some(project.project_id), ..policy.clone() };
+                        api.save_webhook_policy(&project, Some(id), &kept).await?
+                    }
+                }
+            }
+            done.push((project.clone(), policy.name.clone(), removal));
+        }
+    }
+    Ok(done)
+}
+
+/// Whether a target's `address` is `endpoint` (a trailing slash aside).
+fn same_endpoint(address: &str, endpoint: &url::Url) -> bool {
+    address.trim_end_matches('/') == endpoint.as_str().trim_end_matches('/')
 }
 
 #[cfg(test)]
