@@ -28,7 +28,7 @@ use crate::repository::Tag;
 use crate::rules::Rule;
 use crate::secrets::{CredentialReloader, SecretError};
 // Where the crates' users have always found them.
-pub use crate::message::{Failure, Message};
+pub use crate::message::{Failure, FailureCause, Message};
 use crate::task::{Action, Task, TaskError};
 use crate::written::Written;
 
@@ -47,6 +47,7 @@ const CUT_SHARE_OF_MARGIN: u32 = 3;
 #[derive(Debug, Clone)]
 pub struct Failed {
     pub error: String,
+    pub cause: FailureCause,
     pub disposition: Disposition,
     pub slices: Slices,
     /// Uploads a cut run leaves open, for its continuation.
@@ -169,7 +170,7 @@ where
             async move {
                 let result = running.await;
                 ended(&m, matches!(result, Ok(Ok(()))));
-                let Failed { error, disposition, slices, uploads } = match result {
+                let Failed { error, cause, disposition, slices, uploads } = match result {
                     Ok(Ok(())) => return None,
                     Ok(Err(failed)) => failed,
                     Err(panic) => {
@@ -182,10 +183,11 @@ where
                         metrics::emit(&[("Function", "worker"), ("Outcome", "failed")], &[("Tasks", 1.0, Unit::Count)]);
                         let error = format!("task panicked: {what}");
                         let disposition = Disposition::Retry { retry_after: None };
-                        Failed { error, disposition, slices: Slices::default(), uploads: Vec::new() }
+                        let cause = FailureCause::Panic;
+                        Failed { error, cause, disposition, slices: Slices::default(), uploads: Vec::new() }
                     }
                 };
-                Some(Failure { message: Message { uploads, ..m }, error, disposition, slices })
+                Some(Failure { message: Message { uploads, ..m }, error, cause, disposition, slices })
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -239,6 +241,30 @@ fn fanouts(messages: &mut Vec<Decoded>) -> HashMap<String, Arc<Fanout>> {
 
 pub use crate::destination::Destination;
 
+/// The cause of a registry's error; which side it came from by the
+/// client's name (the source's is [`SOURCE`]).
+fn registry_cause(e: &RegistryError) -> FailureCause {
+    let source = |registry: &str| registry == SOURCE;
+    match e {
+        RegistryError::Transport { registry, .. } if source(registry) => FailureCause::SourceUnreachable,
+        RegistryError::Transport { .. } => FailureCause::DestinationUnreachable,
+        RegistryError::Certificate { .. } => FailureCause::Certificate,
+        e @ RegistryError::Status { .. } if e.is_immutable_tag() => FailureCause::ImmutableTag,
+        RegistryError::Status { registry, status, .. } if source(registry) => {
+            FailureCause::SourceRefused { status: status.as_u16() }
+        }
+        RegistryError::Status { status, .. } => FailureCause::DestinationRefused { status: status.as_u16() },
+        RegistryError::Denied { .. }
+        | RegistryError::Reauthenticate { .. }
+        | RegistryError::Token { .. }
+        | RegistryError::UntrustedRealm { .. } => FailureCause::Unauthorized,
+        RegistryError::DigestMismatch { .. } => FailureCause::DigestMismatch,
+        RegistryError::TooLarge { .. } => FailureCause::ManifestTooLarge,
+        RegistryError::Redirect { .. } => FailureCause::Redirect,
+        RegistryError::Malformed { .. } | RegistryError::Protocol { .. } => FailureCause::Protocol,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TaskFailure {
     #[error("undecodable task: {0}")]
@@ -274,6 +300,22 @@ pub enum TaskFailure {
 }
 
 impl TaskFailure {
+    /// The failure's cause, by the type of its error.
+    pub fn cause(&self) -> FailureCause {
+        match self {
+            TaskFailure::Decode(_) => FailureCause::Undecodable,
+            TaskFailure::UnknownRegistry(_) => FailureCause::UnknownRegistry,
+            TaskFailure::Refused(_) => FailureCause::RefusedByRules,
+            TaskFailure::Parked(_) => FailureCause::RegistryUnavailable,
+            TaskFailure::Listing(_) => FailureCause::SourceListing,
+            TaskFailure::Credentials(_) => FailureCause::Credentials,
+            TaskFailure::Prepare(e) => FailureCause::Prepare { denied: e.is_denied() },
+            TaskFailure::Cut { .. } | TaskFailure::Copy(CopyError::Deadline { .. }) => FailureCause::Deadline,
+            TaskFailure::Copy(CopyError::Manifest(_)) => FailureCause::Manifest,
+            TaskFailure::Copy(CopyError::Registry(e)) => registry_cause(e),
+        }
+    }
+
     /// How the message of a task that failed this way is settled.
     pub fn disposition(&self) -> Disposition {
         let retry = |retry_after| Disposition::Retry { retry_after };
@@ -360,8 +402,8 @@ impl Worker {
                 metrics::emit(&[("Function", "worker"), ("Outcome", "rejected")], &[("Tasks", 1.0, Unit::Count)]);
                 let failure = TaskFailure::Decode(e);
                 let slices = Slices::default();
-                let (error, disposition) = (failure.to_string(), failure.disposition());
-                return Err(Failed { error, disposition, slices, uploads: Vec::new() });
+                let (error, cause, disposition) = (failure.to_string(), failure.cause(), failure.disposition());
+                return Err(Failed { error, cause, disposition, slices, uploads: Vec::new() });
             }
         };
         let span = tracing::info_span!(
@@ -419,7 +461,7 @@ impl Worker {
                 Ok(())
             }
             Err(e) => {
-                let disposition = e.disposition();
+                let (disposition, cause) = (e.disposition(), e.cause());
                 let _e = span.enter();
                 let duration_ms = started.elapsed().as_millis() as u64;
                 let (outcome, settled) = match disposition {
@@ -431,11 +473,11 @@ impl Worker {
                 match settled {
                     Some(settled) => {
                         self.stats.tasks_failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(outcome, settled, error = %e, bytes = 0u64, duration_ms, "task failed");
+                        tracing::error!(outcome, settled, cause = cause.as_str(), error = %e, bytes = 0u64, duration_ms, "task failed");
                     }
                     None => {
                         self.stats.tasks_deferred.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(outcome, reason = %e, duration_ms, "task deferred");
+                        tracing::info!(outcome, cause = cause.as_str(), reason = %e, duration_ms, "task deferred");
                     }
                 }
                 metrics::emit_sliced(
@@ -447,7 +489,7 @@ impl Worker {
                     TaskFailure::Cut { ref uploads, .. } => uploads.clone(),
                     _ => Vec::new(),
                 };
-                Err(Failed { error: e.to_string(), disposition, slices, uploads })
+                Err(Failed { error: e.to_string(), cause, disposition, slices, uploads })
             }
         }
     }
@@ -663,6 +705,7 @@ impl Worker {
         let failed = |error: String| Failed {
             uploads: Vec::new(),
             error,
+            cause: FailureCause::Probe,
             disposition: Disposition::Retry { retry_after: None },
             slices: Slices { registry: probe.registry.clone(), rule: UNKNOWN.into() },
         };
@@ -745,6 +788,86 @@ mod tests {
         Message { id: id.into(), receive_count: 1, ..Default::default() }
     }
 
+    /// Each registry error's cause, from its type and fields, with the
+    /// disposition it has always had beside it.
+    #[test]
+    fn a_failure_names_its_cause_by_the_type_of_its_error() {
+        use crate::registry::client::{OciError, OciErrorCode};
+        use reqwest::{Method, StatusCode};
+        let status = |registry: &str, code: u16, errors: Vec<OciError>| {
+            TaskFailure::Copy(CopyError::Registry(RegistryError::Status {
+                registry: registry.into(),
+                path: "/v2/x/manifests/v1".into(),
+                status: StatusCode::from_u16(code).unwrap(),
+                detail: String::new(),
+                retry_after: None,
+                errors,
+            }))
+        };
+        let registry = |e: RegistryError| TaskFailure::Copy(CopyError::Registry(e));
+        let transport = |registry: &str| RegistryError::Transport {
+            registry: registry.into(),
+            method: Method::GET,
+            path: "/v2/".into(),
+            reason: "connection refused".into(),
+        };
+        let immutable = vec![OciError {
+            code: OciErrorCode::TagInvalid,
+            message: "cannot be overwritten because the repository is immutable".into(),
+        }];
+        let retry = Disposition::Retry { retry_after: None };
+        for (failure, cause, name, disposition) in [
+            (registry(transport(SOURCE)), FailureCause::SourceUnreachable, "source_unreachable", retry),
+            (registry(transport("cluster1")), FailureCause::DestinationUnreachable, "destination_unreachable", retry),
+            (status(SOURCE, 404, vec![]), FailureCause::SourceRefused { status: 404 }, "source_refused", retry),
+            (
+                status("cluster1", 500, vec![]),
+                FailureCause::DestinationRefused { status: 500 },
+                "destination_refused",
+                retry,
+            ),
+            (status("cluster1", 400, immutable), FailureCause::ImmutableTag, "immutable_tag", retry),
+            (
+                registry(RegistryError::Denied {
+                    registry: "cluster1".into(),
+                    path: "/v2/".into(),
+                    status: StatusCode::UNAUTHORIZED,
+                }),
+                FailureCause::Unauthorized,
+                "unauthorized",
+                Disposition::Permanent,
+            ),
+            (
+                registry(RegistryError::TooLarge { registry: SOURCE.into(), reference: "v1".into(), limit: 4 }),
+                FailureCause::ManifestTooLarge,
+                "manifest_too_large",
+                Disposition::Permanent,
+            ),
+            (
+                TaskFailure::UnknownRegistry("gone".into()),
+                FailureCause::UnknownRegistry,
+                "unknown_registry",
+                Disposition::Permanent,
+            ),
+            (
+                TaskFailure::Parked("cluster1".into()),
+                FailureCause::RegistryUnavailable,
+                "registry_unavailable",
+                Disposition::Park { source: false },
+            ),
+            (
+                TaskFailure::Cut { progressed: true, uploads: Vec::new() },
+                FailureCause::Deadline,
+                "deadline",
+                Disposition::Continue,
+            ),
+        ] {
+            assert_eq!(failure.cause(), cause, "{failure}");
+            assert_eq!(failure.cause().as_str(), name, "{failure}");
+            assert_eq!(failure.disposition(), disposition, "{failure}");
+        }
+    }
+
     #[tokio::test]
     async fn a_panicking_task_fails_alone() {
         let finished = AtomicUsize::new(0);
@@ -763,6 +886,7 @@ mod tests {
                         "bad" => Err(Failed {
                             uploads: Vec::new(),
                             error: "an ordinary failure".to_owned(),
+                            cause: FailureCause::Manifest,
                             disposition: Disposition::Permanent,
                             slices: Slices::default(),
                         }),

@@ -98,6 +98,7 @@ async fn poison_messages_reach_the_dlq_and_good_ones_are_deleted() {
     assert_eq!(attr(relay::dead_letter::ATTEMPTS).as_deref(), Some("1"));
     let error = attr(relay::dead_letter::LAST_ERROR).expect("last error attached");
     assert!(error.contains("version 99 is not supported"), "{error}");
+    assert_eq!(attr(relay::dead_letter::CAUSE).as_deref(), Some("undecodable"), "the cause by its stable name");
     assert!(stack.target().get_manifest(&repo, "v1").await.unwrap().is_some());
 }
 

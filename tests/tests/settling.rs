@@ -125,6 +125,8 @@ async fn a_transient_failure_backs_off_by_visibility_then_dead_letters_with_its_
     };
     assert_eq!(attr(relay::dead_letter::ATTEMPTS).as_deref(), Some("3"), "transient: every attempt used");
     assert!(attr(relay::dead_letter::LAST_ERROR).unwrap().contains("503"));
+    // The cause by its stable name, from the error's type: the source answered 503.
+    assert_eq!(attr(relay::dead_letter::CAUSE).as_deref(), Some("source_refused"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,6 +507,7 @@ async fn a_task_parked_past_the_limit_is_dead_lettered_with_its_reason() {
     let failure = relay::worker::Failure {
         message: old,
         error: "registry cluster1-registry is unavailable".into(),
+        cause: relay::worker::FailureCause::RegistryUnavailable,
         disposition: relay::settle::Disposition::Park { source: false },
         slices: Default::default(),
     };

@@ -22,6 +22,10 @@ use crate::sqs::{Outgoing, Sqs};
 pub const LAST_ERROR: &str = "RelayLastError";
 /// Message attribute holding how many times the task was tried.
 pub const ATTEMPTS: &str = "RelayAttempts";
+/// Message attribute holding the failure's cause by its stable name
+/// ([`crate::message::FailureCause::as_str`]): what an operator or an
+/// alarm sorts dead letters by, where the error's text varies.
+pub const CAUSE: &str = "RelayFailureCause";
 /// SQS caps a message's attributes with its body at 256 KiB; an error never
 /// needs more than this.
 const MAX_ERROR_CHARS: usize = 2048;
@@ -122,6 +126,7 @@ impl DeadLetters {
                 Outgoing::new(&f.message.body)
                     .attribute(LAST_ERROR, string_attribute(error))
                     .attribute(ATTEMPTS, number_attribute(f.message.receive_count.into()))
+                    .attribute(CAUSE, string_attribute(f.cause.as_str()))
             })
             .collect();
         let all_ids = || failures.iter().map(|f| f.message.id.clone()).collect();
@@ -142,7 +147,7 @@ impl DeadLetters {
                     Some(f.message.id.clone())
                 }
                 None => {
-                    tracing::warn!(message_id = %f.message.id, attempts = f.message.receive_count, error = %f.error, "task dead-lettered with its error");
+                    tracing::warn!(message_id = %f.message.id, attempts = f.message.receive_count, cause = f.cause.as_str(), error = %f.error, "task dead-lettered with its error");
                     None
                 }
             })

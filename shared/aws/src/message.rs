@@ -117,12 +117,107 @@ impl Message {
         [crate::registry::resume::UPLOADS, PARKED, CONTINUATIONS, PARKED_SINCE, PARKED_ON, PROBE, DOWN_SINCE];
 }
 
-/// A message whose task failed, with the reason (no secrets in it) and
-/// how it is to be settled.
+/// Why a task failed, by kind: built from the typed errors where the task
+/// failed (never by reading their text), and carried with the failure to
+/// settling, the dead-letter queue's attribute and the log, under a stable
+/// name ([`FailureCause::as_str`]) that alarms and queries can match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureCause {
+    /// The message is not a task this worker understands.
+    Undecodable,
+    /// The task names a registry the configuration does not.
+    UnknownRegistry,
+    /// The rules in force do not allow the task.
+    RefusedByRules,
+    /// A registry is unavailable: the task waits for it.
+    RegistryUnavailable,
+    /// The source repositories feeding a delete could not be listed.
+    SourceListing,
+    /// Credentials could not be read again after a denial.
+    Credentials,
+    /// The destination's repository could not be made ready (ECR
+    /// repository, Harbor project); `denied`: for want of a permission.
+    Prepare { denied: bool },
+    /// A manifest the relay does not copy (schema 1, unknown type, too
+    /// many children, too deep, too many bytes).
+    Manifest,
+    /// The invocation's deadline came first.
+    Deadline,
+    /// The source could not be reached (connection failed).
+    SourceUnreachable,
+    /// A destination could not be reached (connection failed).
+    DestinationUnreachable,
+    /// A registry's certificate did not verify.
+    Certificate,
+    /// The source answered an HTTP error.
+    SourceRefused { status: u16 },
+    /// A destination answered an HTTP error.
+    DestinationRefused { status: u16 },
+    /// A destination refused to move an immutable tag.
+    ImmutableTag,
+    /// A registry denied the credentials, or its token service failed.
+    Unauthorized,
+    /// What a registry served does not match its digest.
+    DigestMismatch,
+    /// A manifest larger than the relay reads.
+    ManifestTooLarge,
+    /// A redirect the registry may not make.
+    Redirect,
+    /// A registry's answer broke the protocol.
+    Protocol,
+    /// Parked longer than the limit waiting for its registry.
+    ParkedTooLong,
+    /// The task panicked.
+    Panic,
+    /// A probe of the parking lot could not be carried out.
+    Probe,
+}
+
+impl FailureCause {
+    /// The cause's stable name, as the DLQ attribute and the log carry it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FailureCause::Undecodable => "undecodable",
+            FailureCause::UnknownRegistry => "unknown_registry",
+            FailureCause::RefusedByRules => "refused_by_rules",
+            FailureCause::RegistryUnavailable => "registry_unavailable",
+            FailureCause::SourceListing => "source_listing",
+            FailureCause::Credentials => "credentials",
+            FailureCause::Prepare { denied: true } => "prepare_denied",
+            FailureCause::Prepare { denied: false } => "prepare_failed",
+            FailureCause::Manifest => "manifest_not_copied",
+            FailureCause::Deadline => "deadline",
+            FailureCause::SourceUnreachable => "source_unreachable",
+            FailureCause::DestinationUnreachable => "destination_unreachable",
+            FailureCause::Certificate => "certificate",
+            FailureCause::SourceRefused { .. } => "source_refused",
+            FailureCause::DestinationRefused { .. } => "destination_refused",
+            FailureCause::ImmutableTag => "immutable_tag",
+            FailureCause::Unauthorized => "unauthorized",
+            FailureCause::DigestMismatch => "digest_mismatch",
+            FailureCause::ManifestTooLarge => "manifest_too_large",
+            FailureCause::Redirect => "redirect_refused",
+            FailureCause::Protocol => "protocol",
+            FailureCause::ParkedTooLong => "parked_too_long",
+            FailureCause::Panic => "panic",
+            FailureCause::Probe => "probe",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A message whose task failed, with the reason (no secrets in it), its
+/// cause and how it is to be settled.
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub message: Message,
     pub error: String,
+    pub cause: FailureCause,
     pub disposition: Disposition,
     /// What its metrics count under, final failures included.
     pub slices: Slices,

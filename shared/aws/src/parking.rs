@@ -26,7 +26,8 @@ use crate::dead_letter::DeadLetters;
 use crate::metrics::{self, Slices, Unit};
 // Where the crates' users have always found them.
 use crate::message::{
-    number_attribute, string_attribute, Disposition, Failure, Message, CONTINUATIONS, DOWN_SINCE, PARKED, PROBE,
+    number_attribute, string_attribute, Disposition, Failure, FailureCause, Message, CONTINUATIONS, DOWN_SINCE, PARKED,
+    PROBE,
 };
 pub use crate::message::{unix_now, Probe, PARKED_ON, PARKED_SINCE};
 use crate::sqs::{self, Outgoing, Receive, Received, Sqs};
@@ -322,6 +323,7 @@ impl ParkingLot {
                     "parked for more than {} s waiting for registry {on:?} (since {since}, Unix time)",
                     self.limit.as_secs()
                 ),
+                cause: FailureCause::ParkedTooLong,
                 disposition: Disposition::Permanent,
                 slices: Slices { registry: on.clone(), rule: metrics::UNKNOWN.into() },
             })

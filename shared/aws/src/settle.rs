@@ -22,7 +22,9 @@ use crate::registry::resume::UPLOADS;
 use crate::sqs::{Outgoing, Sqs};
 // Where the crates' users have always found it.
 pub use crate::message::Disposition;
-use crate::message::{number_attribute, string_attribute, Failure, Message, CONTINUATIONS, PARKED, SOURCE};
+use crate::message::{
+    number_attribute, string_attribute, Failure, FailureCause, Message, CONTINUATIONS, PARKED, SOURCE,
+};
 
 /// SQS's limits: `DelaySeconds` ≤ 15 minutes, visibility ≤ 12 hours.
 const MAX_DELAY_SECONDS: u64 = 900;
@@ -136,6 +138,7 @@ impl Settler {
                                 parking.limit.as_secs(),
                                 f.error
                             ),
+                            cause: FailureCause::ParkedTooLong,
                             disposition: Disposition::Permanent,
                             ..f
                         }),
@@ -143,11 +146,11 @@ impl Settler {
                 }
                 Disposition::Retry { .. } | Disposition::Continue if last => dead.push(f),
                 Disposition::Retry { retry_after } => {
-                    self.back_off(&f.message, retry_after).await;
+                    self.back_off(&f.message, retry_after, f.cause).await;
                     redeliver.push(f.message.id);
                 }
                 Disposition::Continue => {
-                    self.back_off(&f.message, None).await;
+                    self.back_off(&f.message, None, f.cause).await;
                     redeliver.push(f.message.id);
                 }
             }
@@ -168,13 +171,13 @@ impl Settler {
 
     /// Sets the message's visibility to the backoff for its next attempt.
     /// If that fails, the queue's visibility timeout applies (logged).
-    async fn back_off(&self, m: &Message, retry_after: Option<Duration>) {
+    async fn back_off(&self, m: &Message, retry_after: Option<Duration>, cause: FailureCause) {
         let (Some(queue), Some(receipt)) = (&self.queue_url, &m.receipt) else { return };
         let wait = self.timing.retry_delay(m.receive_count, retry_after).as_secs().clamp(1, MAX_VISIBILITY_SECONDS);
         let sent = self.sqs.change_visibility(queue, receipt, wait as i32).await;
         match sent {
             Ok(_) => {
-                tracing::info!(message_id = %m.id, wait_s = wait, attempts = m.receive_count, "task backs off before its next attempt")
+                tracing::info!(message_id = %m.id, wait_s = wait, attempts = m.receive_count, cause = cause.as_str(), "task backs off before its next attempt")
             }
             Err(e) => {
                 tracing::warn!(message_id = %m.id, error = %e, "cannot set the backoff; the queue's visibility timeout applies")
