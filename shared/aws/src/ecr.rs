@@ -6,6 +6,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_ecr::error::ProvideErrorMetadata as _;
 use aws_sdk_ecr::types::{EncryptionConfiguration, EncryptionType, ImageScanningConfiguration, ImageTagMutability};
 use base64::Engine as _;
 use tokio::sync::Mutex;
@@ -20,17 +21,33 @@ pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 60);
 #[derive(Debug, thiserror::Error)]
 pub enum EcrError {
     #[error("ECR {operation}: {reason}")]
-    Api { operation: &'static str, reason: String },
+    Api {
+        operation: &'static str,
+        reason: String,
+        /// ECR's error code when ECR answered (`AccessDeniedException`,
+        /// …); `None` when the call did not reach it (its credentials could
+        /// not be had, the connection failed).
+        code: Option<String>,
+    },
     #[error("ECR GetAuthorizationToken: {0}")]
     Token(String),
 }
 
 impl EcrError {
-    /// Denied by IAM (the role lacks the action): no retry helps.
+    /// Denied by IAM (the role lacks the action): no retry helps. Told by
+    /// ECR's error code; a call that did not reach ECR has none, and its
+    /// text says whether STS refused the role to assume (`AccessDenied`).
     pub fn is_denied(&self) -> bool {
-        matches!(self, EcrError::Api { reason, .. } if reason.contains("AccessDenied"))
+        match self {
+            EcrError::Api { code: Some(code), .. } => DENIED_CODES.contains(&code.as_str()),
+            EcrError::Api { code: None, reason, .. } => reason.contains("AccessDenied"),
+            EcrError::Token(_) => false,
+        }
     }
 }
+
+/// The error codes of an IAM refusal (ECR's own, and STS's).
+const DENIED_CODES: [&str; 2] = ["AccessDeniedException", "AccessDenied"];
 
 pub struct EcrControl {
     client: aws_sdk_ecr::Client,
@@ -109,7 +126,7 @@ impl EcrControl {
             }
         }
         .build()
-        .map_err(|e| EcrError::Api { operation: "CreateRepository", reason: e.to_string() })?;
+        .map_err(|e| EcrError::Api { operation: "CreateRepository", reason: e.to_string(), code: None })?;
         let result = self
             .client
             .create_repository()
@@ -128,8 +145,34 @@ impl EcrControl {
             Err(e) if e.as_service_error().is_some_and(|e| e.is_repository_already_exists_exception()) => Ok(()),
             Err(e) => Err(EcrError::Api {
                 operation: "CreateRepository",
+                code: e.code().map(str::to_owned),
                 reason: aws_sdk_ecr::error::DisplayErrorContext(&e).to_string(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: Option<&str>, reason: &str) -> EcrError {
+        EcrError::Api { operation: "CreateRepository", reason: reason.into(), code: code.map(str::to_owned) }
+    }
+
+    /// (code, text, denied): ECR's code decides when it answered, even
+    /// against its text; without one, STS's refusal in the text does.
+    #[test]
+    fn a_denial_is_told_by_its_code() {
+        for (code, reason, denied) in [
+            (Some("AccessDeniedException"), "User is not authorized to perform ecr:CreateRepository", true),
+            (Some("LimitExceededException"), "AccessDenied to more repositories", false),
+            (Some("InvalidParameterException"), "bad name", false),
+            (None, "dispatch failure: AssumeRole: AccessDenied: not authorized to perform sts:AssumeRole", true),
+            (None, "dispatch failure: connection refused", false),
+        ] {
+            assert_eq!(api(code, reason).is_denied(), denied, "{code:?} {reason}");
+        }
+        assert!(!EcrError::Token("AccessDenied".into()).is_denied());
     }
 }
