@@ -10,7 +10,8 @@ pub use relay_aws::{
 };
 pub use relay_domain::{config, digest, doublestar, event, plan, registry_kind, repository, rules, task};
 pub use relay_harbor::{
-    compare as harbor_compare, harbor_api, harbor_webhooks, import as harbor_import, replication as harbor_replication,
+    compare as harbor_compare, harbor_api, harbor_webhooks, import as harbor_import, project_policies,
+    replication as harbor_replication,
 };
 pub use relay_oci::tls;
 

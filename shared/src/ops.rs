@@ -29,11 +29,13 @@ pub struct CheckLine {
     pub name: String,
     pub what: String,
     pub result: Result<String, CheckFailed>,
+    /// What works now and will refuse or undo the relay's work later.
+    pub warnings: Vec<String>,
 }
 
 impl CheckLine {
     fn new(name: &str, what: impl Into<String>, result: Result<String, CheckFailed>) -> CheckLine {
-        CheckLine { name: name.to_owned(), what: what.into(), result }
+        CheckLine { name: name.to_owned(), what: what.into(), result, warnings: Vec::new() }
     }
 }
 
@@ -93,14 +95,66 @@ pub async fn check(config: &Config, secrets: &SecretSource) -> Vec<CheckLine> {
     }
     for r in &config.registries {
         // Built as the worker builds it: an ECR destination gets its token.
-        let client = crate::bootstrap::destination_client(r, secrets, retry, config.worker.min_throughput(), None)
-            .await
-            .map(|(c, _, _)| c);
+        let built = crate::bootstrap::destination_client(r, secrets, retry, config.worker.min_throughput(), None).await;
+        let (client, harbor) = match built {
+            Ok((c, crate::destination::KindRuntime::Harbor { api, .. }, _)) => (Ok(c), Some(api)),
+            Ok((c, _, _)) => (Ok(c), None),
+            Err(e) => (Err(e), None),
+        };
         let (line, connected) = connect(&r.name, &r.url, client).await;
         lines.push(line);
         if let (Some(client), Some(repo)) = (connected, probe_repository(config, &r.name)) {
             lines.push(CheckLine::new(&r.name, format!("push to {repo}"), push_right(&client, &repo).await));
         }
+        if let Some(api) = harbor {
+            lines.extend(harbor_project_lines(config, &r.name, &api).await);
+        }
+    }
+    lines
+}
+
+/// For a Harbor destination, each project the rules write into: its
+/// immutable tag rules and tag retention, as warnings where they will
+/// refuse or undo what the relay writes.
+async fn harbor_project_lines(config: &Config, registry: &str, api: &HarborApi) -> Vec<CheckLine> {
+    use crate::project_policies::{warnings, RelayUse};
+    let rules: Vec<_> = config.rules.iter().filter(|r| r.enabled && r.destination.registry == registry).collect();
+    let mut projects: std::collections::BTreeMap<String, RelayUse> = Default::default();
+    let mut uses = |project: &str, rule: &crate::rules::Rule| {
+        let u = projects.entry(project.to_owned()).or_default();
+        u.moves_tags |= rule.override_existing;
+        u.deletes |= rule.deletion;
+    };
+    let unmapped: Vec<_> = rules.iter().filter(|r| r.destination.namespace.is_none()).map(|r| (*r).clone()).collect();
+    for rule in &rules {
+        if let Some(ns) = &rule.destination.namespace {
+            uses(ns.split('/').next().unwrap_or(ns), rule);
+        }
+    }
+    if !unmapped.is_empty() {
+        // Without a namespace a source project lands in the same-named one.
+        match api.project_list().await {
+            Ok(list) => {
+                for p in list.iter().filter(|p| crate::harbor_webhooks::covers(&unmapped, &p.name)) {
+                    for rule in
+                        unmapped.iter().filter(|r| crate::harbor_webhooks::covers(std::slice::from_ref(r), &p.name))
+                    {
+                        uses(&p.name, rule);
+                    }
+                }
+            }
+            Err(e) => return vec![CheckLine::new(registry, "list projects", Err(e.into()))],
+        }
+    }
+    let mut lines = Vec::new();
+    for (project, relay) in projects {
+        let mut line =
+            CheckLine::new(registry, format!("project {project}: immutable tags and retention"), Ok(String::new()));
+        match warnings(api, &project, relay).await {
+            Ok(w) => line.warnings = w,
+            Err(e) => line.result = Err(e.into()),
+        }
+        lines.push(line);
     }
     lines
 }

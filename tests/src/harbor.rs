@@ -1,11 +1,14 @@
-//! A Harbor for destination tests: Harbor's project API (`HEAD` and `POST
-//! /api/v2.0/projects`) answered here, everything under `/v2/` passed
-//! through to a real registry behind it, streaming, as Harbor's core passes
-//! it to its distribution. Records the requests in order, so a test can
-//! check a project was created before the first push and what the creation
-//! asked for.
+//! A Harbor for destination tests: Harbor's project API (`HEAD`, `GET` and
+//! `POST /api/v2.0/projects`, a project's immutable tag rules, its tag
+//! retention policy) answered here, everything under `/v2/` passed through
+//! to a real registry behind it, streaming, as Harbor's core passes it to
+//! its distribution — except the push of a manifest onto an existing tag an
+//! immutable rule covers, which Harbor's immutable middleware refuses with
+//! 412 `PRECONDITION`. Records the requests in order, so a test can check a
+//! project was created before the first push and what the creation asked
+//! for.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -23,6 +26,11 @@ struct Inner {
     created: Vec<serde_json::Value>,
     /// Whether the account may create projects (else 403, as Harbor).
     may_create: bool,
+    /// Per project: the tag pattern of an immutable rule (`*` ends a
+    /// prefix, else the exact tag), as Harbor lists it.
+    immutable: HashMap<String, String>,
+    /// Per project: a retention policy (Harbor's `RetentionPolicy`).
+    retention: HashMap<String, serde_json::Value>,
 }
 
 #[derive(Clone)]
@@ -57,15 +65,117 @@ impl FakeHarbor {
     pub fn has_project(&self, name: &str) -> bool {
         self.inner.lock().unwrap().projects.contains(name)
     }
+
+    pub fn add_project(&self, name: &str) {
+        self.inner.lock().unwrap().projects.insert(name.to_owned());
+    }
+
+    /// An immutable tag rule in `project` over every repository and the
+    /// tags `pattern` selects (`v*`: a prefix; else one tag).
+    pub fn make_immutable(&self, project: &str, pattern: &str) {
+        self.inner.lock().unwrap().immutable.insert(project.to_owned(), pattern.to_owned());
+    }
+
+    /// A tag retention policy (Harbor's `RetentionPolicy` body) on `project`.
+    pub fn set_retention(&self, project: &str, policy: serde_json::Value) {
+        self.inner.lock().unwrap().retention.insert(project.to_owned(), policy);
+    }
+}
+
+/// Project ids as Harbor numbers them: stable, from the name's order of
+/// creation is not needed here, so from its position in a sorted list.
+fn id_of(s: &Inner, project: &str) -> i64 {
+    let mut names: Vec<&String> = s.projects.iter().collect();
+    names.sort();
+    names.iter().position(|n| *n == project).map_or(0, |i| i as i64 + 1)
+}
+
+/// `GET /api/v2.0/projects[/{name}[/immutabletagrules]]` and
+/// `GET /api/v2.0/retentions/{id}`, as Harbor answers them.
+fn harbor_get(h: &FakeHarbor, path: &str) -> Response {
+    let s = h.inner.lock().unwrap();
+    let json = |v: serde_json::Value| ([("content-type", "application/json")], v.to_string()).into_response();
+    let parts: Vec<&str> = path.trim_start_matches("/api/v2.0/").split('/').collect();
+    match parts.as_slice() {
+        ["projects"] => {
+            let mut names: Vec<&String> = s.projects.iter().collect();
+            names.sort();
+            json(serde_json::json!(names
+                .iter()
+                .map(|n| serde_json::json!({ "project_id": id_of(&s, n), "name": n }))
+                .collect::<Vec<_>>()))
+        }
+        ["projects", name] if s.projects.contains(*name) => {
+            let mut metadata = serde_json::json!({ "public": "false" });
+            if s.retention.contains_key(*name) {
+                metadata["retention_id"] = (100 + id_of(&s, name)).to_string().into();
+            }
+            json(serde_json::json!({ "project_id": id_of(&s, name), "name": name, "metadata": metadata }))
+        }
+        ["projects", name, "immutabletagrules"] if s.projects.contains(*name) => {
+            json(serde_json::json!(s.immutable.get(*name).map(|pattern| serde_json::json!({
+                "id": 1, "priority": 0, "disabled": false, "action": "immutable", "template": "immutable_template",
+                "tag_selectors": [{ "kind": "doublestar", "decoration": "matches", "pattern": pattern }],
+                "scope_selectors": { "repository": [{ "kind": "doublestar", "decoration": "repoMatches", "pattern": "**" }] }
+            })).into_iter().collect::<Vec<_>>()))
+        }
+        ["retentions", id] => {
+            let found = s.retention.iter().find(|(name, _)| (100 + id_of(&s, name)).to_string() == *id);
+            match found {
+                Some((_, policy)) => json(policy.clone()),
+                None => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Harbor's immutable middleware: a manifest `PUT` onto a tag an
+/// immutable rule covers is refused when the tag exists already.
+async fn refused_as_immutable(h: &FakeHarbor, method: &axum::http::Method, path: &str) -> Option<Response> {
+    if method != axum::http::Method::PUT {
+        return None;
+    }
+    let path = path.trim_start_matches("/v2/");
+    let (repo, tag) = path.split_once("/manifests/")?;
+    let project = repo.split('/').next()?;
+    let pattern = h.inner.lock().unwrap().immutable.get(project).cloned()?;
+    let covered = match pattern.strip_suffix('*') {
+        Some(prefix) => tag.starts_with(prefix),
+        None => tag == pattern,
+    };
+    if !covered || tag.contains(':') {
+        return None;
+    }
+    let existing = format!("{}/v2/{repo}/manifests/{tag}", h.upstream);
+    let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
+    let found = reqwest::Client::new().head(existing).header("accept", accept).send().await.ok()?;
+    if !found.status().is_success() {
+        return None;
+    }
+    let name = repo.split_once('/').map_or(repo, |(_, rest)| rest);
+    let body = format!(
+        r#"{{"errors":[{{"code":"PRECONDITION","message":"Failed to process request due to '{name}:{tag}' configured as immutable."}}]}}"#
+    );
+    Some((StatusCode::PRECONDITION_FAILED, [("content-type", "application/json")], body).into_response())
 }
 
 async fn handle(State(h): State<FakeHarbor>, req: Request) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     h.inner.lock().unwrap().log.push(format!("{method} {path}"));
-    if path == "/api/v2.0/projects" {
+    if path == "/api/v2.0/projects" && method != axum::http::Method::GET {
         return projects(&h, req).await;
     }
+    if method == axum::http::Method::GET && path.starts_with("/api/v2.0/") {
+        if req.headers().get("authorization").is_none() {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        return harbor_get(&h, &path);
+    }
     if path.starts_with("/v2/") {
+        if let Some(refused) = refused_as_immutable(&h, &method, &path).await {
+            return refused;
+        }
         return forward(&h, req).await;
     }
     StatusCode::NOT_FOUND.into_response()

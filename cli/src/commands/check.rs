@@ -23,6 +23,7 @@ pub(crate) async fn run(
             name: "configuration".into(),
             what: format!("read SSM parameter {parameter}"),
             result: Ok(String::new()),
+            warnings: Vec::new(),
         };
         lines.insert(0, read);
     }
@@ -43,6 +44,9 @@ pub(crate) async fn run(
                 Ok(remark) => format!("ok      {:<24} {}: {remark}\n", line.name, line.what),
                 Err(e) => format!("FAILED  {:<24} {}: {e}\n", line.name, line.what),
             };
+            for w in &line.warnings {
+                t += &format!("WARNING {:<24} {w}\n", line.name);
+            }
         }
         t
     };
@@ -57,6 +61,7 @@ pub(crate) async fn run(
             "what": l.what,
             "ok": l.result.is_ok(),
             "detail": match &l.result { Ok(r) => r.clone(), Err(e) => e.to_string() },
+            "warnings": l.warnings,
         })).collect::<Vec<_>>(),
     });
     output.print(text, json);

@@ -244,6 +244,21 @@ impl HarborApi {
         }
     }
 
+    /// The immutable tag rules of `project` (paginated; by name).
+    pub async fn immutable_tag_rules<T: DeserializeOwned>(&self, project: &str) -> Result<Vec<T>, HarborApiError> {
+        self.paged(&format!("/api/v2.0/projects/{}/immutabletagrules", segment(project)), &[]).await
+    }
+
+    /// `project` as `GET /projects/{name}` gives it; `None` when it does not exist.
+    pub async fn project_metadata<T: DeserializeOwned>(&self, project: &str) -> Result<Option<T>, HarborApiError> {
+        self.get(&format!("/api/v2.0/projects/{}", segment(project)), &[]).await
+    }
+
+    /// The tag retention policy `id`; `None` when Harbor has no such policy.
+    pub async fn retention_policy<T: DeserializeOwned>(&self, id: i64) -> Result<Option<T>, HarborApiError> {
+        self.get(&format!("/api/v2.0/retentions/{id}"), &[]).await
+    }
+
     /// Deletes the webhook policy `id` of `project`.
     pub async fn delete_webhook_policy(&self, project: &Project, id: i64) -> Result<(), HarborApiError> {
         let mut url = self.base.clone();

@@ -4,7 +4,8 @@
 //! rotation; and the webhook policies the relay keeps in Harbor's projects
 //! (`harbor_webhooks`); Harbor's own replication set-up (`replication`) and
 //! its import as a relay configuration (`import`), held against an existing one
-//! (`compare`). Over the domain, the registry client's transport
+//! (`compare`); what a destination Harbor's project does to what the relay
+//! writes (`project_policies`: immutable tags, retention). Over the domain, the registry client's transport
 //! and the AWS side's secrets; nothing here runs a copy.
 
 // The lower crates' modules, where this crate's modules have always found
@@ -18,4 +19,5 @@ pub mod compare;
 pub mod harbor_api;
 pub mod harbor_webhooks;
 pub mod import;
+pub mod project_policies;
 pub mod replication;

@@ -1,0 +1,64 @@
+//! A Harbor destination answers as Harbor: `relay check` reads the
+//! projects' immutable tag rules and tag retention and warns where they
+//! will refuse or undo what the relay writes.
+
+use std::process::Command;
+
+use relay_tests::harbor::FakeHarbor;
+use relay_tests::{workspace_binary, Stack, TempFile};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_of_immutable_tags_and_retention_in_the_projects_written_to() {
+    let stack = Stack::load().unwrap();
+    let harbor = FakeHarbor::start(&stack.target_url, true).await;
+    let p = format!("hd{:08x}", rand::random::<u32>());
+    let (locked, pruned, calm) = (format!("{p}-locked"), format!("{p}-pruned"), format!("{p}-calm"));
+    for project in [&locked, &pruned, &calm] {
+        harbor.add_project(project);
+    }
+    harbor.make_immutable(&locked, "v*");
+    harbor.set_retention(
+        &pruned,
+        serde_json::json!({
+            "id": 7, "algorithm": "or",
+            "rules": [{ "disabled": false, "action": "retain", "template": "latestPushedK", "params": { "latestPushedK": 10 },
+                        "tag_selectors": [{ "kind": "doublestar", "decoration": "matches", "pattern": "**" }],
+                        "scope_selectors": { "repository": [{ "kind": "doublestar", "decoration": "repoMatches", "pattern": "**" }] } }],
+            "trigger": { "kind": "Schedule", "settings": { "cron": "0 0 0 * * *" } }
+        }),
+    );
+    // Another project of the same Harbor with an immutable rule that no rule writes into.
+    let elsewhere = format!("{p}-elsewhere");
+    harbor.add_project(&elsewhere);
+    harbor.make_immutable(&elsewhere, "**");
+    let config = TempFile::new(
+        "harbor-dst",
+        "yaml",
+        format!(
+            "source: {{ url: {} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dr, kind: harbor, url: {}, credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }} }}\nrules:\n  - {{ name: locked, destination: {{ registry: dr, namespace: {locked} }}, deletion: true }}\n  - {{ name: pruned, destination: {{ registry: dr, namespace: {pruned}/mirror }}, override: false }}\n  - {{ name: calm, destination: {{ registry: dr, namespace: {calm} }} }}\n",
+            stack.source_url, harbor.url, stack.target_user
+        ),
+    );
+    let out = Command::new(workspace_binary("relay"))
+        .args(["check", "--config", &config.arg()])
+        .env("CLUSTER1_PASSWORD", &stack.target_password)
+        .env("RELAY_WEBHOOK_AUTH", &stack.webhook_auth)
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "warnings do not fail the check: {said}");
+    let warnings: Vec<&str> = said.lines().filter(|l| l.starts_with("WARNING dr ")).collect();
+    assert_eq!(warnings.len(), 2, "{said}");
+    assert!(
+        warnings.iter().any(|w| w.contains(&format!("project {locked}: immutable tag rule"))
+            && w.contains(r#"tags matches "v*""#)
+            && w.contains("refuses moving or deleting")),
+        "{said}"
+    );
+    assert!(warnings.iter().any(|w| w.contains(&format!("project {pruned}: tag retention, Schedule"))), "{said}");
+    assert!(
+        said.contains(&format!("ok      dr                       project {calm}: immutable tags and retention")),
+        "{said}"
+    );
+    assert!(!said.contains(&elsewhere), "a project no rule writes into is not read: {said}");
+}
