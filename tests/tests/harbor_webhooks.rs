@@ -223,7 +223,7 @@ async fn remove_takes_the_relay_out_of_every_project_and_nothing_else() {
 
     let (code, said) = remove(&[]);
     assert_eq!(code, 0, "{said}");
-    assert!(said.contains(&format!("{uncovered}")) && said.contains("target removed"), "{said}");
+    assert!(said.contains(uncovered.as_str()) && said.contains("target removed"), "{said}");
     assert_eq!(names(&covered), ["alerts"]);
     assert_eq!(harbor.webhook_policies(&covered)[0]["targets"], elsewhere["targets"], "untouched");
     assert_eq!(names(&uncovered), ["shared"]);
