@@ -17,7 +17,7 @@ use crate::registry::retry::RetryPolicy;
 use crate::registry::{ClientOptions, Credentials, RegistryClient, Role};
 use crate::registry_kind::{CaSource, RegistryKind};
 use crate::secrets::{CredentialReloader, CredentialSource, SecretError, SecretSource, WebhookAuth};
-use crate::settings::Settings;
+use crate::settings::{Environment, Settings};
 use crate::webhook::{Webhook, WebhookOptions};
 use crate::worker::Worker;
 use crate::written::Written;
@@ -341,6 +341,31 @@ pub async fn aws_config() -> aws_config::SdkConfig {
         .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT)
         .build();
     aws_config::from_env().timeout_config(timeouts).load().await
+}
+
+/// [`aws_config`] with the region, endpoint and static credentials that
+/// `env` names (`AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID` with
+/// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`) given to the SDK's
+/// builder: a harness points the relay at a local stand-in without setting
+/// the process's environment.
+pub async fn aws_config_of(env: &Environment) -> aws_config::SdkConfig {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(AWS_CONNECT_TIMEOUT)
+        .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT)
+        .build();
+    let mut loader = aws_config::from_env().timeout_config(timeouts);
+    if let Some(region) = env.get("AWS_REGION") {
+        loader = loader.region(aws_sdk_sqs::config::Region::new(region.to_owned()));
+    }
+    if let Some(endpoint) = env.get("AWS_ENDPOINT_URL") {
+        loader = loader.endpoint_url(endpoint);
+    }
+    if let (Some(key), Some(secret)) = (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")) {
+        let token = env.get("AWS_SESSION_TOKEN").map(str::to_owned);
+        let credentials = aws_sdk_sqs::config::Credentials::new(key, secret, token, None, "relay-settings");
+        loader = loader.credentials_provider(credentials);
+    }
+    loader.load().await
 }
 
 /// Connecting to an AWS endpoint takes milliseconds when it is reachable.

@@ -32,6 +32,11 @@ impl Environment {
         Environment { vars: Arc::new(vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect()) }
     }
 
+    /// Every variable, in no order.
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.vars.get(name).map(String::as_str)
     }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use relay::poller::PollOptions;
 use relay::queue::TaskQueue;
 use relay::registry::retry::RetryPolicy;
-use relay::secrets::SecretSource;
 use relay::settle::{Settler, Timing};
 use relay::webhook::WebhookOptions;
 use relay::{bootstrap, Config};
@@ -106,13 +105,14 @@ impl AppBuilder {
 
     pub async fn spawn(self) -> App {
         let stack = Stack::load().expect("local stack");
-        let (sqs, sm) = bootstrap::aws_clients().await;
+        let aws = stack.aws_config().await;
+        let (sqs, sm) = (aws_sdk_sqs::Client::new(&aws), aws_sdk_secretsmanager::Client::new(&aws));
         let queue_url = match self.queue_url {
             Some(u) => u,
             None => create_queue(&sqs, "e2e").await.unwrap(),
         };
         let config = Arc::new(Config::parse(&self.config).unwrap());
-        let secrets = SecretSource::from_process(self.secrets_manager.then_some(sm));
+        let secrets = stack.secrets(self.secrets_manager.then_some(sm));
         let queue = TaskQueue::new(sqs.clone(), queue_url.clone());
         let webhook_queue = match &self.sqs_endpoint {
             Some(endpoint) => {

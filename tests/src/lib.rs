@@ -202,6 +202,7 @@ mod tests {
             target_user: "relay".into(),
             target_password: "pw-0123456789".into(),
             webhook_auth: "Bearer hook-0123456789".into(),
+            environment: Default::default(),
         };
         let clean = r#"{"message":"challenge","detail":"Bearer realm=\"https://auth\",service=\"r\""}"#;
         assert!(super::leaked_secrets(clean, &stack, &[]).is_empty());

@@ -1,9 +1,13 @@
 //! The local stack's endpoints and secrets, from the environment that
-//! `scripts/stack.sh up` writes to `.local/stack/env`.
+//! `scripts/stack.sh up` writes to `.local/stack/env`. The relay is handed
+//! them ([`Stack::environment`], [`Stack::secrets`], [`Stack::aws_config`])
+//! rather than finding them in the process's environment.
 
 use std::collections::HashMap;
 
 use anyhow::Context;
+use relay::secrets::SecretSource;
+use relay::settings::Environment;
 
 #[derive(Debug, Clone)]
 pub struct Stack {
@@ -12,30 +16,19 @@ pub struct Stack {
     pub target_user: String,
     pub target_password: String,
     pub webhook_auth: String,
+    /// The process's environment over `.local/stack/env`'s variables.
+    pub environment: Environment,
 }
 
 impl Stack {
     /// Reads the variables from the process environment, falling back to
-    /// `.local/stack/env` (and exporting them, so the AWS SDK sees them).
+    /// `.local/stack/env`.
     pub fn load() -> anyhow::Result<Stack> {
-        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../.local/stack/env");
-        let from_file: HashMap<String, String> = std::fs::read_to_string(file)
-            .map(|text| {
-                text.lines()
-                    .filter_map(|l| l.strip_prefix("export "))
-                    .filter_map(|l| l.split_once('='))
-                    .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (k, v) in &from_file {
-            if std::env::var_os(k).is_none() {
-                // Tests run single-process; set before any client is built.
-                std::env::set_var(k, v);
-            }
-        }
+        let environment = environment(&[]);
         let var = |k: &str| {
-            std::env::var(k)
+            environment
+                .get(k)
+                .map(str::to_owned)
                 .with_context(|| format!("{k} not set: start the stack with `scripts/stack.sh up` (make test does)"))
         };
         Ok(Stack {
@@ -44,7 +37,32 @@ impl Stack {
             target_user: var("RELAY_TARGET_USER")?,
             target_password: var("CLUSTER1_PASSWORD")?,
             webhook_auth: var("RELAY_WEBHOOK_AUTH")?,
+            environment,
         })
+    }
+
+    /// This stack with `vars` added to its environment: a credential only
+    /// one test knows, handed to the relay without setting the process's
+    /// environment.
+    pub fn with_vars(mut self, vars: &[(&str, &str)]) -> Stack {
+        let mut all: Vec<(String, String)> =
+            self.environment.vars().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        all.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        self.environment = Environment::from_vars(all);
+        self
+    }
+
+    /// The stack's secrets as the relay reads them: credentials named by
+    /// variable (`CLUSTER1_PASSWORD`, `RELAY_WEBHOOK_AUTH`) from the stack's
+    /// environment, plus Secrets Manager when given.
+    pub fn secrets(&self, secrets_manager: Option<aws_sdk_secretsmanager::Client>) -> SecretSource {
+        SecretSource::new(secrets_manager, self.environment.lookup())
+    }
+
+    /// The SDK configuration for LocalStack: its endpoint, region and
+    /// credentials passed to the SDK's builder.
+    pub async fn aws_config(&self) -> aws_config::SdkConfig {
+        relay::bootstrap::aws_config_of(&self.environment).await
     }
 
     /// `host:port` of the source, as Harbor writes it in `resource_url`.
@@ -75,9 +93,33 @@ impl Stack {
 
     /// An SQS client for LocalStack.
     pub async fn sqs(&self) -> aws_sdk_sqs::Client {
-        let shared = relay::bootstrap::aws_config().await;
-        aws_sdk_sqs::Client::new(&shared)
+        aws_sdk_sqs::Client::new(&self.aws_config().await)
     }
+}
+
+/// The process environment over `.local/stack/env`'s variables, with
+/// `extra` on top: what a test hands the relay for credentials it names by
+/// variable (a password only that test knows), instead of setting them in
+/// the process.
+pub fn environment(extra: &[(&str, &str)]) -> Environment {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../.local/stack/env");
+    let mut vars: HashMap<String, String> = std::fs::read_to_string(file)
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("export "))
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    vars.extend(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))));
+    vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    Environment::from_vars(vars)
+}
+
+/// A secret source over [`environment`]`(extra)`, without Secrets Manager.
+pub fn secrets_with(extra: &[(&str, &str)]) -> SecretSource {
+    SecretSource::new(None, environment(extra).lookup())
 }
 
 /// Creates a fresh queue (unique name) and returns its URL.

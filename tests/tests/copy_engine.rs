@@ -860,10 +860,9 @@ async fn token_auth_registry_receives_a_copy() {
     assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(relay_tests::plain::sha256(&out.stdout), img.digest, "the list's digest, read through the token flow");
 
-    std::env::set_var("RELAY_WRONG_PASSWORD", "not-the-password");
     let wrong = bootstrap::worker(
         &Config::parse(&yaml("RELAY_WRONG_PASSWORD")).unwrap(),
-        &SecretSource::from_process(None),
+        &relay_tests::stack::secrets_with(&[("RELAY_WRONG_PASSWORD", "not-the-password")]),
         fast_retry(),
     )
     .await

@@ -301,12 +301,12 @@ async fn redirects_never_reach_loopback_or_link_local_addresses_the_configuratio
 /// A worker whose source is `source` with credentials (so they could leak)
 /// and `token_realms`, copying to `destination`.
 async fn worker_with_realms(source: &str, realms: &[&str], destination: &str) -> relay::worker::Worker {
-    std::env::set_var("RELAY_HOSTILE_PASSWORD", "hostile-test-password");
     let realms = realms.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", ");
     let yaml = format!(
         "source: {{ url: {source}, credentials: {{ username: relay, password_env: RELAY_HOSTILE_PASSWORD }}, token_realms: [{realms}] }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dst, url: {destination} }}\n"
     );
-    bootstrap::worker(&Config::parse(&yaml).unwrap(), &SecretSource::from_process(None), fast_retry()).await.unwrap()
+    let secrets = relay_tests::stack::secrets_with(&[("RELAY_HOSTILE_PASSWORD", "hostile-test-password")]);
+    bootstrap::worker(&Config::parse(&yaml).unwrap(), &secrets, fast_retry()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

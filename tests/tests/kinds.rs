@@ -22,7 +22,7 @@ async fn worker(stack: &Stack, registry: &str) -> (Config, relay::worker::Worker
     );
     let config = Config::parse(&yaml).unwrap();
     let (_, sm) = bootstrap::aws_clients().await;
-    let w = bootstrap::worker(&config, &SecretSource::from_process(Some(sm)), fast_retry()).await.unwrap();
+    let w = bootstrap::worker(&config, &stack.secrets(Some(sm)), fast_retry()).await.unwrap();
     (config, w)
 }
 
@@ -34,9 +34,8 @@ async fn pushed(stack: &Stack, name: &str) -> (String, relay_tests::GeneratedIma
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_ca_is_refused_without_ca_file_and_trusted_with_it() {
-    let stack = Stack::load().unwrap();
+    let stack = Stack::load().unwrap().with_vars(&[("RELAY_TLS_TEST_PASSWORD", "tls-password-0123")]);
     let registry = SpawnedRegistry::start_with(&[("relay", "tls-password-0123")], true).await.unwrap();
-    std::env::set_var("RELAY_TLS_TEST_PASSWORD", "tls-password-0123");
     let creds = "credentials: { username: relay, password_env: RELAY_TLS_TEST_PASSWORD }";
     let (repo, img) = pushed(&stack, "private-ca").await;
 
