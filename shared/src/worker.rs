@@ -23,7 +23,7 @@ use crate::registry::resume::{self, OpenUpload, RunRecord};
 use crate::registry::retry::RetryPolicy;
 use crate::registry::tee::{Fanout, Member};
 use crate::registry::throttle::Throttle;
-use crate::registry::{Copier, CopyError, CopyReport, Outcome, RegistryClient, RegistryError};
+use crate::registry::{Copier, CopyError, CopyReport, Deleter, Outcome, RegistryClient, RegistryError};
 use crate::repository::Tag;
 use crate::rules::Rule;
 use crate::secrets::{CredentialReloader, SecretError};
@@ -745,7 +745,35 @@ impl Worker {
         member: Option<&Member>,
     ) -> Result<CopyReport, TaskFailure> {
         let stop_at = self.stop_at(deadline);
-        let copier = Copier {
+        pace::within(stop_at, async {
+            match task.action {
+                Action::Copy => {
+                    destination.prepare(&task.destination.repository).await?;
+                    Ok(self.copier(task, destination, stop_at, member).copy(task).await?)
+                }
+                Action::Delete => {
+                    let listing =
+                        SourceListing { source: &self.source, harbor: self.harbor.as_ref(), page_size: LISTING_PAGE };
+                    let (registry, repository) = (&task.destination.registry, &task.destination.repository);
+                    let feeders = feeders(&self.rules, listing, registry, repository).await?;
+                    let deleter = Deleter { source: &self.source, destination: &destination.client };
+                    Ok(deleter.delete(task, &feeders).await?)
+                }
+            }
+        })
+        .await
+    }
+
+    /// The copy engine for `task` into `destination`: this worker's clients
+    /// and ledger, the task's bandwidth and deadline.
+    fn copier<'a>(
+        &'a self,
+        task: &Task,
+        destination: &'a Destination,
+        stop_at: Option<Instant>,
+        member: Option<&'a Member>,
+    ) -> Copier<'a> {
+        Copier {
             source: &self.source,
             destination: &destination.client,
             blob_concurrency: member
@@ -758,23 +786,7 @@ impl Worker {
             min_throughput: self.settings.min_throughput(),
             fanout: member,
             streams: self.streams.clone(),
-        };
-        pace::within(stop_at, async {
-            match task.action {
-                Action::Copy => {
-                    destination.prepare(&task.destination.repository).await?;
-                    Ok(copier.copy(task).await?)
-                }
-                Action::Delete => {
-                    let listing =
-                        SourceListing { source: &self.source, harbor: self.harbor.as_ref(), page_size: LISTING_PAGE };
-                    let (registry, repository) = (&task.destination.registry, &task.destination.repository);
-                    let feeders = feeders(&self.rules, listing, registry, repository).await?;
-                    Ok(copier.delete(task, &feeders).await?)
-                }
-            }
-        })
-        .await
+        }
     }
 }
 

@@ -1,142 +1,26 @@
-//! The copy engine (DESIGN §5): resolve, compare, copy blobs (skip what the
-//! destination has, stream the rest), push manifests children-first with
-//! their original bytes, then tags.
+//! The copy engine (DESIGN §5): resolve (what the source holds now, what
+//! of it the destination lacks), plan ([`super::plan`]: blobs, children
+//! first, the root, its tags), then walk the plan — the blobs skipped,
+//! mounted or streamed ([`super::blobs`]), the manifests with their
+//! original bytes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::join_all;
 
-use super::blobs::Counters;
-use super::client::{RegistryClient, RegistryError};
+use super::client::RegistryClient;
 use super::ledger::BlobLedger;
-use super::manifest::{
-    is_foreign, Contents, Descriptor, Manifest, ManifestError, MAX_INDEX_CHILDREN, MAX_INDEX_DEPTH,
-    MAX_TASK_MANIFEST_BYTES,
-};
+use super::manifest::Manifest;
 use super::pace::MinThroughput;
+use super::plan::{self, Plan, RootPush, TagPair};
+pub use super::report::{CopyError, CopyReport, Outcome};
 use super::retry::RetryPolicy;
 use super::tee::Member;
 use super::throttle::Throttle;
 use crate::digest::Digest;
 use crate::repository::{RepositoryPath, Tag};
 use crate::task::Task;
-
-/// How a task ended when it did not fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Bytes or manifests were written.
-    Copied,
-    /// The destination already held exactly this; nothing was written.
-    AlreadyPresent,
-    /// Every destination tag points elsewhere and override is off.
-    SkippedNoOverride,
-    /// The source no longer has the artifact: nothing to copy.
-    SourceGone,
-    /// Every tag of the task now points elsewhere at the source: a newer
-    /// task carries them.
-    Superseded,
-    /// Deleted on the destination.
-    Deleted,
-    /// Delete task, but the destination did not have it.
-    NotPresent,
-    /// Delete task, but the source (the event's repository or another
-    /// that the rules map onto the same destination) still has the artifact.
-    SourceStillHas,
-    /// Delete task, but a destination tag the deleted artifact did not map
-    /// to points at the digest, and the registry can only delete the
-    /// manifest with every tag on it: kept.
-    KeptForeignTags,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Copied => "copied",
-            Outcome::AlreadyPresent => "already_present",
-            Outcome::SkippedNoOverride => "skipped_no_override",
-            Outcome::SourceGone => "source_gone",
-            Outcome::Superseded => "superseded",
-            Outcome::Deleted => "deleted",
-            Outcome::NotPresent => "not_present",
-            Outcome::SourceStillHas => "source_still_has",
-            Outcome::KeptForeignTags => "kept_foreign_tags",
-        }
-    }
-}
-
-/// What one task did, for logs and metrics.
-#[derive(Debug, Default)]
-pub struct CopyReport {
-    pub outcome: Option<Outcome>,
-    /// Bytes sent to the destination.
-    pub bytes: u64,
-    /// Bytes read from the source for it: less than `bytes` when the read
-    /// was shared with other destinations and another task opened it.
-    pub source_bytes: u64,
-    pub blobs_copied: u64,
-    pub blobs_mounted: u64,
-    pub blobs_skipped: u64,
-    pub manifests_pushed: u64,
-    /// Blob copies tried again after a transient failure.
-    pub retries: u64,
-    pub tags_pushed: Vec<Tag>,
-    /// Tags left alone because they point elsewhere and override is off.
-    pub tags_skipped: Vec<Tag>,
-    /// Signatures, SBOMs, attestations copied along (manifests).
-    pub referrers_copied: u64,
-    /// Manifest bytes read from the source, bounded per task
-    /// ([`MAX_TASK_MANIFEST_BYTES`]).
-    pub manifest_bytes: u64,
-    /// Delete refused: this source repository still holds the digest.
-    pub held_by: Option<RepositoryPath>,
-    /// Delete refused: these destination tags point at the digest and the
-    /// deleted artifact did not map to them.
-    pub foreign_tags: Vec<Tag>,
-}
-
-impl CopyReport {
-    /// Counts the manifest `digest` of `bytes` bytes, read from the source,
-    /// against the task's budget.
-    pub(super) fn read_manifest(&mut self, digest: &Digest, bytes: u64) -> Result<(), ManifestError> {
-        self.manifest_bytes = self.within_budget(digest, bytes)?;
-        Ok(())
-    }
-
-    /// The task's manifest bytes with `bytes` more, if they fit its budget.
-    pub(super) fn within_budget(&self, digest: &Digest, bytes: u64) -> Result<u64, ManifestError> {
-        let total = self.manifest_bytes.saturating_add(bytes);
-        if total > MAX_TASK_MANIFEST_BYTES {
-            return Err(ManifestError::TooManyBytes { digest: digest.clone(), limit: MAX_TASK_MANIFEST_BYTES });
-        }
-        Ok(total)
-    }
-
-    /// Adds what copying one manifest tree moved.
-    fn add(&mut self, c: &Counters) {
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        self.bytes += load(&c.bytes);
-        self.source_bytes += load(&c.read);
-        self.blobs_copied += load(&c.copied);
-        self.blobs_skipped += load(&c.skipped);
-        self.blobs_mounted += load(&c.mounted);
-        self.retries += load(&c.retries);
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CopyError {
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-    /// The invocation deadline came before every blob was started; the
-    /// blobs already started were finished. `progressed` says whether this
-    /// run moved any blob (then a continuation is worth it).
-    #[error("stopped before the invocation deadline; {remaining} blobs left for the next run")]
-    Deadline { remaining: usize, progressed: bool },
-}
 
 /// Copies one task's artifact between two registries.
 pub struct Copier<'a> {
@@ -165,15 +49,30 @@ pub struct Copier<'a> {
     pub streams: Arc<tokio::sync::Semaphore>,
 }
 
-/// Everything below the root that must reach the destination.
-#[derive(Default)]
-struct Tree {
-    /// Child manifests in push order (children before parents).
-    children: Vec<Manifest>,
-    /// Their digests: a child that several indexes list is walked once.
-    walked: HashSet<Digest>,
-    /// Blobs to copy, once per digest even when several children share them.
-    blobs: BTreeMap<Digest, Descriptor>,
+/// What the source holds now of the task's tags.
+enum Current<'t> {
+    /// The tags still at the task's digest, each with its destination tag
+    /// and the digest that one points at now (none for an untagged task).
+    Tags(Vec<(&'t Tag, &'t Tag, Option<Digest>)>),
+    /// Nothing left to copy: the task ends so.
+    Ended(Outcome),
+}
+
+/// The root of a copy that has something to push, under the worker's lock
+/// on its digest (held until the pushes are done).
+struct Subject<'t> {
+    root: Manifest,
+    /// The destination has the root already: only tags go up.
+    present: bool,
+    due: Vec<TagPair<'t>>,
+    _one_push_at_a_time: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// What [`Copier::tag_still_due`] found.
+enum TagCheck {
+    Due,
+    MovedAtSource,
+    TakenAtDestination,
 }
 
 impl Copier<'_> {
@@ -198,64 +97,83 @@ impl Copier<'_> {
         Ok(report)
     }
 
+    /// The artifact itself: what is due (HEADs), the plan, then its walk.
     async fn copy_subject(&self, task: &Task) -> Result<CopyReport, CopyError> {
         let (src_repo, digest) = (&task.source.repository, &task.source.digest);
         let dst_repo = &task.destination.repository;
-        let by_digest = digest.to_string();
-        let mut report = CopyReport::default();
-
-        // What the source holds now. A tag that has moved to another digest
-        // since the event is left to the newer event's task, so reordered
-        // deliveries converge on the source's current state.
-        let mut current = Vec::new();
-        if task.source.tags.is_empty() {
-            if self.source.head_manifest(src_repo, &by_digest).await?.is_none() {
-                report.outcome = Some(Outcome::SourceGone);
-                return Ok(report);
-            }
-        } else {
-            // Both sides at once: one round trip, and a re-replication stays
-            // at these HEADs.
-            let src_heads = join_all(task.source.tags.iter().map(|t| self.source.head_manifest(src_repo, t.as_str())));
-            let dst_heads =
-                join_all(task.destination.tags.iter().map(|t| self.destination.head_manifest(dst_repo, t.as_str())));
-            let (src_heads, dst_heads) = futures_util::future::join(src_heads, dst_heads).await;
-            for ((src_tag, dst_tag), (at_src, at_dst)) in
-                task.source.tags.iter().zip(&task.destination.tags).zip(src_heads.into_iter().zip(dst_heads))
-            {
-                match at_src? {
-                    Some(d) if &d == digest => current.push((src_tag, dst_tag, at_dst?)),
-                    Some(other) => {
-                        tracing::info!(tag = %src_tag, now = %other, "tag moved at the source since the event: left to the newer task")
-                    }
-                    None => tracing::info!(tag = %src_tag, "tag gone from the source since the event"),
-                }
-            }
-            if current.is_empty() {
-                let still_there = self.source.head_manifest(src_repo, &by_digest).await?.is_some();
-                report.outcome = Some(if still_there { Outcome::Superseded } else { Outcome::SourceGone });
-                return Ok(report);
-            }
-        }
-
-        let mut tags = Vec::new();
-        for (src_tag, tag, at_dst) in current {
-            match at_dst {
-                Some(d) if &d == digest => {}
-                Some(other) if !task.options.override_existing => {
-                    tracing::info!(tag = %tag, existing = %other, "destination tag points elsewhere and override is off: left alone");
-                    report.tags_skipped.push(tag.clone());
-                }
-                _ => tags.push((src_tag, tag)),
-            }
-        }
         let tagged = !task.destination.tags.is_empty();
-        if tagged && tags.is_empty() {
-            report.outcome =
-                Some(if report.tags_skipped.is_empty() { Outcome::AlreadyPresent } else { Outcome::SkippedNoOverride });
-            return Ok(report);
+        let mut report = CopyReport::default();
+        let current = match self.current_tags(task).await? {
+            Current::Tags(current) => current,
+            Current::Ended(outcome) => return Ok(report.ended(outcome)),
+        };
+        let due = plan::due_tags(digest, current, task.options.override_existing, &mut report.tags_skipped);
+        if tagged && due.is_empty() {
+            let outcome = plan::none_due(&report.tags_skipped);
+            return Ok(report.ended(outcome));
         }
+        let Some(subject) = self.subject_due(task, due).await? else {
+            return Ok(report.ended(Outcome::AlreadyPresent));
+        };
+        report.read_manifest(digest, subject.root.bytes.len() as u64)?;
+        let push = if tagged { RootPush::Tags(subject.due.clone()) } else { RootPush::ByDigest };
+        let fetched = match subject.present {
+            true => HashMap::new(),
+            false => self.missing_children(src_repo, dst_repo, &subject.root, &mut report).await?,
+        };
+        let plan = match subject.present {
+            true => plan::root_only(push),
+            false => plan::plan(&subject.root, &fetched, push)?,
+        };
+        self.execute(task, &subject.root, plan, &mut report).await?;
+        Ok(report)
+    }
 
+    /// What the source holds now. A tag that has moved to another digest
+    /// since the event is left to the newer event's task, so reordered
+    /// deliveries converge on the source's current state.
+    async fn current_tags<'t>(&self, task: &'t Task) -> Result<Current<'t>, CopyError> {
+        let (src_repo, digest) = (&task.source.repository, &task.source.digest);
+        let dst_repo = &task.destination.repository;
+        if task.source.tags.is_empty() {
+            let found = self.source.head_manifest(src_repo, &digest.to_string()).await?;
+            return Ok(if found.is_none() { Current::Ended(Outcome::SourceGone) } else { Current::Tags(Vec::new()) });
+        }
+        // Both sides at once: one round trip, and a re-replication stays
+        // at these HEADs.
+        let src_heads = join_all(task.source.tags.iter().map(|t| self.source.head_manifest(src_repo, t.as_str())));
+        let dst_heads =
+            join_all(task.destination.tags.iter().map(|t| self.destination.head_manifest(dst_repo, t.as_str())));
+        let (src_heads, dst_heads) = futures_util::future::join(src_heads, dst_heads).await;
+        let mut current = Vec::new();
+        for ((src_tag, dst_tag), (at_src, at_dst)) in
+            task.source.tags.iter().zip(&task.destination.tags).zip(src_heads.into_iter().zip(dst_heads))
+        {
+            match at_src? {
+                Some(d) if &d == digest => current.push((src_tag, dst_tag, at_dst?)),
+                Some(other) => {
+                    tracing::info!(tag = %src_tag, now = %other, "tag moved at the source since the event: left to the newer task")
+                }
+                None => tracing::info!(tag = %src_tag, "tag gone from the source since the event"),
+            }
+        }
+        if current.is_empty() {
+            let still_there = self.source.head_manifest(src_repo, &digest.to_string()).await?.is_some();
+            return Ok(Current::Ended(if still_there { Outcome::Superseded } else { Outcome::SourceGone }));
+        }
+        Ok(Current::Tags(current))
+    }
+
+    /// The root and what of it is due, under the worker's lock on its
+    /// digest; none when the destination has it all.
+    async fn subject_due<'t>(
+        &self,
+        task: &'t Task,
+        mut due: Vec<TagPair<'t>>,
+    ) -> Result<Option<Subject<'t>>, CopyError> {
+        let (src_repo, digest) = (&task.source.repository, &task.source.digest);
+        let (dst_repo, by_digest) = (&task.destination.repository, digest.to_string());
+        let tagged = !task.destination.tags.is_empty();
         // A tagged push needs the root whatever the destination holds (it
         // goes up under the tags), so it is read beside the digest's HEAD:
         // one round trip. An untagged one stays HEAD-only when present.
@@ -269,47 +187,109 @@ impl Copier<'_> {
         };
         let mut present = at_dst.as_ref() == Some(digest);
         if present && !tagged {
-            report.outcome = Some(Outcome::AlreadyPresent);
-            return Ok(report);
+            return Ok(None);
         }
-
-        let (_one_push_at_a_time, waited) = self.ledger.manifest_lock(digest).await;
+        let (lock, waited) = self.ledger.manifest_lock(digest).await;
         if waited {
             // Another task of this worker pushed this manifest meanwhile
             // (the webhook's and a reconcile's, say): push only what it did not.
             present = self.destination.head_manifest(dst_repo, &by_digest).await?.as_ref() == Some(digest);
-            let mut left = Vec::new();
-            for (src_tag, tag) in tags {
-                if self.destination.head_manifest(dst_repo, tag.as_str()).await?.as_ref() != Some(digest) {
-                    left.push((src_tag, tag));
-                }
-            }
-            tags = left;
-            if present && tags.is_empty() {
-                report.outcome = Some(Outcome::AlreadyPresent);
-                return Ok(report);
+            due = self.still_missing(dst_repo, digest, due).await?;
+            if present && due.is_empty() {
+                return Ok(None);
             }
         }
         let root = match root {
             Some(root) => root,
             None => self.source.get_manifest(src_repo, &by_digest, Some(digest)).await?,
         };
-        report.read_manifest(digest, root.bytes.len() as u64)?;
-        if !present {
-            self.copy_below(src_repo, dst_repo, &root, &mut report).await?;
+        Ok(Some(Subject { root, present, due, _one_push_at_a_time: lock }))
+    }
+
+    /// The tags of `due` that do not point at `digest` at the destination.
+    async fn still_missing<'t>(
+        &self,
+        dst_repo: &RepositoryPath,
+        digest: &Digest,
+        due: Vec<TagPair<'t>>,
+    ) -> Result<Vec<TagPair<'t>>, CopyError> {
+        let mut left = Vec::new();
+        for (src_tag, tag) in due {
+            if self.destination.head_manifest(dst_repo, tag.as_str()).await?.as_ref() != Some(digest) {
+                left.push((src_tag, tag));
+            }
         }
-        // The root goes up under its tags (the registry indexes it by digest
-        // too), or by digest when the push had no tag.
-        if !tagged {
-            self.destination.put_manifest(dst_repo, &by_digest, &root).await?;
+        Ok(left)
+    }
+
+    /// Walks `plan` for `root`: its blobs and children, then the root as
+    /// the plan says.
+    async fn execute(
+        &self,
+        task: &Task,
+        root: &Manifest,
+        plan: Plan<'_>,
+        report: &mut CopyReport,
+    ) -> Result<(), CopyError> {
+        let dst_repo = &task.destination.repository;
+        self.push_below(&task.source.repository, dst_repo, &plan, report).await?;
+        match plan.root {
+            RootPush::Caller => {}
+            RootPush::ByDigest => {
+                self.destination.put_manifest(dst_repo, &root.digest.to_string(), root).await?;
+                report.manifests_pushed += 1;
+                report.outcome = Some(Outcome::Copied);
+            }
+            RootPush::Tags(tags) => self.push_tags(task, root, tags, report).await?,
+        }
+        Ok(())
+    }
+
+    /// Everything `root` needs at the destination before it can be pushed
+    /// (its missing children and their blobs, its own blobs), planned and
+    /// pushed; the root is the caller's.
+    pub(crate) async fn copy_below(
+        &self,
+        src_repo: &RepositoryPath,
+        dst_repo: &RepositoryPath,
+        root: &Manifest,
+        report: &mut CopyReport,
+    ) -> Result<(), CopyError> {
+        let fetched = self.missing_children(src_repo, dst_repo, root, report).await?;
+        let plan = plan::plan(root, &fetched, RootPush::Caller)?;
+        self.push_below(src_repo, dst_repo, &plan, report).await
+    }
+
+    /// The plan's blobs, then its child manifests by digest.
+    async fn push_below(
+        &self,
+        src_repo: &RepositoryPath,
+        dst_repo: &RepositoryPath,
+        plan: &Plan<'_>,
+        report: &mut CopyReport,
+    ) -> Result<(), CopyError> {
+        report.add(&*self.copy_blobs(src_repo, dst_repo, plan.blobs.iter().cloned()).await?);
+        for child in &plan.children {
+            self.destination.put_manifest(dst_repo, &child.digest.to_string(), child).await?;
             report.manifests_pushed += 1;
-            report.outcome = Some(Outcome::Copied);
-            return Ok(report);
         }
+        Ok(())
+    }
+
+    /// The root under each due tag still due right before its `PUT`; the
+    /// task's outcome from what went up.
+    async fn push_tags(
+        &self,
+        task: &Task,
+        root: &Manifest,
+        tags: Vec<TagPair<'_>>,
+        report: &mut CopyReport,
+    ) -> Result<(), CopyError> {
+        let dst_repo = &task.destination.repository;
         let mut moved = false;
         for (src_tag, tag) in tags {
             match self.tag_still_due(task, src_tag, tag).await? {
-                TagCheck::Due => match self.destination.put_manifest(dst_repo, tag.as_str(), &root).await {
+                TagCheck::Due => match self.destination.put_manifest(dst_repo, tag.as_str(), root).await {
                     Ok(_) => report.tags_pushed.push(tag.clone()),
                     // An immutable tag (ECR) that already points elsewhere
                     // is kept, as override: false would keep it.
@@ -332,7 +312,7 @@ impl Copier<'_> {
         } else {
             Outcome::SkippedNoOverride
         });
-        Ok(report)
+        Ok(())
     }
 
     /// Checked right before a tag moves, because a copy can take minutes:
@@ -366,85 +346,4 @@ impl Copier<'_> {
         }
         Ok(TagCheck::Due)
     }
-
-    /// Everything `root` needs at the destination before it can be pushed:
-    /// its blobs, then its missing children (children first).
-    pub(super) async fn copy_below(
-        &self,
-        src_repo: &RepositoryPath,
-        dst_repo: &RepositoryPath,
-        root: &Manifest,
-        report: &mut CopyReport,
-    ) -> Result<(), CopyError> {
-        let mut tree = Tree::default();
-        self.gather(src_repo, dst_repo, root, 0, &mut tree, report).await?;
-        report.add(&*self.copy_blobs(src_repo, dst_repo, tree.blobs.into_values()).await?);
-        for child in &tree.children {
-            self.destination.put_manifest(dst_repo, &child.digest.to_string(), child).await?;
-            report.manifests_pushed += 1;
-        }
-        Ok(())
-    }
-
-    /// Walks `manifest`, `depth` levels below the walk's root, collecting
-    /// the children the destination lacks (post-order) and the blobs they
-    /// need. An index past the bounds (children, depth, the task's manifest
-    /// bytes) fails the task for good before anything is pushed: the source
-    /// would serve the same tree again.
-    async fn gather(
-        &self,
-        src_repo: &RepositoryPath,
-        dst_repo: &RepositoryPath,
-        manifest: &Manifest,
-        depth: usize,
-        tree: &mut Tree,
-        report: &mut CopyReport,
-    ) -> Result<(), CopyError> {
-        match manifest.contents()? {
-            Contents::Image { config, layers } => {
-                for d in std::iter::once(config).chain(layers) {
-                    if is_foreign(&d) {
-                        tracing::debug!(digest = %d.digest, "foreign layer not copied (its bytes live at its urls)");
-                        continue;
-                    }
-                    tree.blobs.entry(d.digest.clone()).or_insert(d);
-                }
-            }
-            Contents::Index(children) => {
-                if children.len() > MAX_INDEX_CHILDREN {
-                    let (digest, limit) = (manifest.digest.clone(), MAX_INDEX_CHILDREN);
-                    return Err(ManifestError::TooManyChildren { digest, children: children.len(), limit }.into());
-                }
-                for child in children {
-                    if tree.walked.contains(&child.digest) {
-                        continue;
-                    }
-                    if self.destination.head_manifest(dst_repo, &child.digest.to_string()).await?.as_ref()
-                        == Some(&child.digest)
-                    {
-                        continue;
-                    }
-                    if depth >= MAX_INDEX_DEPTH {
-                        let (digest, limit) = (manifest.digest.clone(), MAX_INDEX_DEPTH);
-                        return Err(ManifestError::TooDeep { digest, limit }.into());
-                    }
-                    // By its descriptor first: no GET for what would not fit.
-                    report.within_budget(&child.digest, child.size)?;
-                    let m = self.source.get_manifest(src_repo, &child.digest.to_string(), Some(&child.digest)).await?;
-                    report.read_manifest(&child.digest, m.bytes.len() as u64)?;
-                    Box::pin(self.gather(src_repo, dst_repo, &m, depth + 1, tree, report)).await?;
-                    tree.walked.insert(child.digest.clone());
-                    tree.children.push(m);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What [`Copier::tag_still_due`] found.
-enum TagCheck {
-    Due,
-    MovedAtSource,
-    TakenAtDestination,
 }

@@ -7,8 +7,8 @@
 
 use futures_util::{stream, StreamExt, TryStreamExt};
 
-use super::client::RegistryError;
-use super::copy::{Copier, CopyError, CopyReport, Outcome};
+use super::client::{RegistryClient, RegistryError};
+use super::report::{CopyError, CopyReport, Outcome};
 use crate::digest::Digest;
 use crate::repository::{RepositoryPath, Tag};
 use crate::task::Task;
@@ -16,7 +16,15 @@ use crate::task::Task;
 /// Destination tags resolved at the same time when looking for foreign ones.
 const TAGS_IN_FLIGHT: usize = 16;
 
-impl Copier<'_> {
+/// Deletes one task's artifact at the destination. It copies nothing, so
+/// it needs the two registries only: the source to ask whether the digest
+/// is still wanted, the destination to delete it.
+pub struct Deleter<'a> {
+    pub source: &'a RegistryClient,
+    pub destination: &'a RegistryClient,
+}
+
+impl Deleter<'_> {
     /// Deletes the task's digest at the destination unless a source
     /// repository in `feeders` (those the enabled rules map onto the
     /// destination repository; the task's own is always asked) still holds

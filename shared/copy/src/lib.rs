@@ -1,8 +1,15 @@
 //! The copy engine: what a task moves from the source to a destination and
-//! in which order — blobs skipped, mounted or streamed (`blobs`), manifests
-//! and tags (`copy`), referrers (`referrers`) — and how a delete decides
-//! (`delete`), over the registry client of `relay-oci`. No AWS, no Harbor:
-//! the worker in `relay` runs it.
+//! in which order, over the registry client of `relay-oci`. No AWS, no
+//! Harbor: the worker in `relay` runs it.
+//!
+//! A copy resolves what is due (`copy`: the HEADs, the root), reads the
+//! children the destination lacks (`walk`), plans without I/O (`plan`:
+//! blobs, children first, the root, its tags), then walks the plan: blobs
+//! as the ledger decides, skipped, mounted or streamed (`blobs`, one
+//! attempt in `upload`, resumable chunks in `resumable`, the source's read
+//! in `source`), manifests, tags, then referrers (`referrers`). A delete
+//! is a type of its own (`delete`). What a task did is its report
+//! (`report`).
 
 // The lower crates' modules, where the engine's modules have always found
 // them (it was `relay::registry`, beside the client).
@@ -14,6 +21,13 @@ pub(crate) use relay_oci::{
 mod blobs;
 pub mod copy;
 pub mod delete;
+mod plan;
 pub mod referrers;
+mod report;
+mod resumable;
+mod source;
+mod upload;
+mod walk;
 
 pub use copy::{Copier, CopyError, CopyReport, Outcome};
+pub use delete::Deleter;

@@ -7,3 +7,4 @@ pub use relay_oci::{auth, chunks, client, ledger, manifest, pace, resume, retry,
 pub use auth::Credentials;
 pub use client::{ClientOptions, Pushed, RegistryClient, RegistryError, Role, UploadStart};
 pub use copy::{Copier, CopyError, CopyReport, Outcome};
+pub use delete::Deleter;
