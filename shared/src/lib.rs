@@ -27,6 +27,7 @@ pub mod progress;
 pub mod reconcile;
 pub mod registry;
 pub mod reload;
+pub mod runner;
 pub mod server;
 pub mod settings;
 pub mod webhook;
