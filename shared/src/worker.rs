@@ -87,6 +87,10 @@ pub struct Worker {
 /// Running totals of what the worker did.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
+    /// Batches handled: what shares a source read or a fan-out is decided
+    /// within a batch, so a test that needs its tasks together checks that
+    /// they came in one.
+    pub batches: AtomicU64,
     pub tasks_succeeded: AtomicU64,
     pub tasks_failed: AtomicU64,
     /// Parked (destination unavailable) or continued (deadline) tasks.
@@ -365,6 +369,7 @@ impl Worker {
         deadline: Option<Instant>,
         ended: &(dyn Fn(&Message, bool) + Sync),
     ) -> Vec<Failure> {
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
         let mut batch: Vec<Decoded> = messages
             .into_iter()
             .map(|m| {

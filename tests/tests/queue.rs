@@ -330,12 +330,15 @@ async fn a_finished_task_frees_its_slot_while_its_batch_neighbour_runs() {
     // takes both, in one batch.
     let first_two: Vec<_> = tasks[..2].iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
     queue.send(&first_two).await.unwrap();
+    let batches_before = w.stats.batches.load(Ordering::Relaxed);
     let (stop, poller) = start_polling(&stack, &config, &w, &url).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while src.count(Op::GetBlob) == 0 || w.stats.tasks_succeeded.load(Ordering::Relaxed) == done_before {
         assert!(Instant::now() < deadline, "the slow task never read its blob, or the quick one never ended");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let batches = w.stats.batches.load(Ordering::Relaxed) - batches_before;
+    assert_eq!(batches, 1, "the slow and the quick task came in one batch (else the test proves nothing)");
     let sent = Instant::now();
     queue.send(&[Outgoing { task: &tasks[2], delay: Duration::ZERO }]).await.unwrap();
     let target = stack.target();
@@ -382,6 +385,7 @@ async fn a_copy_longer_than_the_visibility_timeout_is_not_delivered_again() {
     // Sent before the poller starts: one batch.
     let both: Vec<_> = tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
     TaskQueue::new(sqs.clone(), url.clone()).send(&both).await.unwrap();
+    let batches_before = w.stats.batches.load(Ordering::Relaxed);
     let (stop, poller) = start_polling(&stack, &config, &w, &url).await;
     let target = stack.target();
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -398,6 +402,8 @@ async fn a_copy_longer_than_the_visibility_timeout_is_not_delivered_again() {
     }
     let _ = stop.send(());
     poller.await.unwrap();
+    let batches = w.stats.batches.load(Ordering::Relaxed) - batches_before;
+    assert_eq!(batches, 1, "the long task and its neighbour came in one batch (else the test proves nothing)");
     assert!(neighbour_gone_first, "the finished neighbour stayed in flight until the long copy ended");
     let ran =
         w.stats.tasks_succeeded.load(Ordering::Relaxed) + w.stats.tasks_failed.load(Ordering::Relaxed) - ran_before;
