@@ -608,6 +608,24 @@ mod tests {
         deadline.saturating_duration_since(std::time::Instant::now())
     }
 
+    /// A harness's endpoint, region and credentials reach the SDK through
+    /// its builder, not the process's environment.
+    #[tokio::test]
+    async fn the_sdk_configuration_takes_what_the_environment_snapshot_names() {
+        let env = Environment::from_vars([
+            ("AWS_REGION", "eu-west-3"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+            ("AWS_ACCESS_KEY_ID", "snapshot-key"),
+            ("AWS_SECRET_ACCESS_KEY", "snapshot-secret"),
+        ]);
+        let sdk = aws_config_of(&env).await;
+        assert_eq!(sdk.region().map(|r| r.as_ref()), Some("eu-west-3"));
+        assert_eq!(sdk.endpoint_url(), Some("http://127.0.0.1:4566"));
+        use aws_sdk_sqs::config::ProvideCredentials;
+        let credentials = sdk.credentials_provider().unwrap().provide_credentials().await.unwrap();
+        assert_eq!(credentials.access_key_id(), "snapshot-key");
+    }
+
     #[test]
     fn a_deadline_in_the_timeout_window_is_believed_and_others_are_replaced_by_the_timeout() {
         let timeout = Duration::from_secs(300);
