@@ -253,7 +253,9 @@ fn registry_cause(e: &RegistryError) -> FailureCause {
         RegistryError::Transport { registry, .. } if source(registry) => FailureCause::SourceUnreachable,
         RegistryError::Transport { .. } => FailureCause::DestinationUnreachable,
         RegistryError::Certificate { .. } => FailureCause::Certificate,
-        e @ RegistryError::Status { .. } if e.is_immutable_tag() => FailureCause::ImmutableTag,
+        e @ RegistryError::Status { .. } if e.is_immutable_tag() || e.is_refused_as_immutable() => {
+            FailureCause::ImmutableTag
+        }
         RegistryError::Status { registry, status, .. } if source(registry) => {
             FailureCause::SourceRefused { status: status.as_u16() }
         }
@@ -344,6 +346,8 @@ impl TaskFailure {
                 // Denied after the credentials were read again (run_until
                 // does that first): waiting changes nothing.
                 RegistryError::Denied { .. } => Disposition::Permanent,
+                // A Harbor's immutable tag rule refuses the same until changed.
+                e if e.is_refused_as_immutable() => Disposition::Permanent,
                 e => retry(e.retry_after()),
             },
         }
@@ -844,6 +848,20 @@ mod tests {
                 retry,
             ),
             (status("cluster1", 400, immutable), FailureCause::ImmutableTag, "immutable_tag", retry),
+            // A Harbor's immutable tag rule: no retry moves the tag.
+            (
+                status(
+                    "dr",
+                    412,
+                    vec![OciError {
+                        code: OciErrorCode::Other("PRECONDITION".into()),
+                        message: "Failed to process request due to 'app:v1' configured as immutable.".into(),
+                    }],
+                ),
+                FailureCause::ImmutableTag,
+                "immutable_tag",
+                Disposition::Permanent,
+            ),
             (
                 registry(RegistryError::Denied {
                     registry: "cluster1".into(),

@@ -132,7 +132,12 @@ fn harbor_get(h: &FakeHarbor, path: &str) -> Response {
 
 /// Harbor's immutable middleware: a manifest `PUT` onto a tag an
 /// immutable rule covers is refused when the tag exists already.
-async fn refused_as_immutable(h: &FakeHarbor, method: &axum::http::Method, path: &str) -> Option<Response> {
+async fn refused_as_immutable(
+    h: &FakeHarbor,
+    method: &axum::http::Method,
+    path: &str,
+    authorization: Option<HeaderValue>,
+) -> Option<Response> {
     if method != axum::http::Method::PUT {
         return None;
     }
@@ -149,7 +154,11 @@ async fn refused_as_immutable(h: &FakeHarbor, method: &axum::http::Method, path:
     }
     let existing = format!("{}/v2/{repo}/manifests/{tag}", h.upstream);
     let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
-    let found = reqwest::Client::new().head(existing).header("accept", accept).send().await.ok()?;
+    let mut head = reqwest::Client::new().head(existing).header("accept", accept);
+    if let Some(a) = authorization {
+        head = head.header("authorization", a);
+    }
+    let found = head.send().await.ok()?;
     if !found.status().is_success() {
         return None;
     }
@@ -173,7 +182,8 @@ async fn handle(State(h): State<FakeHarbor>, req: Request) -> Response {
         return harbor_get(&h, &path);
     }
     if path.starts_with("/v2/") {
-        if let Some(refused) = refused_as_immutable(&h, &method, &path).await {
+        let authorization = req.headers().get("authorization").cloned();
+        if let Some(refused) = refused_as_immutable(&h, &method, &path, authorization).await {
             return refused;
         }
         return forward(&h, req).await;

@@ -1,11 +1,51 @@
-//! A Harbor destination answers as Harbor: `relay check` reads the
-//! projects' immutable tag rules and tag retention and warns where they
-//! will refuse or undo what the relay writes.
+//! A Harbor destination answers as Harbor: a tag its immutable rules cover
+//! is refused (412) and the task fails for good, with that cause; and
+//! `relay check` reads the projects' immutable tag rules and tag retention
+//! and warns where they will refuse or undo what the relay writes.
 
 use std::process::Command;
 
+use relay::registry::Outcome;
+use relay::settle::Disposition;
+use relay::worker::FailureCause;
+use relay::{bootstrap, Config};
+use relay_tests::app::{fast_retry, unique_repo};
 use relay_tests::harbor::FakeHarbor;
-use relay_tests::{workspace_binary, Stack, TempFile};
+use relay_tests::{image, planned_tasks, workspace_binary, ImageKind, Stack, TempFile};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_harbor_holds_immutable_fails_for_good_and_is_kept() {
+    let stack = Stack::load().unwrap();
+    let harbor = FakeHarbor::start(&stack.target_url, true).await;
+    let repo = unique_repo("immutable");
+    let project = repo.split('/').next().unwrap().to_owned();
+    harbor.add_project(&project);
+    harbor.make_immutable(&project, "v*");
+    let yaml = format!(
+        "source: {{ url: {} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: dr, kind: harbor, url: {}, credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }} }}\nrules:\n  - {{ name: all, destination: {{ registry: dr }} }}\n",
+        stack.source_url, harbor.url, stack.target_user
+    );
+    let config = Config::parse(&yaml).unwrap();
+    let (_, sm) = bootstrap::aws_clients().await;
+    let worker = bootstrap::worker(&config, &stack.secrets(Some(sm)), fast_retry()).await.unwrap();
+
+    // The first push of v1 creates the tag: Harbor's rule covers existing tags only.
+    let first = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 2048).await.unwrap();
+    let task = planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "v1", &first.digest).remove(0);
+    assert_eq!(worker.run(&task).await.unwrap().outcome, Some(Outcome::Copied));
+
+    // v1 moved at the source: the relay would override, Harbor refuses.
+    let second = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 2048).await.unwrap();
+    let task = planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "v1", &second.digest).remove(0);
+    let failure = worker.run(&task).await.unwrap_err();
+    assert_eq!(failure.cause(), FailureCause::ImmutableTag, "{failure}");
+    assert_eq!(failure.cause().as_str(), "immutable_tag");
+    assert_eq!(failure.disposition(), Disposition::Permanent, "dead-lettered at once: {failure}");
+    assert!(failure.to_string().contains("configured as immutable"), "the reason is Harbor's: {failure}");
+    assert_eq!(stack.target().digest_at(&repo, "v1").await.unwrap(), Some(first.digest.clone()), "Harbor kept its tag");
+    let puts = harbor.log().iter().filter(|l| l.starts_with("PUT /v2/") && l.ends_with("/manifests/v1")).count();
+    assert_eq!(puts, 2, "one refused PUT, not retried: {:?}", harbor.log());
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_warns_of_immutable_tags_and_retention_in_the_projects_written_to() {

@@ -164,6 +164,11 @@ impl Settler {
         // counted by the worker (`Tasks` with Outcome `failed`), this once.
         for f in dead.iter().filter(|f| !unsent.contains(&f.message.id)) {
             metrics::emit_sliced(&[("Function", "worker")], &f.slices, &[("FinalFailures", 1.0, Unit::Count)]);
+            // And by cause (a bounded set): how many an immutable tag or a denial took.
+            metrics::emit(
+                &[("Function", "worker"), ("Cause", f.cause.as_str())],
+                &[("FinalFailures", 1.0, Unit::Count)],
+            );
         }
         redeliver.extend(unsent);
         redeliver

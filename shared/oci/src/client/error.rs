@@ -125,6 +125,17 @@ impl RegistryError {
             && self.oci_errors().iter().any(|e| e.code == OciErrorCode::TagInvalid && e.message.contains("immutable"))
     }
 
+    /// A Harbor refused to move or delete a tag its project's immutable
+    /// tag rules cover: its immutable middleware answers 412 with the
+    /// `PRECONDITION` code and "… configured as immutable." Waiting changes
+    /// nothing until someone changes the rule.
+    pub fn is_refused_as_immutable(&self) -> bool {
+        let said = |e: &OciError| {
+            e.code == OciErrorCode::Other("PRECONDITION".into()) || e.message.contains("configured as immutable")
+        };
+        self.status() == Some(StatusCode::PRECONDITION_FAILED) && self.oci_errors().iter().any(said)
+    }
+
     /// Worth trying the whole operation again later.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -271,6 +282,16 @@ mod tests {
 
     /// (status, body, an immutable tag): the code is read from the body,
     /// not found in its text; a malformed tag is `TAG_INVALID` too.
+    #[test]
+    fn a_harbor_immutable_rule_is_told_by_its_412_and_code() {
+        let harbor = r#"{"errors":[{"code":"PRECONDITION","message":"Failed to process request due to 'app:v1' configured as immutable."}]}"#;
+        let refused = status;
+        assert!(refused(412, harbor).is_refused_as_immutable());
+        assert!(!refused(412, r#"{"errors":[{"code":"OTHER","message":"a precondition"}]}"#).is_refused_as_immutable());
+        assert!(!refused(400, harbor).is_refused_as_immutable(), "412 only");
+        assert!(!refused(412, harbor).is_immutable_tag(), "ECR's answer is another, and is kept, not failed");
+    }
+
     #[test]
     fn an_immutable_tag_is_told_by_its_code() {
         let ecr = r#"{"errors":[{"code":"TAG_INVALID","message":"The image tag 'v1' already exists in the 'x' repository and cannot be overwritten because the repository is immutable."}]}"#;
