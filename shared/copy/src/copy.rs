@@ -28,7 +28,10 @@ pub struct Copier<'a> {
     pub destination: &'a RegistryClient,
     /// Blobs in flight at once.
     pub blob_concurrency: usize,
-    /// Whole-blob retries (a retry re-opens the source stream).
+    /// Whole-blob retries (a retry re-opens the source stream), within
+    /// the policy's attempts and each blob's budget of failed sends
+    /// ([`RetryPolicy::blob_budget`]), which the clients' request retries
+    /// spend from too.
     pub retry: RetryPolicy,
     /// What this worker knows of the destination's blobs (mount hints,
     /// uploads in flight).
