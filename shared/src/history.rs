@@ -25,6 +25,20 @@ pub struct Execution {
     pub artifact: String,
     pub tags: Vec<String>,
     pub destinations: Vec<DestinationRun>,
+    /// Why the event yielded no task (`relay history --all` shows these).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unanswered: Option<Unanswered>,
+}
+
+/// The webhook's answer to an event that yielded no task.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Unanswered {
+    pub reason: String,
+    /// A bounded word: `event_type`, `no_rules`, `disabled`, `deletion`,
+    /// `unmappable` or `filters`.
+    pub cause: String,
+    /// Each rule's verdict (`rule`, `verdict`, `filter`, `reason`).
+    pub verdicts: Value,
 }
 
 /// One task: the artifact at one destination.
@@ -75,6 +89,8 @@ pub struct Filter {
     pub since: Option<OffsetDateTime>,
     /// Only destinations whose task failed (finally or for now).
     pub failed: bool,
+    /// Events that yielded no task too, with why.
+    pub all: bool,
 }
 
 impl Filter {
@@ -91,6 +107,10 @@ impl Filter {
         if self.tag.as_ref().is_some_and(|t| !execution.tags.contains(t)) {
             return None;
         }
+        if execution.unanswered.is_some() {
+            let about_tasks = self.rule.is_some() || self.destination.is_some() || self.failed;
+            return (self.all && !about_tasks).then_some(execution);
+        }
         execution.destinations.retain(|d| {
             self.rule.as_ref().is_none_or(|r| d.rule.split(',').any(|x| x == r))
                 && self.destination.as_ref().is_none_or(|r| d.destination.split('/').next() == Some(r.as_str()))
@@ -100,6 +120,9 @@ impl Filter {
     }
 }
 
+/// The webhook's line for an event that yielded no task.
+const UNANSWERED: &str = "nothing to enqueue";
+
 /// The executions the lines tell of, newest first.
 pub fn executions(lines: impl IntoIterator<Item = Value>) -> Vec<Execution> {
     let mut events: BTreeMap<String, Execution> = BTreeMap::new();
@@ -107,7 +130,8 @@ pub fn executions(lines: impl IntoIterator<Item = Value>) -> Vec<Execution> {
         .into_iter()
         .filter_map(|l| {
             let at = OffsetDateTime::parse(l["timestamp"].as_str()?, &Rfc3339).ok()?;
-            (l["event_key"].is_string() && l["task_id"].is_string()).then_some((at, l))
+            let unanswered = l["message"] == UNANSWERED;
+            (l["event_key"].is_string() && (l["task_id"].is_string() || unanswered)).then_some((at, l))
         })
         .collect();
     lines.sort_by_key(|(at, _)| *at);
@@ -119,7 +143,17 @@ pub fn executions(lines: impl IntoIterator<Item = Value>) -> Vec<Execution> {
             artifact: text("source"),
             tags: Vec::new(),
             destinations: Vec::new(),
+            unanswered: None,
         });
+        if l["message"] == UNANSWERED {
+            event.tags.extend(l["tags"].as_str().filter(|t| !t.is_empty()).map(str::to_owned));
+            event.unanswered = Some(Unanswered {
+                reason: text("reason"),
+                cause: text("cause"),
+                verdicts: l["verdicts"].as_str().and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default(),
+            });
+            continue;
+        }
         for tag in l["tags"].as_str().unwrap_or_default().split(',').filter(|t| !t.is_empty()) {
             if !event.tags.iter().any(|t| t == tag) {
                 event.tags.push(tag.to_owned());
@@ -199,6 +233,18 @@ pub fn table(executions: &[Execution]) -> String {
     let mut rows =
         vec![["ARRIVED", "ARTIFACT", "TAGS", "DESTINATION", "OUTCOME", "DURATION", "BYTES", "ERROR"].map(String::from)];
     for e in executions {
+        if let Some(u) = &e.unanswered {
+            rows.push([
+                e.arrived.format(&Rfc3339).unwrap_or_default(),
+                e.artifact.clone(),
+                e.tags.join(","),
+                "-".into(),
+                "no task".into(),
+                String::new(),
+                String::new(),
+                refusals(u),
+            ]);
+        }
         for (i, d) in e.destinations.iter().enumerate() {
             let first = i == 0;
             let arrived = e.arrived.format(&Rfc3339).unwrap_or_default();
@@ -222,6 +268,19 @@ pub fn table(executions: &[Execution]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `reason`, then each rule's refusal: `rule: filter (why)`.
+fn refusals(u: &Unanswered) -> String {
+    let rules = u.verdicts.as_array().into_iter().flatten().filter_map(|v| {
+        Some(format!(
+            "{}: {} ({})",
+            v["rule"].as_str()?,
+            v["filter"].as_str()?,
+            v["reason"].as_str().unwrap_or_default()
+        ))
+    });
+    std::iter::once(u.reason.clone()).chain(rules).collect::<Vec<_>>().join("; ")
 }
 
 #[cfg(test)]
@@ -249,6 +308,26 @@ mod tests {
         let answer =
             json!({"events": [{"message": a.to_string(), "logStreamName": "s"}, {"message": "START RequestId"}]});
         assert_eq!(parse_lines(&format!("{answer}\n{answer}")), vec![a.clone(), a]);
+    }
+
+    #[test]
+    fn an_event_without_a_task_shows_with_all_and_says_why() {
+        let verdicts = json!([{"rule": "lib", "verdict": "skipped", "filter": "filters.name", "reason": "proj/app does not match \"library/**\""}]);
+        let lines = vec![json!({
+            "timestamp": "2026-12-01T10:00:00Z", "message": "nothing to enqueue", "event_key": "ev-2",
+            "source": "proj/app@sha256:bb", "tags": "v1", "reason": "no enabled rule matches", "cause": "filters",
+            "verdicts": verdicts.to_string(),
+        })];
+        let all = executions(lines);
+        assert_eq!(all.len(), 1);
+        let e = &all[0];
+        assert!(e.destinations.is_empty());
+        assert_eq!(e.unanswered.as_ref().map(|u| (u.cause.as_str(), u.verdicts.clone())), Some(("filters", verdicts)));
+        assert!(Filter::default().apply(e.clone()).is_none(), "shown with --all only");
+        assert!(Filter { all: true, ..Filter::default() }.apply(e.clone()).is_some());
+        assert!(Filter { all: true, failed: true, ..Filter::default() }.apply(e.clone()).is_none(), "no task failed");
+        let shown = table(&all);
+        assert!(shown.contains("no task") && shown.contains("lib: filters.name (proj/app does not match"), "{shown}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::event::{EventError, EventKind, Format, HarborEvent};
 use crate::harbor_api::{HarborApi, HarborApiError};
 use crate::metrics::{self, Unit};
-use crate::plan::{needs_facts, plan, Plan};
+use crate::plan::{needs_facts, plan, Plan, RuleVerdict};
 use crate::queue::{Outgoing, TaskQueue};
 use crate::rules::ArtifactFacts;
 use crate::secrets::{AuthValues, WebhookAuth};
@@ -220,6 +220,9 @@ impl Webhook {
             }
         };
         let plan = self.plan(&event, facts.as_ref());
+        if plan.tasks.is_empty() {
+            return unanswered(&event, &plan.verdicts);
+        }
         self.enqueue(event, plan.tasks, deadline).await
     }
 
@@ -275,17 +278,6 @@ impl Webhook {
 
     async fn enqueue(&self, event: HarborEvent, tasks: Vec<Task>, deadline: tokio::time::Instant) -> Reply {
         let artifact = event.artifact.as_ref();
-        if tasks.is_empty() {
-            let reason = match &event.kind {
-                EventKind::Other(t) => format!("event type {t} is not replicated"),
-                _ => "no enabled rule matches".to_owned(),
-            };
-            tracing::info!(event_key = %event.dedup_key, repository = ?artifact.map(|a| a.repository.as_str()), %reason, "nothing to enqueue");
-            return Reply {
-                status: StatusCode::OK,
-                body: json!({"event_key": event.dedup_key, "tasks": [], "reason": reason}),
-            };
-        }
         let delay = match artifact {
             Some(a) if a.tag.is_none() => self.options.untagged_delay,
             _ => Duration::ZERO,
@@ -335,6 +327,39 @@ impl Webhook {
 /// `type/subtype` in lowercase, without parameters.
 fn media_type(content_type: Option<&str>) -> String {
     content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// The answer to an accepted event that yields no task: why, rule by
+/// rule (`rule`, `verdict`, `filter`, `reason`), in the reply Harbor logs,
+/// in one log line `relay history --all` reads (with the artifact and its
+/// tag, as a task's lines carry them), and in `EventsWithoutTask` by
+/// `Reason`, a bounded word: `event_type` (not a push or a delete),
+/// `no_rules`, `disabled`, `deletion`, `unmappable` or `filters`.
+fn unanswered(event: &HarborEvent, verdicts: &[RuleVerdict]) -> Reply {
+    let artifact = event.artifact.as_ref();
+    let filters: Vec<&str> = verdicts.iter().filter_map(|v| v.refusal.as_ref()).map(|r| r.filter).collect();
+    let (reason, word) = match &event.kind {
+        EventKind::Other(t) => (format!("event type {t} is not replicated"), "event_type"),
+        _ if verdicts.is_empty() => ("no enabled rule matches".to_owned(), "no_rules"),
+        _ if filters.contains(&"destination.flatten") => ("no enabled rule matches".to_owned(), "unmappable"),
+        _ if filters.iter().all(|f| *f == "enabled") => ("no enabled rule matches".to_owned(), "disabled"),
+        _ if filters.iter().all(|f| *f == "enabled" || *f == "deletion") => {
+            ("no enabled rule replicates deletions".to_owned(), "deletion")
+        }
+        _ => ("no enabled rule matches".to_owned(), "filters"),
+    };
+    let source = artifact.map(|a| format!("{}@{}", a.repository, a.digest)).unwrap_or_default();
+    let tags = artifact.and_then(|a| a.tag.as_ref()).map(|t| t.to_string()).unwrap_or_default();
+    let listed = serde_json::to_value(verdicts).unwrap_or_default();
+    tracing::info!(
+        event_key = %event.dedup_key, %source, %tags, %reason, cause = word, verdicts = %listed,
+        "nothing to enqueue"
+    );
+    metrics::emit(&[("Function", "webhook"), ("Reason", word)], &[("EventsWithoutTask", 1.0, Unit::Count)]);
+    Reply {
+        status: StatusCode::OK,
+        body: json!({"event_key": event.dedup_key, "tasks": [], "reason": reason, "verdicts": listed}),
+    }
 }
 
 #[cfg(test)]

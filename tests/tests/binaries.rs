@@ -74,6 +74,19 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
     let ok = post(&stack.webhook_auth).await.unwrap();
     assert_eq!(ok.status(), 202);
     let reply: serde_json::Value = ok.json().await.unwrap();
+    // A pull yields no task: answered 200 with why, and logged for `relay history --all`.
+    let pull = harbor_push_event("PULL_ARTIFACT", stack.source_host(), &repo, Some("v1"), &img.digest, now() + 1);
+    let pulled = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("authorization", stack.webhook_auth.clone())
+        .body(pull)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pulled.status(), 200);
+    let pulled: serde_json::Value = pulled.json().await.unwrap();
+    assert_eq!(pulled["reason"], "event type PULL_ARTIFACT is not replicated", "{pulled}");
     let task_id = reply["tasks"][0]["id"].as_str().unwrap().to_owned();
 
     let target = stack.target();
@@ -157,6 +170,12 @@ async fn standalone_binaries_replicate_and_never_log_secrets() {
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let all = history(&[]);
+    assert!(!all.to_string().contains(pulled["event_key"].as_str().unwrap()), "the pull shows with --all only");
+    let with_pull = history(&["--all"]);
+    let shown = with_pull.as_array().unwrap().iter().find(|e| e["event_key"] == pulled["event_key"]).expect("the pull");
+    assert_eq!(shown["unanswered"]["cause"], "event_type", "{shown}");
+    assert_eq!(shown["unanswered"]["reason"], "event type PULL_ARTIFACT is not replicated", "{shown}");
+    assert_eq!(shown["destinations"], serde_json::json!([]));
     let pushed = all.as_array().unwrap().iter().find(|e| e["event_key"] == event_key.as_str()).expect("the push");
     assert_eq!(pushed["artifact"], format!("{repo}@{}", img.digest));
     assert_eq!(pushed["tags"], serde_json::json!(["v1"]));

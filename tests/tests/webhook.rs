@@ -110,6 +110,32 @@ async fn several_rules_fan_out_and_merge() {
     assert_eq!(stack.target().tree(&format!("{ns}/{repo}"), "v2").await.unwrap(), src);
 }
 
+/// A push no rule replicates is answered 200 with why, rule by rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_without_a_task_says_why_rule_by_rule() {
+    let rules = "  - { name: lib, filters: { name: \"library/**\" }, destination: { registry: cluster1-registry } }\n  - { name: no-latest, filters: { tag: { pattern: latest, decoration: excludes } }, destination: { registry: cluster1-registry } }\n  - { name: off, enabled: false, destination: { registry: cluster1-registry } }\n";
+    let app = AppBuilder::rules(rules).spawn().await;
+    let (status, reply) = app.push_event("proj/app", Some("latest"), &digest_of("why")).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["tasks"], serde_json::json!([]));
+    assert_eq!(reply["reason"], "no enabled rule matches");
+    let verdicts: Vec<(String, String)> = reply["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["rule"].as_str().unwrap().to_owned(), v["filter"].as_str().unwrap_or("-").to_owned()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("lib".into(), "filters.name".into()),
+            ("no-latest".into(), "filters.tag".into()),
+            ("off".into(), "enabled".into())
+        ]
+    );
+    assert!(reply["verdicts"][1]["reason"].as_str().unwrap().contains("tag latest is excluded"), "{reply}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untagged_pushes_are_delayed() {
     let app = AppBuilder::rules(ALL_TO_CLUSTER1).untagged_delay(Duration::from_secs(30)).spawn().await;

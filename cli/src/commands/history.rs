@@ -36,10 +36,14 @@ pub(crate) struct HistoryArgs {
     /// Only destinations whose task failed, for good or for now.
     #[arg(long)]
     pub failed: bool,
+    /// Also the events that yielded no task, each with why (rule by rule: the filter that
+    /// decided).
+    #[arg(long)]
+    pub all: bool,
 }
 
 pub(crate) async fn run(output: Output, args: HistoryArgs) -> anyhow::Result<ExitCode> {
-    let HistoryArgs { file, stack, log_group, rule, destination, repository, tag, since, failed } = args;
+    let HistoryArgs { file, stack, log_group, rule, destination, repository, tag, since, failed, all } = args;
     let mut groups = log_group;
     groups.extend(stack.as_deref().map(logs::stack_log_groups).into_iter().flatten());
     let lines = if !groups.is_empty() {
@@ -65,6 +69,7 @@ pub(crate) async fn run(output: Output, args: HistoryArgs) -> anyhow::Result<Exi
         tag,
         since: since.map(|d| time::OffsetDateTime::now_utc() - *d),
         failed,
+        all,
     };
     let shown: Vec<_> = relay::history::executions(lines).into_iter().filter_map(|e| filter.apply(e)).collect();
     output.print(|| relay::history::table(&shown), serde_json::to_value(&shown)?);
