@@ -88,24 +88,28 @@ pub struct Settings {
     /// timeout, set by the template; absent or out of range: the default.
     pub function_timeout: Option<Duration>,
     /// `RELAY_WORKER_RUN_SECONDS` (1–86400): the standalone worker's
-    /// deadline per batch, as a Lambda invocation has its timeout.
-    pub worker_run_for: Option<Duration>,
+    /// deadline per batch, as a Lambda invocation has its timeout. A bad
+    /// value fails only the standalone worker, the one reader
+    /// ([`Settings::worker_run_for`]).
+    worker_run_for: Result<Option<Duration>, SettingsError>,
     /// `RELAY_LISTEN`: the standalone webhook's address.
     pub listen: String,
     /// `RELAY_RECONCILE_CURSOR_PARAMETER`: the SSM parameter keeping an
     /// unfinished reconcile pass's cursor.
     pub reconcile_cursor_parameter: Option<String>,
     /// `RELAY_HARBOR_WEBHOOKS_ENDPOINT`: the webhook's URL that reconcile
-    /// keeps Harbor's webhook policies pointed at (opt-in).
-    pub harbor_webhooks_endpoint: Option<url::Url>,
-    /// `RELAY_UNTAGGED_DELAY_SECONDS`, `RELAY_ENQUEUE_TIMEOUT_MS`.
-    pub webhook: WebhookOptions,
+    /// keeps Harbor's webhook policies pointed at (opt-in;
+    /// [`Settings::harbor_webhooks_endpoint`]).
+    harbor_webhooks_endpoint: Result<Option<url::Url>, SettingsError>,
+    /// `RELAY_UNTAGGED_DELAY_SECONDS`, `RELAY_ENQUEUE_TIMEOUT_MS`
+    /// ([`Settings::webhook`]).
+    webhook: Result<WebhookOptions, SettingsError>,
 }
 
 /// The standalone webhook listens here when `RELAY_LISTEN` is unset.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
     #[error("{name} must be set: {why}")]
     Missing { name: &'static str, why: &'static str },
@@ -120,33 +124,37 @@ impl From<OptionError> for SettingsError {
 }
 
 impl Settings {
-    /// Parses the settings; a missing `RELAY_CONFIG` or a value that does
-    /// not parse is an error naming the variable.
+    /// Parses the settings; a missing `RELAY_CONFIG` is an error naming
+    /// it, and so is a value that does not parse — at once for the
+    /// settings every function reads, when asked for (at the start of the
+    /// function that reads it) for the others, so a function never fails
+    /// on a variable it does not use.
     pub fn parse(env: &Environment) -> Result<Settings, SettingsError> {
         let config = env.get("RELAY_CONFIG").ok_or(SettingsError::Missing {
             name: "RELAY_CONFIG",
             why: "it names the configuration (a path, or ssm:<parameter>)",
         })?;
-        let worker_run_for = match env.get("RELAY_WORKER_RUN_SECONDS") {
-            Some(v) => {
-                Some(Duration::from_secs(v.parse().ok().filter(|s| (1..=86_400).contains(s)).ok_or_else(|| {
-                    SettingsError::Invalid {
-                        name: "RELAY_WORKER_RUN_SECONDS",
-                        expected: "whole seconds from 1 to 86400",
-                        value: v.to_owned(),
-                    }
-                })?))
-            }
-            None => None,
-        };
-        let harbor_webhooks_endpoint = match env.non_empty("RELAY_HARBOR_WEBHOOKS_ENDPOINT") {
-            Some(v) => Some(v.parse::<url::Url>().map_err(|_| SettingsError::Invalid {
-                name: "RELAY_HARBOR_WEBHOOKS_ENDPOINT",
-                expected: "the webhook's URL",
-                value: v.to_owned(),
-            })?),
-            None => None,
-        };
+        let worker_run_for = env
+            .get("RELAY_WORKER_RUN_SECONDS")
+            .map(|v| {
+                let seconds = v.parse().ok().filter(|s| (1..=86_400).contains(s));
+                seconds.map(Duration::from_secs).ok_or_else(|| SettingsError::Invalid {
+                    name: "RELAY_WORKER_RUN_SECONDS",
+                    expected: "whole seconds from 1 to 86400",
+                    value: v.to_owned(),
+                })
+            })
+            .transpose();
+        let harbor_webhooks_endpoint = env
+            .non_empty("RELAY_HARBOR_WEBHOOKS_ENDPOINT")
+            .map(|v| {
+                v.parse::<url::Url>().map_err(|_| SettingsError::Invalid {
+                    name: "RELAY_HARBOR_WEBHOOKS_ENDPOINT",
+                    expected: "the webhook's URL",
+                    value: v.to_owned(),
+                })
+            })
+            .transpose();
         Ok(Settings {
             config: config.to_owned(),
             queue_url: env.get("RELAY_QUEUE_URL").map(str::to_owned),
@@ -162,7 +170,7 @@ impl Settings {
             listen: env.get("RELAY_LISTEN").unwrap_or(DEFAULT_LISTEN).to_owned(),
             reconcile_cursor_parameter: env.non_empty("RELAY_RECONCILE_CURSOR_PARAMETER").map(str::to_owned),
             harbor_webhooks_endpoint,
-            webhook: WebhookOptions::from_lookup(|name| env.get(name).map(str::to_owned))?,
+            webhook: WebhookOptions::from_lookup(|name| env.get(name).map(str::to_owned)).map_err(SettingsError::from),
         })
     }
 
@@ -171,6 +179,22 @@ impl Settings {
         self.queue_url
             .as_deref()
             .ok_or(SettingsError::Missing { name: "RELAY_QUEUE_URL", why: "it is the copy queue's URL" })
+    }
+
+    /// The standalone worker's deadline per batch (`RELAY_WORKER_RUN_SECONDS`).
+    pub fn worker_run_for(&self) -> Result<Option<Duration>, SettingsError> {
+        self.worker_run_for.clone()
+    }
+
+    /// Where reconcile keeps Harbor's webhook policies pointed
+    /// (`RELAY_HARBOR_WEBHOOKS_ENDPOINT`).
+    pub fn harbor_webhooks_endpoint(&self) -> Result<Option<&url::Url>, SettingsError> {
+        self.harbor_webhooks_endpoint.as_ref().map(Option::as_ref).map_err(Clone::clone)
+    }
+
+    /// The webhook's timings.
+    pub fn webhook(&self) -> Result<WebhookOptions, SettingsError> {
+        self.webhook.clone()
     }
 
     /// The function's timeout, or `default` when the template gave none.
@@ -213,9 +237,9 @@ mod tests {
         let s = parse(&[("RELAY_CONFIG", "ssm:/relay/config")]).unwrap();
         assert_eq!(s.config, "ssm:/relay/config");
         assert_eq!(s.listen, DEFAULT_LISTEN);
-        assert_eq!(s.webhook, WebhookOptions::default());
+        assert_eq!(s.webhook(), Ok(WebhookOptions::default()));
         assert_eq!(s.function_timeout_or(Duration::from_secs(300)), Duration::from_secs(300));
-        assert_eq!((s.worker_run_for, s.harbor_webhooks_endpoint), (None, None));
+        assert_eq!((s.worker_run_for(), s.harbor_webhooks_endpoint()), (Ok(None), Ok(None)));
         assert_eq!((s.queue_url, s.dlq_url, s.parking_queue_url, s.record_bucket), (None, None, None, None));
         assert_eq!(s.reconcile_cursor_parameter, None);
     }
@@ -240,11 +264,11 @@ mod tests {
         assert_eq!(s.parking_queue_url.as_deref(), Some("http://parking"));
         assert_eq!(s.record_bucket.as_deref(), Some("written"));
         assert_eq!(s.function_timeout, Some(Duration::from_secs(60)));
-        assert_eq!(s.worker_run_for, Some(Duration::from_secs(120)));
+        assert_eq!(s.worker_run_for(), Ok(Some(Duration::from_secs(120))));
         assert_eq!(s.listen, "0.0.0.0:9000");
         assert_eq!(s.reconcile_cursor_parameter.as_deref(), Some("/relay/cursor"));
-        assert_eq!(s.harbor_webhooks_endpoint.map(String::from).as_deref(), Some("https://relay.example/"));
-        assert_eq!(s.webhook.untagged_delay, Duration::ZERO);
+        assert_eq!(s.harbor_webhooks_endpoint().unwrap().map(|u| u.as_str()), Some("https://relay.example/"));
+        assert_eq!(s.webhook().unwrap().untagged_delay, Duration::ZERO);
     }
 
     #[test]
@@ -257,20 +281,26 @@ mod tests {
             ("RELAY_HARBOR_WEBHOOKS_ENDPOINT", ""),
         ])
         .unwrap();
+        assert_eq!(s.harbor_webhooks_endpoint(), Ok(None));
         assert_eq!((s.parking_queue_url, s.record_bucket, s.reconcile_cursor_parameter), (None, None, None));
-        assert_eq!(s.harbor_webhooks_endpoint, None);
     }
 
     #[test]
-    fn a_bad_value_is_named() {
-        for (name, bad) in [
-            ("RELAY_WORKER_RUN_SECONDS", "0"),
-            ("RELAY_WORKER_RUN_SECONDS", "an hour"),
-            ("RELAY_HARBOR_WEBHOOKS_ENDPOINT", "not a url"),
-            ("RELAY_UNTAGGED_DELAY_SECONDS", "901"),
-            ("RELAY_ENQUEUE_TIMEOUT_MS", "-1"),
+    fn a_bad_value_is_named_by_the_function_that_reads_it() {
+        type Read = fn(&Settings) -> Result<(), SettingsError>;
+        let run_for: Read = |s| s.worker_run_for().map(drop);
+        let endpoint: Read = |s| s.harbor_webhooks_endpoint().map(drop);
+        let webhook: Read = |s| s.webhook().map(drop);
+        for (name, bad, read) in [
+            ("RELAY_WORKER_RUN_SECONDS", "0", run_for),
+            ("RELAY_WORKER_RUN_SECONDS", "an hour", run_for),
+            ("RELAY_HARBOR_WEBHOOKS_ENDPOINT", "not a url", endpoint),
+            ("RELAY_UNTAGGED_DELAY_SECONDS", "901", webhook),
+            ("RELAY_ENQUEUE_TIMEOUT_MS", "-1", webhook),
         ] {
-            let err = parse(&[("RELAY_CONFIG", "relay.yaml"), (name, bad)]).unwrap_err();
+            // The other functions start: the variable is not theirs.
+            let settings = parse(&[("RELAY_CONFIG", "relay.yaml"), (name, bad)]).unwrap();
+            let err = read(&settings).unwrap_err();
             assert!(
                 matches!(&err, SettingsError::Invalid { name: n, value, .. } if *n == name && value == bad),
                 "{err:?}"

@@ -29,6 +29,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct ReconcileFunction {
     edges: Edges,
     queue_url: String,
+    /// Harbor's webhook policies are kept pointed here when set.
+    endpoint: Option<url::Url>,
 }
 
 /// What one configuration builds.
@@ -51,7 +53,8 @@ impl Function for ReconcileFunction {
 
     fn new(edges: Edges) -> Result<Self, SettingsError> {
         let queue_url = edges.settings.queue_url()?.to_owned();
-        Ok(ReconcileFunction { edges, queue_url })
+        let endpoint = edges.settings.harbor_webhooks_endpoint()?.cloned();
+        Ok(ReconcileFunction { edges, queue_url, endpoint })
     }
 
     /// The clients, the cursor store and Harbor's webhook policy, from one
@@ -63,7 +66,7 @@ impl Function for ReconcileFunction {
             let worker = bootstrap::worker_with(&config, secrets, RetryPolicy::default(), aws).await?;
             let cursor =
                 settings.reconcile_cursor_parameter.clone().map(|parameter| CursorStore { ssm: aws.ssm(), parameter });
-            let webhooks = match &settings.harbor_webhooks_endpoint {
+            let webhooks = match &function.endpoint {
                 Some(endpoint) => {
                     if worker.harbor.is_none() {
                         return Err("RELAY_HARBOR_WEBHOOKS_ENDPOINT is set, but the source is not read through Harbor's API (source.harbor_api is false, or the source did not answer as a Harbor)".into());

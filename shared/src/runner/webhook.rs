@@ -12,11 +12,12 @@ use crate::config::Config;
 use crate::queue::TaskQueue;
 use crate::reload::{Built, Reloading, CHECK_EVERY};
 use crate::settings::SettingsError;
-use crate::webhook::{Incoming, Webhook};
+use crate::webhook::{Incoming, Webhook, WebhookOptions};
 
 pub struct WebhookFunction {
     edges: Edges,
     queue_url: String,
+    options: WebhookOptions,
 }
 
 impl Function for WebhookFunction {
@@ -28,7 +29,8 @@ impl Function for WebhookFunction {
 
     fn new(edges: Edges) -> Result<Self, SettingsError> {
         let queue_url = edges.settings.queue_url()?.to_owned();
-        Ok(WebhookFunction { edges, queue_url })
+        let options = edges.settings.webhook()?;
+        Ok(WebhookFunction { edges, queue_url, options })
     }
 
     fn build(self: &Arc<Self>, config: Arc<Config>) -> Built<Webhook> {
@@ -36,7 +38,7 @@ impl Function for WebhookFunction {
         Box::pin(async move {
             let e = &function.edges;
             let queue = TaskQueue::new(e.aws.sqs.clone(), function.queue_url.clone());
-            Ok(crate::bootstrap::webhook(config, &e.secrets, queue, e.settings.webhook).await?)
+            Ok(crate::bootstrap::webhook(config, &e.secrets, queue, function.options).await?)
         })
     }
 

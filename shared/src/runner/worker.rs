@@ -93,7 +93,7 @@ impl Function for WorkerFunction {
         tracing::info!(queue = %queue_url, "worker polling");
         let queue = TaskQueue::new(self.edges.aws.sqs.clone(), queue_url);
         // A deadline per batch, as under Lambda (optional).
-        let options = PollOptions { run_for: settings.worker_run_for, ..Default::default() };
+        let options = PollOptions { run_for: settings.worker_run_for()?, ..Default::default() };
         let shutdown = bootstrap::shutdown_signal();
         crate::poller::poll(&queue, &pipeline.worker, Some(&pipeline.settler), &options, shutdown).await;
         Ok(())
