@@ -217,9 +217,14 @@ async fn worker_lambda_mode_reports_each_failed_message_of_its_batch() {
     };
     assert!(sliced("copied", "cluster1-registry", "up"), "{emf:?}");
     assert!(sliced("failed", "limited-registry", "limited"), "{emf:?}");
-    let finals: Vec<&Value> = emf.iter().filter(|d| d.get("FinalFailures").is_some()).collect();
+    // Counted once by registry and rule, and once by its cause.
+    let finals: Vec<&Value> =
+        emf.iter().filter(|d| d.get("FinalFailures").is_some() && d.get("Cause").is_none()).collect();
     assert_eq!(finals.len(), 1, "{emf:?}");
     assert_eq!((finals[0]["Registry"].as_str(), finals[0]["Rule"].as_str()), (Some("(unknown)"), Some("up")));
+    let causes: Vec<&str> =
+        emf.iter().filter(|d| d.get("FinalFailures").is_some()).filter_map(|d| d["Cause"].as_str()).collect();
+    assert_eq!(causes, ["unknown_registry"], "{emf:?}");
     // The emulator's relative deadline was not taken for a past one.
     assert!(logs.contains("using the function timeout instead"), "{logs}");
     assert!(!logs.contains("stopped before the invocation deadline"), "{logs}");
