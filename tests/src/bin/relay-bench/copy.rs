@@ -14,15 +14,15 @@ use relay::{bootstrap, Config};
 use relay_tests::app::AppBuilder;
 use relay_tests::{image, ImageKind, Stack};
 
-const MIB: usize = 1024 * 1024;
+pub(crate) const MIB: usize = 1024 * 1024;
 
 /// Harbor's default `jobservice.max_job_workers`: webhooks of concurrent
 /// pushes are delivered this many at a time.
 const HARBOR_JOB_WORKERS: usize = 10;
 
 /// Wall time, peak RSS (KiB) and stdout of a child process.
-struct Measured {
-    wall: Duration,
+pub(crate) struct Measured {
+    pub(crate) wall: Duration,
     /// VmHWM of the child's own memory image, polled from /proc while it
     /// runs (getrusage's ru_maxrss would include the pre-exec parent's).
     max_rss_kib: i64,
@@ -134,7 +134,7 @@ fn measure_with_cpu(cmd: Command) -> anyhow::Result<(Measured, Cpu)> {
     Ok((m, Cpu::now()?.since(before)))
 }
 
-fn measure(mut cmd: Command) -> anyhow::Result<Measured> {
+pub(crate) fn measure(mut cmd: Command) -> anyhow::Result<Measured> {
     let started = Instant::now();
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let mut out = child.stdout.take().context("stdout")?;
@@ -188,7 +188,7 @@ fn skopeo(stack: &Stack, src: &str, dst: &str) -> Command {
     c
 }
 
-fn relay_once(config: &std::path::Path, src_repo: &str, tag: &str, dst_repo: &str) -> Command {
+pub(crate) fn relay_once(config: &std::path::Path, src_repo: &str, tag: &str, dst_repo: &str) -> Command {
     let mut c = Command::new(std::env::current_exe().expect("exe"));
     c.arg("copy-once").arg(config).args([src_repo, tag, dst_repo]);
     c
@@ -214,13 +214,13 @@ fn curl_all(stack: &Stack, src_repo: &str, dst_repos: &[String], blobs: &[(Strin
     c
 }
 
-fn config_file(stack: &Stack) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn config_file(stack: &Stack) -> anyhow::Result<std::path::PathBuf> {
     let path = std::env::temp_dir().join("relay-bench-copy.yaml");
     std::fs::write(&path, stack.config_yaml("  - name: all\n    destination: { registry: cluster1-registry }\n"))?;
     Ok(path)
 }
 
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     format!("{:06x}", rand::random::<u32>() & 0xffffff)
 }
 
@@ -311,7 +311,7 @@ fn blobs_of(manifest: &[u8]) -> anyhow::Result<Vec<(String, u64)>> {
 
 /// The destination has the manifest with the source's digest (blob bytes
 /// were verified by the registry on each PUT).
-async fn verify(stack: &Stack, src_repo: &str, dst_repo: &str, tag: &str) -> anyhow::Result<()> {
+pub(crate) async fn verify(stack: &Stack, src_repo: &str, dst_repo: &str, tag: &str) -> anyhow::Result<()> {
     let (_, a) = stack.source().get_manifest(src_repo, tag).await?.context("source manifest")?;
     let (_, b) = stack.target().get_manifest(dst_repo, tag).await?.context("destination manifest")?;
     anyhow::ensure!(a == b, "destination manifest differs");

@@ -10,12 +10,15 @@
 //!                         a row in one process (source bytes, peak RSS)
 //!   relay-bench latency   push-to-available of a small image, and its parts
 //!   relay-bench lambda-batch  the event source mapping's batch size, emulated
+//!   relay-bench sizes     the worker under each Lambda size's CPU share and
+//!                         memory (cgroup v1): throughput, peak, price per GiB
 //!
 //! Needs the local stack (make bench starts it).
 
 mod copy;
 mod lambda;
 mod latency;
+mod sizes;
 mod webhook;
 
 use std::time::Duration;
@@ -45,6 +48,8 @@ async fn run() -> anyhow::Result<()> {
         "latency" => latency::run().await,
         "lambda-batch" => lambda::run().await,
         "copy-many" => copy::copy_many(&args[1..]).await,
+        "sizes" => sizes::run().await,
+        "copy-list" => sizes::copy_list(&args[1..]).await,
         other => anyhow::bail!("unknown benchmark {other}"),
     }
 }
