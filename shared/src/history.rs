@@ -61,6 +61,24 @@ pub struct DestinationRun {
 }
 
 impl DestinationRun {
+    /// The worker's line `l` about this task, when it tells an end.
+    fn take(&mut self, l: &Value, at: OffsetDateTime) {
+        let text = |k: &str| l[k].as_str().unwrap_or_default().to_owned();
+        let outcome = match (l["message"].as_str(), l["settled"].as_str()) {
+            (Some("task done"), _) => text("outcome"),
+            (Some("task failed"), Some("retry")) => "retrying".into(),
+            (Some("task failed"), _) => "failed".into(),
+            (Some("task deferred"), _) => text("outcome"),
+            _ => return,
+        };
+        self.attempts += u32::from(outcome != "parked" && outcome != "continued");
+        self.outcome = outcome;
+        self.duration_ms = l["duration_ms"].as_u64();
+        self.bytes = l["bytes"].as_u64();
+        self.error = l["error"].as_str().or(l["reason"].as_str()).map(str::to_owned);
+        self.finished = Some(at);
+    }
+
     pub fn failed(&self) -> bool {
         matches!(self.outcome.as_str(), "failed" | "retrying" | "rejected")
     }
@@ -120,6 +138,18 @@ impl Filter {
     }
 }
 
+impl Unanswered {
+    /// From the webhook's line (its verdicts are a JSON text there).
+    fn of(l: &Value) -> Unanswered {
+        let text = |k: &str| l[k].as_str().unwrap_or_default().to_owned();
+        Unanswered {
+            reason: text("reason"),
+            cause: text("cause"),
+            verdicts: l["verdicts"].as_str().and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default(),
+        }
+    }
+}
+
 /// The webhook's line for an event that yielded no task.
 const UNANSWERED: &str = "nothing to enqueue";
 
@@ -147,11 +177,7 @@ pub fn executions(lines: impl IntoIterator<Item = Value>) -> Vec<Execution> {
         });
         if l["message"] == UNANSWERED {
             event.tags.extend(l["tags"].as_str().filter(|t| !t.is_empty()).map(str::to_owned));
-            event.unanswered = Some(Unanswered {
-                reason: text("reason"),
-                cause: text("cause"),
-                verdicts: l["verdicts"].as_str().and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default(),
-            });
+            event.unanswered = Some(Unanswered::of(&l));
             continue;
         }
         for tag in l["tags"].as_str().unwrap_or_default().split(',').filter(|t| !t.is_empty()) {
@@ -177,19 +203,7 @@ pub fn executions(lines: impl IntoIterator<Item = Value>) -> Vec<Execution> {
                 event.destinations.last_mut().expect("just pushed")
             }
         };
-        let outcome = match (l["message"].as_str(), l["settled"].as_str()) {
-            (Some("task done"), _) => text("outcome"),
-            (Some("task failed"), Some("retry")) => "retrying".into(),
-            (Some("task failed"), _) => "failed".into(),
-            (Some("task deferred"), _) => text("outcome"),
-            _ => continue,
-        };
-        run.attempts += u32::from(outcome != "parked" && outcome != "continued");
-        run.outcome = outcome;
-        run.duration_ms = l["duration_ms"].as_u64();
-        run.bytes = l["bytes"].as_u64();
-        run.error = l["error"].as_str().or(l["reason"].as_str()).map(str::to_owned);
-        run.finished = Some(at);
+        run.take(&l, at);
     }
     let mut all: Vec<Execution> = events.into_values().collect();
     all.sort_by_key(|e| std::cmp::Reverse(e.arrived));

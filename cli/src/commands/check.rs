@@ -30,26 +30,7 @@ pub(crate) async fn run(
     let ok = lines.iter().all(|l| l.result.is_ok());
     // Accepted, so the exit code stays 0, but printed: credentials in the clear.
     let warnings = config.warnings();
-    let text = || {
-        let mut t = format!("configuration ok: {} registries, {} rules\n", config.registries.len(), config.rules.len());
-        if offline {
-            t += "offline: no secret read, no registry asked\n";
-        }
-        for w in &warnings {
-            t += &format!("WARNING {:<24} {}\n", w.field, w.reason);
-        }
-        for line in &lines {
-            t += &match &line.result {
-                Ok(remark) if remark.is_empty() => format!("ok      {:<24} {}\n", line.name, line.what),
-                Ok(remark) => format!("ok      {:<24} {}: {remark}\n", line.name, line.what),
-                Err(e) => format!("FAILED  {:<24} {}: {e}\n", line.name, line.what),
-            };
-            for w in &line.warnings {
-                t += &format!("WARNING {:<24} {w}\n", line.name);
-            }
-        }
-        t
-    };
+    let text = || table(&config, &warnings, &lines, offline);
     let json = serde_json::json!({
         "ok": ok,
         "offline": offline,
@@ -66,4 +47,31 @@ pub(crate) async fn run(
     });
     output.print(text, json);
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The check for people: one line per check, its warnings below it.
+fn table(
+    config: &relay::Config,
+    warnings: &[relay::config::ConfigWarning],
+    lines: &[ops::CheckLine],
+    offline: bool,
+) -> String {
+    let mut t = format!("configuration ok: {} registries, {} rules\n", config.registries.len(), config.rules.len());
+    if offline {
+        t += "offline: no secret read, no registry asked\n";
+    }
+    for w in warnings {
+        t += &format!("WARNING {:<24} {}\n", w.field, w.reason);
+    }
+    for line in lines {
+        t += &match &line.result {
+            Ok(remark) if remark.is_empty() => format!("ok      {:<24} {}\n", line.name, line.what),
+            Ok(remark) => format!("ok      {:<24} {}: {remark}\n", line.name, line.what),
+            Err(e) => format!("FAILED  {:<24} {}: {e}\n", line.name, line.what),
+        };
+        for w in &line.warnings {
+            t += &format!("WARNING {:<24} {w}\n", line.name);
+        }
+    }
+    t
 }

@@ -80,36 +80,40 @@ pub(crate) async fn run(output: Output, args: ImportArgs) -> anyhow::Result<Exit
     if let Some(file) = &args.file {
         std::fs::write(file, &imported.configuration).with_context(|| format!("cannot write {}", file.display()))?;
     }
-    let text = || {
-        if args.file.is_none() {
-            return imported.configuration.clone();
-        }
-        let mut t = String::new();
-        for p in &imported.policies {
-            let verdict = p.rule.as_ref().map_or("not imported".to_owned(), |r| format!("rule {r}"));
-            t += &format!("policy {:<4} {:<32} {:<12} {verdict}\n", p.id, p.name, p.trigger);
-            for n in &p.notes {
-                t += &format!("    {n}\n");
-            }
-        }
-        for r in &imported.registries {
-            let verdict = r.registry.as_ref().map_or("not imported".to_owned(), |n| format!("registry {n}"));
-            t += &format!("registry {:<4} {:<30} {:<16} {verdict}\n", r.id, r.name, r.harbor_type);
-            for n in &r.notes {
-                t += &format!("    {n}\n");
-            }
-        }
-        t += "secrets to create:\n";
-        for s in &imported.secrets {
-            t += &format!("    {}: {}\n", s.secret_id, s.value);
-        }
-        if let Some(s) = &imported.reconcile_schedule {
-            t += &format!("deploy with ReconcileSchedule={s:?}\n");
-        }
-        t + &format!("written: {}\n", args.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default())
+    let text = || match &args.file {
+        None => imported.configuration.clone(),
+        Some(file) => report(&imported, file),
     };
     output.print(text, serde_json::to_value(&imported)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The report for people: each policy's and endpoint's fate with its notes, the secrets to
+/// create, the reconcile schedule, and where the configuration went.
+fn report(imported: &relay::harbor_import::Imported, file: &std::path::Path) -> String {
+    let mut t = String::new();
+    for p in &imported.policies {
+        let verdict = p.rule.as_ref().map_or("not imported".to_owned(), |r| format!("rule {r}"));
+        t += &format!("policy {:<4} {:<32} {:<12} {verdict}\n", p.id, p.name, p.trigger);
+        for n in &p.notes {
+            t += &format!("    {n}\n");
+        }
+    }
+    for r in &imported.registries {
+        let verdict = r.registry.as_ref().map_or("not imported".to_owned(), |n| format!("registry {n}"));
+        t += &format!("registry {:<4} {:<30} {:<16} {verdict}\n", r.id, r.name, r.harbor_type);
+        for n in &r.notes {
+            t += &format!("    {n}\n");
+        }
+    }
+    t += "secrets to create:\n";
+    for s in &imported.secrets {
+        t += &format!("    {}: {}\n", s.secret_id, s.value);
+    }
+    if let Some(s) = &imported.reconcile_schedule {
+        t += &format!("deploy with ReconcileSchedule={s:?}\n");
+    }
+    t + &format!("written: {}\n", file.display())
 }
 
 /// Prints the comparison; exit 1 while Harbor would replicate something a second time, so a

@@ -134,16 +134,16 @@ pub fn import(registries: &[HarborRegistry], policies: &[ReplicationPolicy], opt
             ));
         }
     }
-    let configuration =
-        render(options, &drafts, &rules, &policy_outcomes, &registry_outcomes, &secrets, &reconcile_schedule);
-    Imported {
+    let mut imported = Imported {
         harbor: options.harbor.to_string(),
-        configuration,
+        configuration: String::new(),
         policies: policy_outcomes,
         registries: registry_outcomes,
         secrets,
         reconcile_schedule,
-    }
+    };
+    imported.configuration = render(&imported, options, &drafts, &rules);
+    imported
 }
 
 /// One endpoint: a `registries[]` entry of the matching kind, or why not.
@@ -163,61 +163,12 @@ fn registry(
         registry: None,
         notes: vec![],
     };
-    let url = match r.url.as_deref().map(Url::parse) {
-        Some(Ok(u)) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
-        _ => {
-            outcome.notes.push(format!("its URL {:?} is not an http(s) URL", r.url.clone().unwrap_or_default()));
-            return (outcome, None);
-        }
-    };
     let name = registry_name(&harbor_name, id, taken);
-    let slug = slug(&name);
     let mut lines = vec![format!("name: {}", q(&name))];
-    let basic_secret = |secrets: &mut Vec<SecretToCreate>, user: &str| {
-        let secret_id = format!("{}/{slug}", options.secret_prefix);
-        secrets.push(SecretToCreate {
-            secret_id: secret_id.clone(),
-            value: format!(
-                r#"{{"username": {}, "password": "…"}} (Harbor keeps the password and never returns it)"#,
-                q(if user.is_empty() { "…" } else { user })
-            ),
-            purpose: format!("registry {name}'s credentials (SecretArns)"),
-        });
-        secret_id
-    };
-    let access_key = r.credential.as_ref().and_then(|c| c.access_key.clone()).unwrap_or_default();
-    match harbor_type.as_str() {
-        "docker-registry" | "harbor" => {
-            lines.push(format!("url: {}", q(url.as_str().trim_end_matches('/'))));
-            if harbor_type == "harbor" {
-                lines.push("kind: harbor".into());
-                // Harbor's replication creates a missing project at the destination.
-                lines.push("create_projects: true".into());
-            }
-            if !access_key.is_empty() {
-                let secret_id = basic_secret(secrets, &access_key);
-                lines.push(format!("credentials: {{ secret_id: {} }}", q(&secret_id)));
-            }
-        }
-        "aws-ecr" => {
-            let Some((account, region)) = ecr_account_region(&url, options.ecr_account.as_deref()) else {
-                outcome.notes.push(format!(
-                    "Harbor names this ECR endpoint by its API host ({}), which does not say the account: run the import again with --ecr-account <12 digits>",
-                    url.host_str().unwrap_or_default()
-                ));
-                return (outcome, None);
-            };
-            lines.push(format!("url: {}", q(&format!("https://{account}.dkr.ecr.{region}.amazonaws.com"))));
-            lines.push("kind: ecr".into());
-            outcome.notes.push(
-                "ECR is reached with the worker's IAM role, not Harbor's access key: deploy with EnableEcr=true (another account: role_arn and EcrAssumeRoleArns)"
-                    .into(),
-            );
-        }
-        other => {
-            outcome.notes.push(format!(
-                "endpoint type {other:?} is not a destination kind of the relay (docker-registry, harbor, aws-ecr)"
-            ));
+    match kind_lines(r, &name, options, secrets, &mut outcome.notes) {
+        Ok(kind) => lines.extend(kind),
+        Err(why) => {
+            outcome.notes.push(why);
             return (outcome, None);
         }
     }
@@ -226,7 +177,7 @@ fn registry(
         outcome.notes.push("Harbor does not verify its certificate: neither will the relay (insecure: true)".into());
     }
     if r.ca_certificate.as_deref().is_some_and(|pem| !pem.trim().is_empty()) {
-        let secret_id = format!("{}/{slug}-ca", options.secret_prefix);
+        let secret_id = format!("{}/{}-ca", options.secret_prefix, slug(&name));
         secrets.push(SecretToCreate {
             secret_id: secret_id.clone(),
             value: "the PEM bundle of the CA certificate set on Harbor's endpoint".into(),
@@ -238,6 +189,65 @@ fn registry(
     (outcome, Some(RegistryDraft { harbor_id: id, harbor_name, harbor_type, name, lines }))
 }
 
+/// The `url`, `kind` and credential lines of the relay's registry `name`
+/// for Harbor's endpoint, by its type; or why the type has no match.
+fn kind_lines(
+    r: &HarborRegistry,
+    name: &str,
+    options: &ImportOptions,
+    secrets: &mut Vec<SecretToCreate>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<String>, String> {
+    let url = match r.url.as_deref().map(Url::parse) {
+        Some(Ok(u)) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+        _ => return Err(format!("its URL {:?} is not an http(s) URL", r.url.clone().unwrap_or_default())),
+    };
+    let mut lines = Vec::new();
+    match r.kind.as_deref().unwrap_or_default() {
+        kind @ ("docker-registry" | "harbor") => {
+            lines.push(format!("url: {}", q(url.as_str().trim_end_matches('/'))));
+            if kind == "harbor" {
+                lines.push("kind: harbor".into());
+                // Harbor's replication creates a missing project at the destination.
+                lines.push("create_projects: true".into());
+            }
+            let user = r.credential.as_ref().and_then(|c| c.access_key.clone()).unwrap_or_default();
+            if !user.is_empty() {
+                let secret_id = format!("{}/{}", options.secret_prefix, slug(name));
+                secrets.push(SecretToCreate {
+                    secret_id: secret_id.clone(),
+                    value: format!(
+                        r#"{{"username": {}, "password": "…"}} (Harbor keeps the password and never returns it)"#,
+                        q(&user)
+                    ),
+                    purpose: format!("registry {name}'s credentials (SecretArns)"),
+                });
+                lines.push(format!("credentials: {{ secret_id: {} }}", q(&secret_id)));
+            }
+        }
+        "aws-ecr" => {
+            let Some((account, region)) = ecr_account_region(&url, options.ecr_account.as_deref()) else {
+                return Err(format!(
+                    "Harbor names this ECR endpoint by its API host ({}), which does not say the account: run the import again with --ecr-account <12 digits>",
+                    url.host_str().unwrap_or_default()
+                ));
+            };
+            lines.push(format!("url: {}", q(&format!("https://{account}.dkr.ecr.{region}.amazonaws.com"))));
+            lines.push("kind: ecr".into());
+            notes.push(
+                "ECR is reached with the worker's IAM role, not Harbor's access key: deploy with EnableEcr=true (another account: role_arn and EcrAssumeRoleArns)"
+                    .into(),
+            );
+        }
+        other => {
+            return Err(format!(
+                "endpoint type {other:?} is not a destination kind of the relay (docker-registry, harbor, aws-ecr)"
+            ))
+        }
+    }
+    Ok(lines)
+}
+
 /// One policy: a rule, or why not; and the reconcile schedule a scheduled
 /// policy asks for.
 fn policy(
@@ -246,94 +256,22 @@ fn policy(
     registries: &[RegistryOutcome],
 ) -> (PolicyOutcome, Option<Vec<String>>, Option<String>) {
     let trigger = p.trigger.as_ref().and_then(|t| t.kind.clone()).unwrap_or_else(|| "manual".into());
-    let name = p.name.clone().unwrap_or_default();
     let mut outcome = PolicyOutcome {
         id: p.id.unwrap_or(0),
-        name: name.clone(),
+        name: p.name.clone().unwrap_or_default(),
         trigger: trigger.clone(),
         harbor_enabled: p.enabled.unwrap_or(true),
         rule: None,
         notes: vec![],
     };
-    let refuse = |mut outcome: PolicyOutcome, why: String| {
-        outcome.notes.insert(0, why);
-        (outcome, None, None)
-    };
-    if !HarborRegistry::is_local(&p.src_registry) {
-        let from = p.src_registry.as_ref().and_then(|r| r.name.clone()).unwrap_or_default();
-        return refuse(
-            outcome,
-            format!("pull-based (Harbor pulls from {from:?}): the relay replicates from this Harbor only"),
-        );
-    }
-    if HarborRegistry::is_local(&p.dest_registry) {
-        return refuse(outcome, "no destination registry".into());
-    }
-    let dest_id = p.dest_registry.as_ref().and_then(|r| r.id).unwrap_or(0);
-    let Some(dest) = drafts.iter().find(|d| d.harbor_id == dest_id) else {
-        let why = registries
-            .iter()
-            .find(|r| r.id == dest_id)
-            .and_then(|r| r.notes.first().cloned())
-            .unwrap_or_else(|| "Harbor did not list it".into());
-        return refuse(outcome, format!("its destination registry {dest_id} was not imported: {why}"));
-    };
-    if name.is_empty() {
-        return refuse(outcome, "the policy has no name".into());
-    }
-    let filters = match filter_lines(p.filters.as_deref().unwrap_or_default()) {
-        Ok(f) => f,
-        Err(why) => return refuse(outcome, why),
-    };
-    let flatten = p.dest_namespace_replace_count.unwrap_or(-1);
-    let namespace = p.dest_namespace.clone().unwrap_or_default();
-    if !(-1..=3).contains(&flatten) {
-        return refuse(
-            outcome,
-            format!("dest_namespace_replace_count {flatten}: the relay flattens -1 (all), 0, 1, 2 or 3 levels"),
-        );
-    }
-    let bandwidth = match p.speed.unwrap_or(-1) {
-        s if s <= 0 => -1,
-        s if s as u64 > relay_domain::task::MAX_BANDWIDTH_KBPS => {
-            return refuse(
-                outcome,
-                format!("speed {s} Kbps is above the relay's limit of {} Kbps", relay_domain::task::MAX_BANDWIDTH_KBPS),
-            )
+    let rule = match rule_of(p, drafts, registries) {
+        Ok(rule) => rule,
+        Err(why) => {
+            outcome.notes.push(why);
+            return (outcome, None, None);
         }
-        s => s,
     };
-    let mut enabled = p.enabled.unwrap_or(true);
-    let mut schedule = None;
-    match trigger.as_str() {
-        "event_based" => {}
-        "scheduled" => {
-            let cron = p.trigger.as_ref().and_then(|t| t.trigger_settings.as_ref()).and_then(|s| s.cron.clone());
-            match cron.as_deref().map(eventbridge_cron) {
-                Some(Ok(c)) => {
-                    outcome.notes.push(format!(
-                        "Harbor ran it on the schedule {:?}: the relay replicates each push at once, and the reconcile function sweeps on ReconcileSchedule ({c}) for what a push missed",
-                        cron.unwrap_or_default()
-                    ));
-                    schedule = Some(c);
-                }
-                Some(Err(why)) => outcome.notes.push(format!(
-                    "Harbor ran it on the schedule {:?}, which EventBridge cannot express ({why}): the relay replicates each push, choose a ReconcileSchedule for the sweep",
-                    cron.unwrap_or_default()
-                )),
-                None => outcome.notes.push("scheduled without a cron: the relay replicates each push; reconcile sweeps on ReconcileSchedule".into()),
-            }
-        }
-        _ => {
-            if enabled {
-                outcome.notes.push(
-                    "Harbor ran it by hand: written disabled, since an enabled rule replicates every push; enable it to replicate on push, or run `relay replicate` with a configuration where it is enabled"
-                        .into(),
-                );
-            }
-            enabled = false;
-        }
-    }
+    let (enabled, schedule) = trigger_notes(p, &trigger, &mut outcome.notes);
     if p.copy_by_chunk == Some(true) {
         outcome.notes.push(
             "copy_by_chunk: the relay sends whole blobs and switches a registry to chunks by itself when it refuses one as too large (413)"
@@ -346,28 +284,134 @@ fn policy(
                 .into(),
         );
     }
-    let mut lines = vec![
-        format!(
-            "# Harbor policy {} {:?}: push-based, {trigger}; destination registry {} {:?}",
-            outcome.id, name, dest.harbor_id, dest.harbor_name
-        ),
-        format!("- name: {}", q(&name)),
-        format!("  enabled: {enabled}"),
-    ];
-    if !filters.is_empty() {
-        lines.push("  filters:".into());
-        lines.extend(filters.into_iter().map(|f| format!("    {f}")));
-    }
-    lines.push(format!(
-        "  destination: {{ registry: {}, namespace: {}, flatten: {flatten} }}",
-        q(&dest.name),
-        q(&namespace)
-    ));
-    lines.push(format!("  override: {}", p.override_existing.unwrap_or(true)));
-    lines.push(format!("  deletion: {}", p.replicate_deletion.or(p.deletion).unwrap_or(false)));
-    lines.push(format!("  bandwidth_kbps: {bandwidth}"));
-    outcome.rule = Some(name);
+    let header = format!(
+        "# Harbor policy {} {:?}: push-based, {trigger}; destination registry {} {:?}",
+        outcome.id, outcome.name, rule.destination.harbor_id, rule.destination.harbor_name
+    );
+    let lines = std::iter::once(header).chain(rule.lines(&outcome.name, enabled)).collect();
+    outcome.rule = Some(outcome.name.clone());
     (outcome, Some(lines), schedule)
+}
+
+/// What a policy carries over into a rule, its trigger aside.
+struct RuleDraft<'a> {
+    destination: &'a RegistryDraft,
+    filters: Vec<String>,
+    namespace: String,
+    flatten: i64,
+    override_existing: bool,
+    deletion: bool,
+    bandwidth_kbps: i64,
+}
+
+impl RuleDraft<'_> {
+    fn lines(&self, name: &str, enabled: bool) -> Vec<String> {
+        let mut lines = vec![format!("- name: {}", q(name)), format!("  enabled: {enabled}")];
+        if !self.filters.is_empty() {
+            lines.push("  filters:".into());
+            lines.extend(self.filters.iter().map(|f| format!("    {f}")));
+        }
+        lines.push(format!(
+            "  destination: {{ registry: {}, namespace: {}, flatten: {} }}",
+            q(&self.destination.name),
+            q(&self.namespace),
+            self.flatten
+        ));
+        lines.push(format!("  override: {}", self.override_existing));
+        lines.push(format!("  deletion: {}", self.deletion));
+        lines.push(format!("  bandwidth_kbps: {}", self.bandwidth_kbps));
+        lines
+    }
+}
+
+/// The rule a push-based policy becomes, or why it cannot become one.
+fn rule_of<'a>(
+    p: &ReplicationPolicy,
+    drafts: &'a [RegistryDraft],
+    registries: &[RegistryOutcome],
+) -> Result<RuleDraft<'a>, String> {
+    if !HarborRegistry::is_local(&p.src_registry) {
+        let from = p.src_registry.as_ref().and_then(|r| r.name.clone()).unwrap_or_default();
+        return Err(format!("pull-based (Harbor pulls from {from:?}): the relay replicates from this Harbor only"));
+    }
+    if HarborRegistry::is_local(&p.dest_registry) {
+        return Err("no destination registry".into());
+    }
+    let dest_id = p.dest_registry.as_ref().and_then(|r| r.id).unwrap_or(0);
+    let Some(destination) = drafts.iter().find(|d| d.harbor_id == dest_id) else {
+        let why = registries
+            .iter()
+            .find(|r| r.id == dest_id)
+            .and_then(|r| r.notes.first().cloned())
+            .unwrap_or_else(|| "Harbor did not list it".into());
+        return Err(format!("its destination registry {dest_id} was not imported: {why}"));
+    };
+    if p.name.as_deref().unwrap_or_default().is_empty() {
+        return Err("the policy has no name".into());
+    }
+    let filters = filter_lines(p.filters.as_deref().unwrap_or_default())?;
+    let flatten = p.dest_namespace_replace_count.unwrap_or(-1);
+    if !(-1..=3).contains(&flatten) {
+        return Err(format!(
+            "dest_namespace_replace_count {flatten}: the relay flattens -1 (all), 0, 1, 2 or 3 levels"
+        ));
+    }
+    let max = relay_domain::task::MAX_BANDWIDTH_KBPS;
+    let bandwidth_kbps = match p.speed.unwrap_or(-1) {
+        s if s <= 0 => -1,
+        s if s as u64 > max => return Err(format!("speed {s} Kbps is above the relay's limit of {max} Kbps")),
+        s => s,
+    };
+    Ok(RuleDraft {
+        destination,
+        filters,
+        namespace: p.dest_namespace.clone().unwrap_or_default(),
+        flatten,
+        override_existing: p.override_existing.unwrap_or(true),
+        deletion: p.replicate_deletion.or(p.deletion).unwrap_or(false),
+        bandwidth_kbps,
+    })
+}
+
+/// How the policy's trigger carries over: whether the rule is written
+/// enabled, and the reconcile schedule a scheduled one asks for; `notes`
+/// says why.
+fn trigger_notes(p: &ReplicationPolicy, trigger: &str, notes: &mut Vec<String>) -> (bool, Option<String>) {
+    let enabled = p.enabled.unwrap_or(true);
+    match trigger {
+        "event_based" => (enabled, None),
+        "scheduled" => {
+            let cron = p.trigger.as_ref().and_then(|t| t.trigger_settings.as_ref()).and_then(|s| s.cron.clone());
+            let shown = cron.clone().unwrap_or_default();
+            match cron.as_deref().map(eventbridge_cron) {
+                Some(Ok(c)) => {
+                    notes.push(format!(
+                        "Harbor ran it on the schedule {shown:?}: the relay replicates each push at once, and the reconcile function sweeps on ReconcileSchedule ({c}) for what a push missed"
+                    ));
+                    (enabled, Some(c))
+                }
+                Some(Err(why)) => {
+                    notes.push(format!(
+                        "Harbor ran it on the schedule {shown:?}, which EventBridge cannot express ({why}): the relay replicates each push, choose a ReconcileSchedule for the sweep"
+                    ));
+                    (enabled, None)
+                }
+                None => {
+                    notes.push("scheduled without a cron: the relay replicates each push; reconcile sweeps on ReconcileSchedule".into());
+                    (enabled, None)
+                }
+            }
+        }
+        _ => {
+            if enabled {
+                notes.push(
+                    "Harbor ran it by hand: written disabled, since an enabled rule replicates every push; enable it to replicate on push, or run `relay replicate` with a configuration where it is enabled"
+                        .into(),
+                );
+            }
+            (false, None)
+        }
+    }
 }
 
 /// The relay's `filters` lines for Harbor's filters, or why they cannot be
@@ -515,80 +559,71 @@ fn q(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
-fn render(
-    options: &ImportOptions,
-    drafts: &[RegistryDraft],
-    rules: &[Vec<String>],
-    policies: &[PolicyOutcome],
-    registries: &[RegistryOutcome],
-    secrets: &[SecretToCreate],
-    reconcile_schedule: &Option<String>,
-) -> String {
-    let mut t = String::new();
-    let mut line = |s: &str| {
-        t.push_str(s);
-        t.push('\n');
-    };
-    line(&format!("# harbor-relay configuration imported from Harbor {} by `relay harbor import`.", options.harbor));
-    line("# Harbor never returns stored secrets: create these in Secrets Manager before `relay check`:");
-    for s in secrets {
-        line(&format!("#   {}: {}", s.secret_id, s.value));
-    }
-    let skipped_policies: Vec<_> = policies.iter().filter(|p| p.rule.is_none()).collect();
-    let skipped_registries: Vec<_> = registries.iter().filter(|r| r.registry.is_none()).collect();
-    if !skipped_policies.is_empty() || !skipped_registries.is_empty() {
-        line("# Not imported (`--output json` gives the whole report):");
-        for p in skipped_policies {
-            line(&format!("#   policy {} {:?}: {}", p.id, p.name, p.notes.first().cloned().unwrap_or_default()));
-        }
-        for r in skipped_registries {
-            line(&format!("#   registry {} {:?}: {}", r.id, r.name, r.notes.first().cloned().unwrap_or_default()));
-        }
-    }
-    if let Some(s) = reconcile_schedule {
-        line(&format!("# A scheduled policy was imported: deploy with ReconcileSchedule={s:?}."));
-    }
-    line("# After the move, disable Harbor's own replication policies that these rules cover");
-    line("# (Administration > Replications > the policy > Edit > untick Enable), or both replicate.");
-    line("");
-    line("source:");
-    line(&format!("  url: {}", q(options.harbor.as_str().trim_end_matches('/'))));
-    line(&format!("  credentials: {{ secret_id: {} }}", q(&secrets[0].secret_id)));
-    line("  harbor_api: true");
-    line("");
-    line("webhook:");
-    line(&format!("  auth_secret_id: {}", q(&secrets[1].secret_id)));
-    line("");
+/// The configuration's text: a header of comments (the secrets to
+/// create, what was not imported, the reconcile schedule, disabling
+/// Harbor's own policies), then the YAML with each entry's Harbor id.
+fn render(imported: &Imported, options: &ImportOptions, drafts: &[RegistryDraft], rules: &[Vec<String>]) -> String {
+    let mut t = header(imported);
+    t += "\nsource:\n";
+    t += &format!("  url: {}\n", q(options.harbor.as_str().trim_end_matches('/')));
+    t += &format!("  credentials: {{ secret_id: {} }}\n", q(&imported.secrets[0].secret_id));
+    t += "  harbor_api: true\n\nwebhook:\n";
+    t += &format!("  auth_secret_id: {}\n\n", q(&imported.secrets[1].secret_id));
     if drafts.is_empty() {
-        line("registries: []");
+        t += "registries: []\n";
     } else {
-        line("registries:");
+        t += "registries:\n";
         for d in drafts {
-            let notes = &registries.iter().find(|r| r.id == d.harbor_id).map(|r| r.notes.clone()).unwrap_or_default();
-            line(&format!("  # Harbor registry {} {:?} ({})", d.harbor_id, d.harbor_name, d.harbor_type));
-            for n in notes {
-                line(&format!("  # {n}"));
+            t += &format!("  # Harbor registry {} {:?} ({})\n", d.harbor_id, d.harbor_name, d.harbor_type);
+            let outcome = imported.registries.iter().find(|r| r.id == d.harbor_id);
+            for n in outcome.into_iter().flat_map(|r| &r.notes) {
+                t += &format!("  # {n}\n");
             }
             for (i, l) in d.lines.iter().enumerate() {
-                line(&format!("  {}{l}", if i == 0 { "- " } else { "  " }));
+                t += &format!("  {}{l}\n", if i == 0 { "- " } else { "  " });
             }
         }
     }
-    line("");
     if rules.is_empty() {
-        line("rules: []");
-    } else {
-        line("rules:");
-        for (rule, outcome) in rules.iter().zip(policies.iter().filter(|p| p.rule.is_some())) {
-            line(&format!("  {}", rule[0]));
-            for n in &outcome.notes {
-                line(&format!("  # {n}"));
-            }
-            for l in &rule[1..] {
-                line(&format!("  {l}"));
-            }
+        t += "\nrules: []\n";
+        return t;
+    }
+    t += "\nrules:\n";
+    for (rule, outcome) in rules.iter().zip(imported.policies.iter().filter(|p| p.rule.is_some())) {
+        t += &format!("  {}\n", rule[0]);
+        for n in &outcome.notes {
+            t += &format!("  # {n}\n");
+        }
+        for l in &rule[1..] {
+            t += &format!("  {l}\n");
         }
     }
+    t
+}
+
+fn header(imported: &Imported) -> String {
+    let mut t =
+        format!("# harbor-relay configuration imported from Harbor {} by `relay harbor import`.\n", imported.harbor);
+    t += "# Harbor never returns stored secrets: create these in Secrets Manager before `relay check`:\n";
+    for s in &imported.secrets {
+        t += &format!("#   {}: {}\n", s.secret_id, s.value);
+    }
+    let skipped_policies: Vec<_> = imported.policies.iter().filter(|p| p.rule.is_none()).collect();
+    let skipped_registries: Vec<_> = imported.registries.iter().filter(|r| r.registry.is_none()).collect();
+    if !skipped_policies.is_empty() || !skipped_registries.is_empty() {
+        t += "# Not imported (`--output json` gives the whole report):\n";
+        for p in skipped_policies {
+            t += &format!("#   policy {} {:?}: {}\n", p.id, p.name, p.notes.first().cloned().unwrap_or_default());
+        }
+        for r in skipped_registries {
+            t += &format!("#   registry {} {:?}: {}\n", r.id, r.name, r.notes.first().cloned().unwrap_or_default());
+        }
+    }
+    if let Some(s) = &imported.reconcile_schedule {
+        t += &format!("# A scheduled policy was imported: deploy with ReconcileSchedule={s:?}.\n");
+    }
+    t += "# After the move, disable Harbor's own replication policies that these rules cover\n";
+    t += "# (Administration > Replications > the policy > Edit > untick Enable), or both replicate.\n";
     t
 }
 
