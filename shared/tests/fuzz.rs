@@ -51,7 +51,9 @@ fn rng() -> StdRng {
 /// every machine, whatever order the directory lists them in).
 fn seeds() -> Vec<Vec<u8>> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/harbor");
-    let mut paths: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    // The payloads only (`api/` holds Harbor's REST answers).
+    let mut paths: Vec<_> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
     paths.sort();
     let mut out: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
     // A tagged push in the Default format (Harbor's sample push is by digest).
