@@ -48,7 +48,10 @@ impl Copier<'_> {
             .try_for_each_concurrent(self.blob_concurrency, |d| {
                 let counters = counters.clone();
                 let span = tracing::info_span!("blob", digest = %d.digest, size = d.size);
-                async move { self.copy_blob(src_repo, dst_repo, &d, &counters).await }.instrument(span)
+                // Boxed: each blob's state machine (reads, uploads, their
+                // retries) is large, and unboxed it sits inline in the task's
+                // future, past a runtime thread's stack in debug builds.
+                async move { Box::pin(self.copy_blob(src_repo, dst_repo, &d, &counters)).await }.instrument(span)
             })
             .await?;
         // A shared read this task opened may still hold the counters while
@@ -115,7 +118,7 @@ impl Copier<'_> {
                 BlobDecision::Upload(owner) => break (owner, None),
             }
         };
-        let kind = self.send_blob(src_repo, dst_repo, d, mount_from, counters, budget).await?;
+        let kind = Box::pin(self.send_blob(src_repo, dst_repo, d, mount_from, counters, budget)).await?;
         let counter = match kind {
             UploadKind::Mounted => &counters.mounted,
             UploadKind::Streamed => &counters.copied,
