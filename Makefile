@@ -68,7 +68,7 @@ stack-status:
 fmt:
 	cargo fmt --all
 
-lint: ## rustfmt check, clippy -D warnings, cargo deny (advisories offline, licenses, duplicate versions; deny.toml), checkov on the template
+lint: ## rustfmt check, clippy -D warnings, no module cycle, cargo deny (advisories offline, licenses, duplicate versions; deny.toml), checkov on the template
 	scripts/lint.sh
 
 clean:

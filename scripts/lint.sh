@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make lint`: formatting, clippy with warnings as errors, `cargo deny`
+# `make lint`: formatting, clippy with warnings as errors, no module cycle
+# (scripts/shape.py), `cargo deny`
 # (advisories, licenses, duplicate versions, sources; policy in deny.toml),
 # and checkov on the SAM template and on its transform (skips are inline in
 # infra/template.yaml, each with its reason). Installs cargo-deny, and
@@ -16,6 +17,9 @@ SAM_TRANSLATOR_VERSION=1.115.0
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# No module of a crate depends on one that depends back on it (cargo
+# already refuses such cycles between crates).
+python3 scripts/shape.py --check >/dev/null
 
 if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $DENY_VERSION" ]; then
   echo "[lint] installing cargo-deny $DENY_VERSION (once per machine)"

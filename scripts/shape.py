@@ -62,8 +62,25 @@ def modules_of(src):
     return mods
 
 
+def reexports(src, mods):
+    """Items the crate root re-exports from its own modules
+    (`pub use copy::{Copier, referrers};`): naming `crate::Copier` depends on
+    `copy` as much as `crate::copy::Copier` does."""
+    root = next((src / f for f in ("lib.rs", "main.rs") if (src / f).exists()), None)
+    items = {}
+    if root is None:
+        return items
+    code = strip_comments(root.read_text())
+    for module, names in re.findall(r"\bpub(?:\([^)]*\))?\s+use\s+(\w+)::\{?([\w\s,]+)\}?\s*;", code):
+        if module in mods:
+            for name in re.findall(r"\w+", names):
+                items[name] = module
+    return items
+
+
 def module_edges(src):
     mods = modules_of(src)
+    items = reexports(src, mods)
     edges = {m: set() for m in mods}
     for m, files in mods.items():
         for f in files:
@@ -74,6 +91,7 @@ def module_edges(src):
             if f.parent == src:  # a top-level file: its super is the crate
                 named |= set(re.findall(r"\bsuper::(\w+)", code))
             for n in named:
+                n = items.get(n, n)
                 if n in mods and n != m:
                     edges[m].add(n)
     return edges

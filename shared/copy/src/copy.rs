@@ -1,8 +1,15 @@
 //! The copy engine (DESIGN §5): resolve (what the source holds now, what
 //! of it the destination lacks), plan ([`super::plan`]: blobs, children
 //! first, the root, its tags), then walk the plan — the blobs skipped,
-//! mounted or streamed ([`super::blobs`]), the manifests with their
+//! mounted or streamed ([`blobs`]), the manifests with their
 //! original bytes.
+
+mod blobs;
+pub mod referrers;
+mod resumable;
+mod source;
+mod upload;
+mod walk;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -18,16 +18,10 @@ pub(crate) use relay_oci::{
     chunks, client, ledger, manifest, pace, resume, retry, tee, throttle, verify, RegistryError,
 };
 
-mod blobs;
 pub mod copy;
 pub mod delete;
 mod plan;
-pub mod referrers;
 mod report;
-mod resumable;
-mod source;
-mod upload;
-mod walk;
 
-pub use copy::{Copier, CopyError, CopyReport, Outcome};
+pub use copy::{referrers, Copier, CopyError, CopyReport, Outcome};
 pub use delete::Deleter;

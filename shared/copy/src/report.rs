@@ -2,11 +2,27 @@
 //! ([`CopyError`]): shared by copies and deletes, read by the worker for
 //! logs, metrics and the message's fate.
 
-use super::blobs::Counters;
+use std::sync::atomic::AtomicU64;
+
 use super::client::RegistryError;
 use super::manifest::{ManifestError, MAX_TASK_MANIFEST_BYTES};
 use crate::digest::Digest;
 use crate::repository::{RepositoryPath, Tag};
+
+/// What one manifest tree's blobs cost, added to the task's report.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Blobs not started because the deadline had come.
+    pub(crate) deferred: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    /// Bytes read from the source (a read shared with other destinations
+    /// counts for the task that opened it).
+    pub(crate) read: AtomicU64,
+    pub(crate) copied: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) mounted: AtomicU64,
+}
 
 /// How a task ended when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

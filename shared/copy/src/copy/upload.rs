@@ -9,15 +9,16 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use url::Url;
 
-use super::blobs::{Counters, UploadKind};
-use super::chunks::{BoxError, Pieces};
-use super::client::{RegistryError, UploadStart};
-use super::copy::Copier;
-use super::manifest::Descriptor;
-use super::resume;
-use super::tee::{self, BlobStream};
-use super::verify::{Hashed, Verified};
+use crate::chunks::{BoxError, Pieces};
+use crate::client::{RegistryError, UploadStart};
+use crate::copy::blobs::UploadKind;
+use crate::copy::Copier;
+use crate::manifest::Descriptor;
+use crate::report::Counters;
 use crate::repository::RepositoryPath;
+use crate::resume;
+use crate::tee::{self, BlobStream};
+use crate::verify::{Hashed, Verified};
 
 /// Blobs up to this size are read from the source while their upload's
 /// `POST` is in flight: at 100 MB/s a MiB takes about as long as a few round

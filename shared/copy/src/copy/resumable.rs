@@ -11,14 +11,15 @@ use std::sync::Arc;
 use futures_util::{StreamExt, TryStreamExt};
 use url::Url;
 
-use super::blobs::{Counters, UploadKind};
-use super::chunks::Pieces;
-use super::client::{RegistryError, UploadStart};
-use super::copy::Copier;
-use super::manifest::Descriptor;
-use super::resume::{self, OpenUpload};
-use super::verify::{Hashed, Verified};
+use crate::chunks::Pieces;
+use crate::client::{RegistryError, UploadStart};
+use crate::copy::blobs::UploadKind;
+use crate::copy::Copier;
+use crate::manifest::Descriptor;
+use crate::report::Counters;
 use crate::repository::RepositoryPath;
+use crate::resume::{self, OpenUpload};
+use crate::verify::{Hashed, Verified};
 
 /// Chunks of a resumable upload: about a quarter of a second of the rule's
 /// bandwidth, within these bounds. A chunk started before the deadline's

@@ -2,39 +2,25 @@
 //! destination has it, mounted from a repository of the destination known
 //! to hold it, otherwise streamed from the source response into one upload
 //! (chunks only for a registry that refused a whole blob). Tasks of one
-//! push into several destinations share the source read ([`super::tee`]).
-//! Every read is hashed on its way ([`super::verify`]): an upload gets a
+//! push into several destinations share the source read ([`crate::tee`]).
+//! Every read is hashed on its way ([`crate::verify`]): an upload gets a
 //! blob's last bytes only once they make the descriptor's digest and size,
 //! so no destination commits another blob, whether it checks or not.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures_util::{stream, TryStreamExt};
 use tracing::Instrument;
 
-use super::copy::{Copier, CopyError};
-use super::ledger::BlobDecision;
-use super::manifest::Descriptor;
-use super::pace;
-use super::resume;
-use super::retry::RetryBudget;
+use crate::copy::{Copier, CopyError};
+use crate::ledger::BlobDecision;
+use crate::manifest::Descriptor;
+use crate::pace;
+use crate::report::Counters;
 use crate::repository::RepositoryPath;
-
-/// What one manifest tree's blobs cost, added to the task's report.
-#[derive(Default)]
-pub(crate) struct Counters {
-    /// Blobs not started because the deadline had come.
-    pub(crate) deferred: AtomicU64,
-    pub(crate) retries: AtomicU64,
-    pub(crate) bytes: AtomicU64,
-    /// Bytes read from the source (a read shared with other destinations
-    /// counts for the task that opened it).
-    pub(crate) read: AtomicU64,
-    pub(crate) copied: AtomicU64,
-    pub(crate) skipped: AtomicU64,
-    pub(crate) mounted: AtomicU64,
-}
+use crate::resume;
+use crate::retry::RetryBudget;
 
 impl Copier<'_> {
     pub(crate) async fn copy_blobs(

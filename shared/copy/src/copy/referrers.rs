@@ -14,16 +14,16 @@
 //! client duty). A referrer found by tag is copied under the same tag.
 //! Referrers of referrers (a signed SBOM) follow, a few levels deep.
 //! Each referrer's own tree is walked within the index bounds of
-//! [`super::manifest`], and its manifests count in the task's manifest
-//! bytes ([`super::manifest::MAX_TASK_MANIFEST_BYTES`]).
+//! [`crate::manifest`], and its manifests count in the task's manifest
+//! bytes ([`crate::manifest::MAX_TASK_MANIFEST_BYTES`]).
 
 use std::collections::{HashSet, VecDeque};
 
-use super::copy::{Copier, CopyError, CopyReport};
-use super::manifest::{Contents, Descriptor, Manifest, OCI_INDEX};
-use super::RegistryError;
+use crate::copy::{Copier, CopyError, CopyReport};
 use crate::digest::Digest;
+use crate::manifest::{Contents, Descriptor, Manifest, OCI_INDEX};
 use crate::repository::{RepositoryPath, Tag};
+use crate::RegistryError;
 
 /// Suffixes of the cosign tag schema.
 const TAG_SUFFIXES: [&str; 3] = [".sig", ".att", ".sbom"];

@@ -7,10 +7,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::copy::Copier;
-use super::manifest::{Contents, Manifest, ManifestError, MAX_INDEX_CHILDREN, MAX_INDEX_DEPTH};
-use super::report::{CopyError, CopyReport};
+use crate::copy::Copier;
 use crate::digest::Digest;
+use crate::manifest::{Contents, Manifest, ManifestError, MAX_INDEX_CHILDREN, MAX_INDEX_DEPTH};
+use crate::report::{CopyError, CopyReport};
 use crate::repository::RepositoryPath;
 
 /// What the walk learnt of a tree's children.

@@ -1,20 +1,20 @@
 //! The source's side of a blob: its read opened (from a byte on, for a
 //! resumed upload), checked against the descriptor, verified as it comes
-//! ([`super::verify`]), paced and counted; and what its errors name.
+//! ([`crate::verify`]), paced and counted; and what its errors name.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::blobs::Counters;
-use super::client::RegistryError;
-use super::copy::Copier;
-use super::manifest::Descriptor;
-use super::pace::{self, Paced};
-use super::tee::{BlobStream, ReadFault};
-use super::verify::{Hashed, Refusal, Verified};
+use crate::client::RegistryError;
+use crate::copy::Copier;
+use crate::manifest::Descriptor;
+use crate::pace::{self, Paced};
+use crate::report::Counters;
 use crate::repository::RepositoryPath;
+use crate::tee::{BlobStream, ReadFault};
+use crate::verify::{Hashed, Refusal, Verified};
 
 impl Copier<'_> {
     /// The source's read, paced and counted: both ends are timed together
@@ -25,7 +25,7 @@ impl Copier<'_> {
         &self,
         source: impl futures_util::Stream<Item = Result<bytes::Bytes, ReadFault>> + Send + Unpin + 'static,
         counters: &Arc<Counters>,
-    ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, super::chunks::BoxError>> + Send + 'static {
+    ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, crate::chunks::BoxError>> + Send + 'static {
         let limit = self.throttle.as_ref().map(|t| t.bytes_per_second());
         let (counters, throttle) = (counters.clone(), self.throttle.clone());
         Paced::new(source, self.min_throughput.under_limit(limit)).then(move |piece| {
@@ -117,7 +117,7 @@ pub(crate) struct SourceBlob {
 impl SourceBlob {
     /// The error of the source's stream, as the worker reads it: a blob that
     /// is not its descriptor's fails for good, a broken read is tried again.
-    pub(crate) fn error(&self, e: &super::chunks::BoxError) -> RegistryError {
+    pub(crate) fn error(&self, e: &crate::chunks::BoxError) -> RegistryError {
         let d = &self.descriptor;
         match e.downcast_ref::<ReadFault>() {
             Some(ReadFault::Refused(Refusal::Mismatch { actual })) => RegistryError::DigestMismatch {
