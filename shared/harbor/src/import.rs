@@ -16,6 +16,10 @@ use url::Url;
 
 use crate::replication::{Filter, HarborRegistry, ReplicationPolicy};
 
+mod cron;
+
+pub use cron::{eventbridge_cron, CronError};
+
 /// What the import needs besides Harbor's answers.
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
@@ -81,6 +85,39 @@ pub struct SecretToCreate {
     pub value: String,
     /// Who reads it, and the template parameter that lets them.
     pub purpose: String,
+}
+
+/// Why a policy or an endpoint is not imported: the report's first note.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotImported {
+    #[error("pull-based (Harbor pulls from {0:?}): the relay replicates from this Harbor only")]
+    PullBased(String),
+    #[error("no destination registry")]
+    NoDestination,
+    #[error("its destination registry {id} was not imported: {why}")]
+    DestinationLeftOut { id: i64, why: String },
+    #[error("the policy has no name")]
+    Unnamed,
+    #[error("two {0:?} filters: the relay holds one of each")]
+    TwoFilters(String),
+    #[error("filter {kind:?} has decoration {decoration:?} (matches or excludes)")]
+    Decoration { kind: String, decoration: String },
+    #[error("filter {kind:?} holds {value} instead of {wanted}")]
+    FilterValue { kind: String, value: String, wanted: &'static str },
+    #[error("resource filter {0:?} (the relay knows image and artifact)")]
+    Resource(String),
+    #[error("filter type {0:?} is not one the relay knows (name, tag, label, resource)")]
+    FilterType(String),
+    #[error("dest_namespace_replace_count {0}: the relay flattens -1 (all), 0, 1, 2 or 3 levels")]
+    Flatten(i64),
+    #[error("speed {speed} Kbps is above the relay's limit of {max} Kbps")]
+    Speed { speed: i64, max: u64 },
+    #[error("its URL {0:?} is not an http(s) URL")]
+    Url(String),
+    #[error("Harbor names this ECR endpoint by its API host ({0}), which does not say the account: run the import again with --ecr-account <12 digits>")]
+    EcrApiHost(String),
+    #[error("endpoint type {0:?} is not a destination kind of the relay (docker-registry, harbor, aws-ecr)")]
+    EndpointType(String),
 }
 
 /// A `registries[]` entry about to be written.
@@ -168,7 +205,7 @@ fn registry(
     match kind_lines(r, &name, options, secrets, &mut outcome.notes) {
         Ok(kind) => lines.extend(kind),
         Err(why) => {
-            outcome.notes.push(why);
+            outcome.notes.push(why.to_string());
             return (outcome, None);
         }
     }
@@ -197,10 +234,10 @@ fn kind_lines(
     options: &ImportOptions,
     secrets: &mut Vec<SecretToCreate>,
     notes: &mut Vec<String>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, NotImported> {
     let url = match r.url.as_deref().map(Url::parse) {
         Some(Ok(u)) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
-        _ => return Err(format!("its URL {:?} is not an http(s) URL", r.url.clone().unwrap_or_default())),
+        _ => return Err(NotImported::Url(r.url.clone().unwrap_or_default())),
     };
     let mut lines = Vec::new();
     match r.kind.as_deref().unwrap_or_default() {
@@ -227,10 +264,7 @@ fn kind_lines(
         }
         "aws-ecr" => {
             let Some((account, region)) = ecr_account_region(&url, options.ecr_account.as_deref()) else {
-                return Err(format!(
-                    "Harbor names this ECR endpoint by its API host ({}), which does not say the account: run the import again with --ecr-account <12 digits>",
-                    url.host_str().unwrap_or_default()
-                ));
+                return Err(NotImported::EcrApiHost(url.host_str().unwrap_or_default().to_owned()));
             };
             lines.push(format!("url: {}", q(&format!("https://{account}.dkr.ecr.{region}.amazonaws.com"))));
             lines.push("kind: ecr".into());
@@ -239,11 +273,7 @@ fn kind_lines(
                     .into(),
             );
         }
-        other => {
-            return Err(format!(
-                "endpoint type {other:?} is not a destination kind of the relay (docker-registry, harbor, aws-ecr)"
-            ))
-        }
+        other => return Err(NotImported::EndpointType(other.to_owned())),
     }
     Ok(lines)
 }
@@ -267,7 +297,7 @@ fn policy(
     let rule = match rule_of(p, drafts, registries) {
         Ok(rule) => rule,
         Err(why) => {
-            outcome.notes.push(why);
+            outcome.notes.push(why.to_string());
             return (outcome, None, None);
         }
     };
@@ -329,13 +359,13 @@ fn rule_of<'a>(
     p: &ReplicationPolicy,
     drafts: &'a [RegistryDraft],
     registries: &[RegistryOutcome],
-) -> Result<RuleDraft<'a>, String> {
+) -> Result<RuleDraft<'a>, NotImported> {
     if !HarborRegistry::is_local(&p.src_registry) {
         let from = p.src_registry.as_ref().and_then(|r| r.name.clone()).unwrap_or_default();
-        return Err(format!("pull-based (Harbor pulls from {from:?}): the relay replicates from this Harbor only"));
+        return Err(NotImported::PullBased(from));
     }
     if HarborRegistry::is_local(&p.dest_registry) {
-        return Err("no destination registry".into());
+        return Err(NotImported::NoDestination);
     }
     let dest_id = p.dest_registry.as_ref().and_then(|r| r.id).unwrap_or(0);
     let Some(destination) = drafts.iter().find(|d| d.harbor_id == dest_id) else {
@@ -344,22 +374,20 @@ fn rule_of<'a>(
             .find(|r| r.id == dest_id)
             .and_then(|r| r.notes.first().cloned())
             .unwrap_or_else(|| "Harbor did not list it".into());
-        return Err(format!("its destination registry {dest_id} was not imported: {why}"));
+        return Err(NotImported::DestinationLeftOut { id: dest_id, why });
     };
     if p.name.as_deref().unwrap_or_default().is_empty() {
-        return Err("the policy has no name".into());
+        return Err(NotImported::Unnamed);
     }
     let filters = filter_lines(p.filters.as_deref().unwrap_or_default())?;
     let flatten = p.dest_namespace_replace_count.unwrap_or(-1);
     if !(-1..=3).contains(&flatten) {
-        return Err(format!(
-            "dest_namespace_replace_count {flatten}: the relay flattens -1 (all), 0, 1, 2 or 3 levels"
-        ));
+        return Err(NotImported::Flatten(flatten));
     }
     let max = relay_domain::task::MAX_BANDWIDTH_KBPS;
     let bandwidth_kbps = match p.speed.unwrap_or(-1) {
         s if s <= 0 => -1,
-        s if s as u64 > max => return Err(format!("speed {s} Kbps is above the relay's limit of {max} Kbps")),
+        s if s as u64 > max => return Err(NotImported::Speed { speed: s, max }),
         s => s,
     };
     Ok(RuleDraft {
@@ -417,25 +445,21 @@ fn trigger_notes(p: &ReplicationPolicy, trigger: &str, notes: &mut Vec<String>) 
 /// The relay's `filters` lines for Harbor's filters, or why they cannot be
 /// written: an unknown filter type, a value of the wrong shape, or two
 /// filters of one type (the relay holds one of each).
-fn filter_lines(filters: &[Filter]) -> Result<Vec<String>, String> {
+fn filter_lines(filters: &[Filter]) -> Result<Vec<String>, NotImported> {
     let mut lines = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for f in filters {
         let kind = f.kind.clone().unwrap_or_default();
         if !seen.insert(kind.clone()) {
-            return Err(format!("two {kind:?} filters: the relay holds one of each"));
+            return Err(NotImported::TwoFilters(kind));
         }
         let decoration = match f.decoration.as_deref().unwrap_or("") {
             "" | "matches" => "matches",
             "excludes" => "excludes",
-            other => return Err(format!("filter {kind:?} has decoration {other:?} (matches or excludes)")),
+            other => return Err(NotImported::Decoration { kind, decoration: other.to_owned() }),
         };
-        let text = || {
-            f.value
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| format!("filter {kind:?} holds {} instead of a string", f.value))
-        };
+        let wrong = |wanted| NotImported::FilterValue { kind: kind.clone(), value: f.value.to_string(), wanted };
+        let text = || f.value.as_str().map(str::to_owned).ok_or_else(|| wrong("a string"));
         match kind.as_str() {
             "name" => {
                 let v = text()?;
@@ -447,71 +471,22 @@ fn filter_lines(filters: &[Filter]) -> Result<Vec<String>, String> {
             "resource" => match text()?.as_str() {
                 "" => {}
                 v @ ("image" | "artifact") => lines.push(format!("resource: {v}")),
-                other => return Err(format!("resource filter {other:?} (the relay knows image and artifact)")),
+                other => return Err(NotImported::Resource(other.to_owned())),
             },
             "label" => {
                 let values = f
                     .value
                     .as_array()
                     .and_then(|a| a.iter().map(|v| v.as_str().map(q)).collect::<Option<Vec<_>>>())
-                    .ok_or_else(|| format!("label filter holds {} instead of a list of label names", f.value))?;
+                    .ok_or_else(|| wrong("a list of label names"))?;
                 if !values.is_empty() {
                     lines.push(format!("label: {{ values: [{}], decoration: {decoration} }}", values.join(", ")));
                 }
             }
-            other => {
-                return Err(format!("filter type {other:?} is not one the relay knows (name, tag, label, resource)"))
-            }
+            other => return Err(NotImported::FilterType(other.to_owned())),
         }
     }
     Ok(lines)
-}
-
-/// Harbor's six-field cron (`sec min hour dom month dow`, Sunday 0) as an
-/// EventBridge `cron(min hour dom month dow year)` (Sunday 1, one of the
-/// day fields `?`).
-pub fn eventbridge_cron(harbor: &str) -> Result<String, String> {
-    let f: Vec<&str> = harbor.split_whitespace().collect();
-    let [sec, min, hour, dom, month, dow] = f[..] else {
-        return Err(format!("{} fields, not six", f.len()));
-    };
-    if sec != "0" {
-        return Err("EventBridge schedules to the minute, this one names seconds".into());
-    }
-    let (dom, dow) = match (dom, dow) {
-        (d, "*" | "?") => (d.to_owned(), "?".to_owned()),
-        ("*" | "?", w) => ("?".to_owned(), shift_weekdays(w)?),
-        _ => return Err("both a day of the month and a day of the week".into()),
-    };
-    Ok(format!("cron({min} {hour} {dom} {month} {dow} *)"))
-}
-
-/// Numeric weekdays moved from Sunday 0 to Sunday 1 (`1-5` → `2-6`);
-/// names (`MON-FRI`) are the same in both.
-fn shift_weekdays(w: &str) -> Result<String, String> {
-    let mut out = String::new();
-    let mut number = String::new();
-    let flush = |number: &mut String, out: &mut String| -> Result<(), String> {
-        if !number.is_empty() {
-            let n: u32 = number.parse().map_err(|_| format!("weekday {number:?}"))?;
-            // Harbor (Go's cron) takes 7 for Sunday too.
-            out.push_str(&((n % 7) + 1).to_string());
-            number.clear();
-        }
-        Ok(())
-    };
-    let mut after_slash = false;
-    for c in w.chars() {
-        if c.is_ascii_digit() && !after_slash {
-            number.push(c);
-            continue;
-        }
-        flush(&mut number, &mut out)?;
-        after_slash = c == '/' || (after_slash && c.is_ascii_digit());
-        out.push(c);
-    }
-    flush(&mut number, &mut out)?;
-    Ok(out)
 }
 
 /// ECR's account and region from Harbor's endpoint URL: the registry host
@@ -641,25 +616,6 @@ mod tests {
 
     fn policies(json: serde_json::Value) -> Vec<ReplicationPolicy> {
         serde_json::from_value(json).unwrap()
-    }
-
-    #[test]
-    fn harbor_weekday_crons_become_eventbridge_ones() {
-        for (harbor, eventbridge) in [
-            ("0 0 * * * *", Ok("cron(0 * * * ? *)")),
-            ("0 30 2 * * 1-5", Ok("cron(30 2 ? * 2-6 *)")),
-            ("0 0 3 * * 0,6", Ok("cron(0 3 ? * 1,7 *)")),
-            ("0 0 3 * * 7", Ok("cron(0 3 ? * 1 *)")),
-            ("0 0 3 * * MON-FRI", Ok("cron(0 3 ? * MON-FRI *)")),
-            ("0 0 3 1 * *", Ok("cron(0 3 1 * ? *)")),
-            ("0 */15 * * * *", Ok("cron(*/15 * * * ? *)")),
-            ("0 0 3 * * */2", Ok("cron(0 3 ? * */2 *)")),
-            ("30 0 3 * * *", Err(())),
-            ("0 0 3 1 * 1", Err(())),
-            ("0 0 3 * *", Err(())),
-        ] {
-            assert_eq!(eventbridge_cron(harbor).map_err(|_| ()), eventbridge.map(str::to_owned), "{harbor}");
-        }
     }
 
     #[test]
