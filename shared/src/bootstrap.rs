@@ -242,7 +242,7 @@ pub async fn source_client(
 /// an enabled rule has a label or resource filter (nothing else in the
 /// webhook asks Harbor). Without such a rule the source's credentials are
 /// not read: the public webhook's role then needs no source secret
-/// (README, "Secrets per function").
+/// (docs/deploy.md, "Secrets per function").
 pub async fn webhook(
     config: Arc<Config>,
     secrets: &SecretSource,

@@ -330,7 +330,7 @@ impl Copier<'_> {
     /// task carries it, and pushing now would move the destination back to
     /// an old digest), and without override the destination tag must still
     /// be absent or ours. The window left between this HEAD and the PUT is
-    /// the README's "Remaining window": the distribution API has no
+    /// docs/operations.md's "Remaining window": the distribution API has no
     /// conditional PUT.
     async fn tag_still_due(&self, task: &Task, src_tag: &Tag, dst_tag: &Tag) -> Result<TagCheck, CopyError> {
         let digest = &task.source.digest;

@@ -1,8 +1,8 @@
 //! The configuration file: one YAML document a Harbor user can read at a
 //! glance, parsed and validated once per cold start into typed values.
 //!
-//! Field names follow Harbor's replication-rule vocabulary (see README,
-//! "Configuration reference"). Every error names the field it is about.
+//! Field names follow Harbor's replication-rule vocabulary (see
+//! docs/configuration.md). Every error names the field it is about.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -826,7 +826,7 @@ mod tests {
         assert!(err.contains("`password`: inline passwords are not accepted") && !err.contains("hunter2"), "{err}");
     }
 
-    /// The README's promise: a typo never changes what a rule does. Every
+    /// The reference's promise (docs/configuration.md): a typo never changes what a rule does. Every
     /// configuration type is fed a misspelt field; the error must name it.
     #[test]
     fn every_configuration_type_refuses_a_misspelt_field() {

@@ -1,5 +1,5 @@
 //! Harbor replication rules: filters and destination mapping, with Harbor's
-//! semantics (see DESIGN §3 and the README's mapping table).
+//! semantics (see DESIGN §3 and docs/harbor.md's mapping table).
 
 use serde::Deserialize;
 

@@ -9,7 +9,7 @@ use crate::digest::Digest;
 use crate::repository::{RepositoryPath, Tag};
 
 /// The task schema version this build writes. It also reads version 1
-/// (README, "Upgrading": workers first, then the writers).
+/// (docs/deploy.md, "Upgrading": workers first, then the writers).
 ///
 /// v2 added `options.refresh_referrers`; a v1 task meant it when its
 /// event's operator was reconcile's, which is how v1 is still read.
