@@ -12,10 +12,10 @@ use futures_util::{stream, FutureExt, StreamExt};
 use tracing::Instrument;
 
 use crate::config::WorkerSettings;
-use crate::feeders::{feeders, ListingError, SourceListing};
+use crate::feeders::{feeders, SourceListing};
 use crate::harbor_api::HarborApi;
 use crate::health::{Gate, Health};
-use crate::message::{Disposition, Probe, SOURCE};
+use crate::message::Disposition;
 use crate::metrics::{self, Slices, Unit, UNKNOWN};
 use crate::parking::ParkingLot;
 use crate::registry::pace;
@@ -26,11 +26,17 @@ use crate::registry::throttle::Throttle;
 use crate::registry::{Copier, CopyError, CopyReport, Deleter, Outcome, RegistryClient, RegistryError};
 use crate::repository::Tag;
 use crate::rules::Rule;
-use crate::secrets::{CredentialReloader, SecretError};
+use crate::secrets::CredentialReloader;
 // Where the crates' users have always found them.
 pub use crate::message::{Failure, FailureCause, Message};
+
+mod admission;
+mod failure;
+mod probe;
+
 use crate::task::{Action, Task, TaskError};
 use crate::written::Written;
+pub use failure::TaskFailure;
 
 /// Catalog entries per request when a delete lists the source.
 const LISTING_PAGE: usize = 1000;
@@ -245,115 +251,6 @@ fn fanouts(messages: &mut Vec<Decoded>) -> HashMap<String, Arc<Fanout>> {
 
 pub use crate::destination::Destination;
 
-/// The cause of a registry's error; which side it came from by the
-/// client's name (the source's is [`SOURCE`]).
-fn registry_cause(e: &RegistryError) -> FailureCause {
-    let source = |registry: &str| registry == SOURCE;
-    match e {
-        RegistryError::Transport { registry, .. } if source(registry) => FailureCause::SourceUnreachable,
-        RegistryError::Transport { .. } => FailureCause::DestinationUnreachable,
-        RegistryError::Certificate { .. } => FailureCause::Certificate,
-        e @ RegistryError::Status { .. } if e.is_immutable_tag() || e.is_refused_as_immutable() => {
-            FailureCause::ImmutableTag
-        }
-        RegistryError::Status { registry, status, .. } if source(registry) => {
-            FailureCause::SourceRefused { status: status.as_u16() }
-        }
-        RegistryError::Status { status, .. } => FailureCause::DestinationRefused { status: status.as_u16() },
-        RegistryError::Denied { .. }
-        | RegistryError::Reauthenticate { .. }
-        | RegistryError::Token { .. }
-        | RegistryError::UntrustedRealm { .. } => FailureCause::Unauthorized,
-        RegistryError::DigestMismatch { .. } => FailureCause::DigestMismatch,
-        RegistryError::TooLarge { .. } => FailureCause::ManifestTooLarge,
-        RegistryError::Redirect { .. } => FailureCause::Redirect,
-        RegistryError::Malformed { .. } | RegistryError::Protocol { .. } => FailureCause::Protocol,
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TaskFailure {
-    #[error("undecodable task: {0}")]
-    Decode(#[from] TaskError),
-    #[error("task names registry {0:?}, which is not in this worker's configuration")]
-    UnknownRegistry(String),
-    #[error(transparent)]
-    Copy(#[from] CopyError),
-    /// The source repositories feeding the destination could not be
-    /// listed, so a delete cannot know it is safe: retried.
-    #[error("cannot list the source repositories mapped onto the destination: {0}")]
-    Listing(#[from] ListingError),
-    #[error("registry {0} is unavailable; the task is parked until it answers")]
-    Parked(String),
-    /// The invocation's end came with requests still in flight: they were
-    /// cut before Lambda's hard kill, which would have taken the whole
-    /// batch with it (succeeded neighbours included). `progressed`: a blob
-    /// was placed, or a resumable upload took bytes, before the cut, so a
-    /// continuation is worth it; `uploads` are those it goes on with.
-    /// Today's rules do not allow the task (a stale redrive, a task
-    /// written by someone who can send to the queue): never carried out.
-    #[error("refused by the rules in force: {0}")]
-    Refused(String),
-    #[error("cut at the invocation deadline's margin with requests in flight ({})", if *progressed { "blobs placed before the cut are kept" } else { "nothing placed yet" })]
-    Cut { progressed: bool, uploads: Vec<OpenUpload> },
-    /// Denied, and the credentials could not be read again.
-    #[error("cannot read the credentials again after a denial: {0}")]
-    Credentials(#[from] SecretError),
-    /// The destination's kind could not make the repository ready (ECR
-    /// repository, Harbor project): nothing was copied.
-    #[error("cannot prepare the destination repository: {0}")]
-    Prepare(#[from] crate::destination::PrepareError),
-}
-
-impl TaskFailure {
-    /// The failure's cause, by the type of its error.
-    pub fn cause(&self) -> FailureCause {
-        match self {
-            TaskFailure::Decode(_) => FailureCause::Undecodable,
-            TaskFailure::UnknownRegistry(_) => FailureCause::UnknownRegistry,
-            TaskFailure::Refused(_) => FailureCause::RefusedByRules,
-            TaskFailure::Parked(_) => FailureCause::RegistryUnavailable,
-            TaskFailure::Listing(_) => FailureCause::SourceListing,
-            TaskFailure::Credentials(_) => FailureCause::Credentials,
-            TaskFailure::Prepare(e) => FailureCause::Prepare { denied: e.is_denied() },
-            TaskFailure::Cut { .. } | TaskFailure::Copy(CopyError::Deadline { .. }) => FailureCause::Deadline,
-            TaskFailure::Copy(CopyError::Manifest(_)) => FailureCause::Manifest,
-            TaskFailure::Copy(CopyError::Registry(e)) => registry_cause(e),
-        }
-    }
-
-    /// How the message of a task that failed this way is settled.
-    pub fn disposition(&self) -> Disposition {
-        let retry = |retry_after| Disposition::Retry { retry_after };
-        match self {
-            TaskFailure::Decode(_) | TaskFailure::UnknownRegistry(_) | TaskFailure::Refused(_) => {
-                Disposition::Permanent
-            }
-            TaskFailure::Parked(registry) => Disposition::Park { source: registry == SOURCE },
-            TaskFailure::Listing(_) | TaskFailure::Credentials(_) => retry(None),
-            TaskFailure::Prepare(e) if e.is_denied() => Disposition::Permanent,
-            TaskFailure::Prepare(_) => retry(None),
-            TaskFailure::Copy(CopyError::Manifest(_)) => Disposition::Permanent,
-            TaskFailure::Copy(CopyError::Deadline { progressed: true, .. })
-            | TaskFailure::Cut { progressed: true, .. } => Disposition::Continue,
-            TaskFailure::Copy(CopyError::Deadline { progressed: false, .. })
-            | TaskFailure::Cut { progressed: false, .. } => retry(None),
-            TaskFailure::Copy(CopyError::Registry(e)) => match e {
-                // What the source serves is wrong: another try reads the same.
-                RegistryError::DigestMismatch { .. } | RegistryError::TooLarge { .. } => Disposition::Permanent,
-                // A redirect the registry may not make: it answers the same next time.
-                RegistryError::Redirect { .. } => Disposition::Permanent,
-                // Denied after the credentials were read again (run_until
-                // does that first): waiting changes nothing.
-                RegistryError::Denied { .. } => Disposition::Permanent,
-                // A Harbor's immutable tag rule refuses the same until changed.
-                e if e.is_refused_as_immutable() => Disposition::Permanent,
-                e => retry(e.retry_after()),
-            },
-        }
-    }
-}
-
 impl Worker {
     /// Runs a batch; returns the messages that failed, with their errors.
     /// `deadline` is when the invocation ends (Lambda); `None` standalone.
@@ -514,56 +411,6 @@ impl Worker {
         }
     }
 
-    /// Whether every task among `messages` names a registry this worker
-    /// has (undecodable ones do not count: no configuration fixes them).
-    pub fn knows_registries_of(&self, messages: &[Message]) -> bool {
-        messages
-            .iter()
-            .filter_map(|m| Task::decode(&m.body).ok())
-            .all(|t| self.destinations.contains_key(&t.destination.registry))
-    }
-
-    /// Whether the rules in force produce every task among `messages` (see
-    /// `allowed`). One they do not may come from a rule added since this
-    /// configuration was read — the webhook notices a change on its own
-    /// clock, up to a check period before the worker — so the caller asks
-    /// for the configuration at once before the task is refused for good.
-    pub fn rules_produce_all_of(&self, messages: &[Message]) -> bool {
-        messages.iter().filter_map(|m| Task::decode(&m.body).ok()).all(|t| self.allowed(&t).is_ok())
-    }
-
-    /// Whether the rules in force still produce a task from the queue: an enabled rule
-    /// that selects its source repository and maps it onto its destination
-    /// repository of the same registry — with `deletion` on, for a delete.
-    /// The webhook checked this when it wrote the task, but the rules may
-    /// have changed since (a redrive days later), and the queue takes
-    /// messages from anyone allowed to send to it. Tags, labels and the
-    /// operator are the webhook's decision and not checked again: a task
-    /// outside them still copies only what its own mapping allows.
-    fn allowed(&self, task: &Task) -> Result<(), TaskFailure> {
-        let (source, destination) = (&task.source.repository, &task.destination);
-        if !self.destinations.contains_key(&destination.registry) {
-            // Reported as such by the run.
-            return Ok(());
-        }
-        let mut producing = self.rules.iter().filter(|r| {
-            r.enabled
-                && r.destination.registry == destination.registry
-                && r.selects(source)
-                && r.map_repository(source).is_ok_and(|mapped| mapped == destination.repository)
-        });
-        let mapping = || format!("{source} → {}/{}", destination.registry, destination.repository);
-        match task.action {
-            Action::Copy if producing.next().is_none() => {
-                Err(TaskFailure::Refused(format!("no enabled rule maps {} any more", mapping())))
-            }
-            Action::Delete if !producing.any(|r| r.deletion) => {
-                Err(TaskFailure::Refused(format!("no enabled rule that maps {} has `deletion` on", mapping())))
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// Runs a decoded task.
     pub async fn run(&self, task: &Task) -> Result<CopyReport, TaskFailure> {
         self.run_until(task, None).await
@@ -690,57 +537,6 @@ impl Worker {
         }
     }
 
-    /// Asks `client`'s registry whether it answers (`GET /v2/`); one that
-    /// does not is recorded unavailable and the task parked.
-    async fn still_answers(client: &RegistryClient, health: &Health) -> Result<(), TaskFailure> {
-        match client.ping().await {
-            Err(e) if e.is_unavailable() => {
-                tracing::info!(registry = client.name(), error = %e, "registry unavailable: GET /v2/ fails too");
-                health.record_unavailable();
-                Err(TaskFailure::Parked(client.name().to_owned()))
-            }
-            _ => {
-                health.record_success();
-                Ok(())
-            }
-        }
-    }
-
-    /// A probe of the parking lot: asks its registry; when it answers, its
-    /// parked tasks go back to the copy queue, otherwise the probe goes
-    /// round again. Consumed either way (a probe that could not be sent
-    /// again is redelivered instead).
-    async fn handle_probe(&self, probe: &Probe, deadline: Option<Instant>) -> Result<(), Failed> {
-        let failed = |error: String| Failed {
-            uploads: Vec::new(),
-            error,
-            cause: FailureCause::Probe,
-            disposition: Disposition::Retry { retry_after: None },
-            slices: Slices { registry: probe.registry.clone(), rule: UNKNOWN.into() },
-        };
-        let Some(parking) = &self.parking else {
-            return Err(failed("a probe, but this worker has no parking queue (RELAY_PARKING_QUEUE_URL)".into()));
-        };
-        let side = match probe.registry.as_str() {
-            SOURCE => Some((&*self.source, &self.source_health)),
-            name => self.destinations.get(name).map(|d| (&d.client, &d.health)),
-        };
-        // A registry the configuration no longer names: its tasks are
-        // released, and then fail as unknown (dead-lettered with that reason).
-        let answers = match side {
-            Some((client, health)) => Self::still_answers(client, health).await.is_ok(),
-            None => true,
-        };
-        if answers {
-            parking.release(probe, self.stop_at(deadline)).await;
-            Ok(())
-        } else if parking.still_down(probe).await {
-            Ok(())
-        } else {
-            Err(failed("cannot send the probe again".into()))
-        }
-    }
-
     /// When no new blob (or release) starts: `deadline` minus the margin.
     fn stop_at(&self, deadline: Option<Instant>) -> Option<Instant> {
         deadline.map(|d| d - self.settings.margin_before(d))
@@ -807,100 +603,6 @@ mod tests {
 
     fn message(id: &str) -> Message {
         Message { id: id.into(), receive_count: 1, ..Default::default() }
-    }
-
-    /// Each registry error's cause, from its type and fields, with the
-    /// disposition it has always had beside it.
-    #[test]
-    fn a_failure_names_its_cause_by_the_type_of_its_error() {
-        use crate::registry::client::{OciError, OciErrorCode};
-        use reqwest::{Method, StatusCode};
-        let status = |registry: &str, code: u16, errors: Vec<OciError>| {
-            TaskFailure::Copy(CopyError::Registry(RegistryError::Status {
-                registry: registry.into(),
-                path: "/v2/x/manifests/v1".into(),
-                status: StatusCode::from_u16(code).unwrap(),
-                detail: String::new(),
-                retry_after: None,
-                errors,
-            }))
-        };
-        let registry = |e: RegistryError| TaskFailure::Copy(CopyError::Registry(e));
-        let transport = |registry: &str| RegistryError::Transport {
-            registry: registry.into(),
-            method: Method::GET,
-            path: "/v2/".into(),
-            reason: "connection refused".into(),
-        };
-        let immutable = vec![OciError {
-            code: OciErrorCode::TagInvalid,
-            message: "cannot be overwritten because the repository is immutable".into(),
-        }];
-        let retry = Disposition::Retry { retry_after: None };
-        for (failure, cause, name, disposition) in [
-            (registry(transport(SOURCE)), FailureCause::SourceUnreachable, "source_unreachable", retry),
-            (registry(transport("cluster1")), FailureCause::DestinationUnreachable, "destination_unreachable", retry),
-            (status(SOURCE, 404, vec![]), FailureCause::SourceRefused { status: 404 }, "source_refused", retry),
-            (
-                status("cluster1", 500, vec![]),
-                FailureCause::DestinationRefused { status: 500 },
-                "destination_refused",
-                retry,
-            ),
-            (status("cluster1", 400, immutable), FailureCause::ImmutableTag, "immutable_tag", retry),
-            // A Harbor's immutable tag rule: no retry moves the tag.
-            (
-                status(
-                    "dr",
-                    412,
-                    vec![OciError {
-                        code: OciErrorCode::Other("PRECONDITION".into()),
-                        message: "Failed to process request due to 'app:v1' configured as immutable.".into(),
-                    }],
-                ),
-                FailureCause::ImmutableTag,
-                "immutable_tag",
-                Disposition::Permanent,
-            ),
-            (
-                registry(RegistryError::Denied {
-                    registry: "cluster1".into(),
-                    path: "/v2/".into(),
-                    status: StatusCode::UNAUTHORIZED,
-                }),
-                FailureCause::Unauthorized,
-                "unauthorized",
-                Disposition::Permanent,
-            ),
-            (
-                registry(RegistryError::TooLarge { registry: SOURCE.into(), reference: "v1".into(), limit: 4 }),
-                FailureCause::ManifestTooLarge,
-                "manifest_too_large",
-                Disposition::Permanent,
-            ),
-            (
-                TaskFailure::UnknownRegistry("gone".into()),
-                FailureCause::UnknownRegistry,
-                "unknown_registry",
-                Disposition::Permanent,
-            ),
-            (
-                TaskFailure::Parked("cluster1".into()),
-                FailureCause::RegistryUnavailable,
-                "registry_unavailable",
-                Disposition::Park { source: false },
-            ),
-            (
-                TaskFailure::Cut { progressed: true, uploads: Vec::new() },
-                FailureCause::Deadline,
-                "deadline",
-                Disposition::Continue,
-            ),
-        ] {
-            assert_eq!(failure.cause(), cause, "{failure}");
-            assert_eq!(failure.cause().as_str(), name, "{failure}");
-            assert_eq!(failure.disposition(), disposition, "{failure}");
-        }
     }
 
     #[tokio::test]
