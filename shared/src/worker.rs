@@ -330,74 +330,79 @@ impl Worker {
         };
         match run.instrument(span.clone()).await {
             Ok(r) => {
-                self.stats.add(&r);
-                let _e = span.enter();
-                let latency_ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|now| (now.as_millis() as i64 - task.event.occurred_at * 1000).max(0))
-                    .unwrap_or(0);
-                tracing::info!(
-                    outcome = r.outcome.expect("set on success").as_str(),
-                    bytes = r.bytes,
-                    source_bytes = r.source_bytes,
-                    blobs_copied = r.blobs_copied,
-                    blobs_mounted = r.blobs_mounted,
-                    blobs_skipped = r.blobs_skipped,
-                    manifests_pushed = r.manifests_pushed,
-                    tags_skipped = r.tags_skipped.len(),
-                    held_by = r.held_by.as_ref().map(|h| h.as_str()),
-                    foreign_tags = ?r.foreign_tags.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    push_to_replicated_ms = latency_ms,
-                    "task done"
-                );
-                let outcome = r.outcome.expect("set on success").as_str();
-                let mut values = vec![
-                    ("Tasks", 1.0, Unit::Count),
-                    ("BytesCopied", r.bytes as f64, Unit::Bytes),
-                    ("BlobsCopied", r.blobs_copied as f64, Unit::Count),
-                    ("BlobsMounted", r.blobs_mounted as f64, Unit::Count),
-                    ("BlobsSkipped", r.blobs_skipped as f64, Unit::Count),
-                    ("Retries", r.retries as f64, Unit::Count),
-                ];
-                if outcome == "copied" && task.event.occurred_at > 0 {
-                    values.push(("PushToReplicatedLatency", latency_ms as f64, Unit::Milliseconds));
-                }
-                metrics::emit_sliced(&[("Function", "worker"), ("Outcome", outcome)], &slices, &values);
+                self.done(&task, &r, &span, &slices, started);
                 Ok(())
             }
-            Err(e) => {
-                let (disposition, cause) = (e.disposition(), e.cause());
-                let _e = span.enter();
-                let duration_ms = started.elapsed().as_millis() as u64;
-                let (outcome, settled) = match disposition {
-                    Disposition::Park { .. } => ("parked", None),
-                    Disposition::Continue => ("continued", None),
-                    Disposition::Permanent => ("failed", Some("dead_letter")),
-                    Disposition::Retry { .. } => ("failed", Some("retry")),
-                };
-                match settled {
-                    Some(settled) => {
-                        self.stats.tasks_failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(outcome, settled, cause = cause.as_str(), error = %e, bytes = 0u64, duration_ms, "task failed");
-                    }
-                    None => {
-                        self.stats.tasks_deferred.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(outcome, cause = cause.as_str(), reason = %e, duration_ms, "task deferred");
-                    }
-                }
-                metrics::emit_sliced(
-                    &[("Function", "worker"), ("Outcome", outcome)],
-                    &slices,
-                    &[("Tasks", 1.0, Unit::Count)],
-                );
-                let uploads = match e {
-                    TaskFailure::Cut { ref uploads, .. } => uploads.clone(),
-                    _ => Vec::new(),
-                };
-                Err(Failed { error: e.to_string(), cause, disposition, slices, uploads })
+            Err(e) => Err(self.failed(e, &span, slices, started)),
+        }
+    }
+
+    /// A task that succeeded: its stats, its log line, its metrics.
+    fn done(&self, task: &Task, r: &CopyReport, span: &tracing::Span, slices: &Slices, started: Instant) {
+        self.stats.add(r);
+        let _e = span.enter();
+        let latency_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|now| (now.as_millis() as i64 - task.event.occurred_at * 1000).max(0))
+            .unwrap_or(0);
+        tracing::info!(
+            outcome = r.outcome.expect("set on success").as_str(),
+            bytes = r.bytes,
+            source_bytes = r.source_bytes,
+            blobs_copied = r.blobs_copied,
+            blobs_mounted = r.blobs_mounted,
+            blobs_skipped = r.blobs_skipped,
+            manifests_pushed = r.manifests_pushed,
+            tags_skipped = r.tags_skipped.len(),
+            held_by = r.held_by.as_ref().map(|h| h.as_str()),
+            foreign_tags = ?r.foreign_tags.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            push_to_replicated_ms = latency_ms,
+            "task done"
+        );
+        let outcome = r.outcome.expect("set on success").as_str();
+        let mut values = vec![
+            ("Tasks", 1.0, Unit::Count),
+            ("BytesCopied", r.bytes as f64, Unit::Bytes),
+            ("BlobsCopied", r.blobs_copied as f64, Unit::Count),
+            ("BlobsMounted", r.blobs_mounted as f64, Unit::Count),
+            ("BlobsSkipped", r.blobs_skipped as f64, Unit::Count),
+            ("Retries", r.retries as f64, Unit::Count),
+        ];
+        if outcome == "copied" && task.event.occurred_at > 0 {
+            values.push(("PushToReplicatedLatency", latency_ms as f64, Unit::Milliseconds));
+        }
+        metrics::emit_sliced(&[("Function", "worker"), ("Outcome", outcome)], slices, &values);
+    }
+
+    /// A task that failed: its stats, its log line, its metrics, and how its
+    /// message is settled.
+    fn failed(&self, e: TaskFailure, span: &tracing::Span, slices: Slices, started: Instant) -> Failed {
+        let (disposition, cause) = (e.disposition(), e.cause());
+        let _e = span.enter();
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let (outcome, settled) = match disposition {
+            Disposition::Park { .. } => ("parked", None),
+            Disposition::Continue => ("continued", None),
+            Disposition::Permanent => ("failed", Some("dead_letter")),
+            Disposition::Retry { .. } => ("failed", Some("retry")),
+        };
+        match settled {
+            Some(settled) => {
+                self.stats.tasks_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(outcome, settled, cause = cause.as_str(), error = %e, bytes = 0u64, duration_ms, "task failed");
+            }
+            None => {
+                self.stats.tasks_deferred.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(outcome, cause = cause.as_str(), reason = %e, duration_ms, "task deferred");
             }
         }
+        metrics::emit_sliced(&[("Function", "worker"), ("Outcome", outcome)], &slices, &[("Tasks", 1.0, Unit::Count)]);
+        let uploads = match e {
+            TaskFailure::Cut { ref uploads, .. } => uploads.clone(),
+            _ => Vec::new(),
+        };
+        Failed { error: e.to_string(), cause, disposition, slices, uploads }
     }
 
     /// What `task`'s metrics count under: its destination and its first
