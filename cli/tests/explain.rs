@@ -6,8 +6,10 @@ use relay_tests::app::unique_repo;
 use relay_tests::{image, GeneratedImage, ImageKind, Stack, TempFile};
 
 fn explain(config: &TempFile, artifact: &str) -> (Output, serde_json::Value) {
+    let stack = Stack::load().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_relay"))
         .args(["--output", "json", "explain", "--config", &config.arg(), artifact])
+        .env("CLUSTER1_PASSWORD", &stack.target_password)
         .output()
         .expect("relay runs");
     let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
@@ -94,4 +96,33 @@ async fn explain_gives_each_rules_verdict_and_each_destinations_copy() {
     let (o, v) = explain(&config, &format!("{repo}:v9"));
     assert_eq!(o.status.code(), Some(1));
     assert!(v["digest"].is_null() && v["destinations"].as_array().unwrap().is_empty(), "{v}");
+}
+
+/// With Harbor's API the artifact's labels and type are read, and a label
+/// rule's verdict names the labels it saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_reads_labels_and_type_through_harbors_api() {
+    let stack = Stack::load().unwrap();
+    let harbor = relay_tests::fake::FakeRegistry::start(false).await;
+    harbor.ping_as_harbor();
+    let source = relay_tests::PlainRegistry::new(&harbor.url, None);
+    let repo = unique_repo("labelled");
+    let img = image::push(&source, &repo, "v1", ImageKind::OciImage, 1, 512).await.unwrap();
+    harbor.set_labels(&repo, &img.digest, &["prod"]);
+    let yaml = format!(
+        "source: {{ url: {}, harbor_api: true }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: cluster1-registry, url: {}, credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }} }}\nrules:\n  - {{ name: prod, filters: {{ label: [prod] }}, destination: {{ registry: cluster1-registry }} }}\n  - {{ name: qa, filters: {{ label: [qa] }}, destination: {{ registry: cluster1-registry }} }}\n",
+        harbor.url, stack.target_url, stack.target_user
+    );
+    let config = TempFile::new("explain-labels", "yaml", yaml);
+    // The stand-in serves from this process: the CLI is waited for off its threads.
+    let (_, v) = tokio::task::block_in_place(|| explain(&config, &format!("{repo}:v1")));
+    assert_eq!(v["labels"], serde_json::json!(["prod"]), "{v}");
+    assert_eq!(v["artifact_type"], "IMAGE", "{v}");
+    assert_eq!(v["rules"][0]["verdict"], "replicates", "{v}");
+    assert_eq!(v["rules"][1]["filter"], "filters.label", "{v}");
+    assert!(
+        v["rules"][1]["reason"].as_str().unwrap().contains(r#"lacks one of the labels ["qa"] (it has ["prod"])"#),
+        "{v}"
+    );
+    assert_eq!(v["destinations"][0]["state"], "missing", "{v}");
 }

@@ -101,4 +101,58 @@ async fn check_warns_of_immutable_tags_and_retention_in_the_projects_written_to(
         "{said}"
     );
     assert!(!said.contains(&elsewhere), "a project no rule writes into is not read: {said}");
+
+    // What the tests' Harbor answered has the shape of Harbor's swagger models.
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        let url = format!("{}{path}", harbor.url);
+        async move {
+            let resp = http.get(url).basic_auth("relay", Some("x")).send().await.unwrap();
+            resp.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let models = swagger_models("2.15");
+    for rule in get(format!("/api/v2.0/projects/{locked}/immutabletagrules")).await.as_array().unwrap() {
+        keys_are_the_swaggers(&models, "ImmutableRule", rule);
+    }
+    let project = get(format!("/api/v2.0/projects/{pruned}")).await;
+    let id = project["metadata"]["retention_id"].as_str().unwrap().to_owned();
+    keys_are_the_swaggers(&models, "RetentionPolicy", &get(format!("/api/v2.0/retentions/{id}")).await);
+}
+
+fn swagger_models(version: &str) -> serde_json::Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/harbor/api/swagger-models.json");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    doc["models"][version].clone()
+}
+
+/// Every key of `value` (a `model` of Harbor's swagger) and of the models
+/// inside it is one the swagger names.
+fn keys_are_the_swaggers(models: &serde_json::Value, model: &str, value: &serde_json::Value) {
+    let Some(object) = value.as_object() else { return };
+    let known: Vec<&str> = models[model].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    for (key, inner) in object {
+        assert!(known.contains(&key.as_str()), "{model} has no property {key:?} (swagger: {known:?})");
+        let selector = if model.starts_with("Immutable") { "ImmutableSelector" } else { "RetentionSelector" };
+        let nested = match (model, key.as_str()) {
+            ("RetentionPolicy", "rules") => Some("RetentionRule"),
+            ("RetentionPolicy", "trigger") => Some("RetentionRuleTrigger"),
+            ("RetentionPolicy", "scope") => Some("RetentionPolicyScope"),
+            (_, "tag_selectors") => Some(selector),
+            (_, "scope_selectors") => {
+                for list in inner.as_object().unwrap().values() {
+                    list.as_array().unwrap().iter().for_each(|s| keys_are_the_swaggers(models, selector, s));
+                }
+                None
+            }
+            _ => None,
+        };
+        if let Some(nested) = nested {
+            match inner.as_array() {
+                Some(items) => items.iter().for_each(|i| keys_are_the_swaggers(models, nested, i)),
+                None => keys_are_the_swaggers(models, nested, inner),
+            }
+        }
+    }
 }
