@@ -127,13 +127,14 @@ impl RegistryError {
 
     /// A Harbor refused to move or delete a tag its project's immutable
     /// tag rules cover: its immutable middleware answers 412 with the
-    /// `PRECONDITION` code and "… configured as immutable." Waiting changes
-    /// nothing until someone changes the rule.
+    /// `PRECONDITION` code and "… configured as immutable." — or, through a
+    /// proxy that changed the status, the body alone says so. Waiting
+    /// changes nothing until someone changes the rule.
     pub fn is_refused_as_immutable(&self) -> bool {
-        let said = |e: &OciError| {
-            e.code == OciErrorCode::Other("PRECONDITION".into()) || e.message.contains("configured as immutable")
-        };
-        self.status() == Some(StatusCode::PRECONDITION_FAILED) && self.oci_errors().iter().any(said)
+        let errors = self.oci_errors();
+        let precondition = self.status() == Some(StatusCode::PRECONDITION_FAILED)
+            && errors.iter().any(|e| e.code == OciErrorCode::Other("PRECONDITION".into()));
+        precondition || errors.iter().any(|e| e.message.contains("configured as immutable"))
     }
 
     /// Worth trying the whole operation again later.
@@ -288,7 +289,8 @@ mod tests {
         let refused = status;
         assert!(refused(412, harbor).is_refused_as_immutable());
         assert!(!refused(412, r#"{"errors":[{"code":"OTHER","message":"a precondition"}]}"#).is_refused_as_immutable());
-        assert!(!refused(400, harbor).is_refused_as_immutable(), "412 only");
+        assert!(refused(400, harbor).is_refused_as_immutable(), "the body that says so");
+        assert!(!refused(400, r#"{"errors":[{"code":"PRECONDITION","message":"other"}]}"#).is_refused_as_immutable());
         assert!(!refused(412, harbor).is_immutable_tag(), "ECR's answer is another, and is kept, not failed");
     }
 
