@@ -218,3 +218,27 @@ pub fn unique_repo(name: &str) -> String {
     use rand::Rng;
     format!("e2e-{:08x}/{name}", rand::thread_rng().gen::<u32>())
 }
+
+/// A copy task of `img`'s tag `v1` into `registry`'s `dst_repo`, as a
+/// rule named `test` plans it.
+pub fn copy_task(img: &crate::GeneratedImage, registry: &str, dst_repo: &str) -> relay::Task {
+    use relay::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, TASK_VERSION};
+    relay::Task {
+        version: TASK_VERSION,
+        id: format!("t-{dst_repo}"),
+        action: Action::Copy,
+        source: SourceArtifact {
+            repository: img.repository.parse().unwrap(),
+            digest: img.digest.parse().unwrap(),
+            tags: vec!["v1".parse().unwrap()],
+        },
+        destination: DestinationArtifact {
+            registry: registry.into(),
+            repository: dst_repo.parse().unwrap(),
+            tags: vec!["v1".parse().unwrap()],
+        },
+        rules: vec!["test".into()],
+        options: CopyOptions { override_existing: true, bandwidth_kbps: None, refresh_referrers: false },
+        event: EventRef { key: "k".into(), occurred_at: 0, operator: "admin".into() },
+    }
+}

@@ -3,7 +3,7 @@
 //! clients a configuration reload builds keep what was learnt.
 
 use relay::secrets::SecretSource;
-use relay::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
+use relay::task::Task;
 use relay::worker::Worker;
 use relay::{bootstrap, Config};
 use relay_tests::app::{fast_retry, unique_repo};
@@ -29,24 +29,7 @@ async fn worker(config: &Config) -> Worker {
 }
 
 fn task(img: &GeneratedImage, dst_repo: &str) -> Task {
-    Task {
-        version: TASK_VERSION,
-        id: format!("t-{dst_repo}"),
-        action: Action::Copy,
-        source: SourceArtifact {
-            repository: img.repository.parse().unwrap(),
-            digest: img.digest.parse().unwrap(),
-            tags: vec!["v1".parse().unwrap()],
-        },
-        destination: DestinationArtifact {
-            registry: "dst".into(),
-            repository: dst_repo.parse().unwrap(),
-            tags: vec!["v1".parse().unwrap()],
-        },
-        rules: vec!["test".into()],
-        options: CopyOptions { override_existing: true, bandwidth_kbps: None, refresh_referrers: false },
-        event: EventRef { key: "k".into(), occurred_at: 0, operator: "admin".into() },
-    }
+    relay_tests::app::copy_task(img, "dst", dst_repo)
 }
 
 /// The digests of the manifest and blobs of `repo:v1` at `fake`.

@@ -6,7 +6,7 @@
 
 use relay::registry::Outcome;
 use relay::secrets::SecretSource;
-use relay::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
+use relay::task::Task;
 use relay::worker::Worker;
 use relay::{bootstrap, Config};
 use relay_tests::app::{fast_retry, unique_repo};
@@ -26,24 +26,7 @@ async fn worker(source: &FakeRegistry, destination: &FakeRegistry) -> Worker {
 }
 
 fn task(img: &GeneratedImage, repo: &str) -> Task {
-    Task {
-        version: TASK_VERSION,
-        id: format!("t-{repo}"),
-        action: Action::Copy,
-        source: SourceArtifact {
-            repository: img.repository.parse().unwrap(),
-            digest: img.digest.parse().unwrap(),
-            tags: vec!["v1".parse().unwrap()],
-        },
-        destination: DestinationArtifact {
-            registry: "dst".into(),
-            repository: repo.parse().unwrap(),
-            tags: vec!["v1".parse().unwrap()],
-        },
-        rules: vec!["test".into()],
-        options: CopyOptions { override_existing: true, bandwidth_kbps: None, refresh_referrers: false },
-        event: EventRef { key: "k".into(), occurred_at: 0, operator: "admin".into() },
-    }
+    relay_tests::app::copy_task(img, "dst", repo)
 }
 
 /// A source holding a one-layer image (a config and a layer: two blobs),

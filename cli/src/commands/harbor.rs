@@ -12,10 +12,7 @@ pub(crate) async fn run(
     payload_format: relay::harbor_webhooks::PayloadFormat,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
-    let config = bootstrap::load_config(&config).await?;
-    let api = bootstrap::harbor_api(&config, secrets)
-        .await?
-        .context("the source is not read through Harbor's API (source.harbor_api is false, or the source did not answer as a Harbor)")?;
+    let (config, api) = source_api(secrets, &config).await?;
     let auth = secrets.webhook_auth(&config.webhook).await?;
     let wanted = relay::harbor_webhooks::WebhookPolicy::wanted(&name, &endpoint, auth.newest(), payload_format);
     let kept = relay::harbor_webhooks::keep(&api, &config.rules, &wanted, dry_run).await?;
@@ -52,10 +49,7 @@ pub(crate) async fn remove(
     endpoint: url::Url,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
-    let config = bootstrap::load_config(&config).await?;
-    let api = bootstrap::harbor_api(&config, secrets)
-        .await?
-        .context("the source is not read through Harbor's API (source.harbor_api is false, or the source did not answer as a Harbor)")?;
+    let (_, api) = source_api(secrets, &config).await?;
     let removed = relay::harbor_webhooks::remove(&api, &endpoint, dry_run).await?;
     let text = || {
         let mut t = String::new();
@@ -75,4 +69,16 @@ pub(crate) async fn remove(
     });
     output.print(text, json);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration at `location` and its source's Harbor API, which both forms need.
+async fn source_api(
+    secrets: &SecretSource,
+    location: &str,
+) -> anyhow::Result<(relay::Config, relay::harbor_api::HarborApi)> {
+    let config = bootstrap::load_config(location).await?;
+    let api = bootstrap::harbor_api(&config, secrets)
+        .await?
+        .context("the source is not read through Harbor's API (source.harbor_api is false, or the source did not answer as a Harbor)")?;
+    Ok((config, api))
 }
