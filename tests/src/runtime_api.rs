@@ -131,6 +131,21 @@ impl KillingRuntime {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The last `n` lines the function logged at WARN or ERROR (or that are
+    /// not JSON: a panic): a failed assertion's message short enough to be
+    /// read whole where output is cut.
+    pub fn problems(&self, n: usize) -> String {
+        let output = self.output();
+        let lines: Vec<&str> = output
+            .lines()
+            .filter(|l| match serde_json::from_str::<Value>(l) {
+                Ok(v) => matches!(v["level"].as_str(), Some("WARN" | "ERROR")),
+                Err(_) => !l.trim().is_empty(),
+            })
+            .collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     fn ensure_started(&mut self) {
         if self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none()) {
             return;

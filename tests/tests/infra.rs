@@ -1453,7 +1453,7 @@ impl Round<'_> {
     /// none failing.
     async fn copies(&self, worker: &mut relay_tests::runtime_api::KillingRuntime, expected: usize) {
         let failed = self.batch(worker, expected).await;
-        assert_eq!(failed, json!([]), "{}", worker.output());
+        assert_eq!(failed, json!([]), "the worker's last warnings and errors:\n{}", worker.problems(12));
     }
 
     /// The worker takes the `expected` messages on the copy queue in one
