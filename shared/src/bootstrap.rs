@@ -178,12 +178,6 @@ pub async fn destination_client(
     };
     let configured = r.credentials.clone().map(CredentialSource::Configured);
     match &r.kind {
-        RegistryKind::Registry => {
-            let credentials = credentials(&r.name, r.credentials.as_ref(), secrets).await?;
-            let client = RegistryClient::new(&r.name, r.url.clone(), Role::Destination, credentials, options)
-                .map_err(client_error)?;
-            Ok((client, KindRuntime::Registry, configured))
-        }
         RegistryKind::Harbor(settings) => {
             let credentials = credentials(&r.name, r.credentials.as_ref(), secrets).await?;
             let api = HarborApi::new(
@@ -216,6 +210,14 @@ pub async fn destination_client(
             let client = RegistryClient::new(&r.name, r.url.clone(), Role::Destination, credentials, options)
                 .map_err(client_error)?;
             Ok((client, KindRuntime::Ecr(ecr.clone()), Some(CredentialSource::Ecr(ecr))))
+        }
+        // `registry`, and any kind that differs only in its quirks:
+        // credentials from the configuration, nothing done before a push.
+        _ => {
+            let credentials = credentials(&r.name, r.credentials.as_ref(), secrets).await?;
+            let client = RegistryClient::new(&r.name, r.url.clone(), Role::Destination, credentials, options)
+                .map_err(client_error)?;
+            Ok((client, KindRuntime::Registry, configured))
         }
     }
 }
@@ -335,12 +337,22 @@ async fn credentials(
 /// The SDK sets no read timeout of its own: an endpoint that accepts the
 /// connection and then stays silent would hold a call (and the message or
 /// delivery behind it) forever, so every attempt is bounded here.
+///
+/// Built once per process and handed out (a clone shares the credentials
+/// cache): the functions, every CLI command and the record of written tags
+/// use the same one, so the environment and the credentials chain are read
+/// once.
 pub async fn aws_config() -> aws_config::SdkConfig {
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+    static SDK: tokio::sync::OnceCell<aws_config::SdkConfig> = tokio::sync::OnceCell::const_new();
+    SDK.get_or_init(|| aws_config::from_env().timeout_config(aws_timeouts()).load()).await.clone()
+}
+
+/// Every AWS call's bounds ([`AWS_CONNECT_TIMEOUT`], [`AWS_ATTEMPT_TIMEOUT`]).
+fn aws_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(AWS_CONNECT_TIMEOUT)
         .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT)
-        .build();
-    aws_config::from_env().timeout_config(timeouts).load().await
+        .build()
 }
 
 /// [`aws_config`] with the region, endpoint and static credentials that
@@ -349,11 +361,7 @@ pub async fn aws_config() -> aws_config::SdkConfig {
 /// builder: a harness points the relay at a local stand-in without setting
 /// the process's environment.
 pub async fn aws_config_of(env: &Environment) -> aws_config::SdkConfig {
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(AWS_CONNECT_TIMEOUT)
-        .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT)
-        .build();
-    let mut loader = aws_config::from_env().timeout_config(timeouts);
+    let mut loader = aws_config::from_env().timeout_config(aws_timeouts());
     if let Some(region) = env.get("AWS_REGION") {
         loader = loader.region(aws_sdk_sqs::config::Region::new(region.to_owned()));
     }
