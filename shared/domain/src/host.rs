@@ -11,12 +11,21 @@
 //! configuration reload that rebuilds the clients does not forget it.
 //!
 //! Recipes:
-//! - a new kind is its own file under `registry_kind/` (settings, how the
-//!   fields are read, its [`Quirks`] defaults) and one arm in each match of
-//!   `registry_kind.rs` (`RegistryKind`, `KindName`, `resolve`, `name`,
-//!   `quirks`); what it does before a push is one arm of the application's
-//!   `destination::KindRuntime`, and how its client is built one arm of
+//! - a new kind is its own file under `registry_kind/` (its settings, how
+//!   its fields are read, its [`Quirks`]: a `KindSpec` named `SPEC`) and
+//!   one line in the `kinds!` list of `registry_kind.rs`; its own fields,
+//!   if any, are also read by `RawKindFields` (serde refuses unknown
+//!   fields only from one flat struct). A kind that differs only in its
+//!   quirks needs nothing more. One that acts before a push (creates
+//!   repositories, fetches its own tokens) adds that as one arm of the
+//!   application's `destination::KindRuntime` and one of
 //!   `bootstrap::destination_client`.
+//! - a refused tag is not a quirk: an immutable tag is told by the answer
+//!   itself (ECR's `TAG_INVALID` "… immutable", Harbor's 412
+//!   `PRECONDITION` "… configured as immutable"), recognised from any
+//!   registry because a proxy or a Harbor in front of another may give
+//!   either (relay-oci's `RegistryError::is_immutable_tag` and
+//!   `is_refused_as_immutable`).
 //! - a new quirk is one field of [`Quirks`] (documented with the answer
 //!   that reveals it), its value in each kind's defaults, and the one place
 //!   in the registry client that reads it. When the quirk can also be
@@ -38,11 +47,16 @@ pub struct Quirks {
     /// session, which is used); the first refusal is learnt as well. Read
     /// by the client's `start_upload`.
     pub cross_repo_mounts: bool,
+    /// Referrers (signatures, SBOMs) are asked through the OCI 1.1
+    /// referrers API (`GET /v2/<name>/referrers/<digest>`) before the tag
+    /// schema (`sha256-<hex>` tags). A registry without the API answers
+    /// 404; the first one is learnt. Read by the client's `asks_referrers`.
+    pub referrers_api: bool,
 }
 
 impl Quirks {
     /// A registry that follows the distribution spec.
-    pub const STANDARD: Quirks = Quirks { chunked_uploads: true, cross_repo_mounts: true };
+    pub const STANDARD: Quirks = Quirks { chunked_uploads: true, cross_repo_mounts: true, referrers_api: true };
 }
 
 impl Default for Quirks {

@@ -35,40 +35,92 @@ impl KindError {
     }
 }
 
-/// A registry's kind with its settings, validated.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum RegistryKind {
+/// The kinds, one line each: the variant (with its settings type, if it
+/// has settings) and the file under `registry_kind/` that describes it
+/// (its [`KindSpec`] as `SPEC`). From this list come [`RegistryKind`], the
+/// names `kind:` accepts (the variant's name in lower case) and where each
+/// kind's name, fields, quirks and validation are found: a new kind is its
+/// file and one line here.
+macro_rules! kinds {
+    ($( $(#[$doc:meta])* $variant:ident $( ($settings:ty) )? => $module:ident, )*) => {
+        /// A registry's kind with its settings, validated.
+        #[derive(Debug, Clone, PartialEq, Eq, Default)]
+        pub enum RegistryKind {
+            $( $(#[$doc])* $variant $( ($settings) )?, )*
+        }
+
+        /// `kind:` as written.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub(crate) enum KindName {
+            $( $variant, )*
+        }
+
+        impl KindName {
+            /// Every kind, in the order of the list.
+            const ALL: &'static [KindName] = &[$( KindName::$variant, )*];
+
+            fn spec(self) -> &'static KindSpec {
+                match self {
+                    $( KindName::$variant => &$module::SPEC, )*
+                }
+            }
+        }
+
+        impl RegistryKind {
+            fn kind_name(&self) -> KindName {
+                match self {
+                    $( kinds!(@pattern $variant $( $settings )?) => KindName::$variant, )*
+                }
+            }
+        }
+    };
+    (@pattern $variant:ident) => { RegistryKind::$variant };
+    (@pattern $variant:ident $settings:ty) => { RegistryKind::$variant(_) };
+}
+
+kinds! {
     /// Any OCI distribution registry: credentials from the configuration,
     /// repositories created by the first push.
     #[default]
-    Registry,
+    Registry => registry,
     /// Amazon ECR: credentials from the function's IAM role, repositories
     /// created on first push.
-    Ecr(EcrSettings),
+    Ecr(EcrSettings) => ecr,
     /// Another Harbor: projects created on first push when asked to.
-    Harbor(HarborSettings),
+    Harbor(HarborSettings) => harbor,
+}
+
+/// What describes one kind: each file under `registry_kind/` has one, as
+/// `SPEC`.
+pub(crate) struct KindSpec {
+    /// As `kind:` spells it.
+    pub name: &'static str,
+    /// What a registry of this kind does not do the standard way.
+    pub quirks: Quirks,
+    /// The fields of `registries[]` that only this kind takes: any other
+    /// kind refuses them by name.
+    pub fields: &'static [&'static str],
+    /// Validates this kind's fields into its settings.
+    pub resolve: fn(RawKindFields, &KindField) -> Result<RegistryKind, KindError>,
+}
+
+/// Where a kind's fields are validated: the registry's field path (for
+/// errors), its URL's host and whether it names static credentials.
+pub(crate) struct KindField<'a> {
+    pub field: &'a str,
+    pub host: &'a str,
+    pub has_credentials: bool,
 }
 
 impl RegistryKind {
     pub fn name(&self) -> &'static str {
-        self.kind_name().as_str()
+        self.kind_name().spec().name
     }
 
     /// What a registry of this kind does not do the standard way.
     pub fn quirks(&self) -> Quirks {
-        match self {
-            RegistryKind::Registry => registry::QUIRKS,
-            RegistryKind::Ecr(_) => ecr::QUIRKS,
-            RegistryKind::Harbor(_) => harbor::QUIRKS,
-        }
-    }
-
-    fn kind_name(&self) -> KindName {
-        match self {
-            RegistryKind::Registry => KindName::Registry,
-            RegistryKind::Ecr(_) => KindName::Ecr,
-            RegistryKind::Harbor(_) => KindName::Harbor,
-        }
+        self.kind_name().spec().quirks
     }
 }
 
@@ -96,24 +148,6 @@ pub(crate) struct RawKindFields {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum KindName {
-    Registry,
-    Ecr,
-    Harbor,
-}
-
-impl KindName {
-    fn as_str(self) -> &'static str {
-        match self {
-            KindName::Registry => "registry",
-            KindName::Ecr => "ecr",
-            KindName::Harbor => "harbor",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub(crate) enum EncryptionName {
     #[serde(rename = "AES256")]
     Aes256,
@@ -122,32 +156,37 @@ pub(crate) enum EncryptionName {
 }
 
 impl RawKindFields {
+    /// The kind-specific fields that are set, by name.
+    fn set(&self) -> Vec<&'static str> {
+        let fields = [
+            ("region", self.region.is_some()),
+            ("registry_id", self.registry_id.is_some()),
+            ("role_arn", self.role_arn.is_some()),
+            ("tag_mutability", self.tag_mutability.is_some()),
+            ("scan_on_push", self.scan_on_push.is_some()),
+            ("encryption", self.encryption.is_some()),
+            ("kms_key", self.kms_key.is_some()),
+            ("create_projects", self.create_projects.is_some()),
+            ("storage_limit", self.storage_limit.is_some()),
+        ];
+        fields.into_iter().filter(|(_, set)| *set).map(|(name, _)| name).collect()
+    }
+
     /// Validates the fields against the kind: a field of another kind is an
     /// error naming it, so a typo'd kind never silently drops a setting.
     pub(crate) fn resolve(self, field: &str, host: &str, has_credentials: bool) -> Result<RegistryKind, KindError> {
-        let kind = self.kind.unwrap_or(KindName::Registry);
-        let fields = [
-            ("region", KindName::Ecr, self.region.is_some()),
-            ("registry_id", KindName::Ecr, self.registry_id.is_some()),
-            ("role_arn", KindName::Ecr, self.role_arn.is_some()),
-            ("tag_mutability", KindName::Ecr, self.tag_mutability.is_some()),
-            ("scan_on_push", KindName::Ecr, self.scan_on_push.is_some()),
-            ("encryption", KindName::Ecr, self.encryption.is_some()),
-            ("kms_key", KindName::Ecr, self.kms_key.is_some()),
-            ("create_projects", KindName::Harbor, self.create_projects.is_some()),
-            ("storage_limit", KindName::Harbor, self.storage_limit.is_some()),
-        ];
-        if let Some((name, of, _)) = fields.iter().find(|(_, of, set)| *set && *of != kind) {
+        let spec = self.kind.unwrap_or(KindName::Registry).spec();
+        for name in self.set() {
+            if spec.fields.contains(&name) {
+                continue;
+            }
+            let of = KindName::ALL.iter().map(|k| k.spec()).find(|k| k.fields.contains(&name));
             return Err(KindError::invalid(
                 format!("{field}.{name}"),
-                format!("only for kind: {} (this registry's kind is {})", of.as_str(), kind.as_str()),
+                format!("only for kind: {} (this registry's kind is {})", of.map_or("?", |k| k.name), spec.name),
             ));
         }
-        Ok(match kind {
-            KindName::Registry => registry::resolve(self).map(|()| RegistryKind::Registry)?,
-            KindName::Ecr => RegistryKind::Ecr(ecr::resolve(self, field, host, has_credentials)?),
-            KindName::Harbor => RegistryKind::Harbor(harbor::resolve(self, field)?),
-        })
+        (spec.resolve)(self, &KindField { field, host, has_credentials })
     }
 }
 
@@ -208,6 +247,25 @@ mod tests {
         assert_eq!(raw("{}").resolve("r", "h", true).unwrap(), RegistryKind::Registry);
     }
 
+    /// The list of kinds holds together: `kind:` reads each kind's name
+    /// back to it, and every kind-specific field belongs to exactly one
+    /// kind (else a field could be refused as "only for kind: ?").
+    #[test]
+    fn each_kind_is_named_and_owns_its_fields() {
+        for &kind in KindName::ALL {
+            let read: KindName = serde_yaml_ng::from_str(kind.spec().name).unwrap();
+            assert_eq!(read, kind);
+        }
+        let all = raw("{ region: r, registry_id: '1', role_arn: a, tag_mutability: MUTABLE, scan_on_push: true, \
+             encryption: KMS, kms_key: k, create_projects: true, storage_limit: 1 }");
+        let set = all.set();
+        assert_eq!(set.len(), 9, "{set:?}");
+        for name in set {
+            let owners = KindName::ALL.iter().filter(|k| k.spec().fields.contains(&name)).count();
+            assert_eq!(owners, 1, "{name}");
+        }
+    }
+
     /// The kinds' quirks as data: ECR takes whole blobs only; the others
     /// follow the spec. Every kind asks for mounts (a refusal is learnt).
     #[test]
@@ -216,7 +274,7 @@ mod tests {
         let harbor = raw("{ kind: harbor }").resolve("r", "h", true).unwrap();
         for (kind, chunked_uploads) in [(RegistryKind::Registry, true), (ecr, false), (harbor, true)] {
             let quirks = kind.quirks();
-            assert_eq!(quirks, Quirks { chunked_uploads, cross_repo_mounts: true }, "{}", kind.name());
+            assert_eq!(quirks, Quirks { chunked_uploads, ..Quirks::STANDARD }, "{}", kind.name());
         }
     }
 }

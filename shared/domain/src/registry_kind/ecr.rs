@@ -4,12 +4,17 @@
 
 use serde::Deserialize;
 
-use super::{EncryptionName, KindError, RawKindFields};
+use super::{EncryptionName, KindError, KindField, KindSpec, RawKindFields, RegistryKind};
 use crate::host::Quirks;
 
-/// ECR mishandles chunked uploads through the distribution API (its
-/// documentation says so): whole blobs only, whatever it answers.
-pub(super) const QUIRKS: Quirks = Quirks { chunked_uploads: false, ..Quirks::STANDARD };
+pub(super) const SPEC: KindSpec = KindSpec {
+    name: "ecr",
+    // ECR mishandles chunked uploads through the distribution API (its
+    // documentation says so): whole blobs only, whatever it answers.
+    quirks: Quirks { chunked_uploads: false, ..Quirks::STANDARD },
+    fields: &["region", "registry_id", "role_arn", "tag_mutability", "scan_on_push", "encryption", "kms_key"],
+    resolve: |raw, at| resolve(raw, at).map(RegistryKind::Ecr),
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EcrSettings {
@@ -43,19 +48,15 @@ pub enum EcrEncryption {
     Kms(Option<String>),
 }
 
-pub(super) fn resolve(
-    raw: RawKindFields,
-    field: &str,
-    host: &str,
-    has_credentials: bool,
-) -> Result<EcrSettings, KindError> {
-    if has_credentials {
+fn resolve(raw: RawKindFields, at: &KindField) -> Result<EcrSettings, KindError> {
+    let field = at.field;
+    if at.has_credentials {
         return Err(KindError::invalid(
             format!("{field}.credentials"),
             "kind: ecr takes no static credentials: they come from the function's IAM role (role_arn for another account)",
         ));
     }
-    let (host_account, host_region) = ecr_host(host);
+    let (host_account, host_region) = ecr_host(at.host);
     let region = raw.region.or(host_region).ok_or_else(|| {
         KindError::invalid(
             format!("{field}.region"),

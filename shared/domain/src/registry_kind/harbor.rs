@@ -1,11 +1,16 @@
 //! `kind: harbor`: another Harbor, whose projects the relay may create
 //! through Harbor's API before the first push into them.
 
-use super::{KindError, RawKindFields};
+use super::{KindError, KindSpec, RawKindFields, RegistryKind};
 use crate::host::Quirks;
 
-/// Harbor is a distribution registry: nothing non-standard.
-pub(super) const QUIRKS: Quirks = Quirks::STANDARD;
+pub(super) const SPEC: KindSpec = KindSpec {
+    name: "harbor",
+    // Harbor is a distribution registry: nothing non-standard.
+    quirks: Quirks::STANDARD,
+    fields: &["create_projects", "storage_limit"],
+    resolve: |raw, at| resolve(raw, at.field).map(RegistryKind::Harbor),
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HarborSettings {
@@ -16,7 +21,7 @@ pub struct HarborSettings {
     pub storage_limit: Option<i64>,
 }
 
-pub(super) fn resolve(raw: RawKindFields, field: &str) -> Result<HarborSettings, KindError> {
+fn resolve(raw: RawKindFields, field: &str) -> Result<HarborSettings, KindError> {
     if raw.storage_limit.is_some_and(|l| l < -1 || l == 0) {
         return Err(KindError::invalid(format!("{field}.storage_limit"), "bytes, at least 1 (or -1 for unlimited)"));
     }

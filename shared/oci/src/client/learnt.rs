@@ -91,6 +91,12 @@ impl RegistryClient {
         self.quirks.cross_repo_mounts && !self.learnt.mounts_refused()
     }
 
+    /// Whether referrers are asked through the referrers API: the kind
+    /// has it and no 404 taught otherwise.
+    pub(super) fn asks_referrers(&self) -> bool {
+        self.quirks.referrers_api && !self.learnt.referrers_api_absent()
+    }
+
     /// The chunk size for uploads to this registry; `None`: whole blobs.
     pub fn chunk_size(&self) -> Option<u64> {
         Some(self.learnt.chunk_size.load(Ordering::Relaxed)).filter(|&c| c > 0)
@@ -200,6 +206,37 @@ mod tests {
         let started = c.start_upload(&"a".parse().unwrap(), Some((&digest, &from))).await;
         assert!(matches!(started, Ok(UploadStart::Session { .. })));
         assert_eq!(mounts.load(Ordering::SeqCst), 0);
+    }
+
+    /// A registry without the referrers API (404): asked once, then the
+    /// tag schema straight away; a kind without it is never asked.
+    #[tokio::test]
+    async fn referrers_are_asked_as_the_quirk_and_the_answers_say() {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let handler = move |req: Request| {
+            let counter = counter.clone();
+            async move {
+                if req.uri().path().contains("/referrers/") {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                StatusCode::NOT_FOUND
+            }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(handler)).await });
+        let (repo, digest): (RepositoryPath, Digest) =
+            ("a".parse().unwrap(), format!("sha256:{}", "2".repeat(64)).parse().unwrap());
+        for (quirks, expected) in [(Quirks::STANDARD, 1), (Quirks { referrers_api: false, ..Quirks::STANDARD }, 0)] {
+            asked.store(0, Ordering::SeqCst);
+            // A fresh endpoint for each: what is learnt is kept per endpoint.
+            let c = client(&base.join(&format!("q{expected}/")).unwrap(), quirks);
+            for _ in 0..3 {
+                assert!(c.referrers(&repo, &digest).await.unwrap().is_none(), "{quirks:?}");
+            }
+            assert_eq!(asked.load(Ordering::SeqCst), expected, "{quirks:?}");
+        }
     }
 
     /// The clients a configuration reload builds for the same registry

@@ -104,7 +104,7 @@ impl RegistryClient {
         repo: &RepositoryPath,
         digest: &Digest,
     ) -> Result<Option<Vec<manifest::Descriptor>>, RegistryError> {
-        if self.learnt.referrers_api_absent() {
+        if !self.asks_referrers() {
             return Ok(None);
         }
         let mut out = Vec::new();
