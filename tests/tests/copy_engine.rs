@@ -391,7 +391,8 @@ async fn concurrent_tasks_send_each_blob_once() {
 
 /// A task that finds a blob being uploaded by another task of the worker
 /// (another image over the same layers) waits for it and mounts it,
-/// without asking the destination first.
+/// without asking the destination first (its config, which no task
+/// knows, is asked by its upload's `POST`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_in_flight_is_waited_for_without_a_head() {
     let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
@@ -420,16 +421,18 @@ async fn a_blob_in_flight_is_waited_for_without_a_head() {
         while src.count(Op::GetBlob) < img.blobs.len() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let heads = dst.count(Op::HeadBlob);
-        (w.run(&tb).await, heads)
+        let asked = (dst.count(Op::StartUpload), dst.mount_requests());
+        (w.run(&tb).await, asked)
     };
-    let (ra, (rb, heads_before)) = tokio::join!(first, second);
+    let (ra, (rb, asked_before)) = tokio::join!(first, second);
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
-    assert_eq!(heads_before, img.blobs.len(), "the first task asked for each of its blobs");
+    let n = img.blobs.len();
+    assert_eq!(asked_before, (n, n), "the first task asked for each of its blobs, by its POST (a mount in place)");
+    assert_eq!(dst.count(Op::HeadBlob), 0, "no HEAD: a blob's check is its upload's POST");
     assert_eq!(
-        dst.count(Op::HeadBlob),
-        img.blobs.len() + 1,
-        "the second task asked for its config only: its layers were in flight"
+        dst.count(Op::StartUpload),
+        n + 1 + layers,
+        "the second task asked for its config only (one POST), and mounted its layers once in flight"
     );
     assert_eq!((rb.blobs_copied, rb.blobs_mounted as usize), (1, layers));
     assert_eq!(ra.blobs_copied as usize, img.blobs.len());
@@ -600,9 +603,14 @@ async fn request_budget_first_copy_and_replay() {
     w.run(&t).await.unwrap();
     let n = img.blobs.len();
     assert_eq!(
-        (dst.count(Op::HeadBlob), dst.count(Op::StartUpload), dst.count(Op::PutUpload)),
-        (n, n, n),
-        "HEAD + 2 requests per missing blob"
+        (dst.count(Op::HeadBlob), dst.count(Op::StartUpload), dst.count(Op::PutUpload), dst.mount_requests()),
+        (0, n, n, n),
+        "2 requests per missing blob: the POST (asking to mount from the repository itself: the check) and the PUT"
+    );
+    assert_eq!(
+        (dst.count(Op::HeadManifest), dst.count(Op::PutManifest)),
+        (1, 1),
+        "the tag's HEAD, then its PUT: no HEAD by digest for a tag that is missing"
     );
     assert_eq!(src.count(Op::GetBlob), n, "each blob read once");
 
@@ -650,8 +658,8 @@ async fn request_budget_first_copy_and_replay() {
 }
 
 /// A first copy sends together what does not depend on an answer: the
-/// tag's HEADs at both ends, the digest's HEAD and the root's GET, each
-/// blob's POST and its source GET, and the tag's last check at both ends.
+/// tag's HEADs at both ends, each blob's POST (its check in place) and its
+/// source GET, and the tag's last check at both ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_copy_sends_independent_requests_together() {
     let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
@@ -665,10 +673,10 @@ async fn a_first_copy_sends_independent_requests_together() {
     t.options.override_existing = false;
     assert_eq!(w.run(&t).await.unwrap().outcome, Some(Outcome::Copied));
     assert!(dst.has_manifest(&repo, "v1"));
-    // tag HEADs; digest HEAD + root GET; blob HEADs; POSTs + source GETs;
-    // PUTs; tag HEADs again; the tag's PUT; then the referrers, asked for
-    // once the artifact is there (the API, then the tag schema).
-    assert_eq!(rounds.deepest(), 9, "requests one after another:\n{}", rounds.trace());
+    // tag HEADs; the root's GET; POSTs + source GETs; PUTs; tag HEADs
+    // again; the tag's PUT; then the referrers, asked for once the artifact
+    // is there (the API, then the tag schema).
+    assert_eq!(rounds.deepest(), 8, "requests one after another:\n{}", rounds.trace());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,12 +117,14 @@ impl Copier<'_> {
             Current::Tags(current) => current,
             Current::Ended(outcome) => return Ok(report.ended(outcome)),
         };
+        // A destination tag at the digest says the manifest is there.
+        let tag_at_digest = current.iter().any(|(_, _, at_dst)| at_dst.as_ref() == Some(digest));
         let due = plan::due_tags(digest, current, task.options.override_existing, &mut report.tags_skipped);
         if tagged && due.is_empty() {
             let outcome = plan::none_due(&report.tags_skipped);
             return Ok(report.ended(outcome));
         }
-        let Some(subject) = self.subject_due(task, due).await? else {
+        let Some(subject) = self.subject_due(task, due, tag_at_digest).await? else {
             return Ok(report.ended(Outcome::AlreadyPresent));
         };
         report.read_manifest(digest, subject.root.bytes.len() as u64)?;
@@ -176,26 +178,33 @@ impl Copier<'_> {
 
     /// The root and what of it is due, under the worker's lock on its
     /// digest; none when the destination has it all.
+    ///
+    /// `tag_at_digest`: one of the destination's tags points at the digest
+    /// (the HEADs of [`Copier::current_tags`] said so).
     async fn subject_due<'t>(
         &self,
         task: &'t Task,
         mut due: Vec<TagPair<'t>>,
+        tag_at_digest: bool,
     ) -> Result<Option<Subject<'t>>, CopyError> {
         let (src_repo, digest) = (&task.source.repository, &task.source.digest);
         let (dst_repo, by_digest) = (&task.destination.repository, digest.to_string());
         let tagged = !task.destination.tags.is_empty();
         // A tagged push needs the root whatever the destination holds (it
-        // goes up under the tags), so it is read beside the digest's HEAD:
-        // one round trip. An untagged one stays HEAD-only when present.
-        let head = self.destination.head_manifest(dst_repo, &by_digest);
-        let (at_dst, root) = if tagged {
-            let get = self.source.get_manifest(src_repo, &by_digest, Some(digest));
-            let (at_dst, root) = futures_util::future::join(head, get).await;
-            (at_dst?, Some(root?))
+        // goes up under the tags). Whether the destination has it already
+        // is known when one of its tags points at it; otherwise no HEAD by
+        // digest is asked: the blobs' own checks say what is there, blob by
+        // blob (the ledger, or the upload's `POST` asking to mount from the
+        // repository itself), so a new image costs no request more than
+        // its uploads. (A new tag onto a manifest the destination has,
+        // in a worker that has not seen it, then checks each blob instead
+        // of one HEAD: nothing is sent again either way.) An untagged push
+        // stays HEAD-only when present.
+        let (mut present, root) = if tagged {
+            (tag_at_digest, Some(self.source.get_manifest(src_repo, &by_digest, Some(digest)).await?))
         } else {
-            (head.await?, None)
+            (self.destination.head_manifest(dst_repo, &by_digest).await?.as_ref() == Some(digest), None)
         };
-        let mut present = at_dst.as_ref() == Some(digest);
         if present && !tagged {
             return Ok(None);
         }

@@ -92,6 +92,14 @@ impl Copier<'_> {
                     self.skipped(&d.digest, counters);
                     return Ok(());
                 }
+                // Where the destination answers mounts, the check is the
+                // upload's own `POST`, asking to mount from the repository
+                // itself: 201 when the blob is there, else the session the
+                // upload goes on with (one request where a HEAD and a POST
+                // were two). A resumable upload starts from its own record.
+                BlobDecision::Check(owner) if self.destination.asks_mounts() && !self.goes_resumable(dst_repo, d) => {
+                    break (owner, Some(dst_repo.clone()));
+                }
                 BlobDecision::Check(owner) => {
                     if self.destination.blob_exists(dst_repo, &d.digest).await? {
                         owner.done(dst_repo);
@@ -104,8 +112,15 @@ impl Copier<'_> {
                 BlobDecision::Upload(owner) => break (owner, None),
             }
         };
+        let checked_in_place = mount_from.as_ref() == Some(dst_repo);
         let kind = Box::pin(self.send_blob(src_repo, dst_repo, d, mount_from, counters, budget)).await?;
         let counter = match kind {
+            // Mounted from the repository itself: it was there.
+            UploadKind::Mounted if checked_in_place => {
+                counters.skipped.fetch_add(1, Ordering::Relaxed);
+                owner.done(dst_repo);
+                return Ok(());
+            }
             UploadKind::Mounted => &counters.mounted,
             UploadKind::Streamed => &counters.copied,
         };
@@ -137,7 +152,14 @@ impl Copier<'_> {
         loop {
             attempt += 1;
             let chunks_used = self.destination.chunk_size();
-            match self.upload_blob(src_repo, dst_repo, d, mount_from.take(), counters).await {
+            // A mount from elsewhere is asked once (a declined one is the
+            // session the upload used); the check in place on every attempt
+            // (the blob may have arrived meanwhile).
+            let mount = match &mount_from {
+                Some(from) if from == dst_repo => Some(from.clone()),
+                _ => mount_from.take(),
+            };
+            match self.upload_blob(src_repo, dst_repo, d, mount, counters).await {
                 Ok(kind) => return Ok(kind),
                 // Too large for one request (a proxy's body limit): chunks,
                 // or smaller chunks, then the same blob again at once.

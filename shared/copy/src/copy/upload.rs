@@ -60,23 +60,21 @@ impl Copier<'_> {
         // or one an earlier run left half sent, goes up in chunks a next run
         // can go on with (a whole-blob PUT cut at the deadline leaves
         // nothing). Not when mounting or sharing a read: those take no time.
-        let given = resume::given(self.destination.name(), dst_repo.as_str(), &d.digest);
-        if mount_from.is_none()
-            && self.fanout.is_none()
-            && self.destination.takes_chunks()
-            && resume::recorded()
-            && (given.is_some() || self.outlasts_the_run(d.size))
-        {
+        if mount_from.is_none() && self.goes_resumable(dst_repo, d) {
+            let given = resume::given(self.destination.name(), dst_repo.as_str(), &d.digest);
             return self.upload_resumable(src_repo, dst_repo, d, given, counters).await;
         }
         let mount = mount_from.as_ref().map(|from| (&d.digest, from));
         let start = self.destination.start_upload(dst_repo, mount);
-        // A small blob, nothing to mount and no read to share: the source is
-        // opened beside the POST, one round trip fewer where a round trip is
-        // much of the blob's time. (A mount usually needs no read; a shared
-        // read is opened by its leader; a large blob's read waits for its
-        // session rather than hold a response unread.)
-        let early = d.size <= OPEN_WITH_POST_MAX && mount.is_none() && self.fanout.is_none();
+        // A small blob, nothing to mount from elsewhere and no read to
+        // share: the source is opened beside the POST, one round trip fewer
+        // where a round trip is much of the blob's time. (A mount from
+        // another repository usually needs no read, a mount from the
+        // destination repository itself only asks whether it is there; a
+        // shared read is opened by its leader; a large blob's read waits for
+        // its session rather than hold a response unread.)
+        let elsewhere = mount_from.as_ref().is_some_and(|from| from != dst_repo);
+        let early = d.size <= OPEN_WITH_POST_MAX && !elsewhere && self.fanout.is_none();
         let (started, opened) = if early {
             let open = self.open_source(src_repo, d, counters, Hashed::start(&d.digest));
             let (started, opened) = futures_util::future::join(start, open).await;
@@ -100,6 +98,18 @@ impl Copier<'_> {
                 Err(e)
             }
         }
+    }
+
+    /// Whether `d` goes up in chunks a next run can go on with: a blob this
+    /// run cannot finish (its rule's bandwidth limit says so), or one an
+    /// earlier run left half sent. Not when sharing a read (the leader's
+    /// pace is the read's).
+    pub(crate) fn goes_resumable(&self, dst_repo: &RepositoryPath, d: &Descriptor) -> bool {
+        self.fanout.is_none()
+            && self.destination.takes_chunks()
+            && resume::recorded()
+            && (resume::given(self.destination.name(), dst_repo.as_str(), &d.digest).is_some()
+                || self.outlasts_the_run(d.size))
     }
 
     /// The read an upload of `d` sends: `opened` if the source was opened

@@ -87,7 +87,7 @@ impl RegistryClient {
 
     /// Whether a blob may be asked to be mounted from another repository:
     /// the kind allows it and no refusal was learnt.
-    pub(super) fn asks_mounts(&self) -> bool {
+    pub fn asks_mounts(&self) -> bool {
         self.quirks.cross_repo_mounts && !self.learnt.mounts_refused()
     }
 
