@@ -160,6 +160,37 @@ mod tests {
         assert!(matches!(err, RegistryError::Denied { status: StatusCode::UNAUTHORIZED, .. }), "{err}");
     }
 
+    /// Requests sent together by a fresh client to a Basic registry: the
+    /// first is refused (401) and teaches the challenge; the others wait
+    /// for that answer and go with the credentials, not one 401 each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_requests_learn_the_challenge_once() {
+        let refused = Arc::new(AtomicUsize::new(0));
+        let counter = refused.clone();
+        let handler = move |req: Request| {
+            let counter = counter.clone();
+            async move {
+                if req.headers().get(header::AUTHORIZATION).is_some() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return StatusCode::OK.into_response();
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                // A round trip's time, as a real registry takes.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"r\"")]).into_response()
+            }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(handler)).await });
+        let credentials = Credentials { username: "relay".into(), password: "a-password-0123".into() };
+        let c = RegistryClient::new("r", base, Role::Destination, Some(credentials), ClientOptions::default()).unwrap();
+        let pings = futures_util::future::join_all((0..10).map(|_| c.ping())).await;
+        assert!(pings.iter().all(Result::is_ok), "{pings:?}");
+        assert_eq!(refused.load(Ordering::SeqCst), 1, "401s for 10 requests sent together");
+        assert_eq!(c.requests(), 11, "the refused one sent again, the others once");
+    }
+
     /// (`expires_in` as sent, tokens issued for two requests): whatever the
     /// token service says, the requests go through and nothing panics; a
     /// token past any clock is kept, one that expired already is not.

@@ -66,6 +66,12 @@ pub struct RegistryClient {
     min_throughput: MinThroughput,
     /// Whose credentials go where: asked once per request.
     auth: Authorizer,
+    /// Held by the client's first request until its answer: how the
+    /// registry authenticates is unknown until then, and requests sent
+    /// beside it would all be refused (401) and sent again.
+    first_exchange: tokio::sync::Mutex<()>,
+    /// The first request has been answered (or has failed).
+    exchanged: std::sync::atomic::AtomicBool,
     retry: RetryPolicy,
     /// Requests sent to this registry (token requests excluded): for
     /// metrics and the request budgets of the benchmarks.
@@ -142,6 +148,8 @@ impl RegistryClient {
             role,
             http,
             auth,
+            first_exchange: Default::default(),
+            exchanged: Default::default(),
             token_realms: options.token_realms,
             request_timeout: options.request_timeout,
             min_throughput: options.min_throughput,

@@ -96,6 +96,7 @@ impl RegistryClient {
         let mut retry = 0;
         let mut reauthenticated = false;
         loop {
+            let first = self.first_exchange().await;
             let authorization = if self.same_origin(&url) { self.authorization(scope).await? } else { None };
             let credential = authorization.as_deref().map(|value| Credential { origin: &self.base, value });
             let outgoing = Outgoing {
@@ -105,7 +106,12 @@ impl RegistryClient {
                 body: body.as_ref(),
                 bound,
             };
-            let outcome = match self.exchange(outgoing, credential, Some(&self.requests)).await? {
+            let exchanged = self.exchange(outgoing, credential, Some(&self.requests)).await;
+            if first.is_some() {
+                self.exchanged.store(true, std::sync::atomic::Ordering::Release);
+            }
+            drop(first);
+            let outcome = match exchanged? {
                 Exchange::Answer { response, credential_sent } => {
                     Ok((response, authorization.filter(|_| credential_sent)))
                 }
@@ -148,6 +154,19 @@ impl RegistryClient {
             }
             return Ok(resp);
         }
+    }
+
+    /// The client's first request waits for nothing; the others that come
+    /// before its answer wait for it (one 401 teaches the challenge, not
+    /// one per request in flight). Held until that answer: `Some` for the
+    /// first.
+    async fn first_exchange(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        use std::sync::atomic::Ordering;
+        if self.exchanged.load(Ordering::Acquire) {
+            return None;
+        }
+        let gate = self.first_exchange.lock().await;
+        (!self.exchanged.load(Ordering::Acquire)).then_some(gate)
     }
 
     /// Sends `outgoing`, following its redirects by hand: each hop is
