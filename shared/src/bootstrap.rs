@@ -17,10 +17,17 @@ use crate::registry::retry::RetryPolicy;
 use crate::registry::{ClientOptions, Credentials, RegistryClient, Role};
 use crate::registry_kind::{CaSource, RegistryKind};
 use crate::secrets::{CredentialReloader, CredentialSource, SecretError, SecretSource, WebhookAuth};
-use crate::settings::{Environment, Settings};
+use crate::settings::Settings;
 use crate::webhook::{Webhook, WebhookOptions};
 use crate::worker::Worker;
 use crate::written::Written;
+
+// The SDK configuration and the configuration's store, where they always
+// were for the CLI and the tests.
+pub use crate::config_store::{
+    config_parameter, load_config, push_config, ConfigLoadError, PushedConfig, SSM_STANDARD_MAX_BYTES,
+};
+pub use crate::sdk::{aws_clients, aws_config, aws_config_of, AWS_ATTEMPT_TIMEOUT, AWS_CONNECT_TIMEOUT};
 
 /// Bound on one Harbor API call from the webhook: Harbor waits 3 s at most.
 pub const HARBOR_API_TIMEOUT: Duration = Duration::from_secs(2);
@@ -332,162 +339,6 @@ async fn credentials(
     Ok(Some(c))
 }
 
-/// The AWS configuration from the standard environment (`AWS_REGION`,
-/// `AWS_ENDPOINT_URL`, credentials chain); LocalStack needs no special case.
-/// The SDK sets no read timeout of its own: an endpoint that accepts the
-/// connection and then stays silent would hold a call (and the message or
-/// delivery behind it) forever, so every attempt is bounded here.
-///
-/// Built once per process and handed out (a clone shares the credentials
-/// cache): the functions, every CLI command and the record of written tags
-/// use the same one, so the environment and the credentials chain are read
-/// once.
-pub async fn aws_config() -> aws_config::SdkConfig {
-    static SDK: tokio::sync::OnceCell<aws_config::SdkConfig> = tokio::sync::OnceCell::const_new();
-    SDK.get_or_init(|| aws_config::from_env().timeout_config(aws_timeouts()).load()).await.clone()
-}
-
-/// Every AWS call's bounds ([`AWS_CONNECT_TIMEOUT`], [`AWS_ATTEMPT_TIMEOUT`]).
-fn aws_timeouts() -> aws_config::timeout::TimeoutConfig {
-    aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(AWS_CONNECT_TIMEOUT)
-        .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT)
-        .build()
-}
-
-/// [`aws_config`] with the region, endpoint and static credentials that
-/// `env` names (`AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID` with
-/// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`) given to the SDK's
-/// builder: a harness points the relay at a local stand-in without setting
-/// the process's environment.
-pub async fn aws_config_of(env: &Environment) -> aws_config::SdkConfig {
-    let mut loader = aws_config::from_env().timeout_config(aws_timeouts());
-    if let Some(region) = env.get("AWS_REGION") {
-        loader = loader.region(aws_sdk_sqs::config::Region::new(region.to_owned()));
-    }
-    if let Some(endpoint) = env.get("AWS_ENDPOINT_URL") {
-        loader = loader.endpoint_url(endpoint);
-    }
-    if let (Some(key), Some(secret)) = (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")) {
-        let token = env.get("AWS_SESSION_TOKEN").map(str::to_owned);
-        let credentials = aws_sdk_sqs::config::Credentials::new(key, secret, token, None, "relay-settings");
-        loader = loader.credentials_provider(credentials);
-    }
-    loader.load().await
-}
-
-/// Connecting to an AWS endpoint takes milliseconds when it is reachable.
-pub const AWS_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Longest SQS/SSM/Secrets Manager call we make: the poller's 5 s long poll
-/// plus ample time for the answer.
-pub const AWS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The SQS and Secrets Manager clients of [`aws_config`].
-pub async fn aws_clients() -> (aws_sdk_sqs::Client, aws_sdk_secretsmanager::Client) {
-    let shared = aws_config().await;
-    (aws_sdk_sqs::Client::new(&shared), aws_sdk_secretsmanager::Client::new(&shared))
-}
-
-/// Loads the configuration named by `RELAY_CONFIG`: a file path, or
-/// `ssm:<parameter name>` for an SSM parameter (String or SecureString)
-/// holding the YAML. For the CLI: the functions read theirs through
-/// [`Reloading`](crate::reload::Reloading).
-pub async fn load_config(location: &str) -> Result<Config, ConfigLoadError> {
-    let Some(name) = location.strip_prefix("ssm:") else {
-        return Ok(Config::load(location.as_ref())?.logging_warnings());
-    };
-    let ssm = aws_sdk_ssm::Client::new(&aws_config().await);
-    let parameter = config_parameter(&ssm, name, true).await?;
-    Ok(Config::parse(parameter.value().unwrap_or_default())?.logging_warnings())
-}
-
-/// The SSM parameter `name`, its value decrypted when `decrypt` (a version
-/// check needs only the metadata).
-pub async fn config_parameter(
-    ssm: &aws_sdk_ssm::Client,
-    name: &str,
-    decrypt: bool,
-) -> Result<aws_sdk_ssm::types::Parameter, ConfigLoadError> {
-    let out = ssm
-        .get_parameter()
-        .name(name)
-        .with_decryption(decrypt)
-        .send()
-        .await
-        .map_err(|e| ConfigLoadError::ssm(name, false, e))?;
-    out.parameter
-        .ok_or_else(|| ConfigLoadError::Ssm { name: name.to_owned(), reason: "no parameter in the answer".into() })
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigLoadError {
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error("cannot read SSM parameter {name}: {reason}")]
-    Ssm { name: String, reason: String },
-    #[error("cannot write SSM parameter {name}: {reason}")]
-    SsmWrite { name: String, reason: String },
-}
-
-impl ConfigLoadError {
-    /// An SSM call about parameter `name` failed (`write`: a put).
-    fn ssm<E: std::error::Error + 'static, R: std::fmt::Debug>(
-        name: &str,
-        write: bool,
-        e: aws_sdk_ssm::error::SdkError<E, R>,
-    ) -> ConfigLoadError {
-        let (name, reason) = (name.to_owned(), aws_sdk_ssm::error::DisplayErrorContext(&e).to_string());
-        match write {
-            true => ConfigLoadError::SsmWrite { name, reason },
-            false => ConfigLoadError::Ssm { name, reason },
-        }
-    }
-}
-
-/// What [`push_config`] stored.
-pub struct PushedConfig {
-    pub registries: usize,
-    pub rules: usize,
-    pub bytes: usize,
-    pub tier: &'static str,
-    pub version: i64,
-}
-
-/// SSM's Standard tier holds at most this many bytes.
-pub const SSM_STANDARD_MAX_BYTES: usize = 4096;
-
-/// Validates the configuration at `file` as the functions will, then
-/// stores it unchanged in the SSM parameter `name` (SecureString; the
-/// Advanced tier when it is too large for Standard). Nothing is written
-/// when the file does not validate.
-pub async fn push_config(file: &std::path::Path, name: &str) -> Result<PushedConfig, ConfigLoadError> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|source| crate::config::ConfigError::Read { path: file.display().to_string(), source })?;
-    let config = Config::parse(&text)?;
-    let tier = if text.len() > SSM_STANDARD_MAX_BYTES {
-        aws_sdk_ssm::types::ParameterTier::Advanced
-    } else {
-        aws_sdk_ssm::types::ParameterTier::Standard
-    };
-    let out = aws_sdk_ssm::Client::new(&aws_config().await)
-        .put_parameter()
-        .name(name)
-        .value(&text)
-        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-        .tier(tier.clone())
-        .overwrite(true)
-        .send()
-        .await
-        .map_err(|e| ConfigLoadError::ssm(name, true, e))?;
-    Ok(PushedConfig {
-        registries: config.registries.len(),
-        rules: config.rules.len(),
-        bytes: text.len(),
-        tier: if tier == aws_sdk_ssm::types::ParameterTier::Advanced { "Advanced" } else { "Standard" },
-        version: out.version(),
-    })
-}
-
 /// Completes on SIGTERM or Ctrl-C: how the standalone binaries stop.
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -614,24 +465,6 @@ mod tests {
 
     fn left(deadline: std::time::Instant) -> Duration {
         deadline.saturating_duration_since(std::time::Instant::now())
-    }
-
-    /// A harness's endpoint, region and credentials reach the SDK through
-    /// its builder, not the process's environment.
-    #[tokio::test]
-    async fn the_sdk_configuration_takes_what_the_environment_snapshot_names() {
-        let env = Environment::from_vars([
-            ("AWS_REGION", "eu-west-3"),
-            ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
-            ("AWS_ACCESS_KEY_ID", "snapshot-key"),
-            ("AWS_SECRET_ACCESS_KEY", "snapshot-secret"),
-        ]);
-        let sdk = aws_config_of(&env).await;
-        assert_eq!(sdk.region().map(|r| r.as_ref()), Some("eu-west-3"));
-        assert_eq!(sdk.endpoint_url(), Some("http://127.0.0.1:4566"));
-        use aws_sdk_sqs::config::ProvideCredentials;
-        let credentials = sdk.credentials_provider().unwrap().provide_credentials().await.unwrap();
-        assert_eq!(credentials.access_key_id(), "snapshot-key");
     }
 
     #[test]

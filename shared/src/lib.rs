@@ -16,6 +16,7 @@ pub use relay_harbor::{
 pub use relay_oci::tls;
 
 pub mod bootstrap;
+pub mod config_store;
 pub mod destination;
 pub mod explain;
 pub mod feeders;
@@ -28,6 +29,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod reload;
 pub mod runner;
+pub mod sdk;
 pub mod server;
 pub mod settings;
 pub mod webhook;
