@@ -16,7 +16,7 @@ mkdir -p .local/bench
 {
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(uname -m)."
   echo
-  for b in ${RELAY_BENCHES:-webhook copy shared reconcile kinds fanout latency lambda-batch sizes}; do
+  for b in ${RELAY_BENCHES:-webhook copy shared reconcile kinds fanout standalone latency lambda-batch sizes}; do
     "$RELEASE/relay-bench" "$b"
     echo
   done

@@ -33,12 +33,12 @@ pub(crate) struct Measured {
     stdout: String,
 }
 
-fn vm_hwm_kib(pid: u32) -> Option<i64> {
+pub(crate) fn vm_hwm_kib(pid: u32) -> Option<i64> {
     status_kib(pid, "VmHWM:")
 }
 
 /// A KiB figure of `/proc/PID/status`.
-fn status_kib(pid: u32, field: &str) -> Option<i64> {
+pub(crate) fn status_kib(pid: u32, field: &str) -> Option<i64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
@@ -433,9 +433,12 @@ fn fan_config(stack: &Stack) -> anyhow::Result<std::path::PathBuf> {
             )
         })
         .collect();
-    let yaml = stack
-        .config_yaml("  - name: all\n    destination: { registry: cluster1-registry }\n")
-        .replace("rules:\n", &format!("{registries}rules:\n"));
+    // A rule per destination, as the worker admits only the tasks the
+    // rules in force produce: `c<i>/<source repository>`.
+    let rules: String = (1..=FAN_DESTINATIONS)
+        .map(|i| format!("  - {{ name: to-c{i}, destination: {{ registry: c{i}, namespace: c{i}, flatten: 0 }} }}\n"))
+        .collect();
+    let yaml = stack.config_yaml(&rules).replace("rules:\n", &format!("{registries}rules:\n"));
     let path = std::env::temp_dir().join("relay-bench-fan.yaml");
     std::fs::write(&path, yaml)?;
     Ok(path)
@@ -456,7 +459,7 @@ pub async fn fanout() -> anyhow::Result<()> {
     let image_bytes = blobs.iter().map(|(_, s)| s).sum::<u64>();
     let many = |mode: &str, registries: &[usize]| {
         let mut c = Command::new(std::env::current_exe().expect("exe"));
-        c.arg("copy-many").arg(&config).args([&repo, "v1", mode, &format!("fan-{id}")]);
+        c.arg("copy-many").arg(&config).args([&repo, "v1", mode]);
         c.args(registries.iter().map(|i| format!("c{i}")));
         measure_with_cpu(c)
     };
@@ -464,7 +467,7 @@ pub async fn fanout() -> anyhow::Result<()> {
     let (three, three_cpu) = many("together", &[2, 3, 4])?;
     let (five, _) = many("one-by-one", &[5, 6, 7, 8, 9])?;
     for i in 1..=FAN_DESTINATIONS {
-        verify(&stack, &repo, &format!("fan-{id}/c{i}"), "v1").await?;
+        verify(&stack, &repo, &format!("c{i}/{repo}"), "v1").await?;
     }
     // The raw HTTP limit of the same destination registry: curl pipes into
     // one repository, then into three at once.
@@ -550,11 +553,12 @@ pub async fn fanout() -> anyhow::Result<()> {
 }
 
 /// Child process of [`fanout`]: `copy-many CONFIG SRC_REPO TAG
-/// together|one-by-one DST_PROJECT REGISTRY…`, one copy task per registry
-/// into `DST_PROJECT/<registry>`; reports on stdout.
+/// together|one-by-one REGISTRY…`, one copy task per registry into
+/// `<registry>/SRC_REPO` (the task its rule `to-<registry>` makes);
+/// reports on stdout.
 pub async fn copy_many(args: &[String]) -> anyhow::Result<()> {
-    let [config, src_repo, tag, mode, project, registries @ ..] = args else {
-        bail!("copy-many CONFIG SRC_REPO TAG together|one-by-one DST_PROJECT REGISTRY…")
+    let [config, src_repo, tag, mode, registries @ ..] = args else {
+        bail!("copy-many CONFIG SRC_REPO TAG together|one-by-one REGISTRY…")
     };
     let config = Config::load(config.as_ref())?;
     let worker = bootstrap::worker(&config, &SecretSource::from_process(None), Default::default()).await?;
@@ -568,10 +572,10 @@ pub async fn copy_many(args: &[String]) -> anyhow::Result<()> {
             source: SourceArtifact { repository: src_repo.parse()?, digest: digest.parse()?, tags: vec![tag.parse()?] },
             destination: DestinationArtifact {
                 registry: registry.into(),
-                repository: format!("{project}/{registry}").parse()?,
+                repository: format!("{registry}/{src_repo}").parse()?,
                 tags: vec![tag.parse()?],
             },
-            rules: vec!["bench".into()],
+            rules: vec![format!("to-{registry}")],
             options: CopyOptions { override_existing: true, bandwidth_kbps: None, refresh_referrers: false },
             event: EventRef { key: "bench".into(), occurred_at: 0, operator: "bench".into() },
         })

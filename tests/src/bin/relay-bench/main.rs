@@ -10,6 +10,8 @@
 //!                         a row in one process (source bytes, peak RSS)
 //!   relay-bench latency   push-to-available of a small image, and its parts
 //!   relay-bench lambda-batch  the event source mapping's batch size, emulated
+//!   relay-bench standalone  the release worker binary polling its queue,
+//!                         five 1 GiB copies in a row: peak RSS after each
 //!   relay-bench sizes     the worker under each Lambda size's CPU share and
 //!                         memory (cgroup v1): throughput, peak, price per GiB
 //!
@@ -19,6 +21,7 @@ mod copy;
 mod lambda;
 mod latency;
 mod sizes;
+mod standalone;
 mod webhook;
 
 use std::time::Duration;
@@ -49,6 +52,7 @@ async fn run() -> anyhow::Result<()> {
         "lambda-batch" => lambda::run().await,
         "copy-many" => copy::copy_many(&args[1..]).await,
         "sizes" => sizes::run().await,
+        "standalone" => standalone::run().await,
         "copy-list" => sizes::copy_list(&args[1..]).await,
         other => anyhow::bail!("unknown benchmark {other}"),
     }
