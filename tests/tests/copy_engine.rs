@@ -658,8 +658,8 @@ async fn request_budget_first_copy_and_replay() {
 }
 
 /// A first copy sends together what does not depend on an answer: the
-/// tag's HEADs at both ends, each blob's POST (its check in place) and its
-/// source GET, and the tag's last check at both ends.
+/// tag's HEADs at both ends, the blobs' POSTs (each its check in place),
+/// their source GETs, and the tag's last check at both ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_copy_sends_independent_requests_together() {
     let (src, dst) = (FakeRegistry::start(false).await, FakeRegistry::start(false).await);
@@ -673,10 +673,11 @@ async fn a_first_copy_sends_independent_requests_together() {
     t.options.override_existing = false;
     assert_eq!(w.run(&t).await.unwrap().outcome, Some(Outcome::Copied));
     assert!(dst.has_manifest(&repo, "v1"));
-    // tag HEADs; the root's GET; POSTs + source GETs; PUTs; tag HEADs
-    // again; the tag's PUT; then the referrers, asked for once the artifact
-    // is there (the API, then the tag schema).
-    assert_eq!(rounds.deepest(), 8, "requests one after another:\n{}", rounds.trace());
+    // tag HEADs; the root's GET; POSTs (the checks in place, whose 202 is
+    // the session); source GETs; PUTs; tag HEADs again; the tag's PUT;
+    // then the referrers, asked for once the artifact is there (the API,
+    // then the tag schema).
+    assert_eq!(rounds.deepest(), 9, "requests one after another:\n{}", rounds.trace());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

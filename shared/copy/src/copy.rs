@@ -194,12 +194,12 @@ impl Copier<'_> {
         // goes up under the tags). Whether the destination has it already
         // is known when one of its tags points at it; otherwise no HEAD by
         // digest is asked: the blobs' own checks say what is there, blob by
-        // blob (the ledger, or the upload's `POST` asking to mount from the
-        // repository itself), so a new image costs no request more than
-        // its uploads. (A new tag onto a manifest the destination has,
-        // in a worker that has not seen it, then checks each blob instead
-        // of one HEAD: nothing is sent again either way.) An untagged push
-        // stays HEAD-only when present.
+        // blob (the ledger; else the upload's `POST` asking to mount from
+        // the repository itself where that answers, or a HEAD), so a new
+        // image costs no request more than its uploads. (A new tag onto a
+        // manifest the destination has, in a worker that has not seen it,
+        // then checks each blob instead of one HEAD, and sends none.) An
+        // untagged push stays HEAD-only when present.
         let (mut present, root) = if tagged {
             (tag_at_digest, Some(self.source.get_manifest(src_repo, &by_digest, Some(digest)).await?))
         } else {

@@ -47,6 +47,15 @@ pub struct Quirks {
     /// session, which is used); the first refusal is learnt as well. Read
     /// by the client's `start_upload`.
     pub cross_repo_mounts: bool,
+    /// A mount from the repository itself tells whether the repository
+    /// holds the blob: 201 when it does, else an upload session (202). The
+    /// distribution registry and Harbor answer so, and a blob nobody knows
+    /// is then checked by its upload's own `POST` instead of a `HEAD`
+    /// first. ECR declines (202) the mount of a blob no manifest refers to
+    /// and mounts nothing unless the account enables it: a 202 there says
+    /// nothing, so its blobs get the `HEAD`. Read by the client's
+    /// `check_in_place`.
+    pub mount_answers_presence: bool,
     /// Referrers (signatures, SBOMs) are asked through the OCI 1.1
     /// referrers API (`GET /v2/<name>/referrers/<digest>`) before the tag
     /// schema (`sha256-<hex>` tags). A registry without the API answers
@@ -56,7 +65,8 @@ pub struct Quirks {
 
 impl Quirks {
     /// A registry that follows the distribution spec.
-    pub const STANDARD: Quirks = Quirks { chunked_uploads: true, cross_repo_mounts: true, referrers_api: true };
+    pub const STANDARD: Quirks =
+        Quirks { chunked_uploads: true, cross_repo_mounts: true, referrers_api: true, mount_answers_presence: true };
 }
 
 impl Default for Quirks {

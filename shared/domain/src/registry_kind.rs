@@ -3,9 +3,10 @@
 //! obtained, how a repository is made ready before the first push, and
 //! what it does not do the standard way ([`Quirks`]). Each kind is a file
 //! of its own under `registry_kind/` with its settings, how its fields are
-//! read and its quirks; this file holds the enum and one arm per kind. The
-//! copy engine is the same for every kind. The recipe for a new kind or a
-//! new quirk is in [`crate::host`].
+//! read and its quirks (its `KindSpec`); this file holds the `kinds!` list
+//! the enum and the lookups are made from. The copy engine is the same for
+//! every kind. The recipe for a new kind or a new quirk is in
+//! [`crate::host`].
 
 use std::path::PathBuf;
 
@@ -266,15 +267,16 @@ mod tests {
         }
     }
 
-    /// The kinds' quirks as data: ECR takes whole blobs only; the others
-    /// follow the spec. Every kind asks for mounts (a refusal is learnt).
+    /// The kinds' quirks as data: ECR takes whole blobs only and its
+    /// mounts say nothing of presence; the others follow the spec. Every kind asks for mounts (a refusal is learnt).
     #[test]
     fn each_kind_has_its_quirks() {
         let ecr = raw("{ kind: ecr, region: r }").resolve("r", "h", false).unwrap();
         let harbor = raw("{ kind: harbor }").resolve("r", "h", true).unwrap();
-        for (kind, chunked_uploads) in [(RegistryKind::Registry, true), (ecr, false), (harbor, true)] {
+        for (kind, standard) in [(RegistryKind::Registry, true), (ecr, false), (harbor, true)] {
             let quirks = kind.quirks();
-            assert_eq!(quirks, Quirks { chunked_uploads, ..Quirks::STANDARD }, "{}", kind.name());
+            let expected = Quirks { chunked_uploads: standard, mount_answers_presence: standard, ..Quirks::STANDARD };
+            assert_eq!(quirks, expected, "{}", kind.name());
         }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use futures_util::{stream, TryStreamExt};
 use tracing::Instrument;
 
+use crate::client::{InPlace, UploadStart};
 use crate::copy::{Copier, CopyError};
 use crate::ledger::BlobDecision;
 use crate::manifest::Descriptor;
@@ -85,42 +86,41 @@ impl Copier<'_> {
         budget: &RetryBudget,
     ) -> Result<(), CopyError> {
         let mut decision = self.ledger.decide(&d.digest, dst_repo);
-        let (owner, mount_from) = loop {
+        let (owner, begin) = loop {
             match decision {
                 BlobDecision::Wait(waiting) => decision = waiting.finished().await,
                 BlobDecision::Present => {
                     self.skipped(&d.digest, counters);
                     return Ok(());
                 }
-                // Where the destination answers mounts, the check is the
-                // upload's own `POST`, asking to mount from the repository
-                // itself: 201 when the blob is there, else the session the
-                // upload goes on with (one request where a HEAD and a POST
-                // were two). A resumable upload starts from its own record.
-                BlobDecision::Check(owner) if self.destination.asks_mounts() && !self.goes_resumable(dst_repo, d) => {
-                    break (owner, Some(dst_repo.clone()));
-                }
+                // Where the destination's answer to a mount from the
+                // repository itself tells, the check is the upload's own
+                // `POST` (one request where a HEAD and a POST were two);
+                // elsewhere, and for a resumable upload (which starts from
+                // its own record), a HEAD.
                 BlobDecision::Check(owner) => {
-                    if self.destination.blob_exists(dst_repo, &d.digest).await? {
+                    let check = match self.goes_resumable(dst_repo, d) {
+                        true => InPlace::Unknown,
+                        false => self.destination.check_in_place(dst_repo, &d.digest).await?,
+                    };
+                    let present = match check {
+                        InPlace::Present => true,
+                        InPlace::Absent(session) => break (owner, Begin::Session(session)),
+                        InPlace::Unknown => self.destination.blob_exists(dst_repo, &d.digest).await?,
+                    };
+                    if present {
                         owner.done(dst_repo);
                         self.skipped(&d.digest, counters);
                         return Ok(());
                     }
-                    break (owner, None);
+                    break (owner, Begin::Upload);
                 }
-                BlobDecision::MountFrom(from, owner) => break (owner, Some(from)),
-                BlobDecision::Upload(owner) => break (owner, None),
+                BlobDecision::MountFrom(from, owner) => break (owner, Begin::MountFrom(from)),
+                BlobDecision::Upload(owner) => break (owner, Begin::Upload),
             }
         };
-        let checked_in_place = mount_from.as_ref() == Some(dst_repo);
-        let kind = Box::pin(self.send_blob(src_repo, dst_repo, d, mount_from, counters, budget)).await?;
+        let kind = Box::pin(self.send_blob(src_repo, dst_repo, d, begin, counters, budget)).await?;
         let counter = match kind {
-            // Mounted from the repository itself: it was there.
-            UploadKind::Mounted if checked_in_place => {
-                counters.skipped.fetch_add(1, Ordering::Relaxed);
-                owner.done(dst_repo);
-                return Ok(());
-            }
             UploadKind::Mounted => &counters.mounted,
             UploadKind::Streamed => &counters.copied,
         };
@@ -144,7 +144,7 @@ impl Copier<'_> {
         src_repo: &RepositoryPath,
         dst_repo: &RepositoryPath,
         d: &Descriptor,
-        mut mount_from: Option<RepositoryPath>,
+        mut begin: Begin,
         counters: &Arc<Counters>,
         budget: &RetryBudget,
     ) -> Result<UploadKind, CopyError> {
@@ -152,14 +152,11 @@ impl Copier<'_> {
         loop {
             attempt += 1;
             let chunks_used = self.destination.chunk_size();
-            // A mount from elsewhere is asked once (a declined one is the
-            // session the upload used); the check in place on every attempt
-            // (the blob may have arrived meanwhile).
-            let mount = match &mount_from {
-                Some(from) if from == dst_repo => Some(from.clone()),
-                _ => mount_from.take(),
-            };
-            match self.upload_blob(src_repo, dst_repo, d, mount, counters).await {
+            // The first attempt begins as decided; a mount is asked once (a
+            // declined one is the session the upload used), a given
+            // session used once: the next attempts upload afresh.
+            let this = std::mem::replace(&mut begin, Begin::Upload);
+            match self.upload_blob(src_repo, dst_repo, d, this, counters).await {
                 Ok(kind) => return Ok(kind),
                 // Too large for one request (a proxy's body limit): chunks,
                 // or smaller chunks, then the same blob again at once.
@@ -191,6 +188,17 @@ impl Copier<'_> {
             m.pass(digest);
         }
     }
+}
+
+/// How a blob's upload begins.
+pub(crate) enum Begin {
+    /// A `POST` of its own.
+    Upload,
+    /// A mount from this repository of the destination, known to hold it.
+    MountFrom(RepositoryPath),
+    /// The session the check in place opened: the repository lacks the
+    /// blob ([`InPlace::Absent`]).
+    Session(UploadStart),
 }
 
 /// How a blob reached the destination.

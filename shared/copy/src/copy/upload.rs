@@ -11,7 +11,7 @@ use url::Url;
 
 use crate::chunks::{BoxError, Pieces};
 use crate::client::{RegistryError, UploadStart};
-use crate::copy::blobs::UploadKind;
+use crate::copy::blobs::{Begin, UploadKind};
 use crate::copy::Copier;
 use crate::manifest::Descriptor;
 use crate::report::Counters;
@@ -45,36 +45,37 @@ struct Session<'r> {
 }
 
 impl Copier<'_> {
-    /// One attempt: open an upload (asking to mount from `mount_from` when a
-    /// repository of the destination is known to hold the blob), then pipe
-    /// the source into it.
+    /// One attempt: open an upload as `begin` says (a plain `POST`, a
+    /// mount from a repository of the destination known to hold the blob,
+    /// or the session a check in place opened), then pipe the source into
+    /// it.
     pub(crate) async fn upload_blob(
         &self,
         src_repo: &RepositoryPath,
         dst_repo: &RepositoryPath,
         d: &Descriptor,
-        mount_from: Option<RepositoryPath>,
+        begin: Begin,
         counters: &Arc<Counters>,
     ) -> Result<UploadKind, RegistryError> {
-        // A blob this run cannot finish (its rule's bandwidth limit says so),
-        // or one an earlier run left half sent, goes up in chunks a next run
-        // can go on with (a whole-blob PUT cut at the deadline leaves
-        // nothing). Not when mounting or sharing a read: those take no time.
-        if mount_from.is_none() && self.goes_resumable(dst_repo, d) {
+        // Not when mounting, sharing a read or given a session: those take
+        // no time (see goes_resumable).
+        if matches!(begin, Begin::Upload) && self.goes_resumable(dst_repo, d) {
             let given = resume::given(self.destination.name(), dst_repo.as_str(), &d.digest);
             return self.upload_resumable(src_repo, dst_repo, d, given, counters).await;
         }
-        let mount = mount_from.as_ref().map(|from| (&d.digest, from));
-        let start = self.destination.start_upload(dst_repo, mount);
-        // A small blob, nothing to mount from elsewhere and no read to
-        // share: the source is opened beside the POST, one round trip fewer
-        // where a round trip is much of the blob's time. (A mount from
-        // another repository usually needs no read, a mount from the
-        // destination repository itself only asks whether it is there; a
-        // shared read is opened by its leader; a large blob's read waits for
-        // its session rather than hold a response unread.)
-        let elsewhere = mount_from.as_ref().is_some_and(|from| from != dst_repo);
-        let early = d.size <= OPEN_WITH_POST_MAX && !elsewhere && self.fanout.is_none();
+        // A small blob, nothing to mount and no read to share: the source is
+        // opened beside the POST, one round trip fewer where a round trip is
+        // much of the blob's time. (A mount usually needs no read; a shared
+        // read is opened by its leader; a large blob's read waits for its
+        // session rather than hold a response unread.)
+        let early = d.size <= OPEN_WITH_POST_MAX && matches!(begin, Begin::Upload) && self.fanout.is_none();
+        let start = async {
+            match begin {
+                Begin::Upload => self.destination.start_upload(dst_repo, None).await,
+                Begin::MountFrom(from) => self.destination.start_upload(dst_repo, Some((&d.digest, &from))).await,
+                Begin::Session(session) => Ok(session),
+            }
+        };
         let (started, opened) = if early {
             let open = self.open_source(src_repo, d, counters, Hashed::start(&d.digest));
             let (started, opened) = futures_util::future::join(start, open).await;
@@ -102,8 +103,9 @@ impl Copier<'_> {
 
     /// Whether `d` goes up in chunks a next run can go on with: a blob this
     /// run cannot finish (its rule's bandwidth limit says so), or one an
-    /// earlier run left half sent. Not when sharing a read (the leader's
-    /// pace is the read's).
+    /// earlier run left half sent (a whole-blob PUT cut at the deadline
+    /// leaves nothing). Not when sharing a read (the leader's pace is the
+    /// read's).
     pub(crate) fn goes_resumable(&self, dst_repo: &RepositoryPath, d: &Descriptor) -> bool {
         self.fanout.is_none()
             && self.destination.takes_chunks()

@@ -10,8 +10,11 @@ use crate::host::Quirks;
 pub(super) const SPEC: KindSpec = KindSpec {
     name: "ecr",
     // ECR mishandles chunked uploads through the distribution API (its
-    // documentation says so): whole blobs only, whatever it answers.
-    quirks: Quirks { chunked_uploads: false, ..Quirks::STANDARD },
+    // documentation says so): whole blobs only, whatever it answers. Its
+    // 202 to a mount says nothing of what the repository holds (it
+    // declines blobs no manifest refers to, and mounts only when the
+    // account enables it).
+    quirks: Quirks { chunked_uploads: false, mount_answers_presence: false, ..Quirks::STANDARD },
     fields: &["region", "registry_id", "role_arn", "tag_mutability", "scan_on_push", "encryption", "kms_key"],
     resolve: |raw, at| resolve(raw, at).map(RegistryKind::Ecr),
 };

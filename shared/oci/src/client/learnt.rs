@@ -138,7 +138,7 @@ mod tests {
     use axum::response::IntoResponse;
 
     use super::*;
-    use crate::client::{ClientOptions, Role, UploadStart};
+    use crate::client::{ClientOptions, InPlace, Role, UploadStart};
     use crate::digest::Digest;
     use crate::repository::RepositoryPath;
 
@@ -206,6 +206,52 @@ mod tests {
         let started = c.start_upload(&"a".parse().unwrap(), Some((&digest, &from))).await;
         assert!(matches!(started, Ok(UploadStart::Session { .. })));
         assert_eq!(mounts.load(Ordering::SeqCst), 0);
+    }
+
+    /// A blob's check in place: a mount from its own repository answers
+    /// presence (201) or opens the upload (202) where the kind says its
+    /// answer tells; a kind whose 202 says nothing (ECR) is never asked
+    /// this way, nor a registry that refused a mount (both get a HEAD).
+    #[tokio::test]
+    async fn a_check_in_place_asks_only_where_the_answer_tells() {
+        let present: Digest = format!("sha256:{}", "3".repeat(64)).parse().unwrap();
+        let absent: Digest = format!("sha256:{}", "4".repeat(64)).parse().unwrap();
+        let posts = Arc::new(AtomicUsize::new(0));
+        // The hex of the digest the repository holds (the query encodes `:`).
+        let (counter, held) = (posts.clone(), "3".repeat(64));
+        let handler = move |req: Request| {
+            let (counter, held) = (counter.clone(), held.clone());
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let query = req.uri().query().unwrap_or_default().to_owned();
+                if query.contains(&held) && query.contains("from=a") {
+                    return (StatusCode::CREATED, [("location", "/v2/a/blobs/x")]).into_response();
+                }
+                (StatusCode::ACCEPTED, [("location", "/v2/a/blobs/uploads/s1")]).into_response()
+            }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(handler)).await });
+        let repo: RepositoryPath = "a".parse().unwrap();
+
+        let c = client(&base, Quirks::STANDARD);
+        assert!(matches!(c.check_in_place(&repo, &present).await, Ok(InPlace::Present)));
+        assert!(matches!(c.check_in_place(&repo, &absent).await, Ok(InPlace::Absent(UploadStart::Session { .. }))));
+        assert_eq!(posts.load(Ordering::SeqCst), 2, "one request each");
+
+        posts.store(0, Ordering::SeqCst);
+        let ecr_like =
+            client(&base.join("ecr/").unwrap(), Quirks { mount_answers_presence: false, ..Quirks::STANDARD });
+        assert!(matches!(ecr_like.check_in_place(&repo, &present).await, Ok(InPlace::Unknown)));
+        assert_eq!(posts.load(Ordering::SeqCst), 0, "a kind whose 202 says nothing is not asked");
+
+        let (refusing, mounts) = refusing_mounts((405, "")).await;
+        let c = client(&refusing, Quirks::STANDARD);
+        for _ in 0..2 {
+            assert!(matches!(c.check_in_place(&repo, &present).await, Ok(InPlace::Unknown)));
+        }
+        assert_eq!(mounts.load(Ordering::SeqCst), 1, "a refusal is learnt: asked once");
     }
 
     /// A registry without the referrers API (404): asked once, then the

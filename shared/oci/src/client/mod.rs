@@ -38,7 +38,7 @@ mod uploads;
 pub use error::{Answer, OciError, OciErrorCode, RegistryError};
 pub use learnt::Learnt;
 pub use manifests::Pushed;
-pub use uploads::UploadStart;
+pub use uploads::{InPlace, UploadStart};
 
 /// Whole-request bound for everything but blob streams (manifests, HEADs,
 /// tokens, listings, upload sessions): the per-read timeout alone lets a

@@ -110,7 +110,6 @@ impl RegistryClient {
             if first.is_some() {
                 self.exchanged.store(true, std::sync::atomic::Ordering::Release);
             }
-            drop(first);
             let outcome = match exchanged? {
                 Exchange::Answer { response, credential_sent } => {
                     Ok((response, authorization.filter(|_| credential_sent)))
@@ -123,6 +122,7 @@ impl RegistryClient {
             let (resp, sent) = match outcome {
                 Ok(answered) => answered,
                 Err(e) if pace::wait_fits(self.retry.delay(retry, None)) && may_send_again(&self.retry, retry) => {
+                    drop(first);
                     tracing::warn!(registry = %self.name, %method, path = url.path(), error = %e, retry, "request failed, retrying");
                     tokio::time::sleep(self.retry.delay(retry, None)).await;
                     continue;
@@ -138,6 +138,9 @@ impl RegistryClient {
                 retry -= 1;
                 continue;
             }
+            // The challenge, if any, is learnt: the requests waiting for the
+            // first answer go on.
+            drop(first);
             if is_retryable(status) && retry < self.retry.attempts {
                 let after =
                     header_str(resp.headers(), RETRY_AFTER).and_then(|v| parse_retry_after(v, SystemTime::now()));

@@ -32,7 +32,43 @@ pub enum UploadStart {
     Session { url: Url, chunk_min: Option<u64> },
 }
 
+/// What a mount of a blob from its own repository said
+/// ([`RegistryClient::check_in_place`]).
+pub enum InPlace {
+    /// The repository holds the blob (201).
+    Present,
+    /// It does not: the upload session the registry opened (202).
+    Absent(UploadStart),
+    /// The registry would not say (it does not answer presence by mounts,
+    /// refused the mount, or denied it): ask with a `HEAD`.
+    Unknown,
+}
+
 impl RegistryClient {
+    /// Whether `repo` holds `digest`, asked as the upload's own `POST`: a
+    /// mount from the repository itself, which a registry that answers
+    /// presence by mounts ([`Quirks::mount_answers_presence`]) answers
+    /// 201 when the repository has the blob and otherwise with the session
+    /// the upload goes on with — one request where a `HEAD` and a `POST`
+    /// were two. A refusal is learnt as any mount's is.
+    pub async fn check_in_place(&self, repo: &RepositoryPath, digest: &Digest) -> Result<InPlace, RegistryError> {
+        if !(self.quirks.mount_answers_presence && self.asks_mounts()) {
+            return Ok(InPlace::Unknown);
+        }
+        match self.post_upload(repo, Some((digest, repo))).await {
+            Ok(UploadStart::Mounted) => Ok(InPlace::Present),
+            Ok(session) => Ok(InPlace::Absent(session)),
+            Err(e) if is_mount_refusal(&e) => {
+                if self.learnt.mark_mounts_refused() {
+                    tracing::warn!(registry = %self.name, error = %e, "the registry refuses mounts: checking blobs with HEAD and uploading them");
+                }
+                Ok(InPlace::Unknown)
+            }
+            Err(e) if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403 | 404)) => Ok(InPlace::Unknown),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn blob_exists(&self, repo: &RepositoryPath, digest: &Digest) -> Result<bool, RegistryError> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
         let resp = self.execute(Method::HEAD, url, &self.scope(repo), HeaderMap::new(), None).await?;
@@ -100,7 +136,11 @@ impl RegistryClient {
         let mut scope = self.scope(repo);
         if let Some((digest, from)) = mount {
             url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", from.as_str());
-            scope = format!("{scope} repository:{from}:pull");
+            // Pull from another repository is a scope of its own; from the
+            // repository itself the push scope holds it (one token).
+            if from != repo {
+                scope = format!("{scope} repository:{from}:pull");
+            }
         }
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
