@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures_util::{stream, TryStreamExt};
 use tracing::Instrument;
 
-use crate::client::{InPlace, UploadStart};
+use crate::client::{InPlace, RegistryError, UploadStart};
 use crate::copy::{Copier, CopyError};
 use crate::ledger::BlobDecision;
 use crate::manifest::Descriptor;
@@ -93,34 +93,18 @@ impl Copier<'_> {
                     self.skipped(&d.digest, counters);
                     return Ok(());
                 }
-                // Where the destination's answer to a mount from the
-                // repository itself tells, the check is the upload's own
-                // `POST` (one request where a HEAD and a POST were two);
-                // elsewhere, and for a resumable upload (which starts from
-                // its own record), a HEAD.
-                BlobDecision::Check(owner) => {
-                    let check = match self.goes_resumable(dst_repo, d) {
-                        true => InPlace::Unknown,
-                        false => self.destination.check_in_place(dst_repo, &d.digest).await?,
-                    };
-                    let present = match check {
-                        InPlace::Present => true,
-                        InPlace::Absent(session) => break (owner, Begin::Session(session)),
-                        InPlace::Unknown => self.destination.blob_exists(dst_repo, &d.digest).await?,
-                    };
-                    if present {
-                        owner.done(dst_repo);
-                        self.skipped(&d.digest, counters);
-                        return Ok(());
-                    }
-                    break (owner, Begin::Upload);
-                }
+                BlobDecision::Check(owner) => break (owner, Begin::Check),
                 BlobDecision::MountFrom(from, owner) => break (owner, Begin::MountFrom(from)),
                 BlobDecision::Upload(owner) => break (owner, Begin::Upload),
             }
         };
         let kind = Box::pin(self.send_blob(src_repo, dst_repo, d, begin, counters, budget)).await?;
         let counter = match kind {
+            UploadKind::Present => {
+                counters.skipped.fetch_add(1, Ordering::Relaxed);
+                owner.done(dst_repo);
+                return Ok(());
+            }
             UploadKind::Mounted => &counters.mounted,
             UploadKind::Streamed => &counters.copied,
         };
@@ -152,10 +136,13 @@ impl Copier<'_> {
         loop {
             attempt += 1;
             let chunks_used = self.destination.chunk_size();
-            // The first attempt begins as decided; a mount is asked once (a
-            // declined one is the session the upload used), a given
-            // session used once: the next attempts upload afresh.
-            let this = std::mem::replace(&mut begin, Begin::Upload);
+            // A blob to check is checked on every attempt (it may have
+            // arrived meanwhile); a mount is asked once (a declined one is
+            // the session the upload used): the next attempts upload.
+            let this = match begin {
+                Begin::Check => Begin::Check,
+                _ => std::mem::replace(&mut begin, Begin::Upload),
+            };
             match self.upload_blob(src_repo, dst_repo, d, this, counters).await {
                 Ok(kind) => return Ok(kind),
                 // Too large for one request (a proxy's body limit): chunks,
@@ -196,6 +183,9 @@ pub(crate) enum Begin {
     Upload,
     /// A mount from this repository of the destination, known to hold it.
     MountFrom(RepositoryPath),
+    /// Nobody knows whether the repository holds it: asked first
+    /// ([`Copier::check`]).
+    Check,
     /// The session the check in place opened: the repository lacks the
     /// blob ([`InPlace::Absent`]).
     Session(UploadStart),
@@ -203,6 +193,33 @@ pub(crate) enum Begin {
 
 /// How a blob reached the destination.
 pub(crate) enum UploadKind {
+    /// It was there already.
+    Present,
     Mounted,
     Streamed,
+}
+
+impl Copier<'_> {
+    /// Whether the destination repository holds `d`: `None` when it does,
+    /// else how the upload begins. Where the destination's answer to a
+    /// mount from the repository itself tells, the question is the
+    /// upload's own `POST` (one request where a HEAD and a `POST` were
+    /// two); elsewhere, and for a resumable upload (which starts from its
+    /// own record), a HEAD.
+    pub(crate) async fn check(
+        &self,
+        dst_repo: &RepositoryPath,
+        d: &Descriptor,
+    ) -> Result<Option<Begin>, RegistryError> {
+        let answer = match self.goes_resumable(dst_repo, d) {
+            true => InPlace::Unknown,
+            false => self.destination.check_in_place(dst_repo, &d.digest).await?,
+        };
+        let present = match answer {
+            InPlace::Present => true,
+            InPlace::Absent(session) => return Ok(Some(Begin::Session(session))),
+            InPlace::Unknown => self.destination.blob_exists(dst_repo, &d.digest).await?,
+        };
+        Ok((!present).then_some(Begin::Upload))
+    }
 }

@@ -57,6 +57,16 @@ impl Copier<'_> {
         begin: Begin,
         counters: &Arc<Counters>,
     ) -> Result<UploadKind, RegistryError> {
+        let begin = match begin {
+            Begin::Check => match self.check(dst_repo, d).await? {
+                Some(begin) => begin,
+                None => {
+                    self.pass(&d.digest);
+                    return Ok(UploadKind::Present);
+                }
+            },
+            begin => begin,
+        };
         // Not when mounting, sharing a read or given a session: those take
         // no time (see goes_resumable).
         if matches!(begin, Begin::Upload) && self.goes_resumable(dst_repo, d) {
@@ -71,7 +81,8 @@ impl Copier<'_> {
         let early = d.size <= OPEN_WITH_POST_MAX && matches!(begin, Begin::Upload) && self.fanout.is_none();
         let start = async {
             match begin {
-                Begin::Upload => self.destination.start_upload(dst_repo, None).await,
+                // (`Check` was resolved above.)
+                Begin::Upload | Begin::Check => self.destination.start_upload(dst_repo, None).await,
                 Begin::MountFrom(from) => self.destination.start_upload(dst_repo, Some((&d.digest, &from))).await,
                 Begin::Session(session) => Ok(session),
             }
