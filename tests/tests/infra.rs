@@ -1586,7 +1586,11 @@ async fn every_aws_call_is_allowed_by_its_functions_role() {
         .ecr_data_plane(&ecr_backend.url, "us-east-1", OTHER_ACCOUNT, Principal::Assumed(role_arn.clone()))
         .await;
 
-    // The configuration, in SSM as `make deploy` stores it.
+    // The configuration, in SSM as `make deploy` stores it. The two ECR
+    // registries are one stand-in here, so each writes a repository of its
+    // own (two accounts never share one): two copies of an image into one
+    // distribution repository at once can meet its non-atomic link writes
+    // (a manifest refused as naming an unknown blob, seen in CI).
     let config = |late: bool| {
         let mut yaml = format!(
             "source: {{ url: {}, harbor_api: true, credentials: {{ secret_id: {run}/source-robot }} }}\n\
@@ -1611,7 +1615,7 @@ async fn every_aws_call_is_allowed_by_its_functions_role() {
              \x20 - {{ name: labelled, filters: {{ name: \"{project}/**\", label: [prod] }}, destination: {{ registry: spawned }} }}\n\
              \x20 - {{ name: to-harbor, filters: {{ name: \"{project}/**\" }}, destination: {{ registry: dr-harbor }} }}\n\
              \x20 - {{ name: to-ecr, filters: {{ name: \"{project}/**\" }}, destination: {{ registry: prod-ecr, namespace: mirror, flatten: 1 }} }}\n\
-             \x20 - {{ name: to-other-ecr, filters: {{ name: \"{project}/**\" }}, destination: {{ registry: other-ecr, namespace: mirror, flatten: 1 }} }}\n"
+             \x20 - {{ name: to-other-ecr, filters: {{ name: \"{project}/**\" }}, destination: {{ registry: other-ecr, namespace: mirror/other, flatten: 1 }} }}\n"
         ));
         if late {
             yaml.push_str(&format!(
