@@ -222,6 +222,11 @@ pub fn unique_repo(name: &str) -> String {
 /// A copy task of `img`'s tag `v1` into `registry`'s `dst_repo`, as a
 /// rule named `test` plans it.
 pub fn copy_task(img: &crate::GeneratedImage, registry: &str, dst_repo: &str) -> relay::Task {
+    copy_task_of(img, registry, dst_repo, &["v1"])
+}
+
+/// [`copy_task`] for the tags `tags` (the same at both ends).
+pub fn copy_task_of(img: &crate::GeneratedImage, registry: &str, dst_repo: &str, tags: &[&str]) -> relay::Task {
     use relay::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, TASK_VERSION};
     relay::Task {
         version: TASK_VERSION,
@@ -230,12 +235,12 @@ pub fn copy_task(img: &crate::GeneratedImage, registry: &str, dst_repo: &str) ->
         source: SourceArtifact {
             repository: img.repository.parse().unwrap(),
             digest: img.digest.parse().unwrap(),
-            tags: vec!["v1".parse().unwrap()],
+            tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
         },
         destination: DestinationArtifact {
             registry: registry.into(),
             repository: dst_repo.parse().unwrap(),
-            tags: vec!["v1".parse().unwrap()],
+            tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
         },
         rules: vec!["test".into()],
         options: CopyOptions { override_existing: true, bandwidth_kbps: None, refresh_referrers: false },

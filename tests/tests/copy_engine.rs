@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use relay::registry::{CopyError, Outcome, RegistryError};
 use relay::secrets::SecretSource;
 use relay::settle::Disposition;
-use relay::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
+use relay::task::Task;
 use relay::worker::{Message, TaskFailure, Worker};
 use relay::{bootstrap, Config};
 use relay_tests::app::{fast_retry, unique_repo};
@@ -42,24 +42,7 @@ async fn worker_into(source: &str, destinations: &[(&str, &str, bool)], worker: 
 }
 
 fn task(img: &GeneratedImage, dst_repo: &str, tags: &[&str]) -> Task {
-    Task {
-        version: TASK_VERSION,
-        id: format!("t-{dst_repo}"),
-        action: Action::Copy,
-        source: SourceArtifact {
-            repository: img.repository.parse().unwrap(),
-            digest: img.digest.parse().unwrap(),
-            tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
-        },
-        destination: DestinationArtifact {
-            registry: "dst".into(),
-            repository: dst_repo.parse().unwrap(),
-            tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
-        },
-        rules: vec!["test".into()],
-        options: CopyOptions { override_existing: true, bandwidth_kbps: None, refresh_referrers: false },
-        event: EventRef { key: "k".into(), occurred_at: 0, operator: "admin".into() },
-    }
+    relay_tests::app::copy_task_of(img, "dst", dst_repo, tags)
 }
 
 async fn push_to(reg: &PlainRegistry, repo: &str, kind: ImageKind, layers: usize, size: usize) -> GeneratedImage {

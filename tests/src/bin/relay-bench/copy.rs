@@ -425,7 +425,17 @@ pub async fn kinds() -> anyhow::Result<()> {
 const FAN_DESTINATIONS: usize = 9;
 
 fn fan_config(stack: &Stack) -> anyhow::Result<std::path::PathBuf> {
-    let registries: String = (1..=FAN_DESTINATIONS)
+    let path = std::env::temp_dir().join("relay-bench-fan.yaml");
+    std::fs::write(&path, separate_destinations(stack, FAN_DESTINATIONS))?;
+    Ok(path)
+}
+
+/// A configuration with `n` registry entries `c1`… for the same target
+/// server (each with its own clients and ledger, so none knows what
+/// another wrote) and a rule `to-c<i>` for each, as the worker admits only
+/// the tasks the rules in force produce: `c<i>/<source repository>`.
+pub(crate) fn separate_destinations(stack: &Stack, n: usize) -> String {
+    let registries: String = (1..=n)
         .map(|i| {
             format!(
                 "  - {{ name: c{i}, url: {}, credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }} }}\n",
@@ -433,15 +443,10 @@ fn fan_config(stack: &Stack) -> anyhow::Result<std::path::PathBuf> {
             )
         })
         .collect();
-    // A rule per destination, as the worker admits only the tasks the
-    // rules in force produce: `c<i>/<source repository>`.
-    let rules: String = (1..=FAN_DESTINATIONS)
+    let rules: String = (1..=n)
         .map(|i| format!("  - {{ name: to-c{i}, destination: {{ registry: c{i}, namespace: c{i}, flatten: 0 }} }}\n"))
         .collect();
-    let yaml = stack.config_yaml(&rules).replace("rules:\n", &format!("{registries}rules:\n"));
-    let path = std::env::temp_dir().join("relay-bench-fan.yaml");
-    std::fs::write(&path, yaml)?;
-    Ok(path)
+    stack.config_yaml(&rules).replace("rules:\n", &format!("{registries}rules:\n"))
 }
 
 /// The 1 GiB image into several destinations by one worker process:

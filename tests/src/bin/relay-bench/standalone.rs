@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use relay_tests::{image, planned_tasks, ImageKind, Stack};
 
-use crate::copy::{status_kib, verify, vm_hwm_kib};
+use crate::copy::{separate_destinations, status_kib, verify, vm_hwm_kib};
 
 /// Copies in a row; each into a registry entry of its own (the same
 /// server), so no ledger knows the blobs: every copy sends all 1 GiB.
@@ -23,18 +23,7 @@ pub async fn run() -> anyhow::Result<()> {
     let repo = format!("solo-{id}/big");
     eprintln!("generating the 1 GiB image…");
     let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 8, 128 * MIB).await?;
-    let registries: String = (1..=COPIES)
-        .map(|i| {
-            format!(
-                "  - {{ name: c{i}, url: {}, credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }} }}\n",
-                stack.target_url, stack.target_user
-            )
-        })
-        .collect();
-    let rules: String = (1..=COPIES)
-        .map(|i| format!("  - {{ name: to-c{i}, destination: {{ registry: c{i}, namespace: c{i}, flatten: 0 }} }}\n"))
-        .collect();
-    let yaml = stack.config_yaml(&rules).replace("rules:\n", &format!("{registries}rules:\n"));
+    let yaml = separate_destinations(&stack, COPIES);
     let file = std::env::temp_dir().join(format!("relay-bench-standalone-{id}.yaml"));
     std::fs::write(&file, &yaml)?;
     let config = relay::Config::parse(&yaml)?;
