@@ -8,7 +8,7 @@
 pub use relay_aws::{
     aws_error, dead_letter, ecr, message, metrics, parking, queue, secrets, settle, sqs, telemetry, written,
 };
-pub use relay_domain::{config, digest, doublestar, event, plan, registry_kind, repository, rules, task};
+pub use relay_domain::{bundle, config, digest, doublestar, event, plan, registry_kind, repository, rules, task};
 pub use relay_harbor::{
     compare as harbor_compare, harbor_api, harbor_webhooks, import as harbor_import, project_policies,
     replication as harbor_replication,

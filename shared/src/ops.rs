@@ -447,8 +447,10 @@ pub async fn dead_letter_queue(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Re
 pub struct DeadLetter {
     pub message_id: String,
     pub receive_count: u64,
-    /// The decoded task, or why it does not decode.
-    pub task: Result<Task, TaskError>,
+    /// The decoded task, or why it does not decode: one, or a bundle's
+    /// (SQS's redrive moves a bundle whole; the worker dead-letters each
+    /// task alone).
+    pub tasks: Vec<Result<Task, TaskError>>,
     /// The error of the last attempt, when the worker dead-lettered it
     /// (SQS's own redrive carries none).
     pub last_error: Option<String>,
@@ -483,7 +485,7 @@ pub async fn list_dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &str, max: usize)
             out.push(DeadLetter {
                 message_id: m.message_id().unwrap_or_default().to_owned(),
                 receive_count: count,
-                task: Task::decode(m.body().unwrap_or_default()),
+                tasks: crate::bundle::tasks_in(m.body().unwrap_or_default()),
                 last_error: attribute(crate::dead_letter::LAST_ERROR),
             });
             receipts.extend(m.receipt_handle().map(str::to_owned));

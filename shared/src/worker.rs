@@ -31,6 +31,7 @@ use crate::secrets::CredentialReloader;
 pub use crate::message::{Failure, FailureCause, Message};
 
 mod admission;
+mod bundles;
 mod failure;
 mod fanouts;
 mod probe;
@@ -38,7 +39,7 @@ mod probe;
 use crate::task::{Action, Task, TaskError};
 use crate::written::Written;
 pub use failure::TaskFailure;
-use fanouts::{fanouts, Decoded};
+use fanouts::fanouts;
 
 /// Catalog entries per request when a delete lists the source.
 const LISTING_PAGE: usize = 1000;
@@ -230,13 +231,7 @@ impl Worker {
         ended: &(dyn Fn(&Message, bool) + Sync),
     ) -> Vec<Failure> {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        let mut batch: Vec<Decoded> = messages
-            .into_iter()
-            .map(|m| {
-                let task = Task::decode(&m.body);
-                (m, task)
-            })
-            .collect();
+        let (mut batch, bundles) = bundles::split(messages);
         let fanouts = fanouts(&mut batch);
         let run = |m: Message, task| {
             let fanout = fanouts.get(&m.id).cloned();
@@ -247,7 +242,8 @@ impl Worker {
                 }
             }
         };
-        each_isolated(batch, self.settings.task_concurrency, run, ended).await
+        let ended = |m: &Message, ok: bool| bundles.ended(m, ok, ended);
+        each_isolated(batch, self.settings.task_concurrency, run, &ended).await
     }
 
     /// Runs one message (in `fanout`'s group when it has one); logs its

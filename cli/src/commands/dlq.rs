@@ -20,37 +20,49 @@ pub(crate) async fn run(
         let text = || {
             let mut t = String::new();
             for l in &letters {
-                t += &match &l.task {
-                    Ok(t) => format!(
-                        "{}  received {}×  task {} {:?} {}@{} -> {}/{}\n",
-                        l.message_id,
-                        l.receive_count,
-                        t.id,
-                        t.action,
-                        t.source.repository,
-                        t.source.digest,
-                        t.destination.registry,
-                        t.destination.repository
-                    ),
-                    Err(e) => format!("{}  received {}×  undecodable: {e}\n", l.message_id, l.receive_count),
-                };
-                t += &match (&l.last_error, &l.task) {
+                for task in &l.tasks {
+                    t += &match task {
+                        Ok(t) => format!(
+                            "{}  received {}×  task {} {:?} {}@{} -> {}/{}\n",
+                            l.message_id,
+                            l.receive_count,
+                            t.id,
+                            t.action,
+                            t.source.repository,
+                            t.source.digest,
+                            t.destination.registry,
+                            t.destination.repository
+                        ),
+                        Err(e) => format!("{}  received {}×  undecodable: {e}\n", l.message_id, l.receive_count),
+                    };
+                }
+                let ids: Vec<&str> = l.tasks.iter().filter_map(|t| t.as_ref().ok()).map(|t| t.id.as_str()).collect();
+                t += &match (&l.last_error, ids.is_empty()) {
                     (Some(e), _) => format!("    last error: {e}\n"),
-                    (None, Ok(t)) => format!("    last error: not recorded (moved by SQS's redrive); search the worker logs for task_id {}\n", t.id),
-                    (None, Err(_)) => String::new(),
+                    (None, false) => format!("    last error: not recorded (moved by SQS's redrive); search the worker logs for task_id {}\n", ids.join(", ")),
+                    (None, true) => String::new(),
                 };
             }
             t + &format!("{} messages in the dead-letter queue\n", letters.len())
         };
+        // `task`: the message's task when it holds one; `tasks`: every
+        // task it holds (a bundle's several).
         let json = serde_json::json!(letters
             .iter()
-            .map(|l| serde_json::json!({
-                "message_id": l.message_id,
-                "receive_count": l.receive_count,
-                "task": l.task.as_ref().ok(),
-                "undecodable": l.task.as_ref().err().map(|e| e.to_string()),
-                "last_error": l.last_error,
-            }))
+            .map(|l| {
+                let lone = match &l.tasks[..] {
+                    [one] => Some(one),
+                    _ => None,
+                };
+                serde_json::json!({
+                    "message_id": l.message_id,
+                    "receive_count": l.receive_count,
+                    "task": lone.and_then(|t| t.as_ref().ok()),
+                    "tasks": l.tasks.iter().filter_map(|t| t.as_ref().ok()).collect::<Vec<_>>(),
+                    "undecodable": l.tasks.iter().find_map(|t| t.as_ref().err()).map(|e| e.to_string()),
+                    "last_error": l.last_error,
+                })
+            })
             .collect::<Vec<_>>());
         output.print(text, json);
     } else {

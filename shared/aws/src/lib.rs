@@ -8,7 +8,7 @@
 
 // The lower crates' modules, where this crate's modules have always found
 // them.
-pub(crate) use relay_domain::{config, digest, registry_kind, repository, task};
+pub(crate) use relay_domain::{bundle, config, digest, registry_kind, repository, task};
 pub(crate) use relay_oci as registry;
 
 pub mod aws_error;

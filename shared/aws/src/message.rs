@@ -20,6 +20,12 @@ pub const PARKED: &str = "RelayParked";
 /// Message attribute: how many continuations the task has had.
 pub const CONTINUATIONS: &str = "RelayContinuations";
 
+/// Message attribute: how many times the task was tried before this
+/// message — a bundle member's retry goes on in a fresh message, whose own
+/// receive count starts again. Not the dead letter's `RelayAttempts`
+/// (all its tries): a redrive that keeps attributes starts afresh.
+pub const TRIED_BEFORE: &str = "RelayTriedBefore";
+
 /// Message attribute of a parked task: the registry it waits for (a
 /// destination's name, or `source`).
 pub const PARKED_ON: &str = "RelayParkedOn";
@@ -71,7 +77,9 @@ pub enum Disposition {
 pub struct Message {
     pub id: String,
     pub body: String,
-    /// SQS's `ApproximateReceiveCount` (this delivery included); 0 unknown.
+    /// Attempts at its task, this delivery included: SQS's
+    /// `ApproximateReceiveCount` plus those before this message
+    /// ([`TRIED_BEFORE`]); 0 unknown.
     pub receive_count: u32,
     /// To change its visibility (the backoff); `None` where unknown.
     pub receipt: Option<String>,
@@ -86,6 +94,11 @@ pub struct Message {
     pub parked_on: Option<String>,
     /// Set on a probe message instead of a task ([`PROBE`]).
     pub probe: Option<Probe>,
+    /// Set on a task that came in a bundle ([`crate::bundle`]): the
+    /// bundle message's id. It has no receipt of its own, so its failure
+    /// is settled by a fresh message holding it alone, and redelivering it
+    /// means redelivering the bundle.
+    pub bundle: Option<String>,
     /// Uploads an earlier run of its task left open
     /// ([`crate::registry::resume::UPLOADS`]); on a failure, those its
     /// continuation carries on.
@@ -99,6 +112,7 @@ impl Message {
     pub fn with_attributes<'a>(mut self, get: impl Fn(&str) -> Option<&'a str>) -> Message {
         let number = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
         let count = |name: &str| number(name).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+        self.receive_count = self.receive_count.saturating_add(count(TRIED_BEFORE));
         self.parked = count(PARKED);
         self.continuations = count(CONTINUATIONS);
         self.parked_since = number(PARKED_SINCE);
@@ -113,8 +127,13 @@ impl Message {
     }
 
     /// The names of the attributes [`Message::with_attributes`] reads.
-    pub const ATTRIBUTES: [&'static str; 7] =
-        [crate::registry::resume::UPLOADS, PARKED, CONTINUATIONS, PARKED_SINCE, PARKED_ON, PROBE, DOWN_SINCE];
+    pub const ATTRIBUTES: [&'static str; 8] =
+        [crate::registry::resume::UPLOADS, PARKED, CONTINUATIONS, TRIED_BEFORE, PARKED_SINCE, PARKED_ON, PROBE, DOWN_SINCE];
+
+    /// The id SQS knows it by: its bundle's for a bundle member.
+    pub fn delivered_as(&self) -> &str {
+        self.bundle.as_deref().unwrap_or(&self.id)
+    }
 }
 
 /// Why a task failed, by kind: built from the typed errors where the task

@@ -5,6 +5,7 @@ pub use aws_sdk_sqs::Client as SqsClient;
 use std::time::Duration;
 
 use crate::sqs::{self, Sqs};
+use crate::bundle;
 use crate::task::Task;
 
 /// A task and how long SQS should hold it before delivery.
@@ -27,6 +28,53 @@ pub struct EnqueueError {
     pub reason: String,
 }
 
+/// One queue message: a task's body or a bundle's, and how many tasks it
+/// holds.
+struct Body {
+    body: String,
+    delay: Duration,
+    tasks: usize,
+}
+
+/// The messages for `tasks`, in their order: the copy tasks of one
+/// artifact with one delay in bundles of up to [`bundle::MAX_BUNDLE`]
+/// (and [`bundle::MAX_BUNDLE_BYTES`]), every other task alone.
+fn messages(tasks: &[Outgoing<'_>]) -> Vec<Body> {
+    let mut groups: Vec<Vec<&Outgoing<'_>>> = Vec::new();
+    for t in tasks {
+        let joins = |g: &&mut Vec<&Outgoing<'_>>| {
+            let first = g[0];
+            bundle::bundles(t.task)
+                && bundle::bundles(first.task)
+                && first.delay == t.delay
+                && first.task.source.repository == t.task.source.repository
+                && first.task.source.digest == t.task.source.digest
+                && g.len() < bundle::MAX_BUNDLE
+        };
+        match groups.iter_mut().find(joins) {
+            Some(g) => g.push(t),
+            None => groups.push(vec![t]),
+        }
+    }
+    let mut bodies = Vec::new();
+    for group in groups {
+        let delay = group[0].delay;
+        if let [one] = group[..] {
+            bodies.push(Body { body: one.task.encode(), delay, tasks: 1 });
+            continue;
+        }
+        let members: Vec<&Task> = group.iter().map(|o| o.task).collect();
+        let body = bundle::encode(&members);
+        if body.len() <= bundle::MAX_BUNDLE_BYTES {
+            bodies.push(Body { body, delay, tasks: members.len() });
+        } else {
+            // Tasks with that many tags go one by one.
+            bodies.extend(members.iter().map(|t| Body { body: t.encode(), delay, tasks: 1 }));
+        }
+    }
+    bodies
+}
+
 /// SQS accepts at most ten entries per batch.
 const BATCH: usize = 10;
 /// Tries for entries SQS reports as failed.
@@ -47,10 +95,14 @@ impl TaskQueue {
 
     /// Enqueues every task or returns an error naming how many were not.
     /// Tasks already accepted stay enqueued; a retry by Harbor may enqueue
-    /// them again, which the idempotent worker absorbs.
+    /// them again, which the idempotent worker absorbs. The copy tasks of
+    /// one artifact (one per destination) go in one message, a bundle
+    /// ([`crate::bundle`]), so they reach one invocation and the artifact
+    /// is read once for all of them.
     pub async fn send(&self, tasks: &[Outgoing<'_>]) -> Result<(), EnqueueError> {
         let total = tasks.len();
-        for group in tasks.chunks(BATCH) {
+        let messages = messages(tasks);
+        for group in messages.chunks(BATCH) {
             let mut pending: Vec<usize> = (0..group.len()).collect();
             let mut reason = String::new();
             for attempt in 0..ATTEMPTS {
@@ -63,7 +115,7 @@ impl TaskQueue {
                 let entries = pending
                     .iter()
                     .map(|&i| {
-                        sqs::Outgoing::new(group[i].task.encode())
+                        sqs::Outgoing::new(group[i].body.clone())
                             .delay_seconds(group[i].delay.as_secs().min(900) as i32)
                     })
                     .collect();
@@ -79,9 +131,67 @@ impl TaskQueue {
                 }
             }
             if !pending.is_empty() {
-                return Err(EnqueueError { failed: pending.len(), total, reason });
+                let failed = pending.iter().map(|&i| group[i].tasks).sum();
+                return Err(EnqueueError { failed, total, reason });
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, TASK_VERSION};
+
+    fn task(digest: &[u8], registry: &str, action: Action) -> Task {
+        Task {
+            version: TASK_VERSION,
+            id: format!("{registry}-{action:?}"),
+            action,
+            source: SourceArtifact {
+                repository: "library/app".parse().unwrap(),
+                digest: crate::digest::Digest::sha256_of(digest),
+                tags: vec!["v1".parse().unwrap()],
+            },
+            destination: DestinationArtifact {
+                registry: registry.into(),
+                repository: "app".parse().unwrap(),
+                tags: vec!["v1".parse().unwrap()],
+            },
+            rules: vec!["r".into()],
+            options: CopyOptions { override_existing: true, bandwidth_kbps: None, refresh_referrers: false },
+            event: EventRef { key: "e".into(), occurred_at: 1, operator: "admin".into() },
+        }
+    }
+
+    #[test]
+    fn the_copies_of_one_artifact_share_a_message_and_nothing_else_does() {
+        let mut tasks: Vec<Task> = ["a", "b", "c"].map(|r| task(b"one", r, Action::Copy)).into();
+        tasks.push(task(b"two", "a", Action::Copy));
+        tasks.push(task(b"one", "d", Action::Delete));
+        tasks.push(task(b"one", "e", Action::Delete));
+        tasks.extend((0..12).map(|i| task(b"three", &format!("r{i}"), Action::Copy)));
+        let mut outgoing: Vec<Outgoing> = tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
+        let late = task(b"one", "f", Action::Copy);
+        outgoing.push(Outgoing { task: &late, delay: Duration::from_secs(5) });
+        let bodies = messages(&outgoing);
+        let held: Vec<Vec<String>> = bodies
+            .iter()
+            .map(|b| {
+                bundle::tasks_in(&b.body).into_iter().map(|t| t.unwrap().destination.registry).collect::<Vec<_>>()
+            })
+            .collect();
+        let r = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let ten: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+        assert_eq!(
+            held,
+            vec![r(&["a", "b", "c"]), r(&["a"]), r(&["d"]), r(&["e"]), ten, r(&["r10", "r11"]), r(&["f"])],
+            "one bundle per artifact and delay, at most {} tasks; deletes alone",
+            bundle::MAX_BUNDLE
+        );
+        assert_eq!(bodies.iter().map(|b| b.tasks).sum::<usize>(), outgoing.len(), "every task is sent");
+        assert!(bundle::split(&bodies[1].body).is_none(), "a lone task is sent as a task");
+        assert_eq!(bodies[6].delay, Duration::from_secs(5));
     }
 }

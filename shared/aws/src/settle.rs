@@ -23,7 +23,7 @@ use crate::sqs::{Outgoing, Sqs};
 // Where the crates' users have always found it.
 pub use crate::message::Disposition;
 use crate::message::{
-    number_attribute, string_attribute, Failure, FailureCause, Message, CONTINUATIONS, PARKED, SOURCE,
+    number_attribute, string_attribute, Failure, FailureCause, Message, CONTINUATIONS, PARKED, SOURCE, TRIED_BEFORE,
 };
 
 /// SQS's limits: `DelaySeconds` ≤ 15 minutes, visibility ≤ 12 hours.
@@ -113,25 +113,26 @@ impl Settler {
         for f in failures {
             let last = self.dead_letters.as_ref().is_some_and(|d| f.message.receive_count >= d.max_receive_count());
             let continuations_left = f.message.continuations < self.timing.max_continuations;
+            let again = f.message.delivered_as().to_owned();
             match f.disposition {
                 Disposition::Permanent => dead.push(f),
                 Disposition::Continue if continuations_left => {
-                    if !self.requeue(&f.message, Duration::ZERO, CONTINUATIONS).await {
-                        redeliver.push(f.message.id);
+                    if !self.requeue(&f.message, Duration::ZERO, Requeue::Continued).await {
+                        redeliver.push(again);
                     }
                 }
                 Disposition::Park { source } => {
                     let Some(parking) = &self.parking else {
                         let delay = self.timing.park_delay(f.message.parked);
-                        if !self.requeue(&f.message, delay, PARKED).await {
-                            redeliver.push(f.message.id);
+                        if !self.requeue(&f.message, delay, Requeue::Parked).await {
+                            redeliver.push(again);
                         }
                         continue;
                     };
                     let registry = if source { SOURCE } else { f.slices.registry.as_str() };
                     match parking.park(&f.message, registry).await {
                         Parked::Waiting => {}
-                        Parked::Refused => redeliver.push(f.message.id),
+                        Parked::Refused => redeliver.push(again),
                         Parked::TooLong => dead.push(Failure {
                             error: format!(
                                 "parked for more than {} s waiting for registry {registry:?}; last: {}",
@@ -145,19 +146,13 @@ impl Settler {
                     }
                 }
                 Disposition::Retry { .. } | Disposition::Continue if last => dead.push(f),
-                Disposition::Retry { retry_after } => {
-                    self.back_off(&f.message, retry_after, f.cause).await;
-                    redeliver.push(f.message.id);
-                }
-                Disposition::Continue => {
-                    self.back_off(&f.message, None, f.cause).await;
-                    redeliver.push(f.message.id);
-                }
+                Disposition::Retry { retry_after } => redeliver.extend(self.retry(&f, retry_after).await),
+                Disposition::Continue => redeliver.extend(self.retry(&f, None).await),
             }
         }
         let Some(d) = &self.dead_letters else {
-            redeliver.extend(dead.into_iter().map(|f| f.message.id));
-            return redeliver;
+            redeliver.extend(dead.iter().map(|f| f.message.delivered_as().to_owned()));
+            return distinct(redeliver);
         };
         let unsent = d.send_all(&dead).await;
         // The task's final failure: attempts that will be retried are
@@ -170,8 +165,25 @@ impl Settler {
                 &[("FinalFailures", 1.0, Unit::Count)],
             );
         }
-        redeliver.extend(unsent);
-        redeliver
+        let unsent = dead.iter().filter(|f| unsent.contains(&f.message.id));
+        redeliver.extend(unsent.map(|f| f.message.delivered_as().to_owned()));
+        distinct(redeliver)
+    }
+
+    /// A failed attempt that another may fix, after a backoff: its
+    /// message's visibility is set to it and the message redelivered, or —
+    /// for a bundle member, whose message is the bundle's — a fresh message
+    /// holding its task alone waits the backoff out, counting the attempts
+    /// so far. Returns the id to redeliver, if any.
+    async fn retry(&self, f: &Failure, retry_after: Option<Duration>) -> Option<String> {
+        let m = &f.message;
+        if m.bundle.is_none() {
+            self.back_off(m, retry_after, f.cause).await;
+            return Some(m.id.clone());
+        }
+        let wait = self.timing.retry_delay(m.receive_count, retry_after);
+        let apart = self.requeue(m, wait, Requeue::Retried).await;
+        (!apart).then(|| m.delivered_as().to_owned())
     }
 
     /// Sets the message's visibility to the backoff for its next attempt.
@@ -191,28 +203,32 @@ impl Settler {
     }
 
     /// Enqueues the task again as a fresh message after `delay`, counting
-    /// one more `counter` (parkings or continuations). False when it could
-    /// not: the original must then be redelivered.
-    async fn requeue(&self, m: &Message, delay: Duration, counter: &str) -> bool {
+    /// one more parking or continuation, or (a retry) the attempts so far.
+    /// False when it could not: the original must then be redelivered.
+    async fn requeue(&self, m: &Message, delay: Duration, why: Requeue) -> bool {
         let Some(queue) = &self.queue_url else { return false };
-        let (parked, continuations) = match counter {
-            PARKED => (m.parked + 1, m.continuations),
-            _ => (m.parked, m.continuations + 1),
+        let (parked, continuations) = match why {
+            Requeue::Parked => (m.parked + 1, m.continuations),
+            Requeue::Continued => (m.parked, m.continuations + 1),
+            Requeue::Retried => (m.parked, m.continuations),
         };
         let delay = delay.as_secs().min(MAX_DELAY_SECONDS);
         let mut message = Outgoing::new(&m.body)
             .delay_seconds(delay as i32)
             .attribute(PARKED, number_attribute(parked.into()))
             .attribute(CONTINUATIONS, number_attribute(continuations.into()));
+        if why == Requeue::Retried {
+            message = message.attribute(TRIED_BEFORE, number_attribute(m.receive_count.into()));
+        }
         // A continuation goes on with the uploads its run left open.
-        if counter == CONTINUATIONS && !m.uploads.is_empty() {
+        if why == Requeue::Continued && !m.uploads.is_empty() {
             let json = serde_json::to_string(&m.uploads).expect("uploads serialize");
             message = message.attribute(UPLOADS, string_attribute(json));
         }
         let sent = self.sqs.send(queue, message).await;
         match sent {
             Ok(_) => {
-                tracing::info!(message_id = %m.id, delay_s = delay, parked, continuations, "task re-enqueued; not a failed attempt");
+                tracing::info!(message_id = %m.id, delay_s = delay, parked, continuations, attempts = m.receive_count, ?why, "task re-enqueued");
                 true
             }
             Err(e) => {
@@ -221,6 +237,24 @@ impl Settler {
             }
         }
     }
+}
+
+/// Why a task goes on in a fresh message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Requeue {
+    /// Its registry is unavailable (no attempt counted).
+    Parked,
+    /// The deadline cut a run that made progress (no attempt counted).
+    Continued,
+    /// A bundle member's failed attempt (counted).
+    Retried,
+}
+
+/// `ids` without repeats, in their order: the members of one bundle
+/// redeliver it once.
+fn distinct(ids: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    ids.into_iter().filter(|id| seen.insert(id.clone())).collect()
 }
 
 #[cfg(test)]

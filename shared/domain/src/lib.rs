@@ -4,6 +4,7 @@
 //! client, the copy engine, Harbor's API, AWS, the functions — builds on
 //! these types and none of them reaches back up: the compiler keeps it so.
 
+pub mod bundle;
 pub mod config;
 pub mod digest;
 pub mod doublestar;

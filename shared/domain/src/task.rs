@@ -107,6 +107,8 @@ pub enum TaskError {
     UnknownVersion(u64),
     #[error("task does not match its schema version: {0}")]
     Schema(String),
+    #[error("bundle of tasks is not valid: {0}")]
+    Bundle(String),
     #[error("task option `bandwidth_kbps` is {0}: it must be 1..={MAX_BANDWIDTH_KBPS} or absent (unlimited)")]
     Bandwidth(u64),
 }
@@ -139,7 +141,7 @@ impl Task {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Task {

@@ -3,6 +3,7 @@
 //! days later) and anyone allowed to send to the queue may write one.
 
 use super::{TaskFailure, Worker};
+use crate::bundle;
 use crate::message::Message;
 use crate::task::{Action, Task};
 
@@ -12,7 +13,8 @@ impl Worker {
     pub fn knows_registries_of(&self, messages: &[Message]) -> bool {
         messages
             .iter()
-            .filter_map(|m| Task::decode(&m.body).ok())
+            .flat_map(|m| bundle::tasks_in(&m.body))
+            .filter_map(Result::ok)
             .all(|t| self.destinations.contains_key(&t.destination.registry))
     }
 
@@ -22,7 +24,7 @@ impl Worker {
     /// clock, up to a check period before the worker — so the caller asks
     /// for the configuration at once before the task is refused for good.
     pub fn rules_produce_all_of(&self, messages: &[Message]) -> bool {
-        messages.iter().filter_map(|m| Task::decode(&m.body).ok()).all(|t| self.allowed(&t).is_ok())
+        messages.iter().flat_map(|m| bundle::tasks_in(&m.body)).filter_map(Result::ok).all(|t| self.allowed(&t).is_ok())
     }
 
     /// Whether the rules in force still produce a task from the queue: an enabled rule
