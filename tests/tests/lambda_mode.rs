@@ -15,7 +15,7 @@ use relay_tests::app::unique_repo;
 use relay_tests::fake::{FakeRegistry, Fault, Op};
 use relay_tests::lambda::Emulator;
 use relay_tests::runtime_api::{queue_arn, sqs_record};
-use relay_tests::stack::{create_queue, create_queue_with_dlq};
+use relay_tests::stack::{create_queue, create_queue_with_dlq, queue_depth};
 use relay_tests::{harbor_push_event, image, now, planned_tasks, ImageKind, Stack, TempFile};
 use serde_json::{json, Value};
 
@@ -478,4 +478,59 @@ async fn a_layer_longer_than_an_invocation_arrives_over_several() {
     assert!(!logs.contains("starting over"), "no run started the layer over: {logs}");
     assert_eq!(stack.target().tree(&repo, "v1").await.unwrap(), stack.source().tree(&repo, "v1").await.unwrap());
     assert!(receive_batch(&sqs, &dlq, Duration::from_secs(1)).await.is_empty(), "dead-lettered: {logs}");
+}
+
+/// Under Lambda, a push into two registries comes as one message (a
+/// bundle): the invocation copies into the one that answers and settles the
+/// other's failure apart — a fresh message holding that task alone, its
+/// attempt counted — so the bundle is not reported for another delivery
+/// and the finished copy is not repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_lambda_mode_settles_a_bundles_failed_member_apart() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let (queue, dlq) = create_queue_with_dlq(&sqs, "lam-bundle", 5, 60).await.unwrap();
+    let limited = FakeRegistry::start(false).await;
+    for op in [Op::Ping, Op::HeadManifest, Op::PutManifest, Op::HeadBlob, Op::StartUpload] {
+        limited.inject(op, Fault::Status(429, Some("600".into())), 1000);
+    }
+    let yaml = stack
+        .config_yaml("  - name: up\n    destination: { registry: cluster1-registry }\n  - name: limited\n    destination: { registry: limited-registry }\nworker: { retry_base_seconds: 1, retry_max_seconds: 2 }\n")
+        .replace("rules:\n", &format!("  - name: limited-registry\n    url: {}\nrules:\n", limited.url));
+    let config = config_file(&yaml);
+    let parsed = relay::Config::parse(&yaml).unwrap();
+    let repo = unique_repo("lam-bundle");
+    let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 2, 64 * 1024).await.unwrap();
+    let tasks = planned_tasks(&parsed, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest);
+    let outgoing: Vec<_> = tasks.iter().map(|task| relay::queue::Outgoing { task, delay: Duration::ZERO }).collect();
+    relay::queue::TaskQueue::new(sqs.clone(), queue.clone()).send(&outgoing).await.unwrap();
+    let messages = receive(&sqs, &queue).await;
+    assert_eq!(messages.len(), 1, "one message for both destinations");
+    assert_eq!(relay::bundle::tasks_in(messages[0].body().unwrap()).len(), 2);
+    let event = json!({ "Records": [sqs_record(&messages[0], &queue_arn(&queue))] });
+
+    let emulator = Emulator::start().await;
+    let function = emulator.spawn(
+        "worker",
+        &[
+            ("RELAY_CONFIG", config.arg()),
+            ("RELAY_QUEUE_URL", queue.clone()),
+            ("RELAY_DLQ_URL", dlq.clone()),
+            ("RELAY_FUNCTION_TIMEOUT_SECONDS", "30".into()),
+        ],
+    );
+    let (status, answer) = emulator.invoke(&event).await;
+    let logs = function.output();
+    assert_eq!(status, 200, "{answer}\n{logs}");
+    let reported = answer["batchItemFailures"].as_array().map_or(0, Vec::len);
+    assert_eq!(reported, 0, "the bundle is settled, not redelivered: {answer}\n{logs}");
+    assert_eq!(stack.target().digest_at(&repo, "v1").await.unwrap().as_deref(), Some(img.digest.as_str()));
+    // The limited registry's task goes on alone after its backoff (≤ 2 s).
+    let again = receive(&sqs, &queue).await;
+    assert_eq!(again.len(), 1, "{logs}");
+    let task = relay::Task::decode(again[0].body().unwrap()).expect("the member alone");
+    assert_eq!(task.destination.registry, "limited-registry");
+    let tried = again[0].message_attributes().and_then(|a| a.get(relay::message::TRIED_BEFORE));
+    assert_eq!(tried.and_then(|v| v.string_value()), Some("1"), "its attempt is counted");
+    assert_eq!(queue_depth(&sqs, &dlq).await.unwrap(), (0, 0, 0), "nothing dead-lettered");
 }

@@ -532,6 +532,98 @@ async fn a_task_parked_past_the_limit_is_dead_lettered_with_its_reason() {
     assert_eq!(queue_depth(&sqs, &parking_url).await.unwrap(), (0, 0, 0), "nothing left parked");
 }
 
+/// A push into two registries is one message (a bundle): the source is
+/// read once for both, the registry that keeps failing has its task
+/// retried in fresh messages that count its attempts and then dead-lettered
+/// as a task of its own — the other registry's copy is not repeated — and
+/// a redrive of that dead letter completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_member_fails_alone_and_is_dead_lettered_and_redriven_as_its_own_task() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let (url, dlq) = create_queue_with_dlq(&sqs, "bundle", 3, 60).await.unwrap();
+    let src = FakeRegistry::start(false).await;
+    let bad = FakeRegistry::start(false).await;
+    let repo = unique_repo("bundle");
+    let img =
+        image::push(&PlainRegistry::new(&src.url, None), &repo, "v1", ImageKind::OciImage, 2, 64 * 1024).await.unwrap();
+    bad.inject(Op::PutManifest, Fault::Status(500, None), 1000);
+    let yaml = format!(
+        "source: {{ url: {} }}\nwebhook: {{ auth_values_env: RELAY_WEBHOOK_AUTH }}\nregistries:\n  - {{ name: good, url: {}, credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }} }}\n  - {{ name: bad, url: {} }}\nrules:\n  - {{ name: to-good, destination: {{ registry: good }} }}\n  - {{ name: to-bad, destination: {{ registry: bad }} }}\nworker: {{ retry_base_seconds: 1, retry_max_seconds: 2 }}\n",
+        src.url, stack.target_url, stack.target_user, bad.url
+    );
+    let config = Config::parse(&yaml).unwrap();
+    let source_host = src.url.trim_start_matches("http://");
+    let tasks = relay_tests::planned_tasks_on(&config, source_host, "PUSH_ARTIFACT", &repo, "v1", &img.digest);
+    assert_eq!(tasks.len(), 2);
+    send(&sqs, &url, &tasks).await;
+    assert_eq!(queue_depth(&sqs, &url).await.unwrap().0, 1, "both tasks in one message");
+
+    let worker = Arc::new(bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap());
+    let stop = poll(&config, worker.clone(), &sqs, &url, PollOptions::default()).await;
+    wait_for(Duration::from_secs(40), "the failing member's three attempts, then the DLQ", || async {
+        queue_depth(&sqs, &dlq).await.unwrap().0 == 1 && queue_depth(&sqs, &url).await.unwrap() == (0, 0, 0)
+    })
+    .await;
+    assert_eq!(stack.target().digest_at(&repo, "v1").await.unwrap().as_deref(), Some(img.digest.as_str()));
+    assert_eq!(src.count(Op::GetBlob), img.blobs.len(), "each blob read once: for both at first, then found at `bad`");
+    assert_eq!(worker.stats.tasks_succeeded.load(std::sync::atomic::Ordering::Relaxed), 1, "`good` copied once");
+
+    let got = sqs.receive_message().queue_url(&dlq).message_attribute_names("All").send().await.unwrap();
+    let m = &got.messages()[0];
+    let attr =
+        |name: &str| m.message_attributes().and_then(|a| a.get(name)).and_then(|v| v.string_value()).map(str::to_owned);
+    let dead = Task::decode(m.body().unwrap()).expect("a task of its own, not the bundle");
+    assert_eq!(dead.destination.registry, "bad");
+    assert_eq!(attr(relay::dead_letter::ATTEMPTS).as_deref(), Some("3"), "attempts counted across messages");
+    assert_eq!(attr(relay::dead_letter::CAUSE).as_deref(), Some("destination_refused"));
+    sqs.change_message_visibility()
+        .queue_url(&dlq)
+        .receipt_handle(m.receipt_handle().unwrap())
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap();
+
+    // Mended: the operator's redrive sends that task, and it alone, again.
+    bad.clear_faults();
+    let letters = relay::ops::list_dead_letters(&sqs, &dlq, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].tasks.len(), 1);
+    assert_eq!(relay::ops::redrive(&sqs, &dlq, &url).await.unwrap(), 1);
+    wait_for(Duration::from_secs(20), "the redriven task", || async { bad.has_manifest(&repo, "v1") }).await;
+    wait_for(Duration::from_secs(10), "the queues empty", || async {
+        queue_depth(&sqs, &url).await.unwrap() == (0, 0, 0) && queue_depth(&sqs, &dlq).await.unwrap() == (0, 0, 0)
+    })
+    .await;
+    assert_eq!(worker.stats.tasks_succeeded.load(std::sync::atomic::Ordering::Relaxed), 2);
+    drop(stop);
+}
+
+/// `relay dlq`'s reading of a bundle that SQS's own redrive moved whole (a
+/// worker killed on every delivery): each of its tasks is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_in_the_dead_letter_queue_lists_each_of_its_tasks() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let (url, dlq) = create_queue_with_dlq(&sqs, "bundle-dlq", 3, 60).await.unwrap();
+    let rules = "  - name: one\n    destination: { registry: cluster1-registry, namespace: one }\n  - name: two\n    destination: { registry: cluster1-registry, namespace: two }\n";
+    let config = Config::parse(&stack.config_yaml(rules)).unwrap();
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let tasks = relay_tests::planned_tasks(&config, &stack, "PUSH_ARTIFACT", "lib/app", "v1", &digest);
+    assert_eq!(tasks.len(), 2);
+    send(&sqs, &dlq, &tasks).await;
+    let letters = relay::ops::list_dead_letters(&sqs, &dlq, 10).await.unwrap();
+    assert_eq!(letters.len(), 1, "one message");
+    let listed: Vec<String> =
+        letters[0].tasks.iter().map(|t| t.as_ref().unwrap().destination.repository.to_string()).collect();
+    assert_eq!(listed, ["one/app", "two/app"], "each task, the default flatten applied");
+    // And a redrive moves it back whole, which the worker reads.
+    assert_eq!(relay::ops::redrive(&sqs, &dlq, &url).await.unwrap(), 1);
+    let back = sqs.receive_message().queue_url(&url).wait_time_seconds(2).send().await.unwrap();
+    assert_eq!(relay::bundle::tasks_in(back.messages()[0].body().unwrap()).len(), 2);
+}
+
 /// The `RelayLastError` of `n` dead letters (waiting up to 10 s for them).
 async fn dead_letter_reasons(sqs: &aws_sdk_sqs::Client, dlq: &str, n: usize) -> Vec<String> {
     let mut reasons: Vec<String> = Vec::new();

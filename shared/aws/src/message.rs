@@ -127,8 +127,16 @@ impl Message {
     }
 
     /// The names of the attributes [`Message::with_attributes`] reads.
-    pub const ATTRIBUTES: [&'static str; 8] =
-        [crate::registry::resume::UPLOADS, PARKED, CONTINUATIONS, TRIED_BEFORE, PARKED_SINCE, PARKED_ON, PROBE, DOWN_SINCE];
+    pub const ATTRIBUTES: [&'static str; 8] = [
+        crate::registry::resume::UPLOADS,
+        PARKED,
+        CONTINUATIONS,
+        TRIED_BEFORE,
+        PARKED_SINCE,
+        PARKED_ON,
+        PROBE,
+        DOWN_SINCE,
+    ];
 
     /// The id SQS knows it by: its bundle's for a bundle member.
     pub fn delivered_as(&self) -> &str {

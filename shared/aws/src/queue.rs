@@ -4,8 +4,8 @@
 pub use aws_sdk_sqs::Client as SqsClient;
 use std::time::Duration;
 
-use crate::sqs::{self, Sqs};
 use crate::bundle;
+use crate::sqs::{self, Sqs};
 use crate::task::Task;
 
 /// A task and how long SQS should hold it before delivery.
@@ -178,9 +178,7 @@ mod tests {
         let bodies = messages(&outgoing);
         let held: Vec<Vec<String>> = bodies
             .iter()
-            .map(|b| {
-                bundle::tasks_in(&b.body).into_iter().map(|t| t.unwrap().destination.registry).collect::<Vec<_>>()
-            })
+            .map(|b| bundle::tasks_in(&b.body).into_iter().map(|t| t.unwrap().destination.registry).collect::<Vec<_>>())
             .collect();
         let r = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         let ten: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();

@@ -62,11 +62,14 @@ pub fn bundles(task: &Task) -> bool {
 /// not a bundle (a task, or something the task decoder refuses by name).
 pub fn split(body: &str) -> Option<Result<Vec<String>, TaskError>> {
     #[derive(Deserialize)]
-    struct Version {
+    struct Shape {
         version: Option<serde_json::Value>,
+        tasks: Option<serde::de::IgnoredAny>,
     }
-    let version = serde_json::from_str::<Version>(body).ok()?.version?;
-    if version.as_u64() != Some(u64::from(BUNDLE_VERSION)) {
+    // A task of an unknown version (no `tasks`) is the task decoder's to
+    // refuse, by its version.
+    let shape = serde_json::from_str::<Shape>(body).ok()?;
+    if shape.version?.as_u64() != Some(u64::from(BUNDLE_VERSION)) || shape.tasks.is_none() {
         return None;
     }
     let refused = |why: String| Some(Err(TaskError::Bundle(why)));
@@ -129,12 +132,14 @@ mod tests {
         assert!(matches!(got[1], Err(TaskError::Schema(_))), "{:?}", got[1]);
         for bad in [
             r#"{"version":3,"tasks":[]}"#.to_owned(),
-            r#"{"version":3}"#.to_owned(),
             r#"{"version":3,"tasks":[],"more":1}"#.to_owned(),
             format!(r#"{{"version":3,"tasks":[{}]}}"#, vec![a.encode(); MAX_BUNDLE + 1].join(",")),
         ] {
             assert!(matches!(split(&bad), Some(Err(TaskError::Bundle(_)))), "{bad}");
         }
+        // A version 3 task is refused by its version, as any unknown one.
+        assert!(split(r#"{"version":3,"id":"t"}"#).is_none());
+        assert!(matches!(tasks_in(r#"{"version":3,"id":"t"}"#)[0], Err(TaskError::UnknownVersion(3))));
         // A bundle inside a bundle is no task this worker reads.
         let nested = format!(r#"{{"version":3,"tasks":[{}]}}"#, encode(&[&a]));
         assert!(matches!(tasks_in(&nested)[0], Err(TaskError::UnknownVersion(3))));
