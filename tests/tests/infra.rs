@@ -1456,15 +1456,16 @@ impl Round<'_> {
         assert_eq!(failed, json!([]), "the worker's last warnings and errors:\n{}", worker.problems(12));
     }
 
-    /// The worker takes the `expected` messages on the copy queue in one
-    /// batch; the answer's `batchItemFailures`.
+    /// The worker takes the `expected` tasks on the copy queue (a push's in
+    /// one bundle) in one batch; the answer's `batchItemFailures`.
     async fn batch(&self, worker: &mut relay_tests::runtime_api::KillingRuntime, expected: usize) -> Value {
         use relay_tests::runtime_api::{deliver, receive_batch, Ended};
         self.recorder.set_phase("worker");
-        let mut batch = Vec::new();
-        while batch.len() < expected {
+        let (mut batch, mut tasks) = (Vec::new(), 0);
+        while tasks < expected {
             let got = receive_batch(self.esm, self.copy_queue, std::time::Duration::from_secs(5)).await;
-            assert!(!got.is_empty(), "{} of {expected} tasks enqueued", batch.len());
+            assert!(!got.is_empty(), "{tasks} of {expected} tasks enqueued");
+            tasks += got.iter().map(|m| relay::bundle::tasks_in(m.body().unwrap_or_default()).len()).sum::<usize>();
             batch.extend(got);
         }
         let delivery = deliver(self.esm, self.copy_queue, worker, &batch).await;

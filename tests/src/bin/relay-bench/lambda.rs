@@ -133,5 +133,93 @@ pub async fn run() -> anyhow::Result<()> {
         );
     }
     println!();
+    busy().await
+}
+
+/// Small images queued around the push, each into one destination: their
+/// blobs are read exactly once, so what the source gives beyond them is
+/// the push's.
+const BUSY: usize = 30;
+
+/// Read once per push while other work is queued: the push into N
+/// destinations sits among [`BUSY`] other tasks, and the emulated mapping
+/// (batch size 10) splits the queue over its receives as it comes. The
+/// same run sends the push's tasks one message each (as before bundles)
+/// and as the webhook now does (one bundle).
+async fn busy() -> anyhow::Result<()> {
+    let stack = Stack::load()?;
+    let id = format!("{:08x}", rand::random::<u32>());
+    println!("### Read once per push, with other work queued (batch size 10)\n");
+    println!("A push of a 128 MiB image (2 layers of 64 MiB) into N destinations, enqueued among {BUSY} small single-destination copies (1 MiB each) before the {INSTANCES} instances start; source bytes read for the push = all read − the small copies' blobs (each read once):\n");
+    println!("| N | one message per task | one bundle (as the webhook enqueues) |\n|---|---|---|");
+    for n in [2, 3, 5] {
+        let mut cells = Vec::new();
+        for bundled in [false, true] {
+            let ratio = busy_push(&stack, &format!("lbq{n}{}-{id}", u8::from(bundled)), n, bundled).await?;
+            cells.push(format!("{ratio:.2} × the image"));
+        }
+        println!("| {n} | {} | {} |", cells[0], cells[1]);
+    }
+    println!();
     Ok(())
+}
+
+/// One run of [`busy`]: the push's source reads over the image's size.
+async fn busy_push(stack: &Stack, project: &str, n: usize, bundled: bool) -> anyhow::Result<f64> {
+    let source = stack.source();
+    let big = format!("{project}/big");
+    let img = image::push(&source, &big, "v1", ImageKind::OciImage, 2, 64 * MIB).await?;
+    let mut small = Vec::new();
+    for i in 0..BUSY {
+        small.push(image::push(&source, &format!("{project}/small-{i}"), "v1", ImageKind::OciImage, 1, MIB).await?);
+    }
+    let registries: String = (1..=n)
+        .map(|i| {
+            format!(
+                "  - {{ name: c{i}, url: {}, credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }} }}\n",
+                stack.target_url, stack.target_user
+            )
+        })
+        .collect();
+    let mut rules: String = (1..=n)
+        .map(|i| format!("  - name: to-c{i}\n    filters: {{ name: \"**/big\" }}\n    destination: {{ registry: c{i}, namespace: {project}-{i}, flatten: 0 }}\n"))
+        .collect();
+    rules += &format!("  - name: busy\n    filters: {{ name: \"**/small-*\" }}\n    destination: {{ registry: cluster1-registry, namespace: {project}-busy, flatten: 0 }}\n");
+    let yaml = stack.config_yaml(&rules).replace("rules:\n", &format!("{registries}rules:\n"));
+    let config = Config::parse(&yaml)?;
+    let app = AppBuilder::config(yaml).spawn().await;
+    let host = stack.source_host();
+    let plan =
+        |repo: &str, digest: &str| relay_tests::planned_tasks_on(&config, host, "PUSH_ARTIFACT", repo, "v1", digest);
+    let push = plan(&big, &img.digest);
+    ensure!(push.len() == n, "{} tasks for the push", push.len());
+    // The queue as it stands when the instances start: half the small
+    // copies, the push, the other half.
+    let mut bodies: Vec<String> = Vec::new();
+    let small_body = |i: usize| -> anyhow::Result<String> {
+        let s = &small[i];
+        Ok(plan(&s.repository, &s.digest).pop().context("a task per small image")?.encode())
+    };
+    for i in 0..BUSY / 2 {
+        bodies.push(small_body(i)?);
+    }
+    match bundled {
+        true => bodies.push(relay::bundle::encode(&push.iter().collect::<Vec<_>>())),
+        false => bodies.extend(push.iter().map(|t| t.encode())),
+    }
+    for i in BUSY / 2..BUSY {
+        bodies.push(small_body(i)?);
+    }
+    for body in &bodies {
+        app.sqs.send_message().queue_url(&app.queue_url).message_body(body).send().await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = run_instances(&app, &config, 10, stop.clone()).await?;
+    let started = Instant::now();
+    let succeeded = || workers.iter().map(|w| w.stats.tasks_succeeded.load(Ordering::Relaxed)).sum();
+    crate::reports(succeeded, n + BUSY, started).await?;
+    stop.store(true, Ordering::Relaxed);
+    let read: u64 = workers.iter().map(|w| w.stats.source_bytes.load(Ordering::Relaxed)).sum();
+    let small_bytes: u64 = small.iter().map(|s| s.blob_bytes).sum();
+    Ok(read.saturating_sub(small_bytes) as f64 / img.blob_bytes as f64)
 }
