@@ -160,15 +160,15 @@ impl Worker {
     }
 }
 
-/// Runs `run` for every message, `concurrency` at a time, and returns the
-/// failures; `ended` hears of each message as soon as its run ends (and
-/// whether it succeeded). A panic inside one message's run becomes that
-/// message's failure: its batch neighbours finish and are reported as they
-/// ended, so a bug that one task trips costs that task alone, not a
-/// redelivery of the batch (the release profile unwinds for this, see
-/// Cargo.toml).
+/// Runs `run` for every message, `concurrency` units at a time (the
+/// messages of a unit start together), and returns the failures; `ended`
+/// hears of each message as soon as its run ends (and whether it
+/// succeeded). A panic inside one message's run becomes that message's
+/// failure: its batch neighbours finish and are reported as they ended, so
+/// a bug that one task trips costs that task alone, not a redelivery of the
+/// batch (the release profile unwinds for this, see Cargo.toml).
 async fn each_isolated<T, F, Fut>(
-    messages: Vec<(Message, T)>,
+    units: Vec<Vec<(Message, T)>>,
     concurrency: usize,
     run: F,
     ended: &(dyn Fn(&Message, bool) + Sync),
@@ -177,36 +177,42 @@ where
     F: Fn(Message, T) -> Fut,
     Fut: std::future::Future<Output = Result<(), Failed>>,
 {
-    stream::iter(messages)
-        .map(|(m, with)| {
-            let running = AssertUnwindSafe(run(m.clone(), with)).catch_unwind();
-            async move {
-                let result = running.await;
-                ended(&m, matches!(result, Ok(Ok(()))));
-                let Failed { error, cause, disposition, slices, uploads } = match result {
-                    Ok(Ok(())) => return None,
-                    Ok(Err(failed)) => failed,
-                    Err(panic) => {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "a panic without a message".into());
-                        tracing::error!(message_id = %m.id, outcome = "failed", panic = %what, "task panicked; its batch neighbours go on");
-                        metrics::emit(&[("Function", "worker"), ("Outcome", "failed")], &[("Tasks", 1.0, Unit::Count)]);
-                        let error = format!("task panicked: {what}");
-                        let disposition = Disposition::Retry { retry_after: None };
-                        let cause = FailureCause::Panic;
-                        Failed { error, cause, disposition, slices: Slices::default(), uploads: Vec::new() }
-                    }
-                };
-                Some(Failure { message: Message { uploads, ..m }, error, cause, disposition, slices })
-            }
-        })
+    let run = &run;
+    stream::iter(units)
+        .map(|unit| futures_util::future::join_all(unit.into_iter().map(|(m, with)| isolated(m, with, run, ended))))
         .buffer_unordered(concurrency.max(1))
+        .flat_map(stream::iter)
         .filter_map(|failed| async move { failed })
         .collect()
         .await
+}
+
+/// One message of [`each_isolated`]: its failure, a panic included.
+async fn isolated<T, F, Fut>(m: Message, with: T, run: &F, ended: &(dyn Fn(&Message, bool) + Sync)) -> Option<Failure>
+where
+    F: Fn(Message, T) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Failed>>,
+{
+    let result = AssertUnwindSafe(run(m.clone(), with)).catch_unwind().await;
+    ended(&m, matches!(result, Ok(Ok(()))));
+    let Failed { error, cause, disposition, slices, uploads } = match result {
+        Ok(Ok(())) => return None,
+        Ok(Err(failed)) => failed,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            tracing::error!(message_id = %m.id, outcome = "failed", panic = %what, "task panicked; its batch neighbours go on");
+            metrics::emit(&[("Function", "worker"), ("Outcome", "failed")], &[("Tasks", 1.0, Unit::Count)]);
+            let error = format!("task panicked: {what}");
+            let disposition = Disposition::Retry { retry_after: None };
+            let cause = FailureCause::Panic;
+            Failed { error, cause, disposition, slices: Slices::default(), uploads: Vec::new() }
+        }
+    };
+    Some(Failure { message: Message { uploads, ..m }, error, cause, disposition, slices })
 }
 
 pub use crate::destination::Destination;
@@ -231,8 +237,8 @@ impl Worker {
         ended: &(dyn Fn(&Message, bool) + Sync),
     ) -> Vec<Failure> {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        let (mut batch, bundles) = bundles::split(messages);
-        let fanouts = fanouts(&mut batch);
+        let (batch, bundles) = bundles::split(messages);
+        let (units, fanouts) = fanouts(batch);
         let run = |m: Message, task| {
             let fanout = fanouts.get(&m.id).cloned();
             async move {
@@ -243,7 +249,7 @@ impl Worker {
             }
         };
         let ended = |m: &Message, ok: bool| bundles.ended(m, ok, ended);
-        each_isolated(batch, self.settings.task_concurrency, run, &ended).await
+        each_isolated(units, self.settings.task_concurrency, run, &ended).await
     }
 
     /// Runs one message (in `fanout`'s group when it has one); logs its
@@ -568,7 +574,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_task_fails_alone() {
         let finished = AtomicUsize::new(0);
-        let batch = ["a", "boom", "b", "bad"].map(|id| (message(id), ())).into();
+        let batch = ["a", "boom", "b", "bad"].map(|id| vec![(message(id), ())]).into();
         let ended = std::sync::Mutex::new(Vec::new());
         let tell = |m: &Message, ok: bool| ended.lock().unwrap().push((m.id.clone(), ok));
         let failures = each_isolated(
@@ -608,5 +614,25 @@ mod tests {
         ended.sort();
         let told = [("a", true), ("b", true), ("bad", false), ("boom", false)].map(|(id, ok)| (id.to_owned(), ok));
         assert_eq!(ended, told, "each message's end is told with its success, a panicked one's too");
+    }
+
+    /// A fan-out group's member that starts late reads alone: the members
+    /// of a unit start together, one slot or not.
+    #[tokio::test]
+    async fn a_units_messages_start_together_in_one_slot() {
+        let together = tokio::sync::Barrier::new(3);
+        let units = vec![vec![(message("alone"), ())], ["a", "b", "c"].map(|id| (message(id), ())).into()];
+        let run = |m: Message, ()| {
+            let together = &together;
+            async move {
+                if m.id != "alone" {
+                    together.wait().await;
+                }
+                Ok(())
+            }
+        };
+        let all = each_isolated(units, 1, run, &|_, _| {});
+        let failures = tokio::time::timeout(std::time::Duration::from_secs(5), all).await.expect("a, b and c met");
+        assert!(failures.is_empty());
     }
 }

@@ -14,39 +14,38 @@ pub(super) type Decoded = (Message, Result<Task, TaskError>);
 /// Groups the batch's copy tasks that read the same source artifact into
 /// different destination registries (without a bandwidth limit, which
 /// would hold the others to its rate), one [`Fanout`] per group of two or
-/// more, by message id; moves each group's messages next to each other so
-/// they start together.
-pub(super) fn fanouts(messages: &mut Vec<Decoded>) -> HashMap<String, Arc<Fanout>> {
-    let keys: Vec<_> = messages
-        .iter()
-        .map(|(_, t)| {
-            let t = t.as_ref().ok()?;
+/// more, by message id. Returns the batch as units that start together —
+/// each group one unit, every other message its own — in the order of
+/// each unit's first message: a member that starts after its group's read
+/// began reads alone, so the batch's task slots count units, not tasks.
+pub(super) fn fanouts(messages: Vec<Decoded>) -> (Vec<Vec<Decoded>>, HashMap<String, Arc<Fanout>>) {
+    let mut units: Vec<Vec<Decoded>> = Vec::new();
+    let mut unit_of: HashMap<_, usize> = HashMap::new();
+    let mut groups: HashMap<usize, Vec<(String, String)>> = HashMap::new();
+    for (m, t) in messages {
+        let key = t.as_ref().ok().and_then(|t| {
             let shares = t.action == Action::Copy && t.options.bandwidth_kbps.is_none();
             shares.then(|| (t.source.repository.clone(), t.source.digest.clone(), t.destination.registry.clone()))
-        })
-        .collect();
-    let mut groups: HashMap<_, (usize, Vec<(String, String)>)> = HashMap::new();
-    let mut rank = Vec::with_capacity(messages.len());
-    for (i, ((m, _), key)) in messages.iter().zip(keys).enumerate() {
+        });
         let Some((repository, digest, registry)) = key else {
-            rank.push(i);
+            units.push(vec![(m, t)]);
             continue;
         };
-        let (first, members) = groups.entry((repository, digest)).or_insert((i, Vec::new()));
-        rank.push(*first);
+        let unit = *unit_of.entry((repository, digest)).or_insert_with(|| {
+            units.push(Vec::new());
+            units.len() - 1
+        });
+        let members = groups.entry(unit).or_default();
         // Two tasks into one registry are ordered by its ledger instead.
         if !members.iter().any(|(_, r)| *r == registry) {
             members.push((m.id.clone(), registry));
         }
+        units[unit].push((m, t));
     }
-    // A stable sort by the position of each message's group's first.
-    let mut ranked: Vec<_> = rank.into_iter().zip(std::mem::take(messages)).collect();
-    ranked.sort_by_key(|(first, _)| *first);
-    messages.extend(ranked.into_iter().map(|(_, m)| m));
     let mut fanouts = HashMap::new();
-    for (_, members) in groups.into_values().filter(|(_, m)| m.len() > 1) {
+    for members in groups.into_values().filter(|m| m.len() > 1) {
         let fanout = Fanout::new(members.len());
         fanouts.extend(members.into_iter().map(|(id, _)| (id, fanout.clone())));
     }
-    fanouts
+    (units, fanouts)
 }

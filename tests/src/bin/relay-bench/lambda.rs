@@ -140,6 +140,8 @@ pub async fn run() -> anyhow::Result<()> {
 /// blobs are read exactly once, so what the source gives beyond them is
 /// the push's.
 const BUSY: usize = 30;
+/// Of which this many are queued before the push.
+const BEFORE: usize = 9;
 
 /// Read once per push while other work is queued: the push into N
 /// destinations sits among [`BUSY`] other tasks, and the emulated mapping
@@ -150,7 +152,7 @@ async fn busy() -> anyhow::Result<()> {
     let stack = Stack::load()?;
     let id = format!("{:08x}", rand::random::<u32>());
     println!("### Read once per push, with other work queued (batch size 10)\n");
-    println!("A push of a 128 MiB image (2 layers of 64 MiB) into N destinations, enqueued among {BUSY} small single-destination copies (1 MiB each) before the {INSTANCES} instances start; source bytes read for the push = all read − the small copies' blobs (each read once):\n");
+    println!("A push of a 128 MiB image (2 layers of 64 MiB) into N destinations, enqueued among {BUSY} small single-destination copies (1 MiB each, {BEFORE} of them queued before the push, so that a receive of ten ends inside it) before the {INSTANCES} instances start; source bytes read for the push = all read − the small copies' blobs (each read once):\n");
     println!("| N | one message per task | one bundle (as the webhook enqueues) |\n|---|---|---|");
     for n in [2, 3, 5] {
         let mut cells = Vec::new();
@@ -193,21 +195,22 @@ async fn busy_push(stack: &Stack, project: &str, n: usize, bundled: bool) -> any
         |repo: &str, digest: &str| relay_tests::planned_tasks_on(&config, host, "PUSH_ARTIFACT", repo, "v1", digest);
     let push = plan(&big, &img.digest);
     ensure!(push.len() == n, "{} tasks for the push", push.len());
-    // The queue as it stands when the instances start: half the small
-    // copies, the push, the other half.
+    // The queue as it stands when the instances start: nine small copies,
+    // the push (its first message the tenth, where a receive of ten ends),
+    // the rest.
     let mut bodies: Vec<String> = Vec::new();
     let small_body = |i: usize| -> anyhow::Result<String> {
         let s = &small[i];
         Ok(plan(&s.repository, &s.digest).pop().context("a task per small image")?.encode())
     };
-    for i in 0..BUSY / 2 {
+    for i in 0..BEFORE {
         bodies.push(small_body(i)?);
     }
     match bundled {
         true => bodies.push(relay::bundle::encode(&push.iter().collect::<Vec<_>>())),
         false => bodies.extend(push.iter().map(|t| t.encode())),
     }
-    for i in BUSY / 2..BUSY {
+    for i in BEFORE..BUSY {
         bodies.push(small_body(i)?);
     }
     for body in &bodies {
