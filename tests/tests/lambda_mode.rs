@@ -126,6 +126,23 @@ async fn webhook_lambda_mode_answers_function_url_and_http_api_events() {
     assert_eq!(seen, expected);
 }
 
+/// A destination that answers every request 429 with a Retry-After past
+/// the invocation's end — its task fails with a backoff and is to come back
+/// (a destination that does not answer at all would be parked) — and a
+/// configuration with a rule into it (`limited`) and one into the stack's
+/// registry (`up`), then `more`.
+async fn up_and_limited(stack: &Stack, more: &str) -> (FakeRegistry, String) {
+    let limited = FakeRegistry::start(false).await;
+    for op in [Op::Ping, Op::HeadManifest, Op::PutManifest, Op::HeadBlob, Op::StartUpload] {
+        limited.inject(op, Fault::Status(429, Some("600".into())), 1000);
+    }
+    let rules = format!("  - name: up\n    destination: {{ registry: cluster1-registry }}\n  - name: limited\n    destination: {{ registry: limited-registry }}\n{more}");
+    let yaml = stack
+        .config_yaml(&rules)
+        .replace("rules:\n", &format!("  - name: limited-registry\n    url: {}\nrules:\n", limited.url));
+    (limited, yaml)
+}
+
 /// An SQS event record for a message received from LocalStack, as the
 /// event source mapping delivers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,16 +150,7 @@ async fn worker_lambda_mode_reports_each_failed_message_of_its_batch() {
     let stack = Stack::load().unwrap();
     let sqs = stack.sqs().await;
     let (queue, dlq) = create_queue_with_dlq(&sqs, "lam-work", 5, 60).await.unwrap();
-    // A destination that answers every request 429 with a Retry-After past
-    // the invocation's end: its task fails with a backoff and is to come
-    // back (a destination that does not answer at all would be parked).
-    let limited = FakeRegistry::start(false).await;
-    for op in [Op::Ping, Op::HeadManifest, Op::PutManifest, Op::HeadBlob, Op::StartUpload] {
-        limited.inject(op, Fault::Status(429, Some("600".into())), 1000);
-    }
-    let yaml = stack
-        .config_yaml("  - name: up\n    destination: { registry: cluster1-registry }\n  - name: limited\n    destination: { registry: limited-registry }\n")
-        .replace("rules:\n", &format!("  - name: limited-registry\n    url: {}\nrules:\n", limited.url));
+    let (limited, yaml) = up_and_limited(&stack, "").await;
     let config = config_file(&yaml);
     let parsed = relay::Config::parse(&yaml).unwrap();
 
@@ -490,13 +498,7 @@ async fn worker_lambda_mode_settles_a_bundles_failed_member_apart() {
     let stack = Stack::load().unwrap();
     let sqs = stack.sqs().await;
     let (queue, dlq) = create_queue_with_dlq(&sqs, "lam-bundle", 5, 60).await.unwrap();
-    let limited = FakeRegistry::start(false).await;
-    for op in [Op::Ping, Op::HeadManifest, Op::PutManifest, Op::HeadBlob, Op::StartUpload] {
-        limited.inject(op, Fault::Status(429, Some("600".into())), 1000);
-    }
-    let yaml = stack
-        .config_yaml("  - name: up\n    destination: { registry: cluster1-registry }\n  - name: limited\n    destination: { registry: limited-registry }\nworker: { retry_base_seconds: 1, retry_max_seconds: 2 }\n")
-        .replace("rules:\n", &format!("  - name: limited-registry\n    url: {}\nrules:\n", limited.url));
+    let (_limited, yaml) = up_and_limited(&stack, "worker: { retry_base_seconds: 1, retry_max_seconds: 2 }\n").await;
     let config = config_file(&yaml);
     let parsed = relay::Config::parse(&yaml).unwrap();
     let repo = unique_repo("lam-bundle");

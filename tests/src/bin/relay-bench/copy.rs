@@ -435,6 +435,15 @@ fn fan_config(stack: &Stack) -> anyhow::Result<std::path::PathBuf> {
 /// another wrote) and a rule `to-c<i>` for each, as the worker admits only
 /// the tasks the rules in force produce: `c<i>/<source repository>`.
 pub(crate) fn separate_destinations(stack: &Stack, n: usize) -> String {
+    let rules: String = (1..=n)
+        .map(|i| format!("  - {{ name: to-c{i}, destination: {{ registry: c{i}, namespace: c{i}, flatten: 0 }} }}\n"))
+        .collect();
+    with_registries(stack, n, &rules)
+}
+
+/// The stack's configuration with `rules` and `n` more registry entries,
+/// `c1`… for the same target server.
+pub(crate) fn with_registries(stack: &Stack, n: usize, rules: &str) -> String {
     let registries: String = (1..=n)
         .map(|i| {
             format!(
@@ -443,10 +452,7 @@ pub(crate) fn separate_destinations(stack: &Stack, n: usize) -> String {
             )
         })
         .collect();
-    let rules: String = (1..=n)
-        .map(|i| format!("  - {{ name: to-c{i}, destination: {{ registry: c{i}, namespace: c{i}, flatten: 0 }} }}\n"))
-        .collect();
-    stack.config_yaml(&rules).replace("rules:\n", &format!("{registries}rules:\n"))
+    stack.config_yaml(rules).replace("rules:\n", &format!("{registries}rules:\n"))
 }
 
 /// The 1 GiB image into several destinations by one worker process:

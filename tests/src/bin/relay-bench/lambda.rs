@@ -20,7 +20,7 @@ use relay::{bootstrap, Config};
 use relay_tests::app::{fast_retry, App, AppBuilder};
 use relay_tests::{image, ImageKind, Stack};
 
-use crate::copy::shared_base_images;
+use crate::copy::{shared_base_images, with_registries};
 
 /// Execution environments of the emulated mapping.
 const INSTANCES: usize = 3;
@@ -96,20 +96,12 @@ pub async fn run() -> anyhow::Result<()> {
         // One push into three destinations.
         let repo = format!("lbfan{batch}-{id}/big");
         let img = image::push(&source, &repo, "v1", ImageKind::OciImage, 2, 64 * MIB).await?;
-        let registries: String = (1..=3)
-            .map(|i| {
-                format!(
-                    "  - {{ name: c{i}, url: {}, credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }} }}\n",
-                    stack.target_url, stack.target_user
-                )
-            })
-            .collect();
         let rules: String = (1..=3)
             .map(|i| {
                 format!("  - name: to-c{i}\n    destination: {{ registry: c{i}, namespace: fan{i}, flatten: 0 }}\n")
             })
             .collect();
-        let yaml = stack.config_yaml(&rules).replace("rules:\n", &format!("{registries}rules:\n"));
+        let yaml = with_registries(&stack, 3, &rules);
         let config = Config::parse(&yaml)?;
         let app = AppBuilder::config(yaml).spawn().await;
         let stop = Arc::new(AtomicBool::new(false));
@@ -175,19 +167,11 @@ async fn busy_push(stack: &Stack, project: &str, n: usize, bundled: bool) -> any
     for i in 0..BUSY {
         small.push(image::push(&source, &format!("{project}/small-{i}"), "v1", ImageKind::OciImage, 1, MIB).await?);
     }
-    let registries: String = (1..=n)
-        .map(|i| {
-            format!(
-                "  - {{ name: c{i}, url: {}, credentials: {{ username: {}, password_env: CLUSTER1_PASSWORD }} }}\n",
-                stack.target_url, stack.target_user
-            )
-        })
-        .collect();
     let mut rules: String = (1..=n)
         .map(|i| format!("  - name: to-c{i}\n    filters: {{ name: \"**/big\" }}\n    destination: {{ registry: c{i}, namespace: {project}-{i}, flatten: 0 }}\n"))
         .collect();
     rules += &format!("  - name: busy\n    filters: {{ name: \"**/small-*\" }}\n    destination: {{ registry: cluster1-registry, namespace: {project}-busy, flatten: 0 }}\n");
-    let yaml = stack.config_yaml(&rules).replace("rules:\n", &format!("{registries}rules:\n"));
+    let yaml = with_registries(stack, n, &rules);
     let config = Config::parse(&yaml)?;
     let app = AppBuilder::config(yaml).spawn().await;
     let host = stack.source_host();
