@@ -150,7 +150,7 @@ async fn worker_lambda_mode_reports_each_failed_message_of_its_batch() {
     let stack = Stack::load().unwrap();
     let sqs = stack.sqs().await;
     let (queue, dlq) = create_queue_with_dlq(&sqs, "lam-work", 5, 60).await.unwrap();
-    let (limited, yaml) = up_and_limited(&stack, "").await;
+    let (_limited, yaml) = up_and_limited(&stack, "").await;
     let config = config_file(&yaml);
     let parsed = relay::Config::parse(&yaml).unwrap();
 
