@@ -41,19 +41,21 @@ struct Body {
 /// (and [`bundle::MAX_BUNDLE_BYTES`]), every other task alone.
 fn messages(tasks: &[Outgoing<'_>]) -> Vec<Body> {
     let mut groups: Vec<Vec<&Outgoing<'_>>> = Vec::new();
+    // The group still open for each artifact and delay (a reconcile pass
+    // enqueues thousands of tasks: no scan of every group per task).
+    let mut open: std::collections::HashMap<_, usize> = std::collections::HashMap::new();
     for t in tasks {
-        let joins = |g: &&mut Vec<&Outgoing<'_>>| {
-            let first = g[0];
-            bundle::bundles(t.task)
-                && bundle::bundles(first.task)
-                && first.delay == t.delay
-                && first.task.source.repository == t.task.source.repository
-                && first.task.source.digest == t.task.source.digest
-                && g.len() < bundle::MAX_BUNDLE
-        };
-        match groups.iter_mut().find(joins) {
-            Some(g) => g.push(t),
-            None => groups.push(vec![t]),
+        if !bundle::bundles(t.task) {
+            groups.push(vec![t]);
+            continue;
+        }
+        let key = (&t.task.source.repository, &t.task.source.digest, t.delay);
+        match open.get(&key) {
+            Some(&g) if groups[g].len() < bundle::MAX_BUNDLE => groups[g].push(t),
+            _ => {
+                open.insert(key, groups.len());
+                groups.push(vec![t]);
+            }
         }
     }
     let mut bodies = Vec::new();
