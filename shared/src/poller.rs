@@ -203,7 +203,8 @@ async fn run_batch_in(
     };
     let failed = match settler {
         Some(s) => s.settle(failures).await,
-        None => failures.into_iter().map(|f| f.message.id).collect(),
+        // A bundle member's failure keeps its bundle for redelivery.
+        None => failures.iter().map(|f| f.message.delivered_as().to_owned()).collect(),
     };
     let done: Vec<_> = receipts.iter().filter(|(id, _)| !failed.contains(id) && !deleted.contains(id)).collect();
     delete(queue, &done).await;

@@ -77,6 +77,30 @@ fn messages(tasks: &[Outgoing<'_>]) -> Vec<Body> {
     bodies
 }
 
+/// `messages` in `SendMessageBatch` groups, in order: at most [`BATCH`]
+/// entries and [`BATCH_BYTES`] of bodies each (a bundle may be most of
+/// that alone; SQS refuses a larger batch whole).
+fn batches(messages: &[Body]) -> Vec<&[Body]> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, m) in messages.iter().enumerate() {
+        if i > start && (i - start == BATCH || bytes + m.body.len() > BATCH_BYTES) {
+            groups.push(&messages[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += m.body.len();
+    }
+    if start < messages.len() {
+        groups.push(&messages[start..]);
+    }
+    groups
+}
+
+/// What SQS takes in one `SendMessageBatch`, all bodies together (with
+/// room for the attributes, which the copy queue's messages do not carry
+/// when first sent).
+const BATCH_BYTES: usize = 250 * 1024;
+
 /// SQS accepts at most ten entries per batch.
 const BATCH: usize = 10;
 /// Tries for entries SQS reports as failed.
@@ -104,7 +128,7 @@ impl TaskQueue {
     pub async fn send(&self, tasks: &[Outgoing<'_>]) -> Result<(), EnqueueError> {
         let total = tasks.len();
         let messages = messages(tasks);
-        for group in messages.chunks(BATCH) {
+        for group in batches(&messages) {
             let mut pending: Vec<usize> = (0..group.len()).collect();
             let mut reason = String::new();
             for attempt in 0..ATTEMPTS {
@@ -193,5 +217,21 @@ mod tests {
         assert_eq!(bodies.iter().map(|b| b.tasks).sum::<usize>(), outgoing.len(), "every task is sent");
         assert!(bundle::split(&bodies[1].body).is_none(), "a lone task is sent as a task");
         assert_eq!(bodies[6].delay, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn batches_hold_ten_messages_and_fit_what_sqs_takes() {
+        let body = |len: usize| Body { body: "x".repeat(len), delay: Duration::ZERO, tasks: 1 };
+        let sizes = |messages: &[Body]| -> Vec<usize> { batches(messages).iter().map(|b| b.len()).collect() };
+        let small: Vec<Body> = (0..23).map(|_| body(100)).collect();
+        assert_eq!(sizes(&small), [10, 10, 3]);
+        // Bundles near their cap go one or two at a time, never refused whole.
+        let big: Vec<Body> =
+            [bundle::MAX_BUNDLE_BYTES, 40_000, 40_000, bundle::MAX_BUNDLE_BYTES, 10].into_iter().map(body).collect();
+        assert_eq!(sizes(&big), [2, 3]);
+        for b in batches(&big) {
+            assert!(b.iter().map(|m| m.body.len()).sum::<usize>() <= BATCH_BYTES);
+        }
+        assert!(batches(&[]).is_empty());
     }
 }
