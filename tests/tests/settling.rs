@@ -600,6 +600,33 @@ async fn a_bundle_member_fails_alone_and_is_dead_lettered_and_redriven_as_its_ow
     drop(stop);
 }
 
+/// Without a settler (failures left to the queue's visibility timeout), a
+/// bundle whose member failed is kept for redelivery, not deleted with its
+/// member's failure unsettled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_settler_a_bundle_with_a_failed_member_is_kept() {
+    let stack = Stack::load().unwrap();
+    let sqs = stack.sqs().await;
+    let (url, _dlq) = create_queue_with_dlq(&sqs, "bundle-kept", 3, 60).await.unwrap();
+    let bad = FakeRegistry::start(false).await;
+    bad.inject(Op::PutManifest, Fault::Status(400, None), 1000);
+    let rules = "  - name: to-good\n    destination: { registry: cluster1-registry }\n  - name: to-bad\n    destination: { registry: bad }\n";
+    let yaml =
+        stack.config_yaml(rules).replace("rules:\n", &format!("  - {{ name: bad, url: {} }}\nrules:\n", bad.url));
+    let config = Config::parse(&yaml).unwrap();
+    let repo = unique_repo("bundle-kept");
+    let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
+    let tasks = planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest);
+    send(&sqs, &url, &tasks).await;
+    let worker = bootstrap::worker(&config, &SecretSource::from_process(None), fast_retry()).await.unwrap();
+    let queue = TaskQueue::new(sqs.clone(), url.clone());
+    let messages = relay::poller::receive(&queue, 10, None).await.unwrap();
+    assert_eq!(messages.len(), 1, "one bundle");
+    relay::poller::run_batch(&queue, &worker, None, &PollOptions::default(), messages).await;
+    assert_eq!(stack.target().digest_at(&repo, "v1").await.unwrap().as_deref(), Some(img.digest.as_str()));
+    assert_eq!(queue_depth(&sqs, &url).await.unwrap(), (0, 1, 0), "the bundle waits for its visibility timeout");
+}
+
 /// `relay dlq`'s reading of a bundle that SQS's own redrive moved whole (a
 /// worker killed on every delivery): each of its tasks is listed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
