@@ -645,6 +645,22 @@ async fn a_bundle_in_the_dead_letter_queue_lists_each_of_its_tasks() {
     let listed: Vec<String> =
         letters[0].tasks.iter().map(|t| t.as_ref().unwrap().destination.repository.to_string()).collect();
     assert_eq!(listed, ["one/app", "two/app"], "each task, the default flatten applied");
+    // As `relay dlq --list` shows it, in JSON and as text.
+    let relay = |output: &str| {
+        let out = std::process::Command::new(relay_tests::workspace_binary("relay"))
+            .args(["dlq", "--list", "--queue-url", &url, "--dlq-url", &dlq, "--output", output])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(&relay("json")).unwrap();
+    let tasks: Vec<&str> =
+        json[0]["tasks"].as_array().unwrap().iter().map(|t| t["destination"]["repository"].as_str().unwrap()).collect();
+    assert_eq!(tasks, ["one/app", "two/app"], "{json}");
+    assert!(json[0]["task"].is_null(), "a bundle is no one task: {json}");
+    let text = relay("table");
+    assert_eq!(text.lines().filter(|l| l.contains("-> cluster1-registry/")).count(), 2, "{text}");
     // And a redrive moves it back whole, which the worker reads.
     assert_eq!(relay::ops::redrive(&sqs, &dlq, &url).await.unwrap(), 1);
     let back = sqs.receive_message().queue_url(&url).wait_time_seconds(2).send().await.unwrap();

@@ -121,30 +121,10 @@ impl Settler {
                         redeliver.push(again);
                     }
                 }
-                Disposition::Park { source } => {
-                    let Some(parking) = &self.parking else {
-                        let delay = self.timing.park_delay(f.message.parked);
-                        if !self.requeue(&f.message, delay, Requeue::Parked).await {
-                            redeliver.push(again);
-                        }
-                        continue;
-                    };
-                    let registry = if source { SOURCE } else { f.slices.registry.as_str() };
-                    match parking.park(&f.message, registry).await {
-                        Parked::Waiting => {}
-                        Parked::Refused => redeliver.push(again),
-                        Parked::TooLong => dead.push(Failure {
-                            error: format!(
-                                "parked for more than {} s waiting for registry {registry:?}; last: {}",
-                                parking.limit.as_secs(),
-                                f.error
-                            ),
-                            cause: FailureCause::ParkedTooLong,
-                            disposition: Disposition::Permanent,
-                            ..f
-                        }),
-                    }
-                }
+                Disposition::Park { source } => match self.park(f, source).await {
+                    Ok(parked) => redeliver.extend((!parked).then_some(again)),
+                    Err(too_long) => dead.push(too_long),
+                },
                 Disposition::Retry { .. } | Disposition::Continue if last => dead.push(f),
                 Disposition::Retry { retry_after } => redeliver.extend(self.retry(&f, retry_after).await),
                 Disposition::Continue => redeliver.extend(self.retry(&f, None).await),
@@ -168,6 +148,32 @@ impl Settler {
         let unsent = dead.iter().filter(|f| unsent.contains(&f.message.id));
         redeliver.extend(unsent.map(|f| f.message.delivered_as().to_owned()));
         distinct(redeliver)
+    }
+
+    /// A task whose registry is unavailable waits in the parking lot, or
+    /// without one in a fresh message delayed by its parkings. `Ok(false)`:
+    /// it could not, its message is to be redelivered; `Err`: parked past
+    /// the limit, to be dead-lettered.
+    async fn park(&self, f: Failure, source: bool) -> Result<bool, Failure> {
+        let Some(parking) = &self.parking else {
+            let delay = self.timing.park_delay(f.message.parked);
+            return Ok(self.requeue(&f.message, delay, Requeue::Parked).await);
+        };
+        let registry = if source { SOURCE } else { f.slices.registry.as_str() };
+        match parking.park(&f.message, registry).await {
+            Parked::Waiting => Ok(true),
+            Parked::Refused => Ok(false),
+            Parked::TooLong => Err(Failure {
+                error: format!(
+                    "parked for more than {} s waiting for registry {registry:?}; last: {}",
+                    parking.limit.as_secs(),
+                    f.error
+                ),
+                cause: FailureCause::ParkedTooLong,
+                disposition: Disposition::Permanent,
+                ..f
+            }),
+        }
     }
 
     /// A failed attempt that another may fix, after a backoff: its
