@@ -143,6 +143,26 @@ async fn up_and_limited(stack: &Stack, more: &str) -> (FakeRegistry, String) {
     (limited, yaml)
 }
 
+/// One invocation of the worker function under the emulator with `event`
+/// (SQS records of `queue`): its answer and its output.
+async fn worker_invocation(config: &TempFile, queue: &str, dlq: &str, event: &Value) -> (Value, String) {
+    let emulator = Emulator::start().await;
+    let function = emulator.spawn(
+        "worker",
+        &[
+            ("RELAY_CONFIG", config.arg()),
+            ("RELAY_QUEUE_URL", queue.to_owned()),
+            ("RELAY_DLQ_URL", dlq.to_owned()),
+            // Short, so the 429's wait (capped at a minute) does not fit.
+            ("RELAY_FUNCTION_TIMEOUT_SECONDS", "30".into()),
+        ],
+    );
+    let (status, answer) = emulator.invoke(event).await;
+    let logs = function.output();
+    assert_eq!(status, 200, "{answer}\n{logs}");
+    (answer, logs)
+}
+
 /// An SQS event record for a message received from LocalStack, as the
 /// event source mapping delivers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,20 +198,7 @@ async fn worker_lambda_mode_reports_each_failed_message_of_its_batch() {
     let arn = queue_arn(&queue);
     let event = json!({ "Records": messages.iter().map(|m| sqs_record(m, &arn)).collect::<Vec<_>>() });
 
-    let emulator = Emulator::start().await;
-    let function = emulator.spawn(
-        "worker",
-        &[
-            ("RELAY_CONFIG", config.arg()),
-            ("RELAY_QUEUE_URL", queue.clone()),
-            ("RELAY_DLQ_URL", dlq.clone()),
-            // Short, so the 429's wait (capped at a minute) does not fit.
-            ("RELAY_FUNCTION_TIMEOUT_SECONDS", "30".into()),
-        ],
-    );
-    let (status, answer) = emulator.invoke(&event).await;
-    let logs = function.output();
-    assert_eq!(status, 200, "{answer}\n{logs}");
+    let (answer, logs) = worker_invocation(&config, &queue, &dlq, &event).await;
 
     // Exactly the message whose destination refused for now comes back.
     let failed: Vec<&str> = answer["batchItemFailures"]
@@ -511,19 +518,7 @@ async fn worker_lambda_mode_settles_a_bundles_failed_member_apart() {
     assert_eq!(relay::bundle::tasks_in(messages[0].body().unwrap()).len(), 2);
     let event = json!({ "Records": [sqs_record(&messages[0], &queue_arn(&queue))] });
 
-    let emulator = Emulator::start().await;
-    let function = emulator.spawn(
-        "worker",
-        &[
-            ("RELAY_CONFIG", config.arg()),
-            ("RELAY_QUEUE_URL", queue.clone()),
-            ("RELAY_DLQ_URL", dlq.clone()),
-            ("RELAY_FUNCTION_TIMEOUT_SECONDS", "30".into()),
-        ],
-    );
-    let (status, answer) = emulator.invoke(&event).await;
-    let logs = function.output();
-    assert_eq!(status, 200, "{answer}\n{logs}");
+    let (answer, logs) = worker_invocation(&config, &queue, &dlq, &event).await;
     let reported = answer["batchItemFailures"].as_array().map_or(0, Vec::len);
     assert_eq!(reported, 0, "the bundle is settled, not redelivered: {answer}\n{logs}");
     assert_eq!(stack.target().digest_at(&repo, "v1").await.unwrap().as_deref(), Some(img.digest.as_str()));
