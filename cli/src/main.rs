@@ -22,7 +22,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use relay::bootstrap;
 use relay::ops::{self, Selection};
-use relay::queue::{Outgoing, TaskQueue};
+use relay::queue::TaskQueue;
 use relay::registry::retry::RetryPolicy;
 use relay::secrets::SecretSource;
 
@@ -251,8 +251,7 @@ impl Planning {
                 .queue_url
                 .as_deref()
                 .context("--queue-url or RELAY_QUEUE_URL is needed to enqueue (or use --dry-run)")?;
-            let outgoing: Vec<_> = tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
-            TaskQueue::new(sqs, url).send(&outgoing).await?;
+            TaskQueue::new(sqs, url).send_now(&tasks).await?;
         }
         Ok(serde_json::to_value(tasks)?)
     }

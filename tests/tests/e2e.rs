@@ -216,7 +216,6 @@ async fn a_source_robot_secret_rotated_in_place_needs_no_restart() {
     use relay::task::Action;
     use relay_tests::fake::{FakeRegistry, Op};
     use std::sync::atomic::Ordering::Relaxed;
-    use std::time::Duration;
 
     let stack = Stack::load().unwrap();
     let (_, sm) = bootstrap::aws_clients().await;
@@ -322,9 +321,7 @@ async fn a_source_robot_secret_rotated_in_place_needs_no_restart() {
         .collect();
     assert_eq!(planned, vec![(Action::Copy, app_repo.clone(), vec!["v3".to_owned()])]);
     let queue = relay::queue::TaskQueue::new(app.sqs.clone(), app.queue_url.clone());
-    let outgoing: Vec<_> =
-        pass.tasks.iter().map(|task| relay::queue::Outgoing { task, delay: Duration::ZERO }).collect();
-    queue.send(&outgoing).await.unwrap();
+    queue.send_now(&pass.tasks).await.unwrap();
     drained(&app).await;
     app.wait_at_target(&app_repo, "v3").await;
     assert_eq!(target.digest_at(&app_repo, "v3").await.unwrap(), Some(drift.digest.clone()));

@@ -511,8 +511,7 @@ async fn worker_lambda_mode_settles_a_bundles_failed_member_apart() {
     let repo = unique_repo("lam-bundle");
     let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 2, 64 * 1024).await.unwrap();
     let tasks = planned_tasks(&parsed, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest);
-    let outgoing: Vec<_> = tasks.iter().map(|task| relay::queue::Outgoing { task, delay: Duration::ZERO }).collect();
-    relay::queue::TaskQueue::new(sqs.clone(), queue.clone()).send(&outgoing).await.unwrap();
+    relay::queue::TaskQueue::new(sqs.clone(), queue.clone()).send_now(&tasks).await.unwrap();
     let messages = receive(&sqs, &queue).await;
     assert_eq!(messages.len(), 1, "one message for both destinations");
     assert_eq!(relay::bundle::tasks_in(messages[0].body().unwrap()).len(), 2);

@@ -63,7 +63,7 @@ async fn poison_messages_reach_the_dlq_and_good_ones_are_deleted() {
     let img = image::push(&stack.source(), &repo, "v1", ImageKind::OciImage, 1, 4096).await.unwrap();
     let good = planned_tasks(&config, &stack, "PUSH_ARTIFACT", &repo, "v1", &img.digest);
     let queue = TaskQueue::new(sqs.clone(), url.clone());
-    queue.send(&good.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect::<Vec<_>>()).await.unwrap();
+    queue.send_now(&good).await.unwrap();
     sqs.send_message().queue_url(&url).message_body("{\"version\": 99}").send().await.unwrap();
 
     let dead_letters = relay::dead_letter::DeadLetters::discover(&sqs, &url, None).await.expect("redrive policy");
@@ -328,8 +328,7 @@ async fn a_finished_task_frees_its_slot_while_its_batch_neighbour_runs() {
     let queue = TaskQueue::new(sqs.clone(), url.clone());
     // Sent before the poller starts: its first receive (two free slots)
     // takes both, in one batch.
-    let first_two: Vec<_> = tasks[..2].iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
-    queue.send(&first_two).await.unwrap();
+    queue.send_now(&tasks[..2]).await.unwrap();
     let batches_before = w.stats.batches.load(Ordering::Relaxed);
     let (stop, poller) = start_polling(&stack, &config, &w, &url).await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -383,8 +382,7 @@ async fn a_copy_longer_than_the_visibility_timeout_is_not_delivered_again() {
     // The long task's blob read takes 7 s: three and a half visibility timeouts.
     src.inject(Op::GetBlob, Fault::Hold(Duration::from_secs(7)), 1);
     // Sent before the poller starts: one batch.
-    let both: Vec<_> = tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
-    TaskQueue::new(sqs.clone(), url.clone()).send(&both).await.unwrap();
+    TaskQueue::new(sqs.clone(), url.clone()).send_now(&tasks).await.unwrap();
     let batches_before = w.stats.batches.load(Ordering::Relaxed);
     let (stop, poller) = start_polling(&stack, &config, &w, &url).await;
     let target = stack.target();

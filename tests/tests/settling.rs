@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay::poller::PollOptions;
-use relay::queue::{Outgoing, TaskQueue};
+use relay::queue::TaskQueue;
 use relay::secrets::SecretSource;
 use relay::settle::{Settler, Timing};
 use relay::worker::Worker;
@@ -44,9 +44,7 @@ async fn poll(
 }
 
 async fn send(sqs: &aws_sdk_sqs::Client, url: &str, tasks: &[Task]) {
-    let queue = TaskQueue::new(sqs.clone(), url.to_owned());
-    let out: Vec<_> = tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
-    queue.send(&out).await.unwrap();
+    TaskQueue::new(sqs.clone(), url.to_owned()).send_now(tasks).await.unwrap();
 }
 
 /// Waits until `done` holds, failing after `limit` with `what`.

@@ -119,6 +119,12 @@ impl TaskQueue {
         &self.sqs
     }
 
+    /// [`TaskQueue::send`] for tasks delivered at once.
+    pub async fn send_now(&self, tasks: &[Task]) -> Result<(), EnqueueError> {
+        let now: Vec<Outgoing> = tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
+        self.send(&now).await
+    }
+
     /// Enqueues every task or returns an error naming how many were not.
     /// Tasks already accepted stay enqueued; a retry by Harbor may enqueue
     /// them again, which the idempotent worker absorbs. The copy tasks of

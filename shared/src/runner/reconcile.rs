@@ -16,7 +16,7 @@ use crate::bootstrap;
 use crate::config::Config;
 use crate::harbor_webhooks::{self, Change, PayloadFormat, Tally, WebhookPolicy, DEFAULT_POLICY_NAME};
 use crate::metrics::{self, Unit};
-use crate::queue::{Outgoing, TaskQueue};
+use crate::queue::TaskQueue;
 use crate::reconcile::{CursorStore, Reconciler};
 use crate::registry::retry::RetryPolicy;
 use crate::reload::{Built, Reloading};
@@ -116,9 +116,8 @@ async fn pass(app: &App, stop_at: Option<Instant>) -> Result<serde_json::Value, 
     };
     let reconciler = Reconciler::new(&app.config, &app.worker, 1000);
     let pass = reconciler.pass(after.as_deref(), stop_at).await.map_err(|e| failed(&e))?;
-    let outgoing: Vec<_> = pass.tasks.iter().map(|task| Outgoing { task, delay: Duration::ZERO }).collect();
-    app.queue.send(&outgoing).await.map_err(|e| failed(&e))?;
-    pass.emit_metrics(outgoing.len(), started.elapsed());
+    app.queue.send_now(&pass.tasks).await.map_err(|e| failed(&e))?;
+    pass.emit_metrics(pass.tasks.len(), started.elapsed());
     if let Some(c) = &app.cursor {
         c.save(pass.cursor.as_deref()).await.map_err(|e| failed(&e))?;
     }
