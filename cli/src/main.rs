@@ -251,7 +251,7 @@ impl Planning {
                 .queue_url
                 .as_deref()
                 .context("--queue-url or RELAY_QUEUE_URL is needed to enqueue (or use --dry-run)")?;
-            TaskQueue::new(sqs, url).send_now(&tasks).await?;
+            TaskQueue::new(sqs, url).send_now(tasks).await?;
         }
         Ok(serde_json::to_value(tasks)?)
     }
