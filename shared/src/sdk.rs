@@ -17,7 +17,12 @@ use crate::settings::Environment;
 /// once.
 pub async fn aws_config() -> aws_config::SdkConfig {
     static SDK: tokio::sync::OnceCell<aws_config::SdkConfig> = tokio::sync::OnceCell::const_new();
-    SDK.get_or_init(|| aws_config::from_env().timeout_config(aws_timeouts()).load()).await.clone()
+    SDK.get_or_init(|| loader().load()).await.clone()
+}
+
+/// The SDK's loader with the relay's HTTP client and timeouts.
+fn loader() -> aws_config::ConfigLoader {
+    aws_config::from_env().http_client(relay_aws::sdk_http::http_client()).timeout_config(aws_timeouts())
 }
 
 /// Every AWS call's bounds ([`AWS_CONNECT_TIMEOUT`], [`AWS_ATTEMPT_TIMEOUT`]).
@@ -34,7 +39,7 @@ fn aws_timeouts() -> aws_config::timeout::TimeoutConfig {
 /// builder: a harness points the relay at a local stand-in without setting
 /// the process's environment.
 pub async fn aws_config_of(env: &Environment) -> aws_config::SdkConfig {
-    let mut loader = aws_config::from_env().timeout_config(aws_timeouts());
+    let mut loader = loader();
     if let Some(region) = env.get("AWS_REGION") {
         loader = loader.region(aws_sdk_sqs::config::Region::new(region.to_owned()));
     }

@@ -3,7 +3,8 @@
 //! a failed task is settled (`settle`: backoff, the dead-letter queue in
 //! `dead_letter`, the parking lot in `parking`), credentials from Secrets
 //! Manager and ECR (`secrets`, `ecr`), the record of written tags in S3
-//! (`written`), and CloudWatch's metrics and logs (`metrics`, `telemetry`).
+//! (`written`), CloudWatch's metrics and logs (`metrics`, `telemetry`), and
+//! the SDK's HTTP client (`sdk_http`).
 //! No Harbor here, and no worker: those live in the crate `relay`.
 
 // The lower crates' modules, where this crate's modules have always found
@@ -18,6 +19,7 @@ pub mod message;
 pub mod metrics;
 pub mod parking;
 pub mod queue;
+pub mod sdk_http;
 pub mod secrets;
 pub mod settle;
 pub mod sqs;
