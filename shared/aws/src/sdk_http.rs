@@ -2,10 +2,10 @@
 //! already runs on, instead of the SDK's default client (hyper-util with
 //! HTTP/2 and a TLS set-up of its own). Every AWS endpoint the relay calls
 //! (SQS, Secrets Manager, SSM, S3, ECR, CloudWatch Logs, STS, the instance
-//! metadata) answers HTTP/1.1, so the second stack was code the binary
-//! carried and never ran: about 0.4 MB of text, which the long-running
-//! worker mostly holds resident (the kernel maps code pages with their
-//! neighbours). BENCHMARKS.md has the figures.
+//! metadata) accepts HTTP/1.1, which is what calls now use; the second
+//! stack was 0.8 MB of the worker's text, which the long-running worker
+//! mostly held resident (the kernel maps code pages with their
+//! neighbours). BENCHMARKS.md has the figures (issue 31, third pass).
 //!
 //! Bodies stream both ways; the SDK keeps its own retries, attempt
 //! timeouts and signing, and this client applies the connect and read

@@ -610,6 +610,18 @@ mod tests {
         assert!(error_of(&source).contains("source.credentials.password`: inline passwords"));
     }
 
+    /// The record of written tags keys each tag under its registry's name:
+    /// a name of dots only would be a `.` or `..` path segment, which URLs
+    /// fold away before S3 sees them.
+    #[test]
+    fn a_registry_name_of_dots_only_is_refused() {
+        for name in ["'.'", "'..'", "'...'"] {
+            let err = error_of(&BASE.replace("name: r,", &format!("name: {name},")));
+            assert!(err.contains("registries[0].name`") && err.contains("dots only"), "{name}: {err}");
+        }
+        assert!(Config::parse(&BASE.replace("name: r,", "name: 'r.1',")).is_ok());
+    }
+
     #[test]
     fn a_url_without_a_scheme_says_what_to_write() {
         let source = |url: &str| error_of(&BASE.replace("'http://h:1'", &format!("'{url}'")));

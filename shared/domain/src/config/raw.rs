@@ -198,6 +198,17 @@ impl RawRegistry {
         if r.name == "source" {
             return Err(ConfigError::invalid(format!("{field}.name"), "`source` is the source's name; pick another"));
         }
+        // The name is the first path segment of the record's S3 keys
+        // (`written`): `.` and `..` would be read as the path's dots.
+        if r.name.chars().all(|c| c == '.') {
+            return Err(ConfigError::invalid(
+                format!("{field}.name"),
+                format!(
+                    "{:?}: a name of dots only is not accepted (it is a path segment of the record's keys)",
+                    r.name
+                ),
+            ));
+        }
         if !names.insert(r.name.clone()) {
             return Err(ConfigError::invalid(format!("{field}.name"), format!("duplicate registry name {:?}", r.name)));
         }
