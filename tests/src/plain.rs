@@ -39,18 +39,25 @@ impl PlainRegistry {
     /// Uploads a blob (POST + one PUT); returns its digest.
     pub async fn put_blob(&self, repo: &str, bytes: bytes::Bytes) -> anyhow::Result<String> {
         let digest = sha256(&bytes);
+        self.put_blob_body(repo, &digest, bytes.into()).await?;
+        Ok(digest)
+    }
+
+    /// Uploads a blob of a known digest from any body, e.g. a stream of
+    /// another registry's [`PlainRegistry::blob_body`] (POST + one PUT).
+    pub async fn put_blob_body(&self, repo: &str, digest: &str, body: reqwest::Body) -> anyhow::Result<()> {
         let resp = self.req(reqwest::Method::POST, &format!("{}/v2/{repo}/blobs/uploads/", self.base)).send().await?;
         if resp.status() != StatusCode::ACCEPTED {
             bail!("POST upload: {}", resp.status());
         }
         let loc = resp.headers().get("location").context("no Location")?.to_str()?.to_owned();
         let mut url = reqwest::Url::parse(&self.base)?.join(&loc)?;
-        url.query_pairs_mut().append_pair("digest", &digest);
-        let resp = self.req(reqwest::Method::PUT, url.as_str()).body(bytes).send().await?;
+        url.query_pairs_mut().append_pair("digest", digest);
+        let resp = self.req(reqwest::Method::PUT, url.as_str()).body(body).send().await?;
         if resp.status() != StatusCode::CREATED {
             bail!("PUT blob: {} {}", resp.status(), resp.text().await.unwrap_or_default());
         }
-        Ok(digest)
+        Ok(())
     }
 
     /// Links a blob of `from` into `repo` (cross-repository mount).
@@ -119,6 +126,15 @@ impl PlainRegistry {
             bail!("GET blob {digest}: {}", resp.status());
         }
         Ok(Some(resp.bytes().await?.to_vec()))
+    }
+
+    /// A blob's bytes as a body that streams them as they arrive.
+    pub async fn blob_body(&self, repo: &str, digest: &str) -> anyhow::Result<reqwest::Body> {
+        let resp = self.req(reqwest::Method::GET, &format!("{}/v2/{repo}/blobs/{digest}", self.base)).send().await?;
+        if resp.status() != StatusCode::OK {
+            bail!("GET blob {digest}: {}", resp.status());
+        }
+        Ok(reqwest::Body::wrap_stream(resp.bytes_stream()))
     }
 
     pub async fn delete_manifest(&self, repo: &str, digest: &str) -> anyhow::Result<StatusCode> {

@@ -11,21 +11,20 @@ use relay::secrets::SecretSource;
 use relay::task::{Action, CopyOptions, DestinationArtifact, EventRef, SourceArtifact, Task, TASK_VERSION};
 use relay::worker::Message;
 use relay::{bootstrap, Config};
-use relay_tests::app::AppBuilder;
 use relay_tests::{image, ImageKind, Stack};
 
 pub(crate) const MIB: usize = 1024 * 1024;
 
 /// Harbor's default `jobservice.max_job_workers`: webhooks of concurrent
 /// pushes are delivered this many at a time.
-const HARBOR_JOB_WORKERS: usize = 10;
+pub(crate) const HARBOR_JOB_WORKERS: usize = 10;
 
 /// Wall time, peak RSS (KiB) and stdout of a child process.
 pub(crate) struct Measured {
     pub(crate) wall: Duration,
     /// VmHWM of the child's own memory image, polled from /proc while it
     /// runs (getrusage's ru_maxrss would include the pre-exec parent's).
-    max_rss_kib: i64,
+    pub(crate) max_rss_kib: i64,
     /// The anonymous part of the resident set (heap, stacks), its largest
     /// sample: VmHWM also counts the binary's own code pages, some 10 MiB
     /// here, and how many of those a run maps moves between builds.
@@ -49,17 +48,17 @@ pub(crate) fn status_kib(pid: u32, field: &str) -> Option<i64> {
 /// Over a run, they say whether the cores were the limit, and whose work
 /// filled them.
 #[derive(Debug, Clone, Copy)]
-struct Cpu {
-    busy: f64,
-    iowait: f64,
-    target: f64,
-    source: f64,
-    localstack: f64,
-    own: f64,
+pub(crate) struct Cpu {
+    pub(crate) busy: f64,
+    pub(crate) iowait: f64,
+    pub(crate) target: f64,
+    pub(crate) source: f64,
+    pub(crate) localstack: f64,
+    pub(crate) own: f64,
 }
 
 impl Cpu {
-    fn now() -> anyhow::Result<Cpu> {
+    pub(crate) fn now() -> anyhow::Result<Cpu> {
         let stat = std::fs::read_to_string("/proc/stat")?;
         let line = stat.lines().next().context("/proc/stat")?;
         let ticks: Vec<f64> = line.split_whitespace().skip(1).map(|t| t.parse().unwrap_or(0.0)).collect();
@@ -77,7 +76,7 @@ impl Cpu {
     }
 
     /// What was used since `before`.
-    fn since(self, before: Cpu) -> Cpu {
+    pub(crate) fn since(self, before: Cpu) -> Cpu {
         Cpu {
             busy: self.busy - before.busy,
             iowait: self.iowait - before.iowait,
@@ -94,8 +93,18 @@ fn clock_ticks() -> f64 {
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+/// The machine's cores, whatever this process's affinity.
+pub(crate) fn cores() -> usize {
+    // SAFETY: sysconf only reads a configuration value.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(online).unwrap_or(1).max(1)
+}
+
+/// How many times a comparison is run (`RELAY_BENCH_ROUNDS`, 3 unless
+/// set): one run's ratio moves with the machine's state by more than a
+/// 5 % goal, the median of several less.
+pub(crate) fn rounds() -> usize {
+    std::env::var("RELAY_BENCH_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(3usize).max(1)
 }
 
 /// CPU seconds the stack's process `name` has used so far (its threads
@@ -194,7 +203,7 @@ pub(crate) fn measure(mut cmd: Command) -> anyhow::Result<Measured> {
     Ok(Measured { wall, max_rss_kib: reported.unwrap_or(polled), max_anon_kib, stdout })
 }
 
-fn skopeo(stack: &Stack, src: &str, dst: &str) -> Command {
+pub(crate) fn skopeo(stack: &Stack, src: &str, dst: &str) -> Command {
     let mut c = Command::new("skopeo");
     c.args(["copy", "--all", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", "--dest-creds"])
         .arg(format!("{}:{}", stack.target_user, stack.target_password))
@@ -212,7 +221,7 @@ pub(crate) fn relay_once(config: &std::path::Path, src_repo: &str, tag: &str, ds
 /// Raw HTTP: every blob GET from the source piped by curl into a POST+PUT
 /// at the destination, all blobs into every repository of `dst_repos` at
 /// once (a read of its own for each).
-fn curl_all(stack: &Stack, src_repo: &str, dst_repos: &[String], blobs: &[(String, u64)]) -> Command {
+pub(crate) fn curl_all(stack: &Stack, src_repo: &str, dst_repos: &[String], blobs: &[(String, u64)]) -> Command {
     let creds = format!("{}:{}", stack.target_user, stack.target_password);
     let mut script = String::from("set -o pipefail\npids=()\n");
     for ((d, size), dst_repo) in dst_repos.iter().flat_map(|r| blobs.iter().map(move |b| (b, r))) {
@@ -255,7 +264,7 @@ pub async fn run() -> anyhow::Result<()> {
     // The raw copy and the relay's, in pairs into fresh repositories, the
     // order swapped each round: one pair's ratio moves with the machine's
     // state by more than the 1.05 × goal, the median of several less.
-    let rounds = std::env::var("RELAY_BENCH_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(3usize).max(1);
+    let rounds = rounds();
     let mut pairs = Vec::new();
     for round in 0..rounds {
         let (curl_repo, relay_repo) = (format!("curl-{id}-{round}/big"), format!("relay-{id}-{round}/big"));
@@ -343,7 +352,7 @@ async fn blob_sizes(stack: &Stack, repo: &str, tag: &str) -> anyhow::Result<Vec<
 }
 
 /// (digest, size) of an image manifest's config and layers.
-fn blobs_of(manifest: &[u8]) -> anyhow::Result<Vec<(String, u64)>> {
+pub(crate) fn blobs_of(manifest: &[u8]) -> anyhow::Result<Vec<(String, u64)>> {
     let v: serde_json::Value = serde_json::from_slice(manifest)?;
     Ok(std::iter::once(&v["config"])
         .chain(v["layers"].as_array().into_iter().flatten())
@@ -667,296 +676,6 @@ pub async fn copy_many(args: &[String]) -> anyhow::Result<()> {
         })
     );
     Ok(())
-}
-
-/// 20 images sharing two large base layers, 20 repositories of one project.
-pub async fn shared() -> anyhow::Result<()> {
-    let stack = Stack::load()?;
-    let id = run_id();
-    let project = format!("shared-{id}");
-    let source = stack.source();
-    let unique_bytes = shared_base_images(&stack, &project).await?;
-    // skopeo, one image after another.
-    let skopeo_cpu = Cpu::now()?;
-    let started = Instant::now();
-    let mut skopeo_rss = 0;
-    for i in 0..20 {
-        let m = measure(skopeo(&stack, &format!("{project}/app-{i}:v1"), &format!("skopeo-{id}/app-{i}:v1")))?;
-        skopeo_rss = skopeo_rss.max(m.max_rss_kib);
-    }
-    let skopeo_wall = started.elapsed();
-    let skopeo_cpu = Cpu::now()?.since(skopeo_cpu);
-    // The floor under any copy of them: the two base layers alone, piped by
-    // curl into a repository of their own.
-    let (first, raw) = (format!("{project}/app-0"), format!("raw-{id}/base"));
-    let base: Vec<_> =
-        blob_sizes(&stack, &first, "v1").await?.into_iter().filter(|(_, size)| *size == (64 * MIB) as u64).collect();
-    anyhow::ensure!(base.len() == 2, "two base layers expected, found {}", base.len());
-    let raw_base = measure(curl_all(&stack, &first, std::slice::from_ref(&raw), &base))?;
-    for (d, _) in &base {
-        anyhow::ensure!(stack.target().blob_exists(&raw, d).await?, "curl did not copy {d}");
-    }
-
-    let job = SharedJob::read(&stack, &project).await?;
-    let floor_cpu = Cpu::now()?;
-    let fewest_together = job.fewest_requests(&stack, &format!("fewest-{id}"), false).await?;
-    let floor_cpu = Cpu::now()?.since(floor_cpu);
-    let fewest_base_first = job.fewest_requests(&stack, &format!("fewest-first-{id}"), true).await?;
-
-    // The whole pipeline: 20 webhook deliveries → SQS → worker.
-    let app = AppBuilder::rules(
-        "  - name: all\n    destination: { registry: cluster1-registry, namespace: relay, flatten: 0 }\n",
-    )
-    .with_worker()
-    .spawn()
-    .await;
-    // Harbor's payload carries the digest: read before the clock starts.
-    let mut pushed = Vec::new();
-    for i in 0..20 {
-        let repo = format!("{project}/app-{i}");
-        let (_, bytes) = source.get_manifest(&repo, "v1").await?.context("manifest")?;
-        pushed.push((repo, relay_tests::plain::sha256(&bytes)));
-    }
-    let worker = app.worker.as_ref().expect("worker");
-    let stats = &worker.stats;
-    let to_target = || worker.destinations.get("cluster1-registry").map_or(0, |d| d.client.requests());
-    let (target_requests, source_requests) = (to_target(), worker.source.requests());
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    let relay_cpu = Cpu::now()?;
-    let started = Instant::now();
-    // Harbor's job service delivers webhooks on its worker pool
-    // (`jobservice.max_job_workers`, 10 by default), not one by one.
-    let statuses: Vec<u16> = futures_util::stream::iter(&pushed)
-        .map(|(repo, digest)| async { app.push_event(repo, Some("v1"), digest).await.0 })
-        .buffer_unordered(HARBOR_JOB_WORKERS)
-        .collect()
-        .await;
-    anyhow::ensure!(statuses.iter().all(|&s| s == 202), "webhook answers: {statuses:?}");
-    let sent = started.elapsed();
-    // When each task reported (after its tag is served): the worker's own
-    // count, read without loading the target (polling its manifests would
-    // put a bcrypt check per request on the same two cores).
-    let reports = crate::reports(|| load(&stats.tasks_succeeded), 20, started).await?;
-    let relay_wall = started.elapsed();
-    let relay_cpu = Cpu::now()?.since(relay_cpu);
-    let (target_requests, source_requests) =
-        (to_target() - target_requests, worker.source.requests() - source_requests);
-    let target = stack.target();
-    for (repo, digest) in &pushed {
-        let (_, bytes) = target.get_manifest(&format!("relay/{repo}"), "v1").await?.context("not at the target")?;
-        anyhow::ensure!(&relay_tests::plain::sha256(&bytes) == digest, "relay/{repo}: another manifest at the target");
-    }
-
-    println!("## Shared base layers (`make bench`, relay-bench shared)\n");
-    println!("20 images in 20 repositories of one project, sharing two 64 MiB base layers (plus 1 MiB of their own each), into a fresh target:\n");
-    println!("| tool | wall | × skopeo |\n|---|---|---|");
-    println!(
-        "| skopeo copy, one by one (peak RSS {:.1} MiB) | {:.2} s | 1.00 |",
-        skopeo_rss as f64 / 1024.0,
-        skopeo_wall.as_secs_f64()
-    );
-    println!(
-        "| harbor-relay: 20 webhooks → LocalStack SQS → worker | {:.2} s | {:.2} |",
-        relay_wall.as_secs_f64(),
-        relay_wall.as_secs_f64() / skopeo_wall.as_secs_f64()
-    );
-    println!(
-        "| raw parallel curl GET→PUT of the two base layers alone (the floor) | {:.2} s | {:.2} |",
-        raw_base.wall.as_secs_f64(),
-        raw_base.wall.as_secs_f64() / skopeo_wall.as_secs_f64()
-    );
-    println!(
-        "| the destination's side alone in the fewest requests (a `POST` and a `PUT` per missing blob, then 2 mounts and the manifest per image), every byte in memory, all at once | {:.2} s | {:.2} |",
-        fewest_together.as_secs_f64(),
-        fewest_together.as_secs_f64() / skopeo_wall.as_secs_f64()
-    );
-    println!(
-        "| the same, the base layers first, then the rest | {:.2} s | {:.2} |",
-        fewest_base_first.as_secs_f64(),
-        fewest_base_first.as_secs_f64() / skopeo_wall.as_secs_f64()
-    );
-    println!(
-        "\nTimeline of the pipeline run: the 20 webhooks ({HARBOR_JOB_WORKERS} at a time) answered by {:.2} s; the first task done at {:.2} s; the 10th at {:.2} s; the 20th at {:.2} s (each after its tag is served; all 20 manifests checked at the target afterwards).",
-        sent.as_secs_f64(),
-        reports[0].as_secs_f64(),
-        reports[9].as_secs_f64(),
-        reports[19].as_secs_f64()
-    );
-    let cores = cores();
-    let share = |c: &Cpu, wall: Duration| 100.0 * c.busy / (cores as f64 * wall.as_secs_f64());
-    println!(
-        "\nCPU over each run (from /proc), on this machine's {cores} cores: skopeo's run {:.0} % busy ({:.1} s; the destination registry {:.1} s, the source {:.1} s); the pipeline's {:.0} % ({:.1} s; iowait {:.1} s; the destination registry {:.1} s, the source {:.1} s, LocalStack {:.1} s, the webhook and worker the rest). Its work needs at least {:.2} s on {cores} cores, {:.2} × skopeo's time; without LocalStack's part (SQS is not on the worker's cores in AWS), {:.2} ×.",
-        share(&skopeo_cpu, skopeo_wall),
-        skopeo_cpu.busy,
-        skopeo_cpu.target,
-        skopeo_cpu.source,
-        share(&relay_cpu, relay_wall),
-        relay_cpu.busy,
-        relay_cpu.iowait,
-        relay_cpu.target,
-        relay_cpu.source,
-        relay_cpu.localstack,
-        relay_cpu.busy / cores as f64,
-        relay_cpu.busy / cores as f64 / skopeo_wall.as_secs_f64(),
-        (relay_cpu.busy - relay_cpu.localstack) / cores as f64 / skopeo_wall.as_secs_f64()
-    );
-    // The time goal is against the floor's: what the pipeline's work
-    // alone needs of the cores, beside what the floor's needed.
-    let floor = fewest_together.as_secs_f64();
-    println!(
-        "\nAgainst the floor (all at once): its run kept the cores {:.0} % busy ({:.2} s; the destination registry {:.2} s, this process {:.2} s). The pipeline's {:.2} s add the source's reads ({:.2} s), LocalStack ({:.2} s) and the relay's part in this process ({:.2} s: the source's bytes read and hashed, the webhook, the SQS calls) beside the destination registry's {:.2} s: on {cores} cores, with no core ever idle, {:.2} s, {:.2} × the floor's time; the pipeline took {:.2} ×.",
-        share(&floor_cpu, fewest_together),
-        floor_cpu.busy,
-        floor_cpu.target,
-        floor_cpu.own,
-        relay_cpu.busy,
-        relay_cpu.source,
-        relay_cpu.localstack,
-        relay_cpu.own,
-        relay_cpu.target,
-        relay_cpu.busy / cores as f64,
-        relay_cpu.busy / cores as f64 / floor,
-        relay_wall.as_secs_f64() / floor
-    );
-    println!(
-        "\nharbor-relay sent {} bytes for {} unique bytes ({:.3}×): {} blobs uploaded, {} mounted, {} skipped; {target_requests} requests to the destination ({FEWEST_REQUESTS} in the fewest-requests run), {source_requests} to the source.",
-        load(&stats.bytes),
-        unique_bytes,
-        load(&stats.bytes) as f64 / unique_bytes as f64,
-        load(&stats.blobs_copied),
-        load(&stats.blobs_mounted),
-        load(&stats.blobs_skipped)
-    );
-    Ok(())
-}
-
-/// Requests of [`SharedJob::fewest_requests`]: a `POST` and a `PUT` for
-/// each of the 42 blobs, 2 mounts for each of 19 images, 20 manifests.
-const FEWEST_REQUESTS: usize = 2 * 42 + 2 * 19 + 20;
-
-/// The 20 shared-base images (as pushed by [`shared_base_images`]), every
-/// byte in memory.
-struct SharedJob {
-    images: Vec<SharedImage>,
-    /// The two base layers.
-    base: Vec<bytes::Bytes>,
-}
-
-struct SharedImage {
-    /// Its name under the target's repository (`app-N`).
-    name: String,
-    media_type: String,
-    manifest: Vec<u8>,
-    /// The base layers' digests.
-    base: Vec<String>,
-    /// Its own blobs (config and layer).
-    own: Vec<bytes::Bytes>,
-}
-
-impl SharedJob {
-    async fn read(stack: &Stack, project: &str) -> anyhow::Result<SharedJob> {
-        let source = stack.source();
-        let (mut images, mut base) = (Vec::new(), Vec::new());
-        for i in 0..20 {
-            let from = format!("{project}/app-{i}");
-            let (media_type, manifest) = source.get_manifest(&from, "v1").await?.context("manifest")?;
-            let (mut shared, mut own) = (Vec::new(), Vec::new());
-            for (d, size) in blobs_of(&manifest)? {
-                if size == (64 * MIB) as u64 {
-                    if i == 0 {
-                        base.push(bytes::Bytes::from(source.get_blob(&from, &d).await?.context("base layer")?));
-                    }
-                    shared.push(d);
-                } else {
-                    own.push(bytes::Bytes::from(source.get_blob(&from, &d).await?.context("blob")?));
-                }
-            }
-            images.push(SharedImage { name: format!("app-{i}"), media_type, manifest, base: shared, own });
-        }
-        Ok(SharedJob { images, base })
-    }
-
-    /// The destination's side of the job into `into/app-*`, in the fewest
-    /// requests the protocol allows: a `POST` and a `PUT` for each blob the
-    /// destination lacks (the base layers once), then each image's two
-    /// mounts at once and its manifest. The bytes are in memory, so no
-    /// source read and no client logic is in the time: it is what this job
-    /// costs the registry. `base_first`: the base layers' uploads end before
-    /// any other request starts.
-    async fn fewest_requests(&self, stack: &Stack, into: &str, base_first: bool) -> anyhow::Result<Duration> {
-        use futures_util::future::try_join_all;
-        let target = &stack.target();
-        let repos: Vec<String> = self.images.iter().map(|image| format!("{into}/{}", image.name)).collect();
-        let first = &repos[0];
-        let started = Instant::now();
-        let base_uploads = try_join_all(self.base.iter().map(|b| target.put_blob(first, b.clone())));
-        let own_uploads = try_join_all(
-            self.images
-                .iter()
-                .zip(&repos)
-                .flat_map(|(image, repo)| image.own.iter().map(|b| target.put_blob(repo, b.clone()))),
-        );
-        if base_first {
-            base_uploads.await?;
-            own_uploads.await?;
-        } else {
-            futures_util::future::try_join(base_uploads, own_uploads).await?;
-        }
-        try_join_all(self.images.iter().zip(&repos).map(|(image, repo)| async move {
-            if repo != first {
-                try_join_all(image.base.iter().map(|d| target.mount_blob(repo, d, first))).await?;
-            }
-            target.put_manifest(repo, "v1", &image.media_type, &image.manifest).await
-        }))
-        .await?;
-        Ok(started.elapsed())
-    }
-}
-
-/// Pushes `project/app-0` … `app-19:v1`: two 64 MiB base layers shared by
-/// all (mounted, as a registry stores them), 1 MiB and a config of their
-/// own each. Returns the unique bytes.
-pub async fn shared_base_images(stack: &Stack, project: &str) -> anyhow::Result<u64> {
-    let source = stack.source();
-    eprintln!("generating 20 images over two 64 MiB base layers…");
-    let base = [random_blob(64 * MIB), random_blob(64 * MIB)];
-    let first = format!("{project}/app-0");
-    let mut base_digests = Vec::new();
-    for b in &base {
-        base_digests.push(source.put_blob(&first, b.clone()).await?);
-    }
-    let mut unique_bytes = (2 * 64 * MIB) as u64;
-    for i in 0..20 {
-        let repo = format!("{project}/app-{i}");
-        if i > 0 {
-            for d in &base_digests {
-                source.mount_blob(&repo, d, &first).await?;
-            }
-        }
-        let own = random_blob(MIB);
-        let own_digest = source.put_blob(&repo, own.clone()).await?;
-        let config = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}, "n": i}).to_string();
-        let config_digest = source.put_blob(&repo, config.clone().into_bytes().into()).await?;
-        unique_bytes += (own.len() + config.len()) as u64;
-        let layer = |d: &String, s: usize| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s});
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": image::OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-            "layers": [layer(&base_digests[0], 64 * MIB), layer(&base_digests[1], 64 * MIB), layer(&own_digest, MIB)],
-        })
-        .to_string();
-        source.put_manifest(&repo, "v1", image::OCI_MANIFEST, manifest.as_bytes()).await?;
-    }
-
-    Ok(unique_bytes)
-}
-
-fn random_blob(len: usize) -> bytes::Bytes {
-    use rand::RngCore;
-    let mut v = vec![0u8; len];
-    rand::thread_rng().fill_bytes(&mut v);
-    v.into()
 }
 
 /// Reconcile over 1,000 tags that are already in sync: time and requests.

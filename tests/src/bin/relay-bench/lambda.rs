@@ -20,7 +20,8 @@ use relay::{bootstrap, Config};
 use relay_tests::app::{fast_retry, App, AppBuilder};
 use relay_tests::{image, ImageKind, Stack};
 
-use crate::copy::{shared_base_images, with_registries};
+use crate::copy::with_registries;
+use crate::shared::shared_base_images;
 
 /// Execution environments of the emulated mapping.
 const INSTANCES: usize = 3;

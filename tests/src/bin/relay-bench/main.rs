@@ -5,6 +5,9 @@
 //!   relay-bench copy      1 GiB image vs skopeo and raw curl, peak RSS,
 //!                         2 GiB layer RSS, re-replication requests
 //!   relay-bench shared    20 images sharing base layers: pipeline vs skopeo
+//!                         and the destination registry's floor, on shared
+//!                         cores, then in rounds with the registry on a core
+//!                         of its own (`RELAY_BENCH_WORKER`: worker settings)
 //!   relay-bench reconcile a pass over 1,000 tags already in sync
 //!   relay-bench fanout    1 GiB into 3 destinations at once, and 5 copies in
 //!                         a row in one process (source bytes, peak RSS)
@@ -20,6 +23,7 @@
 mod copy;
 mod lambda;
 mod latency;
+mod shared;
 mod sizes;
 mod standalone;
 mod webhook;
@@ -43,7 +47,7 @@ async fn run() -> anyhow::Result<()> {
     match args.first().map(String::as_str).unwrap_or("webhook") {
         "webhook" => webhook::run().await,
         "copy" => copy::run().await,
-        "shared" => copy::shared().await,
+        "shared" => shared::run().await,
         "reconcile" => copy::reconcile().await,
         "kinds" => copy::kinds().await,
         "copy-once" => copy::copy_once(&args[1..]).await,

@@ -18,7 +18,8 @@ use relay::worker::Message;
 use relay::{bootstrap, Config};
 use relay_tests::{image, ImageKind, Stack};
 
-use crate::copy::{config_file, measure, relay_once, run_id, shared_base_images, verify, MIB};
+use crate::copy::{config_file, measure, relay_once, run_id, verify, MIB};
+use crate::shared::shared_base_images;
 
 /// The sizes measured: Lambda's smallest, the template's choices, one
 /// vCPU, and the most a new account is given without a quota request.
