@@ -100,11 +100,11 @@ pub(crate) fn cores() -> usize {
     usize::try_from(online).unwrap_or(1).max(1)
 }
 
-/// How many times a comparison is run (`RELAY_BENCH_ROUNDS`, 3 unless
-/// set): one run's ratio moves with the machine's state by more than a
-/// 5 % goal, the median of several less.
-pub(crate) fn rounds() -> usize {
-    std::env::var("RELAY_BENCH_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(3usize).max(1)
+/// How many times a comparison is run (`RELAY_BENCH_ROUNDS`, else
+/// `default`): one run's ratio moves with the machine's state by more than
+/// a 5 % goal, the median of several less.
+pub(crate) fn rounds(default: usize) -> usize {
+    std::env::var("RELAY_BENCH_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(default).max(1)
 }
 
 /// CPU seconds the stack's process `name` has used so far (its threads
@@ -264,7 +264,7 @@ pub async fn run() -> anyhow::Result<()> {
     // The raw copy and the relay's, in pairs into fresh repositories, the
     // order swapped each round: one pair's ratio moves with the machine's
     // state by more than the 1.05 × goal, the median of several less.
-    let rounds = rounds();
+    let rounds = rounds(3);
     let mut pairs = Vec::new();
     for round in 0..rounds {
         let (curl_repo, relay_repo) = (format!("curl-{id}-{round}/big"), format!("relay-{id}-{round}/big"));

@@ -137,7 +137,9 @@ pub async fn run() -> anyhow::Result<()> {
 /// order reversed each round), the destination registry on a core of its
 /// own; the median of each round's ratio.
 async fn own_core(stack: &Stack, job: &SharedJob, id: &str) -> anyhow::Result<()> {
-    let rounds = rounds();
+    // One round's ratio spans 0.9–1.2 ×: the floor's own time moves by
+    // 10–20 % between runs.
+    let rounds = rounds(5);
     let pinned = Pinned::apply()?;
     let mut runs = Vec::new();
     for r in 0..rounds {
