@@ -107,12 +107,23 @@ pub(crate) fn rounds(default: usize) -> usize {
     std::env::var("RELAY_BENCH_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(default).max(1)
 }
 
+/// The middle of `ratios` (the upper one of an even count).
+pub(crate) fn median(ratios: &mut [f64]) -> f64 {
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
 /// CPU seconds the stack's process `name` has used so far (its threads
 /// included), 0 when it is not running.
 fn process_cpu(name: &str) -> anyhow::Result<f64> {
+    let Ok(pid) = stack_pid(name) else { return Ok(0.0) };
+    Ok(stat_cpu(&format!("/proc/{pid}/stat"))?.unwrap_or(0.0))
+}
+
+/// The pid of the stack's process `name` (`.local/stack/NAME.pid`).
+pub(crate) fn stack_pid(name: &str) -> anyhow::Result<u32> {
     let path = format!("{}/../.local/stack/{name}.pid", env!("CARGO_MANIFEST_DIR"));
-    let Ok(pid) = std::fs::read_to_string(path) else { return Ok(0.0) };
-    Ok(stat_cpu(&format!("/proc/{}/stat", pid.trim()))?.unwrap_or(0.0))
+    Ok(std::fs::read_to_string(&path).with_context(|| path.clone())?.trim().parse()?)
 }
 
 /// CPU seconds this process (the bench, with the webhook and worker it
@@ -262,8 +273,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     let sk = measure(skopeo(&stack, &format!("{repo}:v1"), &format!("skopeo-{id}/big:v1")))?;
     // The raw copy and the relay's, in pairs into fresh repositories, the
-    // order swapped each round: one pair's ratio moves with the machine's
-    // state by more than the 1.05 × goal, the median of several less.
+    // order swapped each round.
     let rounds = rounds(3);
     let mut pairs = Vec::new();
     for round in 0..rounds {
@@ -307,8 +317,7 @@ pub async fn run() -> anyhow::Result<()> {
         ratios.push(ratio);
         println!("| {} | {:.2} s | {:.2} s | {ratio:.2} |", i + 1, c.wall.as_secs_f64(), r.wall.as_secs_f64());
     }
-    ratios.sort_by(f64::total_cmp);
-    println!("\nMedian: harbor-relay {:.2} × the raw copy.\n", ratios[ratios.len() / 2]);
+    println!("\nMedian: harbor-relay {:.2} × the raw copy.\n", median(&mut ratios));
 
     // Re-replicating what is already there.
     let again = measure(relay_once(&config, &repo, "v1", &format!("relay-{id}-0/big")))?;

@@ -18,7 +18,9 @@ use futures_util::StreamExt;
 use relay_tests::app::{App, AppBuilder};
 use relay_tests::{image, Stack};
 
-use crate::copy::{blobs_of, cores, curl_all, measure, rounds, run_id, skopeo, Cpu, HARBOR_JOB_WORKERS, MIB};
+use crate::copy::{
+    blobs_of, cores, curl_all, measure, median, rounds, run_id, skopeo, stack_pid, Cpu, HARBOR_JOB_WORKERS, MIB,
+};
 
 /// 20 images sharing two large base layers, 20 repositories of one project.
 pub async fn run() -> anyhow::Result<()> {
@@ -36,8 +38,8 @@ pub async fn run() -> anyhow::Result<()> {
     }
     let skopeo_wall = started.elapsed();
     let skopeo_cpu = Cpu::now()?.since(skopeo_cpu);
-    // The floor under any copy of them: the two base layers alone, piped by
-    // curl into a repository of their own.
+    // The raw transfer under any copy of them: the two base layers alone,
+    // piped by curl into a repository of their own.
     let (first, raw) = (format!("{project}/app-0"), format!("raw-{id}/base"));
     let job = SharedJob::read(&stack, &project).await?;
     let base: Vec<_> = job.base.iter().map(|b| (b.digest.clone(), b.bytes.len() as u64)).collect();
@@ -186,11 +188,6 @@ async fn own_core(stack: &Stack, job: &SharedJob, id: &str) -> anyhow::Result<()
     Ok(())
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// The destination registry pinned to the machine's last core and the rest
 /// of the run (this process, the source registry, LocalStack: every thread
 /// of each) to the other cores, until dropped. `taskset` (util-linux).
@@ -232,12 +229,6 @@ fn taskset(cpus: &str, pid: u32) -> anyhow::Result<()> {
         .context("taskset (util-linux)")?;
     anyhow::ensure!(status.success(), "taskset -c {cpus} {pid}: {status}");
     Ok(())
-}
-
-/// The pid of the stack's process `name` (`.local/stack/NAME.pid`).
-fn stack_pid(name: &str) -> anyhow::Result<u32> {
-    let path = format!("{}/../.local/stack/{name}.pid", env!("CARGO_MANIFEST_DIR"));
-    Ok(std::fs::read_to_string(&path).with_context(|| path.clone())?.trim().parse()?)
 }
 
 /// Requests of [`SharedJob::fewest_requests`]: a `POST` and a `PUT` for
