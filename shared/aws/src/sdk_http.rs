@@ -113,7 +113,6 @@ fn classify(error: reqwest::Error) -> ConnectorError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     fn request(url: &str, body: SdkBody) -> HttpRequest {
@@ -121,47 +120,16 @@ mod tests {
         HttpRequest::try_from(request).unwrap()
     }
 
-    /// Reads one request: its head, then a `Content-Length` body or a
-    /// chunked one, decoded.
-    async fn read_request(socket: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let head_end = loop {
-            let n = socket.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the connection closed inside the request head");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-        let mut rest = buf[head_end..].to_vec();
-        let length = head.lines().find_map(|l| l.strip_prefix("content-length: ")).map(|n| n.trim().parse().unwrap());
-        let complete = |rest: &[u8]| match length {
-            Some(n) => rest.len() >= n,
-            None => rest.ends_with(b"0\r\n\r\n"),
-        };
-        while !complete(&rest) {
-            let n = socket.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the connection closed inside the request body");
-            rest.extend_from_slice(&chunk[..n]);
-        }
-        let body = match length {
-            Some(_) => rest,
-            None => {
-                let (mut body, mut at) = (Vec::new(), 0);
-                loop {
-                    let line_end = at + rest[at..].windows(2).position(|w| w == b"\r\n").unwrap();
-                    let size = usize::from_str_radix(std::str::from_utf8(&rest[at..line_end]).unwrap(), 16).unwrap();
-                    if size == 0 {
-                        break body;
-                    }
-                    body.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
-                    at = line_end + 2 + size + 2;
-                }
-            }
-        };
-        (head, body)
+    /// An endpoint on loopback answering every request with `handler`; its URL.
+    async fn endpoint<H, T>(handler: H) -> String
+    where
+        H: axum::handler::Handler<T, ()>,
+        T: 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(handler)).await });
+        url
     }
 
     /// A streamed request body (no bytes in hand, as an SDK body built from
@@ -169,19 +137,21 @@ mod tests {
     /// headers and body come back to the SDK.
     #[tokio::test]
     async fn a_streamed_body_goes_whole_and_the_answer_comes_back() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let (head, body) = read_request(&mut socket).await;
-            let answer = format!("got {} bytes", body.len());
-            let response = format!(
-                "HTTP/1.1 418 I'm a teapot\r\nx-amzn-requestid: r-1\r\ncontent-length: {}\r\n\r\n{answer}",
-                answer.len()
-            );
-            socket.write_all(response.as_bytes()).await.unwrap();
-            (head, body)
-        });
+        let (seen, received) = tokio::sync::oneshot::channel();
+        let seen = std::sync::Arc::new(Mutex::new(Some(seen)));
+        let url = endpoint(move |request: axum::extract::Request| {
+            let seen = seen.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                let answer = format!("got {} bytes", body.len());
+                if let Some(seen) = seen.lock().unwrap().take() {
+                    let _ = seen.send((parts.method, parts.version, body));
+                }
+                (http::StatusCode::IM_A_TEAPOT, [("x-amzn-requestid", "r-1")], answer)
+            }
+        })
+        .await;
         let payload = bytes::Bytes::from(vec![7u8; 300_000]);
         let streamed = SdkBody::from_body_1_x(http_body_util::Full::new(payload.clone()));
         assert!(streamed.bytes().is_none(), "the body must be a streamed one for this test");
@@ -192,9 +162,9 @@ mod tests {
         assert_eq!(response.body().bytes(), None, "the answer streams");
         let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
         assert_eq!(&body[..], b"got 300000 bytes");
-        let (head, received) = server.await.unwrap();
-        assert!(head.starts_with("post / http/1.1"), "{head}");
-        assert_eq!(received, payload);
+        let (method, version, got) = received.await.unwrap();
+        assert_eq!((method, version), (http::Method::POST, http::Version::HTTP_11));
+        assert_eq!(got, payload);
     }
 
     /// An endpoint that takes the request and never answers fails the
@@ -202,14 +172,11 @@ mod tests {
     /// timeout, instead of holding the call until the attempt's timeout.
     #[tokio::test]
     async fn a_silent_endpoint_is_a_timeout_within_the_read_timeout() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        let _server = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            read_request(&mut socket).await;
+        let url = endpoint(|body: bytes::Bytes| async move {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            drop(socket);
-        });
+            format!("{} bytes, too late", body.len())
+        })
+        .await;
         let connector = Connector::new(Some(Duration::from_secs(2)), Some(Duration::from_millis(300)));
         let started = std::time::Instant::now();
         let call = connector.call(request(&url, SdkBody::from("Action=ReceiveMessage")));
